@@ -1,0 +1,1 @@
+"""Base model resolution and loading."""

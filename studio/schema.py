@@ -1,0 +1,117 @@
+"""Typed job requests: the one schema shared by the UI, the CLI, the Celery payload and the registry.
+
+Each request is a pydantic model with a ``kind`` discriminator. A job row stores
+``request.model_dump(mode="json")`` plus ``SCHEMA_VERSION``; the worker parses it
+back with :func:`parse_request`. Field descriptions, ranges and choices are
+what the UI renders as labels, help texts, sliders and dropdowns.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from studio.errors import ValidationFailed
+
+SCHEMA_VERSION = 1
+
+
+class StudioModel(BaseModel):
+    """Base of every request: unknown fields are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class CheckRequest(StudioModel):
+    """A short self-test job: fits a small regression on the worker's device.
+
+    It exercises the whole path (queue, worker, device, registry, progress,
+    metrics, cancel) in seconds, so it is what `studio status --check` and the
+    integration tests submit.
+    """
+
+    kind: Literal["check"] = "check"
+    steps: int = Field(20, ge=1, le=100_000, description="Optimisation steps to run.")
+    step_seconds: float = Field(0.0, ge=0.0, le=60.0, description="Pause after each step, to watch progress.")
+    seed: int = Field(0, ge=0, description="Random seed of the synthetic problem.")
+    fail_at_step: int | None = Field(None, ge=1, description="Raise an error at this step (tests the failure path).")
+
+
+class TrainingHyperParams(StudioModel):
+    """Optimisation settings shared by every variant (variant-specific ones live in the variant schema)."""
+
+    learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate of AdamW.")
+    epochs: float = Field(1.0, gt=0, le=100, description="Passes over the training split (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, le=1_000_000, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, ge=1, le=512, description="Examples per optimizer step (before accumulation).")
+    grad_accum: int = Field(1, ge=1, le=256, description="Micro-batches accumulated into one optimizer step.")
+    max_length: int = Field(512, ge=16, le=32_768, description="Longer examples are truncated to this many tokens.")
+    warmup_ratio: float = Field(0.03, ge=0, le=0.5, description="Fraction of steps spent warming up the learning rate.")
+    weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, le=100, description="Gradient clipping threshold (0 = off).")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule.")
+    loss_on: Literal["response", "full"] = Field(
+        "response", description="Compute the loss on the response only (default) or on the whole text."
+    )
+    validation_fraction: float = Field(0.05, ge=0, le=0.5, description="Share of rows held out for validation.")
+    log_every: int = Field(5, ge=1, le=10_000, description="Report training metrics every N steps.")
+    eval_every: int = Field(50, ge=1, le=100_000, description="Compute validation loss every N steps.")
+    save_every: int = Field(100, ge=1, le=100_000, description="Write a resumable checkpoint every N steps.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Compute precision; auto picks the fastest the device supports."
+    )
+
+
+class TrainRequest(StudioModel):
+    """Fine-tune ``base_model`` on a registered dataset with one LoRA variant."""
+
+    kind: Literal["train"] = "train"
+    name: str | None = Field(None, max_length=200, description="Name of the resulting adapter.")
+    dataset_id: int = Field(..., ge=1, description="Registered dataset to train on.")
+    base_model: str = Field(..., min_length=1, description="Bundled model name, Hugging Face id or local directory.")
+    task: Literal["causal-lm", "classification"] = Field("causal-lm", description="What the model learns to do.")
+    variant: str = Field("lora", description="Name of a registered LoRA variant.")
+    variant_params: dict[str, Any] = Field(
+        default_factory=dict, description="Variant parameters, validated against the variant's own schema."
+    )
+    hyper: TrainingHyperParams = Field(default_factory=TrainingHyperParams)
+    seed: int = Field(42, ge=0, description="Seed for initialisation, shuffling and dropout.")
+    resume_from_job: int | None = Field(None, ge=1, description="Continue from this job's last checkpoint.")
+
+
+class EvalRequest(StudioModel):
+    """Evaluate an adapter (or the bare base model) on a registered dataset."""
+
+    kind: Literal["eval"] = "eval"
+    adapter_id: int | None = Field(None, ge=1, description="Adapter to evaluate; empty means the base model.")
+    base_model: str | None = Field(None, description="Base model when no adapter is given.")
+    dataset_id: int = Field(..., ge=1, description="Held-out dataset.")
+    metrics: list[Literal["loss", "exact_match", "accuracy", "rouge_l"]] = Field(
+        default_factory=lambda: ["loss"], description="What to compute."
+    )
+    max_examples: int = Field(200, ge=1, le=100_000, description="Evaluate on at most this many rows.")
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="Generation budget for generate-and-score metrics.")
+    seed: int = Field(0, ge=0)
+
+
+JobRequest = Annotated[CheckRequest | TrainRequest | EvalRequest, Field(discriminator="kind")]
+_REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobRequest)
+JOB_KINDS = ("check", "train", "eval")
+
+
+def parse_request(data: dict[str, Any]) -> CheckRequest | TrainRequest | EvalRequest:
+    """Validate a stored or submitted request dict; errors name the field and what to do."""
+    try:
+        return _REQUEST_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise ValidationFailed(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: 'field.path: message'."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err.get("loc", ()))
+        lines.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(lines)

@@ -1,0 +1,1 @@
+"""Services: what the UI, the CLI and the workers call."""
