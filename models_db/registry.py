@@ -76,7 +76,9 @@ class Registry:
 
     # Base models ---------------------------------------------------------------------
 
-    def upsert_base_model(self, name: str, source: str, location: str, task: str, description: str = "") -> BaseModelRow:
+    def upsert_base_model(
+        self, name: str, source: str, location: str, task: str, description: str = ""
+    ) -> BaseModelRow:
         """Insert or update a base model entry by name."""
         with self._session() as s:
             row = s.scalar(select(BaseModelRow).where(BaseModelRow.name == name))
@@ -237,11 +239,7 @@ class Registry:
         with self._session() as s:
             query = select(JobRow).where(JobRow.status == "running")
             rows = list(s.scalars(query))
-        return [
-            r
-            for r in rows
-            if r.worker_host in dead or r.heartbeat_at is None or r.heartbeat_at < stale_before
-        ]
+        return [r for r in rows if r.worker_host in dead or r.heartbeat_at is None or r.heartbeat_at < stale_before]
 
     def touch_jobs_of_worker(self, worker: str) -> None:
         """Refresh the heartbeat of every job a live worker is running."""
@@ -269,7 +267,9 @@ class Registry:
 
     # Metrics -------------------------------------------------------------------------
 
-    def add_metrics(self, job_id: int, step: int, values: dict[str, float], elapsed_seconds: float | None = None) -> None:
+    def add_metrics(
+        self, job_id: int, step: int, values: dict[str, float], elapsed_seconds: float | None = None
+    ) -> None:
         with self._session() as s:
             s.add_all(
                 MetricRow(job_id=job_id, step=step, name=name, value=float(value), elapsed_seconds=elapsed_seconds)
@@ -291,7 +291,9 @@ class Registry:
 
     # Rank snapshots ------------------------------------------------------------------
 
-    def add_rank_snapshots(self, job_id: int, step: int, ranks: dict[str, int], extra: dict[str, dict] | None = None) -> None:
+    def add_rank_snapshots(
+        self, job_id: int, step: int, ranks: dict[str, int], extra: dict[str, dict] | None = None
+    ) -> None:
         extra = extra or {}
         with self._session() as s:
             s.add_all(

@@ -96,9 +96,7 @@ class JobRow(Base):
     schema_version: Mapped[int] = mapped_column(Integer)
     seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
     library_versions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    dataset_id: Mapped[int | None] = mapped_column(
-        ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
-    )
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True)
     base_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
     variant: Mapped[str | None] = mapped_column(String(60), nullable=True)
     celery_task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -156,17 +154,13 @@ class AdapterRow(Base):
     name: Mapped[str] = mapped_column(String(200))
     variant: Mapped[str] = mapped_column(String(60), index=True)
     base_model: Mapped[str] = mapped_column(String(200), index=True)
-    dataset_id: Mapped[int | None] = mapped_column(
-        ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
-    )
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True)
     ranks: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     trainable_params: Mapped[int] = mapped_column(BigInteger, default=0)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
-    source_job_id: Mapped[int | None] = mapped_column(
-        ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True
-    )
+    source_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
     parents: Mapped[list[Any]] = mapped_column(JSON, default=list)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -42,7 +42,9 @@ class TrainingHyperParams(StudioModel):
     """Optimisation settings shared by every variant (variant-specific ones live in the variant schema)."""
 
     learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate of AdamW.")
-    epochs: float = Field(1.0, gt=0, le=100, description="Passes over the training split (ignored when max_steps is set).")
+    epochs: float = Field(
+        1.0, gt=0, le=100, description="Passes over the training split (ignored when max_steps is set)."
+    )
     max_steps: int | None = Field(None, ge=1, le=1_000_000, description="Stop after this many optimizer steps.")
     batch_size: int = Field(8, ge=1, le=512, description="Examples per optimizer step (before accumulation).")
     grad_accum: int = Field(1, ge=1, le=256, description="Micro-batches accumulated into one optimizer step.")

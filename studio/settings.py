@@ -66,14 +66,10 @@ class Settings(BaseSettings):
     )
     worker_name: str = Field(default_factory=socket.gethostname, validation_alias=_env("STUDIO_WORKER_NAME"))
     heartbeat_seconds: float = Field(default=5.0, gt=0, validation_alias=_env("STUDIO_HEARTBEAT_SECONDS"))
-    worker_dead_after_seconds: float = Field(
-        default=60.0, gt=0, validation_alias=_env("STUDIO_WORKER_DEAD_AFTER")
-    )
+    worker_dead_after_seconds: float = Field(default=60.0, gt=0, validation_alias=_env("STUDIO_WORKER_DEAD_AFTER"))
     job_max_attempts: int = Field(default=3, ge=1, validation_alias=_env("STUDIO_JOB_MAX_ATTEMPTS"))
     max_upload_mb: float = Field(default=200.0, gt=0, validation_alias=_env("STUDIO_MAX_UPLOAD_MB"))
-    default_base_model: str = Field(
-        default="smollm2-135m-instruct", validation_alias=_env("STUDIO_DEFAULT_BASE_MODEL")
-    )
+    default_base_model: str = Field(default="smollm2-135m-instruct", validation_alias=_env("STUDIO_DEFAULT_BASE_MODEL"))
     offline: bool = Field(default=True, validation_alias=_env("STUDIO_OFFLINE"))
 
     @field_validator("device")
@@ -154,6 +150,11 @@ class Settings(BaseSettings):
         """Create the data directory tree (idempotent)."""
         for path in (self.data_dir, self.models_dir, self.datasets_dir, self.adapters_dir, self.jobs_dir):
             path.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def describe_url(url: str) -> str:
+        """``url`` with any password masked."""
+        return _mask_password(url)
 
     def describe(self) -> dict[str, str]:
         """Human-readable summary with passwords masked, for `studio status` and logs."""

@@ -190,7 +190,9 @@ def installed_bundled_models() -> list[BundledModel]:
 def register_bundled_models(registry) -> None:
     """Make every installed bundled model appear in the registry's model list."""
     for model in installed_bundled_models():
-        registry.upsert_base_model(model.name, "bundled", f"{model.package}/{model.relative_path}", model.task, model.description)
+        registry.upsert_base_model(
+            model.name, "bundled", f"{model.package}/{model.relative_path}", model.task, model.description
+        )
 
 
 def load_tokenizer(resolved: ResolvedModel):

@@ -1,0 +1,1 @@
+"""The Gradio studio: one module per tab, layout and wiring only; handlers call services."""

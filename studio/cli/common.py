@@ -1,0 +1,37 @@
+"""Helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import click
+
+
+@lru_cache(maxsize=1)
+def services():
+    """The services of this CLI process (built once, from the environment)."""
+    from studio.services.container import build_services
+
+    return build_services()
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A plain aligned text table."""
+    if not rows:
+        return "(none)"
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def progress_bar(fraction: float, width: int = 30) -> str:
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    return "[" + "#" * filled + "-" * (width - filled) + f"] {fraction * 100:5.1f}%"
+
+
+def echo_job_line(job) -> None:
+    """Redraw one status line for a running job (used by --wait)."""
+    eta = f" eta {job.eta_seconds:.0f}s" if job.eta_seconds else ""
+    total = f"/{job.total_steps}" if job.total_steps else ""
+    click.echo(f"\rjob {job.id} {job.status:<9} {progress_bar(job.progress)} step {job.step}{total}{eta}   ", nl=False)

@@ -1,0 +1,63 @@
+"""`studio run`: the studio on this machine — web UI plus (by default) its own worker."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import click
+
+from studio.settings import load_settings
+
+
+@click.command()
+@click.option("--host", default=None, help="Interface to listen on (default STUDIO_HOST or 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default STUDIO_PORT or 7860).")
+@click.option(
+    "--worker/--no-worker",
+    "with_worker",
+    default=None,
+    help="Start an embedded worker (default: yes with the embedded broker).",
+)
+def run(host: str | None, port: int | None, with_worker: bool | None) -> None:
+    """Serve the studio at http://HOST:PORT with a live job queue and the bundled model ready."""
+    from app.auth import parse_auth
+    from app.main import build_app
+    from studio.models.base_models import register_bundled_models, resolve_base_model
+    from studio.services.container import build_services
+    from workers.supervisor import EmbeddedWorker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {k: v for k, v in {"host": host, "port": port, "embedded_worker": with_worker}.items() if v is not None}
+    settings = load_settings(**overrides)
+    svc = build_services(settings, verify_broker=True)
+    click.echo(f"registry: {settings.describe()['registry']}")
+    click.echo(f"broker:   {settings.describe()['broker']}")
+    resolve_base_model(settings.default_base_model, settings, progress=lambda msg: click.echo(f"model:    {msg}"))
+    register_bundled_models(svc.registry)
+    supervisor = EmbeddedWorker(settings) if settings.start_embedded_worker else None
+    if supervisor:
+        supervisor.start()
+        click.echo(f"worker:   embedded worker started (log {supervisor.log_path})")
+    else:
+        click.echo("worker:   none started here; run `studio worker` on each worker host")
+    # `kill` / docker stop send SIGTERM: turn it into the same clean shutdown as Ctrl-C,
+    # so the embedded worker is stopped too instead of being orphaned.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    demo = build_app(svc)
+    click.echo(f"studio:   http://{settings.host}:{settings.port}")
+    try:
+        demo.queue(default_concurrency_limit=8).launch(
+            server_name=settings.host,
+            server_port=settings.port,
+            auth=parse_auth(settings.auth),
+            show_error=True,
+            quiet=True,
+        )
+    finally:
+        if supervisor:
+            supervisor.stop()
+
+
+def _raise_keyboard_interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt

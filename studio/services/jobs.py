@@ -1,0 +1,104 @@
+"""Submitting, cancelling, retrying and watching jobs: what the UI and the CLI call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from models_db.registry import FINAL_STATUSES, Registry
+from models_db.tables import JobLogRow, JobRow, MetricRow
+from studio.errors import StudioError
+from studio.schema import SCHEMA_VERSION, CheckRequest, EvalRequest, TrainRequest, parse_request
+
+
+class Dispatcher(Protocol):
+    """Puts a job id on the queue (Celery in production; anything in tests)."""
+
+    def send(self, job_id: int) -> str: ...
+
+    def revoke(self, task_id: str | None) -> None: ...
+
+
+Request = CheckRequest | TrainRequest | EvalRequest
+
+
+class JobService:
+    """The one path every job takes: validate, record in the registry, queue."""
+
+    def __init__(self, registry: Registry, dispatcher: Dispatcher):
+        self.registry = registry
+        self.dispatcher = dispatcher
+
+    def submit(self, request: Request | dict, name: str | None = None) -> JobRow:
+        """Validate ``request``, store it as a queued job and put it on the queue."""
+        if isinstance(request, dict):
+            request = parse_request(request)
+        job = self.registry.create_job(
+            kind=request.kind,
+            name=name or getattr(request, "name", None) or request.kind,
+            request=request.model_dump(mode="json"),
+            schema_version=SCHEMA_VERSION,
+            seed=request.seed,
+            dataset_id=getattr(request, "dataset_id", None),
+            base_model=getattr(request, "base_model", None),
+            variant=getattr(request, "variant", None),
+        )
+        try:
+            task_id = self.dispatcher.send(job.id)
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.registry.finish_job(job.id, "failed", error=f"could not reach the job queue: {reason}")
+            raise StudioError(f"could not queue job {job.id}: the broker is unreachable ({reason})") from None
+        self.registry.set_job_task_id(job.id, task_id)
+        return self.registry.get_job(job.id)
+
+    def cancel(self, job_id: int) -> str:
+        """Ask a job to stop. Queued jobs stop at once; running ones at their next step."""
+        job = self.registry.get_job(job_id)
+        status = self.registry.request_cancel(job_id)
+        if job.status in ("queued", "running"):
+            self.registry.add_job_log(job_id, "cancellation requested", "warning")
+            self.dispatcher.revoke(job.celery_task_id)
+        return status
+
+    def retry(self, job_id: int) -> JobRow:
+        """Submit a finished job again; a training job resumes from its last checkpoint."""
+        job = self.registry.get_job(job_id)
+        if job.status not in FINAL_STATUSES:
+            raise StudioError(f"job {job_id} is still {job.status}; cancel it first or wait for it to finish")
+        request = dict(job.request)
+        if job.kind == "train" and job.checkpoint_path:
+            request["resume_from_job"] = job_id
+        return self.submit(request, name=job.name)
+
+    def get(self, job_id: int) -> JobRow:
+        return self.registry.get_job(job_id)
+
+    def list(self, status: list[str] | None = None, kind: str | None = None, limit: int = 200) -> list[JobRow]:
+        return self.registry.list_jobs(status=status, kind=kind, limit=limit)
+
+    def logs(self, job_id: int, limit: int = 500) -> list[JobLogRow]:
+        return self.registry.job_logs(job_id, limit)
+
+    def metrics(self, job_id: int, names: list[str] | None = None) -> list[MetricRow]:
+        return self.registry.metrics(job_id, names)
+
+    def wait(
+        self,
+        job_id: int,
+        timeout: float | None = None,
+        poll_seconds: float = 0.5,
+        on_update: Callable[[JobRow], None] | None = None,
+    ) -> JobRow:
+        """Block until the job reaches a final status (or ``timeout`` seconds pass)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.registry.get_job(job_id)
+            if on_update:
+                on_update(job)
+            if job.status in FINAL_STATUSES:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise StudioError(f"job {job_id} is still {job.status} after {timeout:.0f} s")
+            time.sleep(poll_seconds)

@@ -1,0 +1,38 @@
+"""Sending jobs to the queue: the only place that knows jobs travel as Celery tasks."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from workers.celery_app import TASK_RUN_JOB
+
+logger = logging.getLogger(__name__)
+
+
+class CeleryDispatcher:
+    """Puts job ids on the studio's queue and revokes them on cancel."""
+
+    def __init__(self, app: Celery, queue: str, supports_broadcast: bool):
+        self.app = app
+        self.queue = queue
+        self.supports_broadcast = supports_broadcast
+
+    def send(self, job_id: int) -> str:
+        """Queue ``job_id``; returns the Celery task id."""
+        result = self.app.send_task(TASK_RUN_JOB, args=[job_id], queue=self.queue)
+        return result.id
+
+    def revoke(self, task_id: str | None) -> None:
+        """Best effort: the registry's cancel flag is what actually stops a job.
+
+        The embedded SQLite transport has no broadcast channel, so revoke is
+        only sent over brokers that have one (Redis, AMQP).
+        """
+        if not task_id or not self.supports_broadcast:
+            return
+        try:
+            self.app.control.revoke(task_id)
+        except Exception as exc:  # the cancel flag still works; do not fail the user's action
+            logger.warning("revoke of %s failed: %s", task_id, exc)
