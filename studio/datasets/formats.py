@@ -72,7 +72,7 @@ _INT_STRING = re.compile(r"^\s*-?\d+\s*$")
 
 
 def task_of(format_name: str) -> str:
-    """"causal-lm" or "classification" for a format name."""
+    """ "causal-lm" or "classification" for a format name."""
     return FORMATS[format_name].task
 
 
@@ -200,9 +200,9 @@ def detect_format(columns: list[str], samples: list[dict]) -> Detection:
                 return found(other, {other_field: column}, 0.8, reason, True)
             return found(own, {FORMATS[own].required[0]: column}, 1.0, f"column {column!r} names {own}", False)
     if {"instruction", "output"} <= names:
-        mapping = {"instruction": "instruction", "output": "output"}
-        if "input" in names:
-            mapping["input"] = "input"
+        mapping = {"instruction": "instruction", "input": "input", "output": "output"}
+        if "input" not in names:
+            del mapping["input"]  # input is optional in alpaca
         return found("alpaca", mapping, 1.0, "columns instruction/output name alpaca", False)
     if {"prompt", "completion"} <= names:
         return found("prompt_completion", {"prompt": "prompt", "completion": "completion"}, 1.0,
@@ -230,10 +230,9 @@ def _propose(columns: list[str], cols: dict[str, _Column], found) -> Detection:
     textual = [c for c in columns if cols[c].textual]
     completion = _first_named(COMPLETION_NAMES, textual)
     if "instruction" in textual and completion and completion != "instruction":
-        mapping = {"instruction": "instruction", "output": completion}
-        extra = _first_named(("input", "context"), [c for c in textual if c not in (completion, "instruction")])
-        if extra:
-            mapping["input"] = extra
+        others = [c for c in textual if c not in (completion, "instruction")]
+        extra = _first_named(("input", "context"), others)
+        mapping = {"instruction": "instruction", **({"input": extra} if extra else {}), "output": completion}
         return found("alpaca", mapping, 0.8, f"instruction with {completion!r} as the output", True)
     prompt = _first_named(PROMPT_NAMES, [c for c in textual if c != completion])
     if prompt and completion:
@@ -243,7 +242,7 @@ def _propose(columns: list[str], cols: dict[str, _Column], found) -> Detection:
     labels = [c for c in columns if cols[c].label_like]
     label = _first_named(LABEL_NAMES, labels)
     if label:
-        texts = [c for c in textual if c != label and not cols[c].label_like]
+        texts = [c for c in textual if c != label]
         text = _first_named(TEXT_NAMES, texts)
         confidence = 0.7 if text else 0.5
         text = text or max(texts, key=lambda c: cols[c].mean_length, default=None)

@@ -93,8 +93,7 @@ def resolve_mapping(columns: list[str], given: Mapping[str, str]) -> Detection:
             )
         spec, missing = shortest_missing
         raise ValidationFailed(
-            f"the mapping is incomplete: {spec.name} also needs {', '.join(missing)} "
-            f"(add --map {missing[0]}=COLUMN)"
+            f"the mapping is incomplete: {spec.name} also needs {', '.join(missing)} (add --map {missing[0]}=COLUMN)"
         )
     _, mapping, spec = best
     ordered = {name: mapping[name] for name in spec.fields if name in mapping}

@@ -228,9 +228,7 @@ def _read_json(text: str, encoding: str, name: str) -> RawTable:
             table = _read_jsonl(text, encoding)
             table.notes.append("the .json file holds one object per line; read as JSON Lines")
             return table
-        raise ValidationFailed(
-            f"{name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+        raise ValidationFailed(f"{name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     notes = []
     if isinstance(value, dict):
         key = _find_record_list(value)
@@ -289,9 +287,7 @@ def _read_delimited(text: str, encoding: str, kind: str, name: str) -> RawTable:
             if not any(value.strip() for value in fields):
                 continue  # blank lines are not rows
             if len(fields) != len(header):
-                records.append(
-                    RawRecord(start, error=f"has {len(fields)} fields, the header has {len(header)}")
-                )
+                records.append(RawRecord(start, error=f"has {len(fields)} fields, the header has {len(header)}"))
                 continue
             records.append(RawRecord(start, dict(zip(header, fields, strict=True))))
     except csv.Error as exc:

@@ -34,6 +34,7 @@ class JobService:
         """Validate ``request``, store it as a queued job and put it on the queue."""
         if isinstance(request, dict):
             request = parse_request(request)
+        self._check_references(request)
         job = self.registry.create_job(
             kind=request.kind,
             name=name or getattr(request, "name", None) or request.kind,
@@ -52,6 +53,20 @@ class JobService:
             raise StudioError(f"could not queue job {job.id}: the broker is unreachable ({reason})") from None
         self.registry.set_job_task_id(job.id, task_id)
         return self.registry.get_job(job.id)
+
+    def _check_references(self, request: Request) -> None:
+        """Refuse a job now, with a message, rather than let it fail on a worker later."""
+        if isinstance(request, TrainRequest):
+            from studio.variants.registry import create_variant
+
+            create_variant(request.variant, request.variant_params)  # raises ValidationFailed naming the field
+            self.registry.get_dataset(request.dataset_id)
+        if isinstance(request, EvalRequest):
+            self.registry.get_dataset(request.dataset_id)
+            if request.adapter_id is not None:
+                self.registry.get_adapter(request.adapter_id)
+            elif not request.base_model:
+                raise StudioError("an evaluation needs an adapter or a base model")
 
     def cancel(self, job_id: int) -> str:
         """Ask a job to stop. Queued jobs stop at once; running ones at their next step."""

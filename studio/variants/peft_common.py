@@ -119,3 +119,69 @@ class PeftVariant(Variant):
             r = getattr(layer, "r", {}).get("default") if isinstance(getattr(layer, "r", None), dict) else None
             out[name] = int(r) if r is not None else int(self.params.r)
         return out
+
+
+class MutatedInitVariant(PeftVariant):
+    """PEFT LoRA flavours whose init moves part of W0 into the adapter (PiSSA, OLoRA, LoRA-GA).
+
+    Training runs on W_res = W0 − s·B0A0. Relative to the ORIGINAL W0 the adapter adds
+    s·(BA − B0A0): a rank-2r LoRA ([B, −B0], [A; A0]). The job's artifact is that portable
+    adapter, written by PEFT's ``path_initial_model_for_weight_conversion``.
+    """
+
+    export_exact = True
+
+    def after_wrap(self, model: Any, ctx: BuildContext) -> None:
+        """Remember the initial factors and save the initial adapter the conversion needs."""
+        import torch
+
+        self._initial_dir = ctx.work_dir / "initial_adapter"
+        with torch.no_grad():
+            self._initial = {
+                name: (layer.lora_B["default"].weight.detach().clone(), layer.lora_A["default"].weight.detach().clone())
+                for name, layer in tuner_layers(model).items()
+            }
+        config = model.peft_config["default"]
+        kind = config.init_lora_weights
+        config.init_lora_weights = True  # reloading the initial adapter must not re-run the mutation
+        try:
+            model.save_pretrained(str(self._initial_dir), safe_serialization=True)
+        finally:
+            config.init_lora_weights = kind
+
+    def build(self, ctx: BuildContext) -> Any:
+        model = super().build(ctx)
+        self.after_wrap(model, ctx)
+        return model
+
+    def plain_lora_factors(self, model: Any) -> dict[str, tuple[Any, Any]] | None:
+        import torch
+
+        factors = {}
+        with torch.no_grad():
+            for name, layer in tuner_layers(model).items():
+                s = layer.scaling["default"]
+                b0, a0 = self._initial[name]
+                b = torch.cat([layer.lora_B["default"].weight, -b0], dim=1).float() * s
+                a = torch.cat([layer.lora_A["default"].weight, a0], dim=0).float()
+                factors[name] = (b.cpu(), a.cpu())
+        return factors
+
+    def delta_weights(self, model: Any) -> dict[str, Any]:
+        return {name: b @ a for name, (b, a) in self.plain_lora_factors(model).items()}
+
+    def final_ranks(self, model: Any) -> dict[str, int]:
+        return {name: 2 * r for name, r in super().final_ranks(model).items()}
+
+    def save_adapter(self, model: Any, out_dir: Any, ectx: Any) -> Any:
+        from studio.variants.base import ExportReport
+
+        if ectx.modules_to_save:
+            # PEFT's conversion keeps only lora_A/lora_B tensors and would drop the trained head.
+            return self.export_plain_lora(model, out_dir, ectx)
+        model.save_pretrained(
+            str(out_dir),
+            safe_serialization=True,
+            path_initial_model_for_weight_conversion=str(self._initial_dir),
+        )
+        return ExportReport(path=str(out_dir), ranks=self.final_ranks(model), format="peft-lora-converted")

@@ -27,6 +27,7 @@ VARIANT_MODULES: tuple[str, ...] = (
     "lora_ga",
     "eva",
     "miss",
+    # research variants (issue 4): one line each, inserted above this marker
 )
 
 

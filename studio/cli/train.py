@@ -1,0 +1,97 @@
+"""`studio train`: submit a training job through the queue (optionally wait with a progress bar)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from studio.cli.common import echo_job_line, services
+from studio.errors import StudioError
+from studio.schema import TrainingHyperParams, TrainRequest, format_validation_error
+
+
+def parse_assignments(pairs: tuple[str, ...], variant_fields: set[str]) -> tuple[dict, dict]:
+    """Split ``key=value`` pairs into (hyper-parameters, variant parameters).
+
+    Keys may be prefixed ``hyper.`` or ``variant.``; unprefixed keys go where the
+    name is known (training settings first). Values are read as JSON when they
+    parse (numbers, booleans, lists), else kept as text.
+    """
+    hyper, variant = {}, {}
+    hyper_fields = set(TrainingHyperParams.model_fields)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise StudioError(f"--set {pair!r}: expected key=value, e.g. --set learning_rate=1e-4")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        scope, _, name = key.rpartition(".")
+        if scope == "hyper" or (not scope and name in hyper_fields):
+            hyper[name] = value
+        elif scope == "variant" or (not scope and name in variant_fields):
+            variant[name] = value
+        else:
+            known = ", ".join(sorted(hyper_fields | variant_fields))
+            raise StudioError(f"--set {key}: not a training or variant setting; known: {known}")
+    return hyper, variant
+
+
+@click.command()
+@click.option("--dataset", "dataset_ref", required=True, help="A registered dataset id, or a file to import first.")
+@click.option("--variant", default="lora", show_default=True, help="Variant name (see `studio variants`).")
+@click.option("--base", "base_model", default=None, help="Base model (default: the bundled chat model).")
+@click.option("--name", default=None, help="Name of the resulting adapter.")
+@click.option("--set", "assignments", multiple=True, help="key=value for a training or variant setting (repeatable).")
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--wait", is_flag=True, help="Wait for the job, show a progress bar, print the adapter.")
+def train(dataset_ref, variant, base_model, name, assignments, seed, wait) -> None:
+    """Fine-tune a base model on a dataset with one LoRA variant."""
+    from studio.variants.registry import get_variant
+
+    svc = services()
+    variant_fields = set(get_variant(variant).Params.model_fields)
+    hyper, variant_params = parse_assignments(assignments, variant_fields)
+    dataset_id = _dataset_id(svc, dataset_ref)
+    task = svc.datasets.get(dataset_id).report.get("task", "causal-lm")
+    try:
+        request = _build_request(svc, dataset_id, base_model, name, task, variant, variant_params, hyper, seed)
+    except ValidationError as exc:
+        raise StudioError(format_validation_error(exc)) from None
+    job = svc.jobs.submit(request)
+    click.echo(f"queued training job {job.id} ({variant} on {request.base_model}, dataset {dataset_id})")
+    if not wait:
+        return
+    job = svc.jobs.wait(job.id, on_update=echo_job_line)
+    click.echo()
+    if job.status != "succeeded":
+        raise StudioError(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
+    click.echo(f"adapter {job.result.get('adapter_id')} at {job.result.get('adapter_path')}")
+
+
+def _build_request(svc, dataset_id, base_model, name, task, variant, variant_params, hyper, seed) -> TrainRequest:
+    return TrainRequest(
+        name=name,
+        dataset_id=dataset_id,
+        base_model=base_model or svc.settings.default_base_model,
+        task=task,
+        variant=variant,
+        variant_params=variant_params,
+        hyper=TrainingHyperParams(**hyper),
+        seed=seed,
+    )
+
+
+def _dataset_id(svc, ref: str) -> int:
+    if ref.isdigit():
+        return svc.datasets.get(int(ref)).id
+    path = Path(ref)
+    if not path.exists():
+        raise StudioError(f"--dataset {ref!r} is neither a dataset id nor an existing file")
+    row = svc.datasets.add(path)
+    click.echo(f"imported {path.name} as dataset {row.id} ({row.format}, {row.rows} rows)")
+    return row.id

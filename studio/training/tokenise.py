@@ -1,0 +1,162 @@
+"""Rows of the canonical JSONL -> token ids and labels.
+
+Chat rows (``{"messages": [...]}``) are rendered with the base tokenizer's chat
+template. With ``loss_on="response"`` only the assistant turns (including the
+template's end-of-turn marker, so the model learns to stop) carry labels; every
+other token is -100. Labels are located by rendering each conversation prefix
+with ``add_generation_prompt=True`` and mapping character spans to tokens through
+the fast tokenizer's offsets, so they are right for any prefix-stable template.
+
+Plain text rows (``{"text": ...}``) are trained on every token, followed by EOS.
+Classification rows (``{"text", "label"}``) become ``input_ids`` + a label index.
+
+Tokenizers without a chat template get :data:`FALLBACK_CHAT_TEMPLATE`::
+
+    <|system|>\\n{content}{eos}\\n<|user|>\\n{content}{eos}\\n<|assistant|>\\n{content}{eos}\\n
+
+Rows longer than ``max_length`` are cut at the end (counted as truncated); a row
+left without any labelled token is dropped (counted too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+IGNORE_INDEX = -100
+
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@dataclass
+class Encoded:
+    """Tokenised rows, ready for batching, plus what happened on the way."""
+
+    examples: list[dict[str, Any]]  # {"input_ids": list[int], "labels": list[int] | int}
+    truncated: int = 0
+    dropped: int = 0
+    dropped_indices: list[int] = field(default_factory=list)
+
+
+def ensure_chat_template(tokenizer: Any) -> bool:
+    """Give ``tokenizer`` the fallback template when it has none; True if the fallback was set."""
+    if getattr(tokenizer, "chat_template", None):
+        return False
+    tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    return True
+
+
+def _render(tokenizer: Any, messages: Sequence[dict[str, str]], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def response_spans(tokenizer: Any, messages: Sequence[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of every assistant turn (with end marker)."""
+    text = _render(tokenizer, messages, False)
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:i], True) if i else ""
+        upto = _render(tokenizer, messages[: i + 1], False)
+        if i and text.startswith(prompt) and text.startswith(upto) and len(upto) > len(prompt):
+            start, end = len(prompt), len(upto)
+        else:
+            # A template that is not prefix-stable: fall back to the content's own characters.
+            start = text.find(message["content"], cursor)
+            if start < 0:
+                continue
+            end = start + len(message["content"])
+        spans.append((start, end))
+        cursor = end
+    return text, spans
+
+
+def _label_tokens(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[bool]:
+    """Which tokens lie inside one of the character spans (a token counts if it starts inside)."""
+    marks = []
+    for start, end in offsets:
+        marks.append(any(s <= start < e or (start == end and s < start <= e) for s, e in spans))
+    return marks
+
+
+def encode_chat(tokenizer: Any, messages: Sequence[dict[str, str]], loss_on: str) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one conversation; labels -100 outside assistant turns unless loss_on='full'."""
+    text, spans = response_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    if loss_on == "full":
+        return ids, list(ids)
+    marks = _label_tokens(enc["offset_mapping"], spans)
+    return ids, [t if m else IGNORE_INDEX for t, m in zip(ids, marks, strict=True)]
+
+
+def encode_text(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of a plain text row: every token is learned, EOS appended."""
+    ids = list(tokenizer(text)["input_ids"])
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+    return ids, list(ids)
+
+
+def label_index(labels: Sequence[Any]) -> Callable[[Any], int]:
+    """Map a row's label (int or str, as in the dataset report) to its class index."""
+    table = {str(label): i for i, label in enumerate(labels)}
+
+    def index(value: Any) -> int:
+        try:
+            return table[str(value)]
+        except KeyError:
+            raise ValueError(f"label {value!r} is not one of the dataset's labels {list(labels)}") from None
+
+    return index
+
+
+def encode_rows(
+    rows: Sequence[dict[str, Any]],
+    tokenizer: Any,
+    *,
+    task: str,
+    max_length: int,
+    loss_on: str = "response",
+    labels: Sequence[Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Encoded:
+    """Tokenise canonical rows for ``task``; truncates at ``max_length`` and reports counts via ``log``."""
+    out = Encoded(examples=[])
+    to_index = label_index(labels or []) if task == "classification" else None
+    if task != "classification" and any("messages" in row for row in rows) and ensure_chat_template(tokenizer):
+        if log:
+            log("the tokenizer has no chat template; using the studio's simple fallback template")
+    for i, row in enumerate(rows):
+        if task == "classification":
+            ids = list(tokenizer(row["text"])["input_ids"])
+            target: Any = to_index(row["label"])
+        elif "messages" in row:
+            ids, target = encode_chat(tokenizer, row["messages"], loss_on)
+        else:
+            ids, target = encode_text(tokenizer, row["text"])
+        if len(ids) > max_length:
+            out.truncated += 1
+            ids = ids[:max_length]
+            if isinstance(target, list):
+                target = target[:max_length]
+        if isinstance(target, list) and all(t == IGNORE_INDEX for t in target[1:]):
+            # Nothing left to learn from (the response was cut off): the row would only add noise.
+            out.dropped += 1
+            out.dropped_indices.append(i)
+            continue
+        out.examples.append({"input_ids": ids, "labels": target})
+    if log and (out.truncated or out.dropped):
+        log(
+            f"{out.truncated} of {len(rows)} rows were longer than {max_length} tokens and were truncated; "
+            f"{out.dropped} rows had no response tokens left and were skipped"
+        )
+    return out

@@ -1,0 +1,47 @@
+"""Shared fixtures: an isolated data dir and SQLite registry per test, offline Hugging Face."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network or the user's own studio data.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_models_dir(tmp_path_factory) -> Path:
+    """One converted copy of the bundled models per test session (the GGUF conversion takes ~20 s)."""
+    path = Path(os.environ.get("STUDIO_TEST_MODELS_DIR") or tmp_path_factory.mktemp("models"))
+    os.environ["STUDIO_MODELS_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    """Settings on a fresh data dir with the embedded (SQLite) registry and broker."""
+    from studio.settings import Settings
+
+    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "STUDIO_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STUDIO_DATA_DIR", str(tmp_path / "data"))
+    value = Settings(data_dir=tmp_path / "data")
+    value.ensure_dirs()
+    return value
+
+
+@pytest.fixture
+def registry(settings):
+    """A migrated SQLite registry in the test's data dir."""
+    from models_db.registry import Registry
+
+    reg = Registry.from_url(settings.database_url)
+    yield reg
+    reg.dispose()
