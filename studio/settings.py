@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     worker_dead_after_seconds: float = Field(default=60.0, gt=0, validation_alias=_env("STUDIO_WORKER_DEAD_AFTER"))
     job_max_attempts: int = Field(default=3, ge=1, validation_alias=_env("STUDIO_JOB_MAX_ATTEMPTS"))
     max_upload_mb: float = Field(default=200.0, gt=0, validation_alias=_env("STUDIO_MAX_UPLOAD_MB"))
+    max_row_chars: int = Field(default=100_000, ge=100, validation_alias=_env("STUDIO_MAX_ROW_CHARS"))
     default_base_model: str = Field(default="smollm2-135m-instruct", validation_alias=_env("STUDIO_DEFAULT_BASE_MODEL"))
     offline: bool = Field(default=True, validation_alias=_env("STUDIO_OFFLINE"))
 

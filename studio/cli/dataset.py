@@ -37,13 +37,9 @@ def _clean_errors(func):
 
 
 def _service() -> DatasetService:
-    # Temporary: the lead switches this to studio.services.container.get_services().
-    from models_db.registry import Registry
-    from studio.settings import load_settings
+    from studio.cli.common import services
 
-    settings = load_settings()
-    settings.ensure_dirs()
-    return DatasetService(Registry.from_url(settings.database_url), settings)
+    return services().datasets
 
 
 def _short(value: Any, limit: int = PREVIEW_CHARS) -> str:

@@ -228,13 +228,15 @@ def _propose(columns: list[str], cols: dict[str, _Column], found) -> Detection:
             reason = f"column {column!r} holds from/value turns"
             return found("sharegpt", {"conversations": column}, 0.8, reason, True)
     textual = [c for c in columns if cols[c].textual]
-    completion = _first_named(COMPLETION_NAMES, textual)
-    if "instruction" in textual and completion and completion != "instruction":
-        others = [c for c in textual if c not in (completion, "instruction")]
+    # Named prompt/completion columns may hold short numbers as text ("4" answers a sum).
+    strings = [c for c in columns if cols[c].share(lambda v: isinstance(v, str)) >= 0.9]
+    completion = _first_named(COMPLETION_NAMES, strings)
+    if "instruction" in strings and completion and completion != "instruction":
+        others = [c for c in strings if c not in (completion, "instruction")]
         extra = _first_named(("input", "context"), others)
         mapping = {"instruction": "instruction", **({"input": extra} if extra else {}), "output": completion}
         return found("alpaca", mapping, 0.8, f"instruction with {completion!r} as the output", True)
-    prompt = _first_named(PROMPT_NAMES, [c for c in textual if c != completion])
+    prompt = _first_named(PROMPT_NAMES, [c for c in strings if c != completion])
     if prompt and completion:
         confidence = 0.9 if (prompt.lower(), completion.lower()) in STRONG_PAIRS else 0.6
         reason = f"{prompt!r} reads like a prompt and {completion!r} like its completion"

@@ -23,7 +23,7 @@ from studio.datasets.formats import Detection, detect_format, refusal_message
 from studio.datasets.mapping import resolve_mapping
 from studio.datasets.normalise import label_summary, read_jsonl, to_canonical, write_jsonl
 from studio.datasets.readers import RawTable, file_kind, parse_bytes, read_file_bytes
-from studio.datasets.validation import DEFAULT_MAX_ROW_CHARS, ValidationResult, validate_rows
+from studio.datasets.validation import ValidationResult, validate_rows
 from studio.errors import ValidationFailed
 from studio.settings import Settings
 
@@ -73,7 +73,7 @@ class DatasetService:
         self.registry = registry
         self.settings = settings
         # Settings has no per-row limit yet; honour one if it is added there.
-        self.max_row_chars = max_row_chars or getattr(settings, "max_row_chars", None) or DEFAULT_MAX_ROW_CHARS
+        self.max_row_chars = max_row_chars or settings.max_row_chars
 
     # Reading ------------------------------------------------------------------------
 

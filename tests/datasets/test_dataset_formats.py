@@ -61,8 +61,13 @@ def test_gsm8k_like_question_answer_is_a_proposal():
 
 def test_lncrna_like_sequence_label_is_a_classification_proposal():
     rows = [
-        {"id": f"AT{i}", "header": f"AT{i} cdna chromosome", "sequence": "ACGT" * (50 + i), "label": i % 2,
-         "label_name": ["mRNA", "lncRNA"][i % 2]}  # fmt: skip
+        {
+            "id": f"AT{i}",
+            "header": f"AT{i} cdna chromosome",
+            "sequence": "ACGT" * (50 + i),
+            "label": i % 2,
+            "label_name": ["mRNA", "lncRNA"][i % 2],
+        }  # fmt: skip
         for i in range(10)
     ]
     detection = detect(rows)

@@ -27,7 +27,11 @@ def test_other_formats():
     assert to_canonical("prompt_completion", {"prompt": "2+2?", "completion": "4"}) == {
         "messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
     }
-    turns = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    turns = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": "a"},
+    ]
     assert to_canonical("chat", {"messages": turns}) == {"messages": turns}
     assert to_canonical("sharegpt", {"messages": turns}) == {"messages": turns}
     assert to_canonical("text", {"text": "t "}) == {"text": "t "}

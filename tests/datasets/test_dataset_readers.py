@@ -103,9 +103,7 @@ def test_semicolon_csv(tmp_path):
 
 def test_parquet(tmp_path):
     path = tmp_path / "a.parquet"
-    frame = pd.DataFrame(
-        {"messages": [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]]}
-    )
+    frame = pd.DataFrame({"messages": [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]]})
     frame.to_parquet(path)
     table = parse_file(path)
     assert table.file_format == "parquet"

@@ -48,9 +48,7 @@ def test_round_trip(service, settings, write_jsonl, registry):
     assert [r.id for r in service.list()] == [row.id]
     assert service.get(row.id).name == "my set"
     rows = service.load_rows(row.id)
-    assert rows[1] == {
-        "messages": [{"role": "user", "content": "Add\n\n1+1"}, {"role": "assistant", "content": "2"}]
-    }
+    assert rows[1] == {"messages": [{"role": "user", "content": "Add\n\n1+1"}, {"role": "assistant", "content": "2"}]}
     assert service.preview(row.id, n=2) == rows[:2]
     train, val = split_rows(len(rows), 0.34, seed=0)
     assert len(train) == 2 and len(val) == 1

@@ -1,0 +1,96 @@
+"""Small helpers every tab shares: friendly errors, choice lists, formatting."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import gradio as gr
+
+from studio.errors import StudioError
+
+logger = logging.getLogger(__name__)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a handler so a StudioError becomes a warning toast saying what to do, never a traceback.
+
+    Unexpected errors are logged with their traceback on the server and shown as a short
+    message; ``gr.Error`` keeps the handler's outputs untouched.
+    """
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except StudioError as exc:
+                raise gr.Error(str(exc), title="Cannot do that", print_exception=False) from None
+            except Exception as exc:
+                logger.exception("handler %s failed", fn.__name__)
+                raise gr.Error(_unexpected(exc), print_exception=False) from None
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except StudioError as exc:
+            raise gr.Error(str(exc), title="Cannot do that", print_exception=False) from None
+        except Exception as exc:
+            logger.exception("handler %s failed", fn.__name__)
+            raise gr.Error(_unexpected(exc), print_exception=False) from None
+
+    return wrapper
+
+
+def _unexpected(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"Something went wrong ({text}). The server log has the details; try again or check the System tab."
+
+
+def id_choices(rows: list[Any], label: Callable[[Any], str]) -> list[tuple[str, int]]:
+    """``(label, id)`` pairs for a dropdown whose value is the row id."""
+    return [(label(row), row.id) for row in rows]
+
+
+def human_seconds(seconds: float | None) -> str:
+    """'45 s', '3 min', '1 h 20 min'; '—' when unknown."""
+    if seconds is None:
+        return "—"
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    if minutes < 90:
+        return f"{minutes:.0f} min"
+    hours, rest = divmod(minutes, 60)
+    return f"{hours:.0f} h {rest:.0f} min"
+
+
+def human_bytes(size: int | None) -> str:
+    """'12.3 MB' style sizes."""
+    value = float(size or 0)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def ago(moment: datetime | None) -> str:
+    """'5 min ago' for a timestamp."""
+    if moment is None:
+        return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return human_seconds((datetime.now(UTC) - moment).total_seconds()) + " ago"

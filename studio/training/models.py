@@ -1,0 +1,73 @@
+"""Loading the base model for a task, and the compute-precision policy.
+
+Precision and batching are kept in separate small functions so a later change
+(bf16 autocast, length grouping) touches one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from studio.errors import ValidationFailed
+
+
+def load_tokenizer_for(path: str | Path) -> Any:
+    """The base model's tokenizer with a pad token (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    return tokenizer
+
+
+def is_encoder_only(path: str | Path) -> bool:
+    """True for BERT-like checkpoints (no causal-LM architecture in their config)."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    architectures = config.get("architectures") or []
+    return not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+
+
+def load_base_model(
+    path: str | Path, task: str, labels: Sequence[Any] | None = None, pad_token_id: int | None = None
+) -> Any:
+    """The transformers model to adapt, fp32 on CPU: a causal LM, or a sequence classifier with a new head."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task == "classification":
+        if not labels or len(labels) < 2:
+            raise ValidationFailed("classification needs a dataset with at least two labels")
+        names = [str(label) for label in labels]
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path),
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+            dtype=torch.float32,
+        )
+        if pad_token_id is not None:
+            # Llama-style classifiers pool the last non-pad token: they must know the pad id.
+            model.config.pad_token_id = pad_token_id
+        return model
+    if is_encoder_only(path):
+        raise ValidationFailed(f"{path} is an encoder model: it can only be trained for classification")
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+
+
+def compute_dtype(precision: str, device: Any) -> Any:
+    """The autocast dtype for ``precision`` on ``device``; None means plain fp32 (the only mode for now)."""
+    return None
+
+
+def autocast(device: Any, dtype: Any) -> Any:
+    """A context manager for the forward pass at ``dtype`` (a no-op in fp32)."""
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

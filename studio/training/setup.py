@@ -1,0 +1,114 @@
+"""Everything a run needs before its first step: task, data, tokenizer, base model, variant context."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from studio.errors import ValidationFailed
+from studio.schema import TrainRequest
+from studio.training.data import BatchPlan, collate, read_jsonl, split_indices, to_device
+from studio.training.models import is_encoder_only, load_base_model, load_tokenizer_for
+from studio.training.tokenise import encode_rows
+
+
+@dataclass
+class TrainingData:
+    """The dataset a run trains on: the canonical JSONL and its validation report."""
+
+    path: Path
+    report: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+    name: str = ""
+
+    @classmethod
+    def from_row(cls, row: Any) -> TrainingData:
+        """From a registry DatasetRow."""
+        return cls(path=Path(row.stored_path), report=dict(row.report or {}), sha256=row.sha256, name=row.name)
+
+
+def resolve_task(request: TrainRequest, data: TrainingData, base_path: Path) -> str:
+    """The request's task when given explicitly, else the dataset's, else causal-lm; encoders classify."""
+    if "task" in request.model_fields_set:
+        task = request.task
+    else:
+        task = data.report.get("task") or ("classification" if is_encoder_only(base_path) else "causal-lm")
+    if task == "causal-lm" and is_encoder_only(base_path):
+        raise ValidationFailed(f"{request.base_model} is an encoder model: choose a classification dataset")
+    return task
+
+
+def dataset_labels(rows: list[dict[str, Any]], report: dict[str, Any]) -> list[Any]:
+    """The sorted label list: from the report when present, else from the rows."""
+    labels = report.get("labels")
+    if labels:
+        return list(labels)
+    values = {row["label"] for row in rows if "label" in row}
+    return sorted(values, key=lambda v: (isinstance(v, str), v))
+
+
+@dataclass
+class RunSetup:
+    task: str
+    tokenizer: Any
+    model: Any  # plain base model on the device, before the variant wraps it
+    labels: list[Any] | None
+    train: list[dict[str, Any]]
+    val: list[dict[str, Any]]
+    plan: BatchPlan
+    total_steps: int
+    warmup_steps: int
+    pad_id: int
+    truncated: int
+    dropped: int
+
+    def micro_batch(self, k: int, device: Any) -> dict[str, Any]:
+        return to_device(collate([self.train[i] for i in self.plan.micro_batch(k)], self.pad_id), device)
+
+    def calibration_batches(self, device: Any):
+        """The factory variants get: the first n micro-batches of the run (pure, no RNG use)."""
+
+        def batches(n: int):
+            for k in range(n):
+                yield self.micro_batch(k, device)
+
+        return batches
+
+
+def prepare_run(request: TrainRequest, data: TrainingData, base_path: Path, device: Any, log: Any) -> RunSetup:
+    """Read, split and tokenise the data; load tokenizer and base model; size the run."""
+    hyper = request.hyper
+    task = resolve_task(request, data, base_path)
+    rows = read_jsonl(data.path)
+    if not rows:
+        raise ValidationFailed(f"dataset {data.name or data.path} has no rows")
+    train_idx, val_idx = split_indices(len(rows), hyper.validation_fraction, request.seed)
+    labels = dataset_labels(rows, data.report) if task == "classification" else None
+    tokenizer = load_tokenizer_for(base_path)
+    common = dict(task=task, max_length=hyper.max_length, loss_on=hyper.loss_on, labels=labels)
+    train = encode_rows([rows[i] for i in train_idx], tokenizer, log=log, **common)
+    val = encode_rows([rows[i] for i in val_idx], tokenizer, **common)
+    plan = BatchPlan(len(train.examples), hyper.batch_size, hyper.grad_accum, request.seed)
+    total = hyper.max_steps or plan.steps_for(hyper.epochs)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    model = load_base_model(base_path, task, labels, pad_id).to(device)
+    log(
+        f"{task}: {len(train.examples)} training and {len(val.examples)} validation examples, "
+        f"{total} optimizer steps of {hyper.batch_size}×{hyper.grad_accum} examples"
+    )
+    return RunSetup(
+        task=task,
+        tokenizer=tokenizer,
+        model=model,
+        labels=labels,
+        train=train.examples,
+        val=val.examples,
+        plan=plan,
+        total_steps=total,
+        warmup_steps=math.ceil(hyper.warmup_ratio * total),
+        pad_id=pad_id,
+        truncated=train.truncated + val.truncated,
+        dropped=train.dropped + val.dropped,
+    )

@@ -1,0 +1,100 @@
+"""`studio dataset ...` through click's CliRunner, on a data dir in tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from studio.cli.dataset import dataset
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_DATA_DIR", str(tmp_path / "studio"))
+    for name in ("DATABASE_URL", "STUDIO_MAX_UPLOAD_MB"):
+        monkeypatch.delenv(name, raising=False)
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(dataset, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def test_dataset_is_a_click_group():
+    assert isinstance(dataset, click.Group)
+    assert {"add", "list", "show", "delete", "drop", "inspect"} <= set(dataset.commands)
+
+
+def test_add_list_show_delete(cli, tmp_path):
+    path = tmp_path / "qa.jsonl"
+    rows = [{"question": f"{i}+{i}?", "answer": str(2 * i)} for i in range(8)]
+    rows[3]["answer"] = ""
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+
+    refused = cli("add", path)
+    assert refused.exit_code == 1
+    assert refused.output.strip().splitlines() == [
+        "error: columns question, answer do not name a format; re-run with --map prompt=question "
+        "--map completion=answer (proposed: prompt_completion, confidence 0.90)"
+    ]
+
+    # the issue's col=field order works as well as field=col
+    invalid = cli("add", path, "--map", "question=prompt", "--map", "completion=answer")
+    assert invalid.exit_code == 1
+    assert "error: 1 of 8 rows are invalid (empty: 1): row 4 answer: answer is empty" in invalid.output
+    assert "--drop-invalid" in invalid.output
+
+    added = cli("add", path, "--name", "sums", "--map", "question=prompt", "--map", "answer=completion",
+                "--drop-invalid")  # fmt: skip
+    assert added.exit_code == 0, added.output
+    lines = added.output.splitlines()
+    assert lines[0] == "added dataset 1: sums"
+    assert lines[1] == "format: prompt_completion (causal-lm), rows: 7"
+    assert lines[2] == "mapping: prompt=question, completion=answer"
+    assert "validation: 7 of 8 rows stored" in added.output
+    assert "dropped 1 invalid rows (empty: 1): rows 4" in added.output
+
+    listed = cli("list")
+    assert listed.exit_code == 0
+    header, first = listed.output.splitlines()[:2]
+    assert header.split() == ["id", "name", "format", "task", "rows", "created"]
+    assert first.split()[:5] == ["1", "sums", "prompt_completion", "causal-lm", "7"]
+
+    shown = cli("show", 1)
+    assert shown.exit_code == 0
+    assert "dataset 1: sums" in shown.output
+    assert "sha256: " in shown.output
+    preview = shown.output.split("preview:\n", 1)[1].splitlines()
+    assert len(preview) == 5
+    assert json.loads(preview[0]) == {
+        "messages": [{"role": "user", "content": "0+0?"}, {"role": "assistant", "content": "0"}]
+    }
+
+    deleted = cli("delete", 1)
+    assert deleted.output.strip() == "deleted dataset 1: sums"
+    assert not any((tmp_path / "studio" / "datasets").iterdir())
+    assert "no datasets yet" in cli("list").output
+    missing = cli("drop", 1)
+    assert missing.exit_code == 1
+    assert missing.output.startswith("error: dataset 1 does not exist")
+
+
+def test_inspect_shows_the_proposal(cli):
+    gsm8k = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+    result = cli("inspect", gsm8k)
+    assert result.exit_code == 0
+    assert "proposed: prompt_completion (confidence 0.90" in result.output
+    assert f"confirm with: studio dataset add {gsm8k} --map prompt=question --map completion=answer" in result.output
+
+
+def test_bad_map_option_is_one_clean_line(cli, tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "hi"}\n', encoding="utf-8")
+    result = cli("add", path, "--map", "nonsense")
+    assert result.exit_code == 1
+    assert result.output.startswith("error: --map 'nonsense' must look like field=column")
