@@ -45,6 +45,8 @@ class FieldSpec:
         if self.minimum is None or self.maximum is None:
             return None
         span = self.maximum - self.minimum
+        if span <= 0:
+            return None
         if self.kind == "int":
             return 1 if span <= MAX_SLIDER_STEPS else None
         # Fine enough to reach the default and a hundredth of the range, in powers of ten.
@@ -125,7 +127,7 @@ def _humanise(title: str) -> str:
 
 
 def make_component(spec: FieldSpec, elem_prefix: str, value: Any = None) -> gr.components.Component:
-    """The Gradio widget for one field (created in the current Blocks context)."""
+    """The Gradio widget for one field (created in the current Blocks context); ``value`` overrides the default."""
     value = spec.default if value is None else value
     elem_id = f"{elem_prefix}-{spec.name.replace('_', '-')}"
     common = dict(label=spec.label, info=spec.info, elem_id=elem_id)
@@ -164,13 +166,14 @@ class SchemaForm:
         skip: tuple[str, ...] = (),
         only: tuple[str, ...] | None = None,
         specs: list[FieldSpec] | None = None,
+        initial: dict[str, Any] | None = None,
     ):
         fields = specs if specs is not None else parse_schema(schema, skip)
         if only is not None:
             fields = [f for f in fields if f.name in only]
         self.specs: dict[str, FieldSpec] = {f.name: f for f in fields}
         self.widgets: dict[str, gr.components.Component] = {
-            f.name: make_component(f, elem_prefix) for f in fields
+            f.name: make_component(f, elem_prefix, (initial or {}).get(f.name)) for f in fields
         }
 
     @property

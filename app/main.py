@@ -1,21 +1,30 @@
-"""Assemble the studio's Blocks from its tabs."""
+"""Assemble the studio's Blocks from its tabs: one module per tab, each with ``TITLE``, ``ELEM_ID`` and ``build``."""
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import gradio as gr
 
-from app import tab_system
+from app import tab_adapters, tab_datasets, tab_evaluate, tab_jobs, tab_playground, tab_system, tab_train
+from app.theme import header_html
 from studio.services.container import Services
 
-TABS = [tab_system]
+
+def tab_modules() -> list[ModuleType]:
+    """The tabs in display order; Evaluate only where the eval job kind is installed."""
+    tabs = [tab_datasets, tab_train, tab_jobs, tab_adapters, tab_playground]
+    if tab_evaluate.available():
+        tabs.append(tab_evaluate)
+    return [*tabs, tab_system]
 
 
 def build_app(services: Services) -> gr.Blocks:
     """The whole UI for ``services``; nothing heavy happens until a user acts."""
-    with gr.Blocks(title="Adapter Studio") as demo:
-        gr.Markdown("# Adapter Studio\nFine-tune language models with LoRA and its research variants.")
-        with gr.Tabs():
-            for tab in TABS:
-                with gr.Tab(tab.TITLE):
-                    tab.build(services)
+    with gr.Blocks(title="Adapter Studio", fill_width=True) as demo:
+        gr.HTML(header_html(), elem_id="studio-header")
+        with gr.Tabs(elem_id="studio-tabs"):
+            for module in tab_modules():
+                with gr.Tab(module.TITLE, id=module.ELEM_ID, elem_id=module.ELEM_ID) as tab:
+                    module.build(services, tab, demo)
     return demo

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 import gradio as gr
 
+from app.ui import bind
 from studio.schema import CheckRequest
 from studio.services.container import Services
 
 TITLE = "System"
+ELEM_ID = "tab-system"
 
 
 def status_markdown(services: Services) -> str:
     """A short health report as Markdown."""
     state = services.status()
-    mark = {True: "✅", False: "❌"}
+    mark = {True: "✓", False: "✗"}
     lines = [
         f"**Registry** {mark[state.registry_ok]} `{state.registry_url}`",
         f"**Job queue** {mark[state.broker_ok]} `{state.broker_url}`"
@@ -33,30 +38,38 @@ def status_markdown(services: Services) -> str:
 
 
 def jobs_rows(services: Services) -> list[list]:
+    """The 20 newest jobs as table rows."""
     return [
         [j.id, j.kind, j.status, f"{j.progress * 100:.0f}%", j.worker_host or "", j.device or "", j.error or ""]
         for j in services.jobs.list(limit=20)
     ]
 
 
-def build(services: Services) -> None:
-    status = gr.Markdown(value=lambda: status_markdown(services), elem_id="system-status")
+def refresh(services: Services) -> dict[str, Any]:
+    """Health report and recent jobs."""
+    return {"status": status_markdown(services), "jobs": jobs_rows(services)}
+
+
+def run_check(services: Services) -> dict[str, Any]:
+    """Queue a short self-test job."""
+    job = services.jobs.submit(CheckRequest(steps=20))
+    gr.Info(f"Queued system check as job #{job.id}.")
+    return {"notice": f"Queued system check as job #{job.id}; follow it below or in the Jobs tab.", **refresh(services)}
+
+
+def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
+    """Lay out the tab and wire its events."""
+    c: dict[str, Any] = {}
+    c["status"] = gr.Markdown("Loading…", elem_id="system-status")
     with gr.Row():
-        check_btn = gr.Button("Run a system check", variant="primary", elem_id="system-check")
-        refresh_btn = gr.Button("Refresh")
-    notice = gr.Markdown()
-    jobs = gr.Dataframe(
-        headers=["id", "kind", "status", "progress", "worker", "device", "error"],
-        value=lambda: jobs_rows(services),
-        interactive=False,
-        elem_id="system-jobs",
+        c["check_btn"] = gr.Button("Run a system check", variant="primary", elem_id="system-check")
+        c["refresh_btn"] = gr.Button("Refresh", elem_id="system-refresh")
+    c["notice"] = gr.Markdown()
+    c["jobs"] = gr.Dataframe(
+        headers=["id", "kind", "status", "progress", "worker", "device", "error"], interactive=False, elem_id="system-jobs"
     )
-    timer = gr.Timer(2.0)
-
-    def run_check():
-        job = services.jobs.submit(CheckRequest(steps=20))
-        return f"Queued system check as job {job.id}.", jobs_rows(services)
-
-    check_btn.click(run_check, outputs=[notice, jobs])
-    refresh_btn.click(lambda: (status_markdown(services), jobs_rows(services)), outputs=[status, jobs])
-    timer.tick(lambda: (status_markdown(services), jobs_rows(services)), outputs=[status, jobs])
+    out = {k: c[k] for k in ("status", "jobs")}
+    bind(c["check_btn"].click, partial(run_check, services), {}, out | {"notice": c["notice"]})
+    bind(c["refresh_btn"].click, partial(refresh, services), {}, out)
+    # The health check probes the broker (up to a few seconds): on demand, not on a timer.
+    bind(tab.select, partial(refresh, services), {}, out)

@@ -33,7 +33,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             except StudioError as exc:
                 raise gr.Error(str(exc), title="Cannot do that", print_exception=False) from None
             except Exception as exc:
-                logger.exception("handler %s failed", fn.__name__)
+                logger.exception("handler %s failed", name_of(fn))
                 raise gr.Error(_unexpected(exc), print_exception=False) from None
 
         return gen_wrapper
@@ -47,7 +47,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except StudioError as exc:
             raise gr.Error(str(exc), title="Cannot do that", print_exception=False) from None
         except Exception as exc:
-            logger.exception("handler %s failed", fn.__name__)
+            logger.exception("handler %s failed", name_of(fn))
             raise gr.Error(_unexpected(exc), print_exception=False) from None
 
     return wrapper
@@ -94,3 +94,48 @@ def ago(moment: datetime | None) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return human_seconds((datetime.now(UTC) - moment).total_seconds()) + " ago"
+
+
+def bind(
+    event: Callable[..., Any],
+    fn: Callable[..., dict[str, Any]],
+    inputs: dict[str, Any] | None = None,
+    outputs: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Wire ``fn`` to a Gradio event with inputs and outputs matched BY NAME, never by position.
+
+    ``fn(**{input name: value})`` returns ``{output name: value or gr.update}``; names it
+    leaves out stay unchanged. Generator handlers (streaming) yield such dicts. Errors go
+    through :func:`friendly`.
+    """
+    inputs = inputs or {}
+    outputs = outputs or {}
+    names = list(inputs)
+    safe = friendly(fn)
+
+    def by_component(result: dict[str, Any]) -> dict[Any, Any]:
+        unknown = set(result) - set(outputs)
+        if unknown:
+            raise KeyError(f"{name_of(fn)} returned outputs that are not wired: {sorted(unknown)}")
+        return {outputs[name]: value for name, value in result.items()}
+
+    if inspect.isgeneratorfunction(fn):
+
+        def stream_handler(*values):
+            for result in safe(**dict(zip(names, values, strict=True))):
+                yield by_component(result)
+
+        handler = stream_handler
+    else:
+
+        def handler(*values):
+            return by_component(safe(**dict(zip(names, values, strict=True))))
+
+    handler.__name__ = name_of(fn)
+    return event(handler, inputs=list(inputs.values()), outputs=list(outputs.values()), **kwargs)
+
+
+def name_of(fn: Callable[..., Any]) -> str:
+    """A handler's name, seeing through functools.partial."""
+    return getattr(getattr(fn, "func", fn), "__name__", "handler")

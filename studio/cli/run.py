@@ -23,6 +23,7 @@ def run(host: str | None, port: int | None, with_worker: bool | None) -> None:
     """Serve the studio at http://HOST:PORT with a live job queue and the bundled model ready."""
     from app.auth import parse_auth
     from app.main import build_app
+    from app.theme import launch_options
     from studio.models.base_models import register_bundled_models, resolve_base_model
     from studio.services.container import build_services
     from workers.supervisor import EmbeddedWorker
@@ -53,6 +54,7 @@ def run(host: str | None, port: int | None, with_worker: bool | None) -> None:
             auth=parse_auth(settings.auth),
             show_error=True,
             quiet=True,
+            **launch_options(),
         )
     finally:
         if supervisor:

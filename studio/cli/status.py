@@ -59,4 +59,6 @@ def status(as_json: bool, check: bool, timeout: float) -> None:
     if check and check_result["status"] != "succeeded":
         raise SystemExit(1)
     if not (state.registry_ok and state.broker_ok):
+        # One line a script (or a person) can act on, as for every other CLI error.
+        click.echo(f"error: {state.broker_error or 'the registry database is unreachable'}", err=True)
         raise SystemExit(1)

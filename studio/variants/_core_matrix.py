@@ -5,21 +5,24 @@ LoRA-XS, LoRA-SB, SLoRA, NLoRA and IntTune all adapt a frozen linear layer W0 (m
     h = W0 x + s · B · N · A · drop(x),   B (m × r), N (r × r), A (r × n), s = α / r,
 
 and differ only in how B, N, A are initialised and which of them are trained. This module
-holds the wrapped layer (:func:`core_linear_class`), a seeded randomised SVD, the wrapping of the
-target layers and a :class:`CoreMatrixVariant` base class that provides ΔW, the exact
-plain-LoRA factors, checkpoint extras and the ‖N − N0‖ / singular-value diagnostics. A
-subclass only says how to initialise one layer (:meth:`CoreMatrixVariant.init_layer`).
+holds the wrapped layer (:class:`CoreLinear`, an ``AdapterLinear``), a seeded randomised SVD
+and the :class:`CoreMatrixVariant` base class, which provides ΔW, the exact plain-LoRA
+factors, checkpoint extras and the ‖N − N0‖ / singular-value diagnostics. A subclass only
+says how to initialise one layer (:meth:`CoreMatrixVariant.init_layer`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, ClassVar, Literal
 
+import torch
+import torch.nn.functional as F
 from pydantic import Field
+from torch import nn
 
+from studio.variants._adapter_wrap import AdapterLinear, adapter_layers, wrap_linears
 from studio.variants.base import BuildContext, Variant, VariantParams
 from studio.variants.targets import find_target_linears
 
@@ -55,14 +58,12 @@ def scaling(params: VariantParams) -> float:
     return 1.0 if alpha is None else float(alpha) / float(params.r)
 
 
-def _flip_signs(u: Any, vh: Any) -> tuple[Any, Any]:
+def _flip_signs(u: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Make the largest-magnitude entry of every row of Vᵀ positive (sklearn's v-based svd_flip).
 
     A singular pair is only defined up to a joint sign; fixing it makes the init reproducible
     across SVD back-ends and devices.
     """
-    import torch
-
     idx = vh.abs().argmax(dim=1)
     signs = torch.sign(vh.gather(1, idx[:, None]).squeeze(1))
     signs[signs == 0] = 1
@@ -70,8 +71,8 @@ def _flip_signs(u: Any, vh: Any) -> tuple[Any, Any]:
 
 
 def truncated_svd(
-    matrix: Any, rank: int, method: str = "randomized", n_iter: int = 10, seed: int = 42, oversample: int = 10
-) -> tuple[Any, Any, Any]:
+    matrix: torch.Tensor, rank: int, method: str = "randomized", n_iter: int = 10, seed: int = 42, oversample: int = 10
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(U_r (m×r), σ_r (r), V_rᵀ (r×n)) of ``matrix`` in fp32.
 
     ``randomized`` is Halko et al.'s algorithm as in scikit-learn's ``TruncatedSVD`` (the
@@ -80,8 +81,6 @@ def truncated_svd(
     CPU from ``seed`` so the init does not depend on the device or the global RNG.
     ``exact`` is a full float64 SVD.
     """
-    import torch
-
     m, n = matrix.shape
     rank = min(rank, m, n)
     if method == "exact":
@@ -111,90 +110,74 @@ def truncated_svd(
 class LayerInit:
     """Initial factors of one layer (fp32); ``residual`` subtracts s·B·N·A from W0."""
 
-    lora_A: Any  # r × n
-    lora_core: Any  # r × r
-    lora_B: Any  # m × r
+    lora_A: torch.Tensor  # r × n
+    lora_core: torch.Tensor  # r × r
+    lora_B: torch.Tensor  # m × r
     residual: bool = False
 
 
-@cache
-def core_linear_class() -> type:
-    """The ``nn.Module`` class of a wrapped layer, created on first use (keeps the torch import lazy)."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
+class CoreLinear(AdapterLinear):
+    """A frozen ``nn.Linear`` plus s · B · N · A · drop(x).
 
-    class _CoreLinear(nn.Module):
-        """A frozen ``nn.Linear`` plus s · B · N · A · drop(x).
+    With ``residual`` the base weight holds W0 − s·B0·N0·A0 and B0, N0, A0 are kept as
+    buffers, so ΔW relative to the ORIGINAL W0 is s·B·N·A − s·B0·N0·A0 (rank ≤ 2r).
+    """
 
-        With ``residual`` the base weight holds W0 − s·B0·N0·A0 and B0, N0, A0 are kept as
-        buffers, so ΔW relative to the ORIGINAL W0 is s·B·N·A − s·B0·N0·A0 (rank ≤ 2r).
-        """
-
-        def __init__(self, base: nn.Linear, init: LayerInit, s: float, dropout: float):
-            super().__init__()
-            self.base_layer = base
-            self.in_features, self.out_features = base.in_features, base.out_features
-            self.scaling = float(s)
-            self.r = int(init.lora_core.shape[0])
-            device = base.weight.device
-            for name in FACTORS:
-                value = getattr(init, name).detach().to(device=device, dtype=torch.float32).contiguous()
-                setattr(self, name, nn.Parameter(value.clone(), requires_grad=False))
-            self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-            self.residual = bool(init.residual)
-            # The initial core (for ‖N − N0‖) and, with residual, the initial factors.
-            self.register_buffer("core_init", self.lora_core.detach().clone(), persistent=False)
-            if self.residual:
-                self.register_buffer("init_A", self.lora_A.detach().clone(), persistent=False)
-                self.register_buffer("init_B", self.lora_B.detach().clone(), persistent=False)
-                with torch.no_grad():
-                    w = base.weight.data
-                    w.copy_((w.float() - self.scaling * self.init_B @ self.core_init @ self.init_A).to(w.dtype))
-
-        @property
-        def weight(self) -> Any:  # some model code reads .weight / .bias of its linears
-            return self.base_layer.weight
-
-        @property
-        def bias(self) -> Any:
-            return self.base_layer.bias
-
-        def forward(self, x: Any) -> Any:
-            result = self.base_layer(x)
-            z = self.lora_dropout(x).to(self.lora_A.dtype)
-            update = F.linear(F.linear(F.linear(z, self.lora_A), self.lora_core), self.lora_B)
-            return result + (update * self.scaling).to(result.dtype)
-
-        def factors(self) -> tuple[Any, Any]:
-            """Exact (B′, A′) with B′A′ = ΔW relative to the original W0 (rank r, or 2r with residual)."""
+    def __init__(self, base_layer: nn.Linear, init: LayerInit, s: float, dropout: float):
+        super().__init__(base_layer, dropout)
+        self.scaling = float(s)
+        self.r = int(init.lora_core.shape[0])
+        device = base_layer.weight.device
+        for name in FACTORS:
+            value = getattr(init, name).detach().to(device=device, dtype=torch.float32)
+            setattr(self, name, nn.Parameter(value.clone().contiguous(), requires_grad=False))
+        self.residual = bool(init.residual)
+        # The initial core (for ‖N − N0‖) and, with residual, the initial outer factors.
+        self.register_buffer("core_init", self.lora_core.detach().clone(), persistent=False)
+        if self.residual:
+            self.register_buffer("init_A", self.lora_A.detach().clone(), persistent=False)
+            self.register_buffer("init_B", self.lora_B.detach().clone(), persistent=False)
             with torch.no_grad():
-                b = self.scaling * (self.lora_B.float() @ self.lora_core.float())
-                a = self.lora_A.float()
-                if self.residual:
-                    b0 = -self.scaling * (self.init_B.float() @ self.core_init.float())
-                    b, a = torch.cat([b, b0], dim=1), torch.cat([a, self.init_A.float()], dim=0)
-            return b.detach().cpu().contiguous(), a.detach().cpu().contiguous()
+                w = base_layer.weight.data
+                w.copy_((w.float() - self.scaling * self.init_B @ self.core_init @ self.init_A).to(w.dtype))
 
-        def delta_weight(self) -> Any:
-            """ΔW (out × in, fp32, CPU) that this layer adds to the original W0 at inference."""
-            b, a = self.factors()
-            return b @ a
+    @property
+    def weight(self) -> torch.Tensor:  # some model code reads .weight / .bias of its linears
+        return self.base_layer.weight
 
-        def extra_repr(self) -> str:
-            return f"r={self.r}, scaling={self.scaling:g}, residual={self.residual}"
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
 
-    _CoreLinear.__name__ = _CoreLinear.__qualname__ = "CoreLinear"
-    return _CoreLinear
+    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.to(self.lora_A.dtype)
+        return F.linear(F.linear(F.linear(z, self.lora_A), self.lora_core), self.lora_B) * self.scaling
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact (B′, A′) with B′A′ = ΔW relative to the original W0 (rank r, or 2r with residual)."""
+        with torch.no_grad():
+            b = self.scaling * (self.lora_B.float() @ self.lora_core.float())
+            a = self.lora_A.float()
+            if self.residual:
+                b0 = -self.scaling * (self.init_B.float() @ self.core_init.float())
+                b, a = torch.cat([b, b0], dim=1), torch.cat([a, self.init_A.float()], dim=0)
+        return b.detach().cpu().contiguous(), a.detach().cpu().contiguous()
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW (out × in, fp32, CPU) that this layer adds to the original W0 at inference."""
+        b, a = self.factors()
+        return b @ a
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, scaling={self.scaling:g}, residual={self.residual}"
 
 
-def core_layers(model: Any) -> dict[str, Any]:
+def core_layers(model: nn.Module) -> dict[str, CoreLinear]:
     """{module name relative to the transformers model: wrapped layer}."""
-    cls = core_linear_class()
-    return {name: m for name, m in model.named_modules() if isinstance(m, cls)}
+    return adapter_layers(model, CoreLinear)
 
 
-def module_rank(params: VariantParams, weight: Any) -> int:
+def module_rank(params: VariantParams, weight: torch.Tensor) -> int:
     """The rank used for one layer: r, clamped to min(m, n) so the r × r core fits small layers."""
     return min(int(params.r), *weight.shape)
 
@@ -217,39 +200,34 @@ class CoreMatrixVariant(Variant):
         raise NotImplementedError
 
     def build(self, ctx: BuildContext) -> Any:
-        import torch
-
         model = ctx.model
         targets = find_target_linears(model, ctx.target_modules)
         if not targets:
             raise ValueError(f"no linear layer matches target_modules {ctx.target_modules}")
         prepared = self.prepare(ctx, targets)
         s = scaling(self.params)
-        cls = core_linear_class()
-        clamped = set()
-        for name, linear in targets.items():
+        clamped = []
+
+        def make(name: str, linear: nn.Linear) -> CoreLinear:
             rank = module_rank(self.params, linear.weight)
             if rank < self.params.r:
-                clamped.add(f"{name} ({rank})")
+                clamped.append(f"{name} ({rank})")
             with torch.no_grad():
                 init = self.init_layer(name, linear.weight.detach(), rank, ctx, prepared)
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, cls(linear, init, s, self.params.lora_dropout))
-        if clamped:
-            ctx.log(f"{self.name}: rank clamped to the layer size for {len(clamped)} layers: {sorted(clamped)[:4]}")
-        self._freeze(model, ctx.modules_to_save)
-        return model
+            return CoreLinear(linear, init, s, self.params.lora_dropout)
 
-    def _freeze(self, model: Any, modules_to_save: list[str]) -> None:
+        wrap_linears(model, ctx.target_modules, make)
+        if clamped:
+            ctx.log(f"{self.name}: rank clamped to the layer size for {len(clamped)} layers, e.g. {clamped[:3]}")
+        # Freeze all but the trained factors and the task heads (XS/SB/IntTune train the core only).
         for param in model.parameters():
             param.requires_grad_(False)
         for layer in core_layers(model).values():
-            for name in self.trainable:
-                getattr(layer, name).requires_grad_(True)
-        for head in modules_to_save:
-            for param in model.get_submodule(head).parameters():
-                param.requires_grad_(True)
+            for factor in self.trainable:
+                getattr(layer, factor).requires_grad_(True)
+        for head in ctx.modules_to_save:
+            model.get_submodule(head).requires_grad_(True)
+        return model
 
     # -- the contract and export ---------------------------------------------------------------
 
@@ -266,8 +244,6 @@ class CoreMatrixVariant(Variant):
 
     def rank_extra(self, model: Any) -> dict[str, dict[str, float]]:
         """Per module: ‖core − core₀‖_F and the largest singular values of the core."""
-        import torch
-
         out = {}
         with torch.no_grad():
             for name, layer in core_layers(model).items():
@@ -294,8 +270,6 @@ class CoreMatrixVariant(Variant):
         return state
 
     def load_state_dict_extra(self, model: Any, state: dict[str, Any]) -> None:
-        import torch
-
         layers = core_layers(model)
         with torch.no_grad():
             for key, value in state.items():
@@ -305,11 +279,8 @@ class CoreMatrixVariant(Variant):
                     target.copy_(torch.as_tensor(value).to(device=target.device, dtype=target.dtype))
 
 
-def kaiming_uniform(rows: int, cols: int, device: Any) -> Any:
+def kaiming_uniform(rows: int, cols: int, device: Any) -> torch.Tensor:
     """nn.Linear's default weight init (kaiming_uniform with a = √5) of a rows × cols matrix."""
-    import torch
-    from torch import nn
-
     out = torch.empty(rows, cols, device=device, dtype=torch.float32)
     nn.init.kaiming_uniform_(out, a=math.sqrt(5))
     return out

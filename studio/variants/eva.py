@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
+from studio.errors import StudioError
 from studio.variants.base import BuildContext, Paper, VariantParams
 from studio.variants.peft_common import PeftVariant, tuner_layers
 
@@ -38,19 +39,41 @@ class Eva(PeftVariant):
     Params = EvaParams
     changes_rank = True  # decided once at init; reported so the UI can show the allocation
 
-    def peft_config(self, ctx: BuildContext) -> Any:
+    def peft_config(self, ctx: BuildContext, use_label_mask: bool = True) -> Any:
         from peft import EvaConfig
 
         p = self.params
-        eva = EvaConfig(rho=p.rho, tau=p.tau, whiten=p.whiten, use_label_mask=ctx.task == "causal-lm")
+        eva = EvaConfig(rho=p.rho, tau=p.tau, whiten=p.whiten, use_label_mask=use_label_mask)
         return self.lora_config(ctx, init_lora_weights="eva", eva_config=eva)
 
     def build(self, ctx: BuildContext) -> Any:
         from peft import get_peft_model, initialize_lora_eva_weights
+        from peft.tuners.lora.eva import forward_fn_dict
 
-        model = get_peft_model(ctx.model, self.peft_config(ctx), low_cpu_mem_usage=True)
-        batches = list(ctx.calibration_batches(self.params.calibration_batches))
-        initialize_lora_eva_weights(model, batches, show_progress_bar=False)
+        p = self.params
+        batches = list(ctx.calibration_batches(p.calibration_batches))
+        # EVA needs at least as many tokens per batch as components it estimates (else PEFT skips the
+        # batch and, cycling the data, never finishes). Response tokens are preferred when enough.
+        need = round(p.r * p.rho)
+        tokens = min(int(b["attention_mask"].sum()) for b in batches)
+        responses = min(int((b["labels"] != -100).sum()) for b in batches) if b_is_tokens(batches) else 0
+        if tokens < need:
+            raise StudioError(
+                f"EVA needs at least {need} tokens per batch (r × rho) but a batch has only {tokens}; "
+                "raise the batch size or lower r or rho"
+            )
+        config = self.peft_config(ctx, use_label_mask=ctx.task == "causal-lm" and responses >= need)
+        model = get_peft_model(ctx.model, config, low_cpu_mem_usage=True)
+        calls = {"n": 0}
+        limit = max(200, 50 * len(batches))
+
+        def forward(model_: Any, inputs: dict) -> Any:
+            calls["n"] += 1
+            if calls["n"] > limit:
+                raise StudioError(f"EVA did not converge in {limit} batches; lower tau or give more data")
+            return forward_fn_dict(model_, inputs)
+
+        initialize_lora_eva_weights(model, batches, forward_fn=forward, show_progress_bar=False)
         ctx.log(
             f"EVA: ranks redistributed on {len(batches)} batches: {sum(self.rank_allocation(model).values())} total"
         )
@@ -58,6 +81,11 @@ class Eva(PeftVariant):
 
     def rank_allocation(self, model: Any) -> dict[str, int]:
         return {name: int(layer.r["default"]) for name, layer in tuner_layers(model).items()}
+
+
+def b_is_tokens(batches: list[dict]) -> bool:
+    """True when labels are per token (causal LM) rather than one class per row."""
+    return bool(batches) and batches[0]["labels"].dim() == 2
 
 
 VARIANT = Eva

@@ -27,6 +27,18 @@ VARIANT_MODULES: tuple[str, ...] = (
     "lora_ga",
     "eva",
     "miss",
+    "lora_xs",
+    "lora_sb",
+    "slora",
+    "nlora",
+    "inttune",
+    "dylora",
+    "ffa_lora",
+    "allora",
+    "sora",
+    "increlora",
+    "s2_lora",
+    "loraprune",
     # research variants (issue 4): one line each, inserted above this marker
 )
 

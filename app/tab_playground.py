@@ -1,0 +1,150 @@
+"""Playground tab: 2-4 chat panes side by side (the base model and its adapters), one prompt to all, streamed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from app.forms import SchemaForm
+from app.ui import bind
+from studio.serving.generation import GenerationSettings
+from studio.services.container import Services
+from studio.services.playground import BASE_TARGET, PlaygroundService
+
+TITLE = "Playground"
+ELEM_ID = "tab-playground"
+MAX_PANES = 4
+
+
+def plain_messages(history: list[dict[str, Any]] | None) -> list[dict[str, str]]:
+    """Chatbot values (content may be a list of parts) as ``{"role", "content": str}`` dicts."""
+    out = []
+    for message in history or []:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        elif isinstance(content, dict):
+            content = content.get("text", "")
+        out.append({"role": message["role"], "content": str(content or "")})
+    return out
+
+
+def target_choices(playground: PlaygroundService, base_model: str | None) -> list[tuple[str, str]]:
+    """``(label, target)`` pairs for the panes' dropdowns."""
+    if not base_model:
+        return []
+    return [(t.label, t.value) for t in playground.targets(base_model)]
+
+
+def default_targets(choices: list[tuple[str, str]]) -> list[str]:
+    """Pane 1 the base, the next panes the newest adapters (then the base again)."""
+    values = [value for _, value in choices]
+    adapters = [v for v in values if v != BASE_TARGET]
+    return [BASE_TARGET, *adapters, *[BASE_TARGET] * MAX_PANES][:MAX_PANES]
+
+
+def on_base(playground: PlaygroundService, base_model: str | None) -> dict[str, Any]:
+    """New base model: refresh every pane's choices, pick sensible targets, clear the chats."""
+    choices = target_choices(playground, base_model)
+    picks = default_targets(choices)
+    out = {f"target_{i}": gr.update(choices=choices, value=picks[i]) for i in range(MAX_PANES)}
+    out.update({f"chat_{i}": [] for i in range(MAX_PANES)})
+    return out
+
+
+def refresh(playground: PlaygroundService, base_model: str | None, **current: str | None) -> dict[str, Any]:
+    """Reload base models and pane choices (new adapters appear); keep the panes' picks when still valid."""
+    bases = playground.base_models()
+    base_model = base_model or (bases[0] if bases else None)
+    choices = target_choices(playground, base_model)
+    valid = {value for _, value in choices}
+    picks = default_targets(choices)
+    out: dict[str, Any] = {"base_model": gr.update(choices=bases, value=base_model)}
+    for i in range(MAX_PANES):
+        value = current.get(f"target_{i}")
+        out[f"target_{i}"] = gr.update(choices=choices, value=value if value in valid else picks[i])
+    return out
+
+
+def on_panes(panes: int) -> dict[str, Any]:
+    """Show the first ``panes`` panes."""
+    return {f"pane_{i}": gr.update(visible=i < int(panes)) for i in range(MAX_PANES)}
+
+
+def send(playground: PlaygroundService, gen: SchemaForm | None, base_model: str, panes: int, prompt: str, **raw: Any):
+    """Send ``prompt`` to every visible pane in turn, streaming each reply into its pane.
+
+    Panes share one model in memory and PEFT switches adapters per pane, so they
+    answer one after another rather than at the same time.
+    """
+    prompt = (prompt or "").strip()
+    if not prompt:
+        raise gr.Error("Type a message first.")
+    if not base_model:
+        raise gr.Error("Choose a base model first.")
+    settings = GenerationSettings(**(gen.values([raw[f"gen.{n}"] for n in gen.names]) if gen else {}))
+    count = max(1, min(MAX_PANES, int(panes)))
+    histories = {i: plain_messages(raw.get(f"chat_{i}")) for i in range(count)}
+    for i in range(count):
+        histories[i] = [*histories[i], {"role": "user", "content": prompt}]
+    yield {"prompt": "", **{f"chat_{i}": [*h, {"role": "assistant", "content": "…"}] for i, h in histories.items()}}
+    for i in range(count):
+        target = raw.get(f"target_{i}") or BASE_TARGET
+        reply = ""
+        for reply in playground.stream(base_model, target, histories[i], settings):
+            yield {f"chat_{i}": [*histories[i], {"role": "assistant", "content": reply}]}
+        histories[i] = [*histories[i], {"role": "assistant", "content": reply or "(empty reply)"}]
+        yield {f"chat_{i}": histories[i]}
+
+
+def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
+    """Lay out the tab and wire its events. One PlaygroundService (model cache) per built app."""
+    playground = PlaygroundService(services.registry, services.settings)
+    bases = playground.base_models()
+    default_base = bases[0] if bases else None
+    c: dict[str, Any] = {}
+    with gr.Row():
+        c["base_model"] = gr.Dropdown(
+            label="Base model", choices=bases, value=default_base, allow_custom_value=True, elem_id="play-base", scale=4,
+            info="Every pane uses this base; adapters listed are the ones trained on it.",
+        )
+        c["panes"] = gr.Slider(2, MAX_PANES, value=2, step=1, label="Panes", elem_id="play-panes", scale=1)
+    with gr.Row(equal_height=True):
+        for i in range(MAX_PANES):
+            with gr.Column(visible=i < 2, min_width=260, elem_classes=["chat-pane"]) as c[f"pane_{i}"]:
+                c[f"target_{i}"] = gr.Dropdown(label=f"Pane {i + 1}", choices=[], elem_id=f"play-target-{i}")
+                c[f"chat_{i}"] = gr.Chatbot(height=380, elem_id=f"play-chat-{i}", buttons=["copy"], show_label=False)
+    with gr.Row():
+        c["prompt"] = gr.Textbox(
+            label="Message", placeholder="Ask something; every pane answers", scale=6, elem_id="play-prompt", lines=2
+        )
+        with gr.Column(scale=1, min_width=140):
+            c["send"] = gr.Button("Send to all", variant="primary", elem_id="play-send")
+            c["clear"] = gr.Button("Clear chats", elem_id="play-clear")
+    with gr.Accordion("Generation settings", open=False, elem_id="play-settings"), gr.Row(elem_classes=["form-grid"]):
+        gen = SchemaForm(GenerationSettings.model_json_schema(), "gen")
+
+    targets = {f"target_{i}": c[f"target_{i}"] for i in range(MAX_PANES)}
+    chats = {f"chat_{i}": c[f"chat_{i}"] for i in range(MAX_PANES)}
+    send_in = {"base_model": c["base_model"], "panes": c["panes"], "prompt": c["prompt"]} | targets | chats
+    send_in |= {f"gen.{n}": w for n, w in gen.widgets.items()}
+
+    def change_base(base_model: str | None) -> dict[str, Any]:
+        return on_base(playground, base_model)
+
+    def send_to_panes(**raw: Any):
+        yield from send(playground, gen, **raw)
+
+    def clear_chats() -> dict[str, Any]:
+        return {f"chat_{i}": [] for i in range(MAX_PANES)}
+
+    def refresh_tab(**raw: Any) -> dict[str, Any]:
+        return refresh(playground, **raw)
+
+    bind(c["base_model"].input, change_base, {"base_model": c["base_model"]}, targets | chats)
+    bind(c["panes"].change, on_panes, {"panes": c["panes"]}, {f"pane_{i}": c[f"pane_{i}"] for i in range(MAX_PANES)})
+    for event in (c["send"].click, c["prompt"].submit):
+        bind(event, send_to_panes, send_in, chats | {"prompt": c["prompt"]})
+    bind(c["clear"].click, clear_chats, {}, chats)
+    bind(tab.select, refresh_tab, {"base_model": c["base_model"]} | targets, {"base_model": c["base_model"]} | targets)

@@ -1,0 +1,255 @@
+"""Train tab: dataset, base model, variant (with a learn-more panel), presets, advanced settings, submit.
+
+The advanced settings are generated from ``TrainingHyperParams`` and each variant's
+params schema; submitting validates the same pydantic models the worker will, and
+puts each problem under the field it is about.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+from pydantic import ValidationError
+
+from app.forms import SchemaForm, errors_by_field
+from app.tab_datasets import dataset_choices
+from app.train_presets import PRESET_HELP, PRESETS, estimate_seconds, total_steps
+from app.ui import bind, human_seconds
+from app.variant_form import VariantForms
+from studio.errors import ValidationFailed
+from studio.schema import TrainingHyperParams, TrainRequest
+from studio.services.container import Services
+from studio.services.system import online_workers
+from studio.variants.registry import get_variant, variant_catalog
+
+TITLE = "Train"
+ELEM_ID = "tab-train"
+AUTO_TASK = "auto (from the dataset)"
+TOP_FIELDS = ("dataset_id", "base_model", "name", "seed", "task")
+TOP_INFO = {
+    "dataset_id": "Rows to learn from. Add datasets in the Datasets tab.",
+    "base_model": "The model the adapter is trained for (bundled models work offline).",
+}
+QUICK = "Quick"
+
+
+class FormErrors(ValidationFailed):
+    """Validation problems keyed by field (``hyper.<f>``, ``variant.<f>`` or a top-level field)."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
+def base_model_choices(services: Services) -> list[str]:
+    """Causal-LM base models the studio knows: the default first."""
+    names = [services.settings.default_base_model]
+    names += [m.name for m in services.registry.list_base_models() if m.task == "causal-lm"]
+    return list(dict.fromkeys(names))
+
+
+def variant_markdown(variant: str) -> str:
+    """The learn-more text of a variant: what it is, when to pick it, its paper."""
+    info = get_variant(variant).info()
+    text = f"### {info['title']}\n{info['description']}\n\n**When to pick it:** {info['when_to_use']}"
+    paper = info.get("paper")
+    if paper:
+        text += f"\n\n**Paper:** [{paper['title']} ({paper['year']})]({paper['url']})"
+    if info.get("changes_rank"):
+        text += "\n\n*Its ranks change during training: the Adapters tab shows where they went.*"
+    return text
+
+
+def build_request(
+    *,
+    dataset_id: Any,
+    base_model: str | None,
+    base_custom: str | None,
+    variant: str,
+    variant_params: dict[str, Any],
+    hyper: dict[str, Any],
+    name: str | None,
+    seed: Any,
+    task: str | None,
+) -> TrainRequest:
+    """Validate the form as the worker will; FormErrors maps every problem to its field."""
+    errors: dict[str, str] = {}
+    params: dict[str, Any] = {}
+    try:
+        params = get_variant(variant).parse_params(variant_params).model_dump(mode="json")
+    except ValidationError as exc:
+        errors.update({f"variant.{k}": v for k, v in errors_by_field(exc).items()})
+    data: dict[str, Any] = {
+        "dataset_id": dataset_id,
+        "base_model": (base_custom or "").strip() or base_model,
+        "variant": variant,
+        "variant_params": params,
+        "hyper": hyper,
+        "seed": 42 if seed is None else int(seed),
+        "name": (name or "").strip() or None,
+    }
+    if task and task != AUTO_TASK:
+        data["task"] = task  # only when chosen: otherwise the dataset decides
+    if not dataset_id:
+        errors["dataset_id"] = "Choose a dataset (add one in the Datasets tab)."
+        data["dataset_id"] = 1  # let the rest be checked too
+    if not data["base_model"]:
+        errors["base_model"] = "Choose a base model or type a Hugging Face id or local directory."
+        data["base_model"] = "x"
+    try:
+        request = TrainRequest.model_validate(data)
+    except ValidationError as exc:
+        errors.update({f"hyper.{k}": v for k, v in errors_by_field(exc, ("hyper",)).items()})
+        errors.update({k: v for k, v in errors_by_field(exc).items() if k in TOP_FIELDS and k not in errors})
+        request = None
+    if errors or request is None:
+        raise FormErrors(errors or {"request": "invalid"})
+    return request
+
+
+def submit_training(services: Services, **form: Any) -> dict[str, Any]:
+    """Validate and queue a training job; returns ``{"job_id", "message"}``. Raises FormErrors."""
+    request = build_request(**form)
+    services.datasets.get(request.dataset_id)  # a clear NotFoundError before anything is queued
+    job = services.jobs.submit(request)
+    workers = online_workers(services.registry, services.settings)
+    wait = "" if workers else " No worker is online yet: it starts when one does (`studio worker`)."
+    return {"job_id": job.id, "message": f"Queued training job #{job.id}. Follow it in the Jobs tab.{wait}"}
+
+
+def estimate_markdown(services: Services, dataset_id: Any, base_model: str | None, hyper: dict[str, Any]) -> str:
+    """Steps and a rough duration on the best device online, clearly labelled as an estimate."""
+    if not dataset_id:
+        return "Choose a dataset to see how long training might take."
+    rows = services.datasets.get(int(dataset_id)).rows
+    workers = online_workers(services.registry, services.settings)
+    device = "cuda" if any(w.device.startswith("cuda") for w in workers) else "cpu"
+    steps = total_steps(rows, hyper)
+    seconds = estimate_seconds(rows, hyper, device)
+    where = f"on {len(workers)} worker(s) online ({device.upper()})" if workers else "(no worker online: CPU assumed)"
+    size_note = "" if base_model == services.settings.default_base_model else " for a ~135M model; bigger models take longer"
+    return f"**{steps} steps** · estimated **~{human_seconds(seconds)}** {where}{size_note}. *Rough estimate.*"
+
+
+def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
+    """Lay out the tab and wire its events."""
+    catalog = variant_catalog()
+    default_variant = catalog[0]["name"]
+    c: dict[str, Any] = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            gr.Markdown("### 1 · Data and model")
+            c["dataset_id"] = gr.Dropdown(
+                label="Dataset", choices=[], value=None, elem_id="train-dataset",
+                info=TOP_INFO["dataset_id"],
+            )
+            c["base_model"] = gr.Dropdown(
+                label="Base model", choices=base_model_choices(services), value=services.settings.default_base_model,
+                elem_id="train-base", info=TOP_INFO["base_model"],
+            )
+            c["base_custom"] = gr.Textbox(
+                label="…or a Hugging Face id / local model directory", placeholder="e.g. /models/my-llama",
+                elem_id="train-base-custom",
+            )
+            gr.Markdown("### 2 · How much training")
+            c["preset"] = gr.Radio(
+                choices=[(f"{k} — {v}", k) for k, v in PRESET_HELP.items()], value=QUICK,
+                label="Preset", elem_id="train-preset",
+            )
+            c["estimate"] = gr.Markdown("Choose a dataset to see how long training might take.", elem_id="train-estimate")
+            c["name"] = gr.Textbox(label="Adapter name", placeholder="optional", elem_id="train-name")
+            c["submit"] = gr.Button("Start training", variant="primary", elem_id="train-submit")
+            c["status"] = gr.Markdown(elem_id="train-status")
+        with gr.Column(scale=6, min_width=320):
+            gr.Markdown("### 3 · Method")
+            c["variant"] = gr.Radio(
+                choices=[(f"{v['title']} — {v['summary']}", v["name"]) for v in catalog], value=default_variant,
+                label="LoRA variant", elem_id="train-variant", elem_classes=["variant-cards"],
+            )
+            with gr.Accordion("Learn more about this method", open=False, elem_id="train-learn-more"):
+                c["variant_info"] = gr.Markdown(variant_markdown(default_variant), elem_id="train-variant-info")
+    with gr.Accordion("Advanced settings", open=False, elem_id="train-advanced"):
+        with gr.Row():
+            c["task"] = gr.Dropdown(
+                choices=[AUTO_TASK, "causal-lm", "classification"], value=AUTO_TASK, label="Task", elem_id="train-task",
+                info=TrainRequest.model_fields["task"].description,
+            )
+            c["seed"] = gr.Number(
+                value=42, minimum=0, precision=0, label="Seed", elem_id="train-seed",
+                info=TrainRequest.model_fields["seed"].description,
+            )
+        gr.Markdown("**Optimisation**")
+        with gr.Row(elem_classes=["form-grid"]):
+            hyper = SchemaForm(TrainingHyperParams.model_json_schema(), "hp", initial=PRESETS[QUICK]["hyper"])
+        gr.Markdown("**Method parameters**")
+        with gr.Row(elem_classes=["form-grid"]):
+            variants = VariantForms(catalog, default_variant, initial=PRESETS[QUICK]["variant"])
+
+    hyper_in = {f"hyper.{n}": w for n, w in hyper.widgets.items()}
+    variant_in = variants.inputs()
+    top_in = {k: c[k] for k in ("dataset_id", "base_model", "base_custom", "variant", "name", "seed", "task")}
+
+    def read_form(raw: dict[str, Any]) -> dict[str, Any]:
+        """Widget values -> build_request keywords, by field name."""
+        return {
+            **{k: raw[k] for k in top_in},
+            "hyper": hyper.values([raw[f"hyper.{n}"] for n in hyper.names]),
+            "variant_params": variants.values(raw["variant"], raw),
+        }
+
+    def field_feedback(variant: str, errors: dict[str, str]) -> dict[str, Any]:
+        hyper_errors = {k.removeprefix("hyper."): v for k, v in errors.items() if k.startswith("hyper.")}
+        variant_errors = {k.removeprefix("variant."): v for k, v in errors.items() if k.startswith("variant.")}
+        out = dict(zip(hyper_in, hyper.error_updates(hyper_errors), strict=True))
+        out.update(variants.error_updates(variant, variant_errors))
+        for key, info in TOP_INFO.items():
+            message = errors.get(key)
+            out[key] = gr.update(elem_classes=["field-error"] if message else [], info=f"⚠ {message}" if message else info)
+        return out
+
+    def on_submit(**raw: Any) -> dict[str, Any]:
+        form = read_form(raw)
+        try:
+            result = submit_training(services, **form)
+        except FormErrors as exc:
+            gr.Warning(f"Please fix {len(exc.errors)} setting(s): " + "; ".join(exc.errors.values()))
+            return {"status": "⚠ Some settings need fixing: see the highlighted fields.", **field_feedback(raw["variant"], exc.errors)}
+        gr.Info(result["message"])
+        return {"status": f"✓ {result['message']}", **field_feedback(raw["variant"], {})}
+
+    feedback_out = hyper_in | variant_in | {k: c[k] for k in ("dataset_id", "base_model")}
+    bind(c["submit"].click, on_submit, top_in | hyper_in | variant_in, {"status": c["status"]} | feedback_out)
+
+    def on_variant(variant: str, preset: str | None) -> dict[str, Any]:
+        values = PRESETS.get(preset or "", {}).get("variant", {})
+        return {"variant_info": variant_markdown(variant), **variants.visibility(variant), **variants.set_values(variant, values)}
+
+    bind(
+        c["variant"].change, on_variant, {"variant": c["variant"], "preset": c["preset"]},
+        {"variant_info": c["variant_info"]} | variants.group_outputs() | variant_in,
+    )
+
+    def on_preset(preset: str, variant: str) -> dict[str, Any]:
+        chosen = PRESETS[preset]
+        out = {f"hyper.{n}": gr.update(value=v) for n, v in chosen["hyper"].items() if n in hyper.widgets}
+        return out | variants.set_values(variant, chosen["variant"])
+
+    def on_estimate(**raw: Any) -> dict[str, Any]:
+        hyper_values = hyper.values([raw[f"hyper.{n}"] for n in hyper.names])
+        return {"estimate": estimate_markdown(services, raw["dataset_id"], raw["base_model"], hyper_values)}
+
+    estimate_in = {"dataset_id": c["dataset_id"], "base_model": c["base_model"]} | hyper_in
+    preset_event = bind(c["preset"].change, on_preset, {"preset": c["preset"], "variant": c["variant"]}, hyper_in | variant_in)
+    bind(preset_event.then, on_estimate, estimate_in, {"estimate": c["estimate"]})
+    bind(c["dataset_id"].change, on_estimate, estimate_in, {"estimate": c["estimate"]})
+    for field in ("max_steps", "epochs", "batch_size", "grad_accum", "max_length", "validation_fraction"):
+        bind(hyper.widgets[field].input, on_estimate, estimate_in, {"estimate": c["estimate"]}, show_progress="hidden")
+
+    def on_tab() -> dict[str, Any]:
+        return {
+            "dataset_id": gr.update(choices=dataset_choices(services)),
+            "base_model": gr.update(choices=base_model_choices(services)),
+        }
+
+    bind(tab.select, on_tab, {}, {k: c[k] for k in ("dataset_id", "base_model")})

@@ -1,0 +1,71 @@
+"""Refresh docs/screenshots/<tab>.png: every tab of a running studio at 1280x800, with Debian's Chromium.
+
+    .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:7860 [--out docs/screenshots] [--narrow]
+
+Start the studio first (``studio run``); screenshots show whatever data it holds.
+``--narrow`` also writes <tab>-narrow.png at 420x900 to check small windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TABS = ["Datasets", "Train", "Jobs", "Adapters", "Playground", "Evaluate", "System"]
+
+
+def slug(title: str) -> str:
+    """'Jobs' -> 'jobs'."""
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def capture(url: str, out_dir: Path, narrow: bool = False, settle_ms: int = 1500) -> list[Path]:
+    """Click through the tabs and screenshot each; returns the files written."""
+    from playwright.sync_api import sync_playwright
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    sizes = [("", {"width": 1280, "height": 800})] + ([("-narrow", {"width": 420, "height": 900})] if narrow else [])
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for suffix, viewport in sizes:
+            page = browser.new_page(viewport=viewport)
+            page.goto(url, wait_until="load")
+            page.wait_for_selector("#studio-tabs")
+            for title in TABS:
+                button = page.get_by_role("tab", name=title)
+                if button.count() == 0:
+                    continue  # e.g. Evaluate where the eval job kind is not installed
+                button.first.click()
+                page.wait_for_timeout(settle_ms)
+                path = out_dir / f"{slug(title)}{suffix}.png"
+                page.screenshot(path=str(path), full_page=False)
+                written.append(path)
+            page.close()
+        browser.close()
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:7860")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "screenshots")
+    parser.add_argument("--narrow", action="store_true", help="also capture a 420 px wide window")
+    args = parser.parse_args()
+    for path in capture(args.url, args.out, args.narrow):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

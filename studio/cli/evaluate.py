@@ -1,0 +1,83 @@
+"""`studio eval`: submit an evaluation of an adapter (or a bare base model) on a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from studio.cli.common import echo_job_line, services
+from studio.errors import StudioError
+from studio.schema import EvalRequest, format_validation_error
+
+METRICS = ("loss", "exact_match", "accuracy", "rouge_l")
+
+
+@click.command("eval")
+@click.argument("adapter_id", type=int, required=False)
+@click.option("--base", "base_model", default=None, help="Evaluate this bare base model instead of an adapter.")
+@click.option("--dataset", "dataset_ref", required=True, help="A registered dataset id, or a file to import first.")
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    type=click.Choice(METRICS),
+    help="Metric to compute (repeatable). Default: loss, plus accuracy on classification datasets.",
+)
+@click.option("--max-examples", default=200, show_default=True, type=int, help="Evaluate the first N rows.")
+@click.option("--max-new-tokens", default=128, show_default=True, type=int, help="Generation budget per answer.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--wait/--no-wait", default=False, help="Wait for the job and print its metrics.")
+def eval_cmd(adapter_id, base_model, dataset_ref, metrics, max_examples, max_new_tokens, seed, wait) -> None:
+    """Evaluate ADAPTER_ID (or --base MODEL) on a dataset: loss, exact_match, accuracy, rouge_l."""
+    from studio.evaluation.examples import check_metrics
+
+    if (adapter_id is None) == (base_model is None):
+        raise StudioError("give either an ADAPTER_ID or --base MODEL (not both)")
+    svc = services()
+    dataset = svc.datasets.get(_dataset_id(svc, dataset_ref))
+    kind = _kind(dataset)
+    chosen = list(dict.fromkeys(metrics)) or (["loss", "accuracy"] if kind == "classification" else ["loss"])
+    check_metrics(chosen, kind, f"{dataset.id} ({dataset.name})")  # refuse now, not on the worker
+    try:
+        request = EvalRequest(
+            adapter_id=adapter_id,
+            base_model=base_model,
+            dataset_id=dataset.id,
+            metrics=chosen,
+            max_examples=max_examples,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+        )
+    except ValidationError as exc:
+        raise StudioError(format_validation_error(exc)) from None
+    job = svc.jobs.submit(request)
+    subject = f"adapter {adapter_id}" if adapter_id is not None else f"base model {base_model}"
+    click.echo(f"queued evaluation job {job.id} ({subject} on dataset {dataset.id}: {', '.join(chosen)})")
+    if not wait:
+        return
+    job = svc.jobs.wait(job.id, on_update=echo_job_line)
+    click.echo()
+    if job.status != "succeeded":
+        raise StudioError(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
+    for name, value in (job.result or {}).get("metrics", {}).items():
+        click.echo(f"{name:<12} {value:.4f}")
+
+
+def _kind(dataset) -> str:
+    """The dataset kind of studio.evaluation.examples, from the registry row (no file read)."""
+    if (dataset.report or {}).get("task") == "classification":
+        return "classification"
+    return "text" if dataset.format == "text" else "chat"
+
+
+def _dataset_id(svc, ref: str) -> int:
+    if ref.isdigit():
+        return int(ref)
+    path = Path(ref)
+    if not path.is_file():
+        raise StudioError(f"--dataset {ref!r} is neither a dataset id nor an existing file")
+    row = svc.datasets.add(path)
+    click.echo(f"imported {path.name} as dataset {row.id} ({row.format}, {row.rows} rows)")
+    return row.id

@@ -1,0 +1,257 @@
+"""The ``eval`` job: score an adapter (or a bare base model) on a registered dataset.
+
+Steps: read the first ``max_examples`` canonical rows, refuse metrics that do not
+fit them, load the model, run the loss pass (loss, perplexity, accuracy) and the
+generation pass (exact_match, rouge_l), report the metrics once at
+``step = number of rows``, and copy them onto the adapter so the Adapters tab can
+filter by them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from studio.errors import StudioError, ValidationFailed
+from studio.evaluation import metrics as M
+from studio.evaluation.examples import (
+    GENERATION_METRICS,
+    check_metrics,
+    dataset_kind,
+    generation_examples,
+    prompt_text,
+    read_rows,
+)
+from studio.evaluation.loading import EvalModel, load_adapter, load_base
+from studio.evaluation.scoring import batch_count, generation_pass, loss_pass
+from studio.progress import Reporter
+from studio.schema import EvalRequest
+
+LOSS_BATCH_SIZE = 8
+GENERATION_BATCH_SIZE = 8
+MAX_LENGTH = 2048  # tokens per row for the loss pass, lowered to the model's context length
+SAMPLES = 5
+
+
+class _Ticker:
+    """Counts batches across both passes: progress after each one, and a cancellation check."""
+
+    def __init__(self, reporter: Reporter, total: int):
+        self.reporter, self.total, self.step = reporter, max(1, total), 0
+        self.phase: str | None = None
+
+    def __call__(self, phase: str) -> None:
+        self.step += 1
+        # The message only when the phase changes: without one the registry reporter throttles its writes.
+        message = phase if phase != self.phase else None
+        self.phase = phase
+        self.reporter.progress(self.step, self.total, message)
+        self.reporter.check_cancelled()
+
+
+def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str, Any]:
+    """Evaluate ``request`` and return the job result: metrics, counts and the first predictions."""
+    import torch
+
+    registry = ctx.registry
+    dataset = registry.get_dataset(request.dataset_id)
+    label = f"{dataset.id} ({dataset.name})"
+    rows = read_rows(dataset.stored_path, request.max_examples)
+    if not rows:
+        raise ValidationFailed(f"dataset {label} has no rows to evaluate")
+    kind = dataset_kind(rows, dataset.report)
+    wanted = list(dict.fromkeys(request.metrics))  # the order asked, without repeats
+    check_metrics(wanted, kind, label)
+
+    torch.manual_seed(request.seed)
+    evaluated = _load(request, ctx, rows, dataset, kind, reporter)
+    if (evaluated.task == "classification") != (kind == "classification"):
+        raise StudioError(
+            f"{evaluated.description} is a {evaluated.task} model but dataset {label} holds {kind} rows; "
+            "evaluate it on a dataset of the kind it was trained on"
+        )
+    reporter.log(f"evaluating {evaluated.description} on dataset {label}: {len(rows)} rows, {', '.join(wanted)}")
+    device = ctx.device.torch_device
+    max_length = _max_length(evaluated.model)
+
+    encoded = _encode(rows, evaluated, max_length, reporter) if {"loss", "accuracy"} & set(wanted) else None
+    generations = _generation_examples(rows, label) if set(GENERATION_METRICS) & set(wanted) else []
+    tick = _Ticker(
+        reporter,
+        (batch_count(len(encoded.examples), LOSS_BATCH_SIZE) if encoded else 0)
+        + batch_count(len(generations), GENERATION_BATCH_SIZE),
+    )
+    reporter.progress(0, tick.total, "evaluating")
+    reporter.check_cancelled()
+
+    values: dict[str, float] = {}
+    samples: list[dict[str, Any]] = []
+    if encoded is not None:
+        scores, samples = _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick)
+        values.update(scores)
+    if generations:
+        scores, samples = _score_generation(evaluated, generations, request, wanted, max_length, device, tick)
+        values.update(scores)
+
+    reporter.metrics(len(rows), values)
+    reporter.progress(tick.total, tick.total, "done")
+    reporter.log("results: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    if request.adapter_id is not None:
+        finite = {k: float(v) for k, v in values.items() if math.isfinite(v)}
+        registry.update_adapter_metrics(request.adapter_id, finite)
+    return {
+        # JSON has no inf: a diverged model's perplexity is stored as null in the result.
+        "metrics": {k: (v if math.isfinite(v) else None) for k, v in values.items()},
+        "dataset_id": dataset.id,
+        "adapter_id": request.adapter_id,
+        "model": evaluated.description,
+        "task": kind,
+        "examples": len(rows),
+        "scored_rows": len(encoded.examples) if encoded else None,
+        "truncated_rows": encoded.truncated if encoded else 0,
+        "skipped_rows": encoded.dropped if encoded else 0,
+        "generated": len(generations),
+        "samples": samples,
+    }
+
+
+def _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick) -> tuple[dict[str, float], list]:
+    """eval_loss (+ perplexity for language rows) and accuracy from one teacher-forced pass."""
+    result = loss_pass(
+        evaluated.model,
+        encoded.examples,
+        task=evaluated.task,
+        pad_id=evaluated.pad_id,
+        batch_size=LOSS_BATCH_SIZE,
+        device=device,
+        tick=tick,
+    )
+    if not result.targets:
+        raise ValidationFailed(f"no row of dataset {label} has a token to score after tokenisation")
+    values: dict[str, float] = {}
+    if "loss" in wanted:
+        values["eval_loss"] = result.mean_loss
+        if kind != "classification":  # perplexity of a class distribution means nothing
+            values["perplexity"] = M.perplexity(result.mean_loss)
+    if "accuracy" in wanted:
+        values["accuracy"] = M.accuracy(result.predicted, result.expected)
+    samples = []
+    if kind == "classification":
+        samples = _class_samples(rows, evaluated.labels or [], result.predicted, result.expected)
+    return values, samples
+
+
+def _score_generation(
+    evaluated, generations, request, wanted, max_length, device, tick
+) -> tuple[dict[str, float], list]:
+    """exact_match and rouge_l of greedy answers against the last assistant turns."""
+    from studio.training.tokenise import ensure_chat_template
+
+    # The same fallback template training used when the tokenizer has none.
+    ensure_chat_template(evaluated.tokenizer)
+    predictions = generation_pass(
+        evaluated.model,
+        evaluated.tokenizer,
+        generations,
+        batch_size=GENERATION_BATCH_SIZE,
+        max_new_tokens=request.max_new_tokens,
+        max_prompt_tokens=max(16, max_length - request.max_new_tokens),
+        device=device,
+        tick=tick,
+    )
+    references = [e.reference for e in generations]
+    values: dict[str, float] = {}
+    if "exact_match" in wanted:
+        values["exact_match"] = M.exact_match_rate(predictions, references)
+    if "rouge_l" in wanted:
+        values["rouge_l"] = M.rouge_l_mean(predictions, references)
+    return values, _generation_samples(generations, predictions, wanted)
+
+
+def _load(request: EvalRequest, ctx: Any, rows: list, dataset: Any, kind: str, reporter: Reporter) -> EvalModel:
+    """The adapter (with its label order) or the bare base model, on the job's device."""
+    device = ctx.device.torch_device
+    if request.adapter_id is None:
+        if not request.base_model:
+            raise ValidationFailed("an evaluation needs an adapter id or a base model")
+        task = "classification" if kind == "classification" else "causal-lm"
+        return load_base(request.base_model, ctx.settings, device, task, reporter.log)
+    adapter = ctx.registry.get_adapter(request.adapter_id)
+    if request.base_model and request.base_model != adapter.base_model:
+        reporter.log(
+            f"ignoring base model {request.base_model}: adapter {adapter.id} is for {adapter.base_model}", "warning"
+        )
+    return load_adapter(
+        adapter, ctx.settings, device, _fallback_labels(ctx.registry, adapter, rows, dataset), reporter.log
+    )
+
+
+def _fallback_labels(registry: Any, adapter: Any, rows: list, dataset: Any) -> list | None:
+    """Labels in head order when the adapter stores none: its training dataset's, else this dataset's."""
+    from studio.errors import NotFoundError
+    from studio.training.setup import dataset_labels
+
+    if adapter.dataset_id is not None:
+        try:
+            trained_on = registry.get_dataset(adapter.dataset_id)
+        except NotFoundError:
+            trained_on = None
+        if trained_on is not None and (trained_on.report or {}).get("labels"):
+            return list(trained_on.report["labels"])
+    if not any("label" in row for row in rows):
+        return None
+    return dataset_labels(rows, dict(dataset.report or {}))
+
+
+def _max_length(model: Any) -> int:
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    return min(MAX_LENGTH, int(limit)) if limit else MAX_LENGTH
+
+
+def _encode(rows: list, evaluated: EvalModel, max_length: int, reporter: Reporter) -> Any:
+    """Training's tokenisation with response-only labels (classification: label indices in head order)."""
+    from studio.training.tokenise import encode_rows
+
+    try:
+        return encode_rows(
+            rows,
+            evaluated.tokenizer,
+            task=evaluated.task,
+            max_length=max_length,
+            loss_on="response",
+            labels=evaluated.labels,
+            log=reporter.log,
+        )
+    except ValueError as exc:  # a label the model's head does not know
+        raise ValidationFailed(f"{exc}; {evaluated.description} was trained with labels {evaluated.labels}") from None
+
+
+def _generation_examples(rows: list, label: str) -> list:
+    examples = generation_examples(rows)
+    if not examples:
+        raise ValidationFailed(f"no row of dataset {label} has an assistant answer after a prompt to compare against")
+    return examples
+
+
+def _generation_samples(examples: list, predictions: list[str], wanted: list[str]) -> list[dict[str, Any]]:
+    samples = []
+    for example, prediction in zip(examples[:SAMPLES], predictions, strict=False):
+        sample: dict[str, Any] = {
+            "prompt": prompt_text(example.prompt),
+            "reference": example.reference,
+            "prediction": prediction,
+        }
+        if "exact_match" in wanted:
+            sample["exact_match"] = M.exact_match(prediction, example.reference)
+        if "rouge_l" in wanted:
+            sample["rouge_l"] = M.rouge_l(prediction, example.reference)
+        samples.append(sample)
+    return samples
+
+
+def _class_samples(rows: list, labels: list, predicted: list[int], expected: list[int]) -> list[dict[str, Any]]:
+    return [
+        {"prompt": row["text"], "reference": labels[e], "prediction": labels[p]}
+        for row, p, e in zip(rows[:SAMPLES], predicted, expected, strict=False)
+    ]

@@ -1,0 +1,174 @@
+"""The "train" job: dataset + base model in, a registered PEFT adapter out.
+
+The adapter directory ``<adapters_dir>/<uuid>/`` holds a standard PEFT checkpoint
+(``adapter_config.json`` + ``adapter_model.safetensors``, loadable with plain
+``PeftModel.from_pretrained`` on the original base), ``labels.json`` for
+classifiers, a model card ``README.md`` and ``reproducibility.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from studio.jobs.context import JobContext
+from studio.progress import Reporter
+from studio.schema import SCHEMA_VERSION, TrainRequest
+from studio.training.loop import TrainingResult, run_training
+from studio.training.setup import TrainingData
+
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) -> dict[str, Any]:
+    """Train, save and register an adapter; resumes from the job's own or another job's checkpoint."""
+    from studio.models.base_models import resolve_base_model
+
+    registry: Any = ctx.registry
+    dataset_row = registry.get_dataset(request.dataset_id)
+    data = TrainingData.from_row(dataset_row)
+    resolved = resolve_base_model(request.base_model, ctx.settings, progress=reporter.log)
+    resume = ctx.previous_checkpoint
+    if resume is None and request.resume_from_job is not None:
+        resume = registry.get_job(request.resume_from_job).checkpoint_path
+        if resume is None:
+            reporter.log(f"job {request.resume_from_job} left no checkpoint; starting from scratch", "warning")
+    if resume is not None and hasattr(registry, "delete_metrics_after"):
+        from studio.training.checkpoint import read_checkpoint
+
+        # Steps after the checkpoint are trained (and reported) again.
+        registry.delete_metrics_after(ctx.job_id, read_checkpoint(resume).step)
+    result = run_training(
+        request,
+        reporter,
+        settings=ctx.settings,
+        device=ctx.device,
+        work_dir=ctx.work_dir,
+        resume_checkpoint=resume,
+        dataset=data,
+        base_path=resolved.path,
+    )
+    out_dir = Path(ctx.settings.adapters_dir) / uuid.uuid4().hex
+    saved = save_trained_adapter(result, request, out_dir, dataset_sha256=data.sha256, job_id=ctx.job_id)
+    name = request.name or f"{request.variant} on {data.name or f'dataset {request.dataset_id}'} (job {ctx.job_id})"
+    row = registry.add_adapter(
+        name=name,
+        variant=request.variant,
+        base_model=request.base_model,
+        dataset_id=request.dataset_id,
+        ranks=saved["ranks"],
+        trainable_params=result.trainable_params,
+        size_bytes=saved["size_bytes"],
+        path=str(out_dir),
+        sha256=saved["sha256"],
+        source_job_id=ctx.job_id,
+        metrics=result.metrics(),
+    )
+    reporter.log(f"adapter {row.id} saved to {out_dir}")
+    return {
+        "adapter_id": row.id,
+        "adapter_path": str(out_dir),
+        "final_loss": result.final_loss,
+        "eval_loss": result.eval_loss,
+        "eval_accuracy": result.eval_accuracy,
+        "steps": result.total_steps,
+        "trainable_params": result.trainable_params,
+    }
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def save_trained_adapter(
+    result: TrainingResult,
+    request: TrainRequest,
+    out_dir: Path,
+    *,
+    dataset_sha256: str = "",
+    job_id: int | None = None,
+) -> dict[str, Any]:
+    """Write the adapter, labels, model card and reproducibility bundle; returns ranks, sha256, size."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = result.variant.save_adapter(result.model, out_dir, result.export_context())
+    if result.labels is not None:
+        (out_dir / "labels.json").write_text(json.dumps([str(label) for label in result.labels]))
+    repro = reproducibility(request, result, dataset_sha256, job_id)
+    (out_dir / "reproducibility.json").write_text(json.dumps(repro, indent=2, default=str))
+    (out_dir / "README.md").write_text(model_card(request, result, report.ranks, dataset_sha256))
+    weights = out_dir / ADAPTER_FILE
+    return {
+        "ranks": report.ranks,
+        "format": report.format,
+        "sha256": sha256_file(weights),
+        "size_bytes": dir_size(out_dir),
+    }
+
+
+def reproducibility(request: TrainRequest, result: TrainingResult, dataset_sha256: str, job_id: int | None) -> dict:
+    """What it takes to re-run this adapter: the request, seed, data hash and library/code versions."""
+    from studio.versions import library_versions
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "job_id": job_id,
+        "request": request.model_dump(mode="json"),
+        "seed": request.seed,
+        "dataset_sha256": dataset_sha256,
+        "task": result.task,
+        "total_steps": result.total_steps,
+        "resumed_from_step": result.resumed_from_step,
+        "variant_params": result.variant.params.model_dump(mode="json"),
+        "versions": library_versions(),
+    }
+
+
+def model_card(request: TrainRequest, result: TrainingResult, ranks: dict[str, int], dataset_sha256: str) -> str:
+    """A short README for the adapter: what it is, how it was trained, how well, how to load it."""
+    variant = result.variant
+    hyper = request.hyper.model_dump(mode="json")
+    params = variant.params.model_dump(mode="json")
+    metrics = result.metrics()
+    lines = [
+        f"# {request.name or variant.title + ' adapter'}",
+        "",
+        f"A **{variant.title}** adapter for `{request.base_model}` ({result.task}), trained with Adapter Studio.",
+        "",
+        f"- Variant: `{variant.name}` — {variant.summary}",
+        f"- Paper: {variant.paper.title} ({variant.paper.year}), {variant.paper.url}" if variant.paper else "",
+        f"- Base model: `{request.base_model}`",
+        f"- Dataset: id {request.dataset_id}, sha256 `{dataset_sha256 or 'unknown'}`",
+        f"- Seed: {request.seed}; steps: {result.total_steps}; trainable parameters: {result.trainable_params:,}",
+        f"- Adapted modules: {len(ranks)}; ranks {min(ranks.values(), default=0)}–{max(ranks.values(), default=0)}",
+        "",
+        "## Final metrics",
+        "",
+        *[f"- {k}: {v:.4f}" for k, v in metrics.items()],
+        "",
+        "## Hyper-parameters",
+        "",
+        "```json",
+        json.dumps({"training": hyper, "variant": params}, indent=2),
+        "```",
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "model = PeftModel.from_pretrained(base_model, adapter_dir)  # base loaded with transformers",
+        "```",
+        "",
+    ]
+    return "\n".join(line for line in lines if line is not None)

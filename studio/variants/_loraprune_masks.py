@@ -1,0 +1,217 @@
+"""LoRAPrune's structure, importance, schedule and pruned-model tools (spec §9), as plain functions.
+
+Pruning groups of a Llama-style decoder layer: attention *KV groups* (a KV head with its
+``num_heads / num_kv_heads`` query heads; for multi-head attention a group is one head)
+shared by q/k/v (output rows) and o (input columns), and MLP channels shared by gate/up
+(output rows) and down (input columns). Masks are stored per group and expanded to rows.
+Follows the official code (aim-uofa/LoRAPrune, ``loraprune/utils.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+MASKS_FILE = "pruning_masks.safetensors"
+
+
+@dataclass
+class DecoderLayer:
+    """One decoder layer: its index, module-name prefix and attention geometry."""
+
+    index: int
+    prefix: str  # e.g. "model.layers.3"
+    head_dim: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate: int
+
+    @property
+    def rep(self) -> int:
+        """Query heads per KV head."""
+        return self.num_heads // self.num_kv_heads
+
+    def name(self, block: str, proj: str) -> str:
+        return f"{self.prefix}.{block}.{proj}"
+
+
+def decoder_layers(model: Any) -> list[DecoderLayer]:
+    """The Llama-style decoder layers of ``model`` (q/k/v/o_proj under self_attn, gate/up/down_proj under mlp)."""
+    found = []
+    for prefix, module in model.named_modules():
+        attn, mlp = getattr(module, "self_attn", None), getattr(module, "mlp", None)
+        if attn is None or mlp is None:
+            continue
+        if not all(hasattr(attn, p) for p in ATTN) or not all(hasattr(mlp, p) for p in MLP):
+            continue
+        q, k = attn.q_proj, attn.k_proj
+        head_dim = int(getattr(attn, "head_dim", 0) or _out(q) // attn.config.num_attention_heads)
+        found.append(
+            DecoderLayer(
+                index=len(found),
+                prefix=prefix,
+                head_dim=head_dim,
+                num_heads=_out(q) // head_dim,
+                num_kv_heads=_out(k) // head_dim,
+                intermediate=_out(mlp.gate_proj),
+            )
+        )
+    if not found:
+        raise ValueError("LoRAPrune needs a Llama-style decoder (self_attn.q/k/v/o_proj and mlp.gate/up/down_proj)")
+    return found
+
+
+def _out(linear: Any) -> int:
+    base = getattr(linear, "base_layer", linear)
+    return int(base.out_features)
+
+
+def prunable(index: int, num_layers: int) -> bool:
+    """The first int(0.1·L) layers and the last layer are never pruned (official ``freeze``)."""
+    return not (index < int(num_layers * 0.1) or index == num_layers - 1)
+
+
+def sparsity_at(step: int, total: int, p0: float, pf: float, wi: float, wf: float) -> float:
+    """The cubic schedule of the official ``schedule_sparsity_ratio`` (``step`` = optimizer steps done)."""
+    if step <= wi * total:
+        return p0
+    if step > total - wf * total:
+        return pf
+    warm = wi * total
+    span = total - (wi + wf) * total
+    coeff = 1 - (step - warm) / span
+    return pf + (p0 - pf) * coeff**3
+
+
+def lora_grad_estimate(a: torch.Tensor, b: torch.Tensor, grad_a: torch.Tensor, grad_b: torch.Tensor) -> torch.Tensor:
+    """Ĝ = ∇B·A + B·∇A − ∇B·∇A: the change of BA under one unit-step SGD update, BA − (B−∇B)(A−∇A)."""
+    return grad_b @ a + b @ grad_a - grad_b @ grad_a
+
+
+def group_scores(importance: torch.Tensor, proj: str, layer: DecoderLayer) -> torch.Tensor:
+    """Sum an (m × n) element importance into the layer's groups (KV groups or MLP channels)."""
+    kv, hd, rep = layer.num_kv_heads, layer.head_dim, layer.rep
+    if proj == "q_proj":
+        return importance.reshape(kv, rep * hd, -1).sum(dim=(1, 2))
+    if proj in ("k_proj", "v_proj"):
+        return importance.reshape(kv, hd, -1).sum(dim=(1, 2))
+    if proj == "o_proj":  # input columns, per query head of each group
+        return importance.reshape(importance.shape[0], kv, rep * hd).sum(dim=(0, 2))
+    if proj in ("gate_proj", "up_proj"):
+        return importance.sum(dim=1)
+    if proj == "down_proj":
+        return importance.sum(dim=0)
+    raise ValueError(f"not a pruned projection: {proj}")
+
+
+def row_repeat(proj: str, layer: DecoderLayer) -> int:
+    """How many output rows one group-mask entry covers in ``proj`` (0: the projection is not masked)."""
+    return {
+        "q_proj": layer.rep * layer.head_dim,
+        "k_proj": layer.head_dim,
+        "v_proj": layer.head_dim,
+        "gate_proj": 1,
+        "up_proj": 1,
+    }.get(proj, 0)
+
+
+def select_pruned(score: torch.Tensor, mask: torch.Tensor, ratio: float) -> torch.Tensor:
+    """New group mask with the lowest ⌊ratio·G⌋ groups by score × mask pruned; pruned groups never return."""
+    total = mask.numel()
+    n_prune = int(total * ratio)
+    keyed = torch.where(mask > 0, score * mask, torch.full_like(score, float("-inf")))
+    order = torch.sort(keyed, stable=True).indices
+    new = torch.ones_like(mask)
+    new[order[:n_prune]] = 0
+    return new * mask
+
+
+# -- pruned models ------------------------------------------------------------------------------------
+
+
+def row_masks_from_file(path: Path) -> dict[str, torch.Tensor]:
+    """{module name: row mask (out_features,)} from a ``pruning_masks.safetensors``."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def zero_pruned_rows(model: Any, row_masks: dict[str, torch.Tensor]) -> None:
+    """Zero the pruned output rows (weight, bias and PEFT lora_B) of every masked module, in place."""
+    with torch.no_grad():
+        for name, mask in row_masks.items():
+            module = _find(model, name)
+            keep = mask.to(torch.bool)
+            base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+            base.weight[~keep.to(base.weight.device)] = 0
+            if base.bias is not None:
+                base.bias[~keep.to(base.bias.device)] = 0
+            for lora_b in getattr(module, "lora_B", {}).values():
+                lora_b.weight[~keep.to(lora_b.weight.device)] = 0
+
+
+def _find(model: Any, name: str) -> Any:
+    for prefix in ("", "base_model.model."):
+        try:
+            return model.get_submodule(prefix + name)
+        except AttributeError:
+            continue
+    raise KeyError(f"module {name} not found in the model")
+
+
+def load_pruned_adapter(base_model: Any, adapter_dir: str | Path, merge: bool = True) -> Any:
+    """Load a LoRAPrune adapter (PEFT LoRA + ``pruning_masks.safetensors``) onto ``base_model``.
+
+    The masks are found next to the adapter or in its ``native/`` folder. With ``merge``
+    the LoRA is merged and a plain transformers model is returned; otherwise the PeftModel,
+    with the pruned rows of the base weights, biases and lora_B zeroed.
+    """
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    masks_path = adapter_dir / MASKS_FILE
+    if not masks_path.exists():
+        masks_path = adapter_dir / "native" / MASKS_FILE
+    model = PeftModel.from_pretrained(base_model, str(adapter_dir))
+    if merge:
+        model = model.merge_and_unload()
+    zero_pruned_rows(model, row_masks_from_file(masks_path))
+    return model
+
+
+def physically_pruned(model: Any, layers: list[DecoderLayer], weights: dict[str, tuple[Any, Any]], group_masks) -> Any:
+    """Remove the pruned rows / columns for real; returns ``model`` with smaller plain linears.
+
+    ``weights``: {module name: (W, bias)} effective weights; ``group_masks``: {layer prefix:
+    (attention group mask, MLP channel mask)}. Used to check that masking equals pruning.
+    """
+    from torch import nn
+
+    def put(name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if bias is not None:
+                linear.bias.copy_(bias)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, linear.to(weight.device))
+
+    for layer in layers:
+        attn_mask, mlp_mask = group_masks[layer.prefix]
+        for block, proj in [("self_attn", p) for p in ATTN] + [("mlp", p) for p in MLP]:
+            name = layer.name(block, proj)
+            weight, bias = weights[name]
+            if proj in ("o_proj", "down_proj"):
+                keep = (attn_mask if proj == "o_proj" else mlp_mask).repeat_interleave(
+                    layer.rep * layer.head_dim if proj == "o_proj" else 1
+                )
+                put(name, weight[:, keep.bool()], bias)
+            else:
+                keep = (mlp_mask if block == "mlp" else attn_mask).repeat_interleave(row_repeat(proj, layer))
+                put(name, weight[keep.bool()], None if bias is None else bias[keep.bool()])
+    return model

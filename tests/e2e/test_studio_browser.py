@@ -1,0 +1,208 @@
+"""The whole studio in a real browser: `studio run` (embedded broker + worker) driven by Chromium.
+
+Upload a dataset -> Quick training of a tiny local Llama -> the job succeeds and its loss
+chart is drawn -> chat with the base and the adapter side by side -> download the adapter
+zip and load it with PEFT. Needs Debian's Chromium (scripts/ensure_chromium.sh installs it);
+a missing browser fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ui.tiny_model import save_tiny_llama
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+REPO = Path(__file__).resolve().parents[2]
+COLORS = {"sky": "blue", "grass": "green", "sun": "yellow", "snow": "white", "fire": "red", "night": "black"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("e2e")
+    save_tiny_llama(root / "tiny-llama")
+    rows = [{"instruction": f"what color is the {thing}?", "output": color} for thing, color in COLORS.items()] * 4
+    (root / "colors.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def studio_url(workspace):
+    """`studio run` on a fresh data dir and a free port; stopped (SIGTERM, like Ctrl-C) afterwards."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "STUDIO_DATA_DIR": str(workspace / "data"),
+        "STUDIO_HOST": "127.0.0.1",
+        "STUDIO_PORT": str(port),
+        # The tiny model is the default base too, so startup converts no bundled GGUF.
+        "STUDIO_DEFAULT_BASE_MODEL": str(workspace / "tiny-llama"),
+        "STUDIO_DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "STUDIO_AUTH", "STUDIO_EMBEDDED_WORKER"):
+        env.pop(name, None)
+    log = open(workspace / "studio.log", "w")  # noqa: SIM115 - closed in the finally below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "studio", "run"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"studio run exited early:\n{(workspace / 'studio.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"studio run did not answer in 180 s:\n{(workspace / 'studio.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure_chromium.sh (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        instance = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    """Pick the option of a Gradio dropdown whose label contains ``option``."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+
+
+def wait_text(page, elem_id: str, pattern: str, timeout_s: float = 60) -> str:
+    """Wait until the element's text matches ``pattern`` (a JS regex); returns the text."""
+    page.wait_for_function(
+        "([id, pattern]) => new RegExp(pattern).test(document.getElementById(id)?.innerText || '')",
+        arg=[elem_id, pattern],
+        timeout=timeout_s * 1000,
+    )
+    return page.locator(f"#{elem_id}").inner_text()
+
+
+def bot_replies(page, elem_id: str) -> list[str]:
+    return page.locator(f"#{elem_id} .bot-row").all_inner_texts()
+
+
+def test_upload_train_chat_download(studio_url, browser, workspace, tmp_path):
+    tiny = str(workspace / "tiny-llama")
+    page = browser.new_page(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(studio_url, wait_until="load")
+    page.wait_for_selector("#studio-tabs")
+
+    # Datasets: upload, see the detected format, import.
+    page.locator("#ds-upload input[type=file]").set_input_files(str(workspace / "colors.jsonl"))
+    detected = wait_text(page, "ds-detected", "Detected")
+    assert "alpaca" in detected and "24 rows" in detected
+    page.locator("#ds-import").click()
+    wait_text(page, "ds-list", "colors")
+
+    # Train: the dataset, the tiny model typed as a local directory, the Quick preset (the default).
+    page.get_by_role("tab", name="Train").click()
+    choose(page, "train-dataset", "colors")
+    page.locator("#train-base-custom textarea, #train-base-custom input").first.fill(tiny)
+    assert "Rough estimate" in wait_text(page, "train-estimate", "steps")
+    page.locator("#train-submit").click()
+    job_line = wait_text(page, "train-status", "Queued training job #\\d+")
+    job_id = re.search(r"#(\d+)", job_line).group(1)
+
+    # Jobs: the job reaches succeeded; its loss chart has curves.
+    page.get_by_role("tab", name="Jobs").click()
+    detail = wait_text(page, "jobs-detail", f"#{job_id} .*(succeeded|failed|cancelled)", timeout_s=300)
+    assert "succeeded" in detail, detail + "\n" + page.locator("#jobs-logs textarea").input_value()
+    adapter_id = re.search(r"Adapter #(\d+)", detail).group(1)
+    page.wait_for_function(
+        "() => (document.querySelector('#jobs-chart .js-plotly-plot')?.data || []).length > 0", timeout=30_000
+    )
+    curves = page.evaluate("() => document.querySelector('#jobs-chart .js-plotly-plot').data.map(t => t.name)")
+    assert "training loss" in curves
+
+    # Playground: base and adapter side by side, one prompt, replies streamed into both.
+    page.get_by_role("tab", name="Playground").click()
+    choose(page, "play-base", tiny)
+    page.wait_for_function(
+        "() => /#\\d+/.test(document.querySelector('#play-target-1 input')?.value || '')", timeout=30_000
+    )
+    assert "no adapter" in page.locator("#play-target-0 input").input_value()
+    page.locator("#play-prompt textarea").fill("what color is the sky?")
+    page.locator("#play-send").click()
+    # Both panes have answered once the Send button's event is over (the panes answer in turn).
+    page.wait_for_function(
+        "() => [0, 1].every(i => { const r = document.querySelectorAll(`#play-chat-${i} .bot-row`);"
+        " return r.length === 1 && r[0].innerText.trim() && r[0].innerText.trim() !== '…'; })",
+        timeout=120_000,
+    )
+    replies = [bot_replies(page, f"play-chat-{i}")[0] for i in (0, 1)]
+    assert all(reply.strip() for reply in replies)
+
+    # Adapters: select it, download the zip, load it with PEFT.
+    page.get_by_role("tab", name="Adapters").click()
+    wait_text(page, "adapters-table", "lora")
+    choose(page, "adapters-selected", f"#{adapter_id} ")
+    wait_text(page, "adapters-details", "trainable parameters")
+    page.locator("#adapters-zip-btn").click()
+    page.wait_for_selector("#adapters-zip a", timeout=60_000)
+    with page.expect_download() as download:
+        page.locator("#adapters-zip a").first.click()
+    zipped = tmp_path / "adapter.zip"
+    download.value.save_as(zipped)
+    page.close()
+
+    out = tmp_path / "adapter"
+    with zipfile.ZipFile(zipped) as archive:
+        archive.extractall(out)
+    config = next(out.rglob("adapter_config.json"))
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), config.parent)
+    assert any("lora_A" in name for name, _ in model.named_parameters())

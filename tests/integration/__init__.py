@@ -1,0 +1,1 @@
+"""Tests against real services and subprocesses (marker: integration)."""

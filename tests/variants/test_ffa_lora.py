@@ -1,0 +1,194 @@
+"""FFA-LoRA (spec §2): A seeded and frozen, only B trained, exact federated averaging of B."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from studio.variants.base import BuildContext, ExportContext, OptimConfig, default_optimization
+from studio.variants.ffa_lora import (
+    FfaLora,
+    client_payload,
+    federated_average,
+    frozen_a,
+    load_payload,
+    payload_bytes,
+    traffic_per_round,
+)
+from studio.variants.peft_common import tuner_layers
+from studio.variants.targets import default_target_modules
+
+# -- tiny local helpers (the shared variant fixtures may not exist yet) -----------------------------
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).float().train()
+
+
+def batches(count: int = 2, seed: int = 1) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        ids = torch.randint(1, 64, (2, 8), generator=g)
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
+    return out
+
+
+def build(params: dict | None = None, seed: int = 0):
+    variant = FfaLora(FfaLora.parse_params(params or {}))
+    model = tiny_llama()
+    ctx = BuildContext(
+        model=model,
+        tokenizer=None,
+        task="causal-lm",
+        target_modules=default_target_modules(model),
+        modules_to_save=[],
+        calibration_batches=lambda n: iter([]),
+        total_steps=10,
+        seed=seed,
+        device=torch.device("cpu"),
+        learning_rate=1e-2,
+        warmup_steps=0,
+        weight_decay=0.0,
+        work_dir=None,
+    )
+    torch.manual_seed(seed)
+    return variant, variant.build(ctx)
+
+
+def run_steps(variant, model, data, steps: int, lr: float = 2e-2, wd: float = 0.1):
+    """The engine's hook order and default optimizer (AdamW over requires_grad tensors)."""
+    config = OptimConfig(learning_rate=lr, weight_decay=wd, total_steps=steps, warmup_steps=0, scheduler="constant")
+    opt = variant.configure_optimization(model, config) or default_optimization(
+        [p for p in model.parameters() if p.requires_grad], config
+    )
+    for step in range(1, steps + 1):
+        variant.on_step_begin(model, step)
+        model(**data[(step - 1) % len(data)]).loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        variant.on_pre_optimizer_step(model, step)
+        for o in opt.optimizers:
+            o.step()
+        variant.on_optimizer_step(model, step)
+        for s in opt.schedulers:
+            s.step()
+        model.zero_grad(set_to_none=True)
+    return opt
+
+
+def a_and_b(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {
+        n: (layer.lora_A["default"].weight, layer.lora_B["default"].weight) for n, layer in tuner_layers(model).items()
+    }
+
+
+# -- tests -------------------------------------------------------------------------------------------
+
+
+def test_a_is_bit_for_bit_unchanged_after_training_and_b_moves():
+    variant, model = build({"r": 4})
+    before = {n: (a.detach().clone(), b.detach().clone()) for n, (a, b) in a_and_b(model).items()}
+    for a, b in a_and_b(model).values():
+        assert not a.requires_grad and b.requires_grad
+        assert torch.count_nonzero(b) == 0 and torch.count_nonzero(a) == a.numel()  # B = 0, A random non-zero
+    opt = run_steps(variant, model, batches(2), 4)
+    in_optimizer = {id(p) for group in opt.optimizers[0].param_groups for p in group["params"]}
+    for name, (a, b) in a_and_b(model).items():
+        assert id(a) not in in_optimizer and id(b) in in_optimizer
+        assert torch.equal(a, before[name][0]), name
+        assert not torch.equal(b, before[name][1]), name
+
+
+def test_a_is_a_function_of_its_seed_and_module_name_only():
+    _, m1 = build({"r": 4, "a_seed": 5}, seed=0)
+    _, m2 = build({"r": 4, "a_seed": 5}, seed=123)  # another client: different run seed, same A
+    _, m3 = build({"r": 4, "a_seed": 6}, seed=0)
+    ab1, ab2, ab3 = a_and_b(m1), a_and_b(m2), a_and_b(m3)
+    for name, (a, _) in ab1.items():
+        n = a.shape[1]
+        assert torch.equal(a, ab2[name][0])
+        assert not torch.equal(a, ab3[name][0])
+        assert a.abs().max() <= 1 / math.sqrt(n)  # Kaiming-uniform (a=√5): U(−1/√n, 1/√n)
+        assert a.abs().max() > 0.5 / math.sqrt(n)
+    names = list(ab1)
+    assert not torch.equal(ab1[names[0]][0], ab1[names[1]][0][: ab1[names[0]][0].shape[0]])
+    g = frozen_a("x", 4, 1000, 0, "gaussian")
+    assert abs(float(g.std()) - 1 / 4) < 0.02  # PEFT's gaussian init: std 1/r
+
+
+def test_average_of_products_equals_product_of_averages():
+    clients = []
+    for k in range(3):  # three clients train on different data from the same broadcast
+        variant, model = build({"r": 4})
+        run_steps(variant, model, batches(2, seed=10 + k), 3)
+        clients.append(model)
+    payloads = [client_payload(m) for m in clients]
+    weights = [10.0, 30.0, 60.0]
+    averaged = federated_average(payloads, weights)
+    p = [w / sum(weights) for w in weights]
+    a_shared = {n: a for n, (a, _) in a_and_b(clients[0]).items()}
+    for name, a in a_shared.items():
+        mean_of_products = sum(pk * (pl[name] @ a) for pk, pl in zip(p, payloads, strict=True))
+        product_of_means = averaged[name] @ a
+        assert (mean_of_products - product_of_means).abs().max() <= 1e-6
+        assert (payloads[0][name] - payloads[1][name]).abs().max() > 0  # the clients really differ
+    equal = federated_average(payloads)
+    for name in equal:
+        torch.testing.assert_close(equal[name], (payloads[0][name] + payloads[1][name] + payloads[2][name]) / 3)
+    # the server sends the average back; every client's ΔW is then the same
+    load_payload(clients[1], averaged)
+    for name, b in a_and_b(clients[1]).items():
+        assert torch.equal(b[1].detach(), averaged[name])
+
+
+def test_a_client_sends_only_b():
+    variant, model = build({"r": 4})
+    payload = client_payload(model)
+    layers = tuner_layers(model)
+    assert set(payload) == set(layers)
+    total = 0
+    for name, tensor in payload.items():
+        m, n = layers[name].base_layer.weight.shape
+        assert tuple(tensor.shape) == (m, 4)  # B (m × r), never A (r × n)
+        total += 4 * m * 4  # r·m fp32 numbers
+    assert payload_bytes(payload) == total
+    traffic = traffic_per_round(model)
+    expected_lora = sum(4 * sum(layer.base_layer.weight.shape) * 4 for layer in layers.values())
+    assert traffic == {"ffa_lora": total, "lora": expected_lora}
+    assert variant.rank_extra(model) and all(v["b_norm"] == 0.0 for v in variant.rank_extra(model).values())
+
+
+def test_universal_export(tmp_path):
+    from peft import PeftModel
+
+    variant, model = build({"r": 4, "lora_alpha": 8})
+    run_steps(variant, model, batches(2), 4)
+    original = tiny_llama().state_dict()
+    report = variant.save_adapter(
+        model, tmp_path / "adapter", ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
+    )
+    assert report.exact
+    merged = PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "adapter")).merge_and_unload().eval()
+    deltas = variant.delta_weights(model)
+    for name, (a, b) in a_and_b(model).items():
+        torch.testing.assert_close(deltas[name], (8 / 4) * b.detach() @ a.detach())
+        w0 = original[f"{name}.weight"]
+        assert (merged.get_submodule(name).weight - (w0 + deltas[name])).abs().max() <= 1e-5 * w0.abs().max()
+    model.eval()
+    ids = batches(1, seed=9)[0]["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, model(ids).logits, rtol=0, atol=1e-4)

@@ -1,0 +1,277 @@
+"""SLoRA / NLoRA / IntTune (spec §7): middle matrix N, Nyström init, residual option, exact export."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from studio.variants._core_matrix import core_layers
+from studio.variants.base import BuildContext, ExportContext
+from studio.variants.inttune import IntTune
+from studio.variants.nlora import Nlora
+from studio.variants.slora import Slora
+from studio.variants.targets import default_target_modules
+
+# -- tiny helpers (local: the shared variant fixtures may not exist yet) ------------------------------
+
+
+def tiny_llama(seed: int = 0, classification: bool = False):
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        num_labels=3,
+    )
+    torch.manual_seed(seed)
+    cls = LlamaForSequenceClassification if classification else LlamaForCausalLM
+    return cls(config).float().train()
+
+
+def token_batches(count: int, size: int = 2, length: int = 8, seed: int = 1, classes: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        ids = torch.randint(1, 64, (size, length), generator=g)
+        labels = torch.randint(0, classes, (size,), generator=g) if classes else ids.clone()
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    return out
+
+
+def make_ctx(model, batches, task="causal-lm", heads=(), logs=None) -> BuildContext:
+    torch.manual_seed(0)
+    return BuildContext(
+        model=model,
+        tokenizer=None,
+        task=task,
+        target_modules=default_target_modules(model),
+        modules_to_save=list(heads),
+        calibration_batches=lambda n: iter(batches[:n]),
+        total_steps=10,
+        seed=0,
+        device=torch.device("cpu"),
+        learning_rate=1e-3,
+        warmup_steps=2,
+        weight_decay=0.0,
+        work_dir=None,
+        log=(logs.append if logs is not None else (lambda _msg: None)),
+    )
+
+
+def train_steps(model, batches, steps: int = 3, lr: float = 1e-2) -> None:
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    for i in range(steps):
+        model(**batches[i % len(batches)]).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def check_universal_export(variant, model, original_state, tmp_path, classification=False, heads=()) -> dict:
+    """Spec §0: reload as plain PEFT LoRA on the ORIGINAL base, merge, compare W and logits."""
+    from peft import PeftModel
+
+    def fresh_base():
+        base = tiny_llama(classification=classification)
+        base.load_state_dict(original_state)
+        return base.eval()
+
+    out = tmp_path / "adapter"
+    task = "classification" if classification else "causal-lm"
+    ectx = ExportContext(fresh_base=fresh_base, task=task, modules_to_save=list(heads))
+    report = variant.save_adapter(model, out, ectx)
+    reloaded = PeftModel.from_pretrained(fresh_base(), str(out))
+    ids = torch.randint(1, 64, (2, 8), generator=torch.Generator().manual_seed(7))
+    model.eval()
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        got = reloaded(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
+    merged = reloaded.merge_and_unload()
+    deltas = variant.delta_weights(model)
+    assert deltas
+    for name, delta in deltas.items():
+        w0 = original_state[f"{name}.weight"]
+        diff = (merged.get_submodule(name).weight - (w0 + delta)).abs().max()
+        assert diff <= 1e-5 * w0.abs().max(), (name, float(diff))
+    return report.ranks
+
+
+# -- NLoRA ----------------------------------------------------------------------------------------------
+
+
+def test_nlora_init_slices_equal_w0_blocks():
+    model = tiny_llama()
+    original = copy.deepcopy(model.state_dict())
+    variant = Nlora(Nlora.Params(r=4, lora_alpha=8.0))
+    variant.build(make_ctx(model, token_batches(1)))
+    layers = core_layers(model)
+    assert len(layers) == 14
+    deltas = variant.delta_weights(model)
+    for name, layer in layers.items():
+        w0 = original[f"{name}.weight"]
+        assert torch.equal(layer.base_layer.weight, w0)  # official: W0 unchanged
+        assert torch.equal(layer.lora_A, w0[:4, :])
+        assert torch.equal(layer.lora_B, w0[:, :4])
+        assert torch.equal(layer.lora_core, w0[:4, :4])
+        # ΔW at init = s · W0[:, :r] W0[:r, :r] W0[:r, :]: small but not zero.
+        expected = 2.0 * w0[:, :4] @ w0[:4, :4] @ w0[:4, :]
+        assert torch.allclose(deltas[name], expected, atol=1e-9)
+        assert 0 < float(deltas[name].abs().max()) < 0.01 * float(w0.abs().max())
+    assert all(
+        p.requires_grad == any(n.endswith(f) for f in ("lora_A", "lora_B", "lora_core"))
+        for n, p in model.named_parameters()
+    )
+
+
+def test_nlora_pinv_core_is_textbook_nystrom():
+    # On a weight of exact rank r whose r × r corner is invertible, C·W11⁺·R reproduces W exactly.
+    model = tiny_llama()
+    layer_name = "model.layers.0.mlp.up_proj"  # 48 × 32
+    g = torch.Generator().manual_seed(5)
+    low_rank = torch.randn(48, 3, generator=g) @ torch.randn(3, 32, generator=g) * 0.1
+    model.get_submodule(layer_name).weight.data.copy_(low_rank)
+    variant = Nlora(Nlora.Params(r=3, lora_alpha=3.0, core="pinv"))
+    variant.build(make_ctx(model, token_batches(1)))
+    layer = core_layers(model)[layer_name]
+    assert torch.allclose(layer.lora_core, torch.linalg.pinv(low_rank[:3, :3].double()).float(), rtol=1e-5)
+    assert torch.allclose(variant.delta_weights(model)[layer_name], low_rank, atol=1e-5)
+
+
+@pytest.mark.parametrize(("cls", "core"), [(Nlora, "block"), (Nlora, "pinv"), (IntTune, "block")])
+def test_residual_starts_at_the_base_and_exports_rank_2r(cls, core, tmp_path):
+    model = tiny_llama()
+    original = copy.deepcopy(model.state_dict())
+    batches = token_batches(2)
+    ids = batches[0]["input_ids"]
+    with torch.no_grad():
+        base_logits = model.eval()(input_ids=ids).logits
+    model.train()
+    variant = cls(cls.Params(r=4, residual=True, core=core))
+    model = variant.build(make_ctx(model, batches))
+    for name, layer in core_layers(model).items():
+        w0 = original[f"{name}.weight"].double()
+        corner = w0[:4, :4] if core == "block" else torch.linalg.pinv(w0[:4, :4])
+        # W0 ← W0 − s·B0·N0·A0 (s = 128 / 4 = 32 with the official α = 128).
+        expected = w0 - 32.0 * w0[:, :4] @ corner @ w0[:4, :]
+        assert torch.allclose(layer.base_layer.weight.double(), expected, atol=1e-5 * float(expected.abs().max()))
+    with torch.no_grad():
+        # The pinv core makes s·B0·N0·A0 as large as W0 itself: the subtraction really matters.
+        assert torch.allclose(model.eval()(input_ids=ids).logits, base_logits, atol=1e-4)
+        # ΔW relative to the original W0 is zero up to fp32 cancellation of s·B·N·A − s·B0·N0·A0.
+        for name, delta in variant.delta_weights(model).items():
+            layer = core_layers(model)[name]
+            full = layer.scaling * layer.lora_B @ layer.lora_core @ layer.lora_A
+            assert float(delta.abs().max()) <= 1e-6 * float(full.abs().max()) + 1e-12, name
+    model.train()
+    train_steps(model, batches)
+    ranks = check_universal_export(variant, model, original, tmp_path)
+    assert set(ranks.values()) == {8}
+    assert set(variant.final_ranks(model).values()) == {8}
+
+
+def test_inttune_only_n_gets_gradient():
+    model = tiny_llama()
+    batches = token_batches(1)
+    variant = IntTune(IntTune.Params(r=4))
+    model = variant.build(make_ctx(model, batches))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith("lora_core") for n in trainable)
+    model(**batches[0]).loss.backward()
+    for name, param in model.named_parameters():
+        if name.endswith("lora_core"):
+            assert param.grad is not None and float(param.grad.abs().sum()) > 0, name
+        else:
+            assert param.grad is None, name
+    # Same init as NLoRA.
+    layer = core_layers(model)["model.layers.1.mlp.down_proj"]
+    assert torch.equal(layer.lora_core, layer.base_layer.weight[:4, :4])
+
+
+def test_nlora_trains_a_n_b():
+    model = tiny_llama()
+    batches = token_batches(1)
+    model = Nlora(Nlora.Params(r=4)).build(make_ctx(model, batches))
+    model(**batches[0]).loss.backward()
+    for layer in core_layers(model).values():
+        for factor in (layer.lora_A, layer.lora_core, layer.lora_B):
+            assert factor.grad is not None and float(factor.grad.abs().sum()) > 0
+        assert layer.base_layer.weight.grad is None
+
+
+# -- SLoRA ----------------------------------------------------------------------------------------------
+
+
+def test_slora_init_kaiming_a_n_zero_b():
+    model = tiny_llama()
+    variant = Slora(Slora.Params(r=8))
+    model = variant.build(make_ctx(model, token_batches(1)))
+    for name, layer in core_layers(model).items():
+        n = layer.in_features
+        assert torch.equal(layer.lora_B, torch.zeros_like(layer.lora_B))
+        # kaiming_uniform(a=√5) = U(−1/√fan_in, 1/√fan_in): fan_in = n for A, r for N.
+        for factor, fan_in in ((layer.lora_A, n), (layer.lora_core, 8)):
+            bound = 1 / math.sqrt(fan_in)
+            assert float(factor.detach().abs().max()) <= bound
+            assert float(factor.detach().std()) == pytest.approx(bound / math.sqrt(3), rel=0.3)
+        assert float(variant.delta_weights(model)[name].abs().max()) == 0.0
+        assert all(f.requires_grad for f in (layer.lora_A, layer.lora_core, layer.lora_B))
+    assert layer.scaling == 16.0  # s = α / r with the official α = 128
+
+
+# -- universal export ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cls", "params"),
+    [
+        (Slora, {}),
+        (Nlora, {}),
+        (Nlora, {"core": "pinv", "lora_alpha": 1.0}),
+        (IntTune, {}),
+    ],
+)
+def test_universal_export(cls, params, tmp_path):
+    model = tiny_llama()
+    original = copy.deepcopy(model.state_dict())
+    batches = token_batches(2)
+    variant = cls(cls.Params(r=4, **params))
+    model = variant.build(make_ctx(model, batches))
+    train_steps(model, batches)
+    ranks = check_universal_export(variant, model, original, tmp_path)
+    assert set(ranks.values()) == {4}
+    for name, (b, a) in variant.plain_lora_factors(model).items():  # A′ = A, B′ = s·B·N
+        layer = core_layers(model)[name]
+        assert torch.equal(a, layer.lora_A.detach())
+        assert torch.allclose(b, layer.scaling * layer.lora_B.detach() @ layer.lora_core.detach())
+
+
+def test_classification_head_is_trained_and_exported(tmp_path):
+    model = tiny_llama(classification=True)
+    original = copy.deepcopy(model.state_dict())
+    batches = token_batches(2, classes=3)
+    variant = Nlora(Nlora.Params(r=4, lora_alpha=4.0))
+    model = variant.build(make_ctx(model, batches, task="classification", heads=["score"]))
+    assert all(p.requires_grad for p in model.score.parameters())
+    train_steps(model, batches)
+    assert not torch.equal(model.score.weight, original["score.weight"])
+    check_universal_export(variant, model, original, tmp_path, classification=True, heads=["score"])
+
+
+def test_rank_clamped_to_small_layers():
+    logs: list[str] = []
+    model = tiny_llama()
+    variant = Nlora(Nlora.Params())  # official r = 128 > every layer of the tiny model
+    variant.build(make_ctx(model, token_batches(1), logs=logs))
+    ranks = variant.final_ranks(model)
+    assert ranks["model.layers.0.self_attn.k_proj"] == 16  # 16 × 32
+    assert ranks["model.layers.0.mlp.up_proj"] == 32  # 48 × 32
+    assert any("clamped" in line for line in logs)
