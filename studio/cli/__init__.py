@@ -12,6 +12,7 @@ from studio.errors import StudioError
 # name -> "module:attribute". Adding a command is one line here.
 COMMANDS = {
     "run": "studio.cli.run:run",
+    "migrate": "studio.cli.migrate:migrate",
     "worker": "studio.cli.worker:worker",
     "status": "studio.cli.status:status",
     "variants": "studio.cli.variants:variants",

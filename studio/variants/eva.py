@@ -74,9 +74,8 @@ class Eva(PeftVariant):
             return forward_fn_dict(model_, inputs)
 
         initialize_lora_eva_weights(model, batches, forward_fn=forward, show_progress_bar=False)
-        ctx.log(
-            f"EVA: ranks redistributed on {len(batches)} batches: {sum(self.rank_allocation(model).values())} total"
-        )
+        total = sum(self.rank_allocation(model).values())
+        ctx.log(f"EVA: converged after {calls['n']} forward passes; {total} rank components redistributed")
         return model
 
     def rank_allocation(self, model: Any) -> dict[str, int]:

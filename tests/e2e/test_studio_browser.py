@@ -115,7 +115,7 @@ def browser():
 def choose(page, elem_id: str, option: str) -> None:
     """Pick the option of a Gradio dropdown whose label contains ``option``."""
     page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+    page.locator("[role=option]").filter(has_text=option).first.click()
 
 
 def wait_text(page, elem_id: str, pattern: str, timeout_s: float = 60) -> str:

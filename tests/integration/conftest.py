@@ -86,7 +86,8 @@ def redis_queue(redis_client) -> Iterator[str]:
     """A queue name of this test's own; its messages (and unacked ones of killed workers) are removed after."""
     queue = f"it-{uuid.uuid4().hex}"
     yield queue
-    keys = list(redis_client.scan_iter(match=f"{queue}*")) + [f"_kombu.binding.{queue}"]
+    bindings = [f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"]
+    keys = list(redis_client.scan_iter(match=f"{queue}*")) + bindings
     redis_client.delete(*keys)
     # A SIGKILLed worker leaves its message in kombu's `unacked` hash; drop those of this queue.
     for tag, payload in redis_client.hscan_iter("unacked"):
