@@ -40,6 +40,27 @@ class FieldSpec:
     exclusive_minimum: bool = False
     choices: list[Any] = field(default_factory=list)
 
+    def is_slider(self) -> bool:
+        """Whether this field is shown as a slider (bounded, not nullable, draggable range)."""
+        return self.kind in ("int", "float") and not self.nullable and self.slider_step() is not None
+
+    def help_text(self) -> str:
+        """The description, plus the allowed range for number inputs (sliders show it themselves)."""
+        if self.kind not in ("int", "float") or self.is_slider():
+            return self.info
+        parts = [self.info, self.range_text(), "Leave empty for the default." if self.nullable else ""]
+        return " ".join(p for p in parts if p)
+
+    def range_text(self) -> str:
+        """'Allowed: at least 1, at most 64.' style help for number inputs ('' when unbounded)."""
+        parts = []
+        if self.minimum is not None:
+            low = _number(self.minimum)
+            parts.append(f"more than {low}" if self.exclusive_minimum else f"at least {low}")
+        if self.maximum is not None:
+            parts.append(f"at most {_number(self.maximum)}")
+        return f"Allowed: {', '.join(parts)}." if parts else ""
+
     def slider_step(self) -> float | None:
         """A drag step for a slider, or None when a slider would not be usable."""
         if self.minimum is None or self.maximum is None:
@@ -119,6 +140,11 @@ def _field_spec(name: str, prop: dict[str, Any], defs: dict[str, Any]) -> FieldS
     return spec
 
 
+def _number(value: float) -> str:
+    """1000000 -> '1,000,000'; 0.0001 -> '0.0001'."""
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
 def _humanise(title: str) -> str:
     """'Lora Alpha' -> 'LoRA alpha'; keeps the first word's capital only."""
     words = title.split()
@@ -130,7 +156,7 @@ def make_component(spec: FieldSpec, elem_prefix: str, value: Any = None) -> gr.c
     """The Gradio widget for one field (created in the current Blocks context); ``value`` overrides the default."""
     value = spec.default if value is None else value
     elem_id = f"{elem_prefix}-{spec.name.replace('_', '-')}"
-    common = dict(label=spec.label, info=spec.info, elem_id=elem_id)
+    common = dict(label=spec.label, info=spec.help_text(), elem_id=elem_id)
     if spec.kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if spec.kind == "choice":
@@ -141,17 +167,17 @@ def make_component(spec: FieldSpec, elem_prefix: str, value: Any = None) -> gr.c
         )
     if spec.kind in ("int", "float"):
         step = spec.slider_step()
-        low = spec.minimum + (step or 0) if spec.exclusive_minimum and spec.minimum is not None else spec.minimum
-        if step is not None and not spec.nullable:
+        if spec.is_slider():
+            low = spec.minimum + step if spec.exclusive_minimum else spec.minimum
             return gr.Slider(minimum=low, maximum=spec.maximum, step=step, value=value, **common)
-        info = spec.info + (" Leave empty for the default behaviour." if spec.nullable else "")
+        # The range goes into the help text rather than Number's minimum/maximum: Gradio would
+        # reject an out-of-range value before the handler runs and flag every field of the
+        # form, while the schema's own validation names this field and says what to do.
         return gr.Number(
             value=value,
-            minimum=low,
-            maximum=spec.maximum,
             precision=0 if spec.kind == "int" else None,
             step=step or (1 if spec.kind == "int" else None),
-            **{**common, "info": info},
+            **common,
         )
     return gr.Textbox(value=value or "", **common)
 
@@ -200,7 +226,7 @@ class SchemaForm:
             if name in errors:
                 out.append(gr.update(info=f"⚠ {errors[name]}", elem_classes=["field-error"]))
             else:
-                out.append(gr.update(info=spec.info, elem_classes=[]))
+                out.append(gr.update(info=spec.help_text(), elem_classes=[]))
         return out
 
 

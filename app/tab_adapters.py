@@ -19,7 +19,9 @@ DEFAULT_METRIC = "eval_loss"
 HEADERS = ["id", "name", "variant", "base model", "dataset", "trainable params", "size", "metric", "created"]
 
 
-def _filtered(services: Services, variant: str | None, base_model: str | None, dataset: Any, metric: str | None) -> list[Any]:
+def _filtered(
+    services: Services, variant: str | None, base_model: str | None, dataset: Any, metric: str | None
+) -> list[Any]:
     rows = services.adapters.list()
     if variant and variant != ALL:
         rows = [r for r in rows if r.variant == variant]
@@ -56,14 +58,26 @@ def table(services: Services, variant=None, base_model=None, dataset=None, metri
     shown_metric = metric if metric and metric != ALL else DEFAULT_METRIC
     data = [
         [
-            r.id, r.name, r.variant, r.base_model, f"#{r.dataset_id}" if r.dataset_id else "",
-            f"{r.trainable_params:,}", human_bytes(r.size_bytes), _metric_value(r, shown_metric), ago(r.created_at),
+            r.id,
+            r.name,
+            r.variant,
+            r.base_model,
+            f"#{r.dataset_id}" if r.dataset_id else "",
+            f"{r.trainable_params:,}",
+            human_bytes(r.size_bytes),
+            _metric_value(r, shown_metric),
+            ago(r.created_at),
         ]
         for r in rows
     ]
     choices = [(f"#{r.id} {r.name} ({r.variant})", r.id) for r in rows]
     points = [
-        {"label": f"#{r.id} {r.name}", "variant": r.variant, "params": r.trainable_params, "value": (r.metrics or {}).get(shown_metric)}
+        {
+            "label": f"#{r.id} {r.name}",
+            "variant": r.variant,
+            "params": r.trainable_params,
+            "value": (r.metrics or {}).get(shown_metric),
+        }
         for r in rows
     ]
     return {
@@ -107,7 +121,9 @@ def compare(services: Services, chosen: list[int] | None) -> dict[str, Any]:
     series: dict[str, list[Any]] = {}
     for adapter_id in chosen or []:
         row = services.adapters.get(int(adapter_id))
-        series[f"#{row.id} {row.name} ({row.variant})"] = services.jobs.metrics(row.source_job_id) if row.source_job_id else []
+        series[f"#{row.id} {row.name} ({row.variant})"] = (
+            services.jobs.metrics(row.source_job_id) if row.source_job_id else []
+        )
     return {
         "conv_step": convergence_figure(series, x_axis="step"),
         "conv_time": convergence_figure(series, x_axis="time"),
@@ -139,14 +155,19 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         c["base_model"] = gr.Dropdown(label="Base model", choices=[ALL], value=ALL, elem_id="adapters-filter-base")
         c["dataset"] = gr.Dropdown(label="Dataset", choices=[ALL], value=ALL, elem_id="adapters-filter-dataset")
         c["metric"] = gr.Dropdown(
-            label="Metric", choices=[ALL], value=ALL, elem_id="adapters-filter-metric",
+            label="Metric",
+            choices=[ALL],
+            value=ALL,
+            elem_id="adapters-filter-metric",
             info="Show, sort and plot by this metric (only adapters that have it).",
         )
     c["table"] = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="adapters-table", max_height=300)
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=320):
             c["selected"] = gr.Dropdown(label="Adapter", choices=[], value=None, elem_id="adapters-selected")
-            c["details"] = gr.Markdown("Select an adapter to see its details and rank charts.", elem_id="adapters-details")
+            c["details"] = gr.Markdown(
+                "Select an adapter to see its details and rank charts.", elem_id="adapters-details"
+            )
             with gr.Row():
                 c["zip_btn"] = gr.Button("Download as zip", elem_id="adapters-zip-btn")
                 c["delete_btn"] = gr.Button("Delete", variant="stop", elem_id="adapters-delete")
@@ -173,7 +194,12 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
 
     bind(tab.select, on_tab, filters, table_out | filters)
     bind(c["selected"].input, partial(details, services), {"selected": c["selected"]}, details_out)
-    bind(c["compare"].input, partial(compare, services), {"chosen": c["compare"]}, {k: c[k] for k in ("conv_step", "conv_time")})
+    bind(
+        c["compare"].input,
+        partial(compare, services),
+        {"chosen": c["compare"]},
+        {k: c[k] for k in ("conv_step", "conv_time")},
+    )
     bind(c["zip_btn"].click, partial(make_zip, services), {"selected": c["selected"]}, {"zip_file": c["zip_file"]})
     bind(
         c["delete_btn"].click,

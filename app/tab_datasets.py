@@ -114,7 +114,9 @@ def inspect_file(services: Services, file: str | None, **mapping_inputs: Any) ->
         )
     else:
         summary = f"Detected **{detection.format}** ({detection.reason})."
-    facts = f"{found.rows_total} rows · {found.file_format.upper()} · {found.encoding} · {human_bytes(found.size_bytes)}"
+    facts = (
+        f"{found.rows_total} rows · {found.file_format.upper()} · {found.encoding} · {human_bytes(found.size_bytes)}"
+    )
     notes = "".join(f"\n- {note}" for note in found.notes)
     return {
         "detected": f"{summary}\n\n{facts}{notes}",
@@ -180,7 +182,8 @@ def show_dataset(services: Services, selected: int | None) -> dict[str, Any]:
     dropped = report.get("dropped_rows") or []
     info = (
         f"**#{row.id} {row.name}** — {row.format}, {row.rows} rows, task {report.get('task', '?')}"
-        f"\n\nColumns: {mapping or '—'}" + (f"\n\n{len(dropped)} invalid rows were dropped at import." if dropped else "")
+        f"\n\nColumns: {mapping or '—'}"
+        + (f"\n\n{len(dropped)} invalid rows were dropped at import." if dropped else "")
     )
     return {"preview": _table(services.datasets.preview(row.id, 20)), "dataset_info": info}
 
@@ -221,29 +224,40 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
                 with gr.Row():
                     for field in MAP_FIELDS:
                         c[f"map_{field}"] = gr.Dropdown(
-                            choices=[NONE], value=NONE, label=field, visible=False, elem_id=f"ds-map-{field}", min_width=160
+                            choices=[NONE],
+                            value=NONE,
+                            label=field,
+                            visible=False,
+                            elem_id=f"ds-map-{field}",
+                            min_width=160,
                         )
                 c["check_btn"] = gr.Button("Check mapping", elem_id="ds-check")
             c["report"] = gr.Markdown(elem_id="ds-report")
             c["problems"] = gr.Dataframe(
-                headers=PROBLEM_HEADERS, label="Rows with problems", visible=False, interactive=False, elem_id="ds-problems"
+                headers=PROBLEM_HEADERS,
+                label="Rows with problems",
+                visible=False,
+                interactive=False,
+                elem_id="ds-problems",
             )
             with gr.Row():
                 c["import_btn"] = gr.Button("Import", variant="primary", interactive=False, elem_id="ds-import")
-                c["drop_btn"] = gr.Button("Drop rows and import", variant="stop", visible=False, elem_id="ds-drop-import")
-            c["raw_preview"] = gr.Dataframe(label="First rows of the file", visible=False, interactive=False, max_height=300)
+                c["drop_btn"] = gr.Button(
+                    "Drop rows and import", variant="stop", visible=False, elem_id="ds-drop-import"
+                )
+            c["raw_preview"] = gr.Dataframe(
+                label="First rows of the file", visible=False, interactive=False, max_height=300
+            )
         with gr.Column(scale=6, min_width=320):
             gr.Markdown("### Your datasets")
-            c["datasets"] = gr.Dataframe(
-                headers=LIST_HEADERS, interactive=False, elem_id="ds-list", max_height=260
-            )
+            c["datasets"] = gr.Dataframe(headers=LIST_HEADERS, interactive=False, elem_id="ds-list", max_height=260)
             with gr.Row():
-                c["selected"] = gr.Dropdown(
-                    label="Dataset", choices=[], value=None, elem_id="ds-selected", scale=4
-                )
+                c["selected"] = gr.Dropdown(label="Dataset", choices=[], value=None, elem_id="ds-selected", scale=4)
                 c["delete_btn"] = gr.Button("Delete", variant="stop", elem_id="ds-delete", scale=1, min_width=100)
             c["dataset_info"] = gr.Markdown("Select a dataset to preview it.", elem_id="ds-info")
-            c["preview"] = gr.Dataframe(label="Preview (as the trainer sees it)", interactive=False, elem_id="ds-preview")
+            c["preview"] = gr.Dataframe(
+                label="Preview (as the trainer sees it)", interactive=False, elem_id="ds-preview"
+            )
 
     map_inputs = {f"map_{f}": c[f"map_{f}"] for f in MAP_FIELDS}
     inspect_out = {
@@ -254,19 +268,31 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     bind(c["file"].change, partial(inspect_file, services), {"file": c["file"]}, inspect_out)
     bind(
         c["map_format"].input,
-        lambda map_format: {f"map_{f}": gr.update(visible=f in FORMATS[map_format].fields) for f in MAP_FIELDS}
-        if map_format in FORMATS
-        else {},
+        lambda map_format: (
+            {f"map_{f}": gr.update(visible=f in FORMATS[map_format].fields) for f in MAP_FIELDS}
+            if map_format in FORMATS
+            else {}
+        ),
         {"map_format": c["map_format"]},
         map_inputs,
     )
     report_out = {k: c[k] for k in ("detected", "report", "problems", "import_btn", "drop_btn")}
-    bind(c["check_btn"].click, partial(check_mapping, services), {"file": c["file"], "map_format": c["map_format"]} | map_inputs, report_out)
+    bind(
+        c["check_btn"].click,
+        partial(check_mapping, services),
+        {"file": c["file"], "map_format": c["map_format"]} | map_inputs,
+        report_out,
+    )
     import_in = {k: c[k] for k in ("file", "name", "needs_mapping", "map_format")} | map_inputs
     import_out = {k: c[k] for k in ("datasets", "selected", "preview", "dataset_info")}
     bind(c["import_btn"].click, partial(import_file, services), import_in, import_out)
     bind(c["drop_btn"].click, partial(import_file, services, drop_invalid=True), import_in, import_out)
-    bind(c["selected"].input, partial(show_dataset, services), {"selected": c["selected"]}, {k: c[k] for k in ("preview", "dataset_info")})
+    bind(
+        c["selected"].input,
+        partial(show_dataset, services),
+        {"selected": c["selected"]},
+        {k: c[k] for k in ("preview", "dataset_info")},
+    )
     bind(
         c["delete_btn"].click,
         partial(delete_dataset, services),

@@ -46,7 +46,9 @@ def results_rows(services: Services) -> list[list[Any]]:
     return out
 
 
-def submit_eval(services: Services, adapter: int | None, base_model: str | None, dataset: int | None, options: dict[str, Any]) -> str:
+def submit_eval(
+    services: Services, adapter: int | None, base_model: str | None, dataset: int | None, options: dict[str, Any]
+) -> str:
     """Validate and queue an eval job; returns a confirmation line."""
     if not dataset:
         raise gr.Error("Choose a dataset to evaluate on.")
@@ -63,21 +65,30 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     """Lay out the tab and wire its events."""
     c: dict[str, Any] = {}
     with gr.Row():
-        c["adapter"] = gr.Dropdown(label="Adapter", choices=[("No adapter (base model)", BASE_ONLY)], value=BASE_ONLY, elem_id="eval-adapter")
-        c["base_model"] = gr.Textbox(label="Base model (when no adapter)", value=services.settings.default_base_model, elem_id="eval-base")
+        c["adapter"] = gr.Dropdown(
+            label="Adapter", choices=[("No adapter (base model)", BASE_ONLY)], value=BASE_ONLY, elem_id="eval-adapter"
+        )
+        c["base_model"] = gr.Textbox(
+            label="Base model (when no adapter)", value=services.settings.default_base_model, elem_id="eval-base"
+        )
         c["dataset"] = gr.Dropdown(label="Dataset", choices=[], elem_id="eval-dataset")
     with gr.Row(elem_classes=["form-grid"]):
         form = SchemaForm(EvalRequest.model_json_schema(), "eval", only=FORM_FIELDS)
     c["submit"] = gr.Button("Evaluate", variant="primary", elem_id="eval-submit")
     c["status"] = gr.Markdown(elem_id="eval-status")
     c["results"] = gr.Dataframe(
-        headers=["job", "status", "adapter/base", "dataset", "scores"], value=lambda: results_rows(services),
-        interactive=False, elem_id="eval-results",
+        headers=["job", "status", "adapter/base", "dataset", "scores"],
+        value=lambda: results_rows(services),
+        interactive=False,
+        elem_id="eval-results",
     )
 
     def on_submit(adapter, base_model, dataset, **raw: Any) -> dict[str, Any]:
         options = form.values([raw[f"opt.{n}"] for n in form.names])
-        return {"status": submit_eval(services, adapter, base_model, dataset, options), "results": results_rows(services)}
+        return {
+            "status": submit_eval(services, adapter, base_model, dataset, options),
+            "results": results_rows(services),
+        }
 
     def on_tab() -> dict[str, Any]:
         return {
@@ -89,6 +100,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     inputs = {k: c[k] for k in ("adapter", "base_model", "dataset")} | {f"opt.{n}": w for n, w in form.widgets.items()}
     bind(c["submit"].click, on_submit, inputs, {k: c[k] for k in ("status", "results")})
     bind(tab.select, on_tab, {}, {k: c[k] for k in ("adapter", "dataset", "results")})
+
     def refresh_results() -> dict[str, Any]:
         return {"results": results_rows(services)}
 

@@ -27,7 +27,8 @@ def workers_markdown(services: Services) -> str:
     if not workers:
         return "**Workers online: none.** Jobs wait in the queue until one starts (`studio worker` or `studio run`)."
     listed = " · ".join(
-        f"`{w.name}` on **{w.device}** ({w.device_name})" + (f", busy with job #{w.current_job_id}" if w.current_job_id else ", idle")
+        f"`{w.name}` on **{w.device}** ({w.device_name})"
+        + (f", busy with job #{w.current_job_id}" if w.current_job_id else ", idle")
         for w in workers
     )
     return f"**Workers online: {len(workers)}** — {listed}"
@@ -51,7 +52,9 @@ def queue_html(services: Services, limit: int = 30) -> str:
             f"<td><div class='bar' title='{pct:.0f}%'><span style='width:{pct:.0f}%'></span></div></td>"
             f"<td>{steps}</td><td>{eta}</td><td>{where}</td><td>{ago(job.created_at)}</td></tr>"
         )
-    head = "".join(f"<th>{h}</th>" for h in ("id", "name", "kind", "status", "progress", "step", "ETA", "device", "created"))
+    head = "".join(
+        f"<th>{h}</th>" for h in ("id", "name", "kind", "status", "progress", "step", "ETA", "device", "created")
+    )
     return f"<table class='job-table'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
@@ -73,15 +76,17 @@ def _detail_markdown(job: Any) -> str:
     if job.status == "succeeded" and (job.result or {}).get("adapter_id"):
         lines.append(f"Adapter #{job.result['adapter_id']} is ready in the Adapters and Playground tabs.")
     if job.device:
-        lines.append(f"ran on {html.escape(job.device)}" + (f" ({html.escape(job.worker_host)})" if job.worker_host else ""))
+        lines.append(
+            f"ran on {html.escape(job.device)}" + (f" ({html.escape(job.worker_host)})" if job.worker_host else "")
+        )
     return "\n\n".join(lines)
 
 
 def job_detail(services: Services, selected: int | None, last_signature: str | None = None) -> dict[str, Any]:
     """Status, chart, logs and button states of the selected job.
 
-    The chart is only re-sent when new metrics arrived (``signature`` changes), so a
-    2-second refresh does not redraw an unchanged figure.
+    The chart is only re-sent when the job moved on (``signature`` changes), so a
+    2-second refresh neither re-reads the metrics nor redraws an unchanged figure.
     """
     if not selected:
         return {
@@ -93,8 +98,8 @@ def job_detail(services: Services, selected: int | None, last_signature: str | N
             "retry_btn": gr.update(interactive=False),
         }
     job = services.jobs.get(int(selected))
-    metrics = services.jobs.metrics(job.id)
-    signature = f"{job.id}:{len(metrics)}:{job.status}"
+    # Metrics are only read (and the figure re-sent) when the job moved on since the last refresh.
+    signature = f"{job.id}:{job.step}:{job.status}:{job.attempts}"
     logs = services.jobs.logs(job.id, limit=200)
     resumable = job.kind == "train" and bool(job.checkpoint_path) and job.status in FINAL_STATUSES
     out = {
@@ -108,7 +113,7 @@ def job_detail(services: Services, selected: int | None, last_signature: str | N
         ),
     }
     if signature != last_signature:
-        out["chart"] = loss_figure(metrics, title=f"Job #{job.id} loss") if job.kind != "check" else loss_figure(metrics)
+        out["chart"] = loss_figure(services.jobs.metrics(job.id), title=f"Job #{job.id} loss")
     return out
 
 
@@ -163,7 +168,9 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
             c["detail"] = gr.Markdown(elem_id="jobs-detail")
             c["chart"] = gr.Plot(label="Loss", elem_id="jobs-chart")
         with gr.Column(scale=2, min_width=300):
-            c["logs"] = gr.Textbox(label="Log", lines=18, max_lines=18, autoscroll=True, interactive=False, elem_id="jobs-logs")
+            c["logs"] = gr.Textbox(
+                label="Log", lines=18, max_lines=18, autoscroll=True, interactive=False, elem_id="jobs-logs"
+            )
     timer = gr.Timer(REFRESH_SECONDS)
 
     detail_out = {k: c[k] for k in ("detail", "chart", "logs", "signature", "cancel_btn", "retry_btn")}
@@ -172,5 +179,10 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     bind(timer.tick, partial(refresh, services), refresh_in, everything, show_progress="hidden")
     bind(tab.select, partial(refresh, services), refresh_in, everything)
     bind(c["selected"].input, partial(job_detail, services), {"selected": c["selected"]}, detail_out)
-    bind(c["cancel_btn"].click, partial(cancel_job, services), {"selected": c["selected"]}, detail_out | {"queue": c["queue"]})
+    bind(
+        c["cancel_btn"].click,
+        partial(cancel_job, services),
+        {"selected": c["selected"]},
+        detail_out | {"queue": c["queue"]},
+    )
     bind(c["retry_btn"].click, partial(retry_job, services), {"selected": c["selected"]}, everything)

@@ -8,9 +8,9 @@ import gradio as gr
 
 from app.forms import SchemaForm
 from app.ui import bind
-from studio.serving.generation import GenerationSettings
 from studio.services.container import Services
 from studio.services.playground import BASE_TARGET, PlaygroundService
+from studio.serving.generation import GenerationSettings
 
 TITLE = "Playground"
 ELEM_ID = "tab-playground"
@@ -106,7 +106,12 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     c: dict[str, Any] = {}
     with gr.Row():
         c["base_model"] = gr.Dropdown(
-            label="Base model", choices=bases, value=default_base, allow_custom_value=True, elem_id="play-base", scale=4,
+            label="Base model",
+            choices=bases,
+            value=default_base,
+            allow_custom_value=True,
+            elem_id="play-base",
+            scale=4,
             info="Every pane uses this base; adapters listed are the ones trained on it.",
         )
         c["panes"] = gr.Slider(2, MAX_PANES, value=2, step=1, label="Panes", elem_id="play-panes", scale=1)

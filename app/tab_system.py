@@ -66,7 +66,9 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         c["refresh_btn"] = gr.Button("Refresh", elem_id="system-refresh")
     c["notice"] = gr.Markdown()
     c["jobs"] = gr.Dataframe(
-        headers=["id", "kind", "status", "progress", "worker", "device", "error"], interactive=False, elem_id="system-jobs"
+        headers=["id", "kind", "status", "progress", "worker", "device", "error"],
+        interactive=False,
+        elem_id="system-jobs",
     )
     out = {k: c[k] for k in ("status", "jobs")}
     bind(c["check_btn"].click, partial(run_check, services), {}, out | {"notice": c["notice"]})

@@ -42,6 +42,11 @@ class FormErrors(ValidationFailed):
         super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
 
 
+def _field_title(key: str) -> str:
+    """'hyper.learning_rate' -> 'learning rate'; 'dataset_id' -> 'dataset'."""
+    return key.rsplit(".", 1)[-1].removesuffix("_id").replace("_", " ")
+
+
 def base_model_choices(services: Services) -> list[str]:
     """Causal-LM base models the studio knows: the default first."""
     names = [services.settings.default_base_model]
@@ -128,7 +133,9 @@ def estimate_markdown(services: Services, dataset_id: Any, base_model: str | Non
     steps = total_steps(rows, hyper)
     seconds = estimate_seconds(rows, hyper, device)
     where = f"on {len(workers)} worker(s) online ({device.upper()})" if workers else "(no worker online: CPU assumed)"
-    size_note = "" if base_model == services.settings.default_base_model else " for a ~135M model; bigger models take longer"
+    size_note = (
+        "" if base_model == services.settings.default_base_model else " for a ~135M model; bigger models take longer"
+    )
     return f"**{steps} steps** · estimated **~{human_seconds(seconds)}** {where}{size_note}. *Rough estimate.*"
 
 
@@ -141,42 +148,63 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         with gr.Column(scale=5, min_width=320):
             gr.Markdown("### 1 · Data and model")
             c["dataset_id"] = gr.Dropdown(
-                label="Dataset", choices=[], value=None, elem_id="train-dataset",
+                label="Dataset",
+                choices=[],
+                value=None,
+                elem_id="train-dataset",
                 info=TOP_INFO["dataset_id"],
             )
             c["base_model"] = gr.Dropdown(
-                label="Base model", choices=base_model_choices(services), value=services.settings.default_base_model,
-                elem_id="train-base", info=TOP_INFO["base_model"],
+                label="Base model",
+                choices=base_model_choices(services),
+                value=services.settings.default_base_model,
+                elem_id="train-base",
+                info=TOP_INFO["base_model"],
             )
             c["base_custom"] = gr.Textbox(
-                label="…or a Hugging Face id / local model directory", placeholder="e.g. /models/my-llama",
+                label="…or a Hugging Face id / local model directory",
+                placeholder="e.g. /models/my-llama",
                 elem_id="train-base-custom",
             )
             gr.Markdown("### 2 · How much training")
             c["preset"] = gr.Radio(
-                choices=[(f"{k} — {v}", k) for k, v in PRESET_HELP.items()], value=QUICK,
-                label="Preset", elem_id="train-preset",
+                choices=[(f"{k} — {v}", k) for k, v in PRESET_HELP.items()],
+                value=QUICK,
+                label="Preset",
+                elem_id="train-preset",
             )
-            c["estimate"] = gr.Markdown("Choose a dataset to see how long training might take.", elem_id="train-estimate")
+            c["estimate"] = gr.Markdown(
+                "Choose a dataset to see how long training might take.", elem_id="train-estimate"
+            )
             c["name"] = gr.Textbox(label="Adapter name", placeholder="optional", elem_id="train-name")
             c["submit"] = gr.Button("Start training", variant="primary", elem_id="train-submit")
             c["status"] = gr.Markdown(elem_id="train-status")
         with gr.Column(scale=6, min_width=320):
             gr.Markdown("### 3 · Method")
             c["variant"] = gr.Radio(
-                choices=[(f"{v['title']} — {v['summary']}", v["name"]) for v in catalog], value=default_variant,
-                label="LoRA variant", elem_id="train-variant", elem_classes=["variant-cards"],
+                choices=[(f"{v['title']} — {v['summary']}", v["name"]) for v in catalog],
+                value=default_variant,
+                label="LoRA variant",
+                elem_id="train-variant",
+                elem_classes=["variant-cards"],
             )
             with gr.Accordion("Learn more about this method", open=False, elem_id="train-learn-more"):
                 c["variant_info"] = gr.Markdown(variant_markdown(default_variant), elem_id="train-variant-info")
     with gr.Accordion("Advanced settings", open=False, elem_id="train-advanced"):
         with gr.Row():
             c["task"] = gr.Dropdown(
-                choices=[AUTO_TASK, "causal-lm", "classification"], value=AUTO_TASK, label="Task", elem_id="train-task",
+                choices=[AUTO_TASK, "causal-lm", "classification"],
+                value=AUTO_TASK,
+                label="Task",
+                elem_id="train-task",
                 info=TrainRequest.model_fields["task"].description,
             )
             c["seed"] = gr.Number(
-                value=42, minimum=0, precision=0, label="Seed", elem_id="train-seed",
+                value=42,
+                minimum=0,
+                precision=0,
+                label="Seed",
+                elem_id="train-seed",
                 info=TrainRequest.model_fields["seed"].description,
             )
         gr.Markdown("**Optimisation**")
@@ -205,7 +233,9 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         out.update(variants.error_updates(variant, variant_errors))
         for key, info in TOP_INFO.items():
             message = errors.get(key)
-            out[key] = gr.update(elem_classes=["field-error"] if message else [], info=f"⚠ {message}" if message else info)
+            out[key] = gr.update(
+                elem_classes=["field-error"] if message else [], info=f"⚠ {message}" if message else info
+            )
         return out
 
     def on_submit(**raw: Any) -> dict[str, Any]:
@@ -213,8 +243,12 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         try:
             result = submit_training(services, **form)
         except FormErrors as exc:
-            gr.Warning(f"Please fix {len(exc.errors)} setting(s): " + "; ".join(exc.errors.values()))
-            return {"status": "⚠ Some settings need fixing: see the highlighted fields.", **field_feedback(raw["variant"], exc.errors)}
+            listed = "; ".join(f"{_field_title(k)}: {v}" for k, v in exc.errors.items())
+            gr.Warning(f"Please fix {len(exc.errors)} setting(s) — {listed}")
+            return {
+                "status": "⚠ Some settings need fixing: see the highlighted fields.",
+                **field_feedback(raw["variant"], exc.errors),
+            }
         gr.Info(result["message"])
         return {"status": f"✓ {result['message']}", **field_feedback(raw["variant"], {})}
 
@@ -223,10 +257,16 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
 
     def on_variant(variant: str, preset: str | None) -> dict[str, Any]:
         values = PRESETS.get(preset or "", {}).get("variant", {})
-        return {"variant_info": variant_markdown(variant), **variants.visibility(variant), **variants.set_values(variant, values)}
+        return {
+            "variant_info": variant_markdown(variant),
+            **variants.visibility(variant),
+            **variants.set_values(variant, values),
+        }
 
     bind(
-        c["variant"].change, on_variant, {"variant": c["variant"], "preset": c["preset"]},
+        c["variant"].change,
+        on_variant,
+        {"variant": c["variant"], "preset": c["preset"]},
         {"variant_info": c["variant_info"]} | variants.group_outputs() | variant_in,
     )
 
@@ -240,7 +280,9 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         return {"estimate": estimate_markdown(services, raw["dataset_id"], raw["base_model"], hyper_values)}
 
     estimate_in = {"dataset_id": c["dataset_id"], "base_model": c["base_model"]} | hyper_in
-    preset_event = bind(c["preset"].change, on_preset, {"preset": c["preset"], "variant": c["variant"]}, hyper_in | variant_in)
+    preset_event = bind(
+        c["preset"].change, on_preset, {"preset": c["preset"], "variant": c["variant"]}, hyper_in | variant_in
+    )
     bind(preset_event.then, on_estimate, estimate_in, {"estimate": c["estimate"]})
     bind(c["dataset_id"].change, on_estimate, estimate_in, {"estimate": c["estimate"]})
     for field in ("max_steps", "epochs", "batch_size", "grad_accum", "max_length", "validation_fraction"):

@@ -19,9 +19,14 @@ class VariantForms:
     """Widgets for all variants' parameters (created where it is instantiated, inside a Blocks)."""
 
     def __init__(
-        self, catalog: list[dict[str, Any]], selected: str, elem_prefix: str = "vp", initial: dict[str, Any] | None = None
+        self,
+        catalog: list[dict[str, Any]],
+        selected: str,
+        elem_prefix: str = "vp",
+        initial: dict[str, Any] | None = None,
     ):
         specs = {info["name"]: parse_schema(info["params_schema"]) for info in catalog}
+        titles = {info["name"]: info["title"] for info in catalog}
         self.variant_names = list(specs)
         first = next(iter(specs.values()), [])
         shared = [
@@ -37,10 +42,8 @@ class VariantForms:
             extra: list[FieldSpec] = [s for s in variant_specs if s.name not in shared_names]
             with gr.Group(visible=name == selected and bool(extra)) as group:
                 if extra:
-                    gr.Markdown(f"**Settings of {name}**", padding=True)
-                self.own[name] = SchemaForm(
-                    {}, f"{elem_prefix}-{name.replace('_', '-')}", specs=extra, initial=initial
-                )
+                    gr.Markdown(f"**Settings of {titles[name]}**", padding=True)
+                self.own[name] = SchemaForm({}, f"{elem_prefix}-{name.replace('_', '-')}", specs=extra, initial=initial)
             self.groups[name] = group
 
     def inputs(self) -> dict[str, Any]:

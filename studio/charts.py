@@ -75,7 +75,11 @@ def loss_figure(rows: Iterable[Any], title: str = "Loss") -> go.Figure:
     if val_x:
         fig.add_trace(
             go.Scatter(
-                x=val_x, y=val_y, mode="lines+markers", name="validation loss", line={"color": PALETTE[1], "dash": "dot"}
+                x=val_x,
+                y=val_y,
+                mode="lines+markers",
+                name="validation loss",
+                line={"color": PALETTE[1], "dash": "dot"},
             )
         )
     return _base_layout(fig, title, "step", "loss")
@@ -92,7 +96,10 @@ def convergence_figure(
     names = TRAIN_LOSS_NAMES if metric == "loss" else VALIDATION_LOSS_NAMES if metric == "eval_loss" else (metric,)
     key = "elapsed_seconds" if x_axis == "time" else "step"
     x_title = "wall time (min)" if x_axis == "time" else "step"
-    title = title or f"{'Training' if metric == 'loss' else 'Validation' if metric == 'eval_loss' else metric} loss vs {x_title}"
+    title = (
+        title
+        or f"{'Training' if metric == 'loss' else 'Validation' if metric == 'eval_loss' else metric} loss vs {x_title}"
+    )
     fig = go.Figure()
     for i, (label, rows) in enumerate(series.items()):
         xs, ys = metric_series(rows, names, key)
@@ -161,7 +168,10 @@ def rank_heatmap(snapshots: Iterable[Any], title: str = "Rank allocation") -> go
                     {
                         "label": str(s),
                         "method": "animate",
-                        "args": [[str(s)], {"mode": "immediate", "frame": {"duration": 0}, "transition": {"duration": 0}}],
+                        "args": [
+                            [str(s)],
+                            {"mode": "immediate", "frame": {"duration": 0}, "transition": {"duration": 0}},
+                        ],
                     }
                     for s in steps
                 ],
@@ -178,7 +188,10 @@ def rank_heatmap(snapshots: Iterable[Any], title: str = "Rank allocation") -> go
                     {
                         "label": "▶ play",
                         "method": "animate",
-                        "args": [None, {"frame": {"duration": 300}, "fromcurrent": False, "transition": {"duration": 0}}],
+                        "args": [
+                            None,
+                            {"frame": {"duration": 300}, "fromcurrent": False, "transition": {"duration": 0}},
+                        ],
                     }
                 ],
             }
@@ -208,7 +221,10 @@ def final_rank_bars(ranks: Mapping[str, int], title: str = "Final rank per modul
         )
     ordered = [f"L{split_module(m)[0]}.{split_module(m)[1]}" if split_module(m)[0] >= 0 else m for m, _ in items]
     fig.update_xaxes(categoryorder="array", categoryarray=ordered, tickangle=-45)
-    return _base_layout(fig, title, "module", "rank")
+    _base_layout(fig, title, "module", "rank")
+    # Slanted module names need room below; the legend goes on top instead.
+    fig.update_layout(margin={"b": 100}, legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0})
+    return fig
 
 
 def params_metric_scatter(points: Iterable[Mapping[str, Any]], metric: str, title: str | None = None) -> go.Figure:

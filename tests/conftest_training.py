@@ -12,11 +12,67 @@ from pathlib import Path
 
 import pytest
 
-WORDS = (
-    "the a is of and what color sky grass sun sea snow fire night blue green yellow red white black dark "
-    "good great nice fine bad awful poor sad movie film show book day it was very really quite so "
-    "tell me about please answer one two three four five six seven eight nine ten yes no hello hi"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "is",
+    "of",
+    "and",
+    "what",
+    "color",
+    "sky",
+    "grass",
+    "sun",
+    "sea",
+    "snow",
+    "fire",
+    "night",
+    "blue",
+    "green",
+    "yellow",
+    "red",
+    "white",
+    "black",
+    "dark",
+    "good",
+    "great",
+    "nice",
+    "fine",
+    "bad",
+    "awful",
+    "poor",
+    "sad",
+    "movie",
+    "film",
+    "show",
+    "book",
+    "day",
+    "it",
+    "was",
+    "very",
+    "really",
+    "quite",
+    "so",
+    "tell",
+    "me",
+    "about",
+    "please",
+    "answer",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "yes",
+    "no",
+    "hello",
+    "hi",
+]
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
@@ -127,7 +183,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def make_request(variant: str = "lora", params: dict | None = None, seed: int = 7, task: str | None = None, **hyper):
     """A small TrainRequest: few steps, no validation by default, logging every step."""
-    from studio.schema import TrainRequest, TrainingHyperParams
+    from studio.schema import TrainingHyperParams, TrainRequest
 
     settings = dict(
         learning_rate=1e-2,

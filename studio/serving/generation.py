@@ -21,8 +21,12 @@ class GenerationSettings(BaseModel):
         0.7, ge=0.0, le=2.0, description="Randomness: 0 always picks the likeliest token, higher is more varied."
     )
     top_p: float = Field(0.9, ge=0.05, le=1.0, description="Sample only from the likeliest tokens covering this share.")
-    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="Discourages repeating the same words (1 = off).")
-    seed: int = Field(0, ge=0, le=1_000_000, description="Same seed, same settings and same prompt give the same reply.")
+    repetition_penalty: float = Field(
+        1.1, ge=1.0, le=2.0, description="Discourages repeating the same words (1 = off)."
+    )
+    seed: int = Field(
+        0, ge=0, le=1_000_000, description="Same seed, same settings and same prompt give the same reply."
+    )
 
 
 def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
@@ -41,7 +45,9 @@ def encode_prompt(tokenizer: Any, messages: list[dict[str, str]], max_prompt_tok
     return dict(encoded)
 
 
-def stream_reply(model: Any, tokenizer: Any, messages: list[dict[str, str]], settings: GenerationSettings) -> Iterator[str]:
+def stream_reply(
+    model: Any, tokenizer: Any, messages: list[dict[str, str]], settings: GenerationSettings
+) -> Iterator[str]:
     """Yield the reply as it grows (the whole text so far each time), token by token.
 
     Generation runs in a thread feeding a TextIteratorStreamer; closing this

@@ -59,7 +59,10 @@ class ModelPool:
         self.max_adapters = max(1, max_adapters)
         self.max_bases = max(1, max_bases)
         self._bases: OrderedDict[str, _LoadedBase] = OrderedDict()
-        self._lock = threading.RLock()
+        # A plain Lock, not an RLock: a streaming reply is a generator that the web server may
+        # advance from different threads, so the thread that releases is not always the one
+        # that acquired.
+        self._lock = threading.Lock()
 
     def loaded(self) -> dict[str, list[str]]:
         """{base name: adapter keys in least-recently-used-first order}, for tests and status."""

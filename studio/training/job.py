@@ -119,6 +119,7 @@ def save_trained_adapter(
 
 def reproducibility(request: TrainRequest, result: TrainingResult, dataset_sha256: str, job_id: int | None) -> dict:
     """What it takes to re-run this adapter: the request, seed, data hash and library/code versions."""
+    from studio import __version__
     from studio.versions import library_versions
 
     return {
@@ -131,7 +132,7 @@ def reproducibility(request: TrainRequest, result: TrainingResult, dataset_sha25
         "total_steps": result.total_steps,
         "resumed_from_step": result.resumed_from_step,
         "variant_params": result.variant.params.model_dump(mode="json"),
-        "versions": library_versions(),
+        "versions": {**library_versions(), "studio": __version__},
     }
 
 

@@ -132,9 +132,9 @@ def encode_rows(
     """Tokenise canonical rows for ``task``; truncates at ``max_length`` and reports counts via ``log``."""
     out = Encoded(examples=[])
     to_index = label_index(labels or []) if task == "classification" else None
-    if task != "classification" and any("messages" in row for row in rows) and ensure_chat_template(tokenizer):
-        if log:
-            log("the tokenizer has no chat template; using the studio's simple fallback template")
+    has_chat = task != "classification" and any("messages" in row for row in rows)
+    if has_chat and ensure_chat_template(tokenizer) and log:
+        log("the tokenizer has no chat template; using the studio's simple fallback template")
     for i, row in enumerate(rows):
         if task == "classification":
             ids = list(tokenizer(row["text"])["input_ids"])

@@ -53,6 +53,7 @@ Saving and export (all written for the ORIGINAL base weights W0)
     (spec §0), exact at each module's true rank, approximate with the error reported
     when ``rank`` is given. Most variants get it for free from the two methods above.
     ``save_native(model, out_dir)``: the variant's own format (PEFT's for PEFT types).
+    ``final_ranks(model)``: rank per module recorded with the adapter in the registry.
     ``save_adapter(model, out_dir, ectx)``: the primary artifact of a training job,
     loadable by ``PeftModel.from_pretrained(original_base, out_dir)``: ``save_native``
     when ``peft_native`` else ``export_plain_lora`` plus ``save_native`` into ``native/``.

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from ui.tiny_model import save_tiny_llama
 
 pytestmark = pytest.mark.e2e

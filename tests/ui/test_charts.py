@@ -10,7 +10,12 @@ def metric(step, name, value, elapsed=None):
 
 
 def test_loss_figure_has_training_and_validation_curves_sorted_by_step():
-    rows = [metric(2, "loss", 1.5), metric(1, "loss", 2.0), metric(2, "eval_loss", 1.7), metric(2, "learning_rate", 1e-4)]
+    rows = [
+        metric(2, "loss", 1.5),
+        metric(1, "loss", 2.0),
+        metric(2, "eval_loss", 1.7),
+        metric(2, "learning_rate", 1e-4),
+    ]
     fig = charts.loss_figure(rows)
     train, val = fig.data
     assert (train.name, list(train.x), list(train.y)) == ("training loss", [1, 2], [2.0, 1.5])

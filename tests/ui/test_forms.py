@@ -29,7 +29,8 @@ def test_widget_kinds_follow_the_schema():
     w = form.widgets
     assert isinstance(w["rank"], gr.Slider) and (w["rank"].minimum, w["rank"].maximum, w["rank"].step) == (1, 64, 1)
     assert isinstance(w["dropout"], gr.Slider) and w["dropout"].maximum == 0.9
-    assert isinstance(w["lr"], gr.Number)  # 1e-6..1 cannot be dragged to: a bounded number input
+    assert isinstance(w["lr"], gr.Number)  # 1e-6..1 cannot be dragged to: a number input
+    assert w["lr"].info == "Learning rate. Allowed: more than 0, at most 1."  # checked by the schema, per field
     assert isinstance(w["steps"], gr.Number) and w["steps"].value is None
     assert isinstance(w["mode"], gr.Dropdown) and [c[1] for c in w["mode"].choices] == ["a", "b"]
     assert isinstance(w["flag"], gr.Checkbox)
@@ -52,7 +53,15 @@ def test_values_come_back_by_name_and_typed():
         form = SchemaForm(Example.model_json_schema(), "ex")
     raw = {"rank": 16.0, "lr": 0.001, "dropout": 0.1, "steps": None, "mode": "b", "flag": True, "targets": []}
     values = form.values([raw[n] for n in form.names])
-    assert values == {"rank": 16, "lr": 0.001, "dropout": 0.1, "steps": None, "mode": "b", "flag": True, "targets": None}
+    assert values == {
+        "rank": 16,
+        "lr": 0.001,
+        "dropout": 0.1,
+        "steps": None,
+        "mode": "b",
+        "flag": True,
+        "targets": None,
+    }
     assert isinstance(values["rank"], int)
     Example.model_validate(values)
 

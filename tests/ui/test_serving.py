@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from studio.errors import ValidationFailed
-from studio.serving.generation import GenerationSettings, prompt_text
 from studio.services.playground import PlaygroundService
+from studio.serving.generation import GenerationSettings, prompt_text
 
 GREEDY = GenerationSettings(max_new_tokens=12, temperature=0.0, repetition_penalty=1.0)
 CHAT = [{"role": "user", "content": "what is the capital of france?"}]
@@ -62,3 +62,18 @@ def test_adapter_of_another_base_is_refused(playground, registry, tiny_llama, ti
     row = add_adapter(registry, tiny_loras[0], "some-other-model")
     with pytest.raises(ValidationFailed, match="trained on some-other-model"):
         list(playground.stream(str(tiny_llama), f"adapter:{row.id}", CHAT, GREEDY))
+
+
+def test_a_stream_may_be_advanced_from_several_threads(playground, tiny_llama):
+    """Gradio advances sync generators from worker threads: the pool's lock must allow that."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stream = playground.stream(str(tiny_llama), "base", CHAT, GREEDY)
+    threads = [ThreadPoolExecutor(max_workers=1), ThreadPoolExecutor(max_workers=1)]
+    pieces: list[str] = []
+    while (piece := threads[len(pieces) % 2].submit(next, stream, None).result()) is not None:
+        pieces.append(piece)
+    for executor in threads:
+        executor.shutdown()
+    assert pieces
+    assert list(playground.stream(str(tiny_llama), "base", CHAT, GREEDY))[-1] == pieces[-1]  # lock released

@@ -1,11 +1,11 @@
 """The checks every registered variant must pass, parametrised from the registry (spec §0).
 
 For each variant, through the real training loop on a tiny random Llama:
-- the loss falls on a repeated batch;
+- the loss falls on a repeated batch; the same seed gives the same loss curve; a crash +
+  resume from the last checkpoint gives the same subsequent losses;
 - the saved adapter reloads with plain ``PeftModel.from_pretrained`` on a fresh base and
   gives the in-memory logits; merged weights equal W0 + delta_weights (the contract);
-- the plain-LoRA export reproduces the model (exact variants) and reports its error;
-- the same seed gives the same loss curve; a crash + resume gives the same losses.
+- the plain-LoRA export reproduces the model and reports its error when truncated.
 """
 
 from __future__ import annotations
@@ -42,14 +42,6 @@ def repeated_batch(tmp_path):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_loss_falls_on_a_repeated_batch(name, train_tiny, repeated_batch):
-    result = train_tiny(name, data=repeated_batch, max_steps=8, learning_rate=2e-2)
-    losses = list(result.losses.values())
-    assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
-    assert min(losses[-3:]) < losses[0] - 1e-3, losses
-
-
-@pytest.mark.parametrize("name", VARIANTS)
 def test_saved_adapter_reloads_with_plain_peft_and_matches_delta_weights(name, train_tiny, tmp_path):
     from peft import PeftModel
 
@@ -74,32 +66,16 @@ def test_saved_adapter_reloads_with_plain_peft_and_matches_delta_weights(name, t
         diff = (merged[f"{module}.weight"].detach() - (w0 + delta)).abs().max()
         assert diff <= 1e-5 * w0.abs().max(), (module, float(diff))
 
-
-@pytest.mark.parametrize("name", VARIANTS)
-def test_plain_lora_export(name, train_tiny, tmp_path):
-    from peft import PeftModel
-
-    result = train_tiny(name, max_steps=2, learning_rate=2e-2)
-    variant, model = result.variant, result.model
-    ids = probe_ids()
-    expected = logits(model, ids)
+    # Also as a plain PEFT LoRA (spec §0): exact at the true ranks, and approximate at rank 1 with errors.
     report = variant.export_plain_lora(model, tmp_path / "plain", result.export_context())
     config = (tmp_path / "plain" / "adapter_config.json").read_text()
     assert '"peft_type": "LORA"' in config and '"use_dora": false' in config
-    reloaded = PeftModel.from_pretrained(fresh_base(result), str(tmp_path / "plain"))
-    torch.testing.assert_close(logits(reloaded, ids), expected, atol=1e-4, rtol=1e-4)
+    plain = PeftModel.from_pretrained(fresh_base(result), str(tmp_path / "plain"))
+    torch.testing.assert_close(logits(plain, ids), expected, atol=1e-4, rtol=1e-4)
     assert report.ranks and all(r >= 1 for r in report.ranks.values())
-
     approx = variant.export_plain_lora(model, tmp_path / "rank1", result.export_context(), rank=1)
     assert not approx.exact and max(approx.ranks.values()) == 1
     assert set(approx.errors) >= set(approx.ranks) and 0.0 <= approx.max_error <= 1.0
-
-
-@pytest.mark.parametrize("name", VARIANTS)
-def test_same_seed_same_loss_curve(name, train_tiny):
-    first = train_tiny(name, work="a", max_steps=3)
-    second = train_tiny(name, work="b", max_steps=3)
-    assert first.losses == second.losses
 
 
 class CrashAt(MemoryReporter):
@@ -116,13 +92,21 @@ class CrashAt(MemoryReporter):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_resume_after_crash_gives_the_same_losses(name, train_tiny):
-    straight = train_tiny(name, work="straight", max_steps=6)
+def test_learns_deterministically_and_resumes_after_a_crash(name, train_tiny, repeated_batch):
+    hyper = dict(data=repeated_batch, max_steps=6, learning_rate=2e-2, save_every=3)
+    straight = train_tiny(name, work="straight", **hyper)
+    losses = [straight.losses[step] for step in range(1, 7)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert min(losses[-3:]) < losses[0] - 1e-3, f"the loss does not fall on a repeated batch: {losses}"
+
     crash = CrashAt(4)
     with pytest.raises(RuntimeError, match="simulated"):
-        train_tiny(name, reporter=crash, work="crashed", max_steps=6, save_every=3)
+        train_tiny(name, reporter=crash, work="crashed", **hyper)
+    # Same request, same seed -> the same loss curve, bit for bit.
+    assert [value for _, value in crash.series("loss")] == losses[:3]
     assert [step for _, step in crash.checkpoints] == [3]
-    resumed = train_tiny(name, work="crashed", resume=crash.checkpoints[-1][0], max_steps=6, save_every=3)
+
+    resumed = train_tiny(name, work="crashed", resume=crash.checkpoints[-1][0], **hyper)
     assert resumed.resumed_from_step == 3 and sorted(resumed.losses) == [4, 5, 6]
     for step in (4, 5, 6):
         assert resumed.losses[step] == pytest.approx(straight.losses[step], abs=1e-6), step

@@ -1,0 +1,72 @@
+"""`studio adapters` (list) and `studio export ID --out DIR [--as-lora-rank R]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from studio.cli.common import table
+
+
+def _services():
+    """The adapter service of this CLI process, from the environment's settings."""
+    from models_db.registry import Registry
+    from studio.services.adapters import AdapterService
+    from studio.settings import load_settings
+
+    settings = load_settings()
+    settings.ensure_dirs()
+    return AdapterService(Registry.from_url(settings.database_url), settings)
+
+
+def _rank_summary(ranks: dict) -> str:
+    values = [int(v) for v in (ranks or {}).values()]
+    if not values:
+        return "-"
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+@click.command("adapters")
+@click.option("--variant", default=None, help="Only adapters of this variant.")
+@click.option("--base-model", default=None, help="Only adapters of this base model.")
+def adapters_cmd(variant: str | None, base_model: str | None) -> None:
+    """List trained adapters."""
+    rows = _services().list(variant=variant, base_model=base_model)
+    shown = [
+        {
+            "id": row.id,
+            "name": row.name,
+            "variant": row.variant,
+            "base": row.base_model,
+            "ranks": _rank_summary(row.ranks),
+            "params": f"{row.trainable_params:,}",
+            "size": f"{row.size_bytes / 1e6:.2f} MB",
+            "eval_loss": f"{row.metrics['eval_loss']:.4f}" if "eval_loss" in (row.metrics or {}) else "-",
+            "created": row.created_at.strftime("%Y-%m-%d %H:%M") if row.created_at else "",
+        }
+        for row in rows
+    ]
+    click.echo(table(shown, ["id", "name", "variant", "base", "ranks", "params", "size", "eval_loss", "created"]))
+
+
+@click.command("export")
+@click.argument("adapter_id", type=int)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--as-lora-rank",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Write a plain LoRA of at most this rank (SVD); the approximation error is reported.",
+)
+def export_cmd(adapter_id: int, out_dir: Path, as_lora_rank: int | None) -> None:
+    """Export adapter ADAPTER_ID to a directory as a standard PEFT checkpoint."""
+    report = _services().export(adapter_id, out_dir, as_lora_rank=as_lora_rank)
+    click.echo(f"exported adapter {adapter_id} to {report.path} ({report.format})")
+    if as_lora_rank is not None:
+        worst = max(report.errors, key=report.errors.get) if report.errors else "-"
+        click.echo(
+            f"plain LoRA at rank <= {as_lora_rank}: {len(report.ranks)} modules, "
+            f"max relative Frobenius error {report.max_error:.3e} ({worst})"
+        )

@@ -1,0 +1,121 @@
+"""Trained adapters: list, inspect, export (as is, or as a plain LoRA at a chosen rank), zip, delete.
+
+Only ``adapter_model.safetensors`` is ever loaded from an adapter directory; a
+directory holding pickled weights only is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from studio.errors import NotFoundError, StudioError, ValidationFailed
+from studio.variants.base import ExportReport
+
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+
+
+class AdapterService:
+    """What the UI, API and CLI do with adapters; all database access goes through the registry."""
+
+    def __init__(self, registry: Any, settings: Any):
+        self.registry = registry
+        self.settings = settings
+
+    def list(self, variant: str | None = None, base_model: str | None = None) -> list[Any]:
+        """Adapters, newest first, optionally filtered by variant and base model."""
+        return self.registry.list_adapters(variant=variant, base_model=base_model)
+
+    def get(self, adapter_id: int) -> Any:
+        return self.registry.get_adapter(adapter_id)
+
+    def path(self, adapter_id: int) -> Path:
+        """The adapter's directory, checked to hold a safetensors PEFT checkpoint."""
+        row = self.get(adapter_id)
+        path = Path(row.path)
+        if not (path / CONFIG).exists():
+            raise NotFoundError(f"the files of adapter {adapter_id} are missing from {path}")
+        if not (path / WEIGHTS).exists():
+            raise ValidationFailed(f"adapter {adapter_id} has no {WEIGHTS}; only safetensors adapters are loaded")
+        return path
+
+    def export(self, adapter_id: int, out_dir: str | Path, as_lora_rank: int | None = None) -> ExportReport:
+        """Copy the adapter to ``out_dir``, or (``as_lora_rank``) write it as a plain LoRA of that rank.
+
+        A plain-LoRA export factorises each module's ΔW by SVD; the relative Frobenius
+        error per module (and the maximum) is reported and written to export_report.json.
+        """
+        source = self.path(adapter_id)
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise ValidationFailed(f"{out} is not empty; choose a new directory for the export")
+        if as_lora_rank is None:
+            shutil.copytree(source, out, dirs_exist_ok=True)
+            row = self.get(adapter_id)
+            return ExportReport(path=str(out), ranks=dict(row.ranks or {}), format="copy")
+        if as_lora_rank < 1:
+            raise ValidationFailed("the export rank must be at least 1")
+        return self._export_as_lora(adapter_id, source, out, as_lora_rank)
+
+    def _export_as_lora(self, adapter_id: int, source: Path, out: Path, rank: int) -> ExportReport:
+        from peft import PeftModel
+
+        from studio.variants.lora_export import export_delta_as_lora
+        from studio.variants.peft_common import layer_delta, tuner_layers
+
+        ectx = self._export_context(adapter_id, source)
+        model = PeftModel.from_pretrained(ectx.fresh_base(), str(source), use_safetensors=True)
+        deltas = {name: layer_delta(layer, model.active_adapter) for name, layer in tuner_layers(model).items()}
+        if not deltas:
+            raise StudioError(f"adapter {adapter_id} has no low-rank layers to export")
+        out.mkdir(parents=True, exist_ok=True)
+        report = export_delta_as_lora(model, out, ectx, deltas=deltas, rank=rank)
+        for extra in ("labels.json",):
+            if (source / extra).exists():
+                shutil.copy2(source / extra, out / extra)
+        return report
+
+    def _export_context(self, adapter_id: int, source: Path):
+        from studio.models.base_models import resolve_base_model
+        from studio.training.models import load_base_model, load_tokenizer_for
+        from studio.variants.base import ExportContext
+
+        row = self.get(adapter_id)
+        config = json.loads((source / CONFIG).read_text())
+        task = "classification" if config.get("task_type") == "SEQ_CLS" else "causal-lm"
+        labels = json.loads((source / "labels.json").read_text()) if (source / "labels.json").exists() else None
+        base_path = resolve_base_model(row.base_model, self.settings).path
+        pad_id = load_tokenizer_for(base_path).pad_token_id if task == "classification" else None
+        heads = list(config.get("modules_to_save") or [])
+        return ExportContext(
+            fresh_base=lambda: load_base_model(base_path, task, labels, pad_id),
+            task=task,
+            modules_to_save=[h for h in heads if h in ("score", "classifier")],
+        )
+
+    def zip(self, adapter_id: int) -> Path:
+        """A zip of the adapter directory for download (rebuilt on every call)."""
+        source = self.path(adapter_id)
+        target_dir = Path(self.settings.data_dir) / "exports"
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / f"adapter-{adapter_id}.zip"
+        tmp = target.with_suffix(".zip.partial")
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(source.rglob("*")):
+                if file.is_file():
+                    archive.write(file, f"adapter-{adapter_id}/{file.relative_to(source)}")
+        tmp.replace(target)
+        return target
+
+    def delete(self, adapter_id: int) -> None:
+        """Remove the adapter's files (when inside the studio's adapters dir) and its registry row."""
+        row = self.get(adapter_id)
+        path = Path(row.path)
+        root = Path(self.settings.adapters_dir).resolve()
+        if path.exists() and root in path.resolve().parents:
+            shutil.rmtree(path)
+        self.registry.delete_adapter(adapter_id)

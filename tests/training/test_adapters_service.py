@@ -1,0 +1,117 @@
+"""AdapterService and the `adapters` / `export` CLI commands over real trained adapters."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from conftest_training import chat_rows, cpu_device, make_request, write_jsonl
+
+from studio.errors import ValidationFailed
+from studio.progress import MemoryReporter
+from studio.services.adapters import AdapterService
+from studio.training.job import save_trained_adapter
+from studio.training.loop import run_training
+from studio.training.setup import TrainingData
+
+
+@pytest.fixture
+def make_adapter(registry, settings, tiny_llama_dir, tmp_path):
+    """Train `variant` for 3 steps, save it like the job does and register it; returns (row, result)."""
+
+    def make(variant: str):
+        data = TrainingData(path=write_jsonl(tmp_path / "d.jsonl", chat_rows(8)), sha256="d")
+        request = make_request(variant, max_steps=3, learning_rate=3e-2).model_copy(
+            update={"base_model": str(tiny_llama_dir)}
+        )
+        result = run_training(
+            request,
+            MemoryReporter(),
+            settings=settings,
+            device=cpu_device(),
+            work_dir=tmp_path / variant,
+            dataset=data,
+        )
+        out = settings.adapters_dir / variant
+        saved = save_trained_adapter(result, request, out)
+        row = registry.add_adapter(
+            name=f"{variant} adapter",
+            variant=variant,
+            base_model=str(tiny_llama_dir),
+            ranks=saved["ranks"],
+            trainable_params=result.trainable_params,
+            size_bytes=saved["size_bytes"],
+            path=str(out),
+            sha256=saved["sha256"],
+            metrics=result.metrics(),
+        )
+        return row, result
+
+    return make
+
+
+def test_list_get_zip_delete(make_adapter, registry, settings):
+    service = AdapterService(registry, settings)
+    row, _ = make_adapter("lora")
+    assert [a.id for a in service.list()] == [row.id] and service.list(variant="dora") == []
+    assert service.get(row.id).name == "lora adapter"
+    archive = service.zip(row.id)
+    with zipfile.ZipFile(archive) as handle:
+        names = set(handle.namelist())
+    assert f"adapter-{row.id}/adapter_model.safetensors" in names and f"adapter-{row.id}/README.md" in names
+    service.delete(row.id)
+    assert service.list() == [] and not Path(row.path).exists()
+
+
+def test_export_copy_and_plain_lora_with_error_report(make_adapter, registry, settings, tmp_path):
+    from peft import PeftModel
+
+    service = AdapterService(registry, settings)
+    row, result = make_adapter("dora")
+    copied = service.export(row.id, tmp_path / "copy")
+    assert (Path(copied.path) / "adapter_model.safetensors").exists() and copied.format == "copy"
+
+    approx = service.export(row.id, tmp_path / "r2", as_lora_rank=2)
+    config = json.loads((tmp_path / "r2" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and not config["use_dora"] and max(approx.ranks.values()) <= 2
+    assert 0 < approx.max_error < 1 and json.loads((tmp_path / "r2" / "export_report.json").read_text())["errors"]
+
+    # At full rank the plain LoRA reproduces the DoRA adapter.
+    full = service.export(row.id, tmp_path / "full", as_lora_rank=64)
+    assert full.max_error < 1e-5
+    ids = torch.randint(8, 60, (1, 7), generator=torch.Generator().manual_seed(0))
+    fresh = result.export_context().fresh_base
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(fresh(), row.path).eval()(input_ids=ids).logits
+        got = PeftModel.from_pretrained(fresh(), str(tmp_path / "full")).eval()(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+    with pytest.raises(ValidationFailed, match="not empty"):
+        service.export(row.id, tmp_path / "full")
+
+
+def test_only_safetensors_adapters_are_loaded(make_adapter, registry, settings, tmp_path):
+    service = AdapterService(registry, settings)
+    row, _ = make_adapter("lora")
+    (Path(row.path) / "adapter_model.safetensors").rename(Path(row.path) / "adapter_model.bin")
+    with pytest.raises(ValidationFailed, match="safetensors"):
+        service.export(row.id, tmp_path / "x", as_lora_rank=2)
+
+
+def test_cli_lists_and_exports(make_adapter, settings, tmp_path):
+    from click.testing import CliRunner
+
+    from studio.cli.adapters import adapters_cmd, export_cmd
+
+    row, _ = make_adapter("lora")
+    runner = CliRunner()
+    listed = runner.invoke(adapters_cmd, [])
+    assert listed.exit_code == 0, listed.output
+    assert "lora adapter" in listed.output and " 8 " in listed.output
+    out = tmp_path / "cli-export"
+    exported = runner.invoke(export_cmd, [str(row.id), "--out", str(out), "--as-lora-rank", "4"])
+    assert exported.exit_code == 0, exported.output
+    assert "max relative Frobenius error" in exported.output and (out / "adapter_model.safetensors").exists()
