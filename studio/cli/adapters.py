@@ -11,13 +11,9 @@ from studio.cli.common import table
 
 def _services():
     """The adapter service of this CLI process, from the environment's settings."""
-    from models_db.registry import Registry
-    from studio.services.adapters import AdapterService
-    from studio.settings import load_settings
+    from studio.cli.common import services
 
-    settings = load_settings()
-    settings.ensure_dirs()
-    return AdapterService(Registry.from_url(settings.database_url), settings)
+    return services().adapters
 
 
 def _rank_summary(ranks: dict) -> str:
@@ -58,7 +54,7 @@ def adapters_cmd(variant: str | None, base_model: str | None) -> None:
     "--as-lora-rank",
     type=click.IntRange(min=1),
     default=None,
-    help="Write a plain LoRA of at most this rank (SVD); the approximation error is reported.",
+    help="Write a plain LoRA of at most this rank (SVD, error reported; DyLoRA adapters are cut exactly).",
 )
 def export_cmd(adapter_id: int, out_dir: Path, as_lora_rank: int | None) -> None:
     """Export adapter ADAPTER_ID to a directory as a standard PEFT checkpoint."""

@@ -115,3 +115,27 @@ def test_cli_lists_and_exports(make_adapter, settings, tmp_path):
     exported = runner.invoke(export_cmd, [str(row.id), "--out", str(out), "--as-lora-rank", "4"])
     assert exported.exit_code == 0, exported.output
     assert "max relative Frobenius error" in exported.output and (out / "adapter_model.safetensors").exists()
+
+
+def test_dylora_exports_exactly_at_a_chosen_rank(make_adapter, registry, settings, tmp_path, tiny_llama_dir):
+    """Issue: DyLoRA exports at any rank the user picks (nested cut, not an SVD)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from studio.variants._adapter_wrap import adapter_layers
+    from studio.variants.dylora import DyLoraLinear
+
+    row, result = make_adapter("dylora")
+    service = AdapterService(registry, settings)
+    original = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).state_dict()
+    for rank in (1, 3):
+        report = service.export(row.id, tmp_path / f"r{rank}", as_lora_rank=rank)
+        assert report.exact and set(report.ranks.values()) == {rank}
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+        merged = PeftModel.from_pretrained(base, str(tmp_path / f"r{rank}")).merge_and_unload()
+        for name, layer in adapter_layers(result.model, DyLoraLinear).items():
+            w0 = original[f"{name}.weight"]
+            expected = w0 + layer.delta_at(rank).to(w0.dtype)
+            assert (merged.get_submodule(name).weight - expected).abs().max() <= 1e-5 * w0.abs().max(), name
+    with pytest.raises(ValidationFailed, match="rank up to"):
+        service.export(row.id, tmp_path / "too-big", as_lora_rank=64)
