@@ -36,6 +36,7 @@ worker: $(RUN_STAMP)
 	$(BIN)/studio worker
 
 test: $(TEST_STAMP)
+	sh scripts/ensure_chromium.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

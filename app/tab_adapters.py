@@ -107,7 +107,7 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
         + (f"\n\n**Metrics:** {metrics}" if metrics else "")
         + (f"\n\nTrained by job #{row.source_job_id}" if row.source_job_id else "")
     )
-    snapshots = services.registry.rank_snapshots(row.source_job_id) if row.source_job_id else []
+    snapshots = services.adapters.rank_history(row.id)
     return {
         "details": text,
         "heatmap": rank_heatmap(snapshots, title=f"Rank allocation of #{row.id} over training"),

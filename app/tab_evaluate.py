@@ -40,7 +40,8 @@ def results_rows(services: Services) -> list[list[Any]]:
     """Recent eval jobs with their status and scores."""
     out = []
     for job in services.jobs.list(kind="eval", limit=50):
-        scores = ", ".join(f"{k} {v:.4g}" for k, v in (job.result or {}).items() if isinstance(v, int | float))
+        metrics = (job.result or {}).get("metrics") or {}
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
         target = job.request.get("adapter_id") or job.request.get("base_model") or ""
         out.append([job.id, job.status, target, job.request.get("dataset_id"), scores or job.error or ""])
     return out
@@ -57,7 +58,8 @@ def submit_eval(
         request["adapter_id"] = int(adapter)
     else:
         request["base_model"] = base_model or services.settings.default_base_model
-    job = services.jobs.submit(request)
+    target = f"adapter #{adapter}" if adapter else request["base_model"]
+    job = services.jobs.submit(request, name=f"eval {target} on dataset #{dataset}")
     return f"Queued evaluation job #{job.id}; results appear below when it finishes."
 
 
@@ -73,7 +75,11 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         )
         c["dataset"] = gr.Dropdown(label="Dataset", choices=[], elem_id="eval-dataset")
     with gr.Row(elem_classes=["form-grid"]):
-        form = SchemaForm(EvalRequest.model_json_schema(), "eval", only=FORM_FIELDS)
+        # default_factory values are not in the JSON schema: give the metrics default explicitly.
+        metrics_default = EvalRequest.model_fields["metrics"].get_default(call_default_factory=True)
+        form = SchemaForm(
+            EvalRequest.model_json_schema(), "eval", only=FORM_FIELDS, initial={"metrics": metrics_default}
+        )
     c["submit"] = gr.Button("Evaluate", variant="primary", elem_id="eval-submit")
     c["status"] = gr.Markdown(elem_id="eval-status")
     c["results"] = gr.Dataframe(

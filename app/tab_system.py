@@ -32,7 +32,7 @@ def status_markdown(services: Services) -> str:
     ]
     if not state.workers:
         lines.append("- no worker is online: start one with `studio worker` (or `studio run`)")
-    models = services.registry.list_base_models()
+    models = services.base_models()
     lines.append("**Base models:** " + (", ".join(f"`{m.name}`" for m in models) or "none registered yet"))
     return "\n\n".join(lines)
 

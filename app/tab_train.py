@@ -50,7 +50,7 @@ def _field_title(key: str) -> str:
 def base_model_choices(services: Services) -> list[str]:
     """Causal-LM base models the studio knows: the default first."""
     names = [services.settings.default_base_model]
-    names += [m.name for m in services.registry.list_base_models() if m.task == "causal-lm"]
+    names += [m.name for m in services.base_models("causal-lm")]
     return list(dict.fromkeys(names))
 
 
@@ -116,8 +116,8 @@ def build_request(
 def submit_training(services: Services, **form: Any) -> dict[str, Any]:
     """Validate and queue a training job; returns ``{"job_id", "message"}``. Raises FormErrors."""
     request = build_request(**form)
-    services.datasets.get(request.dataset_id)  # a clear NotFoundError before anything is queued
-    job = services.jobs.submit(request)
+    dataset = services.datasets.get(request.dataset_id)  # a clear NotFoundError before anything is queued
+    job = services.jobs.submit(request, name=request.name or f"{request.variant} on {dataset.name}")
     workers = online_workers(services.registry, services.settings)
     wait = "" if workers else " No worker is online yet: it starts when one does (`studio worker`)."
     return {"job_id": job.id, "message": f"Queued training job #{job.id}. Follow it in the Jobs tab.{wait}"}
@@ -201,7 +201,6 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
             )
             c["seed"] = gr.Number(
                 value=42,
-                minimum=0,
                 precision=0,
                 label="Seed",
                 elem_id="train-seed",

@@ -30,6 +30,35 @@ def slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
+def open_tab(page, title: str) -> bool:
+    """Click a tab, through the "More tabs" menu when a narrow window hides it; False if absent."""
+    tab = page.get_by_role("tab", name=title, exact=True)
+    if tab.count() and tab.first.is_visible():
+        tab.first.click()
+        return True
+    more = page.locator("#studio-tabs button[aria-label='More tabs']")
+    if more.count() and more.first.is_visible():
+        more.first.click()
+        # Skip the hidden copies Gradio keeps for measuring (tabindex -1).
+        item = page.locator("#studio-tabs button:not([tabindex='-1']):not([role=tab]):visible", has_text=title)
+        if item.count():
+            item.first.click()
+            return True
+        page.keyboard.press("Escape")
+    return False
+
+
+def pick_first(page, elem_id: str, settle_ms: int) -> None:
+    """Choose the first option of a dropdown, if it has any (so charts show real data)."""
+    page.locator(f"#{elem_id} input").click()
+    options = page.locator("[role=option]")
+    if options.count():
+        options.first.click()
+        page.wait_for_timeout(settle_ms)
+    else:
+        page.keyboard.press("Escape")
+
+
 def capture(url: str, out_dir: Path, narrow: bool = False, settle_ms: int = 1500) -> list[Path]:
     """Click through the tabs and screenshot each; returns the files written."""
     from playwright.sync_api import sync_playwright
@@ -44,11 +73,11 @@ def capture(url: str, out_dir: Path, narrow: bool = False, settle_ms: int = 1500
             page.goto(url, wait_until="load")
             page.wait_for_selector("#studio-tabs")
             for title in TABS:
-                button = page.get_by_role("tab", name=title)
-                if button.count() == 0:
+                if not open_tab(page, title):
                     continue  # e.g. Evaluate where the eval job kind is not installed
-                button.first.click()
                 page.wait_for_timeout(settle_ms)
+                if title == "Adapters":
+                    pick_first(page, "adapters-selected", settle_ms)
                 path = out_dir / f"{slug(title)}{suffix}.png"
                 page.screenshot(path=str(path), full_page=False)
                 written.append(path)

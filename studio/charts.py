@@ -223,7 +223,7 @@ def final_rank_bars(ranks: Mapping[str, int], title: str = "Final rank per modul
     fig.update_xaxes(categoryorder="array", categoryarray=ordered, tickangle=-45)
     _base_layout(fig, title, "module", "rank")
     # Slanted module names need room below; the legend goes on top instead.
-    fig.update_layout(margin={"b": 100}, legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0})
+    fig.update_layout(margin={"b": 100, "t": 80}, legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0})
     return fig
 
 

@@ -33,6 +33,11 @@ class AdapterService:
     def get(self, adapter_id: int) -> Any:
         return self.registry.get_adapter(adapter_id)
 
+    def rank_history(self, adapter_id: int) -> list[Any]:
+        """Rank snapshots (step, module, rank) recorded while the adapter's job trained."""
+        row = self.get(adapter_id)
+        return self.registry.rank_snapshots(row.source_job_id) if row.source_job_id else []
+
     def path(self, adapter_id: int) -> Path:
         """The adapter's directory, checked to hold a safetensors PEFT checkpoint."""
         row = self.get(adapter_id)

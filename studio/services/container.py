@@ -31,6 +31,10 @@ class Services:
 
         return AdapterService(self.registry, self.settings)
 
+    def base_models(self, task: str | None = None) -> list:
+        """Registered base models (bundled ones are registered at start-up), optionally of one task."""
+        return [m for m in self.registry.list_base_models() if task is None or m.task == task]
+
     def status(self) -> SystemStatus:
         return system_status(self.registry, self.settings)
 
