@@ -61,7 +61,32 @@ class TrainingHyperParams(StudioModel):
     eval_every: int = Field(50, ge=1, le=100_000, description="Compute validation loss every N steps.")
     save_every: int = Field(100, ge=1, le=100_000, description="Write a resumable checkpoint every N steps.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Compute precision; auto picks the fastest the device supports."
+        "auto",
+        description="Compute precision; auto picks the fastest the device supports (bf16 autocast on CPUs "
+        "with native bf16 and on recent GPUs, fp16 with a grad scaler on older GPUs, else fp32). "
+        "Adapter weights always stay fp32.",
+    )
+    group_by_length: bool = Field(
+        True,
+        description="Batch rows of similar length together (less padding, faster); the groups are shuffled "
+        "with the seed, so the order still varies and is reproducible.",
+    )
+    packing: bool = Field(
+        False,
+        description="Pack several short rows into one sequence (text generation only); each row still "
+        "attends only to itself, so the loss is the same as without packing.",
+    )
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Recompute activations in the backward pass to save memory; auto turns it on when the "
+        "memory estimate says memory is tight.",
+    )
+    loss_chunk_tokens: int = Field(
+        1024,
+        ge=0,
+        le=1_000_000,
+        description="Compute the loss only at labelled tokens, this many at a time, so full-vocabulary "
+        "logits for the whole batch are never held at once (0 = plain full logits).",
     )
 
 
@@ -95,6 +120,10 @@ class EvalRequest(StudioModel):
     max_examples: int = Field(200, ge=1, le=100_000, description="Evaluate on at most this many rows.")
     max_new_tokens: int = Field(128, ge=1, le=4096, description="Generation budget for generate-and-score metrics.")
     seed: int = Field(0, ge=0)
+    ranks: list[int] = Field(
+        default_factory=list,
+        description="DyLoRA adapters only: also measure the loss at each of these ranks (metric vs rank).",
+    )
 
 
 JobRequest = Annotated[CheckRequest | TrainRequest | EvalRequest, Field(discriminator="kind")]

@@ -28,8 +28,15 @@ METRICS = ("loss", "exact_match", "accuracy", "rouge_l")
 @click.option("--max-examples", default=200, show_default=True, type=int, help="Evaluate the first N rows.")
 @click.option("--max-new-tokens", default=128, show_default=True, type=int, help="Generation budget per answer.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--rank",
+    "ranks",
+    multiple=True,
+    type=click.IntRange(min=1),
+    help="DyLoRA only: also measure the loss at this rank (repeatable: metric vs rank).",
+)
 @click.option("--wait/--no-wait", default=False, help="Wait for the job and print its metrics.")
-def eval_cmd(adapter_id, base_model, dataset_ref, metrics, max_examples, max_new_tokens, seed, wait) -> None:
+def eval_cmd(adapter_id, base_model, dataset_ref, metrics, max_examples, max_new_tokens, seed, ranks, wait) -> None:
     """Evaluate ADAPTER_ID (or --base MODEL) on a dataset: loss, exact_match, accuracy, rouge_l."""
     from studio.evaluation.examples import check_metrics
 
@@ -49,6 +56,7 @@ def eval_cmd(adapter_id, base_model, dataset_ref, metrics, max_examples, max_new
             max_examples=max_examples,
             max_new_tokens=max_new_tokens,
             seed=seed,
+            ranks=list(ranks),
         )
     except ValidationError as exc:
         raise StudioError(format_validation_error(exc)) from None

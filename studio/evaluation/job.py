@@ -93,6 +93,7 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
         scores, samples = _score_generation(evaluated, generations, request, wanted, max_length, device, tick)
         values.update(scores)
 
+    loss_by_rank = _loss_by_rank(request, ctx, rows, dataset, kind, reporter) if request.ranks else {}
     reporter.metrics(len(rows), values)
     reporter.progress(tick.total, tick.total, "done")
     reporter.log("results: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
@@ -112,7 +113,53 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
         "skipped_rows": encoded.dropped if encoded else 0,
         "generated": len(generations),
         "samples": samples,
+        "loss_by_rank": loss_by_rank,
     }
+
+
+def _loss_by_rank(request: EvalRequest, ctx: Any, rows: list, dataset: Any, kind: str, reporter: Reporter) -> dict:
+    """DyLoRA's metric vs rank: the adapter cut exactly to each rank, scored by the same loss pass.
+
+    Each value is reported as metric ``eval_loss_by_rank`` at step = rank, so the
+    Jobs chart of this evaluation is the loss-vs-rank curve.
+    """
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from studio.variants.dylora import cut_saved_adapter
+
+    adapter = ctx.registry.get_adapter(request.adapter_id) if request.adapter_id else None
+    if adapter is None or adapter.variant != "dylora":
+        raise ValidationFailed("ranks can only be evaluated for a DyLoRA adapter (it is trained for every rank)")
+    losses: dict[int, float] = {}
+    for rank in sorted(set(request.ranks)):
+        reporter.check_cancelled()
+        cut_dir = ctx.work_dir / f"rank-{rank}"
+        cut_saved_adapter(Path(adapter.path), cut_dir, rank)
+        row = SimpleNamespace(
+            id=adapter.id,
+            base_model=adapter.base_model,
+            dataset_id=adapter.dataset_id,
+            variant=adapter.variant,
+            name=adapter.name,
+            path=str(cut_dir),
+        )
+        labels = _fallback_labels(ctx.registry, adapter, rows, dataset)
+        evaluated = load_adapter(row, ctx.settings, ctx.device.torch_device, labels, reporter.log)
+        encoded = _encode(rows, evaluated, _max_length(evaluated.model), reporter)
+        result = loss_pass(
+            evaluated.model,
+            encoded.examples,
+            task=evaluated.task,
+            pad_id=evaluated.pad_id,
+            batch_size=LOSS_BATCH_SIZE,
+            device=ctx.device.torch_device,
+            tick=lambda _phase: reporter.check_cancelled(),
+        )
+        losses[rank] = result.mean_loss
+        reporter.metrics(rank, {"eval_loss_by_rank": result.mean_loss})
+        reporter.log(f"rank {rank}: eval_loss {result.mean_loss:.4f}")
+    return losses
 
 
 def _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick) -> tuple[dict[str, float], list]:

@@ -66,44 +66,10 @@ class AdapterService:
         if as_lora_rank < 1:
             raise ValidationFailed("the export rank must be at least 1")
         if self.get(adapter_id).variant == "dylora":
-            return self._export_dylora_at_rank(source, out, as_lora_rank)
+            from studio.variants.dylora import cut_saved_adapter
+
+            return cut_saved_adapter(source, out, as_lora_rank)
         return self._export_as_lora(adapter_id, source, out, as_lora_rank)
-
-    def _export_dylora_at_rank(self, source: Path, out: Path, rank: int) -> ExportReport:
-        """DyLoRA is trained to work at every rank: cut its components, exactly, instead of an SVD.
-
-        The saved adapter holds A' = A[:b*] and B' = (alpha/b*) B[:, :b*] (scale 1). At rank
-        b <= b* DyLoRA computes (alpha/b) B[:, :b] A[:b], i.e. B'[:, :b] * b*/b with A'[:b].
-        """
-        from safetensors.torch import load_file, save_file
-
-        config = json.loads((source / CONFIG).read_text())
-        tensors = load_file(str(source / WEIGHTS))
-        cut: dict[str, Any] = {}
-        ranks: dict[str, int] = {}
-        for key, value in tensors.items():
-            if ".lora_A." not in key:
-                if ".lora_B." not in key:
-                    cut[key] = value
-                continue
-            b_key = key.replace(".lora_A.", ".lora_B.")
-            stored = value.shape[0]
-            if rank > stored:
-                raise ValidationFailed(f"this DyLoRA adapter was saved at rank {stored}; choose a rank up to {stored}")
-            cut[key] = value[:rank].contiguous()
-            cut[b_key] = (tensors[b_key][:, :rank] * (stored / rank)).contiguous()
-            module = key.split(".lora_A.")[0].removeprefix("base_model.model.")
-            ranks[module] = rank
-        config.update(r=rank, lora_alpha=rank)
-        config["rank_pattern"] = {name: rank for name in config.get("rank_pattern") or {}}
-        config["alpha_pattern"] = {name: rank for name in config.get("alpha_pattern") or {}}
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(cut, str(out / WEIGHTS), metadata={"format": "pt"})
-        (out / CONFIG).write_text(json.dumps(config, indent=2))
-        for extra in ("labels.json", "README.md", "reproducibility.json"):
-            if (source / extra).exists():
-                shutil.copy2(source / extra, out / extra)
-        return ExportReport(path=str(out), ranks=ranks, format="dylora_at_rank", exact=True)
 
     def _export_as_lora(self, adapter_id: int, source: Path, out: Path, rank: int) -> ExportReport:
         from peft import PeftModel

@@ -290,3 +290,47 @@ class DyLora(Variant):
 
 
 VARIANT = DyLora
+
+
+def cut_saved_adapter(source: Path, out: Path, rank: int) -> ExportReport:
+    """Write the saved DyLoRA adapter at ``source`` cut, exactly, to ``rank`` into ``out``.
+
+    DyLoRA is trained to work at every rank: cut its components, exactly, instead of an SVD.
+
+    The saved adapter holds A' = A[:b*] and B' = (alpha/b*) B[:, :b*] (scale 1). At rank
+    b <= b* DyLoRA computes (alpha/b) B[:, :b] A[:b], i.e. B'[:, :b] * b*/b with A'[:b].
+    """
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from studio.errors import ValidationFailed
+
+    config = json.loads((source / "adapter_config.json").read_text())
+    tensors = load_file(str(source / "adapter_model.safetensors"))
+    cut: dict[str, Any] = {}
+    ranks: dict[str, int] = {}
+    for key, value in tensors.items():
+        if ".lora_A." not in key:
+            if ".lora_B." not in key:
+                cut[key] = value
+            continue
+        b_key = key.replace(".lora_A.", ".lora_B.")
+        stored = value.shape[0]
+        if rank > stored:
+            raise ValidationFailed(f"this DyLoRA adapter was saved at rank {stored}; choose a rank up to {stored}")
+        cut[key] = value[:rank].contiguous()
+        cut[b_key] = (tensors[b_key][:, :rank] * (stored / rank)).contiguous()
+        module = key.split(".lora_A.")[0].removeprefix("base_model.model.")
+        ranks[module] = rank
+    config.update(r=rank, lora_alpha=rank)
+    config["rank_pattern"] = {name: rank for name in config.get("rank_pattern") or {}}
+    config["alpha_pattern"] = {name: rank for name in config.get("alpha_pattern") or {}}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(cut, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    for extra in ("labels.json", "README.md", "reproducibility.json"):
+        if (source / extra).exists():
+            shutil.copy2(source / extra, out / extra)
+    return ExportReport(path=str(out), ranks=ranks, format="dylora_at_rank", exact=True)

@@ -139,3 +139,31 @@ def test_dylora_exports_exactly_at_a_chosen_rank(make_adapter, registry, setting
             assert (merged.get_submodule(name).weight - expected).abs().max() <= 1e-5 * w0.abs().max(), name
     with pytest.raises(ValidationFailed, match="rank up to"):
         service.export(row.id, tmp_path / "too-big", as_lora_rank=64)
+
+
+def test_dylora_metric_vs_rank_evaluation(make_adapter, registry, settings, tmp_path):
+    """An eval job on a DyLoRA adapter reports the loss at each requested rank (the metric-vs-rank curve)."""
+    from studio.device import detect_device
+    from studio.evaluation.job import run_eval_job
+    from studio.jobs.context import JobContext
+    from studio.schema import EvalRequest
+    from studio.services.datasets import DatasetService
+
+    row, _ = make_adapter("dylora")
+    stored_rank = max(row.ranks.values())
+    dataset = DatasetService(registry, settings).add(write_jsonl(tmp_path / "eval.jsonl", chat_rows(6)))
+    request = EvalRequest(adapter_id=row.id, dataset_id=dataset.id, metrics=["loss"], ranks=[1, stored_rank])
+    job = registry.create_job(kind="eval", request=request.model_dump(mode="json"), schema_version=1, seed=0)
+    ctx = JobContext(job.id, settings, registry, detect_device("cpu"), attempt=1)
+    reporter = MemoryReporter()
+    result = run_eval_job(request, reporter, ctx)
+    by_rank = result["loss_by_rank"]
+    assert set(by_rank) == {1, stored_rank}
+    # At the saved rank the cut adapter is the adapter itself.
+    assert by_rank[stored_rank] == pytest.approx(result["metrics"]["eval_loss"], abs=1e-6)
+    assert by_rank[1] != pytest.approx(by_rank[stored_rank], abs=1e-6)
+    assert reporter.series("eval_loss_by_rank") == [(1, by_rank[1]), (stored_rank, by_rank[stored_rank])]
+
+    lora_row, _ = make_adapter("lora")
+    with pytest.raises(ValidationFailed, match="DyLoRA"):
+        run_eval_job(request.model_copy(update={"adapter_id": lora_row.id}), MemoryReporter(), ctx)
