@@ -34,7 +34,12 @@ def settings(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_DATA_DIR", str(tmp_path / "data"))
     value = Settings(data_dir=tmp_path / "data")
     value.ensure_dirs()
-    return value
+    # CLI commands build their services once per process; each test gets its own data dir.
+    from studio.cli.common import services
+
+    services.cache_clear()
+    yield value
+    services.cache_clear()
 
 
 @pytest.fixture
