@@ -30,8 +30,16 @@ def progress_bar(fraction: float, width: int = 30) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + f"] {fraction * 100:5.1f}%"
 
 
-def echo_job_line(job) -> None:
-    """Redraw one status line for a running job (used by --wait)."""
-    eta = f" eta {job.eta_seconds:.0f}s" if job.eta_seconds else ""
-    total = f"/{job.total_steps}" if job.total_steps else ""
-    click.echo(f"\rjob {job.id} {job.status:<9} {progress_bar(job.progress)} step {job.step}{total}{eta}   ", nl=False)
+class JobLinePrinter:
+    """Redraws one status line for a waiting job, only when it changes (so logs stay short)."""
+
+    def __init__(self) -> None:
+        self._last: str | None = None
+
+    def __call__(self, job) -> None:
+        eta = f" eta {job.eta_seconds:.0f}s" if job.eta_seconds else ""
+        total = f"/{job.total_steps}" if job.total_steps else ""
+        line = f"job {job.id} {job.status:<9} {progress_bar(job.progress)} step {job.step}{total}{eta}"
+        if line != self._last:
+            self._last = line
+            click.echo(f"\r{line}   ", nl=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli.common import echo_job_line, services, table
+from studio.cli.common import JobLinePrinter, services, table
 
 
 @click.group(invoke_without_command=True)
@@ -97,7 +97,7 @@ def check(steps: int, wait: bool) -> None:
     job = svc.submit(CheckRequest(steps=steps))
     click.echo(f"queued job {job.id}")
     if wait:
-        job = svc.wait(job.id, on_update=echo_job_line)
+        job = svc.wait(job.id, on_update=JobLinePrinter())
         click.echo()
         click.echo(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
         if job.status != "succeeded":
