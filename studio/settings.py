@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     max_row_chars: int = Field(default=100_000, ge=100, validation_alias=_env("STUDIO_MAX_ROW_CHARS"))
     default_base_model: str = Field(default="smollm2-135m-instruct", validation_alias=_env("STUDIO_DEFAULT_BASE_MODEL"))
     offline: bool = Field(default=True, validation_alias=_env("STUDIO_OFFLINE"))
+    memory_budget_gb: float | None = Field(
+        default=None,
+        gt=0,
+        validation_alias=_env("STUDIO_MEMORY_BUDGET_GB"),
+        description="Memory a training job may use (GB); default: 90% of GPU memory, or half the host RAM on CPU.",
+    )
 
     @field_validator("device")
     @classmethod

@@ -62,6 +62,7 @@ def train(dataset_ref, variant, base_model, name, assignments, seed, wait) -> No
         request = _build_request(svc, dataset_id, base_model, name, task, variant, variant_params, hyper, seed)
     except ValidationError as exc:
         raise StudioError(format_validation_error(exc)) from None
+    _print_memory_estimate(svc, request, dataset_id, task)
     job = svc.jobs.submit(request)
     click.echo(f"queued training job {job.id} ({variant} on {request.base_model}, dataset {dataset_id})")
     if not wait:
@@ -71,6 +72,29 @@ def train(dataset_ref, variant, base_model, name, assignments, seed, wait) -> No
     if job.status != "succeeded":
         raise StudioError(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
     click.echo(f"adapter {job.result.get('adapter_id')} at {job.result.get('adapter_path')}")
+
+
+def _print_memory_estimate(svc, request, dataset_id, task) -> None:
+    """Print the memory estimate; refuse a job that cannot fit when the worker runs on this machine."""
+    from studio.device import detect_device
+    from studio.training.memory import estimate_for_request, gib
+
+    settings = svc.settings
+    device = detect_device(settings.device)
+    try:
+        plan = estimate_for_request(request, settings, device, svc.datasets.get(dataset_id).stored_path, task)
+    except StudioError as exc:
+        click.echo(f"memory estimate unavailable: {exc}")
+        return
+    click.echo(f"{plan.describe()} on {device.label}")
+    if not plan.fits:
+        message = (
+            f"this job needs about {gib(plan.estimate.total)} even one example at a time, more than "
+            f"the {gib(plan.budget)} memory budget; lower max_length or raise STUDIO_MEMORY_BUDGET_GB"
+        )
+        if settings.start_embedded_worker:
+            raise StudioError(message)
+        click.echo(f"warning: {message} (on this machine; the worker decides on its own)")
 
 
 def _build_request(svc, dataset_id, base_model, name, task, variant, variant_params, hyper, seed) -> TrainRequest:

@@ -4,7 +4,7 @@ Layout of ``<work_dir>/checkpoints/step-000123/``:
 
 - ``trainable.safetensors``   every ``requires_grad`` tensor, by parameter name
 - ``extra.safetensors`` + ``extra.json``   the variant's ``state_dict_extra`` (tensors / JSON)
-- ``trainer_state.pt``        optimizer + scheduler + RNG states. ``torch.save`` is used only
+- ``trainer_state.pt``        optimizer + scheduler + RNG states (+ the fp16 grad scaler's). ``torch.save`` is used only
   for this file, which this code wrote itself; it is read back with ``weights_only=True``.
 - ``checkpoint.json``         step, total steps, seed, variant, and what the run trained on
 
@@ -59,6 +59,7 @@ def save_checkpoint(
     optimization: Any,
     meta: dict[str, Any],
     keep: int = 2,
+    scaler: Any = None,
 ) -> Path:
     """Write a checkpoint for ``step`` atomically; returns its directory."""
     import torch
@@ -84,6 +85,7 @@ def save_checkpoint(
             "optimizers": [o.state_dict() for o in optimization.optimizers],
             "schedulers": [s.state_dict() for s in optimization.schedulers],
             "rng": rng_state(),
+            **({"scaler": scaler.state_dict()} if scaler is not None else {}),
         },
         tmp / "trainer_state.pt",
     )
@@ -144,3 +146,12 @@ def load_trainer_state(checkpoint: Checkpoint, optimization: Any) -> dict[str, A
     for scheduler, saved in zip(optimization.schedulers, state["schedulers"], strict=True):
         scheduler.load_state_dict(saved)
     return state["rng"]
+
+
+def load_scaler_state(checkpoint: Checkpoint, scaler: Any) -> None:
+    """Restore the fp16 grad scaler (its loss scale), when the checkpoint has one."""
+    import torch
+
+    state = torch.load(checkpoint.path / "trainer_state.pt", map_location="cpu", weights_only=True)
+    if "scaler" in state:
+        scaler.load_state_dict(state["scaler"])

@@ -48,43 +48,103 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
+def grouped_order(lengths: Sequence[int], group_size: int, seed: int, epoch: int) -> list[int]:
+    """A seeded epoch order in which every consecutive ``group_size`` examples have similar lengths.
+
+    The epoch's permutation is cut into mega-batches of ``MEGA_GROUPS`` groups; each is sorted
+    by length (longest first, ties in permutation order) and cut into groups; the full groups
+    are shuffled with the seed and the one partial group (if any) goes last, so a step never
+    straddles two groups except at the end of an epoch. Same (lengths, seed, epoch) -> same order.
+    """
+    import torch
+
+    n = len(lengths)
+    permutation = epoch_order(n, seed, epoch)
+    mega = group_size * MEGA_GROUPS
+    groups: list[list[int]] = []
+    for start in range(0, n, mega):
+        chunk = sorted(permutation[start : start + mega], key=lambda i: -lengths[i])
+        groups.extend(chunk[j : j + group_size] for j in range(0, len(chunk), group_size))
+    tail = groups.pop() if groups and len(groups[-1]) < group_size else None
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)
+    shuffled = [groups[g] for g in torch.randperm(len(groups), generator=generator).tolist()]
+    if tail is not None:
+        shuffled.append(tail)
+    return [i for group in shuffled for i in group]
+
+
+MEGA_GROUPS = 64  # groups sorted together: more = less padding, less randomness within an epoch
+
+
 @dataclass
 class BatchPlan:
-    """Which examples form micro-batch ``k``: consecutive slices of a stream of per-epoch permutations."""
+    """Which examples form each optimizer step and micro-batch: slices of a stream of per-epoch orders.
+
+    Step ``s`` takes the examples at stream positions ``[(s-1)·S, s·S)`` with
+    ``S = batch_size × grad_accum``; they are cut into micro-batches of ``micro_batch_size``
+    (``batch_size`` unless the memory plan asked for smaller ones: the same examples per
+    step, so the effective batch and the data order do not change). With ``lengths``,
+    each epoch's order is length-grouped in units of one step (see :func:`grouped_order`).
+    Everything is a pure function of (seed, step): resuming needs only the step.
+    """
 
     n_examples: int
     batch_size: int
     grad_accum: int
     seed: int
+    lengths: Sequence[int] | None = None  # group by length when given
+    micro_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.n_examples <= 0:
             raise ValidationFailed("no training examples are left after tokenisation; check the dataset")
+        if self.lengths is not None and len(self.lengths) != self.n_examples:
+            raise ValueError("lengths must have one entry per example")
+        self.micro_batch_size = min(self.micro_batch_size or self.batch_size, self.batch_size)
         self._orders: dict[int, list[int]] = {}
+
+    @property
+    def step_size(self) -> int:
+        """Examples per optimizer step (the effective batch)."""
+        return self.batch_size * self.grad_accum
+
+    @property
+    def micro_per_step(self) -> int:
+        return math.ceil(self.step_size / self.micro_batch_size)
 
     def _order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:
-            self._orders = {epoch: epoch_order(self.n_examples, self.seed, epoch)}
+            if self.lengths is None:
+                order = epoch_order(self.n_examples, self.seed, epoch)
+            else:
+                order = grouped_order(self.lengths, self.step_size, self.seed, epoch)
+            self._orders = {epoch: order}
         return self._orders[epoch]
 
-    def micro_batch(self, k: int) -> list[int]:
-        """Example indices of the k-th micro-batch (0-based) of the whole run."""
-        start = k * self.batch_size
+    def _positions(self, start: int, count: int) -> list[int]:
         out = []
-        for position in range(start, start + self.batch_size):
+        for position in range(start, start + count):
             epoch, offset = divmod(position, self.n_examples)
             out.append(self._order(epoch)[offset])
         return out
 
+    def micro_batch(self, k: int) -> list[int]:
+        """Example indices of the k-th batch of ``batch_size`` examples (0-based) of the whole run."""
+        return self._positions(k * self.batch_size, self.batch_size)
+
+    def step_examples(self, step: int) -> list[int]:
+        """Every example of optimizer step ``step`` (1-based), in stream order."""
+        return self._positions((step - 1) * self.step_size, self.step_size)
+
     def step_batches(self, step: int) -> list[list[int]]:
         """The micro-batches of optimizer step ``step`` (1-based)."""
-        first = (step - 1) * self.grad_accum
-        return [self.micro_batch(k) for k in range(first, first + self.grad_accum)]
+        examples = self.step_examples(step)
+        size = self.micro_batch_size
+        return [examples[i : i + size] for i in range(0, len(examples), size)]
 
     def steps_for(self, epochs: float) -> int:
         """Optimizer steps needed to cover ``epochs`` passes over the examples."""
-        per_step = self.batch_size * self.grad_accum
-        return max(1, math.ceil(epochs * self.n_examples / per_step))
+        return max(1, math.ceil(epochs * self.n_examples / self.step_size))
 
 
 def collate(examples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
@@ -105,6 +165,104 @@ def collate(examples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     if not token_labels:
         labels = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: positions into ``lengths`` grouped so each bin holds at most ``capacity`` tokens."""
+    bins: list[list[int]] = []
+    fill: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, used in enumerate(fill):
+            if used + lengths[i] <= capacity:
+                bins[b].append(i)
+                fill[b] += lengths[i]
+                break
+        else:
+            bins.append([i])
+            fill.append(lengths[i])
+    return bins
+
+
+def best_packing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """The packing with the fewest token slots (sequences × widest sequence) at most ``capacity`` wide.
+
+    Tries every sequence count P: first-fit decreasing at width ``max(longest, ceil(total / P))``.
+    """
+    longest, total = max(lengths), sum(lengths)
+    capacity = max(capacity, longest)
+    best: list[list[int]] | None = None
+    best_slots = math.inf
+    for count in range(1, len(lengths) + 1):
+        width = max(longest, math.ceil(total / count))
+        if width > capacity:
+            continue
+        bins = pack_bins(lengths, width)
+        slots = len(bins) * max(sum(lengths[i] for i in b) for b in bins)
+        if slots < best_slots:
+            best, best_slots = bins, slots
+    return best if best is not None else pack_bins(lengths, capacity)
+
+
+def collate_packed(examples: Sequence[dict[str, Any]], pad_id: int, capacity: int, mask_style: str) -> dict[str, Any]:
+    """Several rows per sequence, without cross-contamination (causal LM only).
+
+    Rows are packed into sequences of at most ``capacity`` tokens (a longer row gets its
+    own), choosing the sequence count with the fewest padded slots (:func:`best_packing`). Every row keeps its own position ids (0, 1, ...) and the first token of
+    each row carries no label (it must not be predicted from the previous row). Attention
+    is restricted to the row itself by ``mask_style``:
+
+    - ``"bool"`` (sdpa) / ``"additive"`` (eager): a 4D block-diagonal causal mask in
+      ``packed_mask`` (shape ``rows × 1 × width × width``); padding attends to itself only;
+    - ``"position_ids"`` (flash-attention varlen): no mask, the model splits sequences where
+      the position ids restart.
+
+    ``attention_mask`` stays the 2D mask of real tokens (for counting tokens).
+    """
+    import torch
+
+    lengths = [len(e["input_ids"]) for e in examples]
+    bins = best_packing(lengths, capacity)
+    width = max(sum(lengths[i] for i in b) for b in bins)
+    rows = len(bins)
+    ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    labels = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((rows, width), dtype=torch.long)
+    segments = torch.zeros((rows, width), dtype=torch.long)
+    positions = torch.zeros((rows, width), dtype=torch.long)
+    for row, members in enumerate(bins):
+        cursor = 0
+        for seg, i in enumerate(members, 1):
+            n = lengths[i]
+            span = slice(cursor, cursor + n)
+            ids[row, span] = torch.tensor(examples[i]["input_ids"], dtype=torch.long)
+            row_labels = torch.tensor(examples[i]["labels"], dtype=torch.long)
+            row_labels[0] = IGNORE_INDEX
+            labels[row, span] = row_labels
+            mask[row, span] = 1
+            segments[row, span] = seg
+            positions[row, span] = torch.arange(n)
+            cursor += n
+        positions[row, cursor:] = torch.arange(width - cursor)  # padding: its own "row"
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": positions}
+    if mask_style != "position_ids":
+        batch["packed_mask"] = block_causal_mask(segments, mask_style)
+    return batch
+
+
+def block_causal_mask(segments: Any, style: str) -> Any:
+    """4D mask (rows × 1 × width × width): causal within each segment id; padding (0) sees itself only."""
+    import torch
+
+    width = segments.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same = segments[:, :, None] == segments[:, None, :]
+    real = (segments != 0)[:, None, :]
+    allowed = (same & real & causal) | torch.eye(width, dtype=torch.bool)
+    allowed = allowed[:, None]
+    if style == "bool":
+        return allowed
+    out = torch.zeros(allowed.shape, dtype=torch.float32)
+    return out.masked_fill_(~allowed, torch.finfo(torch.float32).min)
 
 
 def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:

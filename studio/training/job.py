@@ -76,6 +76,8 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
         "eval_accuracy": result.eval_accuracy,
         "steps": result.total_steps,
         "trainable_params": result.trainable_params,
+        "precision": result.precision.name if result.precision else None,
+        "training_setup": result.training_setup(request.hyper),
     }
 
 
@@ -132,6 +134,8 @@ def reproducibility(request: TrainRequest, result: TrainingResult, dataset_sha25
         "total_steps": result.total_steps,
         "resumed_from_step": result.resumed_from_step,
         "variant_params": result.variant.params.model_dump(mode="json"),
+        "precision": result.precision.name if result.precision else None,
+        "training_setup": result.training_setup(request.hyper),
         "versions": {**library_versions(), "studio": __version__},
     }
 
@@ -152,6 +156,7 @@ def model_card(request: TrainRequest, result: TrainingResult, ranks: dict[str, i
         f"- Base model: `{request.base_model}`",
         f"- Dataset: id {request.dataset_id}, sha256 `{dataset_sha256 or 'unknown'}`",
         f"- Seed: {request.seed}; steps: {result.total_steps}; trainable parameters: {result.trainable_params:,}",
+        f"- Compute: {result.precision.describe()}" if result.precision else None,
         f"- Adapted modules: {len(ranks)}; ranks {min(ranks.values(), default=0)}–{max(ranks.values(), default=0)}",
         "",
         "## Final metrics",

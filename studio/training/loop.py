@@ -8,12 +8,18 @@ on_pre_optimizer_step -> optimizer.step -> on_optimizer_step -> scheduler.step -
 Determinism: the seed is applied before the base model loads and again before the
 variant builds; the data order is a pure function of (seed, step); checkpoints
 hold the RNG state, so a resumed run produces the same losses as an uninterrupted one.
+
+Speed and memory (docs/performance.md): the compute precision is chosen per device
+(:mod:`studio.training.precision`), batches are length-grouped (optionally packed), the
+loss is computed only at labelled tokens in chunks (:mod:`studio.training.losses`), and a
+memory estimate decides checkpointing and the micro-batch size before the first step
+(:mod:`studio.training.memory`). All of it is recorded with the job.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +29,10 @@ from studio.progress import Reporter
 from studio.schema import TrainRequest
 from studio.training import checkpoint as ckpt
 from studio.training.data import eval_batches
-from studio.training.losses import evaluate, loss_sum, target_count
-from studio.training.models import autocast, compute_dtype, load_base_model
+from studio.training.losses import LossFunction, evaluate, target_count
+from studio.training.memory import MemoryPlan, ModelShape, longest_row, memory_budget, plan_memory, tune_allocator
+from studio.training.models import enable_gradient_checkpointing, load_base_model
+from studio.training.precision import Precision, choose_precision
 from studio.training.setup import RunSetup, TrainingData, prepare_run
 from studio.variants import BuildContext, ExportContext, OptimConfig, create_variant, default_optimization
 from studio.variants.targets import default_modules_to_save, default_target_modules
@@ -51,6 +59,29 @@ class TrainingResult:
     truncated: int = 0
     elapsed_s: float = 0.0
     resumed_from_step: int = 0
+    precision: Precision | None = None
+    memory: MemoryPlan | None = None
+    loss_mode: str = ""
+    real_tokens: int = 0  # non-pad tokens trained on (this run)
+    padded_tokens: int = 0  # token slots of the padded micro-batches (this run)
+    train_seconds: float = 0.0  # time inside optimizer steps (this run)
+    train_cpu_seconds: float = 0.0  # CPU time of this process inside optimizer steps (all threads)
+
+    def training_setup(self, hyper: Any) -> dict[str, Any]:
+        """How the run computed: precision, batching, checkpointing, loss, memory (for the job record)."""
+        memory = self.memory
+        return {
+            "precision": self.precision.as_dict() if self.precision else None,
+            "group_by_length": hyper.group_by_length,
+            "packing": hyper.packing and self.task == "causal-lm",
+            "gradient_checkpointing": bool(memory and memory.gradient_checkpointing),
+            "micro_batch_size": memory.micro_batch_size if memory else hyper.batch_size,
+            "loss": self.loss_mode,
+            "memory": memory.as_dict() if memory else None,
+            "real_tokens": self.real_tokens,
+            "padded_tokens": self.padded_tokens,
+            "real_tokens_per_s": self.real_tokens / self.train_seconds if self.train_seconds else None,
+        }
 
     def export_context(self) -> ExportContext:
         """How to build a fresh ORIGINAL base for exports (CPU, fp32, with this task's head)."""
@@ -90,9 +121,12 @@ def run_training(
         base_path = resolve_base_model(request.base_model, settings, progress=reporter.log).path
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    if device.type == "cpu":
+        tune_allocator()
     torch_device = torch.device(device.torch_device)
     torch.manual_seed(request.seed)  # classification heads are initialised while the base loads
     setup = prepare_run(request, dataset, Path(base_path), torch_device, reporter.log)
+    base_params = sum(p.numel() for p in setup.model.parameters())
     variant = create_variant(request.variant, request.variant_params)
     if setup.task not in variant.tasks:
         raise StudioError(f"variant {variant.name} does not support {setup.task}; it supports {variant.tasks}")
@@ -135,10 +169,36 @@ def run_training(
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimization = variant.configure_optimization(model, cfg) or default_optimization(trainable, cfg)
-    if resumed is not None:
-        ckpt.set_rng_state(ckpt.load_trainer_state(resumed, optimization))
-        reporter.log(f"resumed from {resumed.path} at step {start}")
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    saved_precision = resumed.meta.get("precision") if resumed is not None else None
+    if hyper.precision == "auto" and saved_precision:
+        # auto may measure the CPU: a resumed run computes exactly as it started
+        precision = replace(choose_precision(saved_precision, device), requested="auto", reason="as in the checkpoint")
+    else:
+        precision = choose_precision(hyper.precision, device)
+    reporter.log(f"precision: {precision.describe()}")
+    if precision.warning:
+        reporter.log(precision.warning, "warning")
+    memory = _plan_memory(request, setup, settings, device, precision, n_trainable, base_params, resumed)
+    setup.plan.micro_batch_size = memory.micro_batch_size
+    reporter.log(memory.describe())
+    if memory.gradient_checkpointing and not enable_gradient_checkpointing(model):
+        reporter.log("this model does not support gradient checkpointing; training without it", "warning")
+        memory.gradient_checkpointing = False
+    loss_fn = LossFunction.for_model(model, setup.task, hyper.loss_chunk_tokens, precision.dtype, variant)
+    if loss_fn.chunked:
+        loss_fn.verify(model, setup.micro_batch(0, torch_device))
+    grouping = "length-grouped" if hyper.group_by_length else "shuffled"
+    reporter.log(
+        f"batches: {grouping}{', packed' if setup.packing else ''}, micro-batches of "
+        f"{memory.micro_batch_size}×{setup.plan.micro_per_step} per step; loss: {loss_fn.describe()}"
+    )
+
+    if resumed is not None:
+        rng = ckpt.load_trainer_state(resumed, optimization)
+        ckpt.set_rng_state(rng)
+        reporter.log(f"resumed from {resumed.path} at step {start}")
     reporter.log(
         f"training {variant.name} on {device.label}: {n_trainable:,} trainable parameters, "
         f"targets {', '.join(targets)}" + (f", heads {', '.join(heads)}" if heads else "")
@@ -156,6 +216,9 @@ def run_training(
         trainable_params=n_trainable,
         truncated=setup.truncated,
         resumed_from_step=start,
+        precision=precision,
+        memory=memory,
+        loss_mode=loss_fn.describe(),
     )
     meta = {
         "variant": variant.name,
@@ -163,9 +226,45 @@ def run_training(
         "dataset_sha256": dataset.sha256,
         "seed": request.seed,
         "total_steps": setup.total_steps,
+        "group_by_length": hyper.group_by_length,
+        "packing": setup.packing,
+        "micro_batch_size": memory.micro_batch_size,
+        "precision": precision.name,
     }
-    _Loop(request, reporter, setup, variant, model, optimization, work_dir, meta, result, torch_device).run(start)
+    loop = _Loop(request, reporter, setup, variant, model, optimization, work_dir, meta, result, torch_device)
+    loop.precision, loop.loss_fn = precision, loss_fn
+    loop.scaler = precision.grad_scaler()
+    if resumed is not None and loop.scaler is not None:
+        ckpt.load_scaler_state(resumed, loop.scaler)
+    loop.run(start)
     return result
+
+
+def _plan_memory(request, setup, settings, device, precision, n_trainable, base_params, resumed) -> MemoryPlan:
+    """Checkpointing and micro-batch size from the memory estimate (a resumed run keeps its micro-batches)."""
+    hyper = request.hyper
+    shape = ModelShape.from_model(setup.model)
+    shape = ModelShape(**{**shape.__dict__, "n_params": base_params})
+    lengths = [len(e["input_ids"]) for e in setup.train]
+    attention = str(getattr(setup.model.config, "_attn_implementation", "sdpa") or "sdpa")
+    plan = plan_memory(
+        shape,
+        batch_size=hyper.batch_size,
+        seq_len=longest_row(lengths, hyper.max_length),
+        budget=memory_budget(settings, device),
+        checkpointing=hyper.gradient_checkpointing,
+        precision=precision.name,
+        loss_chunk_tokens=hyper.loss_chunk_tokens,
+        trainable_params=n_trainable,
+        task=setup.task,
+        device_type=device.type,
+        attention=attention,
+    )
+    saved = (resumed.meta.get("micro_batch_size") if resumed is not None else None) or plan.micro_batch_size
+    if saved != plan.micro_batch_size:
+        plan.notes.append(f"micro-batches of {saved} as in the checkpoint")
+        plan.micro_batch_size = int(saved)
+    return plan
 
 
 def _check_compatible(resumed: ckpt.Checkpoint, request: TrainRequest, setup: RunSetup) -> None:
@@ -174,6 +273,12 @@ def _check_compatible(resumed: ckpt.Checkpoint, request: TrainRequest, setup: Ru
         raise StudioError(
             f"checkpoint {resumed.path} was written by a different run "
             f"(variant {meta.get('variant')}, {meta.get('total_steps')} steps); it cannot be resumed here"
+        )
+    grouped = meta.get("group_by_length", False)  # checkpoints from before grouping were not grouped
+    if grouped != request.hyper.group_by_length or meta.get("packing", False) != setup.packing:
+        raise StudioError(
+            f"checkpoint {resumed.path} was written with group_by_length={grouped}, "
+            f"packing={meta.get('packing', False)}; resume with the same settings so the data order matches"
         )
 
 
@@ -184,7 +289,9 @@ class _Loop:
         self.request, self.hyper, self.reporter, self.setup = request, request.hyper, reporter, setup
         self.variant, self.model, self.opt = variant, model, optimization
         self.work_dir, self.meta, self.result, self.device = work_dir, meta, result, device
-        self.dtype = compute_dtype(self.hyper.precision, device)
+        self.precision: Precision = Precision("fp32", "fp32", device.type, "default")
+        self.loss_fn: Any = LossFunction(setup.task)
+        self.scaler: Any = None
         self.max_norm = (
             optimization.max_grad_norm if optimization.max_grad_norm is not None else self.hyper.max_grad_norm
         )
@@ -202,7 +309,10 @@ class _Loop:
         try:
             for step in range(start + 1, total + 1):
                 self.reporter.check_cancelled()
+                began, began_cpu = time.monotonic(), time.process_time()
                 self._step(step)
+                self.result.train_seconds += time.monotonic() - began
+                self.result.train_cpu_seconds += time.process_time() - began_cpu
                 self._after_step(step, total)
         except JobCancelled:
             done = step - 1
@@ -215,24 +325,36 @@ class _Loop:
         import torch
 
         self.variant.on_step_begin(self.model, step)
-        batches = [self.setup.micro_batch(k, self.device) for k in self._micro_indices(step)]
+        batches = self.setup.step_batches(step, self.device)
         n_targets = max(1, sum(target_count(b, self.setup.task) for b in batches))
         step_loss = 0.0
+        scaler = self.scaler
         for batch in batches:
-            with autocast(self.device, self.dtype):
-                value, _ = loss_sum(self.model, batch, self.setup.task)
+            with self.precision.autocast():
+                value, _ = self.loss_fn(self.model, batch)
             loss = value / n_targets
             extra = self.variant.extra_loss(self.model)
             if extra is not None:
                 loss = loss + extra / len(batches)
-            loss.backward()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
             step_loss += float(value.detach()) / n_targets
-            self.window_tokens += int(batch["attention_mask"].sum())
+            real = int(batch["attention_mask"].sum())
+            self.window_tokens += real
+            self.result.real_tokens += real
+            self.result.padded_tokens += int(batch["input_ids"].numel())
+        if scaler is not None:
+            for optimizer in self.opt.optimizers:
+                scaler.unscale_(optimizer)
         params = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm if self.max_norm > 0 else float("inf"))
         self.variant.on_pre_optimizer_step(self.model, step)
         for optimizer in self.opt.optimizers:
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+            else:
+                optimizer.step()
+        if scaler is not None:
+            scaler.update()
         self.variant.on_optimizer_step(self.model, step)
         for scheduler in self.opt.schedulers:
             scheduler.step()
@@ -243,10 +365,6 @@ class _Loop:
         self.result.final_loss = step_loss
         self.window.append(step_loss)
         self.grad_norm = float(norm)
-
-    def _micro_indices(self, step: int) -> range:
-        first = (step - 1) * self.hyper.grad_accum
-        return range(first, first + self.hyper.grad_accum)
 
     def _after_step(self, step: int, total: int) -> None:
         self.reporter.progress(step, total)
@@ -286,12 +404,16 @@ class _Loop:
             {k: v.to(self.device) for k, v in b.items()}
             for b in eval_batches(self.setup.val, self.hyper.batch_size, self.setup.pad_id)
         ]
-        result = evaluate(self.model, batches, self.setup.task, self.variant, lambda: autocast(self.device, self.dtype))
+        result = evaluate(
+            self.model, batches, self.setup.task, self.variant, self.precision.autocast, loss_fn=self.loss_fn
+        )
         self.reporter.metrics(step, result.metrics())
         return result
 
     def _save(self, step: int) -> None:
-        path = ckpt.save_checkpoint(self.work_dir, step, self.model, self.variant, self.opt, self.meta)
+        path = ckpt.save_checkpoint(
+            self.work_dir, step, self.model, self.variant, self.opt, self.meta, scaler=self.scaler
+        )
         self.last_saved = step
         self.reporter.checkpoint(str(path), step)
 
@@ -301,4 +423,11 @@ class _Loop:
             self.result.eval_loss = final.loss
             self.result.eval_accuracy = final.accuracy
         self.result.elapsed_s = self.reporter.elapsed
+        result = self.result
+        if result.padded_tokens:
+            padding = 1 - result.real_tokens / result.padded_tokens
+            speed = result.real_tokens / max(1e-9, result.train_seconds)
+            self.reporter.log(
+                f"trained on {result.real_tokens:,} real tokens ({padding:.0%} padding) at {speed:.1f} tokens/s"
+            )
         self.model.eval()

@@ -1,12 +1,10 @@
-"""Loading the base model for a task, and the compute-precision policy.
+"""Loading the base model for a task (fp32, whatever the compute precision) and checkpointing it.
 
-Precision and batching are kept in separate small functions so a later change
-(bf16 autocast, length grouping) touches one place.
+The compute precision lives in :mod:`studio.training.precision`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,15 +57,21 @@ def load_base_model(
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
 
 
-def compute_dtype(precision: str, device: Any) -> Any:
-    """The autocast dtype for ``precision`` on ``device``; None means plain fp32 (the only mode for now)."""
-    return None
+def enable_gradient_checkpointing(model: Any) -> bool:
+    """Turn on (non-reentrant) activation checkpointing in the transformers model inside ``model``.
 
+    Works through PEFT and the studio's own wrappers (they replace linears in place). Only
+    active in train mode; the RNG state is preserved, so dropout masks are the same when a
+    layer is recomputed. Returns False when the architecture does not support it.
+    """
+    from transformers import PreTrainedModel
 
-def autocast(device: Any, dtype: Any) -> Any:
-    """A context manager for the forward pass at ``dtype`` (a no-op in fp32)."""
-    import torch
-
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and getattr(module, "supports_gradient_checkpointing", False):
+            kwargs = {"use_reentrant": False}
+            if hasattr(module, "activation_checkpointing_enable"):
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:  # transformers < 5
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            return True
+    return False

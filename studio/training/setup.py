@@ -9,7 +9,7 @@ from typing import Any
 
 from studio.errors import ValidationFailed
 from studio.schema import TrainRequest
-from studio.training.data import BatchPlan, collate, read_jsonl, split_indices, to_device
+from studio.training.data import BatchPlan, collate, collate_packed, read_jsonl, split_indices, to_device
 from studio.training.models import is_encoder_only, load_base_model, load_tokenizer_for
 from studio.training.tokenise import encode_rows
 
@@ -63,9 +63,25 @@ class RunSetup:
     pad_id: int
     truncated: int
     dropped: int
+    max_length: int = 512
+    packing: bool = False
+    mask_style: str = "bool"  # how packed rows are kept apart (see collate_packed)
 
     def micro_batch(self, k: int, device: Any) -> dict[str, Any]:
+        """The k-th batch of ``batch_size`` examples of the run, padded (never packed)."""
         return to_device(collate([self.train[i] for i in self.plan.micro_batch(k)], self.pad_id), device)
+
+    def step_batches(self, step: int, device: Any) -> list[dict[str, Any]]:
+        """The micro-batches of optimizer step ``step``: padded, or packed when the run packs."""
+        out = []
+        for indices in self.plan.step_batches(step):
+            examples = [self.train[i] for i in indices]
+            if self.packing:
+                batch = collate_packed(examples, self.pad_id, self.max_length, self.mask_style)
+            else:
+                batch = collate(examples, self.pad_id)
+            out.append(to_device(batch, device))
+        return out
 
     def calibration_batches(self, device: Any):
         """The factory variants get: the first n micro-batches of the run (pure, no RNG use)."""
@@ -75,6 +91,14 @@ class RunSetup:
                 yield self.micro_batch(k, device)
 
         return batches
+
+
+def mask_style_for(model: Any) -> str:
+    """How packed rows are kept apart for this model's attention implementation."""
+    implementation = str(getattr(model.config, "_attn_implementation", None) or "sdpa")
+    if implementation.startswith("flash") or "varlen" in implementation:
+        return "position_ids"
+    return "additive" if implementation == "eager" else "bool"
 
 
 def prepare_run(request: TrainRequest, data: TrainingData, base_path: Path, device: Any, log: Any) -> RunSetup:
@@ -90,10 +114,24 @@ def prepare_run(request: TrainRequest, data: TrainingData, base_path: Path, devi
     common = dict(task=task, max_length=hyper.max_length, loss_on=hyper.loss_on, labels=labels)
     train = encode_rows([rows[i] for i in train_idx], tokenizer, log=log, **common)
     val = encode_rows([rows[i] for i in val_idx], tokenizer, **common)
-    plan = BatchPlan(len(train.examples), hyper.batch_size, hyper.grad_accum, request.seed)
+    lengths = [len(e["input_ids"]) for e in train.examples]
+    plan = BatchPlan(
+        len(train.examples),
+        hyper.batch_size,
+        hyper.grad_accum,
+        request.seed,
+        lengths=lengths if hyper.group_by_length else None,
+    )
     total = hyper.max_steps or plan.steps_for(hyper.epochs)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model = load_base_model(base_path, task, labels, pad_id).to(device)
+    packing = hyper.packing and task == "causal-lm"
+    if hyper.packing and not packing:
+        log("packing applies to text generation only; classification batches are padded", "warning")
+    val_examples = val.examples
+    if hyper.group_by_length:
+        # the mean loss does not depend on the order; sorted batches carry little padding
+        val_examples = sorted(val_examples, key=lambda e: -len(e["input_ids"]))
     log(
         f"{task}: {len(train.examples)} training and {len(val.examples)} validation examples, "
         f"{total} optimizer steps of {hyper.batch_size}×{hyper.grad_accum} examples"
@@ -104,11 +142,14 @@ def prepare_run(request: TrainRequest, data: TrainingData, base_path: Path, devi
         model=model,
         labels=labels,
         train=train.examples,
-        val=val.examples,
+        val=val_examples,
         plan=plan,
         total_steps=total,
         warmup_steps=math.ceil(hyper.warmup_ratio * total),
         pad_id=pad_id,
         truncated=train.truncated + val.truncated,
         dropped=train.dropped + val.dropped,
+        max_length=hyper.max_length,
+        packing=packing,
+        mask_style=mask_style_for(model),
     )

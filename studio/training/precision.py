@@ -1,0 +1,149 @@
+"""Compute precision per device: bf16/fp16 autocast or fp32, with a grad scaler for fp16.
+
+Weights are never converted: the frozen base and the adapter stay fp32 and autocast
+runs the matmuls in the lower precision, so optimizer updates, checkpoints and
+exports are fp32 whatever the compute precision was.
+
+``auto`` picks:
+- CUDA: bf16 where the GPU supports it (Ampere and later), else fp16 with a grad scaler;
+- CPU: bf16 where it is actually faster: with AMX tiles always; with AVX512-BF16 only
+  (``DeviceInfo.bf16`` without AMX) when a quick matmul measurement says bf16 beats fp32
+  (it did not on the studio's reference machine: 0.6x); else fp32. Emulated bf16 (no
+  native support) is never chosen automatically.
+
+An explicit ``bf16``/``fp16``/``fp32`` is honoured on any device (with a warning
+when it will be slow); fp16 always comes with a grad scaler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from studio.device import DeviceInfo
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The compute precision chosen for a run, and why."""
+
+    name: str  # "bf16" | "fp16" | "fp32"
+    requested: str  # what the request asked for ("auto", ...)
+    device_type: str  # "cpu" | "cuda"
+    reason: str
+    warning: str | None = None
+
+    @property
+    def dtype(self) -> Any:
+        """The autocast dtype, or None for plain fp32."""
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    @property
+    def uses_grad_scaler(self) -> bool:
+        return self.name == "fp16"
+
+    def autocast(self) -> Any:
+        """A context manager for forward passes (a no-op in fp32)."""
+        import torch
+
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> Any:
+        """A ``torch.amp.GradScaler`` for fp16, else None."""
+        import torch
+
+        return torch.amp.GradScaler(self.device_type) if self.uses_grad_scaler else None
+
+    def describe(self) -> str:
+        mode = "fp32" if self.name == "fp32" else f"{self.name} autocast"
+        scaler = " with a grad scaler" if self.uses_grad_scaler else ""
+        return f"{mode}{scaler} ({self.reason}); adapter weights fp32"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "precision": self.name,
+            "requested": self.requested,
+            "device": self.device_type,
+            "grad_scaler": self.uses_grad_scaler,
+            "reason": self.reason,
+        }
+
+
+def choose_precision(requested: str, device: DeviceInfo, cpu_bf16_speedup: float | None = None) -> Precision:
+    """The precision a run uses on ``device`` for the request's ``precision`` setting.
+
+    ``cpu_bf16_speedup`` (bf16 / fp32 matmul throughput) is measured when auto needs it on a
+    CPU with native bf16 but no AMX (see :func:`cpu_bf16_speedup`); tests pass a value.
+    """
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    if requested == "fp32":
+        return Precision("fp32", requested, kind, "requested")
+    if requested in ("bf16", "fp16"):
+        warning = None
+        if kind == "cpu" and (requested == "fp16" or not device.bf16):
+            warning = f"{requested} was requested but this CPU has no native {requested}: training may be slower than fp32"
+        elif kind == "cuda" and requested == "bf16" and not device.bf16:
+            warning = "bf16 was requested but this GPU does not support it natively: training may be slow"
+        return Precision(requested, requested, kind, "requested", warning)
+    if kind == "cuda":
+        if device.bf16:
+            return Precision("bf16", requested, kind, "auto: the GPU supports bf16")
+        return Precision("fp16", requested, kind, "auto: the GPU has no bf16, fp16 needs a grad scaler")
+    if not device.bf16:
+        return Precision("fp32", requested, kind, "auto: the CPU has no native bf16")
+    if cpu_has_amx():
+        return Precision("bf16", requested, kind, "auto: the CPU has AMX bf16 tiles")
+    speedup = cpu_bf16_speedup if cpu_bf16_speedup is not None else measure_cpu_bf16_speedup()
+    if speedup >= MIN_CPU_BF16_SPEEDUP:
+        return Precision("bf16", requested, kind, f"auto: bf16 matmuls measured {speedup:.2f}x fp32 on this CPU")
+    return Precision(
+        "fp32",
+        requested,
+        kind,
+        f"auto: this CPU has AVX512-BF16 but no AMX, and bf16 matmuls measured {speedup:.2f}x the speed of fp32",
+    )
+
+
+MIN_CPU_BF16_SPEEDUP = 1.15
+
+
+def cpu_has_amx() -> bool:
+    """AMX tiles (Sapphire Rapids and later): where bf16 matmuls are many times faster than fp32."""
+    import torch
+
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+@lru_cache(maxsize=1)
+def measure_cpu_bf16_speedup() -> float:
+    """bf16 / fp32 throughput of a transformer-sized matmul on this CPU (best of a few runs, ~0.3 s).
+
+    AVX512-BF16 alone does not make bf16 faster everywhere: on the studio's 2-core Xeon VM
+    (AVX512-BF16, AMX not exposed) oneDNN's bf16 kernels ran at about 0.6x the fp32 rate.
+    Measured once per process; a run records the outcome and a resumed run keeps it.
+    """
+    import time
+
+    import torch
+
+    def best(a: Any, w: Any) -> float:
+        torch.nn.functional.linear(a, w)
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            torch.nn.functional.linear(a, w)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(1024, 1024, generator=generator)
+    w = torch.randn(1024, 1024, generator=generator)
+    fp32 = best(a, w)
+    bf16 = best(a.bfloat16(), w.bfloat16())
+    return fp32 / max(bf16, 1e-9)
