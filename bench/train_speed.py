@@ -47,6 +47,7 @@ LR = 2e-4
 WARMUP = 0.03
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GIB = 1024**3
+THREADS = 0  # torch threads in the children (0 = torch's default)
 
 
 # -- data and scoring shared by both children ------------------------------------------------------
@@ -78,12 +79,17 @@ def encode(path: Path, tokenizer: Any) -> list[dict[str, Any]]:
 
 
 def validation_loss(model: Any, tokenizer: Any, val_path: Path) -> float:
-    """Mean response-token cross-entropy on the held-out rows: fp32, eval mode, full logits."""
+    """Mean response-token cross-entropy on the held-out rows: fp32, eval mode, no autocast.
+
+    Scored with the chunked loss for both sides (equal to the full-logits loss to 1e-5, see
+    tests/training/test_chunked_loss.py) so that scoring adds no logits peak to either RSS.
+    """
     from studio.training.data import eval_batches
-    from studio.training.losses import evaluate
+    from studio.training.losses import LossFunction, evaluate
 
     examples = encode(val_path, tokenizer)
-    return evaluate(model, list(eval_batches(examples, BATCH, tokenizer.pad_token_id)), "causal-lm").loss
+    batches = list(eval_batches(examples, BATCH, tokenizer.pad_token_id))
+    return evaluate(model, batches, "causal-lm", loss_fn=LossFunction.for_model(model, "causal-lm", 1024)).loss
 
 
 # -- the two children --------------------------------------------------------------------------------
@@ -140,7 +146,7 @@ def run_reference(base: Path, train_path: Path, val_path: Path) -> dict[str, Any
     }
 
 
-def run_studio(base: Path, train_path: Path, val_path: Path, work: Path) -> dict[str, Any]:
+def run_studio(base: Path, train_path: Path, val_path: Path, work: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """``run_training`` with a MemoryReporter and the default speed settings."""
     from studio.device import detect_device
     from studio.progress import MemoryReporter
@@ -149,7 +155,6 @@ def run_studio(base: Path, train_path: Path, val_path: Path, work: Path) -> dict
     from studio.training.loop import run_training
     from studio.training.setup import TrainingData
 
-    overrides = json.loads(os.environ.get("TRAIN_SPEED_STUDIO_SET", "{}"))  # experiments only
     hyper = TrainingHyperParams(
         **overrides,
         learning_rate=LR,
@@ -190,9 +195,14 @@ def run_studio(base: Path, train_path: Path, val_path: Path, work: Path) -> dict
 def child_main(args: argparse.Namespace) -> None:
     import torch
 
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
     torch.manual_seed(SEED)
     base, train, val, work = Path(args.base), Path(args.train), Path(args.val), Path(args.work)
-    out = run_reference(base, train, val) if args.child == "reference" else run_studio(base, train, val, work)
+    overrides = json.loads(args.studio_json or "{}")
+    out = (
+        run_reference(base, train, val) if args.child == "reference" else run_studio(base, train, val, work, overrides)
+    )
     out["torch_threads"] = torch.get_num_threads()
     Path(args.result).write_text(json.dumps(out, indent=2, default=str))
 
@@ -200,10 +210,13 @@ def child_main(args: argparse.Namespace) -> None:
 # -- the parent ---------------------------------------------------------------------------------------
 
 
-def run_child(kind: str, base: Path, train: Path, val: Path, work: Path) -> dict[str, Any]:
+def run_child(kind: str, base: Path, train: Path, val: Path, work: Path, overrides: dict | None = None) -> dict:
     result_file = work / f"{kind}.json"
     command = [sys.executable, __file__, "--child", kind, "--base", str(base), "--train", str(train)]
     command += ["--val", str(val), "--work", str(work), "--result", str(result_file)]
+    command += ["--studio-json", json.dumps(overrides or {})]
+    if THREADS:
+        command += ["--threads", str(THREADS)]
     load_before = os.getloadavg()[0]
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=REPO)
@@ -213,6 +226,7 @@ def run_child(kind: str, base: Path, train: Path, val: Path, work: Path) -> dict
         raise SystemExit(f"the {kind} run failed (exit {process.returncode})")
     out = json.loads(result_file.read_text())
     out["peak_rss_bytes"] = usage.ru_maxrss * 1024  # Linux reports KiB
+    out["process_user_s"], out["process_system_s"] = usage.ru_utime, usage.ru_stime  # whole child
     out["wall_seconds"] = time.monotonic() - started
     out["load_before"], out["load_after"] = load_before, os.getloadavg()[0]
     return out
@@ -261,6 +275,14 @@ def table(reference: dict[str, Any], studio: dict[str, Any], ratios: dict[str, f
             "within 2%",
             ok("val_loss"),
         ),
+        (
+            "real tokens/CPU-s",
+            f"{reference['real_tokens_per_cpu_s']:.1f}",
+            f"{studio['real_tokens_per_cpu_s']:.1f}",
+            f"{ratios['tokens_per_cpu_s']:.2f}x",
+            "(load-robust)",
+            "",
+        ),
         ("train seconds", f"{reference['train_seconds']:.0f}", f"{studio['train_seconds']:.0f}", "", "", ""),
         (
             "padding",
@@ -289,7 +311,17 @@ def main() -> None:
     parser.add_argument("--val-rows", type=int, default=40, help="held-out rows scored after training")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_speed.json"))
     parser.add_argument("--child", choices=["reference", "studio"], help=argparse.SUPPRESS)
-    for name in ("base", "train", "val", "work", "result"):
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads in both runs (default: torch's, one per core)"
+    )
+    parser.add_argument(
+        "--studio-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a studio training setting (e.g. gradient_checkpointing=on); the defaults are the point",
+    )
+    for name in ("base", "train", "val", "work", "result", "studio-json"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -301,6 +333,15 @@ def main() -> None:
     from studio.models.base_models import resolve_base_model
     from studio.settings import load_settings
 
+    global THREADS
+    THREADS = args.threads
+    overrides = {}
+    for pair in args.studio_set:
+        key, _, raw = pair.partition("=")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
     base = resolve_base_model(BASE, load_settings(), progress=print).path
     with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
         work = Path(tmp)
@@ -308,10 +349,11 @@ def main() -> None:
         print(f"{args.rows} training rows, {args.val_rows} held out; base {base}; load {os.getloadavg()[0]:.2f}")
         reference = run_child("reference", base, train, val, work)
         print(f"reference: {reference['real_tokens_per_s']:.1f} real tokens/s")
-        studio = run_child("studio", base, train, val, work)
+        studio = run_child("studio", base, train, val, work, overrides)
         print(f"studio:    {studio['real_tokens_per_s']:.1f} real tokens/s")
     ratios = {
         "tokens_per_s": studio["real_tokens_per_s"] / reference["real_tokens_per_s"],
+        "tokens_per_cpu_s": studio["real_tokens_per_cpu_s"] / reference["real_tokens_per_cpu_s"],
         "peak_rss": studio["peak_rss_bytes"] / reference["peak_rss_bytes"],
         "val_loss_change": studio["val_loss"] / reference["val_loss"] - 1,
     }
@@ -332,6 +374,8 @@ def main() -> None:
             "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "targets": TARGETS},
             "learning_rate": LR,
             "seed": SEED,
+            "studio_overrides": overrides,
+            "threads": THREADS or "default",
         },
         "machine": machine(),
         "reference": reference,

@@ -83,17 +83,23 @@ class BatchPlan:
     Step ``s`` takes the examples at stream positions ``[(s-1)·S, s·S)`` with
     ``S = batch_size × grad_accum``; they are cut into micro-batches of ``micro_batch_size``
     (``batch_size`` unless the memory plan asked for smaller ones: the same examples per
-    step, so the effective batch and the data order do not change). With ``lengths``,
-    each epoch's order is length-grouped in units of one step (see :func:`grouped_order`).
-    Everything is a pure function of (seed, step): resuming needs only the step.
+    step, so the effective batch and the data order do not change). With ``micro_tokens``
+    (and ``lengths``) a micro-batch instead takes consecutive examples while its padded
+    size (rows × longest row) stays within that many tokens, up to ``batch_size`` rows:
+    short rows then travel in full micro-batches and only long ones are split. With
+    ``lengths`` and ``group``, each epoch's order is length-grouped in units of one step
+    (see :func:`grouped_order`). Everything is a pure function of (seed, step): resuming
+    needs only the step (and the same micro-batch settings, which checkpoints record).
     """
 
     n_examples: int
     batch_size: int
     grad_accum: int
     seed: int
-    lengths: Sequence[int] | None = None  # group by length when given
+    lengths: Sequence[int] | None = None  # tokens per example: grouping and token-budgeted micro-batches
     micro_batch_size: int | None = None
+    group: bool = True  # group by length (when lengths are given)
+    micro_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.n_examples <= 0:
@@ -108,13 +114,9 @@ class BatchPlan:
         """Examples per optimizer step (the effective batch)."""
         return self.batch_size * self.grad_accum
 
-    @property
-    def micro_per_step(self) -> int:
-        return math.ceil(self.step_size / self.micro_batch_size)
-
     def _order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:
-            if self.lengths is None:
+            if self.lengths is None or not self.group:
                 order = epoch_order(self.n_examples, self.seed, epoch)
             else:
                 order = grouped_order(self.lengths, self.step_size, self.seed, epoch)
@@ -139,8 +141,21 @@ class BatchPlan:
     def step_batches(self, step: int) -> list[list[int]]:
         """The micro-batches of optimizer step ``step`` (1-based)."""
         examples = self.step_examples(step)
-        size = self.micro_batch_size
-        return [examples[i : i + size] for i in range(0, len(examples), size)]
+        if self.micro_tokens is None or self.lengths is None:
+            size = self.micro_batch_size
+            return [examples[i : i + size] for i in range(0, len(examples), size)]
+        batches: list[list[int]] = []
+        current: list[int] = []
+        width = 0
+        for i in examples:
+            wider = max(width, self.lengths[i])
+            if current and (len(current) >= self.batch_size or (len(current) + 1) * wider > self.micro_tokens):
+                batches.append(current)
+                current, wider = [], self.lengths[i]
+            current.append(i)
+            width = wider
+        batches.append(current)
+        return batches
 
     def steps_for(self, epochs: float) -> int:
         """Optimizer steps needed to cover ``epochs`` passes over the examples."""

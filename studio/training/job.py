@@ -18,6 +18,7 @@ from studio.jobs.context import JobContext
 from studio.progress import Reporter
 from studio.schema import SCHEMA_VERSION, TrainRequest
 from studio.training.loop import TrainingResult, run_training
+from studio.training.memory import release_memory
 from studio.training.setup import TrainingData
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -68,7 +69,7 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
         metrics=result.metrics(),
     )
     reporter.log(f"adapter {row.id} saved to {out_dir}")
-    return {
+    summary = {
         "adapter_id": row.id,
         "adapter_path": str(out_dir),
         "final_loss": result.final_loss,
@@ -79,6 +80,9 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
         "precision": result.precision.name if result.precision else None,
         "training_setup": result.training_setup(request.hyper),
     }
+    del result  # the trained model: the worker should idle small
+    release_memory()
+    return summary
 
 
 def sha256_file(path: Path) -> str:

@@ -30,7 +30,15 @@ from studio.schema import TrainRequest
 from studio.training import checkpoint as ckpt
 from studio.training.data import eval_batches
 from studio.training.losses import LossFunction, evaluate, target_count
-from studio.training.memory import MemoryPlan, ModelShape, longest_row, memory_budget, plan_memory, tune_allocator
+from studio.training.memory import (
+    MemoryPlan,
+    ModelShape,
+    longest_row,
+    memory_budget,
+    plan_memory,
+    release_memory,
+    tune_allocator,
+)
 from studio.training.models import enable_gradient_checkpointing, load_base_model
 from studio.training.precision import Precision, choose_precision
 from studio.training.setup import RunSetup, TrainingData, prepare_run
@@ -76,6 +84,7 @@ class TrainingResult:
             "packing": hyper.packing and self.task == "causal-lm",
             "gradient_checkpointing": bool(memory and memory.gradient_checkpointing),
             "micro_batch_size": memory.micro_batch_size if memory else hyper.batch_size,
+            "micro_tokens": memory.micro_tokens if memory else None,
             "loss": self.loss_mode,
             "memory": memory.as_dict() if memory else None,
             "real_tokens": self.real_tokens,
@@ -182,6 +191,7 @@ def run_training(
         reporter.log(precision.warning, "warning")
     memory = _plan_memory(request, setup, settings, device, precision, n_trainable, base_params, resumed)
     setup.plan.micro_batch_size = memory.micro_batch_size
+    setup.plan.micro_tokens = memory.micro_tokens
     reporter.log(memory.describe())
     if memory.gradient_checkpointing and not enable_gradient_checkpointing(model):
         reporter.log("this model does not support gradient checkpointing; training without it", "warning")
@@ -191,8 +201,8 @@ def run_training(
         loss_fn.verify(model, setup.micro_batch(0, torch_device))
     grouping = "length-grouped" if hyper.group_by_length else "shuffled"
     reporter.log(
-        f"batches: {grouping}{', packed' if setup.packing else ''}, micro-batches of "
-        f"{memory.micro_batch_size}×{setup.plan.micro_per_step} per step; loss: {loss_fn.describe()}"
+        f"batches: {grouping}{', packed' if setup.packing else ''}, {_micro_text(memory, hyper)}; "
+        f"loss: {loss_fn.describe()}"
     )
 
     if resumed is not None:
@@ -229,6 +239,7 @@ def run_training(
         "group_by_length": hyper.group_by_length,
         "packing": setup.packing,
         "micro_batch_size": memory.micro_batch_size,
+        "micro_tokens": memory.micro_tokens,
         "precision": precision.name,
     }
     loop = _Loop(request, reporter, setup, variant, model, optimization, work_dir, meta, result, torch_device)
@@ -260,11 +271,25 @@ def _plan_memory(request, setup, settings, device, precision, n_trainable, base_
         device_type=device.type,
         attention=attention,
     )
-    saved = (resumed.meta.get("micro_batch_size") if resumed is not None else None) or plan.micro_batch_size
-    if saved != plan.micro_batch_size:
-        plan.notes.append(f"micro-batches of {saved} as in the checkpoint")
-        plan.micro_batch_size = int(saved)
+    if plan.split:
+        # a token budget, so that short rows still travel in full micro-batches
+        plan.micro_tokens = plan.micro_batch_size * plan.estimate.seq_len
+    if resumed is not None and "micro_batch_size" in resumed.meta:
+        saved = (resumed.meta["micro_batch_size"], resumed.meta.get("micro_tokens"))
+        if saved != (plan.micro_batch_size, plan.micro_tokens):
+            plan.notes.append("micro-batches as in the checkpoint")
+            plan.micro_batch_size, plan.micro_tokens = int(saved[0]), saved[1]
     return plan
+
+
+def _micro_text(memory: MemoryPlan, hyper: Any) -> str:
+    if memory.micro_tokens:
+        return (
+            f"micro-batches of up to {memory.micro_tokens} padded tokens ({memory.micro_batch_size} of the "
+            f"longest rows, up to {hyper.batch_size} short ones), {hyper.batch_size}×{hyper.grad_accum} "
+            "examples per step"
+        )
+    return f"micro-batches of {memory.micro_batch_size} rows, {hyper.batch_size}×{hyper.grad_accum} per step"
 
 
 def _check_compatible(resumed: ckpt.Checkpoint, request: TrainRequest, setup: RunSetup) -> None:
@@ -431,3 +456,4 @@ class _Loop:
                 f"trained on {result.real_tokens:,} real tokens ({padding:.0%} padding) at {speed:.1f} tokens/s"
             )
         self.model.eval()
+        release_memory()  # the activations' heap: give it back before the export loads a fresh base

@@ -9,7 +9,9 @@
   (only each layer's input when gradient checkpointing is on, plus one layer recomputed);
 - **logits**: one chunk of labelled tokens × vocabulary with the chunked loss, or the whole
   batch × length × vocabulary (several copies) with plain full logits;
-- **runtime**: the Python process with torch and transformers loaded (CPU), or the CUDA context.
+- **runtime**: the Python process with torch and transformers loaded (CPU), or the CUDA context;
+- on a CPU, activations and logits × :data:`HEAP_SLACK` for what the allocator keeps (it reuses
+  freed memory instead of faulting fresh pages in, see :func:`tune_allocator`).
 
 The per-token constants were fitted to peak-RSS measurements of this code (SmolLM2-135M, LoRA
 on all linears, CPU; docs/performance.md) and rounded up. Other architectures scale by their
@@ -34,19 +36,21 @@ from typing import Any
 from studio.errors import ValidationFailed
 
 GIB = 1024**3
-TIGHT_FRACTION = 0.25  # auto checkpointing above this share of the budget
+TIGHT_FRACTION = 1 / 3  # auto makes a job smaller above this share of the budget
 CPU_BUDGET_FRACTION = 0.5  # of the host RAM: the rest is for the web process, the playground and the OS
 GPU_BUDGET_FRACTION = 0.9
 
 # Bytes held for the backward pass per token and decoder layer, in units of (hidden, intermediate)
-# values, LoRA on every linear with dropout, sdpa attention. Fitted to the peak RSS of SmolLM2-135M
-# training steps on CPU (batch 4-8 × 256-512 tokens, with tune_allocator; docs/performance.md).
+# values, LoRA on every linear with dropout, sdpa attention: the live tensors, fitted to the peak RSS
+# of SmolLM2-135M training steps on CPU (batch 4-8 × 256-512 tokens) with freed memory returned to
+# the OS at once (a 1 MiB mmap threshold); docs/performance.md. HEAP_SLACK adds the allocator's share.
 ACT_FP32 = (18 * 4, 6 * 4)  # measured 2.32 MB/token over 30 layers
 ACT_AUTOCAST = (14 * 4, 4 * 4)  # measured 1.64 MB/token: bf16 copies of matmul inputs, fp32 elsewhere
 CKPT_PER_LAYER = 13  # bytes per hidden value and layer kept with checkpointing (measured 0.27 MB/token in all)
 FULL_LOGITS_FP32 = 16  # bytes per token and vocabulary entry: logits, shifted copy, log-softmax, gradient
 FULL_LOGITS_LOW = 18  # plus the low-precision logits and their gradient
 RUNTIME_CPU = int(0.5 * GIB)  # python + torch + transformers + tokenizer (measured 0.38 GiB)
+HEAP_SLACK = 1.6  # CPU: peak RSS / live activations+logits with heap reuse (tune_allocator), measured 1.37-1.6
 RUNTIME_CUDA = int(0.5 * GIB)  # CUDA context and allocator slack
 
 
@@ -187,11 +191,12 @@ def estimate_memory(
     else:
         # logits, their fp32 copy, log-softmax and its gradient for the whole batch
         logits = tokens * shape.vocab_size * (FULL_LOGITS_LOW if low else FULL_LOGITS_FP32)
+    slack = 1.0 if device_type == "cuda" else HEAP_SLACK
     return MemoryEstimate(
         weights=shape.n_params * 4,
         adapter=trainable * 16,
-        activations=int(activations),
-        logits=int(logits),
+        activations=int(activations * slack),
+        logits=int(logits * slack),
         runtime=RUNTIME_CUDA if device_type == "cuda" else RUNTIME_CPU,
         batch_size=batch_size,
         seq_len=seq_len,
@@ -234,6 +239,7 @@ class MemoryPlan:
     micro_batch_size: int
     batch_size: int
     notes: list[str] = field(default_factory=list)
+    micro_tokens: int | None = None  # padded-token budget per micro-batch when split (set by the loop)
 
     @property
     def fits(self) -> bool:
@@ -254,6 +260,7 @@ class MemoryPlan:
             "budget": self.budget,
             "gradient_checkpointing": self.gradient_checkpointing,
             "micro_batch_size": self.micro_batch_size,
+            "micro_tokens": self.micro_tokens,
             "batch_size": self.batch_size,
             "notes": list(self.notes),
         }
@@ -347,23 +354,49 @@ def longest_row(lengths: list[int], max_length: int) -> int:
     return max(1, min(max_length, max(lengths, default=1)))
 
 
-def tune_allocator(threshold: int = 1 << 20) -> bool:
-    """Serve tensors above ``threshold`` bytes straight from mmap, so freed activations go back to the OS.
+MMAP_THRESHOLD = 64 << 20  # blocks above this come from mmap (logit chunks); activations from the heap
+TRIM_THRESHOLD = 256 << 20  # free heap kept before it is returned to the OS
 
-    glibc raises its mmap threshold after large blocks are freed (up to 32 MiB), after which
-    activation-sized blocks come from the heap and fragment it: the peak RSS of a training
-    step measured about 1.5× its live tensors. A fixed threshold keeps the peak near the
-    live size (measurements in docs/performance.md). No-op outside glibc Linux; idempotent.
+
+def tune_allocator(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
+    """Let glibc reuse freed activation memory instead of faulting fresh pages in every step.
+
+    A training step allocates and frees gigabytes of activations. Served from fresh mmap
+    pages (glibc's start, or any fixed low threshold), every step pays the kernel for page
+    faults and zeroing: 20 % of the CPU time on the bench machine. From the heap with a high
+    trim threshold, the memory is reused: the same run took 45 % less time (measured, see
+    docs/performance.md) for a peak RSS about 1.4x the live tensors (:data:`HEAP_SLACK`).
+    No-op outside glibc Linux, or when the operator set ``MALLOC_MMAP_THRESHOLD_``.
     """
     import ctypes
     import os
     import sys
 
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False  # not glibc, or the operator chose a threshold (glibc reads it at start)
+        return False  # not glibc, or the operator chose (glibc reads the variables at start)
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, int(threshold)))  # -3 = M_MMAP_THRESHOLD
+        # -3 = M_MMAP_THRESHOLD, -1 = M_TRIM_THRESHOLD (malloc.h)
+        return bool(libc.mallopt(-3, int(mmap_threshold))) and bool(libc.mallopt(-1, int(trim_threshold)))
+    except (OSError, AttributeError):
+        return False
+
+
+def release_memory() -> bool:
+    """Return the heap's free memory to the OS (glibc ``malloc_trim``), e.g. when a run ends.
+
+    :func:`tune_allocator` keeps freed activations for reuse while training; an idle worker
+    should not hold them. No-op outside glibc Linux.
+    """
+    import ctypes
+    import gc
+    import sys
+
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):
         return False
 

@@ -24,6 +24,8 @@ from typing import Any
 
 from studio.device import DeviceInfo
 
+MIN_CPU_BF16_SPEEDUP = 1.15  # auto takes bf16 on an AVX512-BF16 CPU without AMX only above this
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -87,7 +89,9 @@ def choose_precision(requested: str, device: DeviceInfo, cpu_bf16_speedup: float
     if requested in ("bf16", "fp16"):
         warning = None
         if kind == "cpu" and (requested == "fp16" or not device.bf16):
-            warning = f"{requested} was requested but this CPU has no native {requested}: training may be slower than fp32"
+            warning = (
+                f"{requested} was requested but this CPU has no native {requested}: training may be slower than fp32"
+            )
         elif kind == "cuda" and requested == "bf16" and not device.bf16:
             warning = "bf16 was requested but this GPU does not support it natively: training may be slow"
         return Precision(requested, requested, kind, "requested", warning)
@@ -108,9 +112,6 @@ def choose_precision(requested: str, device: DeviceInfo, cpu_bf16_speedup: float
         kind,
         f"auto: this CPU has AVX512-BF16 but no AMX, and bf16 matmuls measured {speedup:.2f}x the speed of fp32",
     )
-
-
-MIN_CPU_BF16_SPEEDUP = 1.15
 
 
 def cpu_has_amx() -> bool:

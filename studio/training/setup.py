@@ -120,7 +120,8 @@ def prepare_run(request: TrainRequest, data: TrainingData, base_path: Path, devi
         hyper.batch_size,
         hyper.grad_accum,
         request.seed,
-        lengths=lengths if hyper.group_by_length else None,
+        lengths=lengths,
+        group=hyper.group_by_length,
     )
     total = hyper.max_steps or plan.steps_for(hyper.epochs)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

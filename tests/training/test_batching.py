@@ -53,6 +53,23 @@ def test_smaller_micro_batches_cover_the_same_examples_per_step():
     assert whole.micro_batch(0) + whole.micro_batch(1) == whole.step_examples(1)
 
 
+def test_token_budgeted_micro_batches_split_only_long_rows():
+    budget = 2 * max(LENGTHS)  # what the memory plan sets: micro_batch_size 2 × the longest row
+    plan = BatchPlan(len(LENGTHS), 8, 1, seed=5, lengths=LENGTHS, micro_batch_size=2, micro_tokens=budget)
+    whole = BatchPlan(len(LENGTHS), 8, 1, seed=5, lengths=LENGTHS)
+    sizes = []
+    for step in range(1, 12):
+        batches = plan.step_batches(step)
+        assert [i for b in batches for i in b] == whole.step_examples(step)  # same examples, same order
+        for batch in batches:
+            assert len(batch) <= 8 and (len(batch) == 1 or len(batch) * max(LENGTHS[i] for i in batch) <= budget)
+        sizes += [len(b) for b in batches]
+    assert max(sizes) > 2 and min(sizes) <= 2  # short rows travel together, long ones are split
+    assert plan.step_batches(4) == BatchPlan(
+        len(LENGTHS), 8, 1, seed=5, lengths=LENGTHS, micro_batch_size=2, micro_tokens=budget
+    ).step_batches(4)
+
+
 def test_pack_bins_first_fit_decreasing():
     bins = pack_bins([5, 9, 3, 7, 1], capacity=10)
     assert sorted(i for b in bins for i in b) == [0, 1, 2, 3, 4]

@@ -10,7 +10,15 @@ from conftest_training import chat_rows, cpu_device, make_request, write_jsonl
 
 from studio.errors import ValidationFailed
 from studio.progress import MemoryReporter
-from studio.training.memory import GIB, ModelShape, estimate_memory, memory_budget, plan_memory
+from studio.training.memory import (
+    GIB,
+    HEAP_SLACK,
+    TIGHT_FRACTION,
+    ModelShape,
+    estimate_memory,
+    memory_budget,
+    plan_memory,
+)
 
 SMOLLM2 = {
     "architectures": ["LlamaForCausalLM"],
@@ -47,7 +55,11 @@ def test_estimate_adds_up_and_each_feature_saves_memory():
     assert ckpt.total < 0.4 * plain.total
     # Activations grow with batch × length; the logits chunk does not.
     double = estimate_memory(SHAPE, batch_size=16, seq_len=400, precision="bf16", gradient_checkpointing=True)
-    assert double.activations == 2 * ckpt.activations and double.logits - ckpt.logits == 8 * 400 * 576 * 8
+    assert double.activations == pytest.approx(2 * ckpt.activations, abs=2)
+    assert double.logits - ckpt.logits == pytest.approx(8 * 400 * 576 * 8 * HEAP_SLACK, abs=2)
+    gpu = estimate_memory(SHAPE, batch_size=8, seq_len=400, precision="bf16", device_type="cuda")
+    cpu = estimate_memory(SHAPE, batch_size=8, seq_len=400, precision="bf16")
+    assert cpu.activations == pytest.approx(gpu.activations * HEAP_SLACK, abs=2)  # the CPU heap keeps freed memory
     assert "GiB" in ckpt.describe() and ckpt.as_dict()["total"] == ckpt.total
 
 
@@ -60,14 +72,15 @@ def test_plan_makes_a_tight_job_smaller_the_cheap_way_per_device_then_refuses():
     # Over a quarter of the budget: a CPU takes smaller micro-batches (no recomputation) ...
     cpu = plan_memory(SHAPE, budget=int(without * 2), **common)
     assert not cpu.gradient_checkpointing and cpu.split and cpu.fits
-    assert cpu.estimate.total <= 0.25 * cpu.budget and "smaller micro-batches" in cpu.notes[0]
+    assert cpu.estimate.total <= TIGHT_FRACTION * cpu.budget and "smaller micro-batches" in cpu.notes[0]
     # ... a GPU turns checkpointing on and keeps the batch.
-    gpu = plan_memory(SHAPE, budget=int(without * 2), device_type="cuda", **common)
+    gpu_without = estimate_memory(SHAPE, device_type="cuda", **common).total
+    gpu = plan_memory(SHAPE, budget=int(gpu_without * 2), device_type="cuda", **common)
     assert gpu.gradient_checkpointing and gpu.micro_batch_size == 8 and "checkpointing on" in gpu.notes[0]
     # Micro-batches stay above MIN_MICRO_TOKENS on a CPU: with short rows it checkpoints instead.
     short = dict(batch_size=8, seq_len=128, precision="fp32")
     floor = estimate_memory(SHAPE, batch_size=4, seq_len=128).total
-    assert plan_memory(SHAPE, budget=int(floor * 3), **short).gradient_checkpointing
+    assert plan_memory(SHAPE, budget=int(floor * 2.5), **short).gradient_checkpointing
 
     one = estimate_memory(SHAPE, batch_size=1, seq_len=512, gradient_checkpointing=True).total
     eight = estimate_memory(SHAPE, **common, gradient_checkpointing=True).total
@@ -150,7 +163,7 @@ def test_auto_checkpointing_turns_on_under_a_small_budget(tiny_llama_dir, chat_d
     on = run(tiny_llama_dir, chat_data, tmp_path, 100.0, "on", max_steps=1, gradient_checkpointing="on")
     assert on.memory.gradient_checkpointing
     assert on.losses[1] == pytest.approx(result.losses[1], abs=1e-6)
-    tight_budget = result.memory.estimate.total * 1.5 / GIB  # more than a quarter of it
+    tight_budget = result.memory.estimate.total * 1.5 / GIB  # more than a third of it
     tight = run(tiny_llama_dir, chat_data, tmp_path, tight_budget, "auto", max_steps=1)
     assert tight.memory.gradient_checkpointing
 
