@@ -10,6 +10,7 @@ import gradio as gr
 
 from app.ui import ago, bind, human_bytes
 from studio.charts import convergence_figure, empty_figure, final_rank_bars, params_metric_scatter, rank_heatmap
+from studio.charts_diagnostics import diagnostics_figure, stage_figure
 from studio.services.container import Services
 
 TITLE = "Adapters"
@@ -95,6 +96,8 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
             "details": "Select an adapter to see its details and rank charts.",
             "heatmap": empty_figure("No adapter selected."),
             "bars": empty_figure("No adapter selected."),
+            "diagnostics": empty_figure("No adapter selected."),
+            "stages": empty_figure("No adapter selected."),
             "zip_file": gr.update(value=None, visible=False),
         }
     row = services.adapters.get(int(selected))
@@ -108,10 +111,15 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
         + (f"\n\nTrained by job #{row.source_job_id}" if row.source_job_id else "")
     )
     snapshots = services.adapters.rank_history(row.id)
+    metric_rows = services.jobs.metrics(row.source_job_id) if row.source_job_id else []
     return {
         "details": text,
         "heatmap": rank_heatmap(snapshots, title=f"Rank allocation of #{row.id} over training"),
         "bars": final_rank_bars(row.ranks or {}, title=f"Final rank per module of #{row.id}"),
+        "diagnostics": diagnostics_figure(
+            snapshots, title=f"{row.variant} diagnostics of #{row.id} (mean per module type)"
+        ),
+        "stages": stage_figure(metric_rows),
         "zip_file": gr.update(value=None, visible=False),
     }
 
@@ -177,6 +185,9 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     with gr.Row(equal_height=False):
         c["heatmap"] = gr.Plot(label="Rank allocation", elem_id="adapters-rank-heatmap")
         c["bars"] = gr.Plot(label="Final ranks", elem_id="adapters-rank-bars")
+    with gr.Row(equal_height=False):
+        c["diagnostics"] = gr.Plot(label="Per-module diagnostics", elem_id="adapters-diagnostics")
+        c["stages"] = gr.Plot(label="Stages", elem_id="adapters-stages")
     gr.Markdown("### Compare convergence")
     c["compare"] = gr.Dropdown(label="Adapters to compare", choices=[], multiselect=True, elem_id="adapters-compare")
     with gr.Row(equal_height=False):
@@ -185,7 +196,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
 
     filters = {k: c[k] for k in ("variant", "base_model", "dataset", "metric")}
     table_out = {k: c[k] for k in ("table", "selected", "compare", "scatter")}
-    details_out = {k: c[k] for k in ("details", "heatmap", "bars", "zip_file")}
+    details_out = {k: c[k] for k in ("details", "heatmap", "bars", "diagnostics", "stages", "zip_file")}
     for widget in filters.values():
         bind(widget.input, partial(table, services), filters, table_out)
 

@@ -18,11 +18,15 @@ MATRIX = "matrix"
 
 
 def verification(name: str) -> str:
-    """Which tests exercise a variant: its own test files plus the universal matrix."""
+    """Which tests exercise a variant: the files that import its module or name it, plus the matrix."""
     own = sorted(
         p.name
         for p in (ROOT / "tests" / "variants").glob("test_*.py")
-        if p.name != "test_matrix.py" and f'"{name}"' in p.read_text(encoding="utf-8")
+        if p.name != "test_matrix.py"
+        and (
+            f'"{name}"' in (text := p.read_text(encoding="utf-8"))
+            or f"from studio.variants.{name} import" in text
+        )
     )
     return ", ".join([MATRIX, *own])
 

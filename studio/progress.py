@@ -81,6 +81,7 @@ class MemoryReporter(Reporter):
     steps: list[tuple[int, int | None, str | None]] = field(default_factory=list)
     metric_rows: list[tuple[int, str, float]] = field(default_factory=list)
     rank_rows: list[tuple[int, str, int]] = field(default_factory=list)
+    rank_extras: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     checkpoints: list[tuple[str, int]] = field(default_factory=list)
     cancel_event: threading.Event = field(default_factory=threading.Event)
 
@@ -105,6 +106,8 @@ class MemoryReporter(Reporter):
     def ranks(self, step: int, ranks: dict[str, int], extra: dict[str, dict[str, Any]] | None = None) -> None:
         for module, rank in ranks.items():
             self.rank_rows.append((step, module, int(rank)))
+            if extra and module in extra:
+                self.rank_extras.append((step, module, dict(extra[module])))
 
     def checkpoint(self, path: str, step: int) -> None:
         self.checkpoints.append((path, step))

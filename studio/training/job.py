@@ -80,6 +80,8 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
         "precision": result.precision.name if result.precision else None,
         "training_setup": result.training_setup(request.hyper),
     }
+    if result.stages:
+        summary["stages"] = result.stages  # memorisation and generalisation per stage end (SoRA scheduler)
     del result  # the trained model: the worker should idle small
     release_memory()
     return summary

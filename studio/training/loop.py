@@ -45,6 +45,9 @@ from studio.training.setup import RunSetup, TrainingData, prepare_run
 from studio.variants import BuildContext, ExportContext, OptimConfig, create_variant, default_optimization
 from studio.variants.targets import default_modules_to_save, default_target_modules
 
+# Rows of the training set scored at each stage end (memorisation): as many as the validation set, within bounds.
+STAGE_SUBSET_MIN, STAGE_SUBSET_MAX = 32, 256
+
 
 @dataclass
 class TrainingResult:
@@ -74,6 +77,7 @@ class TrainingResult:
     padded_tokens: int = 0  # token slots of the padded micro-batches (this run)
     train_seconds: float = 0.0  # time inside optimizer steps (this run)
     train_cpu_seconds: float = 0.0  # CPU time of this process inside optimizer steps (all threads)
+    stages: list[dict[str, Any]] = field(default_factory=list)  # memorisation/generalisation per stage end
 
     def training_setup(self, hyper: Any) -> dict[str, Any]:
         """How the run computed: precision, batching, checkpointing, loss, memory (for the job record)."""
@@ -327,7 +331,8 @@ class _Loop:
 
     def run(self, start: int) -> None:
         total = self.setup.total_steps
-        if self.variant.changes_rank and start == 0:
+        self.stage_ends = set(self.variant.stage_ends(total))
+        if self.variant.records_snapshots() and start == 0:
             self._report_ranks(0)
         self.last_saved = start
         step = start
@@ -397,6 +402,8 @@ class _Loop:
             self._log(step)
         if step % self.hyper.eval_every == 0 and step != total:
             self._eval(step)
+        if step in self.stage_ends:
+            self._stage_eval(step)
         if step % self.hyper.save_every == 0 and step != total:
             self._save(step)
 
@@ -414,25 +421,48 @@ class _Loop:
             },
         )
         self.window, self.window_tokens, self.window_start = [], 0, time.monotonic()
-        if self.variant.changes_rank:
+        if self.variant.records_snapshots():
             self._report_ranks(step)
 
     def _report_ranks(self, step: int) -> None:
-        ranks = self.variant.rank_allocation(self.model)
-        if ranks is not None:
+        ranks = self.variant.snapshot_ranks(self.model)
+        if ranks:
             self.reporter.ranks(step, ranks, self.variant.rank_extra(self.model) or None)
 
-    def _eval(self, step: int) -> Any:
-        if not self.setup.val:
+    def _stage_eval(self, step: int) -> None:
+        """Memorisation (a fixed training subset) and generalisation (validation) at a stage end."""
+        memorised = self._evaluate(
+            self.setup.memorisation_subset(min(STAGE_SUBSET_MAX, max(STAGE_SUBSET_MIN, len(self.setup.val))))
+        )
+        general = self._evaluate(self.setup.val)
+        ranks = self.variant.snapshot_ranks(self.model)
+        row: dict[str, Any] = {"stage": len(self.result.stages), "step": step, "active_components": sum(ranks.values())}
+        for prefix, res in (("train", memorised), ("val", general)):
+            if res is not None:
+                row[f"{prefix}_loss"] = res.loss
+                if res.accuracy is not None:
+                    row[f"{prefix}_accuracy"] = res.accuracy
+        self.result.stages.append(row)
+        self.reporter.metrics(step, {f"stage_{k}": float(v) for k, v in row.items() if k != "step"})
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("stage", "step"))
+        self.reporter.log(f"stage {row['stage']} ends at step {step}: {shown}")
+        self._report_ranks(step)
+
+    def _evaluate(self, examples: list[dict[str, Any]]) -> Any:
+        if not examples:
             return None
         batches = [
             {k: v.to(self.device) for k, v in b.items()}
-            for b in eval_batches(self.setup.val, self.hyper.batch_size, self.setup.pad_id)
+            for b in eval_batches(examples, self.hyper.batch_size, self.setup.pad_id)
         ]
-        result = evaluate(
+        return evaluate(
             self.model, batches, self.setup.task, self.variant, self.precision.autocast, loss_fn=self.loss_fn
         )
-        self.reporter.metrics(step, result.metrics())
+
+    def _eval(self, step: int) -> Any:
+        result = self._evaluate(self.setup.val)
+        if result is not None:
+            self.reporter.metrics(step, result.metrics())
         return result
 
     def _save(self, step: int) -> None:

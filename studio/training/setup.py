@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,11 @@ class RunSetup:
     def micro_batch(self, k: int, device: Any) -> dict[str, Any]:
         """The k-th batch of ``batch_size`` examples of the run, padded (never packed)."""
         return to_device(collate([self.train[i] for i in self.plan.micro_batch(k)], self.pad_id), device)
+
+    def memorisation_subset(self, n: int) -> list[dict[str, Any]]:
+        """A fixed, seeded sample of ``n`` training examples (scored to measure memorisation)."""
+        rng = random.Random(self.plan.seed)
+        return [self.train[i] for i in sorted(rng.sample(range(len(self.train)), min(n, len(self.train))))]
 
     def step_batches(self, step: int, device: Any) -> list[dict[str, Any]]:
         """The micro-batches of optimizer step ``step``: padded, or packed when the run packs."""

@@ -34,8 +34,12 @@ Every optimizer step ``step`` (1-based; the number reported in metrics):
     6. ``on_optimizer_step(model, step)``      after the step, before zero_grad
                                                (SoRA thresholding, AdaLoRA update_and_allocate)
     7. ``scheduler.step()`` for every scheduler, then ``zero_grad``
-    8. if ``changes_rank``: every log step ``rank_allocation(model)`` /
-       ``rank_extra(model)`` go to ``reporter.ranks``
+    8. every log step, for a variant whose ranks change or that defines ``rank_extra``:
+       ``snapshot_ranks(model)`` and ``rank_extra(model)`` go to ``reporter.ranks``
+       (the rank chart and the per-module diagnostics chart)
+    9. after each step in ``stage_ends(total_steps)`` (SoRA's sparsifying stages): the
+       engine evaluates a fixed training subset (memorisation) and the validation rows
+       (generalisation) and reports them with the number of active rank components
 Evaluation wraps validation in ``on_eval_begin(model)`` / ``on_eval_end(model)``.
 
 Checkpoints: the engine saves every ``requires_grad`` tensor, the optimizer and
@@ -316,6 +320,24 @@ class Variant:
     def rank_extra(self, model: Any) -> dict[str, dict[str, float]]:
         """Method-specific scalars per module to go with ``rank_allocation`` (importance, sparsity)."""
         return {}
+
+    @classmethod
+    def records_snapshots(cls) -> bool:
+        """Whether the engine logs per-module snapshots: ranks move, or the variant has diagnostics."""
+        return cls.changes_rank or cls.rank_extra is not Variant.rank_extra
+
+    def snapshot_ranks(self, model: Any) -> dict[str, int]:
+        """Ranks to log with a snapshot: the live allocation, or the fixed ranks (computed once)."""
+        ranks = self.rank_allocation(model)
+        if ranks is not None:
+            return ranks
+        if getattr(self, "_fixed_ranks", None) is None:
+            self._fixed_ranks = self.final_ranks(model)
+        return self._fixed_ranks
+
+    def stage_ends(self, total_steps: int) -> list[int]:
+        """Steps after which memorisation and generalisation are measured (none by default)."""
+        return []
 
     # -- checkpoints -------------------------------------------------------------------------------
 

@@ -154,6 +154,14 @@ class Sora(Variant):
             return [1]
         return sched.stage_starts(self.total_steps, p.schedule_stages, p.schedule_initial_fraction)
 
+    def stage_ends(self, total_steps: int) -> list[int]:
+        """Last step of every stage of the sparsifying scheduler (nothing without it)."""
+        if not self.scheduled:
+            return []
+        self.total_steps = max(1, int(total_steps))
+        starts = self.stage_starts()
+        return sorted({*(s - 1 for s in starts[1:] if 1 < s <= self.total_steps + 1), self.total_steps})
+
     def xi_at(self, step: int) -> float:
         """ξ used after optimizer step ``step`` (before any lr multiplication)."""
         p = self.params

@@ -281,3 +281,34 @@ def test_universal_export_classification_with_head_and_norms(tmp_path):
     assert model.score.weight.requires_grad
     report = check_universal_export(variant, model, tmp_path, task="classification", heads=["score"])
     assert report.exact
+
+
+def test_sparsifying_scheduler_scores_memorisation_and_generalisation_per_stage(train_tiny):
+    from studio.charts_diagnostics import stage_figure, stage_rows
+    from studio.progress import MemoryReporter
+
+    params = {"schedule": "sparsify", "schedule_stages": 3, "schedule_xi_max": 0.5, "schedule_initial_fraction": 0.5}
+    reporter = MemoryReporter()
+    result = train_tiny("sora", params, reporter=reporter, max_steps=8, validation_fraction=0.25)
+    variant = Sora(Sora.parse_params(params))
+    ends = variant.stage_ends(8)
+    assert ends == [4, 6, 8]  # initial phase 1-4, then two stages of two steps
+    assert [row["step"] for row in result.stages] == ends and [row["stage"] for row in result.stages] == [0, 1, 2]
+    for row in result.stages:
+        assert row["train_loss"] > 0 and row["val_loss"] > 0  # memorisation subset and validation both scored
+    # ξ only grows and later stages' learning rate is ~0 (official stage_lr): components only switch off.
+    active = [row["active_components"] for row in result.stages]
+    assert active == sorted(active, reverse=True) and active[-1] < active[0]
+    ranks_at_end = {m: r for s, m, r in reporter.rank_rows if s == 8}
+    assert active[-1] == sum(ranks_at_end.values())
+    # The registry rows carry the same numbers; the chart plots both curves against active components.
+    stages = stage_rows({"step": s, "name": n, "value": v} for s, n, v in reporter.metric_rows)
+    assert [s["active_components"] for s in stages] == active
+    figure = stage_figure({"step": s, "name": n, "value": v} for s, n, v in reporter.metric_rows)
+    assert [list(t.x) for t in figure.data] == [active, active]
+    assert any("stage 2 ends at step 8" in text for _, text in reporter.logs)
+
+
+def test_without_the_scheduler_there_are_no_stage_evaluations(train_tiny):
+    result = train_tiny("sora", max_steps=2)
+    assert result.stages == [] and Sora().stage_ends(2) == []
