@@ -23,10 +23,7 @@ def verification(name: str) -> str:
         p.name
         for p in (ROOT / "tests" / "variants").glob("test_*.py")
         if p.name != "test_matrix.py"
-        and (
-            f'"{name}"' in (text := p.read_text(encoding="utf-8"))
-            or f"from studio.variants.{name} import" in text
-        )
+        and (f'"{name}"' in (text := p.read_text(encoding="utf-8")) or f"from studio.variants.{name} import" in text)
     )
     return ", ".join([MATRIX, *own])
 
