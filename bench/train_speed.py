@@ -12,7 +12,8 @@ mean cross-entropy over the response tokens.
   grouping, auto checkpointing from the memory estimate, chunked loss).
 
 Each runs in its own subprocess; its peak RSS is the ``ru_maxrss`` that ``os.wait4`` reports
-for that child. Real tokens are non-pad tokens; tokens/s counts only the training steps
+for that child. With ``--device cuda`` both train on the GPU and the memory compared is the
+peak of ``torch.cuda.max_memory_allocated`` (tensors on the GPU; RSS is recorded too). Real tokens are non-pad tokens; tokens/s counts only the training steps
 (not loading or scoring). Targets: >= 2.0x real tokens/s, <= 0.4x peak RSS, validation loss
 within 2 % of the reference's.
 
@@ -48,6 +49,7 @@ WARMUP = 0.03
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GIB = 1024**3
 THREADS = 0  # torch threads in the children (0 = torch's default)
+DEVICE = "cpu"  # "cuda": both children train on the GPU
 
 
 # -- data and scoring shared by both children ------------------------------------------------------
@@ -78,7 +80,7 @@ def encode(path: Path, tokenizer: Any) -> list[dict[str, Any]]:
     return encode_rows(read_jsonl(path), tokenizer, task="causal-lm", max_length=MAX_LENGTH).examples
 
 
-def validation_loss(model: Any, tokenizer: Any, val_path: Path) -> float:
+def validation_loss(model: Any, tokenizer: Any, val_path: Path, device: Any = "cpu") -> float:
     """Mean response-token cross-entropy on the held-out rows: fp32, eval mode, no autocast.
 
     Scored with the chunked loss for both sides (equal to the full-logits loss to 1e-5, see
@@ -88,14 +90,14 @@ def validation_loss(model: Any, tokenizer: Any, val_path: Path) -> float:
     from studio.training.losses import LossFunction, evaluate
 
     examples = encode(val_path, tokenizer)
-    batches = list(eval_batches(examples, BATCH, tokenizer.pad_token_id))
+    batches = [{k: v.to(device) for k, v in b.items()} for b in eval_batches(examples, BATCH, tokenizer.pad_token_id)]
     return evaluate(model, batches, "causal-lm", loss_fn=LossFunction.for_model(model, "causal-lm", 1024)).loss
 
 
 # -- the two children --------------------------------------------------------------------------------
 
 
-def run_reference(base: Path, train_path: Path, val_path: Path) -> dict[str, Any]:
+def run_reference(base: Path, train_path: Path, val_path: Path, device: str = "cpu") -> dict[str, Any]:
     """A plain PEFT loop: fp32, file order, padded batches, HF loss on full logits, no checkpointing."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -108,7 +110,7 @@ def run_reference(base: Path, train_path: Path, val_path: Path) -> dict[str, Any
     tokenizer = load_tokenizer_for(base)
     examples = encode(train_path, tokenizer)
     torch.manual_seed(SEED)
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).to(device)
     torch.manual_seed(SEED)
     config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
@@ -122,6 +124,7 @@ def run_reference(base: Path, train_path: Path, val_path: Path) -> dict[str, Any
     start, start_cpu = time.monotonic(), time.process_time()
     for step in range(steps):
         batch = collate(examples[step * BATCH : (step + 1) * BATCH], tokenizer.pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -141,12 +144,15 @@ def run_reference(base: Path, train_path: Path, val_path: Path) -> dict[str, Any
         "padded_tokens": padded,
         "real_tokens_per_s": real / seconds,
         "train_losses": losses,
-        "val_loss": validation_loss(model, tokenizer, val_path),
+        "val_loss": validation_loss(model, tokenizer, val_path, device),
         "setup": "fp32, file order, padded batches, full logits, no checkpointing",
+        "device": device,
     }
 
 
-def run_studio(base: Path, train_path: Path, val_path: Path, work: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+def run_studio(
+    base: Path, train_path: Path, val_path: Path, work: Path, overrides: dict[str, Any], device: str = "cpu"
+) -> dict[str, Any]:
     """``run_training`` with a MemoryReporter and the default speed settings."""
     from studio.device import detect_device
     from studio.progress import MemoryReporter
@@ -172,7 +178,7 @@ def run_studio(base: Path, train_path: Path, val_path: Path, work: Path, overrid
         request,
         reporter,
         settings=load_settings(),
-        device=detect_device("cpu"),
+        device=detect_device(device),
         work_dir=work / "studio-run",
         dataset=TrainingData(path=train_path, sha256="bench"),
         base_path=base,
@@ -186,8 +192,9 @@ def run_studio(base: Path, train_path: Path, val_path: Path, work: Path, overrid
         "padded_tokens": result.padded_tokens,
         "real_tokens_per_s": result.real_tokens / result.train_seconds,
         "train_losses": [result.losses[s] for s in sorted(result.losses)],
-        "val_loss": validation_loss(result.model, result.tokenizer, val_path),
+        "val_loss": validation_loss(result.model, result.tokenizer, val_path, device),
         "setup": result.training_setup(hyper),
+        "device": device,
         "log": [message for _, message in reporter.logs],
     }
 
@@ -200,10 +207,17 @@ def child_main(args: argparse.Namespace) -> None:
     torch.manual_seed(SEED)
     base, train, val, work = Path(args.base), Path(args.train), Path(args.val), Path(args.work)
     overrides = json.loads(args.studio_json or "{}")
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     out = (
-        run_reference(base, train, val) if args.child == "reference" else run_studio(base, train, val, work, overrides)
+        run_reference(base, train, val, args.device)
+        if args.child == "reference"
+        else run_studio(base, train, val, work, overrides, args.device)
     )
     out["torch_threads"] = torch.get_num_threads()
+    if args.device == "cuda":
+        out["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+        out["peak_gpu_reserved_bytes"] = torch.cuda.max_memory_reserved()
     Path(args.result).write_text(json.dumps(out, indent=2, default=str))
 
 
@@ -214,7 +228,7 @@ def run_child(kind: str, base: Path, train: Path, val: Path, work: Path, overrid
     result_file = work / f"{kind}.json"
     command = [sys.executable, __file__, "--child", kind, "--base", str(base), "--train", str(train)]
     command += ["--val", str(val), "--work", str(work), "--result", str(result_file)]
-    command += ["--studio-json", json.dumps(overrides or {})]
+    command += ["--studio-json", json.dumps(overrides or {}), "--device", DEVICE]
     if THREADS:
         command += ["--threads", str(THREADS)]
     load_before = os.getloadavg()[0]
@@ -233,16 +247,28 @@ def run_child(kind: str, base: Path, train: Path, val: Path, work: Path, overrid
 
 
 def machine() -> dict[str, Any]:
+    import torch
+
     from studio.device import detect_device
 
     device = detect_device("cpu")
-    return {
+    out = {
         "cpu": device.name,
         "cores": os.cpu_count(),
         "memory_gib": round((device.memory_bytes or 0) / GIB, 1),
         "bf16": device.bf16,
         "python": platform.python_version(),
+        "torch": torch.__version__,
     }
+    if DEVICE == "cuda":
+        gpu = detect_device("cuda")
+        out.update(gpu=gpu.name, gpu_memory_gib=round((gpu.memory_bytes or 0) / GIB, 1), gpu_bf16=gpu.bf16)
+    return out
+
+
+def peak_memory(run: dict[str, Any]) -> int:
+    """The memory the comparison is about: GPU tensors on a GPU, the process's RSS on a CPU."""
+    return run["peak_gpu_bytes"] if DEVICE == "cuda" else run["peak_rss_bytes"]
 
 
 def table(reference: dict[str, Any], studio: dict[str, Any], ratios: dict[str, float], met: dict[str, bool]) -> str:
@@ -260,9 +286,9 @@ def table(reference: dict[str, Any], studio: dict[str, Any], ratios: dict[str, f
             ok("tokens_per_s"),
         ),
         (
-            "peak RSS",
-            f"{reference['peak_rss_bytes'] / GIB:.2f} GiB",
-            f"{studio['peak_rss_bytes'] / GIB:.2f} GiB",
+            "peak GPU memory" if DEVICE == "cuda" else "peak RSS",
+            f"{peak_memory(reference) / GIB:.2f} GiB",
+            f"{peak_memory(studio) / GIB:.2f} GiB",
             f"{ratios['peak_rss']:.2f}x",
             "<= 0.4x",
             ok("peak_rss"),
@@ -321,6 +347,7 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="override a studio training setting (e.g. gradient_checkpointing=on); the defaults are the point",
     )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both runs train")
     for name in ("base", "train", "val", "work", "result", "studio-json"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -333,8 +360,8 @@ def main() -> None:
     from studio.models.base_models import resolve_base_model
     from studio.settings import load_settings
 
-    global THREADS
-    THREADS = args.threads
+    global THREADS, DEVICE
+    THREADS, DEVICE = args.threads, args.device
     overrides = {}
     for pair in args.studio_set:
         key, _, raw = pair.partition("=")
@@ -354,7 +381,7 @@ def main() -> None:
     ratios = {
         "tokens_per_s": studio["real_tokens_per_s"] / reference["real_tokens_per_s"],
         "tokens_per_cpu_s": studio["real_tokens_per_cpu_s"] / reference["real_tokens_per_cpu_s"],
-        "peak_rss": studio["peak_rss_bytes"] / reference["peak_rss_bytes"],
+        "peak_rss": peak_memory(studio) / peak_memory(reference),  # GPU memory with --device cuda
         "val_loss_change": studio["val_loss"] / reference["val_loss"] - 1,
     }
     met = {
@@ -376,6 +403,7 @@ def main() -> None:
             "seed": SEED,
             "studio_overrides": overrides,
             "threads": THREADS or "default",
+            "device": DEVICE,
         },
         "machine": machine(),
         "reference": reference,

@@ -216,6 +216,16 @@ def cpu_device():
     return DeviceInfo("cpu", "test CPU")
 
 
+def training_device():
+    """Where ``train_tiny`` trains: the CPU, or ``$STUDIO_TEST_DEVICE`` (e.g. ``cuda`` on a GPU machine)."""
+    import os
+
+    from studio.device import detect_device
+
+    wanted = os.environ.get("STUDIO_TEST_DEVICE", "cpu")
+    return cpu_device() if wanted == "cpu" else detect_device(wanted)
+
+
 # Fixtures (imported by tests/training/conftest.py and tests/variants/conftest.py) -----------------
 
 
@@ -250,7 +260,7 @@ def train_tiny(tiny_llama_dir, chat_data, tmp_path):
             request,
             reporter or MemoryReporter(),
             settings=None,
-            device=cpu_device(),
+            device=training_device(),
             work_dir=tmp_path / work,
             resume_checkpoint=resume,
             dataset=data or chat_data,

@@ -4,6 +4,9 @@ bf16 autocast + length grouping + gradient checkpointing + the chunked loss (sma
 so several per batch): the loss is finite, the features were really used, and the saved
 adapter reloaded with plain PEFT gives the in-memory model's logits. bf16 changes logits,
 so both sides are compared in fp32 eval mode (no autocast).
+
+On a GPU machine ``STUDIO_TEST_DEVICE=cuda pytest tests/training/test_speed_matrix.py`` runs
+the same matrix on CUDA (see bench/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def varied(tmp_path):
 def fp32_logits(model, ids):
     model.eval()
     with torch.no_grad():
-        return model(input_ids=ids).logits.float()
+        return model(input_ids=ids.to(next(model.parameters()).device)).logits.float()
 
 
 @pytest.mark.parametrize("name", variant_names())
@@ -61,4 +64,5 @@ def test_variant_trains_and_exports_with_speed_features_on(name, train_tiny, var
     out = tmp_path / "adapter"
     result.variant.save_adapter(result.model, out, result.export_context())
     reloaded = PeftModel.from_pretrained(result.export_context().fresh_base(), str(out))
+    reloaded.to(next(result.model.parameters()).device)  # the GPU when STUDIO_TEST_DEVICE=cuda
     torch.testing.assert_close(fp32_logits(reloaded, ids), expected, atol=1e-5, rtol=1e-5)
