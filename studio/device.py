@@ -62,3 +62,19 @@ def detect_device(preference: str = "auto") -> DeviceInfo:
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
     return DeviceInfo("cpu", _cpu_name(), None, _cpu_bf16(), memory)
+
+
+def apply_torch_threads(threads: int | None) -> int:
+    """Set torch's intra-op CPU threads when ``threads`` is given; returns the number in use.
+
+    torch defaults to one thread per core. When other processes keep those cores busy
+    (the web process answering in the playground, another worker), OpenMP threads spin
+    waiting for each other: on the 2-core reference machine a training step under load
+    ran several times slower with 2 threads than with 1 (bench/README.md). Operators of
+    shared hosts set ``STUDIO_TORCH_THREADS``; the worker applies it at start.
+    """
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()

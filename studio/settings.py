@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     max_row_chars: int = Field(default=100_000, ge=100, validation_alias=_env("STUDIO_MAX_ROW_CHARS"))
     default_base_model: str = Field(default="smollm2-135m-instruct", validation_alias=_env("STUDIO_DEFAULT_BASE_MODEL"))
     offline: bool = Field(default=True, validation_alias=_env("STUDIO_OFFLINE"))
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        validation_alias=_env("STUDIO_TORCH_THREADS"),
+        description="CPU threads per worker for torch (default: torch's, one per core). On a machine shared with "
+        "other busy processes, fewer threads than cores avoid OpenMP threads waiting on each other.",
+    )
     memory_budget_gb: float | None = Field(
         default=None,
         gt=0,

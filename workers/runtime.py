@@ -14,7 +14,7 @@ import threading
 from celery import signals
 
 from models_db.registry import Registry
-from studio.device import detect_device
+from studio.device import apply_torch_threads, detect_device
 from studio.jobs.recovery import recover_orphaned_jobs
 from studio.jobs.runner import WorkerIdentity, execute_job
 from studio.models.base_models import register_bundled_models
@@ -37,6 +37,7 @@ class WorkerRuntime:
         self.name = name
         self.registry = Registry.from_url(settings.database_url)
         self.device = detect_device(settings.device)
+        self.torch_threads = apply_torch_threads(settings.torch_threads)
         self.identity = WorkerIdentity(name, self.device)
         self.dispatcher = CeleryDispatcher(app, settings.queue_name, not settings.broker_is_embedded)
         self._stop = threading.Event()
@@ -60,7 +61,7 @@ class WorkerRuntime:
             logger.warning("recovered jobs left by a previous run of %s: %s", self.name, recovered)
         self._thread = threading.Thread(target=self._beat, name="studio-heartbeat", daemon=True)
         self._thread.start()
-        logger.info("worker %s online on %s", self.name, self.device.label)
+        logger.info("worker %s online on %s (%d torch CPU threads)", self.name, self.device.label, self.torch_threads)
 
     def _beat(self) -> None:
         beats = 0

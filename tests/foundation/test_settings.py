@@ -57,3 +57,22 @@ def test_malformed_settings_give_one_clear_line(monkeypatch, tmp_path, name, val
 def test_explicit_embedded_worker_override(tmp_path):
     settings = Settings(data_dir=tmp_path, broker_url_override="redis://localhost:6379/0", embedded_worker=True)
     assert settings.start_embedded_worker
+
+
+def test_torch_threads_setting_is_validated_and_applied(monkeypatch):
+    import torch
+
+    from studio.device import apply_torch_threads
+    from studio.settings import Settings
+
+    monkeypatch.setenv("STUDIO_TORCH_THREADS", "1")
+    assert Settings().torch_threads == 1
+    monkeypatch.setenv("STUDIO_TORCH_THREADS", "0")
+    with pytest.raises(ValueError, match="torch_threads|STUDIO_TORCH_THREADS"):
+        Settings()
+    before = torch.get_num_threads()
+    try:
+        assert apply_torch_threads(1) == 1 == torch.get_num_threads()
+        assert apply_torch_threads(None) == 1  # unset: torch's choice is left alone
+    finally:
+        torch.set_num_threads(before)
