@@ -40,7 +40,7 @@ from studio.training.memory import (
     tune_allocator,
 )
 from studio.training.models import enable_gradient_checkpointing, load_base_model
-from studio.training.precision import Precision, choose_precision
+from studio.training.precision import Precision, choose_precision, precision_cache
 from studio.training.setup import RunSetup, TrainingData, prepare_run
 from studio.variants import BuildContext, ExportContext, OptimConfig, create_variant, default_optimization
 from studio.variants.targets import default_modules_to_save, default_target_modules
@@ -189,7 +189,7 @@ def run_training(
         # auto may measure the CPU: a resumed run computes exactly as it started
         precision = replace(choose_precision(saved_precision, device), requested="auto", reason="as in the checkpoint")
     else:
-        precision = choose_precision(hyper.precision, device)
+        precision = choose_precision(hyper.precision, device, cache_file=precision_cache(settings))
     reporter.log(f"precision: {precision.describe()}")
     if precision.warning:
         reporter.log(precision.warning, "warning")

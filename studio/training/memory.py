@@ -425,7 +425,7 @@ def estimate_for_request(request: Any, settings: Any, device: Any, data_path: st
     from studio.models.base_models import resolve_base_model
     from studio.training.data import read_jsonl
     from studio.training.models import load_tokenizer_for
-    from studio.training.precision import choose_precision
+    from studio.training.precision import choose_precision, precision_cache
 
     hyper = request.hyper
     base_path = resolve_base_model(request.base_model, settings).path
@@ -434,7 +434,7 @@ def estimate_for_request(request: Any, settings: Any, device: Any, data_path: st
     seq_len = longest_tokens(
         read_jsonl(data_path), tokenizer, task=task, max_length=hyper.max_length, loss_on=hyper.loss_on
     )
-    precision = choose_precision(hyper.precision, device)
+    precision = choose_precision(hyper.precision, device, cache_file=precision_cache(settings))
     return plan_memory(
         shape,
         batch_size=hyper.batch_size,

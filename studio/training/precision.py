@@ -18,13 +18,16 @@ when it will be slow); fp16 always comes with a grad scaler.
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from studio.device import DeviceInfo
 
 MIN_CPU_BF16_SPEEDUP = 1.15  # auto takes bf16 on an AVX512-BF16 CPU without AMX only above this
+MEASUREMENT_FILE = "machine-bf16-speedup.json"  # in the data dir: one measurement per machine
 
 
 @dataclass(frozen=True)
@@ -77,11 +80,14 @@ class Precision:
         }
 
 
-def choose_precision(requested: str, device: DeviceInfo, cpu_bf16_speedup: float | None = None) -> Precision:
+def choose_precision(
+    requested: str, device: DeviceInfo, cpu_bf16_speedup: float | None = None, cache_file: Path | None = None
+) -> Precision:
     """The precision a run uses on ``device`` for the request's ``precision`` setting.
 
     ``cpu_bf16_speedup`` (bf16 / fp32 matmul throughput) is measured when auto needs it on a
-    CPU with native bf16 but no AMX (see :func:`cpu_bf16_speedup`); tests pass a value.
+    CPU with native bf16 but no AMX (see :func:`machine_bf16_speedup`; the measurement is kept
+    in ``cache_file`` when given); tests pass a value.
     """
     kind = "cuda" if device.type == "cuda" else "cpu"
     if requested == "fp32":
@@ -103,7 +109,7 @@ def choose_precision(requested: str, device: DeviceInfo, cpu_bf16_speedup: float
         return Precision("fp32", requested, kind, "auto: the CPU has no native bf16")
     if cpu_has_amx():
         return Precision("bf16", requested, kind, "auto: the CPU has AMX bf16 tiles")
-    speedup = cpu_bf16_speedup if cpu_bf16_speedup is not None else measure_cpu_bf16_speedup()
+    speedup = cpu_bf16_speedup if cpu_bf16_speedup is not None else machine_bf16_speedup(cache_file)
     if speedup >= MIN_CPU_BF16_SPEEDUP:
         return Precision("bf16", requested, kind, f"auto: bf16 matmuls measured {speedup:.2f}x fp32 on this CPU")
     return Precision(
@@ -121,6 +127,33 @@ def cpu_has_amx() -> bool:
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def machine_bf16_speedup(cache_file: Path | None = None) -> float:
+    """bf16 / fp32 matmul speed on this machine, measured once and then read from ``cache_file``.
+
+    A timing taken on a busy machine moves from run to run (0.6x one minute, 1.2x the next on
+    the reference VM), and with it ``auto``'s choice: two runs of the same request would then
+    compute in different precisions and give different loss curves. The first measurement is
+    stored per (CPU, torch version, thread count), so the same machine keeps deciding the same.
+    """
+    import torch
+
+    from studio.device import detect_device
+
+    if cache_file is None:
+        return measure_cpu_bf16_speedup()
+    key = f"{detect_device('cpu').name} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    try:
+        known = json.loads(Path(cache_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict) or not isinstance(known.get(key), int | float):
+        known = known if isinstance(known, dict) else {}
+        known[key] = measure_cpu_bf16_speedup()
+        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(cache_file).write_text(json.dumps(known, indent=2), encoding="utf-8")
+    return float(known[key])
+
+
 @lru_cache(maxsize=1)
 def measure_cpu_bf16_speedup() -> float:
     """bf16 / fp32 throughput of a transformer-sized matmul on this CPU (best of a few runs, ~0.3 s).
@@ -133,18 +166,25 @@ def measure_cpu_bf16_speedup() -> float:
 
     import torch
 
-    def best(a: Any, w: Any) -> float:
+    def timed(a: Any, w: Any) -> float:
+        start = time.perf_counter()
         torch.nn.functional.linear(a, w)
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            torch.nn.functional.linear(a, w)
-            times.append(time.perf_counter() - start)
-        return min(times)
+        return time.perf_counter() - start
 
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(1024, 1024, generator=generator)
     w = torch.randn(1024, 1024, generator=generator)
-    fp32 = best(a, w)
-    bf16 = best(a.bfloat16(), w.bfloat16())
+    a16, w16 = a.bfloat16(), w.bfloat16()
+    timed(a, w), timed(a16, w16)  # warm-up: kernel selection, first-touch
+    # Interleaved, so that a burst of someone else's load hits both sides alike; best of each.
+    fp32 = bf16 = float("inf")
+    for _ in range(7):
+        fp32 = min(fp32, timed(a, w))
+        bf16 = min(bf16, timed(a16, w16))
     return fp32 / max(bf16, 1e-9)
+
+
+def precision_cache(settings: Any) -> Path | None:
+    """Where ``auto`` keeps this machine's bf16 measurement: the data dir (None without settings)."""
+    data_dir = getattr(settings, "data_dir", None)
+    return Path(data_dir) / MEASUREMENT_FILE if data_dir else None

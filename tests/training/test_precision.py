@@ -104,3 +104,28 @@ def test_fp16_uses_a_grad_scaler_that_is_checkpointed(train_tiny):
     checkpoint = read_checkpoint(reporter.checkpoints[0][0])
     state = torch.load(checkpoint.path / "trainer_state.pt", weights_only=True)
     assert "scaler" in state and checkpoint.meta["precision"] == "fp16"
+
+
+def test_auto_measures_a_machine_once_so_runs_stay_reproducible(tmp_path, monkeypatch):
+    from studio.training import precision as module
+
+    readings = iter([1.3, 0.5, 0.7])
+    monkeypatch.setattr(module, "measure_cpu_bf16_speedup", lambda: next(readings))
+    monkeypatch.setattr(module, "cpu_has_amx", lambda: False)
+    cache = tmp_path / "data" / module.MEASUREMENT_FILE
+    first = choose_precision("auto", CPU_BF16, cache_file=cache)
+    again = choose_precision("auto", CPU_BF16, cache_file=cache)  # a noisy re-measurement would say 0.5
+    assert first.name == again.name == "bf16" and "1.30x" in again.reason
+    stored = json.loads(cache.read_text())
+    assert list(stored.values()) == [1.3] and f"{torch.get_num_threads()} threads" in next(iter(stored))
+    # Another thread count is another configuration: measured (and kept) separately.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(before + 1)
+        assert choose_precision("auto", CPU_BF16, cache_file=cache).name == "fp32"
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(json.loads(cache.read_text()).values()) == [0.5, 1.3]
+    # Garbage in the file is replaced by a measurement, not an error.
+    cache.write_text("not json")
+    assert choose_precision("auto", CPU_BF16, cache_file=cache).name == "fp32"  # 0.7 measured
