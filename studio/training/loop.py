@@ -29,7 +29,8 @@ from studio.progress import Reporter
 from studio.schema import TrainRequest
 from studio.training import checkpoint as ckpt
 from studio.training.data import eval_batches
-from studio.training.losses import LossFunction, evaluate, target_count
+from studio.training.frozen_weights import FrozenLinearStorage
+from studio.training.losses import LossFunction, evaluate
 from studio.training.memory import (
     MemoryPlan,
     ModelShape,
@@ -47,6 +48,8 @@ from studio.variants.targets import default_modules_to_save, default_target_modu
 
 # Rows of the training set scored at each stage end (memorisation): as many as the validation set, within bounds.
 STAGE_SUBSET_MIN, STAGE_SUBSET_MAX = 32, 256
+# Where frozen base linears are stored in the autocast dtype while training (see frozen_weights.py).
+LOW_PRECISION_STORAGE_DEVICES = frozenset({"cuda"})
 
 
 @dataclass
@@ -78,6 +81,7 @@ class TrainingResult:
     train_seconds: float = 0.0  # time inside optimizer steps (this run)
     train_cpu_seconds: float = 0.0  # CPU time of this process inside optimizer steps (all threads)
     stages: list[dict[str, Any]] = field(default_factory=list)  # memorisation/generalisation per stage end
+    frozen_linears: str | None = None  # dtype the frozen base linears were stored in while training (GPU)
 
     def training_setup(self, hyper: Any) -> dict[str, Any]:
         """How the run computed: precision, batching, checkpointing, loss, memory (for the job record)."""
@@ -89,6 +93,7 @@ class TrainingResult:
             "gradient_checkpointing": bool(memory and memory.gradient_checkpointing),
             "micro_batch_size": memory.micro_batch_size if memory else hyper.batch_size,
             "micro_tokens": memory.micro_tokens if memory else None,
+            "frozen_linears": self.frozen_linears or "fp32",
             "loss": self.loss_mode,
             "memory": memory.as_dict() if memory else None,
             "real_tokens": self.real_tokens,
@@ -140,6 +145,7 @@ def run_training(
     torch.manual_seed(request.seed)  # classification heads are initialised while the base loads
     setup = prepare_run(request, dataset, Path(base_path), torch_device, reporter.log)
     base_params = sum(p.numel() for p in setup.model.parameters())
+    base_ids = {id(p) for p in setup.model.parameters()}  # the plain base, before the variant wraps it
     variant = create_variant(request.variant, request.variant_params)
     if setup.task not in variant.tasks:
         raise StudioError(f"variant {variant.name} does not support {setup.task}; it supports {variant.tasks}")
@@ -200,6 +206,15 @@ def run_training(
     if memory.gradient_checkpointing and not enable_gradient_checkpointing(model):
         reporter.log("this model does not support gradient checkpointing; training without it", "warning")
         memory.gradient_checkpointing = False
+    frozen = None
+    if precision.dtype is not None and device.type in LOW_PRECISION_STORAGE_DEVICES:
+        frozen = FrozenLinearStorage.convert(model, precision.dtype, base_ids)
+        if frozen.converted:
+            reporter.log(
+                f"frozen base linears stored in {precision.name} on the GPU ({frozen.converted} tensors, "
+                f"{frozen.bytes_saved / 1024**3:.2f} GiB saved); their fp32 originals come back after training"
+            )
+    result_frozen = frozen.dtype if frozen is not None and frozen.converted else None
     loss_fn = LossFunction.for_model(model, setup.task, hyper.loss_chunk_tokens, precision.dtype, variant)
     if loss_fn.chunked:
         loss_fn.verify(model, setup.micro_batch(0, torch_device))
@@ -233,6 +248,7 @@ def run_training(
         precision=precision,
         memory=memory,
         loss_mode=loss_fn.describe(),
+        frozen_linears=precision.name if result_frozen is not None else None,
     )
     meta = {
         "variant": variant.name,
@@ -247,7 +263,7 @@ def run_training(
         "precision": precision.name,
     }
     loop = _Loop(request, reporter, setup, variant, model, optimization, work_dir, meta, result, torch_device)
-    loop.precision, loop.loss_fn = precision, loss_fn
+    loop.precision, loop.loss_fn, loop.frozen = precision, loss_fn, frozen
     loop.scaler = precision.grad_scaler()
     if resumed is not None and loop.scaler is not None:
         ckpt.load_scaler_state(resumed, loop.scaler)
@@ -325,6 +341,8 @@ class _Loop:
             optimization.max_grad_norm if optimization.max_grad_norm is not None else self.hyper.max_grad_norm
         )
         self.last_saved = -1
+        self.pending: list[tuple[int, Any]] = []  # (step, loss tensor) not yet read back
+        self.frozen: FrozenLinearStorage | None = None
         self.window: list[float] = []
         self.window_tokens = 0
         self.window_start = time.monotonic()
@@ -349,17 +367,21 @@ class _Loop:
             if done > self.last_saved:
                 self._save(done)
             raise
+        finally:
+            self._read_losses()
+            if self.frozen is not None:
+                self.frozen.restore()  # exact fp32 base weights again, for the exports
         self._finish(total)
 
     def _step(self, step: int) -> None:
         import torch
 
         self.variant.on_step_begin(self.model, step)
-        batches = self.setup.step_batches(step, self.device)
-        n_targets = max(1, sum(target_count(b, self.setup.task) for b in batches))
-        step_loss = 0.0
+        batches = self.setup.counted_step_batches(step, self.device)
+        n_targets = max(1, sum(counts.targets for _, counts in batches))
+        step_loss: Any = None  # a device tensor: read back at log time, not every step
         scaler = self.scaler
-        for batch in batches:
+        for batch, counts in batches:
             with self.precision.autocast():
                 value, _ = self.loss_fn(self.model, batch)
             loss = value / n_targets
@@ -367,11 +389,11 @@ class _Loop:
             if extra is not None:
                 loss = loss + extra / len(batches)
             (scaler.scale(loss) if scaler is not None else loss).backward()
-            step_loss += float(value.detach()) / n_targets
-            real = int(batch["attention_mask"].sum())
-            self.window_tokens += real
-            self.result.real_tokens += real
-            self.result.padded_tokens += int(batch["input_ids"].numel())
+            part = value.detach().float() / n_targets
+            step_loss = part if step_loss is None else step_loss + part
+            self.window_tokens += counts.real_tokens
+            self.result.real_tokens += counts.real_tokens
+            self.result.padded_tokens += counts.padded_tokens
         if scaler is not None:
             for optimizer in self.opt.optimizers:
                 scaler.unscale_(optimizer)
@@ -391,10 +413,21 @@ class _Loop:
         for optimizer in self.opt.optimizers:
             optimizer.zero_grad(set_to_none=True)
         self.model.zero_grad(set_to_none=True)  # parameters outside every optimizer too
-        self.result.losses[step] = step_loss
-        self.result.final_loss = step_loss
-        self.window.append(step_loss)
-        self.grad_norm = float(norm)
+        self.pending.append((step, step_loss))
+        self.grad_norm = norm
+
+    def _read_losses(self) -> None:
+        """Bring the pending step losses to the host in one transfer (one synchronisation per log)."""
+        import torch
+
+        if not self.pending:
+            return
+        values = torch.stack([loss for _, loss in self.pending]).tolist()
+        for (step, _), value in zip(self.pending, values, strict=True):
+            self.result.losses[step] = value
+            self.result.final_loss = value
+            self.window.append(value)
+        self.pending = []
 
     def _after_step(self, step: int, total: int) -> None:
         self.reporter.progress(step, total)
@@ -408,6 +441,7 @@ class _Loop:
             self._save(step)
 
     def _log(self, step: int) -> None:
+        self._read_losses()
         seconds = max(1e-9, time.monotonic() - self.window_start)
         lr = self.opt.optimizers[0].param_groups[0]["lr"]
         self.reporter.metrics(
@@ -415,7 +449,7 @@ class _Loop:
             {
                 "loss": sum(self.window) / len(self.window),
                 "learning_rate": float(lr),
-                "grad_norm": self.grad_norm,
+                "grad_norm": float(self.grad_norm),
                 "tokens_per_s": self.window_tokens / seconds,
                 "elapsed_s": self.reporter.elapsed,
             },

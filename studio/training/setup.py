@@ -11,6 +11,7 @@ from typing import Any
 from studio.errors import ValidationFailed
 from studio.schema import TrainRequest
 from studio.training.data import BatchPlan, collate, collate_packed, read_jsonl, split_indices, to_device
+from studio.training.losses import target_count
 from studio.training.models import is_encoder_only, load_base_model, load_tokenizer_for
 from studio.training.tokenise import encode_rows
 
@@ -50,6 +51,15 @@ def dataset_labels(rows: list[dict[str, Any]], report: dict[str, Any]) -> list[A
     return sorted(values, key=lambda v: (isinstance(v, str), v))
 
 
+@dataclass(frozen=True)
+class MicroBatchCounts:
+    """What one micro-batch holds: non-pad tokens, token slots, and targets of the loss."""
+
+    real_tokens: int
+    padded_tokens: int
+    targets: int
+
+
 @dataclass
 class RunSetup:
     task: str
@@ -79,6 +89,14 @@ class RunSetup:
 
     def step_batches(self, step: int, device: Any) -> list[dict[str, Any]]:
         """The micro-batches of optimizer step ``step``: padded, or packed when the run packs."""
+        return [batch for batch, _ in self.counted_step_batches(step, device)]
+
+    def counted_step_batches(self, step: int, device: Any) -> list[tuple[dict[str, Any], MicroBatchCounts]]:
+        """``step_batches`` with each micro-batch's token and target counts, taken on the host.
+
+        Counting before the batch moves to the device keeps the training step free of
+        host-device synchronisations (``int(tensor.sum())`` on a GPU waits for the queue).
+        """
         out = []
         for indices in self.plan.step_batches(step):
             examples = [self.train[i] for i in indices]
@@ -86,7 +104,12 @@ class RunSetup:
                 batch = collate_packed(examples, self.pad_id, self.max_length, self.mask_style)
             else:
                 batch = collate(examples, self.pad_id)
-            out.append(to_device(batch, device))
+            counts = MicroBatchCounts(
+                real_tokens=int(batch["attention_mask"].sum()),
+                padded_tokens=int(batch["input_ids"].numel()),
+                targets=target_count(batch, self.task),
+            )
+            out.append((to_device(batch, device), counts))
         return out
 
     def calibration_batches(self, device: Any):
