@@ -206,6 +206,10 @@ def run_training(
     if memory.gradient_checkpointing and not enable_gradient_checkpointing(model):
         reporter.log("this model does not support gradient checkpointing; training without it", "warning")
         memory.gradient_checkpointing = False
+    loss_fn = LossFunction.for_model(model, setup.task, hyper.loss_chunk_tokens, precision.dtype, variant)
+    if loss_fn.chunked:
+        loss_fn.verify(model, setup.micro_batch(0, torch_device))
+    # After the probe above (it runs the model outside autocast, on the fp32 weights).
     frozen = None
     if precision.dtype is not None and device.type in LOW_PRECISION_STORAGE_DEVICES:
         frozen = FrozenLinearStorage.convert(model, precision.dtype, base_ids)
@@ -215,9 +219,6 @@ def run_training(
                 f"{frozen.bytes_saved / 1024**3:.2f} GiB saved); their fp32 originals come back after training"
             )
     result_frozen = frozen.dtype if frozen is not None and frozen.converted else None
-    loss_fn = LossFunction.for_model(model, setup.task, hyper.loss_chunk_tokens, precision.dtype, variant)
-    if loss_fn.chunked:
-        loss_fn.verify(model, setup.micro_batch(0, torch_device))
     grouping = "length-grouped" if hyper.group_by_length else "shuffled"
     reporter.log(
         f"batches: {grouping}{', packed' if setup.packing else ''}, {_micro_text(memory, hyper)}; "
