@@ -1,8 +1,9 @@
 """Compute precision per device: bf16/fp16 autocast or fp32, with a grad scaler for fp16.
 
-Weights are never converted: the frozen base and the adapter stay fp32 and autocast
-runs the matmuls in the lower precision, so optimizer updates, checkpoints and
-exports are fp32 whatever the compute precision was.
+The adapter stays fp32 and autocast runs the matmuls in the lower precision, so
+optimizer updates, checkpoints and exports are fp32 whatever the compute precision
+was. (On a GPU the frozen base linears are stored in the autocast dtype while training
+and restored to their exact fp32 values afterwards: :mod:`studio.training.frozen_weights`.)
 
 ``auto`` picks:
 - CUDA: bf16 where the GPU supports it (Ampere and later), else fp16 with a grad scaler;
