@@ -471,7 +471,8 @@ class _Loop:
         )
         general = self._evaluate(self.setup.val)
         ranks = self.variant.snapshot_ranks(self.model)
-        row: dict[str, Any] = {"stage": len(self.result.stages), "step": step, "active_components": sum(ranks.values())}
+        stage = sorted(self.stage_ends).index(step)  # from the step, so a resumed run numbers stages alike
+        row: dict[str, Any] = {"stage": stage, "step": step, "active_components": sum(ranks.values())}
         for prefix, res in (("train", memorised), ("val", general)):
             if res is not None:
                 row[f"{prefix}_loss"] = res.loss

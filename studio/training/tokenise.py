@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from studio.errors import ValidationFailed
+
 IGNORE_INDEX = -100
 
 FALLBACK_CHAT_TEMPLATE = (
@@ -42,6 +44,19 @@ class Encoded:
     truncated: int = 0
     dropped: int = 0
     dropped_indices: list[int] = field(default_factory=list)
+    unknown_tokens: int = 0  # text tokens the tokenizer could only map to its unknown token
+    text_tokens: int = 0  # all tokens that are not special (bos/eos/pad/cls/sep)
+    unknown_rows: int = 0  # rows whose text became nothing but unknown tokens
+
+    @property
+    def unknown_share(self) -> float:
+        return self.unknown_tokens / self.text_tokens if self.text_tokens else 0.0
+
+
+# A row whose text the tokenizer cannot read at all carries no information; when most rows are
+# like that, training would only learn the label frequencies, so the run is refused.
+UNKNOWN_ROWS_REFUSE = 0.5
+UNKNOWN_TOKENS_WARN = 0.05
 
 
 def ensure_chat_template(tokenizer: Any) -> bool:
@@ -154,9 +169,46 @@ def encode_rows(
             out.dropped_indices.append(i)
             continue
         out.examples.append({"input_ids": ids, "labels": target})
+        _count_unknown(out, ids, tokenizer)
+    _check_unknown(out, tokenizer, len(rows), log)
     if log and (out.truncated or out.dropped):
         log(
             f"{out.truncated} of {len(rows)} rows were longer than {max_length} tokens and were truncated; "
             f"{out.dropped} rows had no response tokens left and were skipped"
         )
     return out
+
+
+def _count_unknown(out: Encoded, ids: Sequence[int], tokenizer: Any) -> None:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return  # byte-level tokenizers (GPT-2, Llama, SmolLM2) read any text
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) - {unk}
+    text = [t for t in ids if t not in special]
+    unknown = sum(1 for t in text if t == unk)
+    out.text_tokens += len(text)
+    out.unknown_tokens += unknown
+    if text and unknown == len(text):
+        out.unknown_rows += 1
+
+
+def _check_unknown(out: Encoded, tokenizer: Any, n_rows: int, log: Callable[[str], None] | None) -> None:
+    """Refuse data the tokenizer cannot read; warn when a noticeable share of it is unknown."""
+    if not out.unknown_tokens:
+        return
+    name = getattr(tokenizer, "name_or_path", "") or "this base model"
+    why = (
+        "BERT-style tokenizers turn any word longer than 100 characters (a DNA or protein sequence, a URL, "
+        "a base64 blob) into a single unknown token"
+    )
+    if n_rows and out.unknown_rows / n_rows >= UNKNOWN_ROWS_REFUSE:
+        raise ValidationFailed(
+            f"the tokenizer of {name} cannot read this data: {out.unknown_rows} of {n_rows} rows became nothing "
+            f"but its unknown token ({why}). Train on a base model whose tokenizer reads any text, such as the "
+            "bundled smollm2-135m-instruct, or split the text into shorter words (e.g. k-mers separated by spaces)."
+        )
+    if log and out.unknown_share >= UNKNOWN_TOKENS_WARN:
+        log(
+            f"warning: {out.unknown_share:.0%} of the text tokens are unknown to the tokenizer of {name} "
+            f"({out.unknown_rows} rows entirely); {why}. The model cannot learn from those parts."
+        )

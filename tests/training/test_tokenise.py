@@ -79,3 +79,22 @@ def test_classification_rows_map_labels_to_indices(tiny_tokenizer):
     assert label_index([0, 1])(1) == 1 and label_index([0, 1])("0") == 0
     with pytest.raises(ValueError, match="not one of"):
         label_index(["a", "b"])("c")
+
+
+def test_text_the_tokenizer_cannot_read_is_refused_or_warned_about(tiny_tokenizer):
+    from studio.errors import ValidationFailed
+
+    unreadable = [{"text": "ATGGCTTACGATTACA" * 8, "label": i % 2} for i in range(6)]  # one long unknown word
+    with pytest.raises(ValidationFailed, match=r"cannot read this data: 6 of 6 rows .*unknown token.*smollm2"):
+        encode_rows(unreadable, tiny_tokenizer, task="classification", max_length=16, labels=[0, 1])
+
+    logs: list[str] = []
+    mostly_fine = [{"text": "good movie", "label": 1}] * 8 + unreadable[:2]
+    out = encode_rows(mostly_fine, tiny_tokenizer, task="classification", max_length=16, labels=[0, 1], log=logs.append)
+    assert (out.unknown_rows, out.unknown_tokens, out.text_tokens) == (2, 2, 18)
+    assert any(line.startswith("warning: 11% of the text tokens are unknown") for line in logs), logs
+
+    clean = encode_rows(
+        [{"text": "good movie", "label": 1}] * 4, tiny_tokenizer, task="classification", max_length=16, labels=[0, 1]
+    )
+    assert clean.unknown_tokens == 0 and clean.unknown_share == 0.0
