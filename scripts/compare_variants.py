@@ -697,8 +697,10 @@ def write_markdown(path: Path, out: dict[str, Any]) -> None:
                 ""
                 if c["held"]
                 else " Fewer than a tenth of the rank components were switched off at this budget (SoRA's official lr is "
-                "8e-4, here every variant trains at the same lr), so the claim is neither confirmed nor refuted."
+                "8e-4, here every variant trains at the same lr), so the claim is neither confirmed nor refuted here."
             )
+            + " The sparsifying-scheduler run in [sora_stages.md](sora_stages.md) checks it with SoRA's own lr and a "
+            "rising threshold: quality per stage against the rank components still on."
         )
     c = claims.get("ffa_lora")
     if c:
