@@ -111,7 +111,8 @@ def check_universal_export(variant, model, original_state, tmp_path, classificat
 def test_nlora_init_slices_equal_w0_blocks():
     model = tiny_llama()
     original = copy.deepcopy(model.state_dict())
-    variant = Nlora(Nlora.Params(r=4, lora_alpha=8.0))
+    assert Nlora.Params().residual  # the studio's default; the official init is residual=False
+    variant = Nlora(Nlora.Params(r=4, lora_alpha=8.0, residual=False))
     variant.build(make_ctx(model, token_batches(1)))
     layers = core_layers(model)
     assert len(layers) == 14
@@ -139,7 +140,7 @@ def test_nlora_pinv_core_is_textbook_nystrom():
     g = torch.Generator().manual_seed(5)
     low_rank = torch.randn(48, 3, generator=g) @ torch.randn(3, 32, generator=g) * 0.1
     model.get_submodule(layer_name).weight.data.copy_(low_rank)
-    variant = Nlora(Nlora.Params(r=3, lora_alpha=3.0, core="pinv"))
+    variant = Nlora(Nlora.Params(r=3, lora_alpha=3.0, core="pinv", residual=False))
     variant.build(make_ctx(model, token_batches(1)))
     layer = core_layers(model)[layer_name]
     assert torch.allclose(layer.lora_core, torch.linalg.pinv(low_rank[:3, :3].double()).float(), rtol=1e-5)
@@ -181,7 +182,7 @@ def test_residual_starts_at_the_base_and_exports_rank_2r(cls, core, tmp_path):
 def test_inttune_only_n_gets_gradient():
     model = tiny_llama()
     batches = token_batches(1)
-    variant = IntTune(IntTune.Params(r=4))
+    variant = IntTune(IntTune.Params(r=4, residual=False))  # the official init
     model = variant.build(make_ctx(model, batches))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith("lora_core") for n in trainable)
@@ -234,9 +235,9 @@ def test_slora_init_kaiming_a_n_zero_b():
     ("cls", "params"),
     [
         (Slora, {}),
-        (Nlora, {}),
-        (Nlora, {"core": "pinv", "lora_alpha": 1.0}),
-        (IntTune, {}),
+        (Nlora, {"residual": False}),  # official; the residual form is tested above
+        (Nlora, {"core": "pinv", "lora_alpha": 1.0, "residual": False}),
+        (IntTune, {"residual": False}),
     ],
 )
 def test_universal_export(cls, params, tmp_path):
@@ -269,7 +270,7 @@ def test_classification_head_is_trained_and_exported(tmp_path):
 def test_rank_clamped_to_small_layers():
     logs: list[str] = []
     model = tiny_llama()
-    variant = Nlora(Nlora.Params())  # official r = 128 > every layer of the tiny model
+    variant = Nlora(Nlora.Params(residual=False))  # official r = 128 > every layer of the tiny model
     variant.build(make_ctx(model, token_batches(1), logs=logs))
     ranks = variant.final_ranks(model)
     assert ranks["model.layers.0.self_attn.k_proj"] == 16  # 16 × 32
