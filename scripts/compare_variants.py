@@ -639,6 +639,7 @@ def write_markdown(path: Path, out: dict[str, Any]) -> None:
             ],
         ),
         "",
+        *_variant_notes({s["variant"] for s in lm}),
     ]
     if cls:
         lines += [
@@ -723,6 +724,24 @@ def write_markdown(path: Path, out: dict[str, Any]) -> None:
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+# What a reader needs to read some rows of the table right (only for variants that ran).
+VARIANT_NOTES = {
+    "loraprune": "`loraprune` is a pruning method: its cubic schedule removes half of the prunable attention heads "
+    "and MLP channels (p_f = 0.5) within these 30 steps, so its loss is that of a model cut in half that had no "
+    "time to recover, not an adapter's quality.",
+    "adalora": "`adalora`, `increlora` and `s2_lora` barely move at this budget: AdaLoRA and IncreLoRA start with "
+    "small or masked ranks and allocate over hundreds of steps, S2-LoRA trains 26k shared parameters.",
+    "nlora": "`nlora` and `inttune` run with the studio's default `residual=True` (the model starts at the base); "
+    "with the official `residual=False` init, the initial update W0[:, :r]·W0[:r, :r]·W0[:r, :] is not small on "
+    "SmolLM2 and the loss started near 17 (docs/variants/nlora.md).",
+}
+
+
+def _variant_notes(variants: set[str]) -> list[str]:
+    notes = [text for name, text in VARIANT_NOTES.items() if name in variants]
+    return [*(f"- {text}" for text in notes), ""] if notes else []
 
 
 def _per_variant_minutes(out: dict[str, Any]) -> str:
