@@ -276,3 +276,20 @@ def test_rank_clamped_to_small_layers():
     assert ranks["model.layers.0.self_attn.k_proj"] == 16  # 16 × 32
     assert ranks["model.layers.0.mlp.up_proj"] == 32  # 48 × 32
     assert any("clamped" in line for line in logs)
+
+
+def test_nlora_factors_train_at_a_scaled_learning_rate_heads_at_the_runs():
+    from studio.variants.base import OptimConfig
+
+    model = tiny_llama()
+    variant = Nlora(Nlora.Params(r=4))
+    assert Nlora.Params().lr_scale == 0.1 and not hasattr(IntTune.Params(), "lr_scale")
+    model = variant.build(make_ctx(model, token_batches(1)))
+    model.lm_head.weight.requires_grad_(True)  # stands in for a trainable head (classification)
+    cfg = OptimConfig(learning_rate=2e-4, weight_decay=0.0, total_steps=10, warmup_steps=0, scheduler="constant")
+    optimizer = variant.configure_optimization(model, cfg).optimizers[0]
+    factors, heads = optimizer.param_groups
+    assert factors["lr"] == pytest.approx(2e-5) and heads["lr"] == pytest.approx(2e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith(("lora_A", "lora_core", "lora_B")) for p in factors["params"])
+    assert [names[id(p)] for p in heads["params"]] == ["lm_head.weight"]
