@@ -733,9 +733,10 @@ VARIANT_NOTES = {
     "time to recover, not an adapter's quality.",
     "adalora": "`adalora`, `increlora` and `s2_lora` barely move at this budget: AdaLoRA and IncreLoRA start with "
     "small or masked ranks and allocate over hundreds of steps, S2-LoRA trains 26k shared parameters.",
-    "nlora": "`nlora` and `inttune` run with the studio's default `residual=True` (the model starts at the base); "
-    "with the official `residual=False` init, the initial update W0[:, :r]·W0[:r, :r]·W0[:r, :] is not small on "
-    "SmolLM2 and the loss started near 17 (docs/variants/nlora.md).",
+    "nlora": "`nlora` and `inttune` run with the studio's default `residual=True` (the model starts at the base) "
+    "and NLoRA with `lr_scale=0.1` (its W0-sliced factors at 0.1× the run's lr); with the official init "
+    "(`residual=False`) the loss started near 17, and at the run's full lr NLoRA's validation loss rose to 2.61 "
+    "(docs/variants/nlora.md).",
 }
 
 
