@@ -1,6 +1,7 @@
 """Refresh docs/screenshots/<tab>.png: every tab of a running studio at 1280x800, with Debian's Chromium.
 
     .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:7860 [--out docs/screenshots] [--narrow]
+        [--diagnostics nlora]
 
 Start the studio first (``studio run``); screenshots show whatever data it holds.
 ``--narrow`` also writes <tab>-narrow.png at 420x900 to check small windows.
@@ -59,7 +60,33 @@ def pick_first(page, elem_id: str, settle_ms: int) -> None:
         page.keyboard.press("Escape")
 
 
-def capture(url: str, out_dir: Path, narrow: bool = False, settle_ms: int = 1500) -> list[Path]:
+def pick_option(page, elem_id: str, text: str, settle_ms: int) -> bool:
+    """Choose the first option of a dropdown whose label contains ``text``; False if none does."""
+    page.locator(f"#{elem_id} input").click()
+    options = page.locator("[role=option]", has_text=text)
+    if not options.count():
+        page.keyboard.press("Escape")
+        return False
+    options.first.click()
+    page.wait_for_timeout(settle_ms)
+    return True
+
+
+def capture_diagnostics(page, out_dir: Path, variant: str, settle_ms: int) -> Path | None:
+    """The Adapters tab's per-module diagnostics and stage charts for an adapter of ``variant``."""
+    if not pick_option(page, "adapters-selected", f"({variant})", settle_ms):
+        return None
+    chart = page.locator("#adapters-diagnostics")
+    chart.scroll_into_view_if_needed()
+    page.wait_for_timeout(settle_ms)
+    path = out_dir / "adapters-diagnostics.png"
+    page.screenshot(path=str(path), full_page=False)
+    return path
+
+
+def capture(
+    url: str, out_dir: Path, narrow: bool = False, settle_ms: int = 1500, diagnostics: str | None = None
+) -> list[Path]:
     """Click through the tabs and screenshot each; returns the files written."""
     from playwright.sync_api import sync_playwright
 
@@ -81,6 +108,9 @@ def capture(url: str, out_dir: Path, narrow: bool = False, settle_ms: int = 1500
                 path = out_dir / f"{slug(title)}{suffix}.png"
                 page.screenshot(path=str(path), full_page=False)
                 written.append(path)
+                if title == "Adapters" and diagnostics and not suffix:
+                    extra = capture_diagnostics(page, out_dir, diagnostics, settle_ms)
+                    written += [extra] if extra else []
             page.close()
         browser.close()
     return written
@@ -91,8 +121,13 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:7860")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "screenshots")
     parser.add_argument("--narrow", action="store_true", help="also capture a 420 px wide window")
+    parser.add_argument(
+        "--diagnostics",
+        metavar="VARIANT",
+        help="also write adapters-diagnostics.png for the first adapter of this variant (e.g. nlora)",
+    )
     args = parser.parse_args()
-    for path in capture(args.url, args.out, args.narrow):
+    for path in capture(args.url, args.out, args.narrow, diagnostics=args.diagnostics):
         print(path)
 
 

@@ -18,6 +18,15 @@ from studio.charts import PALETTE, _base_layout, _get, empty_figure, split_modul
 # Bookkeeping keys of the snapshots' extras that are not worth a panel of their own.
 HIDDEN_EXTRAS = frozenset({"stage", "xi"})
 MAX_PANELS = 4
+# Panel titles for the scalars variants record (others: the key with spaces).
+LABELS = {
+    "b_norm": "‖B‖ (Frobenius)",
+    "core_drift": "‖core − core at init‖",
+    "core_sv0": "largest singular value of the core",
+    "nnz": "active rank components",
+    "sparsity": "share of components switched off",
+    "retained_params": "parameters kept",
+}
 STAGE_PREFIX = "stage_"
 
 
@@ -52,7 +61,9 @@ def diagnostics_figure(snapshots: Iterable[Any], title: str = "Variant diagnosti
     if not series:
         return empty_figure("This variant records no per-module diagnostics.", title)
     keys = _panel_keys(series)
-    fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, subplot_titles=[k.replace("_", " ") for k in keys])
+    fig = make_subplots(
+        rows=len(keys), cols=1, shared_xaxes=True, subplot_titles=[LABELS.get(k, k.replace("_", " ")) for k in keys]
+    )
     types = sorted({t for per_type in series.values() for t in per_type})
     for row, key in enumerate(keys, start=1):
         for i, module_type in enumerate(types):
@@ -98,7 +109,7 @@ def stage_figure(
     """
     stages = stage_rows(metric_rows)
     if not stages:
-        return empty_figure("No stage evaluations: only SoRA's sparsifying scheduler records them.", title)
+        return empty_figure("No stage evaluations (SoRA's scheduler only).", title)
     measure = "accuracy" if any("val_accuracy" in s or "train_accuracy" in s for s in stages) else "loss"
     fig = go.Figure()
     for i, (prefix, label) in enumerate((("train", "memorisation (training subset)"), ("val", "generalisation"))):
