@@ -148,6 +148,7 @@ def encode_rows(
     out = Encoded(examples=[])
     to_index = label_index(labels or []) if task == "classification" else None
     has_chat = task != "classification" and any("messages" in row for row in rows)
+    unknown_ids = _unknown_ids(tokenizer)
     if has_chat and ensure_chat_template(tokenizer) and log:
         log("the tokenizer has no chat template; using the studio's simple fallback template")
     for i, row in enumerate(rows):
@@ -169,7 +170,7 @@ def encode_rows(
             out.dropped_indices.append(i)
             continue
         out.examples.append({"input_ids": ids, "labels": target})
-        _count_unknown(out, ids, tokenizer)
+        _count_unknown(out, ids, unknown_ids)
     _check_unknown(out, tokenizer, len(rows), log)
     if log and (out.truncated or out.dropped):
         log(
@@ -179,11 +180,18 @@ def encode_rows(
     return out
 
 
-def _count_unknown(out: Encoded, ids: Sequence[int], tokenizer: Any) -> None:
+def _unknown_ids(tokenizer: Any) -> tuple[int, set[int]] | None:
+    """(the unknown token's id, the other special ids), or None for tokenizers without one."""
     unk = getattr(tokenizer, "unk_token_id", None)
     if unk is None:
-        return  # byte-level tokenizers (GPT-2, Llama, SmolLM2) read any text
-    special = set(getattr(tokenizer, "all_special_ids", []) or []) - {unk}
+        return None  # no unknown token at all (byte-level BPE such as GPT-2's reads any text)
+    return unk, set(getattr(tokenizer, "all_special_ids", []) or []) - {unk}
+
+
+def _count_unknown(out: Encoded, ids: Sequence[int], unknown_ids: tuple[int, set[int]] | None) -> None:
+    if unknown_ids is None:
+        return
+    unk, special = unknown_ids
     text = [t for t in ids if t not in special]
     unknown = sum(1 for t in text if t == unk)
     out.text_tokens += len(text)
