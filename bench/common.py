@@ -50,6 +50,17 @@ def prepare_env(models_dir: str | None = None, threads: int | None = None) -> No
     os.environ.setdefault("STUDIO_MODELS_DIR", models_dir or DEFAULT_MODELS_DIR)
 
 
+def add_threads_argument(parser: Any) -> None:
+    """``--threads`` (default 1) for a bench or script; pass the value to :func:`prepare_env`."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (OMP_NUM_THREADS) of every training process; 0 = torch's default. "
+        "1 keeps rates stable on a shared, oversubscribed CPU (see bench/common.prepare_env).",
+    )
+
+
 def embedded_settings(data_dir: str | Path) -> Any:
     """Studio settings on ``data_dir`` with the embedded SQLite registry and broker (env URLs ignored)."""
     from studio.settings import Settings

@@ -57,6 +57,7 @@ from bench.common import (  # noqa: E402
     DOCS_RESULTS_DIR,
     RESULTS_DIR,
     CpuSampler,
+    add_threads_argument,
     alpaca_rows,
     cpu_at,
     embedded_settings,
@@ -614,13 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--repeats", type=int, default=2, help="Studio jobs = bare runs, interleaved.")
     parser.add_argument("--base-model", default=DEFAULT_BASE)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (OMP_NUM_THREADS) of every training process; 0 = torch's default. "
-        "1 keeps rates stable on a shared, oversubscribed CPU (see bench/common.prepare_env).",
-    )
+    add_threads_argument(parser)
     parser.add_argument("--data-dir", default=None, help="Studio data dir (default: a temporary one).")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", default=str(RESULTS_DIR / "studio_overhead.json"))

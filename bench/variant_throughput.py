@@ -41,6 +41,7 @@ from bench.common import (  # noqa: E402
     DOCS_RESULTS_DIR,
     RESULTS_DIR,
     TimingReporter,
+    add_threads_argument,
     alpaca_canonical,
     alpaca_rows,
     loadavg,
@@ -491,13 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="The request's precision."
     )
     parser.add_argument("--base-model", default=DEFAULT_BASE)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (OMP_NUM_THREADS) of every training process; 0 = torch's default. "
-        "1 keeps rates stable on a shared, oversubscribed CPU (see bench/common.prepare_env).",
-    )
+    add_threads_argument(parser)
     parser.add_argument("--timeout", type=float, default=900, help="Seconds per variant subprocess.")
     parser.add_argument("--out", default=str(RESULTS_DIR / "variant_throughput.json"))
     parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "variant_throughput.md"))

@@ -49,6 +49,7 @@ from bench.common import (  # noqa: E402
     DOCS_RESULTS_DIR,
     RESULTS_DIR,
     SHARED_DATA,
+    add_threads_argument,
     alpaca_rows,
     embedded_settings,
     loadavg,
@@ -860,13 +861,7 @@ def main(argv: list[str] | None = None) -> int:
         "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="Every request's precision."
     )
     parser.add_argument("--base-model", default=DEFAULT_BASE)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (OMP_NUM_THREADS) of every training process; 0 = torch's default. "
-        "1 keeps rates stable on a shared, oversubscribed CPU (see bench/common.prepare_env).",
-    )
+    add_threads_argument(parser)
     parser.add_argument(
         "--reuse",
         default=None,

@@ -34,6 +34,7 @@ from bench.common import (  # noqa: E402
     DOCS_RESULTS_DIR,
     RESULTS_DIR,
     TimingReporter,
+    add_threads_argument,
     alpaca_canonical,
     alpaca_rows,
     loadavg,
@@ -301,13 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--base-model", default=DEFAULT_BASE)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (OMP_NUM_THREADS) of every training process; 0 = torch's default. "
-        "1 keeps rates stable on a shared, oversubscribed CPU (see bench/common.prepare_env).",
-    )
+    add_threads_argument(parser)
     parser.add_argument("--out", default=str(RESULTS_DIR / "real_data_lora.json"))
     parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "real_data_lora.md"))
     args = parser.parse_args(argv)

@@ -181,6 +181,23 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def register_chat_dataset(registry, path: Path, rows: int = 12):
+    """Register the chat JSONL at ``path`` (already written) as a dataset row, as DatasetService would."""
+    import hashlib
+
+    return registry.add_dataset(
+        name="colours",
+        format="chat",
+        rows=rows,
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        original_path=str(path),
+        stored_path=str(path),
+        size_bytes=path.stat().st_size,
+        mapping={},
+        report={"task": "causal-lm"},
+    )
+
+
 def make_request(variant: str = "lora", params: dict | None = None, seed: int = 7, task: str | None = None, **hyper):
     """A small TrainRequest: few steps, no validation by default, logging every step."""
     from studio.schema import TrainingHyperParams, TrainRequest

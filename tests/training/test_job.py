@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_training import chat_rows, cpu_device, make_request, write_jsonl
+from conftest_training import chat_rows, cpu_device, make_request, register_chat_dataset, write_jsonl
 
 from studio.jobs.context import JobContext
 from studio.progress import RegistryReporter
@@ -17,17 +17,7 @@ from studio.progress import RegistryReporter
 @pytest.fixture
 def dataset_id(registry, tmp_path):
     path = write_jsonl(tmp_path / "data.jsonl", chat_rows(12))
-    row = registry.add_dataset(
-        name="colours",
-        format="chat",
-        rows=12,
-        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-        original_path=str(path),
-        stored_path=str(path),
-        size_bytes=path.stat().st_size,
-        mapping={},
-        report={"task": "causal-lm"},
-    )
+    row = register_chat_dataset(registry, path)
     return row.id
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from types import SimpleNamespace
 
 import pytest
-from conftest_training import chat_rows, cpu_device, make_request, write_jsonl
+from conftest_training import chat_rows, cpu_device, make_request, register_chat_dataset, write_jsonl
 
 from studio.errors import ValidationFailed
 from studio.progress import MemoryReporter
@@ -174,17 +173,7 @@ def test_cli_prints_the_estimate_before_submitting(settings, registry, tiny_llam
     from studio.cli import cli
 
     path = write_jsonl(tmp_path / "chat.jsonl", chat_rows(12))
-    row = registry.add_dataset(
-        name="colours",
-        format="chat",
-        rows=12,
-        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-        original_path=str(path),
-        stored_path=str(path),
-        size_bytes=path.stat().st_size,
-        mapping={},
-        report={"task": "causal-lm"},
-    )
+    row = register_chat_dataset(registry, path)
     args = ["train", "--dataset", str(row.id), "--base", str(tiny_llama_dir), "--set", "max_length=64"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
