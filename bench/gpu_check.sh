@@ -11,7 +11,7 @@
 #
 #   sh bench/gpu_check.sh stage   install the wheels, keep this call's GGUF piece, and run the
 #                                 speed matrix (every variant, bf16 + checkpointing + chunked
-#                                 loss) on CUDA with tiny models
+#                                 loss) and the precision probe on CUDA with tiny models
 #   sh bench/gpu_check.sh bench   join the pieces and run bench/train_speed.py --device cuda
 # Results go to $OUT (the device tool brings them back).
 set -eu
@@ -31,6 +31,7 @@ case "${1:-}" in
 stage)
     [ -n "${SKIP_TESTS:-}" ] && exit 0
     STUDIO_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/training/test_speed_matrix.py \
+        tests/training/test_precision_probe.py \
         2>&1 | tee "$OUT/speed_matrix_cuda.log" | tail -25
     ;;
 bench)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.device import DeviceInfo
-from studio.errors import JobCancelled, StudioError
+from studio.errors import JobCancelled, StudioError, ValidationFailed
 from studio.progress import Reporter
 from studio.schema import TrainRequest
 from studio.training import checkpoint as ckpt
@@ -42,6 +42,7 @@ from studio.training.memory import (
 )
 from studio.training.models import enable_gradient_checkpointing, load_base_model
 from studio.training.precision import Precision, choose_precision, precision_cache
+from studio.training.precision_probe import probe_cache, probe_precision, settle_precision, wants_probe
 from studio.training.setup import RunSetup, TrainingData, prepare_run
 from studio.variants import BuildContext, ExportContext, OptimConfig, create_variant, default_optimization
 from studio.variants.targets import default_modules_to_save, default_target_modules
@@ -152,6 +153,21 @@ def run_training(
     targets = variant.params.target_modules or default_target_modules(setup.model)
     heads = default_modules_to_save(setup.model, setup.task)
     hyper = request.hyper
+    resumed = ckpt.read_checkpoint(resume_checkpoint) if resume_checkpoint else None
+    saved_precision = resumed.meta.get("precision") if resumed is not None else None
+    timings = None
+    if wants_probe(hyper.precision, device, base_params, saved_precision):
+        # before the variant wraps the base: the probe hooks stand-in adapters onto it
+        timings = probe_precision(
+            setup.model,
+            setup.micro_batch(0, torch_device),
+            device=device,
+            task=setup.task,
+            targets=list(targets),
+            chunk_tokens=hyper.loss_chunk_tokens,
+            cache_file=probe_cache(settings),
+            log=reporter.log,
+        )
     ctx = BuildContext(
         model=setup.model,
         tokenizer=setup.tokenizer,
@@ -173,7 +189,6 @@ def run_training(
     model.train()
 
     start = 0
-    resumed = ckpt.read_checkpoint(resume_checkpoint) if resume_checkpoint else None
     if resumed is not None:
         _check_compatible(resumed, request, setup)
         variant.load_state_dict_extra(model, ckpt.load_variant_extra(resumed))
@@ -190,12 +205,14 @@ def run_training(
     optimization = variant.configure_optimization(model, cfg) or default_optimization(trainable, cfg)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    saved_precision = resumed.meta.get("precision") if resumed is not None else None
     if hyper.precision == "auto" and saved_precision:
-        # auto may measure the CPU: a resumed run computes exactly as it started
+        # auto may measure the device: a resumed run computes exactly as it started
         precision = replace(choose_precision(saved_precision, device), requested="auto", reason="as in the checkpoint")
     else:
         precision = choose_precision(hyper.precision, device, cache_file=precision_cache(settings))
+    if timings is not None:
+        fp32_as_well = _fp32_fits_as_well(request, setup, settings, device, precision, n_trainable, base_params)
+        precision = settle_precision(precision, timings, fp32_as_well)
     reporter.log(f"precision: {precision.describe()}")
     if precision.warning:
         reporter.log(precision.warning, "warning")
@@ -301,6 +318,18 @@ def _plan_memory(request, setup, settings, device, precision, n_trainable, base_
             plan.notes.append("micro-batches as in the checkpoint")
             plan.micro_batch_size, plan.micro_tokens = int(saved[0]), saved[1]
     return plan
+
+
+def _fp32_fits_as_well(request, setup, settings, device, precision, n_trainable, base_params) -> bool:
+    """Whether fp32 gets the same checkpointing and micro-batches as ``precision`` (so it costs no speed there)."""
+    low = _plan_memory(request, setup, settings, device, precision, n_trainable, base_params, None)
+    fp32 = replace(precision, name="fp32")
+    try:
+        full = _plan_memory(request, setup, settings, device, fp32, n_trainable, base_params, None)
+    except ValidationFailed:
+        return False
+    same = (full.gradient_checkpointing, full.micro_batch_size) == (low.gradient_checkpointing, low.micro_batch_size)
+    return same and full.fits
 
 
 def _micro_text(memory: MemoryPlan, hyper: Any) -> str:
