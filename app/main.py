@@ -6,14 +6,26 @@ from types import ModuleType
 
 import gradio as gr
 
-from app import tab_adapters, tab_datasets, tab_evaluate, tab_jobs, tab_playground, tab_system, tab_train
+from app import (
+    tab_adapters,
+    tab_datasets,
+    tab_evaluate,
+    tab_jobs,
+    tab_merge,
+    tab_playground,
+    tab_system,
+    tab_train,
+)
 from app.theme import header_html
 from studio.services.container import Services
 
 
 def tab_modules() -> list[ModuleType]:
-    """The tabs in display order; Evaluate only where the eval job kind is installed."""
-    tabs = [tab_datasets, tab_train, tab_jobs, tab_adapters, tab_playground]
+    """The tabs in display order; Merge and Evaluate only where their job kinds are installed."""
+    tabs = [tab_datasets, tab_train, tab_jobs, tab_adapters]
+    if tab_merge.available():
+        tabs.append(tab_merge)
+    tabs.append(tab_playground)
     if tab_evaluate.available():
         tabs.append(tab_evaluate)
     return [*tabs, tab_system]

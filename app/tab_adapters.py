@@ -108,7 +108,8 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
         + f"\n\n{row.trainable_params:,} trainable parameters · {human_bytes(row.size_bytes)} · "
         f"{len(row.ranks or {})} adapted modules"
         + (f"\n\n**Metrics:** {metrics}" if metrics else "")
-        + (f"\n\nTrained by job #{row.source_job_id}" if row.source_job_id else "")
+        + (f"\n\n{'Merged' if row.parents else 'Trained'} by job #{row.source_job_id}" if row.source_job_id else "")
+        + (f" from adapters {', '.join(f'#{p}' for p in row.parents)}" if row.parents else "")
     )
     snapshots = services.adapters.rank_history(row.id)
     metric_rows = services.jobs.metrics(row.source_job_id) if row.source_job_id else []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from studio.errors import ValidationFailed
 
@@ -126,12 +126,69 @@ class EvalRequest(StudioModel):
     )
 
 
-JobRequest = Annotated[CheckRequest | TrainRequest | EvalRequest, Field(discriminator="kind")]
+class MergeRequest(StudioModel):
+    """Combine adapters of one base model into a new plain LoRA adapter."""
+
+    kind: Literal["merge"] = "merge"
+    name: str | None = Field(None, max_length=200, description="Name of the merged adapter.")
+    adapter_ids: list[int] = Field(
+        ..., min_length=1, max_length=8, description="Adapters to combine; all must be for the same base model."
+    )
+    method: Literal["linear", "ties"] = Field(
+        "linear",
+        description="linear: the weighted sum of the adapters' weight changes (one adapter: resize it to a "
+        "new rank). ties: TIES-merging, which keeps each adapter's largest changes, elects a sign for every "
+        "weight and averages only the changes that agree: less interference between adapters trained for "
+        "different tasks.",
+    )
+    weights: list[float] | None = Field(
+        None,
+        description="One weight per adapter, in order (a negative weight subtracts an adapter's effect). "
+        "Empty: linear averages the adapters (1/n each); ties uses 1 each, since it averages the agreeing "
+        "changes itself.",
+    )
+    density: float = Field(
+        0.2, gt=0.0, le=1.0, description="ties only: the share of each adapter's largest weight changes kept."
+    )
+    rank: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Rank of the merged adapter in every module. Empty: the sum of the adapters' ranks "
+        "there, which is exact for a linear merge; smaller ranks make a smaller adapter and report the "
+        "share of the change they lose.",
+    )
+    seed: int = Field(0, ge=0, description="Recorded with the job (merging draws no random numbers).")
+
+    @model_validator(mode="after")
+    def _check_lists(self) -> MergeRequest:
+        if len(set(self.adapter_ids)) != len(self.adapter_ids):
+            raise ValueError("adapter_ids: each adapter may appear only once")
+        if any(i < 1 for i in self.adapter_ids):
+            raise ValueError("adapter_ids: ids start at 1")
+        if self.weights is not None and len(self.weights) != len(self.adapter_ids):
+            raise ValueError(
+                f"weights: {len(self.weights)} weights for {len(self.adapter_ids)} adapters; give one per adapter"
+            )
+        if self.weights is not None and not any(self.weights):
+            raise ValueError("weights: at least one weight must be non-zero")
+        return self
+
+    def resolved_weights(self) -> list[float]:
+        """The weights the merge uses: as given, else 1/n each for linear and 1 each for ties."""
+        n = len(self.adapter_ids)
+        if self.weights is not None:
+            return list(self.weights)
+        return [1.0 / n] * n if self.method == "linear" else [1.0] * n
+
+
+AnyRequest = CheckRequest | TrainRequest | EvalRequest | MergeRequest
+JobRequest = Annotated[AnyRequest, Field(discriminator="kind")]
 _REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobRequest)
-JOB_KINDS = ("check", "train", "eval")
+JOB_KINDS = ("check", "train", "eval", "merge")
 
 
-def parse_request(data: dict[str, Any]) -> CheckRequest | TrainRequest | EvalRequest:
+def parse_request(data: dict[str, Any]) -> AnyRequest:
     """Validate a stored or submitted request dict; errors name the field and what to do."""
     try:
         return _REQUEST_ADAPTER.validate_python(data)

@@ -22,6 +22,7 @@ COMMANDS = {
     "adapters": "studio.cli.adapters:adapters_cmd",
     "export": "studio.cli.adapters:export_cmd",
     "eval": "studio.cli.evaluate:eval_cmd",
+    "merge": "studio.cli.merge:merge_cmd",
 }
 
 

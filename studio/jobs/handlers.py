@@ -17,6 +17,7 @@ HANDLERS: dict[str, str] = {
     "check": "studio.jobs.check:run_check",
     "train": "studio.training.job:run_train_job",
     "eval": "studio.evaluation.job:run_eval_job",
+    "merge": "studio.merging.job:run_merge_job",
 }
 
 Handler = Callable[..., dict[str, Any]]

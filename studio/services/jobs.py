@@ -9,7 +9,7 @@ from typing import Protocol
 from models_db.registry import FINAL_STATUSES, Registry
 from models_db.tables import JobLogRow, JobRow, MetricRow
 from studio.errors import StudioError
-from studio.schema import SCHEMA_VERSION, CheckRequest, EvalRequest, TrainRequest, parse_request
+from studio.schema import SCHEMA_VERSION, AnyRequest, EvalRequest, MergeRequest, TrainRequest, parse_request
 
 
 class Dispatcher(Protocol):
@@ -20,7 +20,7 @@ class Dispatcher(Protocol):
     def revoke(self, task_id: str | None) -> None: ...
 
 
-Request = CheckRequest | TrainRequest | EvalRequest
+Request = AnyRequest
 
 
 class JobService:
@@ -67,6 +67,10 @@ class JobService:
                 self.registry.get_adapter(request.adapter_id)
             elif not request.base_model:
                 raise StudioError("an evaluation needs an adapter or a base model")
+        if isinstance(request, MergeRequest):
+            from studio.merging.checks import check_mergeable
+
+            check_mergeable([self.registry.get_adapter(adapter_id) for adapter_id in request.adapter_ids])
 
     def cancel(self, job_id: int) -> str:
         """Ask a job to stop. Queued jobs stop at once; running ones at their next step."""

@@ -28,12 +28,15 @@ def launched(services):
     demo.close()
 
 
-def test_tabs_are_built_from_modules_and_evaluate_only_when_installed(monkeypatch):
-    from app import main, tab_evaluate
+def test_tabs_are_built_from_modules_and_merge_and_evaluate_only_when_installed(monkeypatch):
+    from app import main, tab_evaluate, tab_merge
 
+    assert tab_merge.available() and tab_evaluate.available()
+    titles = ["Datasets", "Train", "Jobs", "Adapters", "Merge", "Playground", "Evaluate", "System"]
+    assert [m.TITLE for m in main.tab_modules()] == titles
     monkeypatch.setattr(tab_evaluate, "available", lambda: False)
+    monkeypatch.setattr(tab_merge, "available", lambda: False)
     assert [m.TITLE for m in main.tab_modules()] == ["Datasets", "Train", "Jobs", "Adapters", "Playground", "System"]
-    assert all(m.TITLE != "Merge" for m in main.tab_modules())
 
 
 def test_page_carries_theme_css_and_inspects_an_upload(launched, services, tmp_path):
@@ -45,7 +48,7 @@ def test_page_carries_theme_css_and_inspects_an_upload(launched, services, tmp_p
     config = httpx.get(launched + "config", timeout=30).json()
     assert "variant-cards" in (config.get("css") or "") or "variant-cards" in json.dumps(config)
     elem_ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
-    assert {"ds-upload", "train-submit", "jobs-chart", "adapters-rank-heatmap", "play-send"} <= elem_ids
+    assert {"ds-upload", "train-submit", "jobs-chart", "adapters-rank-heatmap", "play-send", "merge-submit"} <= elem_ids
 
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) for i in range(3)) + "\n")

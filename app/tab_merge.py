@@ -1,0 +1,116 @@
+"""Merge tab: combine adapters of one base model into a new adapter (a merge job), and list the merges.
+
+Only shown when this installation has the merge job kind (``studio.merging.job``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import gradio as gr
+
+from app.forms import SchemaForm
+from app.ui import bind
+from studio.schema import MergeRequest, parse_request
+from studio.services.container import Services
+
+TITLE = "Merge"
+ELEM_ID = "tab-merge"
+FORM_FIELDS = ("method", "density", "rank", "name")
+WEIGHTS_HELP = (
+    "One number per adapter, in the order chosen, e.g. 0.7, 0.3 (a negative weight subtracts an adapter). "
+    "Empty: linear averages them, ties gives each 1."
+)
+
+
+def available() -> bool:
+    """True when the merge job kind exists in this installation (no dead buttons otherwise)."""
+    try:
+        return importlib.util.find_spec("studio.merging.job") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def adapter_choices(services: Services) -> list[tuple[str, int]]:
+    """Every adapter, labelled with its base model (only adapters of one base model can be merged)."""
+    return [(f"#{r.id} {r.name} ({r.variant}, {r.base_model})", r.id) for r in services.adapters.list()]
+
+
+def parse_weights(text: str | None) -> list[float] | None:
+    """'0.7, 0.3' -> [0.7, 0.3]; empty -> None; anything else is a gr.Error naming the bad entry."""
+    parts = [p.strip() for p in (text or "").replace(";", ",").split(",") if p.strip()]
+    weights = []
+    for part in parts:
+        try:
+            weights.append(float(part))
+        except ValueError:
+            raise gr.Error(f"Weights: {part!r} is not a number; write one number per adapter, e.g. 0.7, 0.3") from None
+    return weights or None
+
+
+def submit_merge(services: Services, adapters: list[int] | None, weights: str | None, options: dict[str, Any]) -> str:
+    """Validate and queue a merge job; returns a confirmation line."""
+    chosen = [int(a) for a in adapters or []]
+    if not chosen:
+        raise gr.Error("Choose the adapters to merge (one adapter with a smaller rank resizes it).")
+    request: MergeRequest = parse_request(
+        {"kind": "merge", "adapter_ids": chosen, "weights": parse_weights(weights), **options}
+    )
+    listed = ", ".join(f"#{i} × {w:g}" for i, w in zip(chosen, request.resolved_weights(), strict=True))
+    job = services.jobs.submit(request, name=request.name or f"{request.method} merge of {listed}")
+    return f"Queued merge job #{job.id} ({request.method}: {listed}); the new adapter appears below and in Adapters."
+
+
+def results_rows(services: Services) -> list[list[Any]]:
+    """Recent merge jobs: parents, method, the adapter made and how close its LoRA is to the merge."""
+    out = []
+    for job in services.jobs.list(kind="merge", limit=50):
+        result = job.result or {}
+        parents = ", ".join(f"#{i}" for i in job.request.get("adapter_ids", []))
+        error = result.get("merge_max_error")
+        made = f"#{result['adapter_id']}" if result.get("adapter_id") else ""
+        closeness = f"{error:.1e}" if isinstance(error, int | float) else (job.error or "")
+        out.append([job.id, job.status, parents, job.request.get("method", ""), made, closeness])
+    return out
+
+
+def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
+    """Lay out the tab and wire its events."""
+    c: dict[str, Any] = {}
+    gr.Markdown(
+        "Combine adapters of **one base model** into a new plain LoRA adapter. *linear* adds their weight "
+        "changes with your weights; *ties* keeps each adapter's largest changes and resolves sign conflicts, "
+        "which suits adapters trained for different tasks. Evaluate the result in the Evaluate tab or try it "
+        "in the Playground.",
+        elem_id="merge-intro",
+    )
+    with gr.Row():
+        c["adapters"] = gr.Dropdown(label="Adapters", choices=[], multiselect=True, elem_id="merge-adapters")
+        c["weights"] = gr.Textbox(label="Weights", info=WEIGHTS_HELP, elem_id="merge-weights")
+    with gr.Row(elem_classes=["form-grid"]):
+        form = SchemaForm(MergeRequest.model_json_schema(), "merge", only=FORM_FIELDS)
+    c["submit"] = gr.Button("Merge", variant="primary", elem_id="merge-submit")
+    c["status"] = gr.Markdown(elem_id="merge-status")
+    c["results"] = gr.Dataframe(
+        headers=["job", "status", "adapters", "method", "new adapter", "largest error"],
+        value=lambda: results_rows(services),
+        interactive=False,
+        elem_id="merge-results",
+    )
+
+    def on_submit(adapters, weights, **raw: Any) -> dict[str, Any]:
+        options = form.values([raw[f"opt.{n}"] for n in form.names])
+        return {"status": submit_merge(services, adapters, weights, options), "results": results_rows(services)}
+
+    def on_tab() -> dict[str, Any]:
+        return {"adapters": gr.update(choices=adapter_choices(services)), "results": results_rows(services)}
+
+    inputs = {"adapters": c["adapters"], "weights": c["weights"]} | {f"opt.{n}": w for n, w in form.widgets.items()}
+    bind(c["submit"].click, on_submit, inputs, {k: c[k] for k in ("status", "results")})
+    bind(tab.select, on_tab, {}, {k: c[k] for k in ("adapters", "results")})
+
+    def refresh_results() -> dict[str, Any]:
+        return {"results": results_rows(services)}
+
+    bind(gr.Timer(5.0).tick, refresh_results, {}, {"results": c["results"]}, show_progress="hidden")

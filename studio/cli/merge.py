@@ -1,0 +1,54 @@
+"""`studio merge`: combine adapters of one base model into a new adapter (a merge job)."""
+
+from __future__ import annotations
+
+import click
+from pydantic import ValidationError
+
+from studio.cli.common import JobLinePrinter, services
+from studio.errors import StudioError
+from studio.schema import MergeRequest, format_validation_error
+
+
+@click.command("merge")
+@click.argument("adapter_ids", type=int, nargs=-1, required=True)
+@click.option("--method", type=click.Choice(["linear", "ties"]), default="linear", show_default=True)
+@click.option(
+    "--weight",
+    "weights",
+    multiple=True,
+    type=float,
+    help="One per adapter, in order (repeatable). Default: an average for linear, 1 each for ties.",
+)
+@click.option("--density", default=0.2, show_default=True, type=float, help="ties: share of changes kept.")
+@click.option("--rank", default=None, type=int, help="Rank of the merged adapter (default: sum of the ranks).")
+@click.option("--name", default=None, help="Name of the merged adapter.")
+@click.option("--wait/--no-wait", default=False, help="Wait for the job and print the new adapter.")
+def merge_cmd(adapter_ids, method, weights, density, rank, name, wait) -> None:
+    """Merge ADAPTER_IDS (same base model) into one plain LoRA adapter: linear or TIES."""
+    try:
+        request = MergeRequest(
+            adapter_ids=list(adapter_ids),
+            method=method,
+            weights=list(weights) or None,
+            density=density,
+            rank=rank,
+            name=name,
+        )
+    except ValidationError as exc:
+        raise StudioError(format_validation_error(exc)) from None
+    svc = services()
+    job = svc.jobs.submit(request)
+    listed = ", ".join(f"{i} × {w:g}" for i, w in zip(adapter_ids, request.resolved_weights(), strict=True))
+    click.echo(f"queued merge job {job.id} ({method}: {listed})")
+    if not wait:
+        return
+    job = svc.jobs.wait(job.id, on_update=JobLinePrinter())
+    click.echo()
+    if job.status != "succeeded":
+        raise StudioError(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
+    result = job.result or {}
+    click.echo(
+        f"adapter {result['adapter_id']}: {result['modules']} modules, ranks {result['rank_min']}-"
+        f"{result['rank_max']}, largest relative error {result['merge_max_error']:.2e}"
+    )

@@ -1,0 +1,186 @@
+"""The ``merge`` job: several adapters of one base model in, one registered plain PEFT LoRA out.
+
+Steps: check the parents (:func:`studio.merging.checks.check_mergeable`), read each
+parent's ΔW per module through PEFT (one progress step each), merge module by module
+(linear or TIES), factorise every merged ΔW into B′A′ at the requested rank (by default
+the sum of the parents' ranks there: exact for a linear merge of LoRAs) and write it with
+the same exporter trained adapters use. The relative Frobenius error per module is kept
+in ``export_report.json`` and as the adapter's ``merge_max_error`` metric.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from studio.merging.checks import check_mergeable
+from studio.merging.deltas import adapter_deltas
+from studio.merging.methods import merge_deltas
+from studio.progress import Reporter
+from studio.schema import SCHEMA_VERSION, MergeRequest
+
+# Files of a parent adapter that describe its tokenizer (the chat template training used).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def run_merge_job(request: MergeRequest, reporter: Reporter, ctx: Any) -> dict[str, Any]:
+    """Merge ``request.adapter_ids`` and register the result; returns its id, ranks and errors."""
+    from studio.models.base_models import resolve_base_model
+    from studio.training.job import dir_size, sha256_file
+    from studio.training.memory import release_memory
+
+    registry = ctx.registry
+    parents = [registry.get_adapter(adapter_id) for adapter_id in request.adapter_ids]
+    check_mergeable(parents)
+    weights = request.resolved_weights()
+    base_model = parents[0].base_model
+    base_path = resolve_base_model(base_model, ctx.settings, progress=reporter.log).path
+    reporter.log(
+        f"{request.method} merge of {', '.join(f'#{p.id} × {w:g}' for p, w in zip(parents, weights, strict=True))} "
+        f"on {base_model}" + (f", density {request.density:g}" if request.method == "ties" else "")
+    )
+
+    loaded = []
+    for done, parent in enumerate(parents):
+        reporter.check_cancelled()
+        reporter.progress(done, len(parents) + 1, f"reading adapter #{parent.id}")
+        loaded.append(adapter_deltas(Path(parent.path), base_path, f"adapter #{parent.id}"))
+    factors, errors, ranks = _merge_modules(request, loaded, weights, reporter)
+    reporter.progress(len(parents), len(parents) + 1, "writing the merged adapter")
+
+    out_dir = Path(ctx.settings.adapters_dir) / uuid.uuid4().hex
+    written = _write(factors, out_dir, base_path)
+    report = {"exact": max(errors.values(), default=0.0) < 1e-4, "errors": errors, "ranks": written}
+    (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
+    _copy_tokenizer(Path(parents[0].path), out_dir)
+    record = _record(request, parents, weights, ctx.job_id)
+    (out_dir / "reproducibility.json").write_text(json.dumps(record, indent=2))
+    (out_dir / "README.md").write_text(model_card(request, parents, weights, written, errors))
+
+    metrics = {"merge_max_error": max(errors.values(), default=0.0), "merge_mean_error": _mean(errors)}
+    name = request.name or f"{request.method} merge of " + " + ".join(f"#{p.id}" for p in parents)
+    row = registry.add_adapter(
+        name=name,
+        variant="merge",
+        base_model=base_model,
+        dataset_id=None,
+        ranks=written,
+        trainable_params=sum(b.numel() + a.numel() for b, a in factors.values()),
+        size_bytes=dir_size(out_dir),
+        path=str(out_dir),
+        sha256=sha256_file(out_dir / "adapter_model.safetensors"),
+        source_job_id=ctx.job_id,
+        parents=[p.id for p in parents],
+        metrics=metrics,
+    )
+    reporter.metrics(len(parents), metrics)
+    reporter.progress(len(parents) + 1, len(parents) + 1, "done")
+    reporter.log(
+        f"adapter {row.id} saved to {out_dir}: {len(written)} modules, ranks {min(written.values())}–"
+        f"{max(written.values())}, largest relative error {metrics['merge_max_error']:.2e}"
+    )
+    del loaded, factors
+    release_memory()
+    return {
+        "adapter_id": row.id,
+        "adapter_path": str(out_dir),
+        "method": request.method,
+        "weights": weights,
+        "parents": [p.id for p in parents],
+        "modules": len(written),
+        "rank_min": min(written.values()),
+        "rank_max": max(written.values()),
+        **metrics,
+    }
+
+
+def _merge_modules(request: MergeRequest, loaded: list, weights: list[float], reporter: Reporter):
+    """({module: (B′, A′)}, {module: relative error}, {module: rank cap}) of the merged ΔW."""
+    import torch
+
+    from studio.variants.lora_export import factorise
+
+    modules = sorted({name for parent in loaded for name in parent.deltas})
+    factors, errors, caps = {}, {}, {}
+    for name in modules:
+        reporter.check_cancelled()
+        shape = next(parent.deltas[name].shape for parent in loaded if name in parent.deltas)
+        # A parent that does not adapt a module changes it by nothing.
+        deltas = [parent.deltas.get(name, torch.zeros(shape)) for parent in loaded]
+        merged = merge_deltas(request.method, deltas, weights, request.density)
+        caps[name] = request.rank or sum(parent.ranks.get(name, 0) for parent in loaded)
+        b, a, error = factorise(merged, caps[name])
+        factors[name], errors[name] = (b, a), error
+    return factors, errors, caps
+
+
+def _write(factors: dict, out_dir: Path, base_path: Path) -> dict[str, int]:
+    """The merged factors as a PEFT LoRA on the base (scale 1 in every module); returns the ranks written."""
+    from studio.training.models import load_base_model
+    from studio.variants.base import ExportContext
+    from studio.variants.lora_export import write_plain_lora
+
+    kept = {name: (b, a) for name, (b, a) in factors.items() if b.shape[1] > 0}
+    if not kept:
+        from studio.errors import ValidationFailed
+
+        raise ValidationFailed("the merged adapters cancel out: the merge changes no weight")
+    ectx = ExportContext(fresh_base=lambda: load_base_model(Path(base_path), "causal-lm"), task="causal-lm")
+    return write_plain_lora(kept, out_dir, ectx, heads={})
+
+
+def _copy_tokenizer(parent_dir: Path, out_dir: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (parent_dir / name).is_file():
+            shutil.copy2(parent_dir / name, out_dir / name)
+
+
+def _mean(values: dict[str, float]) -> float:
+    return sum(values.values()) / len(values) if values else 0.0
+
+
+def _record(request: MergeRequest, parents: list, weights: list[float], job_id: int | None) -> dict[str, Any]:
+    from studio import __version__
+    from studio.versions import library_versions
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "job_id": job_id,
+        "request": request.model_dump(mode="json"),
+        "weights": weights,
+        "parents": [
+            {"id": p.id, "name": p.name, "variant": p.variant, "sha256": p.sha256, "source_job_id": p.source_job_id}
+            for p in parents
+        ],
+        "versions": {**library_versions(), "studio": __version__},
+    }
+
+
+def model_card(
+    request: MergeRequest, parents: list, weights: list[float], ranks: dict[str, int], errors: dict[str, float]
+) -> str:
+    """A short README for the merged adapter: its parents, the method, how close the LoRA is, how to load it."""
+    method = "TIES-merging" if request.method == "ties" else "a weighted sum"
+    lines = [
+        f"# {request.name or 'Merged adapter'}",
+        "",
+        f"A plain PEFT LoRA for `{parents[0].base_model}`, made by Adapter Studio with {method} of:",
+        "",
+        *[f"- #{p.id} {p.name} ({p.variant}), weight {w:g}" for p, w in zip(parents, weights, strict=True)],
+        "",
+        f"- Method: `{request.method}`" + (f", density {request.density:g}" if request.method == "ties" else ""),
+        f"- Modules: {len(ranks)}; ranks {min(ranks.values())}–{max(ranks.values())}",
+        f"- Largest relative error of the LoRA against the merged weight change: {max(errors.values()):.2e}",
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "model = PeftModel.from_pretrained(base_model, adapter_dir)  # base loaded with transformers",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""How weight changes ΔW of several adapters become one: weighted sum or TIES-merging.
+
+Both work on dense ΔW of one module at a time, so they apply to any adapter PEFT can
+merge (LoRA at any rank, DoRA, AdaLoRA, ...); the result is factorised into a LoRA
+afterwards (:func:`studio.variants.lora_export.factorise`).
+
+TIES-merging (Yadav et al., 2023, "Resolving Interference When Merging Models"), per
+module: (1) trim: each adapter keeps only its ``density`` share of largest-magnitude
+changes, the rest become 0; (2) elect: every weight gets the sign of the summed trimmed
+changes (the side with more total mass wins); (3) disjoint mean: the average of the
+changes that agree with the elected sign, counting only adapters that changed that
+weight. The weights multiply each adapter's changes before the election, so a weight
+of 1 each is the paper's method with λ = 1 and a negative weight subtracts an adapter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+METHODS = ("linear", "ties")
+
+
+def linear_merge(deltas: Sequence[Any], weights: Sequence[float]) -> Any:
+    """Σ wᵢ ΔWᵢ."""
+    _check(deltas, weights)
+    total = deltas[0] * weights[0]
+    for delta, weight in zip(deltas[1:], weights[1:], strict=True):
+        total = total + delta * weight
+    return total
+
+
+def trim_to_density(delta: Any, density: float) -> Any:
+    """``delta`` with all but its ``ceil(density · size)`` largest-magnitude entries set to 0."""
+    import torch
+
+    if density >= 1.0:
+        return delta.clone()
+    keep = max(1, math.ceil(density * delta.numel()))
+    flat = delta.flatten()
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[flat.abs().topk(keep).indices] = True
+    return (flat * mask).view_as(delta)
+
+
+def ties_merge(deltas: Sequence[Any], weights: Sequence[float], density: float) -> Any:
+    """TIES-merging of ``deltas`` (trim to ``density``, elect signs, disjoint mean), weights applied first."""
+    import torch
+
+    _check(deltas, weights)
+    stacked = torch.stack([trim_to_density(d, density) * w for d, w in zip(deltas, weights, strict=True)])
+    elected = torch.sign(stacked.sum(dim=0))
+    agrees = (torch.sign(stacked) == elected) & (stacked != 0)
+    count = agrees.sum(dim=0).clamp(min=1)
+    return (stacked * agrees).sum(dim=0) / count
+
+
+def merge_deltas(method: str, deltas: Sequence[Any], weights: Sequence[float], density: float = 1.0) -> Any:
+    """One module's merged ΔW by ``method`` ("linear" or "ties")."""
+    if method == "linear":
+        return linear_merge(deltas, weights)
+    if method == "ties":
+        return ties_merge(deltas, weights, density)
+    raise ValueError(f"unknown merge method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _check(deltas: Sequence[Any], weights: Sequence[float]) -> None:
+    if not deltas or len(deltas) != len(weights):
+        raise ValueError(f"{len(deltas)} weight changes for {len(weights)} weights")
+    shapes = {tuple(d.shape) for d in deltas}
+    if len(shapes) != 1:
+        raise ValueError(f"the weight changes of one module differ in shape: {sorted(shapes)}")
