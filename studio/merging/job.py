@@ -22,6 +22,10 @@ from studio.merging.methods import merge_deltas
 from studio.progress import Reporter
 from studio.schema import SCHEMA_VERSION, MergeRequest
 
+# Shares of the progress bar: reading the parents (a model load each), merging + factorising, writing.
+READ_SHARE, MERGE_SHARE = 0.4, 0.55
+PROGRESS_STEPS = 1000
+
 # Files of a parent adapter that describe its tokenizer (the chat template training used).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
@@ -46,10 +50,10 @@ def run_merge_job(request: MergeRequest, reporter: Reporter, ctx: Any) -> dict[s
     loaded = []
     for done, parent in enumerate(parents):
         reporter.check_cancelled()
-        reporter.progress(done, len(parents) + 1, f"reading adapter #{parent.id}")
+        _progress(reporter, READ_SHARE * done / len(parents), f"reading adapter #{parent.id}")
         loaded.append(adapter_deltas(Path(parent.path), base_path, f"adapter #{parent.id}"))
     factors, errors, ranks = _merge_modules(request, loaded, weights, reporter)
-    reporter.progress(len(parents), len(parents) + 1, "writing the merged adapter")
+    _progress(reporter, READ_SHARE + MERGE_SHARE, "writing the merged adapter")
 
     out_dir = Path(ctx.settings.adapters_dir) / uuid.uuid4().hex
     written = _write(factors, out_dir, base_path)
@@ -77,7 +81,7 @@ def run_merge_job(request: MergeRequest, reporter: Reporter, ctx: Any) -> dict[s
         metrics=metrics,
     )
     reporter.metrics(len(parents), metrics)
-    reporter.progress(len(parents) + 1, len(parents) + 1, "done")
+    _progress(reporter, 1.0, "done")
     reporter.log(
         f"adapter {row.id} saved to {out_dir}: {len(written)} modules, ranks {min(written.values())}–"
         f"{max(written.values())}, largest relative error {metrics['merge_max_error']:.2e}"
@@ -105,8 +109,9 @@ def _merge_modules(request: MergeRequest, loaded: list, weights: list[float], re
 
     modules = sorted({name for parent in loaded for name in parent.deltas})
     factors, errors, caps = {}, {}, {}
-    for name in modules:
+    for done, name in enumerate(modules):
         reporter.check_cancelled()
+        _progress(reporter, READ_SHARE + MERGE_SHARE * done / len(modules), "merging modules" if not done else None)
         shape = next(parent.deltas[name].shape for parent in loaded if name in parent.deltas)
         # A parent that does not adapt a module changes it by nothing.
         deltas = [parent.deltas.get(name, torch.zeros(shape)) for parent in loaded]
@@ -115,6 +120,11 @@ def _merge_modules(request: MergeRequest, loaded: list, weights: list[float], re
         b, a, error = factorise(merged, caps[name])
         factors[name], errors[name] = (b, a), error
     return factors, errors, caps
+
+
+def _progress(reporter: Reporter, fraction: float, message: str | None) -> None:
+    """Progress as a share of the whole job (steps of 1/1000): the module count is known only after reading."""
+    reporter.progress(round(fraction * PROGRESS_STEPS), PROGRESS_STEPS, message)
 
 
 def _write(factors: dict, out_dir: Path, base_path: Path) -> dict[str, int]:
