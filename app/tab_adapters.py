@@ -1,4 +1,4 @@
-"""Adapters tab: filterable table, details, rank charts, convergence overlay, params-vs-metric, zip, delete."""
+"""Adapters tab: filterable table, details, rank charts, convergence overlay, params-vs-metric, downloads, delete."""
 
 from __future__ import annotations
 
@@ -139,12 +139,20 @@ def compare(services: Services, chosen: list[int] | None) -> dict[str, Any]:
     }
 
 
+def make_merged_zip(services: Services, selected: int | None) -> dict[str, Any]:
+    """A zip of the base model with the adapter merged into its weights, offered as a download."""
+    if not selected:
+        raise gr.Error("Select an adapter first.")
+    path = services.adapters.merged_model_zip(int(selected))
+    return {"zip_file": gr.update(value=str(path), visible=True, label="Merged model zip")}
+
+
 def make_zip(services: Services, selected: int | None) -> dict[str, Any]:
     """A zip of the adapter's PEFT directory, offered as a download."""
     if not selected:
         raise gr.Error("Select an adapter first.")
     path = services.adapters.zip(int(selected))
-    return {"zip_file": gr.update(value=str(path), visible=True)}
+    return {"zip_file": gr.update(value=str(path), visible=True, label="Adapter zip")}
 
 
 def delete(services: Services, selected: int | None, **filters: Any) -> dict[str, Any]:
@@ -179,6 +187,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
             )
             with gr.Row():
                 c["zip_btn"] = gr.Button("Download as zip", elem_id="adapters-zip-btn")
+                c["merged_btn"] = gr.Button("Download merged model", elem_id="adapters-merged-btn")
                 c["delete_btn"] = gr.Button("Delete", variant="stop", elem_id="adapters-delete")
             c["zip_file"] = gr.File(label="Adapter zip", visible=False, interactive=False, elem_id="adapters-zip")
         with gr.Column(scale=4, min_width=320):
@@ -213,6 +222,12 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         {k: c[k] for k in ("conv_step", "conv_time")},
     )
     bind(c["zip_btn"].click, partial(make_zip, services), {"selected": c["selected"]}, {"zip_file": c["zip_file"]})
+    bind(
+        c["merged_btn"].click,
+        partial(make_merged_zip, services),
+        {"selected": c["selected"]},
+        {"zip_file": c["zip_file"]},
+    )
     bind(
         c["delete_btn"].click,
         partial(delete, services),

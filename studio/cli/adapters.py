@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from studio.cli.common import table
+from studio.errors import StudioError
 
 
 def _services():
@@ -56,8 +57,19 @@ def adapters_cmd(variant: str | None, base_model: str | None) -> None:
     default=None,
     help="Write a plain LoRA of at most this rank (SVD, error reported; DyLoRA adapters are cut exactly).",
 )
-def export_cmd(adapter_id: int, out_dir: Path, as_lora_rank: int | None) -> None:
-    """Export adapter ADAPTER_ID to a directory as a standard PEFT checkpoint."""
+@click.option(
+    "--merged-model",
+    is_flag=True,
+    help="Write the base model with the adapter merged into its weights (a standalone transformers model).",
+)
+def export_cmd(adapter_id: int, out_dir: Path, as_lora_rank: int | None, merged_model: bool) -> None:
+    """Export adapter ADAPTER_ID to a directory as a standard PEFT checkpoint (or a merged model)."""
+    if merged_model:
+        if as_lora_rank is not None:
+            raise StudioError("--merged-model and --as-lora-rank are alternatives; choose one")
+        path = _services().export_merged_model(adapter_id, out_dir)
+        click.echo(f"wrote the base model with adapter {adapter_id} merged in to {path}")
+        return
     report = _services().export(adapter_id, out_dir, as_lora_rank=as_lora_rank)
     click.echo(f"exported adapter {adapter_id} to {report.path} ({report.format})")
     if as_lora_rank is not None:

@@ -1,4 +1,4 @@
-"""Trained adapters: list, inspect, export (as is, or as a plain LoRA at a chosen rank), zip, delete.
+"""Adapters: list, inspect, export (as is, as a plain LoRA at a chosen rank, or merged into the base), zip, delete.
 
 Only ``adapter_model.safetensors`` is ever loaded from an adapter directory; a
 directory holding pickled weights only is refused.
@@ -88,6 +88,65 @@ class AdapterService:
             if (source / extra).exists():
                 shutil.copy2(source / extra, out / extra)
         return report
+
+    def export_merged_model(self, adapter_id: int, out_dir: str | Path) -> Path:
+        """Write the base model with the adapter folded into its weights: a standalone transformers model.
+
+        For tools that take a whole model rather than base + adapter (llama.cpp converters,
+        serving stacks without PEFT). Weights are fp32 safetensors, with the tokenizer the
+        adapter was trained with; a LoRAPrune adapter's pruned rows are zeroed as its loader does.
+        """
+        from peft import PeftModel
+
+        from studio.training.models import load_tokenizer_for
+        from studio.variants._loraprune_masks import MASKS_FILE, load_pruned_adapter
+
+        source = self.path(adapter_id)
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise ValidationFailed(f"{out} is not empty; choose a new directory for the merged model")
+        ectx = self._export_context(adapter_id, source)
+        base = ectx.fresh_base()
+        if (source / MASKS_FILE).exists() or (source / "native" / MASKS_FILE).exists():
+            model = load_pruned_adapter(base, source, merge=True)
+        else:
+            model = PeftModel.from_pretrained(base, str(source), use_safetensors=True).merge_and_unload()
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(out), safe_serialization=True)
+        tokenizer_dir = source if (source / "tokenizer_config.json").exists() else self._base_path(adapter_id)
+        load_tokenizer_for(tokenizer_dir).save_pretrained(str(out))
+        if (source / "labels.json").exists():
+            shutil.copy2(source / "labels.json", out / "labels.json")
+        row = self.get(adapter_id)
+        (out / "MERGED_FROM.md").write_text(
+            f"# {row.name}\n\n`{row.base_model}` with adapter #{row.id} ({row.variant}) merged into its weights "
+            "by Adapter Studio. Load it with `AutoModelForCausalLM.from_pretrained(this_dir)` (classifiers: "
+            "`AutoModelForSequenceClassification`); no PEFT needed.\n",
+            encoding="utf-8",
+        )
+        return out
+
+    def merged_model_zip(self, adapter_id: int) -> Path:
+        """A zip of :meth:`export_merged_model` for download (stored, not compressed: weights barely shrink)."""
+        target_dir = Path(self.settings.data_dir) / "exports"
+        work = target_dir / f"merged-model-{adapter_id}"
+        if work.exists():
+            shutil.rmtree(work)
+        self.export_merged_model(adapter_id, work)
+        target = target_dir / f"merged-model-{adapter_id}.zip"
+        tmp = target.with_suffix(".zip.partial")
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+            for file in sorted(work.rglob("*")):
+                if file.is_file():
+                    archive.write(file, f"merged-model-{adapter_id}/{file.relative_to(work)}")
+        tmp.replace(target)
+        shutil.rmtree(work)
+        return target
+
+    def _base_path(self, adapter_id: int) -> Path:
+        from studio.models.base_models import resolve_base_model
+
+        return resolve_base_model(self.get(adapter_id).base_model, self.settings).path
 
     def _export_context(self, adapter_id: int, source: Path):
         from studio.models.base_models import resolve_base_model

@@ -37,12 +37,13 @@ def merged_delta(layer: Any, adapter: str = "default") -> Any:
     try:
         with torch.no_grad():
             layer.merge(safe_merge=True, adapter_names=[adapter])
-            merged = base.weight.data.float().clone()
+            merged = base.weight.data.clone()
     finally:
         # Restore W0 bit-for-bit instead of unmerge(), whose inverse is only approximate.
         base.weight.data = original
         layer.merged_adapters = [a for a in layer.merged_adapters if a != adapter]
-    return (merged - original.float()).cpu()
+    # The difference is exact in float64 (so a float64 model gives a float64-accurate ΔW), then fp32.
+    return (merged.to(torch.float64) - original.to(torch.float64)).float().cpu()
 
 
 def layer_delta(layer: Any, adapter: str = "default") -> Any:

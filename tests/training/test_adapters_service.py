@@ -167,3 +167,51 @@ def test_dylora_metric_vs_rank_evaluation(make_adapter, registry, settings, tmp_
     lora_row, _ = make_adapter("lora")
     with pytest.raises(ValidationFailed, match="DyLoRA"):
         run_eval_job(request.model_copy(update={"adapter_id": lora_row.id}), MemoryReporter(), ctx)
+
+
+@pytest.mark.parametrize("variant", ["lora", "dora"])
+def test_merged_model_export_is_a_standalone_model_with_the_adapters_outputs(
+    make_adapter, registry, settings, tmp_path, variant
+):
+    """The base with the adapter folded in loads with plain transformers and answers like base + adapter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    row, result = make_adapter(variant)
+    service = AdapterService(registry, settings)
+    out = service.export_merged_model(row.id, tmp_path / "merged")
+    assert {"model.safetensors", "config.json", "tokenizer_config.json", "MERGED_FROM.md"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert not (out / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(8, 60, (2, 9), generator=torch.Generator().manual_seed(3))
+    result.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            merged(input_ids=ids).logits, result.model(input_ids=ids).logits, atol=1e-5, rtol=1e-5
+        )
+    assert AutoTokenizer.from_pretrained(out)("red sky")["input_ids"]
+    with pytest.raises(ValidationFailed, match="not empty"):
+        service.export_merged_model(row.id, out)
+
+
+def test_merged_model_zip_and_cli(make_adapter, registry, settings, tmp_path):
+    from click.testing import CliRunner
+
+    from studio.cli.adapters import export_cmd
+
+    row, _ = make_adapter("lora")
+    archive = AdapterService(registry, settings).merged_model_zip(row.id)
+    with zipfile.ZipFile(archive) as handle:
+        names = set(handle.namelist())
+    assert {f"merged-model-{row.id}/model.safetensors", f"merged-model-{row.id}/config.json"} <= names
+    assert not (settings.data_dir / "exports" / f"merged-model-{row.id}").exists()  # only the zip is kept
+    runner = CliRunner()
+    out = tmp_path / "cli-merged"
+    done = runner.invoke(export_cmd, [str(row.id), "--out", str(out), "--merged-model"])
+    assert done.exit_code == 0, done.output
+    assert "merged in" in done.output and (out / "model.safetensors").exists()
+    both = runner.invoke(
+        export_cmd, [str(row.id), "--out", str(tmp_path / "y"), "--merged-model", "--as-lora-rank", "2"]
+    )
+    assert both.exit_code != 0 and "alternatives" in str(both.exception)

@@ -80,3 +80,16 @@ def test_adapters_tab_says_what_a_merged_adapter_was_made_from(services, two_ada
     text = tab_adapters.details(services, row.id)["details"]
     assert f"Merged by job #{job.id} from adapters #{two_adapters[0]}, #{two_adapters[1]}" in text
     assert "Merged" not in tab_adapters.details(services, two_adapters[0])["details"]
+
+
+def test_adapters_tab_offers_the_merged_model_as_a_download(services, two_adapters):
+    import zipfile
+
+    from app import tab_adapters
+
+    update = tab_adapters.make_merged_zip(services, two_adapters[0])["zip_file"]
+    assert update["visible"] and update["label"] == "Merged model zip"
+    with zipfile.ZipFile(update["value"]) as archive:
+        assert f"merged-model-{two_adapters[0]}/model.safetensors" in archive.namelist()
+    with pytest.raises(gr.Error, match="Select an adapter"):
+        tab_adapters.make_merged_zip(services, None)
