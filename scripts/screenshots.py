@@ -1,7 +1,7 @@
 """Refresh docs/screenshots/<tab>.png: every tab of a running studio at 1280x800, with Debian's Chromium.
 
     .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:7860 [--out docs/screenshots] [--narrow]
-        [--diagnostics nlora]
+        [--diagnostics nlora] [--tabs Merge Adapters]
 
 Start the studio first (``studio run``); screenshots show whatever data it holds.
 ``--narrow`` also writes <tab>-narrow.png at 420x900 to check small windows.
@@ -23,7 +23,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-TABS = ["Datasets", "Train", "Jobs", "Adapters", "Playground", "Evaluate", "System"]
+TABS = ["Datasets", "Train", "Jobs", "Adapters", "Merge", "Playground", "Evaluate", "System"]
 
 
 def slug(title: str) -> str:
@@ -72,6 +72,18 @@ def pick_option(page, elem_id: str, text: str, settle_ms: int) -> bool:
     return True
 
 
+def show_merge_form(page, settle_ms: int) -> None:
+    """Fill the Merge form with the two newest adapters, as a user about to merge them would."""
+    for _ in range(2):
+        page.locator("#merge-adapters input").click()
+        options = page.locator("[role=option]")
+        if options.count():
+            options.first.click()
+        page.keyboard.press("Escape")
+    page.locator("#merge-weights textarea, #merge-weights input").first.fill("0.5, 0.5")
+    page.wait_for_timeout(settle_ms)
+
+
 def capture_diagnostics(page, out_dir: Path, variant: str, settle_ms: int) -> Path | None:
     """The Adapters tab's per-module diagnostics and stage charts for an adapter of ``variant``."""
     if not pick_option(page, "adapters-selected", f"({variant})", settle_ms):
@@ -85,9 +97,14 @@ def capture_diagnostics(page, out_dir: Path, variant: str, settle_ms: int) -> Pa
 
 
 def capture(
-    url: str, out_dir: Path, narrow: bool = False, settle_ms: int = 1500, diagnostics: str | None = None
+    url: str,
+    out_dir: Path,
+    narrow: bool = False,
+    settle_ms: int = 1500,
+    diagnostics: str | None = None,
+    tabs: list[str] | None = None,
 ) -> list[Path]:
-    """Click through the tabs and screenshot each; returns the files written."""
+    """Click through the tabs (all, or ``tabs``) and screenshot each; returns the files written."""
     from playwright.sync_api import sync_playwright
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,12 +116,14 @@ def capture(
             page = browser.new_page(viewport=viewport)
             page.goto(url, wait_until="load")
             page.wait_for_selector("#studio-tabs")
-            for title in TABS:
+            for title in tabs or TABS:
                 if not open_tab(page, title):
                     continue  # e.g. Evaluate where the eval job kind is not installed
                 page.wait_for_timeout(settle_ms)
                 if title == "Adapters":
                     pick_first(page, "adapters-selected", settle_ms)
+                if title == "Merge":
+                    show_merge_form(page, settle_ms)
                 path = out_dir / f"{slug(title)}{suffix}.png"
                 page.screenshot(path=str(path), full_page=False)
                 written.append(path)
@@ -126,8 +145,9 @@ def main() -> None:
         metavar="VARIANT",
         help="also write adapters-diagnostics.png for the first adapter of this variant (e.g. nlora)",
     )
+    parser.add_argument("--tabs", nargs="+", choices=TABS, help="only these tabs (default: all)")
     args = parser.parse_args()
-    for path in capture(args.url, args.out, args.narrow, diagnostics=args.diagnostics):
+    for path in capture(args.url, args.out, args.narrow, diagnostics=args.diagnostics, tabs=args.tabs):
         print(path)
 
 
