@@ -2,8 +2,8 @@
 
 Upload a dataset -> Quick training of a tiny local Llama -> the job succeeds and its loss
 chart is drawn -> chat with the base and the adapter side by side -> download the adapter
-zip and load it with PEFT. Needs Debian's Chromium (scripts/ensure_chromium.sh installs it);
-a missing browser fails the test instead of skipping it.
+zip and load it with PEFT -> resize it to rank 2 with a merge job. Needs Debian's Chromium
+(scripts/ensure_chromium.sh installs it); a missing browser fails the test instead of skipping it.
 """
 
 from __future__ import annotations
@@ -194,6 +194,17 @@ def test_upload_train_chat_download(studio_url, browser, workspace, tmp_path):
         page.locator("#adapters-zip a").first.click()
     zipped = tmp_path / "adapter.zip"
     download.value.save_as(zipped)
+
+    # Merge: resize the adapter to rank 2 by a merge job run on the studio's own worker.
+    page.get_by_role("tab", name="Merge").click()
+    choose(page, "merge-adapters", f"#{adapter_id} ")
+    page.keyboard.press("Escape")
+    page.locator("#merge-rank input").fill("2")
+    page.locator("#merge-submit").click()
+    merge_line = wait_text(page, "merge-status", "Queued merge job #\\d+")
+    merge_job = re.search(r"#(\d+)", merge_line).group(1)
+    results = wait_text(page, "merge-results", f"{merge_job}\\s+succeeded", timeout_s=120)
+    assert f"#{adapter_id}" in results and "linear" in results
     page.close()
 
     out = tmp_path / "adapter"
