@@ -43,3 +43,14 @@ class JobLinePrinter:
         if line != self._last:
             self._last = line
             click.echo(f"\r{line}   ", nl=False)
+
+
+def wait_until_succeeded(svc, job_id: int):
+    """Wait for a job with a live status line; returns it, or raises StudioError naming how it ended."""
+    from studio.errors import StudioError
+
+    job = svc.jobs.wait(job_id, on_update=JobLinePrinter())
+    click.echo()
+    if job.status != "succeeded":
+        raise StudioError(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
+    return job

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import JobLinePrinter, services
+from studio.cli.common import services, wait_until_succeeded
 from studio.errors import StudioError
 from studio.schema import EvalRequest, format_validation_error
 
@@ -65,10 +65,7 @@ def eval_cmd(adapter_id, base_model, dataset_ref, metrics, max_examples, max_new
     click.echo(f"queued evaluation job {job.id} ({subject} on dataset {dataset.id}: {', '.join(chosen)})")
     if not wait:
         return
-    job = svc.jobs.wait(job.id, on_update=JobLinePrinter())
-    click.echo()
-    if job.status != "succeeded":
-        raise StudioError(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
+    job = wait_until_succeeded(svc, job.id)
     for name, value in (job.result or {}).get("metrics", {}).items():
         click.echo(f"{name:<12} {value:.4f}")
 

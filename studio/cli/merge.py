@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import JobLinePrinter, services
+from studio.cli.common import services, wait_until_succeeded
 from studio.errors import StudioError
 from studio.schema import MergeRequest, format_validation_error
 
@@ -43,10 +43,7 @@ def merge_cmd(adapter_ids, method, weights, density, rank, name, wait) -> None:
     click.echo(f"queued merge job {job.id} ({method}: {listed})")
     if not wait:
         return
-    job = svc.jobs.wait(job.id, on_update=JobLinePrinter())
-    click.echo()
-    if job.status != "succeeded":
-        raise StudioError(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
+    job = wait_until_succeeded(svc, job.id)
     result = job.result or {}
     click.echo(
         f"adapter {result['adapter_id']}: {result['modules']} modules, ranks {result['rank_min']}-"

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import JobLinePrinter, services
+from studio.cli.common import services, wait_until_succeeded
 from studio.errors import StudioError
 from studio.schema import TrainingHyperParams, TrainRequest, format_validation_error
 
@@ -67,10 +67,7 @@ def train(dataset_ref, variant, base_model, name, assignments, seed, wait) -> No
     click.echo(f"queued training job {job.id} ({variant} on {request.base_model}, dataset {dataset_id})")
     if not wait:
         return
-    job = svc.jobs.wait(job.id, on_update=JobLinePrinter())
-    click.echo()
-    if job.status != "succeeded":
-        raise StudioError(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
+    job = wait_until_succeeded(svc, job.id)
     click.echo(f"adapter {job.result.get('adapter_id')} at {job.result.get('adapter_path')}")
 
 

@@ -173,6 +173,8 @@ def model_card(
     request: MergeRequest, parents: list, weights: list[float], ranks: dict[str, int], errors: dict[str, float]
 ) -> str:
     """A short README for the merged adapter: its parents, the method, how close the LoRA is, how to load it."""
+    from studio.training.job import LOADING_SECTION
+
     method = "TIES-merging" if request.method == "ties" else "a weighted sum"
     lines = [
         f"# {request.name or 'Merged adapter'}",
@@ -185,12 +187,6 @@ def model_card(
         f"- Modules: {len(ranks)}; ranks {min(ranks.values())}–{max(ranks.values())}",
         f"- Largest relative error of the LoRA against the merged weight change: {max(errors.values()):.2e}",
         "",
-        "## Loading",
-        "",
-        "```python",
-        "from peft import PeftModel",
-        "model = PeftModel.from_pretrained(base_model, adapter_dir)  # base loaded with transformers",
-        "```",
-        "",
+        *LOADING_SECTION,
     ]
     return "\n".join(lines)

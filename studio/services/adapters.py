@@ -128,20 +128,14 @@ class AdapterService:
 
     def merged_model_zip(self, adapter_id: int) -> Path:
         """A zip of :meth:`export_merged_model` for download (stored, not compressed: weights barely shrink)."""
-        target_dir = Path(self.settings.data_dir) / "exports"
-        work = target_dir / f"merged-model-{adapter_id}"
+        work = Path(self.settings.data_dir) / "exports" / f"merged-model-{adapter_id}"
         if work.exists():
             shutil.rmtree(work)
         self.export_merged_model(adapter_id, work)
-        target = target_dir / f"merged-model-{adapter_id}.zip"
-        tmp = target.with_suffix(".zip.partial")
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-            for file in sorted(work.rglob("*")):
-                if file.is_file():
-                    archive.write(file, f"merged-model-{adapter_id}/{file.relative_to(work)}")
-        tmp.replace(target)
-        shutil.rmtree(work)
-        return target
+        try:
+            return _zip_folder(work, f"merged-model-{adapter_id}", zipfile.ZIP_STORED)
+        finally:
+            shutil.rmtree(work)
 
     def _base_path(self, adapter_id: int) -> Path:
         from studio.models.base_models import resolve_base_model
@@ -171,14 +165,8 @@ class AdapterService:
         source = self.path(adapter_id)
         target_dir = Path(self.settings.data_dir) / "exports"
         target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / f"adapter-{adapter_id}.zip"
-        tmp = target.with_suffix(".zip.partial")
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for file in sorted(source.rglob("*")):
-                if file.is_file():
-                    archive.write(file, f"adapter-{adapter_id}/{file.relative_to(source)}")
-        tmp.replace(target)
-        return target
+        copy = target_dir / f"adapter-{adapter_id}"
+        return _zip_folder(source, copy.name, zipfile.ZIP_DEFLATED, target=copy.with_suffix(".zip"))
 
     def delete(self, adapter_id: int) -> None:
         """Remove the adapter's files (when inside the studio's adapters dir) and its registry row."""
@@ -188,3 +176,15 @@ class AdapterService:
         if path.exists() and root in path.resolve().parents:
             shutil.rmtree(path)
         self.registry.delete_adapter(adapter_id)
+
+
+def _zip_folder(folder: Path, name: str, compression: int, target: Path | None = None) -> Path:
+    """Zip ``folder``'s files under the top-level folder ``name``; written aside, then renamed into place."""
+    target = target or folder.with_name(f"{name}.zip")
+    tmp = target.with_suffix(".zip.partial")
+    with zipfile.ZipFile(tmp, "w", compression=compression) as archive:
+        for file in sorted(folder.rglob("*")):
+            if file.is_file():
+                archive.write(file, f"{name}/{file.relative_to(folder)}")
+    tmp.replace(target)
+    return target

@@ -42,7 +42,7 @@ class JobService:
             schema_version=SCHEMA_VERSION,
             seed=request.seed,
             dataset_id=getattr(request, "dataset_id", None),
-            base_model=getattr(request, "base_model", None),
+            base_model=self._base_model_of(request),
             variant=getattr(request, "variant", None),
         )
         try:
@@ -53,6 +53,12 @@ class JobService:
             raise StudioError(f"could not queue job {job.id}: the broker is unreachable ({reason})") from None
         self.registry.set_job_task_id(job.id, task_id)
         return self.registry.get_job(job.id)
+
+    def _base_model_of(self, request: Request) -> str | None:
+        """The base model a job works on (a merge's is its adapters'), for the Jobs list and filters."""
+        if isinstance(request, MergeRequest):
+            return self.registry.get_adapter(request.adapter_ids[0]).base_model
+        return getattr(request, "base_model", None)
 
     def _check_references(self, request: Request) -> None:
         """Refuse a job now, with a message, rather than let it fail on a worker later."""

@@ -22,6 +22,16 @@ from studio.training.memory import release_memory
 from studio.training.setup import TrainingData
 
 ADAPTER_FILE = "adapter_model.safetensors"
+# The end of every adapter's model card: how to load it without the studio.
+LOADING_SECTION = (
+    "## Loading",
+    "",
+    "```python",
+    "from peft import PeftModel",
+    "model = PeftModel.from_pretrained(base_model, adapter_dir)  # base loaded with transformers",
+    "```",
+    "",
+)
 
 
 def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) -> dict[str, Any]:
@@ -175,12 +185,6 @@ def model_card(request: TrainRequest, result: TrainingResult, ranks: dict[str, i
         json.dumps({"training": hyper, "variant": params}, indent=2),
         "```",
         "",
-        "## Loading",
-        "",
-        "```python",
-        "from peft import PeftModel",
-        "model = PeftModel.from_pretrained(base_model, adapter_dir)  # base loaded with transformers",
-        "```",
-        "",
+        *LOADING_SECTION,
     ]
     return "\n".join(line for line in lines if line is not None)

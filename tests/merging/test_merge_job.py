@@ -149,6 +149,7 @@ def test_the_job_runs_through_the_runner_and_can_be_evaluated(merge_env):
     a, b = merge_env.adapter("a", seed=1), merge_env.adapter("b", seed=2)
     job = merge_env.jobs.submit({"kind": "merge", "adapter_ids": [a.id, b.id]})
     assert job.kind == "merge" and merge_env.jobs.dispatcher.sent == [job.id]
+    assert job.base_model == a.base_model  # listed and filtered with the jobs of that model
     status = execute_job(job.id, merge_env.registry, merge_env.settings, WorkerIdentity("w", detect_device("cpu")))
     job = merge_env.registry.get_job(job.id)
     assert status == "succeeded", job.error
