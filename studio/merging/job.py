@@ -3,7 +3,8 @@
 Steps: check the parents (:func:`studio.merging.checks.check_mergeable`), read each
 parent's ΔW per module through PEFT (one progress step each), merge module by module
 (linear or TIES), factorise every merged ΔW into B′A′ at the requested rank (by default
-the sum of the parents' ranks there: exact for a linear merge of LoRAs) and write it with
+the sum of the parents' ranks there: exact for a linear merge of LoRAs;
+:mod:`studio.merging.lowrank`) and write it with
 the same exporter trained adapters use. The relative Frobenius error per module is kept
 in ``export_report.json`` and as the adapter's ``merge_max_error`` metric.
 """
@@ -105,7 +106,7 @@ def _merge_modules(request: MergeRequest, loaded: list, weights: list[float], re
     """({module: (B′, A′)}, {module: relative error}, {module: rank cap}) of the merged ΔW."""
     import torch
 
-    from studio.variants.lora_export import factorise
+    from studio.merging.lowrank import low_rank_factors
 
     modules = sorted({name for parent in loaded for name in parent.deltas})
     factors, errors, caps = {}, {}, {}
@@ -117,7 +118,7 @@ def _merge_modules(request: MergeRequest, loaded: list, weights: list[float], re
         deltas = [parent.deltas.get(name, torch.zeros(shape)) for parent in loaded]
         merged = merge_deltas(request.method, deltas, weights, request.density)
         caps[name] = request.rank or sum(parent.ranks.get(name, 0) for parent in loaded)
-        b, a, error = factorise(merged, caps[name])
+        b, a, error, _ = low_rank_factors(merged, caps[name])
         factors[name], errors[name] = (b, a), error
     return factors, errors, caps
 
