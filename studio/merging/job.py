@@ -1,10 +1,9 @@
 """The ``merge`` job: several adapters of one base model in, one registered plain PEFT LoRA out.
 
 Steps: check the parents (:func:`studio.merging.checks.check_mergeable`), read each
-parent's ΔW per module through PEFT (one progress step each), merge module by module
-(linear or TIES), factorise every merged ΔW into B′A′ at the requested rank (by default
-the sum of the parents' ranks there: exact for a linear merge of LoRAs;
-:mod:`studio.merging.lowrank`) and write it with
+parent's ΔW per module through PEFT, merge module by module (linear or TIES), factorise
+every merged ΔW into B′A′ at the requested rank (by default the sum of the parents' ranks
+there: exact for a linear merge of LoRAs; :mod:`studio.merging.lowrank`) and write it with
 the same exporter trained adapters use. The relative Frobenius error per module is kept
 in ``export_report.json`` and as the adapter's ``merge_max_error`` metric.
 """
@@ -26,6 +25,8 @@ from studio.schema import SCHEMA_VERSION, MergeRequest
 # Shares of the progress bar: reading the parents (a model load each), merging + factorising, writing.
 READ_SHARE, MERGE_SHARE = 0.4, 0.55
 PROGRESS_STEPS = 1000
+
+EXACT_ERROR = 1e-4  # a merge whose every module is within this relative error is reported as exact
 
 # Files of a parent adapter that describe its tokenizer (the chat template training used).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -53,17 +54,22 @@ def run_merge_job(request: MergeRequest, reporter: Reporter, ctx: Any) -> dict[s
         reporter.check_cancelled()
         _progress(reporter, READ_SHARE * done / len(parents), f"reading adapter #{parent.id}")
         loaded.append(adapter_deltas(Path(parent.path), base_path, f"adapter #{parent.id}"))
-    factors, errors, ranks = _merge_modules(request, loaded, weights, reporter)
+    factors, errors = _merge_modules(request, loaded, weights, reporter)
+    del loaded  # the parents' changes: the merged factors are all that is needed from here
     _progress(reporter, READ_SHARE + MERGE_SHARE, "writing the merged adapter")
 
     out_dir = Path(ctx.settings.adapters_dir) / uuid.uuid4().hex
-    written = _write(factors, out_dir, base_path)
-    report = {"exact": max(errors.values(), default=0.0) < 1e-4, "errors": errors, "ranks": written}
-    (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
-    _copy_tokenizer(Path(parents[0].path), out_dir)
-    record = _record(request, parents, weights, ctx.job_id)
-    (out_dir / "reproducibility.json").write_text(json.dumps(record, indent=2))
-    (out_dir / "README.md").write_text(model_card(request, parents, weights, written, errors))
+    try:
+        written = _write(factors, out_dir, base_path)
+        report = {"exact": max(errors.values(), default=0.0) < EXACT_ERROR, "errors": errors, "ranks": written}
+        (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
+        _copy_tokenizer(Path(parents[0].path), out_dir)
+        record = _record(request, parents, weights, ctx.job_id)
+        (out_dir / "reproducibility.json").write_text(json.dumps(record, indent=2))
+        (out_dir / "README.md").write_text(model_card(request, parents, weights, written, errors))
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)  # no half-written adapter is left behind
+        raise
 
     metrics = {"merge_max_error": max(errors.values(), default=0.0), "merge_mean_error": _mean(errors)}
     name = request.name or f"{request.method} merge of " + " + ".join(f"#{p.id}" for p in parents)
@@ -87,7 +93,7 @@ def run_merge_job(request: MergeRequest, reporter: Reporter, ctx: Any) -> dict[s
         f"adapter {row.id} saved to {out_dir}: {len(written)} modules, ranks {min(written.values())}–"
         f"{max(written.values())}, largest relative error {metrics['merge_max_error']:.2e}"
     )
-    del loaded, factors
+    del factors
     release_memory()
     return {
         "adapter_id": row.id,
@@ -103,13 +109,13 @@ def run_merge_job(request: MergeRequest, reporter: Reporter, ctx: Any) -> dict[s
 
 
 def _merge_modules(request: MergeRequest, loaded: list, weights: list[float], reporter: Reporter):
-    """({module: (B′, A′)}, {module: relative error}, {module: rank cap}) of the merged ΔW."""
+    """({module: (B′, A′)}, {module: relative error}) of the merged ΔW of every module."""
     import torch
 
     from studio.merging.lowrank import low_rank_factors
 
     modules = sorted({name for parent in loaded for name in parent.deltas})
-    factors, errors, caps = {}, {}, {}
+    factors, errors = {}, {}
     for done, name in enumerate(modules):
         reporter.check_cancelled()
         _progress(reporter, READ_SHARE + MERGE_SHARE * done / len(modules), "merging modules" if not done else None)
@@ -117,10 +123,10 @@ def _merge_modules(request: MergeRequest, loaded: list, weights: list[float], re
         # A parent that does not adapt a module changes it by nothing.
         deltas = [parent.deltas.get(name, torch.zeros(shape)) for parent in loaded]
         merged = merge_deltas(request.method, deltas, weights, request.density)
-        caps[name] = request.rank or sum(parent.ranks.get(name, 0) for parent in loaded)
-        b, a, error, _ = low_rank_factors(merged, caps[name])
+        rank = request.rank or sum(parent.ranks.get(name, 0) for parent in loaded)
+        b, a, error, _ = low_rank_factors(merged, rank)
         factors[name], errors[name] = (b, a), error
-    return factors, errors, caps
+    return factors, errors
 
 
 def _progress(reporter: Reporter, fraction: float, message: str | None) -> None:

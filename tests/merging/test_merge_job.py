@@ -264,3 +264,18 @@ def test_studio_merge_queues_a_job_and_refuses_bad_requests(merge_env, monkeypat
     with pytest.raises(StudioError, match="adapter 7 does not exist"):
         runner.invoke(cli, ["merge", "1", "7"], catch_exceptions=False)
     assert [j.id for j in services().jobs.list()] == [1]
+
+
+def test_a_failure_while_writing_leaves_no_half_written_adapter(merge_env, monkeypatch):
+    from studio.merging import job as merge_job
+
+    a, b = merge_env.adapter("a", seed=1), merge_env.adapter("b", seed=2)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(merge_job, "model_card", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        merge(merge_env, adapter_ids=[a.id, b.id])
+    assert not any(merge_env.settings.adapters_dir.iterdir())
+    assert sorted(row.id for row in merge_env.registry.list_adapters()) == [a.id, b.id]
