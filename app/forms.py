@@ -48,8 +48,20 @@ class FieldSpec:
         """The description, plus the allowed range for number inputs (sliders show it themselves)."""
         if self.kind not in ("int", "float") or self.is_slider():
             return self.info
-        parts = [self.info, self.range_text(), "Leave empty for the default." if self.nullable else ""]
+        empty = "Leave empty (or 0) for the default." if self.zero_means_empty() else "Leave empty for the default."
+        parts = [self.info, self.range_text(), empty if self.nullable else ""]
         return " ".join(p for p in parts if p)
+
+    def zero_means_empty(self) -> bool:
+        """A nullable number whose range excludes 0: a 0 from the widget can only mean "empty".
+
+        Gradio's number box has no empty state: it shows and sends 0 for a None value, so
+        an untouched optional field (max steps, a merge's rank) would arrive as 0 and fail
+        validation instead of taking its default.
+        """
+        if not self.nullable or self.kind not in ("int", "float") or self.minimum is None:
+            return False
+        return self.minimum > 0 or (self.exclusive_minimum and self.minimum >= 0)
 
     def range_text(self) -> str:
         """'Allowed: at least 1, at most 64.' style help for number inputs ('' when unbounded)."""
@@ -234,6 +246,8 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
     """A widget value turned into what the schema expects (ints stay ints, empty means None)."""
     if value is None or (isinstance(value, str) and not value.strip() and spec.kind != "text"):
         return None if spec.nullable else spec.default
+    if spec.zero_means_empty() and float(value) == 0:
+        return None
     if spec.kind == "int":
         return int(round(float(value)))
     if spec.kind == "float":

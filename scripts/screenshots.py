@@ -73,14 +73,16 @@ def pick_option(page, elem_id: str, text: str, settle_ms: int) -> bool:
 
 
 def show_merge_form(page, settle_ms: int) -> None:
-    """Fill the Merge form with the two newest adapters, as a user about to merge them would."""
+    """Fill the Merge form with two trained (not merged) adapters, as a user about to merge them would."""
+    page.locator("#merge-adapters input").click()
+    page.wait_for_timeout(500)
     for _ in range(2):
-        page.locator("#merge-adapters input").click()
-        options = page.locator("[role=option]")
+        options = page.locator("[role=option][aria-selected=false]").filter(has_not_text="merge,")
         if options.count():
-            options.first.click()
-        page.keyboard.press("Escape")
-    page.locator("#merge-weights textarea, #merge-weights input").first.fill("0.5, 0.5")
+            options.last.click()
+            page.wait_for_timeout(300)
+    page.keyboard.press("Escape")
+    page.locator("#merge-weights textarea, #merge-weights input").first.fill("1, 1")
     page.wait_for_timeout(settle_ms)
 
 

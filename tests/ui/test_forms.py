@@ -66,6 +66,22 @@ def test_values_come_back_by_name_and_typed():
     Example.model_validate(values)
 
 
+def test_an_untouched_optional_number_means_the_default():
+    """Gradio's number box sends 0 for an empty optional field; where 0 is not allowed it means "empty"."""
+
+    class Optional(BaseModel):
+        steps: int | None = Field(None, ge=1, description="Max steps.")
+        offset: float | None = Field(None, ge=0, description="Offset.")
+
+    with gr.Blocks():
+        form = SchemaForm(Optional.model_json_schema(), "opt")
+    assert form.values([0, 0]) == {"steps": None, "offset": 0.0}  # 0 is a real offset, not a real step count
+    assert form.values([12, 0.5]) == {"steps": 12, "offset": 0.5}
+    assert "Leave empty (or 0) for the default." in form.widgets["steps"].info
+    assert "(or 0)" not in form.widgets["offset"].info
+    Optional.model_validate(form.values([0, 0]))
+
+
 def test_initial_values_override_defaults():
     with gr.Blocks():
         form = SchemaForm(Example.model_json_schema(), "ex", initial={"rank": 32, "steps": 30})
