@@ -158,7 +158,7 @@ class MergeRequest(StudioModel):
         "there, which is exact for a linear merge; smaller ranks make a smaller adapter and report the "
         "share of the change they lose.",
     )
-    seed: int = Field(0, ge=0, description="Recorded with the job (merging draws no random numbers).")
+    seed: int = Field(0, ge=0, description="Recorded with the job; a merge is deterministic whatever it is.")
 
     @model_validator(mode="after")
     def _check_lists(self) -> MergeRequest:
