@@ -24,6 +24,7 @@ def check_mergeable(adapters: list[Any]) -> None:
     if len(bases) > 1:
         listed = "; ".join(f"#{row.id} is for {row.base_model}" for row in adapters)
         raise ValidationFailed(f"adapters of different base models cannot be merged ({listed}); pick one base model")
+    kinds: dict[str, list[int]] = {}
     for row in adapters:
         folder = Path(row.path)
         try:
@@ -45,3 +46,12 @@ def check_mergeable(adapters: list[Any]) -> None:
             raise ValidationFailed(
                 f"adapter #{row.id} is a LoRAPrune adapter: its pruning masks would be lost in a merge"
             )
+        kinds.setdefault(str(config.get("peft_type", "LORA")), []).append(row.id)
+    if len(kinds) > 1:
+        # PEFT loads adapters of one type onto one model; a merge of one adapter writes it as a plain LoRA.
+        listed = "; ".join(f"{kind}: {', '.join(f'#{i}' for i in ids)}" for kind, ids in sorted(kinds.items()))
+        others = [f"#{i}" for kind, ids in sorted(kinds.items()) if kind != "LORA" for i in ids]
+        raise ValidationFailed(
+            f"the adapters are of different PEFT types ({listed}); merge {', '.join(others)} alone first "
+            "(a merge of one adapter writes it as a plain LoRA) and merge the result"
+        )

@@ -1,56 +1,99 @@
-"""Each adapter's weight change ΔW per module, as PEFT itself would merge it into the base.
+"""The parents' weight changes ΔW, module by module, as PEFT itself would merge them into the base.
+
+All parents are loaded as named adapters onto ONE copy of the base model, and ΔW is read
+one module at a time, so a merge holds a single base model plus one module's changes per
+parent, whatever the model size (a dense ΔW of every module of every parent would cost a
+model's worth of memory per parent).
 
 ΔW comes from :func:`studio.variants.peft_common.layer_delta`: the LoRA product where
 the layer is a plain LoRA, else (merged weight − original weight) by the layer's own merge
-code, which covers every format PEFT can load (DoRA, whose change is not low-rank,
-AdaLoRA, ...). That subtraction would lose most of a small change to rounding in fp32 (a
-weight of 0.05 changed by 1e-4 keeps about 3 significant digits), so base and adapter are
-loaded in float64 here; ΔW is then kept in fp32.
+code, which covers every LoRA format PEFT can load (DoRA, whose change is not low-rank,
+rsLoRA, per-module ranks and scales). That subtraction would lose most of a small change
+to rounding in fp32 (a weight of 0.05 changed by 1e-4 keeps about 3 significant digits),
+so each layer is cast to float64 while its ΔW is read, and back (exactly) afterwards.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from studio.errors import StudioError
 
 
-@dataclass
-class AdapterDeltas:
-    """One adapter's ΔW per module (fp32, CPU) and its rank there."""
+class ParentChanges:
+    """Parent adapters loaded on one base; :meth:`modules` yields every adapted module's ΔWs."""
 
-    deltas: dict[str, Any]
-    ranks: dict[str, int]
+    def __init__(self, parents: list[tuple[Path, str]], base_path: Path, on_load: Callable[[int], None] | None = None):
+        """Load ``parents`` ((adapter dir, label) pairs) onto the causal-LM base at ``base_path``.
+
+        ``on_load(i)`` is called before the i-th parent is read (progress and cancellation).
+        """
+        from peft import PeftModel
+
+        from studio.training.models import load_base_model
+
+        self.names = [f"parent_{i}" for i in range(len(parents))]
+        self.labels = [label for _, label in parents]
+        base = load_base_model(Path(base_path), "causal-lm")
+        model = None
+        for i, (folder, label) in enumerate(parents):
+            if on_load is not None:
+                on_load(i)
+            try:
+                if model is None:
+                    model = PeftModel.from_pretrained(base, str(folder), adapter_name=self.names[i])
+                else:
+                    model.load_adapter(str(folder), adapter_name=self.names[i])
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise StudioError(f"{label} does not fit its base model: {first}") from None
+        self.model = model.eval()
+        self._layers = self._check_layers()
+
+    def _check_layers(self) -> dict[str, Any]:
+        import torch
+
+        from studio.variants.peft_common import tuner_layers
+
+        layers = tuner_layers(self.model)
+        for name, layer in layers.items():
+            if type(layer.get_base_layer()) is not torch.nn.Linear:
+                kind = type(layer.get_base_layer()).__name__
+                raise StudioError(f"the adapters change {name}, a {kind} layer; only linear layers can be merged")
+        for name, label in zip(self.names, self.labels, strict=True):
+            if not any(name in _ranks(layer) for layer in layers.values()):
+                raise StudioError(f"{label} adapts no layer of its base model")
+        return layers
+
+    @property
+    def module_names(self) -> list[str]:
+        return sorted(self._layers)
+
+    def module(self, name: str) -> tuple[list[Any], list[int]]:
+        """(ΔW of each parent, fp32 on the CPU, zeros where it does not adapt ``name``; each parent's rank there)."""
+        import torch
+
+        from studio.variants.peft_common import layer_delta
+
+        layer = self._layers[name]
+        weight = layer.get_base_layer().weight
+        dtype, ranks = weight.dtype, _ranks(layer)
+        layer.to(torch.float64)
+        try:
+            deltas = [
+                layer_delta(layer, adapter) if adapter in ranks else torch.zeros(weight.shape) for adapter in self.names
+            ]
+        finally:
+            layer.to(dtype)  # fp32 -> float64 -> fp32 is exact: the base and the adapters are unchanged
+        return deltas, [int(ranks.get(adapter, 0)) for adapter in self.names]
+
+    def modules(self) -> Iterator[tuple[str, list[Any], list[int]]]:
+        for name in self.module_names:
+            yield (name, *self.module(name))
 
 
-def adapter_deltas(adapter_dir: Path, base_path: Path, label: str) -> AdapterDeltas:
-    """Load ``adapter_dir`` onto the causal-LM base at ``base_path`` and read every module's ΔW."""
-    import torch
-    from peft import PeftModel
-
-    from studio.training.models import load_base_model
-    from studio.variants.peft_common import layer_delta, tuner_layers
-
-    base = load_base_model(Path(base_path), "causal-lm").double()
-    try:
-        model = PeftModel.from_pretrained(base, str(adapter_dir)).double().eval()
-    except (RuntimeError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StudioError(f"{label} does not fit its base model: {first}") from None
-    deltas, ranks = {}, {}
-    for name, layer in tuner_layers(model).items():
-        if type(layer.get_base_layer()) is not torch.nn.Linear:
-            kind = type(layer.get_base_layer()).__name__
-            raise StudioError(f"{label} adapts {name}, a {kind} layer; only linear layers can be merged")
-        deltas[name] = sum(layer_delta(layer, adapter) for adapter in layer.active_adapters)
-        ranks[name] = sum(_rank_of(layer, adapter) for adapter in layer.active_adapters)
-    if not deltas:
-        raise StudioError(f"{label} adapts no layer of its base model")
-    return AdapterDeltas(deltas, ranks)
-
-
-def _rank_of(layer: Any, adapter: str) -> int:
+def _ranks(layer: Any) -> dict[str, int]:
     ranks = getattr(layer, "r", {})
-    return int(ranks.get(adapter, 0)) if isinstance(ranks, dict) else int(ranks)
+    return ranks if isinstance(ranks, dict) else {}

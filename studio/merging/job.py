@@ -1,7 +1,8 @@
 """The ``merge`` job: several adapters of one base model in, one registered plain PEFT LoRA out.
 
-Steps: check the parents (:func:`studio.merging.checks.check_mergeable`), read each
-parent's ΔW per module through PEFT, merge module by module (linear or TIES), factorise
+Steps: check the parents (:func:`studio.merging.checks.check_mergeable`), load them onto
+one copy of the base, read their ΔW module by module through PEFT
+(:mod:`studio.merging.deltas`) and merge each module (linear or TIES), factorise
 every merged ΔW into B′A′ at the requested rank (by default the sum of the parents' ranks
 there: exact for a linear merge of LoRAs; :mod:`studio.merging.lowrank`) and write it with
 the same exporter trained adapters use. The relative Frobenius error per module is kept
@@ -17,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from studio.merging.checks import check_mergeable
-from studio.merging.deltas import adapter_deltas
+from studio.merging.deltas import ParentChanges
 from studio.merging.methods import merge_deltas
 from studio.progress import Reporter
 from studio.schema import SCHEMA_VERSION, MergeRequest
 
-# Shares of the progress bar: reading the parents (a model load each), merging + factorising, writing.
+# Shares of the progress bar: loading the base and the parents, merging + factorising, writing.
 READ_SHARE, MERGE_SHARE = 0.4, 0.55
 PROGRESS_STEPS = 1000
 
@@ -49,13 +50,13 @@ def run_merge_job(request: MergeRequest, reporter: Reporter, ctx: Any) -> dict[s
         f"on {base_model}" + (f", density {request.density:g}" if request.method == "ties" else "")
     )
 
-    loaded = []
-    for done, parent in enumerate(parents):
+    def on_load(i: int) -> None:
         reporter.check_cancelled()
-        _progress(reporter, READ_SHARE * done / len(parents), f"reading adapter #{parent.id}")
-        loaded.append(adapter_deltas(Path(parent.path), base_path, f"adapter #{parent.id}"))
-    factors, errors = _merge_modules(request, loaded, weights, reporter)
-    del loaded  # the parents' changes: the merged factors are all that is needed from here
+        _progress(reporter, READ_SHARE * i / len(parents), f"loading adapter #{parents[i].id}")
+
+    changes = ParentChanges([(Path(p.path), f"adapter #{p.id}") for p in parents], base_path, on_load)
+    factors, errors = _merge_modules(request, changes, weights, reporter)
+    del changes  # the base and the parents: the merged factors are all that is needed from here
     _progress(reporter, READ_SHARE + MERGE_SHARE, "writing the merged adapter")
 
     out_dir = Path(ctx.settings.adapters_dir) / uuid.uuid4().hex
@@ -108,23 +109,18 @@ def run_merge_job(request: MergeRequest, reporter: Reporter, ctx: Any) -> dict[s
     }
 
 
-def _merge_modules(request: MergeRequest, loaded: list, weights: list[float], reporter: Reporter):
-    """({module: (B′, A′)}, {module: relative error}) of the merged ΔW of every module."""
-    import torch
-
+def _merge_modules(request: MergeRequest, changes: ParentChanges, weights: list[float], reporter: Reporter):
+    """({module: (B′, A′)}, {module: relative error}) of the merged ΔW of every module, one module at a time."""
     from studio.merging.lowrank import low_rank_factors
 
-    modules = sorted({name for parent in loaded for name in parent.deltas})
+    names = changes.module_names
     factors, errors = {}, {}
-    for done, name in enumerate(modules):
+    for done, name in enumerate(names):
         reporter.check_cancelled()
-        _progress(reporter, READ_SHARE + MERGE_SHARE * done / len(modules), "merging modules" if not done else None)
-        shape = next(parent.deltas[name].shape for parent in loaded if name in parent.deltas)
-        # A parent that does not adapt a module changes it by nothing.
-        deltas = [parent.deltas.get(name, torch.zeros(shape)) for parent in loaded]
+        _progress(reporter, READ_SHARE + MERGE_SHARE * done / len(names), "merging modules" if not done else None)
+        deltas, ranks = changes.module(name)  # a parent that does not adapt a module changes it by nothing
         merged = merge_deltas(request.method, deltas, weights, request.density)
-        rank = request.rank or sum(parent.ranks.get(name, 0) for parent in loaded)
-        b, a, error, _ = low_rank_factors(merged, rank)
+        b, a, error, _ = low_rank_factors(merged, request.rank or sum(ranks))
         factors[name], errors[name] = (b, a), error
     return factors, errors
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from studio.errors import JobCancelled, NotFoundError, ValidationFailed
-from studio.merging.deltas import adapter_deltas
+from studio.merging.deltas import ParentChanges
 from studio.merging.job import run_merge_job
 from studio.merging.methods import ties_merge
 from studio.progress import MemoryReporter
@@ -27,6 +27,17 @@ def merge(env, **fields):
     env.ctx.job_id = job.id
     reporter = MemoryReporter()
     return run_merge_job(request, reporter, env.ctx), reporter
+
+
+def parent_deltas(env, *adapters) -> list[dict[str, torch.Tensor]]:
+    """{module: ΔW} of each adapter, read as the merge job reads them (all on one base)."""
+    changes = ParentChanges([(Path(a.path), f"#{a.id}") for a in adapters], env.base_dir)
+    out: list[dict[str, torch.Tensor]] = [{} for _ in adapters]
+    for name, deltas, ranks in changes.modules():
+        for i, (delta, rank) in enumerate(zip(deltas, ranks, strict=True)):
+            if rank:
+                out[i][name] = delta
+    return out
 
 
 def lora_delta(adapter_dir: Path, module: str) -> torch.Tensor:
@@ -56,21 +67,28 @@ def base_weights(env) -> dict[str, torch.Tensor]:
     return dict(load_base_model(env.base_dir, "causal-lm").named_parameters())
 
 
-def test_adapter_deltas_are_the_lora_products_without_rounding_loss(merge_env):
-    adapter = merge_env.adapter("a", seed=1)
-    read = adapter_deltas(Path(adapter.path), merge_env.base_dir, "adapter #1")
-    module = "model.layers.0.self_attn.q_proj"
-    assert len(read.deltas) == 2 * 4 and set(read.ranks.values()) == {4}  # 2 layers x 4 targets
-    torch.testing.assert_close(
-        read.deltas[module].double(), lora_delta(Path(adapter.path), module), rtol=1e-6, atol=1e-9
-    )
+def test_parent_changes_are_the_lora_products_read_module_by_module(merge_env):
+    a = merge_env.adapter("a", seed=1)
+    b = merge_env.adapter("b", seed=2, r=2, target_modules=["q_proj", "k_proj"])
+    changes = ParentChanges([(Path(a.path), "#a"), (Path(b.path), "#b")], merge_env.base_dir)
+    before = {n: p.detach().clone() for n, p in changes.model.named_parameters()}
+    assert len(changes.module_names) == 2 * 5  # 2 layers x (a's 4 targets + b's k_proj)
+    deltas, ranks = changes.module("model.layers.0.self_attn.q_proj")
+    assert ranks == [4, 2]
+    torch.testing.assert_close(deltas[0].double(), lora_delta(Path(a.path), "model.layers.0.self_attn.q_proj"))
+    torch.testing.assert_close(deltas[1].double(), lora_delta(Path(b.path), "model.layers.0.self_attn.q_proj"))
+    deltas, ranks = changes.module("model.layers.1.mlp.up_proj")
+    assert ranks == [4, 0] and torch.count_nonzero(deltas[1]) == 0  # b does not adapt it
+    for name, param in changes.model.named_parameters():  # the float64 round trips changed nothing
+        assert param.dtype == torch.float32 and torch.equal(param, before[name]), name
 
 
 def test_dora_deltas_match_what_peft_merges(merge_env):
     adapter = merge_env.adapter("dora", seed=2, use_dora=True)
-    read = adapter_deltas(Path(adapter.path), merge_env.base_dir, "adapter #1")
+    (read,) = parent_deltas(merge_env, adapter)
     merged, base = merged_weights(merge_env, Path(adapter.path)), base_weights(merge_env)
-    for module, delta in read.deltas.items():
+    assert len(read) == 2 * 4
+    for module, delta in read.items():
         torch.testing.assert_close(delta, merged[f"{module}.weight"] - base[f"{module}.weight"], rtol=1e-4, atol=1e-6)
 
 
@@ -85,8 +103,7 @@ def test_linear_merge_reloads_with_plain_peft_as_the_weighted_sum(merge_env):
     assert row.metrics["merge_max_error"] < 1e-5 and result["merge_max_error"] == row.metrics["merge_max_error"]
     assert json.loads((Path(row.path) / "export_report.json").read_text())["exact"] is True
 
-    d1 = adapter_deltas(Path(first.path), merge_env.base_dir, "first").deltas
-    d2 = adapter_deltas(Path(second.path), merge_env.base_dir, "second").deltas
+    d1, d2 = parent_deltas(merge_env, first, second)
     merged, base = merged_weights(merge_env, Path(row.path)), base_weights(merge_env)
     for module in d1:
         expected = base[f"{module}.weight"] + 0.7 * d1[module] + 0.3 * d2[module]
@@ -107,7 +124,7 @@ def test_a_smaller_rank_keeps_the_best_low_rank_part_and_reports_the_loss(merge_
 
     report = json.loads((Path(row.path) / "export_report.json").read_text())
     assert report["exact"] is False
-    delta = adapter_deltas(Path(adapter.path), merge_env.base_dir, "wide").deltas
+    (delta,) = parent_deltas(merge_env, adapter)
     merged, base = merged_weights(merge_env, Path(row.path)), base_weights(merge_env)
     for module, full in delta.items():
         s = torch.linalg.svdvals(full.double())
@@ -127,8 +144,7 @@ def test_ties_merge_writes_the_best_lora_of_the_ties_result(merge_env):
     row = merge_env.registry.get_adapter(result["adapter_id"])
     report = json.loads((Path(row.path) / "export_report.json").read_text())
 
-    d1 = adapter_deltas(Path(first.path), merge_env.base_dir, "first").deltas
-    d2 = adapter_deltas(Path(second.path), merge_env.base_dir, "second").deltas
+    d1, d2 = parent_deltas(merge_env, first, second)
     merged, base = merged_weights(merge_env, Path(row.path)), base_weights(merge_env)
     for module in d1:
         target = ties_merge([d1[module], d2[module]], [1.0, 1.0], 0.3).double()
@@ -199,6 +215,27 @@ def test_adapters_a_lora_cannot_carry_are_refused(merge_env, kind, message):
         merge_env.jobs.submit(MergeRequest(adapter_ids=[a.id, b.id]))
     with pytest.raises(ValidationFailed, match=message):  # the worker checks again (files can change)
         merge(merge_env, adapter_ids=[a.id, b.id])
+
+
+def test_adapters_of_different_peft_types_are_refused_with_the_way_round(merge_env):
+    from peft import AdaLoraConfig, get_peft_model
+
+    from studio.training.models import load_base_model
+
+    config = AdaLoraConfig(r=4, target_modules=["q_proj"], total_step=10, init_lora_weights=False)
+    folder = merge_env.tmp_path / "adalora"
+    get_peft_model(load_base_model(merge_env.base_dir, "causal-lm"), config).save_pretrained(str(folder))
+    ada = merge_env.registry.add_adapter(
+        name="ada", variant="adalora", base_model=str(merge_env.base_dir), path=str(folder), sha256="0"
+    )
+    lora = merge_env.adapter("a", seed=1)
+    with pytest.raises(ValidationFailed, match=f"ADALORA: #{ada.id}; LORA: #{lora.id}.*merge #{ada.id} alone first"):
+        merge_env.jobs.submit(MergeRequest(adapter_ids=[lora.id, ada.id]))
+    alone, _ = merge(merge_env, adapter_ids=[ada.id])  # the way round: now a plain LoRA
+    converted = merge_env.registry.get_adapter(alone["adapter_id"])
+    assert json.loads((Path(converted.path) / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    assert alone["merge_max_error"] < 1e-5
+    merge_env.jobs.submit(MergeRequest(adapter_ids=[lora.id, converted.id]))  # accepted
 
 
 def test_request_errors_name_the_field():
