@@ -5,14 +5,13 @@ Only shown when this installation has the eval job kind (``studio.evaluation.job
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import gradio as gr
 
 from app.forms import SchemaForm
 from app.tab_datasets import dataset_choices
-from app.ui import bind
+from app.ui import bind, module_installed
 from studio.schema import EvalRequest
 from studio.services.container import Services
 
@@ -24,10 +23,7 @@ BASE_ONLY = 0
 
 def available() -> bool:
     """True when the eval job kind exists in this installation (no dead buttons otherwise)."""
-    try:
-        return importlib.util.find_spec("studio.evaluation.job") is not None
-    except ModuleNotFoundError:
-        return False
+    return module_installed("studio.evaluation.job")
 
 
 def adapter_choices(services: Services) -> list[tuple[str, int]]:

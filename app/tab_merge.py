@@ -5,13 +5,12 @@ Only shown when this installation has the merge job kind (``studio.merging.job``
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import gradio as gr
 
 from app.forms import SchemaForm
-from app.ui import bind
+from app.ui import bind, module_installed
 from studio.schema import MergeRequest, parse_request
 from studio.services.container import Services
 
@@ -26,10 +25,7 @@ WEIGHTS_HELP = (
 
 def available() -> bool:
     """True when the merge job kind exists in this installation (no dead buttons otherwise)."""
-    try:
-        return importlib.util.find_spec("studio.merging.job") is not None
-    except ModuleNotFoundError:
-        return False
+    return module_installed("studio.merging.job")
 
 
 def adapter_choices(services: Services) -> list[tuple[str, int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import logging
 from collections.abc import Callable
@@ -14,6 +15,14 @@ import gradio as gr
 from studio.errors import StudioError
 
 logger = logging.getLogger(__name__)
+
+
+def module_installed(name: str) -> bool:
+    """Whether a job kind's module is part of this installation (a tab without it is not shown)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
