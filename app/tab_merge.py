@@ -16,10 +16,10 @@ from studio.services.container import Services
 
 TITLE = "Merge"
 ELEM_ID = "tab-merge"
-FORM_FIELDS = ("method", "density", "rank", "name")
+FORM_FIELDS = ("method", "density", "rank", "name", "seed")
 WEIGHTS_HELP = (
     "One number per adapter, in the order chosen, e.g. 0.7, 0.3 (a negative weight subtracts an adapter). "
-    "Empty: linear averages them, ties gives each 1."
+    "Empty: linear and dare_linear average them, ties and dare_ties give each 1."
 )
 
 
@@ -77,8 +77,8 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     gr.Markdown(
         "Combine adapters of **one base model** into a new plain LoRA adapter. *linear* adds their weight "
         "changes with your weights; *ties* keeps each adapter's largest changes and resolves sign conflicts, "
-        "which suits adapters trained for different tasks. Evaluate the result in the Evaluate tab or try it "
-        "in the Playground.",
+        "which suits adapters trained for different tasks; the *dare* methods first drop a random share of "
+        "each adapter's changes. Evaluate the result in the Evaluate tab or try it in the Playground.",
         elem_id="merge-intro",
     )
     with gr.Row():

@@ -134,21 +134,26 @@ class MergeRequest(StudioModel):
     adapter_ids: list[int] = Field(
         ..., min_length=1, max_length=8, description="Adapters to combine; all must be for the same base model."
     )
-    method: Literal["linear", "ties"] = Field(
+    method: Literal["linear", "ties", "dare_linear", "dare_ties"] = Field(
         "linear",
         description="linear: the weighted sum of the adapters' weight changes (one adapter: resize it to a "
         "new rank). ties: TIES-merging, which keeps each adapter's largest changes, elects a sign for every "
         "weight and averages only the changes that agree: less interference between adapters trained for "
-        "different tasks.",
+        "different tasks. dare_linear / dare_ties: first drop a random share of each adapter's changes and "
+        "scale up the rest (DARE), then sum or elect like ties.",
     )
     weights: list[float] | None = Field(
         None,
         description="One weight per adapter, in order (a negative weight subtracts an adapter's effect). "
-        "Empty: linear averages the adapters (1/n each); ties uses 1 each, since it averages the agreeing "
-        "changes itself.",
+        "Empty: linear and dare_linear average the adapters (1/n each); ties and dare_ties use 1 each, since "
+        "they average the agreeing changes themselves.",
     )
     density: float = Field(
-        0.2, gt=0.0, le=1.0, description="ties only: the share of each adapter's largest weight changes kept."
+        0.2,
+        gt=0.0,
+        le=1.0,
+        description="ties and dare: the share of each adapter's weight changes kept (ties keeps the largest, "
+        "dare a random share, scaled up to make up for the rest).",
     )
     rank: int | None = Field(
         None,
@@ -158,7 +163,7 @@ class MergeRequest(StudioModel):
         "there, which is exact for a linear merge; smaller ranks make a smaller adapter and report the "
         "share of the change they lose.",
     )
-    seed: int = Field(0, ge=0, description="Recorded with the job; a merge is deterministic whatever it is.")
+    seed: int = Field(0, ge=0, description="Seed of DARE's random drops (linear and ties use no randomness).")
 
     @model_validator(mode="after")
     def _check_lists(self) -> MergeRequest:
@@ -175,11 +180,11 @@ class MergeRequest(StudioModel):
         return self
 
     def resolved_weights(self) -> list[float]:
-        """The weights the merge uses: as given, else 1/n each for linear and 1 each for ties."""
+        """The weights the merge uses: as given, else 1/n each for the sums and 1 each for the ties methods."""
         n = len(self.adapter_ids)
         if self.weights is not None:
             return list(self.weights)
-        return [1.0 / n] * n if self.method == "linear" else [1.0] * n
+        return [1.0 / n] * n if self.method in ("linear", "dare_linear") else [1.0] * n
 
 
 AnyRequest = CheckRequest | TrainRequest | EvalRequest | MergeRequest

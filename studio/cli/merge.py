@@ -7,31 +7,34 @@ from pydantic import ValidationError
 
 from studio.cli.common import services, wait_until_succeeded
 from studio.errors import StudioError
+from studio.merging.methods import METHODS
 from studio.schema import MergeRequest, format_validation_error
 
 
 @click.command("merge")
 @click.argument("adapter_ids", type=int, nargs=-1, required=True)
-@click.option("--method", type=click.Choice(["linear", "ties"]), default="linear", show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default="linear", show_default=True)
 @click.option(
     "--weight",
     "weights",
     multiple=True,
     type=float,
-    help="One per adapter, in order (repeatable). Default: an average for linear, 1 each for ties.",
+    help="One per adapter, in order (repeatable). Default: an average for the sums, 1 each for the ties methods.",
 )
-@click.option("--density", default=0.2, show_default=True, type=float, help="ties: share of changes kept.")
+@click.option("--density", default=0.2, show_default=True, type=float, help="ties/dare: share of changes kept.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of DARE's random drops.")
 @click.option("--rank", default=None, type=int, help="Rank of the merged adapter (default: sum of the ranks).")
 @click.option("--name", default=None, help="Name of the merged adapter.")
 @click.option("--wait/--no-wait", default=False, help="Wait for the job and print the new adapter.")
-def merge_cmd(adapter_ids, method, weights, density, rank, name, wait) -> None:
-    """Merge ADAPTER_IDS (same base model) into one plain LoRA adapter: linear or TIES."""
+def merge_cmd(adapter_ids, method, weights, density, seed, rank, name, wait) -> None:
+    """Merge ADAPTER_IDS (same base model) into one plain LoRA adapter: linear, TIES or DARE."""
     try:
         request = MergeRequest(
             adapter_ids=list(adapter_ids),
             method=method,
             weights=list(weights) or None,
             density=density,
+            seed=seed,
             rank=rank,
             name=name,
         )

@@ -47,7 +47,7 @@ def run_merge_job(request: MergeRequest, reporter: Reporter, ctx: Any) -> dict[s
     base_path = resolve_base_model(base_model, ctx.settings, progress=reporter.log).path
     reporter.log(
         f"{request.method} merge of {', '.join(f'#{p.id} × {w:g}' for p, w in zip(parents, weights, strict=True))} "
-        f"on {base_model}" + (f", density {request.density:g}" if request.method == "ties" else "")
+        f"on {base_model}" + (f", density {request.density:g}" if request.method != "linear" else "")
     )
 
     def on_load(i: int) -> None:
@@ -119,7 +119,7 @@ def _merge_modules(request: MergeRequest, changes: ParentChanges, weights: list[
         reporter.check_cancelled()
         _progress(reporter, READ_SHARE + MERGE_SHARE * done / len(names), "merging modules" if not done else None)
         deltas, ranks = changes.module(name)  # a parent that does not adapt a module changes it by nothing
-        merged = merge_deltas(request.method, deltas, weights, request.density)
+        merged = merge_deltas(request.method, deltas, weights, request.density, request.seed, name)
         b, a, error, _ = low_rank_factors(merged, request.rank or sum(ranks))
         factors[name], errors[name] = (b, a), error
     return factors, errors
@@ -178,7 +178,9 @@ def model_card(
     """A short README for the merged adapter: its parents, the method, how close the LoRA is, how to load it."""
     from studio.training.job import LOADING_SECTION
 
-    method = "TIES-merging" if request.method == "ties" else "a weighted sum"
+    method = {"ties": "TIES-merging", "dare_linear": "DARE and a weighted sum", "dare_ties": "DARE and TIES"}.get(
+        request.method, "a weighted sum"
+    )
     lines = [
         f"# {request.name or 'Merged adapter'}",
         "",
@@ -186,7 +188,7 @@ def model_card(
         "",
         *[f"- #{p.id} {p.name} ({p.variant}), weight {w:g}" for p, w in zip(parents, weights, strict=True)],
         "",
-        f"- Method: `{request.method}`" + (f", density {request.density:g}" if request.method == "ties" else ""),
+        f"- Method: `{request.method}`" + (f", density {request.density:g}" if request.method != "linear" else ""),
         f"- Modules: {len(ranks)}; ranks {min(ranks.values())}–{max(ranks.values())}",
         f"- Largest relative error of the LoRA against the merged weight change: {max(errors.values()):.2e}",
         "",

@@ -11,15 +11,23 @@ changes (the side with more total mass wins); (3) disjoint mean: the average of 
 changes that agree with the elected sign, counting only adapters that changed that
 weight. The weights multiply each adapter's changes before the election, so a weight
 of 1 each is the paper's method with λ = 1 and a negative weight subtracts an adapter.
+
+DARE (Yu et al., 2024, "Language Models are Super Mario"): each adapter's changes are
+dropped at random, keeping a ``density`` share, and the kept ones are divided by
+``density`` so that the expected change is unchanged; then a weighted sum
+(``dare_linear``) or TIES' election and disjoint mean (``dare_ties``). The drops are
+seeded by (request seed, module name, adapter position), so a merge is reproducible and
+does not depend on the order modules are processed in.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
-METHODS = ("linear", "ties")
+METHODS = ("linear", "ties", "dare_linear", "dare_ties")
 
 
 def linear_merge(deltas: Sequence[Any], weights: Sequence[float]) -> Any:
@@ -44,25 +52,51 @@ def trim_to_density(delta: Any, density: float) -> Any:
     return (flat * mask).view_as(delta)
 
 
-def ties_merge(deltas: Sequence[Any], weights: Sequence[float], density: float) -> Any:
-    """TIES-merging of ``deltas`` (trim to ``density``, elect signs, disjoint mean), weights applied first."""
+def drop_and_rescale(delta: Any, density: float, generator: Any) -> Any:
+    """DARE: each entry kept with probability ``density`` and divided by it, else 0."""
+    import torch
+
+    if density >= 1.0:
+        return delta.clone()
+    kept = torch.rand(delta.shape, generator=generator) < density
+    return delta * kept / density
+
+
+def ties_merge(deltas: Sequence[Any], weights: Sequence[float], density: float, pruned: bool = False) -> Any:
+    """TIES-merging of ``deltas`` (trim to ``density``, elect signs, disjoint mean), weights applied first.
+
+    ``pruned``: the deltas are already sparse (DARE dropped them): skip the trim.
+    """
     import torch
 
     _check(deltas, weights)
-    stacked = torch.stack([trim_to_density(d, density) * w for d, w in zip(deltas, weights, strict=True)])
+    kept = deltas if pruned else [trim_to_density(d, density) for d in deltas]
+    stacked = torch.stack([d * w for d, w in zip(kept, weights, strict=True)])
     elected = torch.sign(stacked.sum(dim=0))
     agrees = (torch.sign(stacked) == elected) & (stacked != 0)
     count = agrees.sum(dim=0).clamp(min=1)
     return (stacked * agrees).sum(dim=0) / count
 
 
-def merge_deltas(method: str, deltas: Sequence[Any], weights: Sequence[float], density: float = 1.0) -> Any:
-    """One module's merged ΔW by ``method`` ("linear" or "ties")."""
+def merge_deltas(
+    method: str, deltas: Sequence[Any], weights: Sequence[float], density: float = 1.0, seed: int = 0, module: str = ""
+) -> Any:
+    """One module's merged ΔW by ``method`` (see :data:`METHODS`); ``seed`` and ``module`` seed DARE's drops."""
     if method == "linear":
         return linear_merge(deltas, weights)
     if method == "ties":
         return ties_merge(deltas, weights, density)
+    if method in ("dare_linear", "dare_ties"):
+        dropped = [drop_and_rescale(d, density, dare_generator(seed, module, i)) for i, d in enumerate(deltas)]
+        return linear_merge(dropped, weights) if method == "dare_linear" else ties_merge(dropped, weights, 1.0, True)
     raise ValueError(f"unknown merge method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def dare_generator(seed: int, module: str, position: int) -> Any:
+    """The random stream of one adapter's drops in one module (independent of processing order)."""
+    import torch
+
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(module.encode()) * 31 + position) % 2**63)
 
 
 def _check(deltas: Sequence[Any], weights: Sequence[float]) -> None:

@@ -316,3 +316,20 @@ def test_a_failure_while_writing_leaves_no_half_written_adapter(merge_env, monke
         merge(merge_env, adapter_ids=[a.id, b.id])
     assert not any(merge_env.settings.adapters_dir.iterdir())
     assert sorted(row.id for row in merge_env.registry.list_adapters()) == [a.id, b.id]
+
+
+def test_dare_merge_is_reproducible_by_seed(merge_env):
+    a, b = merge_env.adapter("a", seed=1), merge_env.adapter("b", seed=2)
+    first, _ = merge(merge_env, adapter_ids=[a.id, b.id], method="dare_linear", density=0.5, seed=3)
+    again, _ = merge(merge_env, adapter_ids=[a.id, b.id], method="dare_linear", density=0.5, seed=3)
+    other, _ = merge(merge_env, adapter_ids=[a.id, b.id], method="dare_linear", density=0.5, seed=4)
+    assert first["weights"] == [0.5, 0.5]
+
+    def weights_of(result):
+        return merged_weights(merge_env, Path(merge_env.registry.get_adapter(result["adapter_id"]).path))
+
+    one, two, three = weights_of(first), weights_of(again), weights_of(other)
+    module = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(one[module], two[module]) and not torch.equal(one[module], three[module])
+    card = (Path(merge_env.registry.get_adapter(first["adapter_id"]).path) / "README.md").read_text()
+    assert "DARE" in card and "density 0.5" in card

@@ -48,3 +48,42 @@ def test_bad_inputs_are_refused():
         linear_merge([torch.zeros(2), torch.zeros(3)], [1.0, 1.0])
     with pytest.raises(ValueError, match="weight changes for"):
         linear_merge([torch.zeros(2)], [1.0, 1.0])
+
+
+def test_dare_keeps_a_random_share_scaled_up_and_is_reproducible():
+    from studio.merging.methods import dare_generator, drop_and_rescale
+
+    delta = torch.randn(200, 100, generator=torch.Generator().manual_seed(1))
+    dropped = drop_and_rescale(delta, 0.3, dare_generator(0, "q_proj", 0))
+    kept = dropped != 0
+    assert 0.25 < float(kept.float().mean()) < 0.35
+    torch.testing.assert_close(dropped[kept], delta[kept] / 0.3)  # the survivors make up for the rest
+    again = drop_and_rescale(delta, 0.3, dare_generator(0, "q_proj", 0))
+    assert torch.equal(dropped, again)
+    for other in (dare_generator(1, "q_proj", 0), dare_generator(0, "k_proj", 0), dare_generator(0, "q_proj", 1)):
+        assert not torch.equal(drop_and_rescale(delta, 0.3, other), dropped)
+    assert torch.equal(drop_and_rescale(delta, 1.0, dare_generator(0, "q_proj", 0)), delta)
+
+
+def test_dare_methods_are_dare_then_sum_or_ties():
+    from studio.merging.methods import dare_generator, drop_and_rescale
+
+    d1, d2 = torch.randn(30, 20), torch.randn(30, 20)
+    dropped = [drop_and_rescale(d, 0.5, dare_generator(7, "m", i)) for i, d in enumerate((d1, d2))]
+    torch.testing.assert_close(
+        merge_deltas("dare_linear", [d1, d2], [0.5, 0.5], 0.5, seed=7, module="m"), linear_merge(dropped, [0.5, 0.5])
+    )
+    expected = ties_merge(dropped, [1.0, 1.0], 1.0)  # no further trimming: DARE already pruned
+    torch.testing.assert_close(merge_deltas("dare_ties", [d1, d2], [1.0, 1.0], 0.5, seed=7, module="m"), expected)
+
+
+def test_every_method_the_request_offers_is_implemented():
+    from typing import get_args
+
+    from studio.merging.methods import METHODS
+    from studio.schema import MergeRequest
+
+    assert set(get_args(MergeRequest.model_fields["method"].annotation)) == set(METHODS)
+    deltas = [torch.randn(4, 3), torch.randn(4, 3)]
+    for method in METHODS:
+        assert merge_deltas(method, deltas, [1.0, 1.0], 0.5).shape == (4, 3)
