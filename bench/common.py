@@ -26,7 +26,11 @@ from studio.progress import MemoryReporter
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 DOCS_RESULTS_DIR = REPO_ROOT / "docs" / "results"
-SHARED_DATA = Path(os.environ.get("STUDIO_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+# The real data sets, one folder each (alpaca/, gsm8k/, sst2/, ...). By default the samples shipped
+# in the repository (data/samples: the first rows of each public file, see its SOURCE.md files);
+# ``--data DIR`` (or STUDIO_SHARED_DATA) points at the full files laid out the same way.
+SAMPLES_DIR = REPO_ROOT / "data" / "samples"
+SHARED_DATA = Path(os.environ.get("STUDIO_SHARED_DATA") or SAMPLES_DIR)
 DEFAULT_BASE = "smollm2-135m-instruct"
 DEFAULT_MODELS_DIR = "/tmp/studio-models"
 
@@ -85,6 +89,44 @@ def resolve_base(name: str, data_dir: str | Path | None = None) -> Path:
 # --- data -------------------------------------------------------------------------------------------------------
 
 
+def add_data_argument(parser: Any) -> None:
+    """``--data DIR``: where the real data sets are (default: the in-repo samples); apply it with :func:`use_data`."""
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=SHARED_DATA,
+        help=f"folder of the data sets, one sub-folder each (alpaca/, gsm8k/, ...); default {SHARED_DATA} "
+        "(the samples shipped in the repository: the first rows of each file)",
+    )
+
+
+def use_data(path: str | Path) -> Path:
+    """Read the data sets from ``path`` from now on (what ``--data`` sets); refuses a folder that is not there."""
+    global SHARED_DATA
+    path = Path(path).expanduser().resolve()
+    if not path.is_dir():
+        raise SystemExit(f"error: --data {path} is not a folder (expected one sub-folder per data set, e.g. alpaca/)")
+    SHARED_DATA = path
+    return path
+
+
+def data_file(dataset: str, name: str) -> Path:
+    """``<data>/<dataset>/<name>``, or a clear exit naming ``--data`` when the file is missing."""
+    path = SHARED_DATA / dataset / name
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found: pass --data with a folder that has {dataset}/{name}")
+    return path
+
+
+def take_rows(rows: list[dict[str, Any]], n: int | None, source: str | Path) -> list[dict[str, Any]]:
+    """The first ``n`` rows, saying so on stderr when the file has fewer (a sample rather than the full set)."""
+    if n is not None and len(rows) < n:
+        print(
+            f"note: only {len(rows)} of the {n} rows asked for are in {source}; pass --data for more", file=sys.stderr
+        )
+    return rows[:n] if n is not None else rows
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
@@ -102,15 +144,16 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
 def alpaca_rows(
     split: str = "train", n: int | None = None, *, offset: int = 0, max_chars: int | None = None
 ) -> list[dict[str, Any]]:
-    """Alpaca rows (instruction/input/output) from the shared data, in file order.
+    """Alpaca rows (instruction/input/output) from the data folder (``--data``), in file order.
 
     ``max_chars`` keeps only rows whose instruction+input+output is at most that long
     (a cheap proxy for "moderate length" before tokenising); ``offset`` skips rows first.
     """
-    rows = read_jsonl(SHARED_DATA / "alpaca" / f"{split}.jsonl")[offset:]
+    path = data_file("alpaca", f"{split}.jsonl")
+    rows = read_jsonl(path)[offset:]
     if max_chars is not None:
         rows = [r for r in rows if len(r["instruction"]) + len(r.get("input", "")) + len(r["output"]) <= max_chars]
-    return rows[:n] if n is not None else rows
+    return take_rows(rows, n, path)
 
 
 def alpaca_canonical(row: dict[str, Any]) -> dict[str, Any]:

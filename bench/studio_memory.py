@@ -32,7 +32,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ALPACA = Path(os.environ.get("STUDIO_SHARED_DATA", "/work/shared/data")) / "alpaca" / "train.jsonl"
+# --data (or STUDIO_SHARED_DATA): one folder per data set; default the samples shipped in data/samples.
+DATA = Path(os.environ.get("STUDIO_SHARED_DATA") or REPO / "data" / "samples")
+ALPACA = DATA / "alpaca" / "train.jsonl"
 GB = 1000**3
 GIB = 1024**3
 LIMIT_BYTES = 8 * GB
@@ -222,11 +224,14 @@ class Playground:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=120, help="Alpaca rows the job trains on (1 epoch)")
+    parser.add_argument("--data", type=Path, default=DATA, help=f"folder of the data sets (default {DATA})")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between memory samples")
     parser.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="length of each playground reply")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "studio_memory.json"))
     args = parser.parse_args()
+    global ALPACA
+    ALPACA = args.data / "alpaca" / "train.jsonl"
 
     data_dir = Path(tempfile.mkdtemp(prefix="studio-memory-"))
     port = free_port()

@@ -57,6 +57,7 @@ from bench.common import (  # noqa: E402
     DOCS_RESULTS_DIR,
     RESULTS_DIR,
     CpuSampler,
+    add_data_argument,
     add_threads_argument,
     alpaca_rows,
     cpu_at,
@@ -70,6 +71,7 @@ from bench.common import (  # noqa: E402
     run_child,
     summarise_windows,
     text_table,
+    use_data,
     windows_from_metrics,
     write_json,
     write_jsonl,
@@ -616,12 +618,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="Studio jobs = bare runs, interleaved.")
     parser.add_argument("--base-model", default=DEFAULT_BASE)
     add_threads_argument(parser)
+    add_data_argument(parser)
     parser.add_argument("--data-dir", default=None, help="Studio data dir (default: a temporary one).")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", default=str(RESULTS_DIR / "studio_overhead.json"))
     parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "studio_overhead.md"))
     parser.add_argument("--bare-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    use_data(args.data)
     prepare_env(threads=args.threads)
     # A SIGTERM must still stop the worker subprocess (studio_job's finally), not leave it running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

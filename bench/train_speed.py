@@ -39,7 +39,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ALPACA = Path(os.environ.get("STUDIO_SHARED_DATA", "/work/shared/data")) / "alpaca" / "train.jsonl"
+# --data (or STUDIO_SHARED_DATA): one folder per data set; default the samples shipped in data/samples.
+DATA = Path(os.environ.get("STUDIO_SHARED_DATA") or REPO / "data" / "samples")
+ALPACA = DATA / "alpaca" / "train.jsonl"
 BASE = "smollm2-135m-instruct"
 SEED = 42
 BATCH = 8
@@ -334,6 +336,7 @@ def table(reference: dict[str, Any], studio: dict[str, Any], ratios: dict[str, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=120, help="training rows (default 120)")
+    parser.add_argument("--data", type=Path, default=DATA, help=f"folder of the data sets (default {DATA})")
     parser.add_argument("--val-rows", type=int, default=40, help="held-out rows scored after training")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_speed.json"))
     parser.add_argument("--child", choices=["reference", "studio"], help=argparse.SUPPRESS)
@@ -351,6 +354,8 @@ def main() -> None:
     for name in ("base", "train", "val", "work", "result", "studio-json"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global ALPACA
+    ALPACA = args.data / "alpaca" / "train.jsonl"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.child:

@@ -41,6 +41,7 @@ from bench.common import (  # noqa: E402
     DOCS_RESULTS_DIR,
     RESULTS_DIR,
     TimingReporter,
+    add_data_argument,
     add_threads_argument,
     alpaca_canonical,
     alpaca_rows,
@@ -54,6 +55,7 @@ from bench.common import (  # noqa: E402
     run_child,
     step_tokens_of,
     text_table,
+    use_data,
     worker_device,
     write_json,
     write_jsonl,
@@ -493,11 +495,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--base-model", default=DEFAULT_BASE)
     add_threads_argument(parser)
+    add_data_argument(parser)
     parser.add_argument("--timeout", type=float, default=900, help="Seconds per variant subprocess.")
     parser.add_argument("--out", default=str(RESULTS_DIR / "variant_throughput.json"))
     parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "variant_throughput.md"))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    use_data(args.data)
     prepare_env(threads=args.threads)
     if args.child:
         _child(args.child)

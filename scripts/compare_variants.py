@@ -48,15 +48,18 @@ from bench.common import (  # noqa: E402
     DEFAULT_BASE,
     DOCS_RESULTS_DIR,
     RESULTS_DIR,
-    SHARED_DATA,
+    add_data_argument,
     add_threads_argument,
     alpaca_rows,
+    data_file,
     embedded_settings,
     loadavg,
     machine_info,
     markdown_table,
     prepare_env,
     read_jsonl,
+    take_rows,
+    use_data,
     write_json,
     write_jsonl,
 )
@@ -260,12 +263,18 @@ def compare(
     if sst2_variants:
         sst_train = _dataset(
             services,
-            write_jsonl(tmp / "sst2_train.jsonl", read_jsonl(SHARED_DATA / "sst2" / "train.jsonl")[:sst2_rows]),
+            write_jsonl(
+                tmp / "sst2_train.jsonl",
+                take_rows(read_jsonl(data_file("sst2", "train.jsonl")), sst2_rows, "sst2/train.jsonl"),
+            ),
             f"sst2-train-{sst2_rows}",
         )
         sst_dev = _dataset(
             services,
-            write_jsonl(tmp / "sst2_dev.jsonl", read_jsonl(SHARED_DATA / "sst2" / "dev.jsonl")[:sst2_eval_rows]),
+            write_jsonl(
+                tmp / "sst2_dev.jsonl",
+                take_rows(read_jsonl(data_file("sst2", "dev.jsonl")), sst2_eval_rows, "sst2/dev.jsonl"),
+            ),
             f"sst2-dev-{sst2_eval_rows}",
         )
         tasks.append(
@@ -862,6 +871,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--base-model", default=DEFAULT_BASE)
     add_threads_argument(parser)
+    add_data_argument(parser)
     parser.add_argument(
         "--reuse",
         default=None,
@@ -871,6 +881,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS_DIR / "variant_comparison.json"))
     parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "variant_comparison.md"))
     args = parser.parse_args(argv)
+    use_data(args.data)
     prepare_env(threads=args.threads)
     from studio.variants.registry import variant_names
 

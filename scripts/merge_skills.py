@@ -31,13 +31,16 @@ from bench.common import (  # noqa: E402
     DEFAULT_BASE,
     DOCS_RESULTS_DIR,
     RESULTS_DIR,
-    SHARED_DATA,
+    add_data_argument,
     add_threads_argument,
+    data_file,
     embedded_settings,
     machine_info,
     markdown_table,
     prepare_env,
     read_jsonl,
+    take_rows,
+    use_data,
     worker_device,
     write_json,
     write_jsonl,
@@ -47,12 +50,12 @@ E2E_PROMPT = "Write one sentence describing this restaurant: {mr}"
 
 
 def gsm8k_rows(name: str, start: int, count: int) -> list[dict[str, str]]:
-    rows = read_jsonl(SHARED_DATA / "gsm8k" / name)[start : start + count]
+    rows = take_rows(read_jsonl(data_file("gsm8k", name))[start:], count, f"gsm8k/{name}")
     return [{"prompt": r["question"], "completion": r["answer"]} for r in rows]
 
 
 def e2e_rows(name: str, start: int, count: int) -> list[dict[str, str]]:
-    rows = read_jsonl(SHARED_DATA / "e2e_nlg" / name)[start : start + count]
+    rows = take_rows(read_jsonl(data_file("e2e_nlg", name))[start:], count, f"e2e_nlg/{name}")
     return [{"prompt": E2E_PROMPT.format(mr=r["mr"]), "completion": r["ref"]} for r in rows]
 
 
@@ -106,7 +109,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS_DIR / "merge_skills.json"))
     parser.add_argument("--render", action="store_true", help="only rewrite --doc from the JSON of --out")
     add_threads_argument(parser)
+    add_data_argument(parser)
     args = parser.parse_args()
+    use_data(args.data)
     if args.render:
         Path(args.doc).write_text(render(json.loads(Path(args.out).read_text())), encoding="utf-8")
         return

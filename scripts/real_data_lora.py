@@ -34,6 +34,7 @@ from bench.common import (  # noqa: E402
     DOCS_RESULTS_DIR,
     RESULTS_DIR,
     TimingReporter,
+    add_data_argument,
     add_threads_argument,
     alpaca_canonical,
     alpaca_rows,
@@ -43,6 +44,7 @@ from bench.common import (  # noqa: E402
     peak_rss_mb,
     prepare_env,
     resolve_base,
+    use_data,
     worker_device,
     write_json,
     write_jsonl,
@@ -303,9 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--base-model", default=DEFAULT_BASE)
     add_threads_argument(parser)
+    add_data_argument(parser)
     parser.add_argument("--out", default=str(RESULTS_DIR / "real_data_lora.json"))
     parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "real_data_lora.md"))
     args = parser.parse_args(argv)
+    use_data(args.data)
     prepare_env(threads=args.threads)
     load_start = loadavg()
     base_path = resolve_base(args.base_model)

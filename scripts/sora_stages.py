@@ -35,12 +35,14 @@ from bench.common import (  # noqa: E402
     DEFAULT_BASE,
     DOCS_RESULTS_DIR,
     RESULTS_DIR,
+    add_data_argument,
     alpaca_canonical,
     alpaca_rows,
     machine_info,
     markdown_table,
     prepare_env,
     resolve_base,
+    use_data,
     worker_device,
     write_json,
     write_jsonl,
@@ -100,10 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1)
+    add_data_argument(parser)
     parser.add_argument("--base-model", default=DEFAULT_BASE)
     parser.add_argument("--out", default=str(RESULTS_DIR / "sora_stages.json"))
     parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "sora_stages.md"))
     args = parser.parse_args(argv)
+    use_data(args.data)
     prepare_env(threads=args.threads)
     started = time.time()
     base = resolve_base(args.base_model)

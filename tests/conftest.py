@@ -13,7 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# Real data the tests read: the samples shipped in the repository (never ../shared, which a clone lacks).
+SAMPLES_DIR = REPO_ROOT / "data" / "samples"
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +23,12 @@ def shared_models_dir(tmp_path_factory) -> Path:
     path = Path(os.environ.get("STUDIO_TEST_MODELS_DIR") or tmp_path_factory.mktemp("models"))
     os.environ["STUDIO_MODELS_DIR"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    """data/samples: the first rows of each real data set (alpaca/, gsm8k/, sst2/, ...), with SOURCE.md each."""
+    return SAMPLES_DIR
 
 
 @pytest.fixture

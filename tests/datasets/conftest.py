@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 
 from models_db.registry import Registry
 from studio.services.datasets import DatasetService
 from studio.settings import Settings
-
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 import pytest
@@ -84,8 +83,8 @@ def test_add_list_show_delete(cli, tmp_path):
     assert missing.output.startswith("error: dataset 1 does not exist")
 
 
-def test_inspect_shows_the_proposal(cli):
-    gsm8k = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+def test_inspect_shows_the_proposal(cli, samples_dir):
+    gsm8k = samples_dir / "gsm8k" / "test.jsonl"
     result = cli("inspect", gsm8k)
     assert result.exit_code == 0
     assert "proposed: prompt_completion (confidence 0.90" in result.output

@@ -1,9 +1,10 @@
-"""DatasetService against a real SQLite registry in tmp_path, and the real shared data files."""
+"""DatasetService against a real SQLite registry in tmp_path, and the real data samples shipped in data/samples."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,7 @@ from studio.errors import NotFoundError, ValidationFailed
 from studio.services.datasets import DatasetService
 from studio.settings import Settings
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"  # shipped with the repo
 
 ALPACA_ROWS = [
     {"instruction": "Say hi", "input": "", "output": "Hi"},
@@ -179,13 +180,18 @@ def test_delete_unknown_dataset(service):
         service.delete(99)
 
 
-# Real data in /work/shared/data -------------------------------------------------------
+# Real data: the samples in data/samples -------------------------------------------------------
+
+
+def _line_count(dataset: str, name: str) -> int:
+    """Rows in a sample file, counted without the studio's readers (what ingestion must keep)."""
+    return len((SAMPLES / dataset / name).read_text(encoding="utf-8").splitlines())
 
 
 def test_real_alpaca(service):
-    row = service.add(SHARED_DATA / "alpaca" / "test.jsonl")
-    assert (row.format, row.rows, row.report["task"]) == ("alpaca", 200, "causal-lm")
-    first = json.loads((SHARED_DATA / "alpaca" / "test.jsonl").read_text(encoding="utf-8").split("\n", 1)[0])
+    row = service.add(SAMPLES / "alpaca" / "test.jsonl")
+    assert (row.format, row.rows, row.report["task"]) == ("alpaca", _line_count("alpaca", "test.jsonl"), "causal-lm")
+    first = json.loads((SAMPLES / "alpaca" / "test.jsonl").read_text(encoding="utf-8").split("\n", 1)[0])
     user = first["instruction"] + (f"\n\n{first['input']}" if first["input"].strip() else "")
     assert service.preview(row.id, n=1)[0]["messages"] == [
         {"role": "user", "content": user},
@@ -194,24 +200,26 @@ def test_real_alpaca(service):
 
 
 def test_real_oasst_is_chat(service):
-    row = service.add(SHARED_DATA / "oasst_chat" / "test.jsonl")
-    assert (row.format, row.rows, row.report["task"]) == ("chat", 71, "causal-lm")
+    row = service.add(SAMPLES / "oasst_chat" / "test.jsonl")
+    assert (row.format, row.rows, row.report["task"]) == ("chat", _line_count("oasst_chat", "test.jsonl"), "causal-lm")
     assert row.report["ignored_columns"] == ["id", "message_tree_id"]
     assert all(turn["role"] in ("user", "assistant") for r in service.load_rows(row.id) for turn in r["messages"])
 
 
 def test_real_sst2_is_classification(service):
-    row = service.add(SHARED_DATA / "sst2" / "dev.jsonl")
-    assert (row.format, row.rows, row.report["task"]) == ("classification", 872, "classification")
-    assert row.report["labels"] == [0, 1]
-    assert row.report["label_counts"] == [{"label": 0, "count": 428}, {"label": 1, "count": 444}]
+    path = SAMPLES / "sst2" / "dev.jsonl"
+    row = service.add(path)
+    raw = Counter(json.loads(line)["label"] for line in path.read_text(encoding="utf-8").splitlines())
+    assert (row.format, row.rows, row.report["task"]) == ("classification", sum(raw.values()), "classification")
+    assert row.report["labels"] == [0, 1] and min(raw.values()) > 0
+    assert row.report["label_counts"] == [{"label": 0, "count": raw[0]}, {"label": 1, "count": raw[1]}]
 
 
 def test_real_gsm8k_and_lncrna_are_proposals(service):
-    gsm8k = service.inspect(SHARED_DATA / "gsm8k" / "test.jsonl")
+    gsm8k = service.inspect(SAMPLES / "gsm8k" / "test.jsonl")
     assert (gsm8k.format, gsm8k.mapping) == ("prompt_completion", {"prompt": "question", "completion": "answer"})
-    assert gsm8k.needs_confirmation and gsm8k.rows_total == 200
-    lncrna = service.inspect(SHARED_DATA / "lncrna_athaliana" / "test.jsonl")
+    assert gsm8k.needs_confirmation and gsm8k.rows_total == _line_count("gsm8k", "test.jsonl")
+    lncrna = service.inspect(SAMPLES / "lncrna_athaliana" / "test.jsonl")
     assert (lncrna.format, lncrna.mapping) == ("classification", {"text": "sequence", "label": "label"})
-    row = service.add(SHARED_DATA / "lncrna_athaliana" / "test.jsonl", mapping=lncrna.mapping)
-    assert row.rows == 700 and row.report["labels"] == [0, 1]
+    row = service.add(SAMPLES / "lncrna_athaliana" / "test.jsonl", mapping=lncrna.mapping)
+    assert row.rows == _line_count("lncrna_athaliana", "test.jsonl") and row.report["labels"] == [0, 1]

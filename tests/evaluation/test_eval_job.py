@@ -64,11 +64,17 @@ def trained_adapter(tiny_llama_dir, tmp_path_factory):
     batch = collate(encode_rows(ROWS[:2], tokenizer, task="causal-lm", max_length=128).examples, 2)
     model = lora_model(tiny_llama_dir)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    for _ in range(150):
+    # Train until the answer is learnt rather than for a fixed count: how many steps a random
+    # tiny model needs moves with the library versions that initialise it.
+    for _ in range(1000):
         value, _ = loss_sum(model, batch, "causal-lm")
-        (value / target_count(batch, "causal-lm")).backward()
+        loss = value / target_count(batch, "causal-lm")
+        if loss.item() < 1e-3:
+            break
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+    assert loss.item() < 1e-3, f"the fixture's adapter did not learn its answer (loss {loss.item():.4f})"
     torch.set_num_threads(threads)
     return model.eval()
 
@@ -249,13 +255,9 @@ def test_cancellation_stops_before_scoring(env, tiny_llama_dir):
     assert reporter.metric_rows == []
 
 
-def test_gsm8k_rows_from_the_shared_data(env, tiny_llama_dir, single_thread):
+def test_gsm8k_rows_from_the_sample_data(env, tiny_llama_dir, single_thread, samples_dir):
     """Real GSM8K rows go through ingestion; the prompt is the question, the reference the worked answer."""
-    from pathlib import Path
-
-    source = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
-    if not source.exists():
-        pytest.skip("shared GSM8K data not present")
+    source = samples_dir / "gsm8k" / "test.jsonl"
     sample = env.tmp_path / "gsm8k.jsonl"
     sample.write_text("".join(source.read_text().splitlines(keepends=True)[:3]))
     dataset = env.datasets.add(sample, mapping={"prompt": "question", "completion": "answer"})

@@ -67,18 +67,16 @@ def test_bundled_models_are_registered(registry):
     assert set(BUNDLED_MODELS) <= names
 
 
-def test_bundled_encoder_refuses_dna_sequences_and_reads_sentences(settings):
+def test_bundled_encoder_refuses_dna_sequences_and_reads_sentences(settings, samples_dir):
     """The real lncRNA file: MiniLM's WordPiece turns each sequence into one [UNK], so training is refused."""
     import json
-    from pathlib import Path
 
     from studio.errors import ValidationFailed
     from studio.training.models import load_tokenizer_for
     from studio.training.tokenise import encode_rows
 
     tokenizer = load_tokenizer_for(resolve_base_model("all-minilm-l6-v2", settings).path)
-    shared_data = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    with open(shared_data / "lncrna_athaliana" / "test.jsonl", encoding="utf-8") as handle:
+    with open(samples_dir / "lncrna_athaliana" / "test.jsonl", encoding="utf-8") as handle:
         rows = [json.loads(line) for _, line in zip(range(50), handle, strict=False)]
     sequences = [{"text": row["sequence"], "label": row["label"]} for row in rows]
     with pytest.raises(ValidationFailed, match="50 of 50 rows became nothing but its unknown token"):
