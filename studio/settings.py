@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     worker_name: str = Field(default_factory=socket.gethostname, validation_alias=_env("STUDIO_WORKER_NAME"))
     heartbeat_seconds: float = Field(default=5.0, gt=0, validation_alias=_env("STUDIO_HEARTBEAT_SECONDS"))
     worker_dead_after_seconds: float = Field(default=60.0, gt=0, validation_alias=_env("STUDIO_WORKER_DEAD_AFTER"))
+    no_worker_grace_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        validation_alias=_env("STUDIO_NO_WORKER_GRACE"),
+        description="Seconds a CLI waits on a queued job with no worker online before saying so.",
+    )
     job_max_attempts: int = Field(default=3, ge=1, validation_alias=_env("STUDIO_JOB_MAX_ATTEMPTS"))
     max_upload_mb: float = Field(default=200.0, gt=0, validation_alias=_env("STUDIO_MAX_UPLOAD_MB"))
     max_row_chars: int = Field(default=100_000, ge=100, validation_alias=_env("STUDIO_MAX_ROW_CHARS"))

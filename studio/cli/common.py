@@ -30,6 +30,13 @@ def progress_bar(fraction: float, width: int = 30) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + f"] {fraction * 100:5.1f}%"
 
 
+inline_option = click.option(
+    "--inline",
+    is_flag=True,
+    help="Run the job in this process, with no worker (embedded broker only); implies waiting for it.",
+)
+
+
 class JobLinePrinter:
     """Redraws one status line for a waiting job, only when it changes (so logs stay short)."""
 
@@ -44,13 +51,68 @@ class JobLinePrinter:
             self._last = line
             click.echo(f"\r{line}   ", nl=False)
 
+    def interrupt(self, message: str) -> None:
+        """Print ``message`` on a line of its own (on stderr) and redraw the status line after it."""
+        if self._last is not None:
+            click.echo()
+        click.echo(message, err=True)
+        self._last = None
 
-def wait_until_succeeded(svc, job_id: int):
-    """Wait for a job with a live status line; returns it, or raises StudioError naming how it ended."""
+
+class NoWorkerNotice:
+    """The on_update of a wait that says when a queued job has no worker online (see NoWorkerWatch)."""
+
+    def __init__(self, svc, can_inline: bool, printer: JobLinePrinter | None = None):
+        from studio.services.system import workers_serving_queue
+        from studio.services.waiting import NoWorkerWatch, no_worker_message
+
+        settings = svc.settings
+        self._printer = printer
+        self._watch = NoWorkerWatch(
+            lambda: workers_serving_queue(svc.registry, settings),
+            settings.no_worker_grace_seconds,
+            no_worker_message(settings, can_inline),
+        )
+
+    def __call__(self, job) -> None:
+        if self._printer is not None:
+            self._printer(job)
+        message = self._watch.check(job)
+        if message is None:
+            return
+        if self._printer is not None:
+            self._printer.interrupt(message)
+        else:
+            click.echo(message, err=True)
+
+
+def wait_for_job(svc, job_id: int, inline: bool = False, can_inline: bool = True):
+    """Wait for a job with a live status line and return it once final.
+
+    With ``inline`` the job runs in this process (studio/jobs/inline.py); otherwise a
+    worker must run it, and the user is told when none is online rather than left
+    looking at a 0 % bar.
+    """
+    printer = JobLinePrinter()
+    if inline:
+        from studio.jobs.inline import run_job_inline
+
+        try:
+            job = run_job_inline(job_id, svc.registry, svc.settings, lambda jid: svc.jobs.wait(jid, on_update=printer))
+        except KeyboardInterrupt:
+            click.echo(f"\njob {job_id} {svc.jobs.get(job_id).status} (interrupted)", err=True)
+            raise
+    else:
+        job = svc.jobs.wait(job_id, on_update=NoWorkerNotice(svc, can_inline, printer))
+    click.echo()
+    return job
+
+
+def wait_until_succeeded(svc, job_id: int, inline: bool = False):
+    """Wait for a job (or run it ``inline``); returns it, or raises StudioError naming how it ended."""
     from studio.errors import StudioError
 
-    job = svc.jobs.wait(job_id, on_update=JobLinePrinter())
-    click.echo()
+    job = wait_for_job(svc, job_id, inline=inline)
     if job.status != "succeeded":
         raise StudioError(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
     return job

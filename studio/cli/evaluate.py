@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import services, wait_until_succeeded
+from studio.cli.common import inline_option, services, wait_until_succeeded
 from studio.errors import StudioError
 from studio.schema import EvalRequest, format_validation_error
 
@@ -36,13 +36,19 @@ METRICS = ("loss", "exact_match", "accuracy", "rouge_l")
     help="DyLoRA only: also measure the loss at this rank (repeatable: metric vs rank).",
 )
 @click.option("--wait/--no-wait", default=False, help="Wait for the job and print its metrics.")
-def eval_cmd(adapter_id, base_model, dataset_ref, metrics, max_examples, max_new_tokens, seed, ranks, wait) -> None:
+@inline_option
+def eval_cmd(
+    adapter_id, base_model, dataset_ref, metrics, max_examples, max_new_tokens, seed, ranks, wait, inline
+) -> None:
     """Evaluate ADAPTER_ID (or --base MODEL) on a dataset: loss, exact_match, accuracy, rouge_l."""
     from studio.evaluation.examples import check_metrics
+    from studio.jobs.inline import check_inline_allowed
 
     if (adapter_id is None) == (base_model is None):
         raise StudioError("give either an ADAPTER_ID or --base MODEL (not both)")
     svc = services()
+    if inline:
+        check_inline_allowed(svc.settings)
     dataset = svc.datasets.get(_dataset_id(svc, dataset_ref))
     kind = _kind(dataset)
     chosen = list(dict.fromkeys(metrics)) or (["loss", "accuracy"] if kind == "classification" else ["loss"])
@@ -63,9 +69,9 @@ def eval_cmd(adapter_id, base_model, dataset_ref, metrics, max_examples, max_new
     job = svc.jobs.submit(request)
     subject = f"adapter {adapter_id}" if adapter_id is not None else f"base model {base_model}"
     click.echo(f"queued evaluation job {job.id} ({subject} on dataset {dataset.id}: {', '.join(chosen)})")
-    if not wait:
+    if not (wait or inline):
         return
-    job = wait_until_succeeded(svc, job.id)
+    job = wait_until_succeeded(svc, job.id, inline=inline)
     for name, value in (job.result or {}).get("metrics", {}).items():
         click.echo(f"{name:<12} {value:.4f}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli.common import JobLinePrinter, services, table
+from studio.cli.common import inline_option, services, table, wait_for_job
 
 
 @click.group(invoke_without_command=True)
@@ -89,16 +89,19 @@ def logs(job_id: int) -> None:
 @jobs.command("check")
 @click.option("--steps", default=20, show_default=True, help="Optimisation steps.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait and show progress.")
-def check(steps: int, wait: bool) -> None:
-    """Queue a short system-check job (proves a worker picks up work)."""
+@inline_option
+def check(steps: int, wait: bool, inline: bool) -> None:
+    """Queue a short system-check job (proves a worker picks up work; --inline proves this machine can run one)."""
+    from studio.jobs.inline import check_inline_allowed
     from studio.schema import CheckRequest
 
-    svc = services().jobs
-    job = svc.submit(CheckRequest(steps=steps))
+    svc = services()
+    if inline:
+        check_inline_allowed(svc.settings)
+    job = svc.jobs.submit(CheckRequest(steps=steps))
     click.echo(f"queued job {job.id}")
-    if wait:
-        job = svc.wait(job.id, on_update=JobLinePrinter())
-        click.echo()
+    if wait or inline:
+        job = wait_for_job(svc, job.id, inline=inline)
         click.echo(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
         if job.status != "succeeded":
             raise SystemExit(1)

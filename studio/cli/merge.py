@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import services, wait_until_succeeded
+from studio.cli.common import inline_option, services, wait_until_succeeded
 from studio.errors import StudioError
 from studio.merging.methods import METHODS
 from studio.schema import MergeRequest, format_validation_error
@@ -26,7 +26,8 @@ from studio.schema import MergeRequest, format_validation_error
 @click.option("--rank", default=None, type=int, help="Rank of the merged adapter (default: sum of the ranks).")
 @click.option("--name", default=None, help="Name of the merged adapter.")
 @click.option("--wait/--no-wait", default=False, help="Wait for the job and print the new adapter.")
-def merge_cmd(adapter_ids, method, weights, density, seed, rank, name, wait) -> None:
+@inline_option
+def merge_cmd(adapter_ids, method, weights, density, seed, rank, name, wait, inline) -> None:
     """Merge ADAPTER_IDS (same base model) into one plain LoRA adapter: linear, TIES or DARE."""
     try:
         request = MergeRequest(
@@ -41,12 +42,16 @@ def merge_cmd(adapter_ids, method, weights, density, seed, rank, name, wait) -> 
     except ValidationError as exc:
         raise StudioError(format_validation_error(exc)) from None
     svc = services()
+    if inline:
+        from studio.jobs.inline import check_inline_allowed
+
+        check_inline_allowed(svc.settings)
     job = svc.jobs.submit(request)
     listed = ", ".join(f"{i} × {w:g}" for i, w in zip(adapter_ids, request.resolved_weights(), strict=True))
     click.echo(f"queued merge job {job.id} ({method}: {listed})")
-    if not wait:
+    if not (wait or inline):
         return
-    job = wait_until_succeeded(svc, job.id)
+    job = wait_until_succeeded(svc, job.id, inline=inline)
     result = job.result or {}
     click.echo(
         f"adapter {result['adapter_id']}: {result['modules']} modules, ranks {result['rank_min']}-"

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import click
 
-from studio.cli.common import services
+from studio.cli.common import NoWorkerNotice, services
 
 
 @click.command()
@@ -25,7 +25,9 @@ def status(as_json: bool, check: bool, timeout: float) -> None:
         from studio.schema import CheckRequest
 
         started = time.monotonic()
-        job = svc.jobs.wait(svc.jobs.submit(CheckRequest(steps=10)).id, timeout=timeout)
+        # The notice goes to stderr, so --json output stays parseable.
+        notice = NoWorkerNotice(svc, can_inline=False)
+        job = svc.jobs.wait(svc.jobs.submit(CheckRequest(steps=10)).id, timeout=timeout, on_update=notice)
         check_result = {
             "job_id": job.id,
             "status": job.status,

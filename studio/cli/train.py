@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import services, wait_until_succeeded
+from studio.cli.common import inline_option, services, wait_until_succeeded
 from studio.errors import StudioError
 from studio.schema import TrainingHyperParams, TrainRequest, format_validation_error
 
@@ -49,11 +49,15 @@ def parse_assignments(pairs: tuple[str, ...], variant_fields: set[str]) -> tuple
 @click.option("--set", "assignments", multiple=True, help="key=value for a training or variant setting (repeatable).")
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--wait", is_flag=True, help="Wait for the job, show a progress bar, print the adapter.")
-def train(dataset_ref, variant, base_model, name, assignments, seed, wait) -> None:
+@inline_option
+def train(dataset_ref, variant, base_model, name, assignments, seed, wait, inline) -> None:
     """Fine-tune a base model on a dataset with one LoRA variant."""
+    from studio.jobs.inline import check_inline_allowed
     from studio.variants.registry import get_variant
 
     svc = services()
+    if inline:
+        check_inline_allowed(svc.settings)  # before anything is imported or queued
     variant_fields = set(get_variant(variant).Params.model_fields)
     hyper, variant_params = parse_assignments(assignments, variant_fields)
     dataset_id = _dataset_id(svc, dataset_ref)
@@ -65,9 +69,9 @@ def train(dataset_ref, variant, base_model, name, assignments, seed, wait) -> No
     _print_memory_estimate(svc, request, dataset_id, task)
     job = svc.jobs.submit(request)
     click.echo(f"queued training job {job.id} ({variant} on {request.base_model}, dataset {dataset_id})")
-    if not wait:
+    if not (wait or inline):
         return
-    job = wait_until_succeeded(svc, job.id)
+    job = wait_until_succeeded(svc, job.id, inline=inline)
     click.echo(f"adapter {job.result.get('adapter_id')} at {job.result.get('adapter_path')}")
 
 

@@ -58,6 +58,12 @@ def online_workers(registry: Registry, settings: Settings) -> list[WorkerStatus]
     ]
 
 
+def workers_serving_queue(registry: Registry, settings: Settings) -> int:
+    """How many live workers consume this studio's queue (what a queued job needs to ever start)."""
+    rows = registry.online_workers(stale_cutoff(settings.worker_dead_after_seconds))
+    return sum(1 for r in rows if r.queue == settings.queue_name)
+
+
 def system_status(registry: Registry, settings: Settings) -> SystemStatus:
     """Check every moving part; never raises for an unreachable service, reports it instead."""
     described = settings.describe()
