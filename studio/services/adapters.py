@@ -74,7 +74,7 @@ class AdapterService:
     def _export_as_lora(self, adapter_id: int, source: Path, out: Path, rank: int) -> ExportReport:
         from peft import PeftModel
 
-        from studio.variants.lora_export import export_delta_as_lora
+        from studio.variants.lora_export import export_delta_as_lora, output_change
         from studio.variants.peft_common import layer_delta, tuner_layers
 
         ectx = self._export_context(adapter_id, source)
@@ -87,7 +87,22 @@ class AdapterService:
         for extra in ("labels.json",):
             if (source / extra).exists():
                 shutil.copy2(source / extra, out / extra)
+        exported = PeftModel.from_pretrained(ectx.fresh_base(), str(out), use_safetensors=True)
+        report.output_error = output_change(model, exported, ectx.fresh_base(), self._probe_ids(adapter_id))
+        report.write(out)
         return report
+
+    def _probe_ids(self, adapter_id: int) -> Any:
+        """A fixed batch of token ids of ordinary text, for measuring what an export changes in the outputs."""
+        import torch
+
+        from studio.training.models import load_tokenizer_for
+        from studio.variants.lora_export import PROBE_TEXTS
+
+        tokenizer = load_tokenizer_for(self._base_path(adapter_id))
+        rows = [tokenizer(text, add_special_tokens=False)["input_ids"][:48] for text in PROBE_TEXTS]
+        width = min(len(r) for r in rows)  # equal lengths: no padding, no attention mask to get wrong
+        return torch.tensor([r[:width] for r in rows])
 
     def export_merged_model(self, adapter_id: int, out_dir: str | Path) -> Path:
         """Write the base model with the adapter folded into its weights: a standalone transformers model.
@@ -153,11 +168,12 @@ class AdapterService:
         labels = json.loads((source / "labels.json").read_text()) if (source / "labels.json").exists() else None
         base_path = resolve_base_model(row.base_model, self.settings).path
         pad_id = load_tokenizer_for(base_path).pad_token_id if task == "classification" else None
-        heads = list(config.get("modules_to_save") or [])
+        # Every fully trained module travels with an export: heads, and e.g. SoRA's norms.
+        # Names that match nothing in the model (PEFT lists both `classifier` and `score`) are skipped on export.
         return ExportContext(
             fresh_base=lambda: load_base_model(base_path, task, labels, pad_id),
             task=task,
-            modules_to_save=[h for h in heads if h in ("score", "classifier")],
+            modules_to_save=list(config.get("modules_to_save") or []),
         )
 
     def zip(self, adapter_id: int) -> Path:

@@ -186,6 +186,9 @@ class ExportReport:
     exact: bool = True
     errors: dict[str, float] = field(default_factory=dict)  # relative Frobenius error per module
     format: str = "peft-lora"
+    # ‖logits(export) − logits(adapter)‖ / ‖logits(adapter) − logits(base)‖ on fixed text, when measured:
+    # what the export changes in the outputs, as a share of everything the adapter changes.
+    output_error: float | None = None
 
     @property
     def max_error(self) -> float:
@@ -199,7 +202,12 @@ class ExportReport:
             "ranks": self.ranks,
             "errors": self.errors,
             "max_error": self.max_error,
+            "output_error": self.output_error,
         }
+
+    def write(self, out_dir: str | Path) -> None:
+        """Write this report as ``export_report.json`` in ``out_dir``."""
+        (Path(out_dir) / "export_report.json").write_text(json.dumps(self.as_dict(), indent=2))
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, scheduler: str) -> Callable[[int], float]:

@@ -78,6 +78,50 @@ def plain_lora_config(ranks: dict[str, int], task: str, modules_to_save: list[st
     )
 
 
+# Fixed, ordinary text for measuring how far an export moves a model's outputs.
+PROBE_TEXTS = (
+    "The quick brown fox jumps over the lazy dog while the farmer watches from the gate.",
+    "Write a short answer: what is the capital of France, and why is it famous for art?",
+)
+
+
+def saved_module_names(model: Any, names: list[str]) -> list[str]:
+    """Full names of the fully trained modules (``modules_to_save``) that ``names`` designate in ``model``.
+
+    PEFT matches these names as suffixes of module paths (``score`` or a full
+    ``model.layers.0.input_layernorm``) and lists both ``classifier`` and ``score`` for
+    classifiers: a name with no module in this model designates nothing.
+    """
+    root = model.base_model.model if hasattr(model, "peft_config") else model
+    found: list[str] = []
+    for full, _ in root.named_modules():
+        inside_found = any(full.startswith(f"{outer}.") for outer in found)  # a wrapper's own copies
+        if not inside_found and any(full == n or full.endswith(f".{n}") for n in names):
+            found.append(full)
+    return found
+
+
+def output_change(trained: Any, exported: Any, base: Any, input_ids: Any) -> float:
+    """‖logits(exported) − logits(trained)‖ / ‖logits(trained) − logits(base)‖ on ``input_ids`` (0 when equal).
+
+    The error a user cares about: a ΔW error says nothing of the modules an export may drop,
+    and a small ΔW error can still move the outputs. Measured in fp32 on the CPU.
+    """
+    import torch
+
+    def logits(model: Any) -> Any:
+        model.eval()
+        with torch.no_grad():
+            return model(input_ids=input_ids).logits.float()
+
+    want, got, plain = logits(trained), logits(exported), logits(base)
+    effect = float((want - plain).norm())
+    change = float((got - want).norm())
+    if effect == 0.0:
+        return 0.0 if change == 0.0 else float("inf")
+    return change / effect
+
+
 def trained_head_state(model: Any, head: str) -> dict[str, Any]:
     """Trained tensors of a fully trained head (``modules_to_save``) of a PEFT or plain model."""
     root = model.base_model.model if hasattr(model, "peft_config") else model
@@ -142,7 +186,7 @@ def export_delta_as_lora(
         name = sorted(factors)[0]
         b, a = factors[name]
         factors[name] = (b.new_zeros(b.shape[0], 1), a.new_zeros(1, a.shape[1]))
-    heads = {head: trained_head_state(model, head) for head in ectx.modules_to_save}
+    heads = {name: trained_head_state(model, name) for name in saved_module_names(model, ectx.modules_to_save)}
     ranks = write_plain_lora(factors, Path(out_dir), ectx, heads)
     report = ExportReport(
         path=str(out_dir),
@@ -150,7 +194,7 @@ def export_delta_as_lora(
         exact=rank is None,
         errors=errors,
     )
-    (Path(out_dir) / "export_report.json").write_text(json.dumps(report.as_dict(), indent=2))
+    report.write(out_dir)
     return report
 
 

@@ -115,6 +115,7 @@ def test_cli_lists_and_exports(make_adapter, settings, tmp_path):
     exported = runner.invoke(export_cmd, [str(row.id), "--out", str(out), "--as-lora-rank", "4"])
     assert exported.exit_code == 0, exported.output
     assert "max relative Frobenius error" in exported.output and (out / "adapter_model.safetensors").exists()
+    assert "of the adapter's whole effect" in exported.output
 
 
 def test_dylora_exports_exactly_at_a_chosen_rank(make_adapter, registry, settings, tmp_path, tiny_llama_dir):
@@ -215,3 +216,36 @@ def test_merged_model_zip_and_cli(make_adapter, registry, settings, tmp_path):
         export_cmd, [str(row.id), "--out", str(tmp_path / "y"), "--merged-model", "--as-lora-rank", "2"]
     )
     assert both.exit_code != 0 and "alternatives" in str(both.exception)
+
+
+def test_plain_lora_export_keeps_every_trained_module(make_adapter, registry, settings, tmp_path):
+    """SoRA trains the RMSNorm weights too: `--as-lora-rank` must carry them, and say how far outputs moved."""
+    from peft import PeftModel
+
+    row, result = make_adapter("sora")
+    saved = json.loads((Path(row.path) / "adapter_config.json").read_text())["modules_to_save"]
+    assert any("norm" in name for name in saved), saved
+    service = AdapterService(registry, settings)
+    ids = torch.randint(8, 60, (2, 9), generator=torch.Generator().manual_seed(5))
+    fresh = result.export_context().fresh_base
+    result.model.eval()
+    with torch.no_grad():
+        trained = result.model(input_ids=ids).logits
+        base = fresh().eval()(input_ids=ids).logits
+    assert (trained - base).abs().max() > 1e-3  # the adapter moved the model: the check below can fail
+
+    exact = service.export(row.id, tmp_path / "exact", as_lora_rank=64)
+    config = json.loads((tmp_path / "exact" / "adapter_config.json").read_text())
+    assert sorted(config["modules_to_save"]) == sorted(saved)
+    with torch.no_grad():
+        got = PeftModel.from_pretrained(fresh(), str(tmp_path / "exact")).eval()(input_ids=ids).logits
+    torch.testing.assert_close(got, trained, atol=1e-5, rtol=1e-5)
+    assert exact.output_error is not None and exact.output_error < 1e-4
+
+    low = service.export(row.id, tmp_path / "r1", as_lora_rank=1)
+    with torch.no_grad():
+        moved = PeftModel.from_pretrained(fresh(), str(tmp_path / "r1")).eval()(input_ids=ids).logits
+    # The reported output error is the export's change of the logits relative to the adapter's whole effect.
+    assert low.output_error > exact.output_error
+    assert json.loads((tmp_path / "r1" / "export_report.json").read_text())["output_error"] == low.output_error
+    assert (moved - trained).norm() <= (trained - base).norm()
