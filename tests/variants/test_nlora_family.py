@@ -325,4 +325,4 @@ def test_explicit_params_win_over_the_preset_and_unknown_presets_are_named():
     with pytest.raises(NotFoundError, match="official, small-model"):
         params_with_preset("nlora", "tiny")
     with pytest.raises(NotFoundError, match="none"):
-        params_with_preset("lora", "official")
+        params_with_preset("slora", "official")  # no presets declared
