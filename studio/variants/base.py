@@ -69,6 +69,8 @@ How to add a variant
    ``Literal`` choices — the UI form is built from ``Params.model_json_schema()``).
    End the module with ``VARIANT = YourClass`` (or ``VARIANTS = [A, B]``).
 2. Add ``"<name>"`` to ``VARIANT_MODULES`` in :mod:`studio.variants.registry`.
+3. Optionally declare ``presets`` (:class:`VariantPreset`): named parameter sets such as the
+   official settings vs what works on small models; the Train form and ``--variant-preset`` use them.
 The test matrix, the UI dropdown and the docs table all come from the registry.
 Helpers: :mod:`studio.variants.targets` (find the linear layers to adapt),
 :mod:`studio.variants.lora_export` (SVD factorisation, plain-LoRA export).
