@@ -269,6 +269,16 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         {"variant_info": c["variant_info"]} | variants.group_outputs() | variant_in,
     )
 
+    def variant_preset_handler(variant: str):
+        def on_variant_preset(preset: str | None) -> dict[str, Any]:
+            return variants.set_values(variant, variants.preset_values(variant, preset))
+
+        on_variant_preset.__name__ = f"on_{variant}_preset"  # one API name per variant
+        return on_variant_preset
+
+    for variant_name, radio in variants.preset_radios.items():
+        bind(radio.change, variant_preset_handler(variant_name), {"preset": radio}, variant_in)
+
     def on_preset(preset: str, variant: str) -> dict[str, Any]:
         chosen = PRESETS[preset]
         out = {f"hyper.{n}": gr.update(value=v) for n, v in chosen["hyper"].items() if n in hyper.widgets}

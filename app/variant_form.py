@@ -3,7 +3,9 @@
 Fields every variant declares identically (r, lora_alpha, dropout, targets) are
 one set of widgets; each variant's own knobs sit in a group shown only while
 that variant is picked. Widget values are addressed by name: ``variant.<field>``
-for shared fields and ``variant.<variant>.<field>`` for a variant's own.
+for shared fields and ``variant.<variant>.<field>`` for a variant's own. A variant
+that declares presets (``Variant.presets``, in the catalog) gets a preset choice at
+the top of its group; picking one fills in the preset's values.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class VariantForms:
     ):
         specs = {info["name"]: parse_schema(info["params_schema"]) for info in catalog}
         titles = {info["name"]: info["title"] for info in catalog}
+        self.presets = {info["name"]: info.get("presets", []) for info in catalog}
+        self.preset_radios: dict[str, gr.Radio] = {}
         self.variant_names = list(specs)
         first = next(iter(specs.values()), [])
         shared = [
@@ -40,11 +44,36 @@ class VariantForms:
         self.groups: dict[str, gr.Group] = {}
         for name, variant_specs in specs.items():
             extra: list[FieldSpec] = [s for s in variant_specs if s.name not in shared_names]
-            with gr.Group(visible=name == selected and bool(extra)) as group:
+            prefix = f"{elem_prefix}-{name.replace('_', '-')}"
+            with gr.Group(visible=name == selected and bool(extra or self.presets[name])) as group:
                 if extra:
                     gr.Markdown(f"**Settings of {titles[name]}**", padding=True)
-                self.own[name] = SchemaForm({}, f"{elem_prefix}-{name.replace('_', '-')}", specs=extra, initial=initial)
+                if self.presets[name]:
+                    self.preset_radios[name] = self._preset_radio(name, titles[name], variant_specs, prefix)
+                self.own[name] = SchemaForm({}, prefix, specs=extra, initial=initial)
             self.groups[name] = group
+
+    def _preset_radio(self, name: str, title: str, specs: list[FieldSpec], prefix: str) -> gr.Radio:
+        """The preset choice of one variant, preselected on the preset its defaults match, with the evidence."""
+        defaults = {spec.name: spec.default for spec in specs}
+        presets = self.presets[name]
+        matching = next((p["name"] for p in presets if all(defaults.get(k) == v for k, v in p["values"].items())), None)
+        radio = gr.Radio(
+            choices=[(p["title"], p["name"]) for p in presets],
+            value=matching,
+            label=f"Preset of {title}",
+            info="Fills in the settings below; you can still change each one.",
+            elem_id=f"{prefix}-preset",
+        )
+        gr.Markdown("\n".join(f"- **{p['title']}**: {p['description']}" for p in presets), padding=True)
+        return radio
+
+    def preset_values(self, variant: str, preset: str | None) -> dict[str, Any]:
+        """The values preset ``preset`` of ``variant`` sets (none for no preset)."""
+        for entry in self.presets.get(variant, []):
+            if entry["name"] == preset:
+                return dict(entry["values"])
+        return {}
 
     def inputs(self) -> dict[str, Any]:
         """Every widget by its value name (shared and per-variant)."""
@@ -56,7 +85,9 @@ class VariantForms:
     def visibility(self, variant: str) -> dict[str, Any]:
         """Show only ``variant``'s own group (keyed ``group.<variant>``)."""
         return {
-            f"group.{name}": gr.update(visible=name == variant and bool(self.own[name].widgets))
+            f"group.{name}": gr.update(
+                visible=name == variant and bool(self.own[name].widgets or name in self.preset_radios)
+            )
             for name in self.variant_names
         }
 

@@ -225,6 +225,7 @@ def compare(
     from studio.jobs.runner import WorkerIdentity, execute_job
     from studio.schema import EvalRequest, TrainingHyperParams, TrainRequest
     from studio.services.container import build_services
+    from studio.variants.registry import get_variant, params_with_preset
 
     settings = embedded_settings(data_dir)
     services = build_services(settings)
@@ -327,6 +328,7 @@ def compare(
                         base_model=spec["base"],
                         task=spec["task"],
                         variant=name,
+                        variant_params=params_with_preset(name, _small_model_preset(get_variant(name))),
                         seed=seed,
                         hyper=TrainingHyperParams(
                             max_steps=spec["steps"],
@@ -581,7 +583,7 @@ def write_markdown(path: Path, out: dict[str, Any]) -> None:
         f"loss is an evaluation job on the first {cfg['eval_rows']} rows of `alpaca/test.jsonl` (response tokens).",
         f"- Budget for every variant: {cfg['steps']} steps × batch {cfg['batch_size']}, max_length {cfg['max_length']}, "
         f"AdamW lr {cfg['learning_rate']} (warmup 3 %, linear decay), precision `{cfg.get('precision', 'auto')}`, seeds {', '.join(map(str, cfg['seeds']))}; "
-        "identical batches for every variant at a given seed; each variant at its own default parameters. "
+        "identical batches for every variant at a given seed; each variant at its own default parameters (its `small-model` preset where it declares one). "
         f"Engine's compute for the LM runs: {_compute([r for r in out['runs'] if r['task'] == 'causal-lm'])}.",
         f"- Variants run: {', '.join(f'`{v}`' for v in cfg['variants'])}.",
     ]
@@ -736,6 +738,11 @@ def write_markdown(path: Path, out: dict[str, Any]) -> None:
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+def _small_model_preset(cls: Any) -> str | None:
+    """The variant's `small-model` preset, if it declares one: every base model here has ~100M parameters."""
+    return "small-model" if any(preset.name == "small-model" for preset in cls.presets) else None
+
+
 # What a reader needs to read some rows of the table right (only for variants that ran).
 VARIANT_NOTES = {
     "loraprune": "`loraprune` is a pruning method: its cubic schedule removes half of the prunable attention heads "
@@ -743,8 +750,8 @@ VARIANT_NOTES = {
     "time to recover, not an adapter's quality.",
     "adalora": "`adalora`, `increlora` and `s2_lora` barely move at this budget: AdaLoRA and IncreLoRA start with "
     "small or masked ranks and allocate over hundreds of steps, S2-LoRA trains 26k shared parameters.",
-    "nlora": "`nlora` and `inttune` run with the studio's default `residual=True` (the model starts at the base) "
-    "and NLoRA with `lr_scale=0.1` (its W0-sliced factors at 0.1× the run's lr); with the official init "
+    "nlora": "`nlora` and `inttune` run with their `small-model` preset: `residual=True` (the model starts at the "
+    "base) and NLoRA with `lr_scale=0.1` (its W0-sliced factors at 0.1× the run's lr); with the official init "
     "(`residual=False`) the loss started near 17, and at the run's full lr NLoRA's validation loss rose to 2.61 "
     "(docs/variants/nlora.md).",
 }

@@ -46,20 +46,28 @@ def parse_assignments(pairs: tuple[str, ...], variant_fields: set[str]) -> tuple
 @click.option("--variant", default="lora", show_default=True, help="Variant name (see `studio variants`).")
 @click.option("--base", "base_model", default=None, help="Base model (default: the bundled chat model).")
 @click.option("--name", default=None, help="Name of the resulting adapter.")
+@click.option(
+    "--variant-preset",
+    "variant_preset",
+    default=None,
+    help="A named set of the variant's parameters, e.g. official or small-model (see `studio variants --json`); "
+    "--set values win over it.",
+)
 @click.option("--set", "assignments", multiple=True, help="key=value for a training or variant setting (repeatable).")
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--wait", is_flag=True, help="Wait for the job, show a progress bar, print the adapter.")
 @inline_option
-def train(dataset_ref, variant, base_model, name, assignments, seed, wait, inline) -> None:
+def train(dataset_ref, variant, variant_preset, base_model, name, assignments, seed, wait, inline) -> None:
     """Fine-tune a base model on a dataset with one LoRA variant."""
     from studio.jobs.inline import check_inline_allowed
-    from studio.variants.registry import get_variant
+    from studio.variants.registry import get_variant, params_with_preset
 
     svc = services()
     if inline:
         check_inline_allowed(svc.settings)  # before anything is imported or queued
     variant_fields = set(get_variant(variant).Params.model_fields)
     hyper, variant_params = parse_assignments(assignments, variant_fields)
+    variant_params = params_with_preset(variant, variant_preset, variant_params)
     dataset_id = _dataset_id(svc, dataset_ref)
     task = svc.datasets.get(dataset_id).report.get("task", "causal-lm")
     try:

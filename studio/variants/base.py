@@ -69,6 +69,8 @@ How to add a variant
    ``Literal`` choices — the UI form is built from ``Params.model_json_schema()``).
    End the module with ``VARIANT = YourClass`` (or ``VARIANTS = [A, B]``).
 2. Add ``"<name>"`` to ``VARIANT_MODULES`` in :mod:`studio.variants.registry`.
+3. Optionally declare ``presets`` (:class:`VariantPreset`): named parameter sets such as the
+   official settings vs what works on small models; the Train form and ``--variant-preset`` use them.
 The test matrix, the UI dropdown and the docs table all come from the registry.
 Helpers: :mod:`studio.variants.targets` (find the linear layers to adapt),
 :mod:`studio.variants.lora_export` (SVD factorisation, plain-LoRA export).
@@ -116,6 +118,23 @@ class Paper:
     @property
     def url(self) -> str:
         return f"https://arxiv.org/abs/{self.arxiv}"
+
+
+@dataclass(frozen=True)
+class VariantPreset:
+    """A named set of a variant's parameters, declared next to the variant in ``Variant.presets``.
+
+    The Train form and ``studio train --variant-preset`` read presets from the registry. A preset only
+    fills in parameters (what the user sets explicitly wins); the job records the resulting values.
+    """
+
+    name: str  # what the CLI takes, e.g. "official"
+    title: str  # what the form shows
+    description: str  # when to pick it, with the evidence
+    values: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "title": self.title, "description": self.description, "values": dict(self.values)}
 
 
 @dataclass
@@ -262,6 +281,7 @@ class Variant:
     export_exact: ClassVar[bool] = True  # export_plain_lora is exact at the true ranks
     peft_native: ClassVar[bool] = False  # save_native writes a checkpoint PeftModel.from_pretrained loads
     tasks: ClassVar[tuple[str, ...]] = TASKS
+    presets: ClassVar[tuple[VariantPreset, ...]] = ()  # named parameter sets (official vs small-model settings)
 
     def __init__(self, params: VariantParams | None = None):
         self.params = params if params is not None else self.Params()
@@ -288,7 +308,19 @@ class Variant:
             "peft_native": cls.peft_native,
             "tasks": list(cls.tasks),
             "params_schema": cls.Params.model_json_schema(),
+            "presets": [preset.as_dict() for preset in cls.presets],
         }
+
+    @classmethod
+    def preset(cls, name: str) -> VariantPreset:
+        """The preset called ``name`` (StudioError naming the known presets otherwise)."""
+        from studio.errors import NotFoundError
+
+        for preset in cls.presets:
+            if preset.name == name:
+                return preset
+        known = ", ".join(p.name for p in cls.presets) or "none"
+        raise NotFoundError(f"variant {cls.name} has no preset {name!r}; its presets: {known}")
 
     # -- build and optimisation ----------------------------------------------------------------
 

@@ -24,6 +24,29 @@ from studio.variants.base import BuildContext, OptimConfig, Optimization, Paper,
 
 RANK_STEP = {2: 1, 4: 2, 6: 3, 8: 4}  # official n_add per average target rank
 RESERVE_E = 1e-5  # "advance learning": reserves contribute a tiny, fixed amount
+OFFICIAL_INTERVAL = 1000  # official init_warmup and incre_interval (DeBERTaV3-base GLUE scripts)
+WARMUP_SHARE = 0.1  # scaled init_warmup: this share of the run
+SPEND_BY = 0.7  # scaled incre_interval: the budget is spent by this share of the run
+
+
+def allocations_needed(start_rank: int, target_rank: int, n_add: int, top_h: int, modules: int) -> int:
+    """Allocation rounds that spend the budget when each round grows min(top_h, modules) modules by n_add."""
+    per_round = max(1, min(top_h, modules) * n_add)
+    return max(1, math.ceil(max(0, target_rank - start_rank) / per_round))
+
+
+def scaled_schedule(total_steps: int, rounds: int) -> tuple[int, int]:
+    """(init_warmup, incre_interval) for a run of ``total_steps`` that needs ``rounds`` allocations.
+
+    The official 1000 / 1000 assume tens of thousands of steps; a run under about 1000 steps would never
+    allocate and stay a rank-1 LoRA. Scaled: warm up for a tenth of the run, then space the rounds so the
+    last one lands by 70% of it (the new ranks still get trained). Each is capped at the official value,
+    so a long enough run uses exactly the official schedule.
+    """
+    total = max(1, int(total_steps))
+    warmup = min(OFFICIAL_INTERVAL, int(total * WARMUP_SHARE))
+    interval = min(OFFICIAL_INTERVAL, max(1, int((total * SPEND_BY - warmup) // max(1, rounds))))
+    return warmup, interval
 
 
 class IncreLoraParams(VariantParams):
@@ -42,11 +65,18 @@ class IncreLoraParams(VariantParams):
         description="Components added per selected module (n_add); empty = official table {2:1, 4:2, 6:3, 8:4}.",
     )
     top_h: int = Field(5, ge=1, le=1000, description="Modules selected per allocation.")
-    init_warmup: int = Field(
-        1000, ge=0, description="Steps before the first allocation (official 1000; scale to your run length)."
+    init_warmup: int | None = Field(
+        None,
+        ge=0,
+        description="Steps before the first allocation. Empty = scaled to the run: min(1000, total steps / 10) "
+        "(official 1000, kept for runs of 10,000 steps or more).",
     )
-    incre_interval: int = Field(
-        1000, ge=1, description="Steps between allocations (official 1000; scale to your run length)."
+    incre_interval: int | None = Field(
+        None,
+        ge=1,
+        description="Steps between allocations. Empty = scaled to the run so that the budget is spent by 70% of "
+        "it: min(1000, (0.7·total steps − init_warmup) / allocations needed), at least 1 (official 1000, kept "
+        "when the run is long enough for it).",
     )
     beta1: float = Field(0.85, gt=0, lt=1, description="EMA factor of the importance Ī.")
     beta2: float = Field(0.85, gt=0, lt=1, description="EMA factor of the uncertainty Ū.")
@@ -85,7 +115,8 @@ class IncreLora(Variant):
     )
     when_to_use = (
         "When you have a tight parameter budget and want the method to decide which layers deserve more capacity; "
-        "set init_warmup and incre_interval to a fraction of your run (the official 1000 steps suit long runs)."
+        "init_warmup and incre_interval follow the run length unless you set them (the official 1000 steps suit "
+        "long runs)."
     )
     paper = Paper(
         "IncreLoRA: Incremental Parameter Allocation Method for Parameter-Efficient Fine-tuning", 2023, "2308.12043"
@@ -108,6 +139,8 @@ class IncreLora(Variant):
         self.last_threshold: float | None = None
         self.groups: list[dict[str, Any]] = []  # optimizer groups after the first: {"start", "params": [refs]}
         self._opt: Optimization | None = None
+        self.init_warmup = OFFICIAL_INTERVAL  # resolved by build (params, or scaled to the run)
+        self.incre_interval = OFFICIAL_INTERVAL
 
     # -- build ------------------------------------------------------------------------------
 
@@ -125,6 +158,14 @@ class IncreLora(Variant):
         self.n_add = p.incre_rank_num or RANK_STEP[p.avg_target_rank]
         self.total_rank = p.r * len(self.layers)
         self.target_rank = p.avg_target_rank * len(self.layers)
+        rounds = allocations_needed(self.total_rank, self.target_rank, self.n_add, p.top_h, len(self.layers))
+        warmup, interval = scaled_schedule(ctx.total_steps, rounds)
+        self.init_warmup = warmup if p.init_warmup is None else p.init_warmup
+        self.incre_interval = interval if p.incre_interval is None else p.incre_interval
+        ctx.log(
+            f"increlora: first allocation after step {self.init_warmup}, then every {self.incre_interval} steps "
+            f"({rounds} rounds spend the budget of {self.target_rank} ranks)"
+        )
         self._set_tracking(self.total_rank < self.target_rank)
         return model
 
@@ -208,8 +249,7 @@ class IncreLora(Variant):
         for name in self.layers:
             self.avg_ipt[name] = b1 * self.avg_ipt.get(name, 0.0) + (1 - b1) * self.ipt[name]
             self.avg_unc[name] = b2 * self.avg_unc.get(name, 0.0) + (1 - b2) * abs(self.ipt[name] - self.avg_ipt[name])
-        p = self.params
-        if global_step > p.init_warmup and global_step % p.incre_interval == 0:
+        if global_step > self.init_warmup and global_step % self.incre_interval == 0:
             self.allocate(step)
 
     def _add_initial_reserves(self, step: int) -> None:

@@ -88,6 +88,12 @@ def create_variant(name: str, params: dict[str, Any] | None = None) -> Variant:
     return cls(parsed)
 
 
+def params_with_preset(name: str, preset: str | None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Variant ``name``'s parameters: the values of ``preset`` (if any), overridden by ``params``."""
+    chosen = get_variant(name).preset(preset).values if preset else {}
+    return {**chosen, **(params or {})}
+
+
 def variant_catalog() -> list[dict[str, Any]]:
-    """Name, texts, paper, flags and parameter JSON schema of every variant (for the UI and docs)."""
+    """Name, texts, paper, flags, parameter JSON schema and presets of every variant (for the UI and docs)."""
     return [cls.info() for cls in list_variants()]

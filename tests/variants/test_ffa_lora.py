@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from studio.variants.base import BuildContext, ExportContext, OptimConfig, default_optimization
@@ -130,46 +131,70 @@ def test_a_is_a_function_of_its_seed_and_module_name_only():
     assert abs(float(g.std()) - 1 / 4) < 0.02  # PEFT's gaussian init: std 1/r
 
 
-def test_average_of_products_equals_product_of_averages():
+def train_clients(count: int = 3, steps: int = 3) -> list[tuple[FfaLora, torch.nn.Module]]:
+    """Clients of one federated round: same broadcast (B = 0, A from a_seed), own run seed, own data."""
     clients = []
-    for k in range(3):  # three clients train on different data from the same broadcast
-        variant, model = build({"r": 4})
-        run_steps(variant, model, batches(2, seed=10 + k), 3)
-        clients.append(model)
-    payloads = [client_payload(m) for m in clients]
+    for k in range(count):
+        variant, model = build({"r": 4}, seed=100 + k)
+        run_steps(variant, model, batches(2, seed=10 + k), steps)
+        clients.append((variant, model))
+    return clients
+
+
+def test_average_of_products_equals_product_of_averages():
+    clients = train_clients()
+    deltas = [variant.delta_weights(model) for variant, model in clients]  # each client's real ΔW = s·B_k·A
+    payloads = [client_payload(model) for _, model in clients]
     weights = [10.0, 30.0, 60.0]
-    averaged = federated_average(payloads, weights)
     p = [w / sum(weights) for w in weights]
-    a_shared = {n: a for n, (a, _) in a_and_b(clients[0]).items()}
-    for name, a in a_shared.items():
-        mean_of_products = sum(pk * (pl[name] @ a) for pk, pl in zip(p, payloads, strict=True))
-        product_of_means = averaged[name] @ a
-        assert (mean_of_products - product_of_means).abs().max() <= 1e-6
-        assert (payloads[0][name] - payloads[1][name]).abs().max() > 0  # the clients really differ
-    equal = federated_average(payloads)
-    for name in equal:
-        torch.testing.assert_close(equal[name], (payloads[0][name] + payloads[1][name] + payloads[2][name]) / 3)
-    # the server sends the average back; every client's ΔW is then the same
-    load_payload(clients[1], averaged)
-    for name, b in a_and_b(clients[1]).items():
-        assert torch.equal(b[1].detach(), averaged[name])
+
+    # the server: a fresh model from the same broadcast, given only the averaged B
+    server_variant, server = build({"r": 4}, seed=7)
+    load_payload(server, federated_average(payloads, weights))
+    server_deltas = server_variant.delta_weights(server)
+    assert set(server_deltas) == set(deltas[0])
+    for name, delta in server_deltas.items():
+        mean_of_products = sum(pk * d[name].double() for pk, d in zip(p, deltas, strict=True))
+        assert (delta.double() - mean_of_products).abs().max() <= 1e-6, name
+        assert (deltas[0][name] - deltas[1][name]).abs().max() > 1e-4  # the clients really differ
+        assert (delta - deltas[2][name]).abs().max() > 1e-4  # and the average is none of them
+
+    # equal weights: the plain mean of the clients' ΔW
+    load_payload(server, federated_average(payloads))
+    for name, delta in server_variant.delta_weights(server).items():
+        mean = sum(d[name].double() for d in deltas) / len(deltas)
+        assert (delta.double() - mean).abs().max() <= 1e-6, name
 
 
 def test_a_client_sends_only_b():
-    variant, model = build({"r": 4})
-    payload = client_payload(model)
-    layers = tuner_layers(model)
+    (variant, client), *_ = train_clients(count=1)
+    payload = client_payload(client)
+    layers = tuner_layers(client)
     assert set(payload) == set(layers)
     total = 0
     for name, tensor in payload.items():
-        m, n = layers[name].base_layer.weight.shape
-        assert tuple(tensor.shape) == (m, 4)  # B (m × r), never A (r × n)
-        total += 4 * m * 4  # r·m fp32 numbers
+        a, b = layers[name].lora_A["default"].weight, layers[name].lora_B["default"].weight
+        assert torch.equal(tensor, b.detach()) and tensor.abs().max() > 0  # the trained B itself
+        assert tensor.shape == b.shape != a.shape  # B (m × r), never A (r × n)
+        total += b.numel() * 4  # r·m fp32 numbers
     assert payload_bytes(payload) == total
-    traffic = traffic_per_round(model)
+    traffic = traffic_per_round(client)
     expected_lora = sum(4 * sum(layer.base_layer.weight.shape) * 4 for layer in layers.values())
     assert traffic == {"ffa_lora": total, "lora": expected_lora}
-    assert variant.rank_extra(model) and all(v["b_norm"] == 0.0 for v in variant.rank_extra(model).values())
+    norms = variant.rank_extra(client)
+    assert all(norms[name]["b_norm"] == pytest.approx(float(payload[name].norm())) for name in payload)
+
+    # B alone is enough: a receiver with another run seed rebuilds A and reproduces the client exactly
+    receiver_variant, receiver = build({"r": 4}, seed=999)
+    load_payload(receiver, payload)
+    received = receiver_variant.delta_weights(receiver)
+    for name, delta in variant.delta_weights(client).items():
+        assert torch.equal(received[name], delta), name
+    client.eval()
+    receiver.eval()
+    ids = batches(1, seed=9)[0]["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(receiver(ids).logits, client(ids).logits, rtol=0, atol=0)
 
 
 def test_universal_export(tmp_path):

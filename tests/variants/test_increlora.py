@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from studio.variants.base import BuildContext, ExportContext, OptimConfig
-from studio.variants.increlora import RESERVE_E, IncreLora, IncreLoraParams
+from studio.variants.increlora import RESERVE_E, IncreLora, IncreLoraParams, allocations_needed, scaled_schedule
 from studio.variants.targets import default_target_modules
 
 # -- tiny helpers (local: the shared variant fixtures may not exist yet) ------------------------------
@@ -324,3 +324,44 @@ def test_universal_export_after_growth(tmp_path):
     ids = torch.randint(1, 64, (2, 10), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4, rtol=0)
+
+
+# -- schedule scaled to the run ----------------------------------------------------------------------------
+
+
+def test_default_schedule_grows_rank_in_a_30_step_run(train_tiny):
+    from studio.progress import MemoryReporter
+
+    reporter = MemoryReporter()
+    result = train_tiny("increlora", reporter=reporter, max_steps=30)
+    variant = result.variant
+    assert variant.params.init_warmup is None and variant.params.incre_interval is None  # the defaults
+    total_by_step: dict[int, int] = {}
+    for step, _module, rank in reporter.rank_rows:
+        total_by_step[step] = total_by_step.get(step, 0) + rank
+    modules = len(variant.layers)
+    assert total_by_step[1] == modules  # every module starts at rank 1
+    grown = [step for step, total in sorted(total_by_step.items()) if total > modules]
+    assert grown and grown[0] > variant.init_warmup  # no allocation during the warmup
+    # the whole budget is spent by 70% of the run, leaving steps to train the new ranks
+    spent = min(step for step, total in total_by_step.items() if total >= variant.target_rank)
+    assert spent <= 0.7 * 30 + 1
+    final = variant.final_ranks(result.model)
+    assert sum(final.values()) >= variant.target_rank and max(final.values()) > 1
+
+
+def test_scaled_schedule_keeps_the_official_values_on_long_runs_and_shrinks_on_short_ones():
+    rounds = allocations_needed(72, 144, 1, 5, 72)  # DeBERTaV3-base: 72 modules, r 1 -> avg 2, top_h 5
+    assert rounds == 15
+    assert scaled_schedule(50_000, rounds) == (1000, 1000)  # the official values
+    warmup, interval = scaled_schedule(5_000, rounds)
+    assert warmup == 500 and warmup + rounds * interval <= 0.7 * 5_000
+    warmup, interval = scaled_schedule(30, 200)  # more rounds than steps: allocate every step after warmup
+    assert (warmup, interval) == (3, 1)
+
+
+def test_explicit_schedule_is_used_as_given():
+    variant, *_ = build({"init_warmup": 7, "incre_interval": 4}, total=30)
+    assert (variant.init_warmup, variant.incre_interval) == (7, 4)
+    variant, *_ = build({}, total=30_000)
+    assert (variant.init_warmup, variant.incre_interval) == (1000, 1000)

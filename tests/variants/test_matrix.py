@@ -122,3 +122,16 @@ def test_catalogue_entry_is_complete(name):
     assert {"r", "lora_alpha", "lora_dropout", "target_modules"} <= set(props)
     assert all(p.get("description") for p in props.values()), name
     cls.parse_params({})  # defaults are valid
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_presets_are_valid_parameters_of_their_variant(name):
+    cls = get_variant(name)
+    names = [preset.name for preset in cls.presets]
+    assert len(names) == len(set(names))
+    for preset in cls.presets:
+        assert preset.title and preset.description and preset.values
+        assert set(preset.values) <= set(cls.Params.model_fields), preset.name
+        parsed = cls.parse_params(preset.values)
+        assert {k: getattr(parsed, k) for k in preset.values} == preset.values
+    assert cls.info()["presets"] == [preset.as_dict() for preset in cls.presets]

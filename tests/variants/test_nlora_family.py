@@ -111,7 +111,7 @@ def check_universal_export(variant, model, original_state, tmp_path, classificat
 def test_nlora_init_slices_equal_w0_blocks():
     model = tiny_llama()
     original = copy.deepcopy(model.state_dict())
-    assert Nlora.Params().residual  # the studio's default; the official init is residual=False
+    assert not Nlora.Params().residual  # the official init is the default
     variant = Nlora(Nlora.Params(r=4, lora_alpha=8.0, residual=False))
     variant.build(make_ctx(model, token_batches(1)))
     layers = core_layers(model)
@@ -282,8 +282,8 @@ def test_nlora_factors_train_at_a_scaled_learning_rate_heads_at_the_runs():
     from studio.variants.base import OptimConfig
 
     model = tiny_llama()
-    variant = Nlora(Nlora.Params(r=4))
-    assert Nlora.Params().lr_scale == 0.1 and not hasattr(IntTune.Params(), "lr_scale")
+    variant = Nlora(Nlora.Params(r=4, lr_scale=0.1))
+    assert Nlora.Params().lr_scale == 1.0 and not hasattr(IntTune.Params(), "lr_scale")  # official: one lr
     model = variant.build(make_ctx(model, token_batches(1)))
     model.lm_head.weight.requires_grad_(True)  # stands in for a trainable head (classification)
     cfg = OptimConfig(learning_rate=2e-4, weight_decay=0.0, total_steps=10, warmup_steps=0, scheduler="constant")
@@ -293,3 +293,36 @@ def test_nlora_factors_train_at_a_scaled_learning_rate_heads_at_the_runs():
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(names[id(p)].endswith(("lora_A", "lora_core", "lora_B")) for p in factors["params"])
     assert [names[id(p)] for p in heads["params"]] == ["lm_head.weight"]
+
+
+# -- presets: the official settings are the defaults, the small-model ones a named preset ------------------
+
+
+@pytest.mark.parametrize("cls", [Nlora, IntTune])
+def test_official_preset_is_the_default_and_small_model_preset_starts_at_the_base(cls):
+    from studio.variants.registry import params_with_preset
+
+    assert cls.Params.model_validate(params_with_preset(cls.name, "official")) == cls.Params()
+    small = cls.Params.model_validate(params_with_preset(cls.name, "small-model", {"r": 4}))
+    assert small.residual and small.r == 4
+    assert getattr(small, "lr_scale", 0.1) == 0.1
+    # what the preset is for: the official init moves the model away from the base, the residual does not
+    batch = token_batches(1)[0]
+    with torch.no_grad():
+        base_logits = tiny_llama()(input_ids=batch["input_ids"]).logits
+    for params, starts_at_base in ((cls.Params(r=4), False), (small, True)):
+        model = cls(params).build(make_ctx(tiny_llama(), [batch]))
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"]).logits
+        assert torch.allclose(logits, base_logits, atol=1e-4) == starts_at_base
+
+
+def test_explicit_params_win_over_the_preset_and_unknown_presets_are_named():
+    from studio.errors import NotFoundError
+    from studio.variants.registry import params_with_preset
+
+    assert params_with_preset("nlora", "small-model", {"lr_scale": 0.5}) == {"residual": True, "lr_scale": 0.5}
+    with pytest.raises(NotFoundError, match="official, small-model"):
+        params_with_preset("nlora", "tiny")
+    with pytest.raises(NotFoundError, match="none"):
+        params_with_preset("slora", "official")  # no presets declared

@@ -125,7 +125,7 @@ def test_shared_grad_is_the_sum_of_per_module_contributions():
 
 
 def test_l1_gradient_and_threshold_gives_exact_zeros():
-    variant, model = build(l1_weight=0.5, threshold=0.1)
+    variant, model = build(l1_weight=0.5, threshold=0.1, threshold_times_lr=False)  # an absolute ξ
     layer = next(iter(variant.layers.values()))
     with torch.no_grad():
         layer.lam.copy_(torch.tensor([0.05, -0.08, 0.1, 0.3, -0.25, 0.0, 1.0, -0.11]))
@@ -183,3 +183,22 @@ def test_universal_export_with_sparse_and_all_zero_modules(tmp_path):
     ids = torch.randint(1, 64, (2, 10), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("learning_rate", [1e-2, 2e-4])  # the tests' lr and the studio's default lr
+def test_default_threshold_makes_coefficients_exactly_zero_in_a_short_run(train_tiny, learning_rate):
+    from studio.progress import MemoryReporter
+
+    reporter = MemoryReporter()
+    result = train_tiny("s2_lora", reporter=reporter, max_steps=20, learning_rate=learning_rate)
+    variant = result.variant
+    assert variant.params == S2LoraParams()  # nothing set: the defaults
+    lams = torch.cat([layer.lam.detach() for layer in variant.layers.values()])
+    zeros = int((lams == 0).sum())
+    assert 0 < zeros < lams.numel()  # sparse, not dead: some coefficients survive
+    ranks = variant.final_ranks(result.model)
+    assert sum(ranks.values()) == lams.numel() - zeros
+    assert min(ranks.values()) < variant.params.r  # the rank chart shows less than the full rank
+    last = max(step for step, _, _ in reporter.rank_rows)
+    logged = {module: rank for step, module, rank in reporter.rank_rows if step == last}
+    assert logged == ranks
