@@ -215,3 +215,45 @@ def physically_pruned(model: Any, layers: list[DecoderLayer], weights: dict[str,
                 keep = (mlp_mask if block == "mlp" else attn_mask).repeat_interleave(row_repeat(proj, layer))
                 put(name, weight[keep.bool()], None if bias is None else bias[keep.bool()])
     return model
+
+
+def model_card_loading(adapter_format: str) -> list[str]:
+    """The model card's "Loading" section of a LoRAPrune adapter: plain PEFT + safetensors, no studio code."""
+    if adapter_format == "exact_lora":
+        return [
+            "## Loading",
+            "",
+            "A plain PEFT LoRA that already removes the pruned rows (its rank is r + the pruned rows of each masked "
+            "module). Exact for bias-free q/k/v (Llama); `pruning_masks.safetensors` also lists the pruned rows.",
+            "",
+            "```python",
+            "from peft import PeftModel",
+            "model = PeftModel.from_pretrained(base_model, adapter_dir)  # base loaded with transformers",
+            "```",
+            "",
+        ]
+    return [
+        "## Loading",
+        "",
+        "A rank-r LoRA plus `pruning_masks.safetensors`: for each masked projection (q/k/v: whole KV groups, "
+        "gate/up: MLP channels) a row mask, 1 = kept output row. PEFT alone loads the LoRA without the pruning "
+        "(the unpruned adapted model); apply the masks after merging:",
+        "",
+        "```python",
+        "from pathlib import Path",
+        "from peft import PeftModel",
+        "from safetensors.torch import load_file",
+        "",
+        "model = PeftModel.from_pretrained(base_model, adapter_dir).merge_and_unload()",
+        'for name, keep in load_file(str(Path(adapter_dir) / "pruning_masks.safetensors")).items():',
+        "    linear = model.get_submodule(name)",
+        "    linear.weight.data[keep == 0] = 0  # a pruned output row",
+        "    if linear.bias is not None:",
+        "        linear.bias.data[keep == 0] = 0",
+        "```",
+        "",
+        "The masked rows are zeros: the physically pruned model (heads and channels removed, smaller and "
+        "faster) is written by `studio export ID --out DIR --pruned-model` or the Adapters tab's "
+        '"Download pruned model".',
+        "",
+    ]

@@ -225,8 +225,9 @@ def save_pruned_model(model: Any, row_masks: dict[str, torch.Tensor], out_dir: P
         model.config.auto_map = {AUTO_CLASS[task]: f"{MODELING_FILE[:-3]}.Pruned{base}"}
     model.save_pretrained(str(out_dir), safe_serialization=True)
     after = sum(p.numel() for p in model.parameters())
-    (out_dir / "pruning.json").write_text(json.dumps({"params_before": before, "params_after": after,
-                                                      **layout.widths()}, indent=2))
+    (out_dir / "pruning.json").write_text(
+        json.dumps({"params_before": before, "params_after": after, **layout.widths()}, indent=2)
+    )
     (out_dir / "README.md").write_text(_readme(layout, base, task, before, after), encoding="utf-8")
     return layout
 
