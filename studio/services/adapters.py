@@ -75,12 +75,16 @@ class AdapterService:
     def _export_as_lora(self, adapter_id: int, source: Path, out: Path, rank: int) -> ExportReport:
         from peft import PeftModel
 
+        from studio.variants._loraprune_masks import MASKS_FILE, masked_deltas, row_masks_from_file
         from studio.variants.lora_export import export_delta_as_lora
         from studio.variants.peft_common import layer_delta, tuner_layers
 
         ectx = self._export_context(adapter_id, source)
         model = PeftModel.from_pretrained(ectx.fresh_base(), str(source), use_safetensors=True)
         deltas = {name: layer_delta(layer, model.active_adapter) for name, layer in tuner_layers(model).items()}
+        masks = next((p for p in (source / MASKS_FILE, source / "native" / MASKS_FILE) if p.exists()), None)
+        if masks is not None:  # LoRAPrune: the LoRA alone is the unpruned model; fold the pruned rows in
+            deltas = masked_deltas(model, deltas, row_masks_from_file(masks))
         if not deltas:
             raise StudioError(f"adapter {adapter_id} has no low-rank layers to export")
         out.mkdir(parents=True, exist_ok=True)

@@ -257,3 +257,21 @@ def model_card_loading(adapter_format: str) -> list[str]:
         '"Download pruned model".',
         "",
     ]
+
+
+def masked_deltas(model: Any, deltas: dict[str, torch.Tensor], row_masks: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """ΔW of the pruned model, diag(mask)(W0 + ΔW) − W0, for a PEFT model whose base weights are W0.
+
+    Masked modules without a LoRA get the pruned rows of −W0. Idempotent: an exact-LoRA
+    adapter's ΔW already cancels the pruned rows.
+    """
+    out = dict(deltas)
+    with torch.no_grad():
+        for name, mask in row_masks.items():
+            module = _find(model, name)
+            base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+            w0 = base.weight.detach().float().cpu()
+            delta = out.get(name)
+            delta = torch.zeros_like(w0) if delta is None else delta.float().cpu()
+            out[name] = mask.float()[:, None] * (w0 + delta) - w0
+    return out
