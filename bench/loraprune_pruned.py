@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with torch.no_grad():
         diff = float((pruned(input_ids=ids).logits - masked(input_ids=ids).logits).abs().max())
     times: dict[str, list[float]] = {name: [] for name in models}
-    for name, model in models.items():  # warm-up
+    for model in models.values():  # warm-up
         forward_seconds(model, ids)
     for _ in range(args.repeats):  # interleaved, so drift in the machine's load hits all three
         for name, model in models.items():
