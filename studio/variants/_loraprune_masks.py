@@ -275,3 +275,30 @@ def masked_deltas(model: Any, deltas: dict[str, torch.Tensor], row_masks: dict[s
             delta = torch.zeros_like(w0) if delta is None else delta.float().cpu()
             out[name] = mask.float()[:, None] * (w0 + delta) - w0
     return out
+
+
+def saved_masks(adapter_dir: str | Path) -> dict[str, torch.Tensor] | None:
+    """The row masks saved with a LoRAPrune adapter (next to it or in ``native/``), or None for other adapters."""
+    for path in (Path(adapter_dir) / MASKS_FILE, Path(adapter_dir) / "native" / MASKS_FILE):
+        if path.exists():
+            return row_masks_from_file(path)
+    return None
+
+
+def attach_output_masks(peft_model: Any, adapter_name: str, row_masks: dict[str, torch.Tensor]) -> list[Any]:
+    """Zero the pruned output rows of the masked modules while ``adapter_name`` is active; returns hook handles.
+
+    For a base shared by several adapters (the serving pool): the base weights stay intact and
+    the other adapters are unaffected. Exact: a zero output row is what the pruned model computes.
+    """
+    handles = []
+    for name, mask in row_masks.items():
+        module = _find(peft_model, name)
+
+        def hook(_mod: Any, _inputs: Any, output: torch.Tensor, keep: torch.Tensor = mask) -> torch.Tensor | None:
+            if adapter_name not in peft_model.active_adapters:  # the wrapper's: masked modules may have no LoRA
+                return None
+            return output * keep.to(device=output.device, dtype=output.dtype)
+
+        handles.append(module.register_forward_hook(hook))
+    return handles

@@ -400,6 +400,10 @@ class LoraPrune(Variant):
         lp.zero_pruned_rows(base, self.row_masks())
         base.save_pretrained(str(out_dir), safe_serialization=True)
 
+    def load_saved_adapter(self, base_model: Any, adapter_dir: Path) -> Any:
+        """The PEFT model with the saved masks applied (base rows, biases and lora_B rows zeroed)."""
+        return lp.load_pruned_adapter(base_model, adapter_dir, merge=False)
+
     def model_card_loading(self) -> list[str]:
         """How to load this adapter without the studio, for the format it was written in."""
         return lp.model_card_loading(self.params.adapter_format)

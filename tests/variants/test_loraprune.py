@@ -396,3 +396,26 @@ def test_default_export_is_lora_plus_masks_and_the_model_card_recipe_applies_the
     scope = {"base_model": tiny_llama(), "adapter_dir": str(tmp_path / "out")}
     exec(code, scope)  # the card's own instructions, run as written
     torch.testing.assert_close(logits(scope["model"]), logits(model), atol=1e-4, rtol=0)
+
+
+def test_output_masks_apply_only_while_their_adapter_is_active(tmp_path):
+    """The serving pool's way: the shared base stays intact, the masks follow the active adapter."""
+    from peft import PeftModel
+
+    total = 12
+    variant, model = build(total=total)
+    train(variant, model, total, total)
+    ectx = ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
+    variant.save_adapter(model, tmp_path / "out", ectx)
+    shared = PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "out"), adapter_name="pruned")
+    shared.load_adapter(str(tmp_path / "out"), adapter_name="unmasked")
+    handles = lp.attach_output_masks(shared, "pruned", lp.saved_masks(tmp_path / "out"))
+    shared.set_adapter("pruned")
+    torch.testing.assert_close(logits(shared), logits(model), atol=1e-4, rtol=0)
+    shared.set_adapter("unmasked")
+    unpruned = logits(shared)
+    assert float((unpruned - logits(model)).abs().max()) > 1e-2  # the LoRA alone is the unpruned model
+    for handle in handles:
+        handle.remove()
+    shared.set_adapter("pruned")
+    torch.testing.assert_close(logits(shared), unpruned, atol=1e-6, rtol=0)
