@@ -99,6 +99,7 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
             "diagnostics": empty_figure("No adapter selected."),
             "stages": empty_figure("No adapter selected."),
             "zip_file": gr.update(value=None, visible=False),
+            "pruned_btn": gr.update(visible=False),
         }
     row = services.adapters.get(int(selected))
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in (row.metrics or {}).items() if isinstance(v, int | float))
@@ -122,6 +123,8 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
         ),
         "stages": stage_figure(metric_rows),
         "zip_file": gr.update(value=None, visible=False),
+        # only LoRAPrune adapters carry pruning masks, hence a pruned model
+        "pruned_btn": gr.update(visible=row.variant == "loraprune"),
     }
 
 
@@ -145,6 +148,14 @@ def make_merged_zip(services: Services, selected: int | None) -> dict[str, Any]:
         raise gr.Error("Select an adapter first.")
     path = services.adapters.merged_model_zip(int(selected))
     return {"zip_file": gr.update(value=str(path), visible=True, label="Merged model zip")}
+
+
+def make_pruned_zip(services: Services, selected: int | None) -> dict[str, Any]:
+    """A zip of a LoRAPrune adapter's physically pruned model (heads and channels removed), offered as a download."""
+    if not selected:
+        raise gr.Error("Select an adapter first.")
+    path = services.adapters.pruned_model_zip(int(selected))
+    return {"zip_file": gr.update(value=str(path), visible=True, label="Pruned model zip")}
 
 
 def make_zip(services: Services, selected: int | None) -> dict[str, Any]:
@@ -188,6 +199,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
             with gr.Row():
                 c["zip_btn"] = gr.Button("Download as zip", elem_id="adapters-zip-btn")
                 c["merged_btn"] = gr.Button("Download merged model", elem_id="adapters-merged-btn")
+                c["pruned_btn"] = gr.Button("Download pruned model", elem_id="adapters-pruned-btn", visible=False)
                 c["delete_btn"] = gr.Button("Delete", variant="stop", elem_id="adapters-delete")
             c["zip_file"] = gr.File(label="Adapter zip", visible=False, interactive=False, elem_id="adapters-zip")
         with gr.Column(scale=4, min_width=320):
@@ -206,7 +218,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
 
     filters = {k: c[k] for k in ("variant", "base_model", "dataset", "metric")}
     table_out = {k: c[k] for k in ("table", "selected", "compare", "scatter")}
-    details_out = {k: c[k] for k in ("details", "heatmap", "bars", "diagnostics", "stages", "zip_file")}
+    details_out = {k: c[k] for k in ("details", "heatmap", "bars", "diagnostics", "stages", "zip_file", "pruned_btn")}
     for widget in filters.values():
         bind(widget.input, partial(table, services), filters, table_out)
 
@@ -225,6 +237,12 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     bind(
         c["merged_btn"].click,
         partial(make_merged_zip, services),
+        {"selected": c["selected"]},
+        {"zip_file": c["zip_file"]},
+    )
+    bind(
+        c["pruned_btn"].click,
+        partial(make_pruned_zip, services),
         {"selected": c["selected"]},
         {"zip_file": c["zip_file"]},
     )

@@ -1,4 +1,4 @@
-"""`studio adapters` (list) and `studio export ID --out DIR [--as-lora-rank R]`."""
+"""`studio adapters` (list) and `studio export ID --out DIR [--as-lora-rank R | --merged-model | --pruned-model]`."""
 
 from __future__ import annotations
 
@@ -62,11 +62,22 @@ def adapters_cmd(variant: str | None, base_model: str | None) -> None:
     is_flag=True,
     help="Write the base model with the adapter merged into its weights (a standalone transformers model).",
 )
-def export_cmd(adapter_id: int, out_dir: Path, as_lora_rank: int | None, merged_model: bool) -> None:
-    """Export adapter ADAPTER_ID to a directory as a standard PEFT checkpoint (or a merged model)."""
+@click.option(
+    "--pruned-model",
+    is_flag=True,
+    help="LoRAPrune adapters: write the physically pruned model (LoRA merged in, pruned heads and channels removed).",
+)
+def export_cmd(
+    adapter_id: int, out_dir: Path, as_lora_rank: int | None, merged_model: bool, pruned_model: bool
+) -> None:
+    """Export adapter ADAPTER_ID to a directory as a standard PEFT checkpoint (or a merged or pruned model)."""
+    if sum([merged_model, pruned_model, as_lora_rank is not None]) > 1:
+        raise StudioError("--merged-model, --pruned-model and --as-lora-rank are alternatives; choose one")
+    if pruned_model:
+        path = _services().export_pruned_model(adapter_id, out_dir)
+        click.echo(f"wrote the pruned model of adapter {adapter_id} to {path} (see its README.md to load it)")
+        return
     if merged_model:
-        if as_lora_rank is not None:
-            raise StudioError("--merged-model and --as-lora-rank are alternatives; choose one")
         path = _services().export_merged_model(adapter_id, out_dir)
         click.echo(f"wrote the base model with adapter {adapter_id} merged in to {path}")
         return

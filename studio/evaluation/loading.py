@@ -123,6 +123,7 @@ def load_adapter(
 
     from studio.models.base_models import resolve_base_model
     from studio.training.models import load_base_model
+    from studio.variants._loraprune_masks import saved_masks, zero_pruned_rows
 
     adapter_dir = Path(adapter.path)
     check_adapter_dir(adapter_dir, adapter.id)
@@ -146,6 +147,9 @@ def load_adapter(
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StudioError(f"adapter {adapter.id} does not fit base model {adapter.base_model}: {first}") from None
+    masks = saved_masks(adapter_dir)
+    if masks is not None:  # LoRAPrune: the LoRA alone is the unpruned model; this base is ours to zero
+        zero_pruned_rows(model, masks)
     model.to(device).eval()
     description = f"adapter {adapter.id} ({adapter.variant} on {adapter.base_model})"
     return EvalModel(model, tokenizer, task, labels, pad_id, description)

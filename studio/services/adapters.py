@@ -1,4 +1,5 @@
-"""Adapters: list, inspect, export (as is, as a plain LoRA at a chosen rank, or merged into the base), zip, delete.
+"""Adapters: list, inspect, export (as is, as a plain LoRA at a chosen rank, merged into the base, or pruned), zip,
+delete.
 
 Only ``adapter_model.safetensors`` is ever loaded from an adapter directory; a
 directory holding pickled weights only is refused.
@@ -74,12 +75,21 @@ class AdapterService:
     def _export_as_lora(self, adapter_id: int, source: Path, out: Path, rank: int) -> ExportReport:
         from peft import PeftModel
 
+        from studio.variants._loraprune_masks import (
+            MASKS_FILE,
+            load_pruned_adapter,
+            masked_deltas,
+            row_masks_from_file,
+        )
         from studio.variants.lora_export import export_delta_as_lora, output_change
         from studio.variants.peft_common import layer_delta, tuner_layers
 
         ectx = self._export_context(adapter_id, source)
         model = PeftModel.from_pretrained(ectx.fresh_base(), str(source), use_safetensors=True)
         deltas = {name: layer_delta(layer, model.active_adapter) for name, layer in tuner_layers(model).items()}
+        masks = next((p for p in (source / MASKS_FILE, source / "native" / MASKS_FILE) if p.exists()), None)
+        if masks is not None:  # LoRAPrune: the LoRA alone is the unpruned model; fold the pruned rows in
+            deltas = masked_deltas(model, deltas, row_masks_from_file(masks))
         if not deltas:
             raise StudioError(f"adapter {adapter_id} has no low-rank layers to export")
         out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +98,9 @@ class AdapterService:
             if (source / extra).exists():
                 shutil.copy2(source / extra, out / extra)
         exported = PeftModel.from_pretrained(ectx.fresh_base(), str(out), use_safetensors=True)
-        report.output_error = output_change(model, exported, ectx.fresh_base(), self._probe_ids(adapter_id))
+        # Measured against what was trained: a LoRAPrune adapter's reference has its masks applied.
+        reference = load_pruned_adapter(ectx.fresh_base(), source, merge=False) if masks is not None else model
+        report.output_error = output_change(reference, exported, ectx.fresh_base(), self._probe_ids(adapter_id))
         report.write(out)
         return report
 
@@ -149,6 +161,46 @@ class AdapterService:
         self.export_merged_model(adapter_id, work)
         try:
             return _zip_folder(work, f"merged-model-{adapter_id}", zipfile.ZIP_STORED)
+        finally:
+            shutil.rmtree(work)
+
+    def export_pruned_model(self, adapter_id: int, out_dir: str | Path) -> Path:
+        """Write a LoRAPrune adapter's physically pruned model: the LoRA merged in, pruned heads and channels removed.
+
+        Smaller and faster than the base; loads with transformers' ``from_pretrained``
+        (``trust_remote_code=True`` when layers keep different widths; see its README.md).
+        """
+        from studio.training.models import load_tokenizer_for
+        from studio.variants._loraprune_masks import MASKS_FILE, load_pruned_adapter, row_masks_from_file
+        from studio.variants._loraprune_pruned import save_pruned_model
+
+        source = self.path(adapter_id)
+        masks = next((p for p in (source / MASKS_FILE, source / "native" / MASKS_FILE) if p.exists()), None)
+        if masks is None:
+            raise ValidationFailed(
+                f"adapter {adapter_id} has no pruning masks; only LoRAPrune adapters have a pruned model "
+                "(use the merged-model export for the others)"
+            )
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise ValidationFailed(f"{out} is not empty; choose a new directory for the pruned model")
+        ectx = self._export_context(adapter_id, source)
+        model = load_pruned_adapter(ectx.fresh_base(), source, merge=True)
+        save_pruned_model(model, row_masks_from_file(masks), out, ectx.task)
+        tokenizer_dir = source if (source / "tokenizer_config.json").exists() else self._base_path(adapter_id)
+        load_tokenizer_for(tokenizer_dir).save_pretrained(str(out))
+        if (source / "labels.json").exists():
+            shutil.copy2(source / "labels.json", out / "labels.json")
+        return out
+
+    def pruned_model_zip(self, adapter_id: int) -> Path:
+        """A zip of :meth:`export_pruned_model` for download (stored, not compressed)."""
+        work = Path(self.settings.data_dir) / "exports" / f"pruned-model-{adapter_id}"
+        if work.exists():
+            shutil.rmtree(work)
+        self.export_pruned_model(adapter_id, work)
+        try:
+            return _zip_folder(work, f"pruned-model-{adapter_id}", zipfile.ZIP_STORED)
         finally:
             shutil.rmtree(work)
 

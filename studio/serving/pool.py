@@ -49,6 +49,7 @@ class _LoadedBase:
     wrappers: dict[str, Any] = field(default_factory=dict)  # peft_type -> PeftModel
     in_place: str | None = None  # the peft_type whose wrapper wraps ``model`` itself
     adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)  # key -> peft_type, LRU order
+    mask_hooks: dict[str, list[Any]] = field(default_factory=dict)  # key -> hook handles (LoRAPrune masks)
 
 
 class ModelPool:
@@ -99,6 +100,8 @@ class ModelPool:
         return entry
 
     def _attach(self, entry: _LoadedBase, adapter: AdapterRef) -> Any:
+        from studio.variants._loraprune_masks import attach_output_masks, saved_masks
+
         if adapter.key in entry.adapters:
             entry.adapters.move_to_end(adapter.key)
             return entry.wrappers[entry.adapters[adapter.key]]
@@ -117,12 +120,17 @@ class ModelPool:
         else:
             wrapper.load_adapter(adapter.path, adapter_name=adapter.key, is_trainable=False)
         entry.adapters[adapter.key] = peft_type
+        masks = saved_masks(adapter.path)
+        if masks is not None:  # LoRAPrune: zero its pruned rows only while it is the active adapter
+            entry.mask_hooks[adapter.key] = attach_output_masks(wrapper, adapter.key, masks)
         while len(entry.adapters) > self.max_adapters:
             self._evict(entry, next(iter(entry.adapters)))
         return wrapper
 
     def _evict(self, entry: _LoadedBase, key: str) -> None:
         peft_type = entry.adapters.pop(key)
+        for handle in entry.mask_hooks.pop(key, []):
+            handle.remove()
         wrapper = entry.wrappers[peft_type]
         if any(t == peft_type for t in entry.adapters.values()):
             wrapper.delete_adapter(key)

@@ -185,6 +185,6 @@ def model_card(request: TrainRequest, result: TrainingResult, ranks: dict[str, i
         json.dumps({"training": hyper, "variant": params}, indent=2),
         "```",
         "",
-        *LOADING_SECTION,
+        *(variant.model_card_loading() or LOADING_SECTION),
     ]
     return "\n".join(line for line in lines if line is not None)

@@ -215,3 +215,90 @@ def physically_pruned(model: Any, layers: list[DecoderLayer], weights: dict[str,
                 keep = (mlp_mask if block == "mlp" else attn_mask).repeat_interleave(row_repeat(proj, layer))
                 put(name, weight[keep.bool()], None if bias is None else bias[keep.bool()])
     return model
+
+
+def model_card_loading(adapter_format: str) -> list[str]:
+    """The model card's "Loading" section of a LoRAPrune adapter: plain PEFT + safetensors, no studio code."""
+    if adapter_format == "exact_lora":
+        return [
+            "## Loading",
+            "",
+            "A plain PEFT LoRA that already removes the pruned rows (its rank is r + the pruned rows of each masked "
+            "module). Exact for bias-free q/k/v (Llama); `pruning_masks.safetensors` also lists the pruned rows.",
+            "",
+            "```python",
+            "from peft import PeftModel",
+            "model = PeftModel.from_pretrained(base_model, adapter_dir)  # base loaded with transformers",
+            "```",
+            "",
+        ]
+    return [
+        "## Loading",
+        "",
+        "A rank-r LoRA plus `pruning_masks.safetensors`: for each masked projection (q/k/v: whole KV groups, "
+        "gate/up: MLP channels) a row mask, 1 = kept output row. PEFT alone loads the LoRA without the pruning "
+        "(the unpruned adapted model); apply the masks after merging:",
+        "",
+        "```python",
+        "from pathlib import Path",
+        "from peft import PeftModel",
+        "from safetensors.torch import load_file",
+        "",
+        "model = PeftModel.from_pretrained(base_model, adapter_dir).merge_and_unload()",
+        'for name, keep in load_file(str(Path(adapter_dir) / "pruning_masks.safetensors")).items():',
+        "    linear = model.get_submodule(name)",
+        "    linear.weight.data[keep == 0] = 0  # a pruned output row",
+        "    if linear.bias is not None:",
+        "        linear.bias.data[keep == 0] = 0",
+        "```",
+        "",
+        "The masked rows are zeros: the physically pruned model (heads and channels removed, smaller and "
+        "faster) is written by `studio export ID --out DIR --pruned-model` or the Adapters tab's "
+        '"Download pruned model".',
+        "",
+    ]
+
+
+def masked_deltas(model: Any, deltas: dict[str, torch.Tensor], row_masks: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """ΔW of the pruned model, diag(mask)(W0 + ΔW) − W0, for a PEFT model whose base weights are W0.
+
+    Masked modules without a LoRA get the pruned rows of −W0. Idempotent: an exact-LoRA
+    adapter's ΔW already cancels the pruned rows.
+    """
+    out = dict(deltas)
+    with torch.no_grad():
+        for name, mask in row_masks.items():
+            module = _find(model, name)
+            base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+            w0 = base.weight.detach().float().cpu()
+            delta = out.get(name)
+            delta = torch.zeros_like(w0) if delta is None else delta.float().cpu()
+            out[name] = mask.float()[:, None] * (w0 + delta) - w0
+    return out
+
+
+def saved_masks(adapter_dir: str | Path) -> dict[str, torch.Tensor] | None:
+    """The row masks saved with a LoRAPrune adapter (next to it or in ``native/``), or None for other adapters."""
+    for path in (Path(adapter_dir) / MASKS_FILE, Path(adapter_dir) / "native" / MASKS_FILE):
+        if path.exists():
+            return row_masks_from_file(path)
+    return None
+
+
+def attach_output_masks(peft_model: Any, adapter_name: str, row_masks: dict[str, torch.Tensor]) -> list[Any]:
+    """Zero the pruned output rows of the masked modules while ``adapter_name`` is active; returns hook handles.
+
+    For a base shared by several adapters (the serving pool): the base weights stay intact and
+    the other adapters are unaffected. Exact: a zero output row is what the pruned model computes.
+    """
+    handles = []
+    for name, mask in row_masks.items():
+        module = _find(peft_model, name)
+
+        def hook(_mod: Any, _inputs: Any, output: torch.Tensor, keep: torch.Tensor = mask) -> torch.Tensor | None:
+            if adapter_name not in peft_model.active_adapters:  # the wrapper's: masked modules may have no LoRA
+                return None
+            return output * keep.to(device=output.device, dtype=output.dtype)
+
+        handles.append(module.register_forward_hook(hook))
+    return handles

@@ -428,6 +428,16 @@ class Variant:
             json.dumps({"variant": self.name, "params": self.params.model_dump(mode="json")}, indent=2)
         )
 
+    def load_saved_adapter(self, base_model: Any, adapter_dir: Path) -> Any:
+        """What :meth:`save_adapter` wrote, on ``base_model``: plain ``PeftModel.from_pretrained`` by default."""
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base_model, str(adapter_dir))
+
+    def model_card_loading(self) -> list[str] | None:
+        """Lines of the model card's "Loading" section, or None for the plain PEFT instructions."""
+        return None
+
     def save_adapter(self, model: Any, out_dir: Path, ectx: ExportContext) -> ExportReport:
         """The primary artifact of a training job: a PEFT checkpoint for the original base."""
         out_dir = Path(out_dir)

@@ -25,6 +25,7 @@ from torch import nn
 
 from studio.variants import _loraprune_masks as lp
 from studio.variants._adapter_wrap import AdapterLinear
+from studio.variants._loraprune_pruned import save_pruned_model
 from studio.variants.base import BuildContext, ExportContext, ExportReport, Paper, Variant, VariantParams
 from studio.variants.lora_export import export_delta_as_lora, trained_head_state
 from studio.variants.targets import find_target_linears
@@ -44,14 +45,18 @@ class LoraPruneParams(VariantParams):
         description="Prune once more at exactly p_f when the schedule reaches it (or at the last step); the "
         "official code stops just below p_f.",
     )
-    adapter_format: Literal["exact_lora", "lora_and_masks"] = Field(
-        "exact_lora",
-        description="exact_lora: a plain PEFT LoRA that also removes the pruned rows (rank r + pruned rows; exact "
-        "for bias-free layers); lora_and_masks: the rank-r LoRA + pruning_masks.safetensors, to be loaded with "
-        "studio.variants._loraprune_masks.load_pruned_adapter.",
+    adapter_format: Literal["lora_and_masks", "exact_lora"] = Field(
+        "lora_and_masks",
+        description="lora_and_masks: the rank-r LoRA + pruning_masks.safetensors (the model card shows how to "
+        "apply the masks; the physically pruned model is one export away); exact_lora: a plain PEFT LoRA that "
+        "also removes the pruned rows (rank r + pruned rows, near dense; exact for bias-free layers).",
     )
     save_merged: bool = Field(
         False, description="Also save a merged dense model with the pruned rows zeroed (merged/)."
+    )
+    save_pruned: bool = Field(
+        False,
+        description="Also save the physically pruned model (pruned/): heads and channels removed, LoRA merged in.",
     )
 
     @model_validator(mode="after")
@@ -373,10 +378,12 @@ class LoraPrune(Variant):
         )
         if self.params.save_merged:
             self.save_merged(model, out_dir / "merged", ectx)
+        if self.params.save_pruned:
+            save_pruned_model(self.dense_merged(model, ectx), self.row_masks(), out_dir / "pruned", ectx.task)
         return report
 
-    def save_merged(self, model: Any, out_dir: Path, ectx: ExportContext) -> None:
-        """A dense transformers model: W0 + ΔW with the pruned rows (and their biases) zeroed."""
+    def dense_merged(self, model: Any, ectx: ExportContext) -> Any:
+        """A fresh base with W0 + ΔW (pruned rows cancelled) and the trained heads: what the masked model computes."""
         base = ectx.fresh_base()
         deltas = self.delta_weights(model)
         with torch.no_grad():
@@ -385,8 +392,21 @@ class LoraPrune(Variant):
                 linear.weight.add_(delta.to(linear.weight.dtype))
             for head in ectx.modules_to_save:
                 base.get_submodule(head).load_state_dict(trained_head_state(model, head))
+        return base
+
+    def save_merged(self, model: Any, out_dir: Path, ectx: ExportContext) -> None:
+        """A dense transformers model: W0 + ΔW with the pruned rows (and their biases) zeroed."""
+        base = self.dense_merged(model, ectx)
         lp.zero_pruned_rows(base, self.row_masks())
         base.save_pretrained(str(out_dir), safe_serialization=True)
+
+    def load_saved_adapter(self, base_model: Any, adapter_dir: Path) -> Any:
+        """The PEFT model with the saved masks applied (base rows, biases and lora_B rows zeroed)."""
+        return lp.load_pruned_adapter(base_model, adapter_dir, merge=False)
+
+    def model_card_loading(self) -> list[str]:
+        """How to load this adapter without the studio, for the format it was written in."""
+        return lp.model_card_loading(self.params.adapter_format)
 
 
 VARIANT = LoraPrune

@@ -217,3 +217,17 @@ def test_compare_variants_through_the_registry(tiny_dir, chat_file, studio_env, 
     }
     cv.write_markdown(tmp_path / "cv.md", out)
     assert "FFA-LoRA" in (tmp_path / "cv.md").read_text()
+
+
+def test_loraprune_pruned_bench_runs_on_a_tiny_model(tmp_path, monkeypatch):
+    from bench import loraprune_pruned
+
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf-modules"))
+    out = tmp_path / "lp.json"
+    result = loraprune_pruned.main(
+        ["--layers", "3", "--vocab", "64", "--batch", "1", "--seq", "8", "--repeats", "1", "--out", str(out)]
+    )
+    saved = json.loads(out.read_text())
+    assert saved["params"]["pruned"] < saved["params"]["dense"] == saved["params"]["masked"]
+    assert saved["widths"]["num_key_value_heads"] == [2, 2, 3]  # ⌊0.5·3⌋ groups off; the last layer stays whole
+    assert result["max_abs_logit_diff_pruned_vs_masked"] < 1e-4

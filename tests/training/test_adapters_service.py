@@ -249,3 +249,40 @@ def test_plain_lora_export_keeps_every_trained_module(make_adapter, registry, se
     assert low.output_error > exact.output_error
     assert json.loads((tmp_path / "r1" / "export_report.json").read_text())["output_error"] == low.output_error
     assert (moved - trained).norm() <= (trained - base).norm()
+
+
+def test_loraprune_pruned_model_export_and_mask_aware_rank_export(
+    make_adapter, registry, settings, tmp_path, monkeypatch
+):
+    """The pruned model of a trained LoRAPrune adapter answers like the masked model, with fewer parameters."""
+    from click.testing import CliRunner
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from studio.cli.adapters import export_cmd
+
+    row, result = make_adapter("loraprune")
+    service = AdapterService(registry, settings)
+    out = service.export_pruned_model(row.id, tmp_path / "pruned")
+    assert {"model.safetensors", "config.json", "tokenizer_config.json", "README.md"} <= {p.name for p in out.iterdir()}
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf-modules"))
+    pruned = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    base = AutoModelForCausalLM.from_pretrained(row.base_model)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in base.parameters())
+    ids = torch.randint(8, 60, (2, 9), generator=torch.Generator().manual_seed(3))
+    result.model.eval()
+    with torch.no_grad():
+        expected = result.model(input_ids=ids).logits
+        torch.testing.assert_close(pruned(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+    # a plain LoRA at a rank high enough to be exact still carries the pruning (the masks are folded in)
+    report = service.export(row.id, tmp_path / "r64", as_lora_rank=64)
+    assert report.max_error < 1e-5
+    merged = PeftModel.from_pretrained(base, report.path).merge_and_unload().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)
+    lora_row, _ = make_adapter("lora")
+    with pytest.raises(ValidationFailed, match="no pruning masks"):
+        service.export_pruned_model(lora_row.id, tmp_path / "nope")
+    done = CliRunner().invoke(export_cmd, [str(row.id), "--out", str(tmp_path / "cli"), "--pruned-model"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "cli" / "model.safetensors").exists()

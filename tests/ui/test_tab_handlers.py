@@ -185,3 +185,20 @@ def test_friendly_turns_studio_errors_into_gradio_errors(services):
 
     with pytest.raises(gr.Error, match="job 42 does not exist"):
         friendly(tab_jobs.cancel_job)(services, 42)
+
+
+def test_pruned_model_download_is_offered_for_loraprune_adapters_only():
+    from types import SimpleNamespace
+
+    from app import tab_adapters
+
+    def services_with(variant):
+        row = SimpleNamespace(
+            id=1, name="a", variant=variant, base_model="b", dataset_id=None, trainable_params=1, size_bytes=1,
+            ranks={}, metrics={}, source_job_id=None, parents=None,
+        )  # fmt: skip
+        return SimpleNamespace(adapters=SimpleNamespace(get=lambda _id: row, rank_history=lambda _id: []))
+
+    assert tab_adapters.details(services_with("loraprune"), 1)["pruned_btn"]["visible"] is True
+    assert tab_adapters.details(services_with("lora"), 1)["pruned_btn"]["visible"] is False
+    assert tab_adapters.details(services_with("loraprune"), None)["pruned_btn"]["visible"] is False

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from studio.errors import StudioError
 from studio.variants import _loraprune_masks as lp
+from studio.variants import _loraprune_pruned as pruned_model
 from studio.variants.base import BuildContext, ExportContext, OptimConfig
 from studio.variants.loraprune import LoraPrune, LoraPruneParams
 from studio.variants.targets import default_target_modules
@@ -235,7 +237,7 @@ def test_universal_export_after_pruning(tmp_path):
     from peft import PeftModel
 
     total = 12
-    variant, model = build(total=total)
+    variant, model = build(total=total, adapter_format="exact_lora")  # the plain-LoRA option
     train(variant, model, total, total)
     assert float(variant.masks.get_buffer("mlp_0").mean()) == 0.5  # pruned at p_f
     ectx = ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
@@ -254,7 +256,7 @@ def test_lora_with_masks_loader_and_merged_dense_model(tmp_path):
     from transformers import AutoModelForCausalLM
 
     total = 12
-    variant, model = build(total=total, adapter_format="lora_and_masks", save_merged=True)
+    variant, model = build(total=total, save_merged=True)  # lora_and_masks is the default
     train(variant, model, total, total)
     ectx = ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
     report = variant.save_adapter(model, tmp_path / "out", ectx)
@@ -282,3 +284,138 @@ def test_resume_restores_masks_and_importance():
     for key, value in variant.ema.items():
         assert torch.equal(other.ema[key], value)
     assert other.final_done
+
+
+# -- the physically pruned model --------------------------------------------------------------------
+
+# Runs in a fresh interpreter with torch and transformers only: the pruned model needs no studio code.
+PLAIN_LOAD = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=sys.argv[2] == "1").eval()
+ids = torch.load(sys.argv[3])
+with torch.no_grad():
+    out = {"logits": model(input_ids=ids).logits,
+           "tokens": model.generate(ids[:1], max_new_tokens=6, do_sample=False, pad_token_id=0),
+           "params": torch.tensor(sum(p.numel() for p in model.parameters()))}
+assert not [m for m in sys.modules if m == "studio" or m.startswith("studio.")], "studio code was imported"
+torch.save(out, sys.argv[4])
+"""
+
+
+def load_plainly(tmp_path, model_dir, remote_code: bool, ids) -> dict:
+    import os
+    import subprocess
+    import sys
+
+    torch.save(ids, tmp_path / "ids.pt")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    args = [str(model_dir), "1" if remote_code else "0", str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")]
+    done = subprocess.run(
+        [sys.executable, "-c", PLAIN_LOAD, *args], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(tmp_path / "out.pt")
+
+
+def removed_params(variant, hidden: int = 32) -> int:
+    """Parameters the pruning removes, counted from the group masks: q/k/v rows, o columns, MLP channels."""
+    total = 0
+    for layer in variant.decoder:
+        kv_gone = int((variant.masks.get_buffer(f"attn_{layer.index}") == 0).sum())
+        channels_gone = int((variant.masks.get_buffer(f"mlp_{layer.index}") == 0).sum())
+        total += kv_gone * (2 * layer.rep * layer.head_dim + 2 * layer.head_dim) * hidden + channels_gone * 3 * hidden
+    return total
+
+
+def test_pruned_model_loads_with_transformers_alone_and_matches_the_masked_model(tmp_path):
+    total = 12
+    variant, model = build(total=total, save_pruned=True)
+    train(variant, model, total, total)
+    ectx = ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
+    variant.save_adapter(model, tmp_path / "out", ectx)
+    out = tmp_path / "out" / "pruned"
+    # layer 0 lost one KV group and half its channels, the last layer is never pruned: widths differ per layer
+    assert (out / pruned_model.MODELING_FILE).exists()
+    ids = torch.randint(1, 64, (2, 10), generator=torch.Generator().manual_seed(5))
+    loaded = load_plainly(tmp_path, out, True, ids)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded["logits"], model(input_ids=ids).logits, atol=1e-5, rtol=0)
+        tokens = model.generate(ids[:1], max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(loaded["tokens"], tokens)  # the KV cache copes with per-layer head counts
+    base_params = sum(p.numel() for p in tiny_llama().parameters())
+    assert removed_params(variant) > 0
+    assert int(loaded["params"]) == base_params - removed_params(variant)
+
+
+def test_uniform_pruning_gives_a_plain_checkpoint(tmp_path):
+    variant, model = build()
+    randomise_lora(variant)
+    with torch.no_grad():  # every layer keeps KV group 1 and the same 30 channels
+        for layer in variant.decoder:
+            variant.masks.get_buffer(f"attn_{layer.index}").copy_(torch.tensor([0.0, 1.0]))
+            variant.masks.get_buffer(f"mlp_{layer.index}")[:18] = 0
+    ectx = ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
+    layout = pruned_model.save_pruned_model(
+        variant.dense_merged(model, ectx), variant.row_masks(), tmp_path / "pruned", "causal-lm"
+    )
+    assert layout.uniform and not (tmp_path / "pruned" / pruned_model.MODELING_FILE).exists()
+    ids = torch.randint(1, 64, (2, 10), generator=torch.Generator().manual_seed(6))
+    loaded = load_plainly(tmp_path, tmp_path / "pruned", False, ids)
+    torch.testing.assert_close(loaded["logits"], logits(model, seed=6), atol=1e-5, rtol=0)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tmp_path / "pruned")
+    assert (config.num_attention_heads, config.num_key_value_heads, config.intermediate_size) == (2, 1, 30)
+    assert config.head_dim == 8  # explicit: hidden_size // num_attention_heads would now say 16
+
+
+def test_pruned_model_refuses_a_mask_that_splits_a_kv_group(tmp_path):
+    variant, model = build()
+    masks = variant.row_masks()
+    masks["model.layers.0.self_attn.q_proj"][:8] = 0  # one query head of KV group 0, not the whole group
+    ectx = ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
+    with pytest.raises(StudioError, match="KV group"):
+        pruned_model.save_pruned_model(variant.dense_merged(model, ectx), masks, tmp_path / "p", "causal-lm")
+
+
+def test_default_export_is_lora_plus_masks_and_the_model_card_recipe_applies_them(tmp_path):
+    import re
+
+    total = 12
+    variant, model = build(total=total)
+    train(variant, model, total, total)
+    ectx = ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
+    report = variant.save_adapter(model, tmp_path / "out", ectx)
+    assert report.format == "peft-lora+pruning-masks" and set(report.ranks.values()) == {8}
+    assert (tmp_path / "out" / lp.MASKS_FILE).exists()
+    card = "\n".join(variant.model_card_loading())
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    scope = {"base_model": tiny_llama(), "adapter_dir": str(tmp_path / "out")}
+    exec(code, scope)  # the card's own instructions, run as written
+    torch.testing.assert_close(logits(scope["model"]), logits(model), atol=1e-4, rtol=0)
+
+
+def test_output_masks_apply_only_while_their_adapter_is_active(tmp_path):
+    """The serving pool's way: the shared base stays intact, the masks follow the active adapter."""
+    from peft import PeftModel
+
+    total = 12
+    variant, model = build(total=total)
+    train(variant, model, total, total)
+    ectx = ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
+    variant.save_adapter(model, tmp_path / "out", ectx)
+    shared = PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "out"), adapter_name="pruned")
+    shared.load_adapter(str(tmp_path / "out"), adapter_name="unmasked")
+    handles = lp.attach_output_masks(shared, "pruned", lp.saved_masks(tmp_path / "out"))
+    shared.set_adapter("pruned")
+    torch.testing.assert_close(logits(shared), logits(model), atol=1e-4, rtol=0)
+    shared.set_adapter("unmasked")
+    unpruned = logits(shared)
+    assert float((unpruned - logits(model)).abs().max()) > 1e-2  # the LoRA alone is the unpruned model
+    for handle in handles:
+        handle.remove()
+    shared.set_adapter("pruned")
+    torch.testing.assert_close(logits(shared), unpruned, atol=1e-6, rtol=0)

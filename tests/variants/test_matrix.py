@@ -3,8 +3,9 @@
 For each variant, through the real training loop on a tiny random Llama:
 - the loss falls on a repeated batch; the same seed gives the same loss curve; a crash +
   resume from the last checkpoint gives the same subsequent losses;
-- the saved adapter reloads with plain ``PeftModel.from_pretrained`` on a fresh base and
-  gives the in-memory logits; merged weights equal W0 + delta_weights (the contract);
+- the saved adapter reloads with plain ``PeftModel.from_pretrained`` on a fresh base (LoRAPrune:
+  plus its pruning masks, ``Variant.load_saved_adapter``) and gives the in-memory logits; merged
+  weights equal W0 + delta_weights (the contract);
 - the plain-LoRA export reproduces the model and reports its error when truncated.
 """
 
@@ -53,7 +54,7 @@ def test_saved_adapter_reloads_with_plain_peft_and_matches_delta_weights(name, t
     variant.save_adapter(model, out, result.export_context())
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
 
-    reloaded = PeftModel.from_pretrained(fresh_base(result), str(out))
+    reloaded = variant.load_saved_adapter(fresh_base(result), out)
     torch.testing.assert_close(logits(reloaded, ids), expected, atol=1e-5, rtol=1e-5)
 
     # The contract: merging the saved adapter adds exactly delta_weights to the original W0.
