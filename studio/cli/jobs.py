@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli.common import JobLinePrinter, services, table
+from studio.cli.common import JobLinePrinter, echo_queue_notice, services, table
 
 
 @click.group(invoke_without_command=True)
@@ -76,6 +76,7 @@ def retry(job_id: int) -> None:
     """Submit a finished job again (training resumes from its last checkpoint)."""
     job = services().jobs.retry(job_id)
     click.echo(f"queued job {job.id} (retry of {job_id})")
+    echo_queue_notice(job)
 
 
 @jobs.command("logs")
@@ -96,6 +97,7 @@ def check(steps: int, wait: bool) -> None:
     svc = services().jobs
     job = svc.submit(CheckRequest(steps=steps))
     click.echo(f"queued job {job.id}")
+    echo_queue_notice(job)
     if wait:
         job = svc.wait(job.id, on_update=JobLinePrinter())
         click.echo()

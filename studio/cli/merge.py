@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import services, wait_until_succeeded
+from studio.cli.common import echo_queue_notice, services, wait_until_succeeded
 from studio.errors import StudioError
 from studio.merging.methods import METHODS
 from studio.schema import MergeRequest, format_validation_error
@@ -44,6 +44,7 @@ def merge_cmd(adapter_ids, method, weights, density, seed, rank, name, wait) -> 
     job = svc.jobs.submit(request)
     listed = ", ".join(f"{i} × {w:g}" for i, w in zip(adapter_ids, request.resolved_weights(), strict=True))
     click.echo(f"queued merge job {job.id} ({method}: {listed})")
+    echo_queue_notice(job)
     if not wait:
         return
     job = wait_until_succeeded(svc, job.id)

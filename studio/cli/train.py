@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import services, wait_until_succeeded
+from studio.cli.common import echo_queue_notice, services, wait_until_succeeded
 from studio.errors import StudioError
 from studio.schema import TrainingHyperParams, TrainRequest, format_validation_error
 
@@ -65,6 +65,7 @@ def train(dataset_ref, variant, base_model, name, assignments, seed, wait) -> No
     _print_memory_estimate(svc, request, dataset_id, task)
     job = svc.jobs.submit(request)
     click.echo(f"queued training job {job.id} ({variant} on {request.base_model}, dataset {dataset_id})")
+    echo_queue_notice(job)
     if not wait:
         return
     job = wait_until_succeeded(svc, job.id)
