@@ -11,7 +11,7 @@ import gradio as gr
 
 from app.forms import SchemaForm
 from app.tab_datasets import dataset_choices
-from app.ui import bind, module_installed
+from app.ui import bind, module_installed, queue_wait_sentence
 from studio.schema import EvalRequest
 from studio.services.container import Services
 
@@ -56,7 +56,7 @@ def submit_eval(
         request["base_model"] = base_model or services.settings.default_base_model
     target = f"adapter #{adapter}" if adapter else request["base_model"]
     job = services.jobs.submit(request, name=f"eval {target} on dataset #{dataset}")
-    return f"Queued evaluation job #{job.id}; results appear below when it finishes."
+    return f"Queued evaluation job #{job.id}; results appear below when it finishes.{queue_wait_sentence(job)}"
 
 
 def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 
 import gradio as gr
 
-from app.ui import ago, bind, human_seconds
+from app.ui import ago, bind, human_seconds, queue_wait_sentence
 from models_db.registry import ACTIVE_STATUSES, FINAL_STATUSES
 from studio.charts import empty_figure, loss_figure
+from studio.jobs.outbox import queue_notice
 from studio.services.container import Services
 from studio.services.system import online_workers
 
@@ -71,6 +72,8 @@ def _detail_markdown(job: Any) -> str:
         lines.append(f"step {job.step}{total} ({(job.progress or 0) * 100:.0f}%){eta}")
     if job.message:
         lines.append(html.escape(job.message))
+    if notice := queue_notice(job):
+        lines.append(f"⏳ {html.escape(notice)}")
     if job.error:
         lines.append(f"⚠ **Error:** {html.escape(job.error)}")
     if job.status == "succeeded" and (job.result or {}).get("adapter_id"):
@@ -132,7 +135,11 @@ def retry_job(services: Services, selected: int | None) -> dict[str, Any]:
         raise gr.Error("Select a job first.")
     job = services.jobs.retry(int(selected))
     resumed = job.request.get("resume_from_job")
-    gr.Info(f"Queued job #{job.id}" + (f", resuming from job #{resumed}'s checkpoint." if resumed else "."))
+    gr.Info(
+        f"Queued job #{job.id}"
+        + (f", resuming from job #{resumed}'s checkpoint." if resumed else ".")
+        + queue_wait_sentence(job)
+    )
     return {
         "queue": queue_html(services),
         "selected": gr.update(choices=job_choices(services), value=job.id),

@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 
 from app.forms import SchemaForm
-from app.ui import bind, module_installed
+from app.ui import bind, module_installed, queue_wait_sentence
 from studio.schema import MergeRequest, parse_request
 from studio.services.container import Services
 
@@ -55,7 +55,8 @@ def submit_merge(services: Services, adapters: list[int] | None, weights: str | 
     )
     listed = ", ".join(f"#{i} × {w:g}" for i, w in zip(chosen, request.resolved_weights(), strict=True))
     job = services.jobs.submit(request, name=request.name or f"{request.method} merge of {listed}")
-    return f"Queued merge job #{job.id} ({request.method}: {listed}); the new adapter appears below and in Adapters."
+    done = "the new adapter appears below and in Adapters."
+    return f"Queued merge job #{job.id} ({request.method}: {listed}); {done}{queue_wait_sentence(job)}"
 
 
 def results_rows(services: Services) -> list[list[Any]]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.ui import bind
+from app.ui import bind, queue_wait_sentence
 from studio.schema import CheckRequest
 from studio.services.container import Services
 
@@ -53,8 +53,10 @@ def refresh(services: Services) -> dict[str, Any]:
 def run_check(services: Services) -> dict[str, Any]:
     """Queue a short self-test job."""
     job = services.jobs.submit(CheckRequest(steps=20))
-    gr.Info(f"Queued system check as job #{job.id}.")
-    return {"notice": f"Queued system check as job #{job.id}; follow it below or in the Jobs tab.", **refresh(services)}
+    waiting = queue_wait_sentence(job)
+    gr.Info(f"Queued system check as job #{job.id}.{waiting}")
+    notice = f"Queued system check as job #{job.id}; follow it below or in the Jobs tab.{waiting}"
+    return {"notice": notice, **refresh(services)}
 
 
 def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:

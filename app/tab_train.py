@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from app.forms import SchemaForm, errors_by_field
 from app.tab_datasets import dataset_choices
 from app.train_presets import PRESET_HELP, PRESETS, estimate_seconds, total_steps
-from app.ui import bind, human_seconds
+from app.ui import bind, human_seconds, queue_wait_sentence
 from app.variant_form import VariantForms
 from studio.errors import ValidationFailed
 from studio.schema import TrainingHyperParams, TrainRequest
@@ -120,7 +120,8 @@ def submit_training(services: Services, **form: Any) -> dict[str, Any]:
     job = services.jobs.submit(request, name=request.name or f"{request.variant} on {dataset.name}")
     workers = online_workers(services.registry, services.settings)
     wait = "" if workers else " No worker is online yet: it starts when one does (`studio worker`)."
-    return {"job_id": job.id, "message": f"Queued training job #{job.id}. Follow it in the Jobs tab.{wait}"}
+    message = f"Queued training job #{job.id}. Follow it in the Jobs tab.{queue_wait_sentence(job)}{wait}"
+    return {"job_id": job.id, "message": message}
 
 
 def estimate_markdown(services: Services, dataset_id: Any, base_model: str | None, hyper: dict[str, Any]) -> str:

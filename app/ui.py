@@ -25,6 +25,14 @@ def module_installed(name: str) -> bool:
         return False
 
 
+def queue_wait_sentence(job: Any) -> str:
+    """A sentence saying the job waits for an unreachable broker, to append to a message; else ""."""
+    from studio.jobs.outbox import queue_notice
+
+    notice = queue_notice(job)
+    return f" It is {notice}." if notice else ""
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a handler so a StudioError becomes a warning toast saying what to do, never a traceback.
 

@@ -144,9 +144,46 @@ class Registry:
                 query = query.where(JobRow.kind == kind)
             return list(s.scalars(query))
 
-    def set_job_task_id(self, job_id: int, task_id: str) -> None:
+    def jobs_awaiting_delivery(self) -> list[JobRow]:
+        """Queued jobs no worker has claimed and nobody cancelled: what the outbox may (re-)send."""
         with self._session() as s:
-            s.execute(update(JobRow).where(JobRow.id == job_id).values(celery_task_id=task_id))
+            query = select(JobRow).where(JobRow.status == "queued", JobRow.cancel_requested.is_(False))
+            return list(s.scalars(query.order_by(JobRow.id)))
+
+    def mark_job_sending(self, job_id: int, seen_sends: int) -> bool:
+        """Take the right to send job ``job_id`` to the broker now; True if this caller got it.
+
+        ``seen_sends`` is the job's ``sends`` as the caller read it: when several
+        dispatchers (the web process, every worker) see the same job due, only
+        the first one's update matches, so a job is not sent twice per round.
+        A job that was claimed or cancelled meanwhile is never sent.
+        """
+        with self._session() as s:
+            result = s.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id == job_id,
+                    JobRow.status == "queued",
+                    JobRow.cancel_requested.is_(False),
+                    JobRow.sends == seen_sends,
+                )
+                .values(sent_at=utcnow(), sends=seen_sends + 1)
+            )
+            return result.rowcount == 1
+
+    def record_job_sent(self, job_id: int, task_id: str) -> None:
+        """The broker took the job's message (delivery still means a worker claims it)."""
+        with self._session() as s:
+            s.execute(update(JobRow).where(JobRow.id == job_id).values(celery_task_id=task_id, send_error=None))
+
+    def record_job_unsent(self, job_id: int, sends: int, error: str) -> None:
+        """Undo :meth:`mark_job_sending` after the broker refused the message, keeping why."""
+        with self._session() as s:
+            s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.sends == sends)
+                .values(sent_at=None, sends=sends - 1, send_error=error)
+            )
 
     def claim_job(self, job_id: int, worker: str, device: str, library_versions: dict[str, str]) -> bool:
         """Atomically move a queued job to running for ``worker``.
@@ -229,7 +266,16 @@ class Registry:
             result = s.execute(
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.status == "running")
-                .values(status="queued", worker_host=None, message=reason, heartbeat_at=None)
+                .values(
+                    status="queued",
+                    worker_host=None,
+                    message=reason,
+                    heartbeat_at=None,
+                    # Its old message was consumed: the outbox sends it afresh.
+                    sent_at=None,
+                    sends=0,
+                    send_error=None,
+                )
             )
             return result.rowcount == 1
 

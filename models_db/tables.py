@@ -116,6 +116,11 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The outbox: a queued job is delivered only once a worker claims it, so these say when it
+    # was last put on the broker (None: not yet, or the broker was unreachable) and how often.
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    sends: Mapped[int] = mapped_column(Integer, default=0)
+    send_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class JobLogRow(Base):

@@ -73,6 +73,19 @@ class Settings(BaseSettings):
         validation_alias=_env("STUDIO_NO_WORKER_GRACE"),
         description="Seconds a CLI waits on a queued job with no worker online before saying so.",
     )
+    outbox_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        validation_alias=_env("STUDIO_OUTBOX_SECONDS"),
+        description="How often the web process and each worker send queued jobs the broker has not taken yet.",
+    )
+    resend_after_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        validation_alias=_env("STUDIO_RESEND_AFTER"),
+        description="Seconds a sent job may stay unclaimed before it is sent again (doubling each time, "
+        "up to an hour): a broker restarted without persistence loses its messages.",
+    )
     job_max_attempts: int = Field(default=3, ge=1, validation_alias=_env("STUDIO_JOB_MAX_ATTEMPTS"))
     max_upload_mb: float = Field(default=200.0, gt=0, validation_alias=_env("STUDIO_MAX_UPLOAD_MB"))
     max_row_chars: int = Field(default=100_000, ge=100, validation_alias=_env("STUDIO_MAX_ROW_CHARS"))

@@ -15,6 +15,7 @@ from celery import signals
 
 from models_db.registry import Registry
 from studio.device import apply_torch_threads, detect_device
+from studio.jobs.outbox import OutboxLoop, send_job
 from studio.jobs.recovery import recover_orphaned_jobs
 from studio.jobs.runner import WorkerIdentity, execute_job
 from studio.models.base_models import register_bundled_models
@@ -40,6 +41,7 @@ class WorkerRuntime:
         self.torch_threads = apply_torch_threads(settings.torch_threads)
         self.identity = WorkerIdentity(name, self.device)
         self.dispatcher = CeleryDispatcher(app, settings.queue_name, not settings.broker_is_embedded)
+        self.outbox = OutboxLoop(self.registry, self.dispatcher, settings.outbox_seconds, settings.resend_after_seconds)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -56,11 +58,14 @@ class WorkerRuntime:
         """Announce this worker, recover jobs its previous incarnation left running, start beating."""
         self.registry.worker_started(self.name, **self._worker_fields())
         register_bundled_models(self.registry)
-        recovered = recover_orphaned_jobs(self.registry, self.settings, self.dispatcher.send, dead_workers=[self.name])
+        recovered = recover_orphaned_jobs(self.registry, self.settings, self._send, dead_workers=[self.name])
         if recovered:
             logger.warning("recovered jobs left by a previous run of %s: %s", self.name, recovered)
         self._thread = threading.Thread(target=self._beat, name="studio-heartbeat", daemon=True)
         self._thread.start()
+        # Every worker also sends queued jobs the broker has not taken (or has lost): with
+        # several of them a job still gets one send per round (the registry arbitrates).
+        self.outbox.start()
         logger.info("worker %s online on %s (%d torch CPU threads)", self.name, self.device.label, self.torch_threads)
 
     def _beat(self) -> None:
@@ -71,13 +76,18 @@ class WorkerRuntime:
                 self.registry.worker_heartbeat(self.name, **self._worker_fields())
                 self.registry.touch_jobs_of_worker(self.name)
                 if beats % self.RECOVERY_EVERY_BEATS == 0:
-                    recover_orphaned_jobs(self.registry, self.settings, self.dispatcher.send)
+                    recover_orphaned_jobs(self.registry, self.settings, self._send)
             except Exception as exc:  # a database hiccup must not kill the heartbeat thread
                 logger.warning("heartbeat failed: %s", exc)
+
+    def _send(self, job_id: int) -> None:
+        """Send a re-queued job; if the broker is down the outbox loop sends it later."""
+        send_job(self.registry, self.dispatcher, job_id, seen_sends=0)
 
     def stop(self) -> None:
         """Mark this worker offline (a clean shutdown)."""
         self._stop.set()
+        self.outbox.stop()
         try:
             self.registry.worker_stopped(self.name)
         except Exception as exc:

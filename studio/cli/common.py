@@ -15,6 +15,15 @@ def services():
     return build_services()
 
 
+def echo_queue_notice(job) -> None:
+    """Say so when a job waits for an unreachable broker (it stays queued and is sent when it is back)."""
+    from studio.jobs.outbox import queue_notice
+
+    notice = queue_notice(job)
+    if notice:
+        click.echo(f"job {job.id} is {notice}")
+
+
 def table(rows: list[dict], columns: list[str]) -> str:
     """A plain aligned text table."""
     if not rows:

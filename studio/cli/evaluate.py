@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import inline_option, services, wait_until_succeeded
+from studio.cli.common import echo_queue_notice, inline_option, services, wait_until_succeeded
 from studio.errors import StudioError
 from studio.schema import EvalRequest, format_validation_error
 
@@ -69,6 +69,7 @@ def eval_cmd(
     job = svc.jobs.submit(request)
     subject = f"adapter {adapter_id}" if adapter_id is not None else f"base model {base_model}"
     click.echo(f"queued evaluation job {job.id} ({subject} on dataset {dataset.id}: {', '.join(chosen)})")
+    echo_queue_notice(job)
     if not (wait or inline):
         return
     job = wait_until_succeeded(svc, job.id, inline=inline)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli.common import inline_option, services, table, wait_for_job
+from studio.cli.common import echo_queue_notice, inline_option, services, table, wait_for_job
 
 
 @click.group(invoke_without_command=True)
@@ -76,6 +76,7 @@ def retry(job_id: int) -> None:
     """Submit a finished job again (training resumes from its last checkpoint)."""
     job = services().jobs.retry(job_id)
     click.echo(f"queued job {job.id} (retry of {job_id})")
+    echo_queue_notice(job)
 
 
 @jobs.command("logs")
@@ -100,6 +101,7 @@ def check(steps: int, wait: bool, inline: bool) -> None:
         check_inline_allowed(svc.settings)
     job = svc.jobs.submit(CheckRequest(steps=steps))
     click.echo(f"queued job {job.id}")
+    echo_queue_notice(job)
     if wait or inline:
         job = wait_for_job(svc, job.id, inline=inline)
         click.echo(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))

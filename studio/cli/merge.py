@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import inline_option, services, wait_until_succeeded
+from studio.cli.common import echo_queue_notice, inline_option, services, wait_until_succeeded
 from studio.errors import StudioError
 from studio.merging.methods import METHODS
 from studio.schema import MergeRequest, format_validation_error
@@ -49,6 +49,7 @@ def merge_cmd(adapter_ids, method, weights, density, seed, rank, name, wait, inl
     job = svc.jobs.submit(request)
     listed = ", ".join(f"{i} × {w:g}" for i, w in zip(adapter_ids, request.resolved_weights(), strict=True))
     click.echo(f"queued merge job {job.id} ({method}: {listed})")
+    echo_queue_notice(job)
     if not (wait or inline):
         return
     job = wait_until_succeeded(svc, job.id, inline=inline)

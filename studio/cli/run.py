@@ -24,6 +24,7 @@ def run(host: str | None, port: int | None, with_worker: bool | None) -> None:
     from app.auth import parse_auth
     from app.main import build_app
     from app.theme import launch_options
+    from studio.jobs.outbox import OutboxLoop
     from studio.models.base_models import register_bundled_models, resolve_base_model
     from studio.services.container import build_services
     from workers.supervisor import EmbeddedWorker
@@ -36,6 +37,9 @@ def run(host: str | None, port: int | None, with_worker: bool | None) -> None:
     click.echo(f"broker:   {settings.describe()['broker']}")
     resolve_base_model(settings.default_base_model, settings, progress=lambda msg: click.echo(f"model:    {msg}"))
     register_bundled_models(svc.registry)
+    # Sends jobs submitted while the broker was down, and re-sends those it lost, once it is back.
+    outbox = OutboxLoop(svc.registry, svc.jobs.dispatcher, settings.outbox_seconds, settings.resend_after_seconds)
+    outbox.start()
     supervisor = EmbeddedWorker(settings) if settings.start_embedded_worker else None
     if supervisor:
         supervisor.start()
@@ -57,6 +61,7 @@ def run(host: str | None, port: int | None, with_worker: bool | None) -> None:
             **launch_options(),
         )
     finally:
+        outbox.stop()
         if supervisor:
             supervisor.stop()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import inline_option, services, wait_until_succeeded
+from studio.cli.common import echo_queue_notice, inline_option, services, wait_until_succeeded
 from studio.errors import StudioError
 from studio.schema import TrainingHyperParams, TrainRequest, format_validation_error
 
@@ -77,6 +77,7 @@ def train(dataset_ref, variant, variant_preset, base_model, name, assignments, s
     _print_memory_estimate(svc, request, dataset_id, task)
     job = svc.jobs.submit(request)
     click.echo(f"queued training job {job.id} ({variant} on {request.base_model}, dataset {dataset_id})")
+    echo_queue_notice(job)
     if not (wait or inline):
         return
     job = wait_until_succeeded(svc, job.id, inline=inline)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -9,7 +10,10 @@ from typing import Protocol
 from models_db.registry import FINAL_STATUSES, Registry
 from models_db.tables import JobLogRow, JobRow, MetricRow
 from studio.errors import StudioError
+from studio.jobs.outbox import send_job, waiting_notice
 from studio.schema import SCHEMA_VERSION, AnyRequest, EvalRequest, MergeRequest, TrainRequest, parse_request
+
+logger = logging.getLogger(__name__)
 
 
 class Dispatcher(Protocol):
@@ -31,7 +35,11 @@ class JobService:
         self.dispatcher = dispatcher
 
     def submit(self, request: Request | dict, name: str | None = None) -> JobRow:
-        """Validate ``request``, store it as a queued job and put it on the queue."""
+        """Validate ``request``, store it as a queued job and put it on the queue.
+
+        Never fails because the broker is down: the job then stays queued and
+        unsent (``studio.jobs.outbox.queue_notice`` says so) until it can be sent.
+        """
         if isinstance(request, dict):
             request = parse_request(request)
         self._check_references(request)
@@ -45,13 +53,13 @@ class JobService:
             base_model=self._base_model_of(request),
             variant=getattr(request, "variant", None),
         )
-        try:
-            task_id = self.dispatcher.send(job.id)
-        except Exception as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            self.registry.finish_job(job.id, "failed", error=f"could not reach the job queue: {reason}")
-            raise StudioError(f"could not queue job {job.id}: the broker is unreachable ({reason})") from None
-        self.registry.set_job_task_id(job.id, task_id)
+        # The job is safe in the registry now: a broker that is down only delays it (the
+        # outbox loop of the web process and of every worker sends it when the broker is back).
+        outcome = send_job(self.registry, self.dispatcher, job.id, seen_sends=0)
+        if outcome.error is not None:
+            notice = waiting_notice(outcome.error)
+            self.registry.add_job_log(job.id, notice, "warning")
+            logger.warning("job %s %s", job.id, notice)
         return self.registry.get_job(job.id)
 
     def _base_model_of(self, request: Request) -> str | None:

@@ -41,3 +41,14 @@ def test_jobs_check_without_wait_queues_a_job(monkeypatch, settings):
     assert result.exit_code == 0 and "queued job 1" in result.output
     listing = _run(["jobs"], monkeypatch, settings)
     assert "check" in listing.output and "queued" in listing.output
+
+
+def test_a_job_submitted_while_the_broker_is_down_stays_queued(monkeypatch, settings):
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
+    result = _run(["jobs", "check", "--no-wait", "--steps", "3"], monkeypatch, settings)
+    assert result.exit_code == 0, result.output
+    queued, notice = result.output.strip().splitlines()
+    assert queued == "queued job 1"
+    assert notice.startswith("job 1 is queued — waiting for the job queue (broker unreachable: ")
+    assert "127.0.0.1:1" in notice and notice.endswith("it will be sent when it is back")
+    assert "queued" in _run(["jobs"], monkeypatch, settings).output

@@ -9,6 +9,7 @@ import pytest
 
 from studio.device import detect_device
 from studio.errors import StudioError
+from studio.jobs.outbox import queue_notice
 from studio.jobs.recovery import recover_orphaned_jobs
 from studio.jobs.runner import WorkerIdentity, execute_job
 from studio.schema import CheckRequest
@@ -52,14 +53,18 @@ def test_submit_records_request_schema_and_queues(jobs, registry):
     assert row.status == "queued" and row.kind == "check" and row.seed == 7
     assert row.request == {"kind": "check", "steps": 3, "step_seconds": 0.0, "seed": 7, "fail_at_step": None}
     assert row.schema_version == 1 and row.celery_task_id == f"task-{job.id}-1"
+    assert row.sends == 1 and row.sent_at is not None and queue_notice(row) is None
 
 
-def test_unreachable_broker_fails_the_job_with_a_clear_message(registry):
+def test_unreachable_broker_keeps_the_job_queued_with_a_notice(registry):
     service = JobService(registry, BrokenDispatcher())
-    with pytest.raises(StudioError, match="broker is unreachable"):
-        service.submit(CheckRequest())
-    (job,) = registry.list_jobs()
-    assert job.status == "failed" and "Connection refused" in job.error
+    job = service.submit(CheckRequest())
+    assert (job.status, job.sent_at, job.sends, job.error) == ("queued", None, 0, None)
+    assert "Connection refused" in job.send_error
+    notice = queue_notice(job)
+    assert notice.startswith("queued — waiting for the job queue (broker unreachable: Error 111")
+    assert notice.endswith("it will be sent when it is back")
+    assert [line.message for line in registry.job_logs(job.id)] == [notice]
 
 
 def test_invalid_request_names_the_field(jobs):

@@ -152,3 +152,59 @@ class WorkerProcess:
     def kill(self) -> None:
         """SIGKILL the whole process group: a crash, not a shutdown."""
         kill_group(self.process, signal.SIGKILL)
+
+
+# A broker of the test's own -------------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    """A private `redis-server` without persistence: stopping it loses every message, like a crash."""
+
+    port: int
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20) -> None:
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+                + ["--save", "", "--appendonly", "no", "--daemonize", "no"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(self._answers, timeout, lambda: f"redis-server on port {self.port}; its log:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            kill_group(self.process, signal.SIGKILL)
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def queue_length(self, queue: str) -> int:
+        import redis
+
+        with redis.Redis(port=self.port, socket_timeout=5) as client:
+            return int(client.llen(queue))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
+
+    def _answers(self) -> bool:
+        import redis
+
+        if self.process is not None and self.process.poll() is not None:
+            pytest.fail(f"redis-server exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            with redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False

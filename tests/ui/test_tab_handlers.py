@@ -180,6 +180,18 @@ def test_system_check_button_queues_a_check(services):
     assert "Queued system check as job #1" in out["notice"] and out["jobs"][0][:3] == [1, "check", "queued"]
 
 
+def test_a_check_queued_while_the_broker_is_down_says_it_waits(services):
+    class DownBroker:
+        def send(self, job_id):
+            raise ConnectionError("Error 111 connecting to redis:6379. Connection refused.")
+
+    services.jobs.dispatcher = DownBroker()
+    out = tab_system.run_check(services)
+    assert "It is queued — waiting for the job queue (broker unreachable: Error 111" in out["notice"]
+    assert out["jobs"][0][:3] == [1, "check", "queued"]
+    assert "waiting for the job queue" in tab_jobs.job_detail(services, 1)["detail"]
+
+
 def test_friendly_turns_studio_errors_into_gradio_errors(services):
     from app.ui import friendly
 
