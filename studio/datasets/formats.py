@@ -9,7 +9,6 @@ column is the prompt would train the wrong thing without anyone noticing.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field

@@ -342,11 +342,10 @@ def _read_parquet(data: bytes, name: str) -> RawTable:
 
     try:
         table = pq.read_table(pa.BufferReader(data))
-    except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise ValidationFailed(f"{name} is not a readable Parquet file: {exc}") from None
-    try:
         rows = table.to_pylist()
-    except Exception as exc:  # e.g. a string column that is not valid UTF-8
-        raise ValidationFailed(f"{name} is not a readable Parquet file: {exc}") from None
+    except Exception as exc:  # pyarrow raises several types for corrupt files (or invalid UTF-8 strings)
+        # pyarrow's messages span lines; the CLI and the UI show one.
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValidationFailed(f"{name} is not a readable Parquet file: {reason}") from None
     records = [RawRecord(number, row) for number, row in enumerate(rows, start=1)]
     return RawTable("parquet", "binary", list(table.column_names), records, "record")

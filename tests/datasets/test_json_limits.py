@@ -14,7 +14,7 @@ from studio.datasets.json_limits import MAX_INT_DIGITS, MAX_NESTING, JsonRefused
 
 def nested(depth: int, key: str = "text") -> str:
     """An object whose ``key`` holds ``depth - 1`` nested arrays (``depth`` levels in all)."""
-    return '{"%s": %s%s}' % (key, "[" * (depth - 1), "]" * (depth - 1))
+    return f'{{"{key}": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
 
 
 def refusal(text: str) -> JsonRefused:
@@ -43,10 +43,10 @@ def test_brackets_inside_strings_do_not_count_as_nesting():
 
 
 def test_an_over_long_integer_is_refused_with_its_place():
-    refused = refusal('{"text": "a", "meta": [1, {"n": -%s}]}' % ("7" * 5000))
+    refused = refusal('{"text": "a", "meta": [1, {"n": -' + "7" * 5000 + "}]}")
     assert (refused.reason, format_path(refused.path)) == ("number_too_long", "meta[1].n")
     assert refused.detail == f"is an integer with 5,000 digits; the limit is {MAX_INT_DIGITS:,}"
-    assert json_limits.loads('{"n": %s}' % ("7" * MAX_INT_DIGITS))["n"] > 0  # at the limit: fine
+    assert json_limits.loads('{"n": ' + "7" * MAX_INT_DIGITS + "}")["n"] > 0  # at the limit: fine
 
 
 def test_lone_surrogates_in_values_and_keys_are_refused_pairs_are_fine():

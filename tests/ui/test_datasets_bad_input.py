@@ -12,6 +12,8 @@ from functools import partial
 import gradio as gr
 import pytest
 from gradio.routes import ORJSONResponse
+from hostile_files import uploads
+from hypothesis import HealthCheck, given, settings
 
 from app import tab_datasets
 from app.ui import friendly
@@ -62,3 +64,15 @@ def test_import_refuses_naming_row_and_field_and_stores_nothing(services, bad_fi
     assert out is None and where in toast and "Something went wrong" not in toast
     assert services.datasets.list() == []
     assert not any(services.settings.datasets_dir.iterdir())
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(upload=uploads())
+def test_inspect_handler_never_fails_on_any_upload(services, tmp_path, upload):
+    name, data = upload
+    path = tmp_path / name
+    path.write_bytes(data)
+    out, toast = user_message(lambda: friendly(partial(tab_datasets.inspect_file, services))(file=str(path)))
+    assert "Something went wrong" not in toast
+    if out is not None:
+        ORJSONResponse._render(out)
