@@ -27,7 +27,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, list) and value and all(isinstance(t, dict) and "role" in t for t in value):
         text = " | ".join(f"{t['role']}: {t.get('content', '')}" for t in value)
     else:
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        # default=str: Parquet cells can be bytes, dates or decimals, which JSON has no type for.
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1] + "…"
 
 

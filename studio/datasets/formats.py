@@ -9,11 +9,12 @@ column is the prompt would train the wrong thing without anyone noticing.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from studio.datasets import json_limits
 
 CANONICAL_FIELDS = (
     "instruction",
@@ -155,8 +156,8 @@ class _Column:
         for value in self.values:
             if isinstance(value, str) and value.lstrip().startswith("["):
                 try:
-                    value = json.loads(value)
-                except json.JSONDecodeError:
+                    value = json_limits.loads(value)
+                except ValueError:  # not JSON, or a value validation will refuse
                     continue
             if isinstance(value, list):
                 for item in value[:4]:

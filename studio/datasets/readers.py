@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.datasets import json_limits
+from studio.datasets.json_limits import MAX_NESTING, JsonRefused, format_path
 from studio.errors import ValidationFailed
 
 SUPPORTED_SUFFIXES = {
@@ -45,11 +47,24 @@ _LEGACY_ENCODING = "cp1252"
 
 @dataclass
 class RawRecord:
-    """One record of the file: ``data`` is what was parsed, ``error`` why it could not be."""
+    """One record of the file: ``data`` is what was parsed, ``error`` why it could not be.
+
+    ``reason`` and ``field`` are set when a value inside the record was refused (see
+    :mod:`studio.datasets.json_limits`); then ``error`` is the whole detail, and ``data`` is
+    None so the refused value reaches neither the preview nor the stored rows.
+    """
 
     row: int
     data: Any = None
     error: str | None = None
+    field: str = "(row)"
+    reason: str | None = None
+
+
+def _refused_record(row: int, refused: JsonRefused) -> RawRecord:
+    field_name = format_path(refused.field)
+    subject = "the row" if field_name == "(row)" else field_name
+    return RawRecord(row, error=f"{subject} {refused.detail}", field=field_name, reason=refused.reason)
 
 
 @dataclass
@@ -203,9 +218,12 @@ def _read_jsonl(text: str, encoding: str) -> RawTable:
         if not line.strip():
             continue  # blank lines (often the last one) are not rows
         try:
-            value = json.loads(line)
+            value = json_limits.loads(line)
         except json.JSONDecodeError as exc:
             records.append(RawRecord(number, error=f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            continue
+        except JsonRefused as refused:
+            records.append(_refused_record(number, refused))
             continue
         if isinstance(value, dict):
             records.append(RawRecord(number, value))
@@ -216,12 +234,20 @@ def _read_jsonl(text: str, encoding: str) -> RawTable:
 
 def _read_json(text: str, encoding: str, name: str) -> RawTable:
     try:
-        value = json.loads(text)
+        value, suspect = json_limits.parse(text)
+    except JsonRefused as refused:
+        # The parser itself gave up, so no record of this file can be read.
+        raise ValidationFailed(
+            f"{name}: {_where_in_json_file(refused.path)} is nested deeper than {MAX_NESTING} levels; "
+            "flatten that record or remove it"
+        ) from None
     except json.JSONDecodeError as exc:
         # A .json file that is really JSON Lines is common: fall back when the first line is an object.
         first = next((line for line in text.split("\n") if line.strip()), "")
         try:
-            is_jsonl = isinstance(json.loads(first), dict)
+            is_jsonl = isinstance(json_limits.loads(first), dict)
+        except JsonRefused:
+            is_jsonl = first.lstrip().startswith("{")  # an object line with a bad value: JSONL all the same
         except json.JSONDecodeError:
             is_jsonl = False
         if is_jsonl:
@@ -243,9 +269,22 @@ def _read_json(text: str, encoding: str, name: str) -> RawTable:
         raise ValidationFailed(f"{name} holds {_describe_json_type(value)}; expected an array of objects")
     records = []
     for number, item in enumerate(value, start=1):
+        refused = json_limits.find_problem(item) if suspect else None
+        if refused is not None:
+            records.append(_refused_record(number, refused))
+            continue
         error = None if isinstance(item, dict) else f"is {_describe_json_type(item)}, expected an object"
         records.append(RawRecord(number, item, error=error))
     return RawTable("json", encoding, _columns_of(records), records, "record", notes)
+
+
+def _where_in_json_file(path: list[str | int]) -> str:
+    """``row N field`` for a path into a .json file (an array, or an object holding one)."""
+    if len(path) > 1 and isinstance(path[0], str) and isinstance(path[1], int):
+        path = path[1:]  # the records sit under a key such as "data"
+    if path and isinstance(path[0], int):
+        return f"row {path[0] + 1} {format_path(path[1:2])}"
+    return f"the value at {format_path(path)}"
 
 
 def _find_record_list(obj: dict) -> str | None:
@@ -303,8 +342,10 @@ def _read_parquet(data: bytes, name: str) -> RawTable:
 
     try:
         table = pq.read_table(pa.BufferReader(data))
-    except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise ValidationFailed(f"{name} is not a readable Parquet file: {exc}") from None
-    rows = table.to_pylist()
+        rows = table.to_pylist()
+    except Exception as exc:  # pyarrow raises several types for corrupt files (or invalid UTF-8 strings)
+        # pyarrow's messages span lines; the CLI and the UI show one.
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValidationFailed(f"{name} is not a readable Parquet file: {reason}") from None
     records = [RawRecord(number, row) for number, row in enumerate(rows, start=1)]
     return RawTable("parquet", "binary", list(table.column_names), records, "record")

@@ -9,7 +9,6 @@ the caller decides, and only when the user asked for it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from collections import Counter
@@ -17,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from studio.datasets import json_limits
+from studio.datasets.json_limits import MAX_INT_DIGITS, JsonRefused, format_path
 from studio.datasets.readers import RawRecord, RawTable
 
 DEFAULT_MAX_ROW_CHARS = 100_000
@@ -30,6 +31,9 @@ REASONS = {
     "too_long": "the row is over the length limit",
     "no_assistant_turn": "a conversation has no assistant turn",
     "bad_role": "a turn has a role that is not allowed",
+    "too_deep": "a value is nested deeper than the limit",
+    "number_too_long": "an integer has more digits than can be read",
+    "invalid_unicode": "a text holds a lone surrogate, which is not valid Unicode",
 }
 CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -142,6 +146,9 @@ class _RowChecker:
     def check(self, format_name: str, max_chars: int) -> dict[str, Any]:
         record = self.record
         if record.error is not None:
+            if record.reason is not None:  # a value inside the row was refused; error says where
+                self.add(record.field, record.reason, record.error)
+                return {}
             reason = "unparseable" if record.data is None else "wrong_type"
             self.add("(row)", reason, f"the row {record.error}")
             return {}
@@ -178,8 +185,14 @@ class _RowChecker:
             return None
         if self.tabular and isinstance(value, str):
             # A CSV cell can only hold the list as JSON text.
-            with contextlib.suppress(json.JSONDecodeError):
-                value = json.loads(value)
+            try:
+                value = json_limits.loads(value)
+            except json.JSONDecodeError:
+                pass
+            except JsonRefused as refused:
+                where = format_path([column, *refused.field])
+                self.add(where, refused.reason, f"{where} {refused.detail}")
+                return None
         if not isinstance(value, list):
             expected = f"a list of {{{role_key}, {content_key}}} objects"
             self.add(column, "wrong_type", f"{column} is {_type_name(value)}, expected {expected}")
@@ -238,6 +251,11 @@ class _RowChecker:
     def _label(self) -> int | str | None:
         column, value = self._raw("label")
         if isinstance(value, str) and self.numeric_labels and value.strip():
+            if not any(c in value for c in ".eE") and sum(c.isdigit() for c in value) > MAX_INT_DIGITS:
+                digits = sum(c.isdigit() for c in value)
+                detail = f"{column} is an integer with {digits:,} digits; the limit is {MAX_INT_DIGITS:,}"
+                self.add(column, "number_too_long", detail)
+                return None
             value = float(value) if any(c in value for c in ".eE") else int(value)
         if value is None:
             self.add(column, "missing", f"{column} is {'null' if column in self.record.data else 'missing'}")

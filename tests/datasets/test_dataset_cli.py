@@ -8,6 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from studio.cli.common import services
 from studio.cli.dataset import dataset
 
 
@@ -17,11 +18,14 @@ def cli(tmp_path, monkeypatch):
     for name in ("DATABASE_URL", "STUDIO_MAX_UPLOAD_MB"):
         monkeypatch.delenv(name, raising=False)
     runner = CliRunner()
+    # services() is cached per process: without this, a test would use the data dir of the one before.
+    services.cache_clear()
 
     def invoke(*args):
         return runner.invoke(dataset, [str(a) for a in args], catch_exceptions=False)
 
-    return invoke
+    yield invoke
+    services.cache_clear()
 
 
 def test_dataset_is_a_click_group():
@@ -97,3 +101,16 @@ def test_bad_map_option_is_one_clean_line(cli, tmp_path):
     result = cli("add", path, "--map", "nonsense")
     assert result.exit_code == 1
     assert result.output.startswith("error: --map 'nonsense' must look like field=column")
+
+
+@pytest.mark.parametrize("case", ["deep", "huge_int", "surrogate"])
+def test_add_with_a_hostile_row_is_one_clean_line(cli, tmp_path, case):
+    from test_dataset_bad_input import BAD_JSONL, GOOD
+
+    line, expected = BAD_JSONL[case]
+    path = tmp_path / f"{case}.jsonl"
+    path.write_text(f"{GOOD}\n{line}\n", encoding="utf-8")
+    result = cli("add", path)
+    assert result.exit_code == 1
+    [message] = result.output.strip().splitlines()
+    assert message.startswith("error: ") and expected in message
