@@ -18,11 +18,31 @@ class CeleryDispatcher:
         self.app = app
         self.queue = queue
         self.supports_broadcast = supports_broadcast
+        self._redis = None
 
     def send(self, job_id: int) -> str:
         """Queue ``job_id``; returns the Celery task id."""
         result = self.app.send_task(TASK_RUN_JOB, args=[job_id], queue=self.queue)
         return result.id
+
+    def broker_instance(self) -> str | None:
+        """An id of the running broker process (Redis's ``run_id``), or None where it cannot be told.
+
+        It changes when Redis restarts; a restart without persistence has lost every waiting
+        message, so the outbox then re-sends all unclaimed jobs at once instead of waiting out
+        their re-send delays.
+        """
+        url = str(self.app.conf.broker_url or "")
+        if not url.startswith(("redis://", "rediss://")):
+            return None
+        try:
+            import redis
+
+            if self._redis is None:
+                self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+            return str(self._redis.info("server")["run_id"])
+        except Exception:  # unreachable: the send path reports the reason
+            return None
 
     def revoke(self, task_id: str | None) -> None:
         """Best effort: the registry's cancel flag is what actually stops a job.

@@ -100,18 +100,24 @@ def resend_due_at(job: JobRow, resend_after: float) -> datetime | None:
 
 
 def resend_pending(
-    registry: Registry, dispatcher: Sender, now: datetime | None = None, resend_after: float = 120.0
+    registry: Registry,
+    dispatcher: Sender,
+    now: datetime | None = None,
+    resend_after: float = 120.0,
+    *,
+    all_unclaimed: bool = False,
 ) -> ResendReport:
     """Send every queued, unclaimed, uncancelled job that was never sent or is due for a re-send.
 
-    Stops at the first broker error (the broker is down; the rest would fail
-    the same way) and reports it. Safe to run in several processes at once.
+    ``all_unclaimed`` sends every unclaimed job now, due or not (the broker restarted and
+    lost its messages). Stops at the first broker error (the broker is down; the rest would
+    fail the same way) and reports it. Safe to run in several processes at once.
     """
     now = now or utcnow()
     report = ResendReport()
     for job in registry.jobs_awaiting_delivery():
         due = resend_due_at(job, resend_after)
-        if due is not None and due > now:
+        if due is not None and due > now and not all_unclaimed:
             report.waiting += 1
             continue
         outcome = send_job(registry, dispatcher, job.id, job.sends)
@@ -144,6 +150,17 @@ class OutboxLoop:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error: str | None = None
+        self._broker_instance: str | None = None
+
+    def _broker_restarted(self) -> bool:
+        """Whether the broker process changed since the last pass (see ``broker_instance`` of the dispatcher)."""
+        probe = getattr(self.dispatcher, "broker_instance", None)
+        instance = probe() if probe is not None else None
+        if instance is None:
+            return False
+        restarted = self._broker_instance is not None and instance != self._broker_instance
+        self._broker_instance = instance
+        return restarted
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="studio-outbox", daemon=True)
@@ -157,7 +174,12 @@ class OutboxLoop:
     def run_once(self) -> ResendReport | None:
         """One pass; logs when the broker goes away or comes back, not on every pass."""
         try:
-            report = resend_pending(self.registry, self.dispatcher, resend_after=self.resend_after)
+            restarted = self._broker_restarted()
+            if restarted:
+                logger.warning("the job queue restarted; sending every unclaimed job again (it may have lost them)")
+            report = resend_pending(
+                self.registry, self.dispatcher, resend_after=self.resend_after, all_unclaimed=restarted
+            )
         except Exception as exc:  # a database hiccup must not end the loop
             logger.warning("outbox pass failed: %s", exc)
             return None

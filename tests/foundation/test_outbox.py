@@ -148,3 +148,26 @@ def test_the_loop_sends_once_the_broker_is_back(registry, broker, jobs):
         loop.stop()
     assert registry.get_job(job.id).celery_task_id == f"task-{job.id}-1"
     assert broker.attempts == [job.id] * 4
+
+
+class RestartingBroker(FlakyDispatcher):
+    """A broker whose process id (Redis's run_id) the test changes, as a restart does."""
+
+    def __init__(self):
+        super().__init__()
+        self.instance = "run-1"
+
+    def broker_instance(self) -> str:
+        return self.instance
+
+
+def test_a_broker_restart_resends_every_unclaimed_job_at_once(registry):
+    broker = RestartingBroker()
+    jobs = JobService(registry, broker)
+    first, second = jobs.submit(CheckRequest(steps=2)), jobs.submit(CheckRequest(steps=2))
+    loop = OutboxLoop(registry, broker, interval=60, resend_after=RESEND_AFTER)
+    assert loop.run_once().sent == []  # both sent at submit, not due again for a minute
+    broker.instance = "run-2"  # restarted without persistence: its messages are gone
+    assert sorted(loop.run_once().sent) == [first.id, second.id]
+    assert loop.run_once().sent == []  # once per restart, then the usual delays again
+    assert broker.sent == [first.id, second.id, first.id, second.id]
