@@ -103,7 +103,8 @@ class RunEstimate:
         passes = f"{self.eval_passes} validation pass{'' if self.eval_passes == 1 else 'es'}"
         if self.eval_passes:
             passes += f" of {self.eval_rows} rows"
-        return f"{self.headline()} (measured on this machine: {self.step_s:.1f} s per step, {passes})"
+        step = f"{self.step_s:.1f}" if self.step_s >= 1 else f"{self.step_s:.2f}"
+        return f"{self.headline()} (measured on this machine: {step} s per step, {passes})"
 
     def breakdown(self) -> str:
         """Where the time goes, and what the measurement saw."""
