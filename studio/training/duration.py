@@ -102,7 +102,7 @@ class RunEstimate:
         """'about N minutes (measured on this machine: X s per step, Y validation passes of Z rows)'."""
         passes = f"{self.eval_passes} validation pass{'' if self.eval_passes == 1 else 'es'}"
         if self.eval_passes:
-            passes += f" of {self.eval_rows} rows"
+            passes += f" of {self.eval_rows} row{'' if self.eval_rows == 1 else 's'}"
         step = f"{self.step_s:.1f}" if self.step_s >= 1 else f"{self.step_s:.2f}"
         return f"{self.headline()} (measured on this machine: {step} s per step, {passes})"
 
