@@ -528,6 +528,7 @@ def estimate_for_request(
                 step_tokens=int(batch["input_ids"].numel()),
                 forward_s=forward_s,
                 load_s=load_s,
+                tokenise_s_per_row=tokenise_s,  # kept, so that a finished run's setup ratio compares like with like
                 threads=threads,
                 loadavg=current_loadavg(),
                 measured_at=time.time(),
