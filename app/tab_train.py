@@ -17,10 +17,12 @@ from app.tab_datasets import dataset_choices
 from app.train_presets import PRESET_HELP, PRESETS, estimate_seconds, total_steps
 from app.ui import bind, human_seconds, queue_wait_sentence
 from app.variant_form import VariantForms
-from studio.errors import ValidationFailed
+from studio.device import detect_device
+from studio.errors import StudioError, ValidationFailed
 from studio.schema import TrainingHyperParams, TrainRequest
 from studio.services.container import Services
 from studio.services.system import online_workers
+from studio.training.duration import estimate_for_request
 from studio.variants.registry import get_variant, variant_catalog
 
 TITLE = "Train"
@@ -125,19 +127,38 @@ def submit_training(services: Services, **form: Any) -> dict[str, Any]:
 
 
 def estimate_markdown(services: Services, dataset_id: Any, base_model: str | None, hyper: dict[str, Any]) -> str:
-    """Steps and a rough duration on the best device online, clearly labelled as an estimate."""
+    """Steps and the run's duration, measured on this machine (a rough guess only for a GPU seen from a CPU)."""
     if not dataset_id:
         return "Choose a dataset to see how long training might take."
-    rows = services.datasets.get(int(dataset_id)).rows
+    dataset = services.datasets.get(int(dataset_id))
     workers = online_workers(services.registry, services.settings)
-    device = "cuda" if any(w.device.startswith("cuda") for w in workers) else "cpu"
-    steps = total_steps(rows, hyper)
-    seconds = estimate_seconds(rows, hyper, device)
-    where = f"on {len(workers)} worker(s) online ({device.upper()})" if workers else "(no worker online: CPU assumed)"
-    size_note = (
-        "" if base_model == services.settings.default_base_model else " for a ~135M model; bigger models take longer"
-    )
-    return f"**{steps} steps** · estimated **~{human_seconds(seconds)}** {where}{size_note}. *Rough estimate.*"
+    device = detect_device(services.settings.device)
+    steps = total_steps(dataset.rows, hyper)
+    remote_gpu = any(w.device.startswith("cuda") for w in workers) and device.type != "cuda"
+    if not remote_gpu:
+        try:
+            request = _estimate_request(dataset, base_model or services.settings.default_base_model, hyper)
+            task = dataset.report.get("task", "causal-lm")
+            estimate = estimate_for_request(request, services.settings, device, dataset.stored_path, task)
+        except (StudioError, ValidationError, OSError, ValueError) as exc:
+            note = f" (could not measure on this machine: {str(exc)[:160]})"
+        else:
+            return (
+                f"**{estimate.steps} steps** · **{estimate.describe()}** on {device.label}.  \n"
+                f"{estimate.breakdown()}."
+            )
+    else:
+        note = ""
+    kind = "cuda" if remote_gpu else "cpu"
+    seconds = estimate_seconds(dataset.rows, hyper, kind)
+    where = f"on {len(workers)} worker(s) online ({kind.upper()})" if workers else "(no worker online: CPU assumed)"
+    return f"**{steps} steps** · estimated **~{human_seconds(seconds)}** {where}. *Rough estimate{note}.*"
+
+
+def _estimate_request(dataset: Any, base_model: str, hyper: dict[str, Any]) -> TrainRequest:
+    """The request the estimate measures: the form's settings on the chosen dataset and base."""
+    settings = {k: v for k, v in hyper.items() if v is not None or k in ("max_steps", "max_eval_rows")}
+    return TrainRequest(dataset_id=dataset.id, base_model=base_model, hyper=TrainingHyperParams(**settings))
 
 
 def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
@@ -295,7 +316,16 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     )
     bind(preset_event.then, on_estimate, estimate_in, {"estimate": c["estimate"]})
     bind(c["dataset_id"].change, on_estimate, estimate_in, {"estimate": c["estimate"]})
-    for field in ("max_steps", "epochs", "batch_size", "grad_accum", "max_length", "validation_fraction"):
+    for field in (
+        "max_steps",
+        "epochs",
+        "batch_size",
+        "grad_accum",
+        "max_length",
+        "validation_fraction",
+        "eval_every",
+        "max_eval_rows",
+    ):
         bind(hyper.widgets[field].input, on_estimate, estimate_in, {"estimate": c["estimate"]}, show_progress="hidden")
 
     def on_tab() -> dict[str, Any]:

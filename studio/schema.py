@@ -57,6 +57,13 @@ class TrainingHyperParams(StudioModel):
         "response", description="Compute the loss on the response only (default) or on the whole text."
     )
     validation_fraction: float = Field(0.05, ge=0, le=0.5, description="Share of rows held out for validation.")
+    max_eval_rows: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Score at most this many validation rows in each validation pass (a fixed, seeded "
+        "sample of the held-out rows); empty = all of them. Each pass costs a forward pass per row.",
+    )
     log_every: int = Field(5, ge=1, le=10_000, description="Report training metrics every N steps.")
     eval_every: int = Field(50, ge=1, le=100_000, description="Compute validation loss every N steps.")
     save_every: int = Field(100, ge=1, le=100_000, description="Write a resumable checkpoint every N steps.")

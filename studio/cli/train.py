@@ -75,6 +75,7 @@ def train(dataset_ref, variant, variant_preset, base_model, name, assignments, s
     except ValidationError as exc:
         raise StudioError(format_validation_error(exc)) from None
     _print_memory_estimate(svc, request, dataset_id, task)
+    _print_time_estimate(svc, request, dataset_id, task)
     job = svc.jobs.submit(request)
     click.echo(f"queued training job {job.id} ({variant} on {request.base_model}, dataset {dataset_id})")
     echo_queue_notice(job)
@@ -105,6 +106,20 @@ def _print_memory_estimate(svc, request, dataset_id, task) -> None:
         if settings.start_embedded_worker:
             raise StudioError(message)
         click.echo(f"warning: {message} (on this machine; the worker decides on its own)")
+
+
+def _print_time_estimate(svc, request, dataset_id, task) -> None:
+    """Print how long the run will take, measured on this machine now (the worker may run elsewhere)."""
+    from studio.device import detect_device
+    from studio.training.duration import estimate_for_request
+
+    device = detect_device(svc.settings.device)
+    try:
+        estimate = estimate_for_request(request, svc.settings, device, svc.datasets.get(dataset_id).stored_path, task)
+    except (StudioError, OSError, ValueError) as exc:
+        click.echo(f"time estimate unavailable: {exc}")
+        return
+    click.echo(f"time estimate: {estimate.describe()} on {device.label}; {estimate.breakdown()}")
 
 
 def _build_request(svc, dataset_id, base_model, name, task, variant, variant_params, hyper, seed) -> TrainRequest:

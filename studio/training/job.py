@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
         dataset=data,
         base_path=resolved.path,
     )
+    saving = time.monotonic()
     out_dir = Path(ctx.settings.adapters_dir) / uuid.uuid4().hex
     saved = save_trained_adapter(result, request, out_dir, dataset_sha256=data.sha256, job_id=ctx.job_id)
     name = request.name or f"{request.variant} on {data.name or f'dataset {request.dataset_id}'} (job {ctx.job_id})"
@@ -79,6 +81,7 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
         metrics=result.metrics(),
     )
     reporter.log(f"adapter {row.id} saved to {out_dir}")
+    timings = _record_timings(ctx, result, resolved.path, dataset_row.rows, time.monotonic() - saving, reporter)
     summary = {
         "adapter_id": row.id,
         "adapter_path": str(out_dir),
@@ -89,12 +92,29 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
         "trainable_params": result.trainable_params,
         "precision": result.precision.name if result.precision else None,
         "training_setup": result.training_setup(request.hyper),
+        "timings": timings,
     }
     if result.stages:
         summary["stages"] = result.stages  # memorisation and generalisation per stage end (SoRA scheduler)
     del result  # the trained model: the worker should idle small
     release_memory()
     return summary
+
+
+def _record_timings(ctx: JobContext, result: TrainingResult, base_path: Path, rows: int, save_s: float, reporter) -> dict:
+    """Where the run's time went; kept in the data dir so that later estimates learn from it."""
+    from studio.training.duration import record_finished_run
+
+    try:
+        timings = record_finished_run(ctx.settings, ctx.device, result, base_path, rows or 0, save_s)
+    except OSError as exc:  # an estimate that does not learn is no reason to fail a finished job
+        reporter.log(f"could not keep the run's timings for later estimates: {exc}", "warning")
+        return {}
+    reporter.log(
+        f"time: setup {timings['setup_s']:.0f} s, {timings['steps']} steps {timings['train_s']:.0f} s, "
+        f"{timings['eval_passes']} validation passes {timings['eval_s']:.0f} s, saving {save_s:.0f} s"
+    )
+    return timings
 
 
 def sha256_file(path: Path) -> str:

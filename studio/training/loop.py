@@ -81,6 +81,10 @@ class TrainingResult:
     padded_tokens: int = 0  # token slots of the padded micro-batches (this run)
     train_seconds: float = 0.0  # time inside optimizer steps (this run)
     train_cpu_seconds: float = 0.0  # CPU time of this process inside optimizer steps (all threads)
+    eval_seconds: float = 0.0  # time inside validation passes (this run)
+    eval_passes: int = 0
+    eval_tokens: int = 0  # padded token slots scored in validation passes (this run)
+    setup_seconds: float = 0.0  # reading, tokenising, loading the base and building the variant
     stages: list[dict[str, Any]] = field(default_factory=list)  # memorisation/generalisation per stage end
     frozen_linears: str | None = None  # dtype the frozen base linears were stored in while training (GPU)
 
@@ -134,6 +138,7 @@ def run_training(
     """
     import torch
 
+    began = time.monotonic()
     if base_path is None:
         from studio.models.base_models import resolve_base_model
 
@@ -285,6 +290,7 @@ def run_training(
     loop.scaler = precision.grad_scaler()
     if resumed is not None and loop.scaler is not None:
         ckpt.load_scaler_state(resumed, loop.scaler)
+    result.setup_seconds = time.monotonic() - began
     loop.run(start)
     return result
 
@@ -516,13 +522,19 @@ class _Loop:
     def _evaluate(self, examples: list[dict[str, Any]]) -> Any:
         if not examples:
             return None
+        began = time.monotonic()
         batches = [
             {k: v.to(self.device) for k, v in b.items()}
             for b in eval_batches(examples, self.hyper.batch_size, self.setup.pad_id)
         ]
-        return evaluate(
+        result = evaluate(
             self.model, batches, self.setup.task, self.variant, self.precision.autocast, loss_fn=self.loss_fn
         )
+        # timed for the duration estimates (studio.training.duration): one pass, its token slots
+        self.result.eval_seconds += time.monotonic() - began
+        self.result.eval_passes += 1
+        self.result.eval_tokens += sum(int(b["input_ids"].numel()) for b in batches)
+        return result
 
     def _eval(self, step: int) -> Any:
         result = self._evaluate(self.setup.val)

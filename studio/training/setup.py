@@ -122,6 +122,14 @@ class RunSetup:
         return batches
 
 
+def scored_validation(examples: list[dict[str, Any]], max_rows: int | None, seed: int) -> list[dict[str, Any]]:
+    """The validation rows each pass scores: all, or a fixed seeded sample of ``max_rows`` (same every pass)."""
+    if not max_rows or len(examples) <= max_rows:
+        return list(examples)
+    keep = sorted(random.Random(seed).sample(range(len(examples)), max_rows))
+    return [examples[i] for i in keep]
+
+
 def mask_style_for(model: Any) -> str:
     """How packed rows are kept apart for this model's attention implementation."""
     implementation = str(getattr(model.config, "_attn_implementation", None) or "sdpa")
@@ -158,13 +166,14 @@ def prepare_run(request: TrainRequest, data: TrainingData, base_path: Path, devi
     packing = hyper.packing and task == "causal-lm"
     if hyper.packing and not packing:
         log("packing applies to text generation only; classification batches are padded", "warning")
-    val_examples = val.examples
+    val_examples = scored_validation(val.examples, hyper.max_eval_rows, request.seed)
     if hyper.group_by_length:
         # the mean loss does not depend on the order; sorted batches carry little padding
         val_examples = sorted(val_examples, key=lambda e: -len(e["input_ids"]))
     log(
-        f"{task}: {len(train.examples)} training and {len(val.examples)} validation examples, "
-        f"{total} optimizer steps of {hyper.batch_size}×{hyper.grad_accum} examples"
+        f"{task}: {len(train.examples)} training and {len(val.examples)} validation examples"
+        + (f" ({len(val_examples)} scored per validation pass)" if len(val_examples) < len(val.examples) else "")
+        + f", {total} optimizer steps of {hyper.batch_size}×{hyper.grad_accum} examples"
     )
     return RunSetup(
         task=task,

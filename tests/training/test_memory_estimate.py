@@ -181,6 +181,8 @@ def test_cli_prints_the_estimate_before_submitting(settings, registry, tiny_llam
     estimate = next(i for i, line in enumerate(lines) if line.startswith("memory estimate"))
     queued = next(i for i, line in enumerate(lines) if line.startswith("queued training job"))
     assert estimate < queued and "GiB" in lines[estimate] and "budget" in lines[estimate]
+    timed = next(i for i, line in enumerate(lines) if "time estimate: about " in line)
+    assert timed < queued and "measured on this machine" in lines[timed] and "validation pass" in lines[timed]
 
     monkeypatch.setenv("STUDIO_MEMORY_BUDGET_GB", "0.01")
     from studio.cli.common import services

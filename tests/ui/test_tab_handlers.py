@@ -126,13 +126,18 @@ def test_submit_training_for_a_missing_dataset_is_a_clear_error(services):
         tab_train.submit_training(services, **form(99))
 
 
-def test_estimate_counts_steps_and_labels_itself(services, alpaca_file):
+def test_estimate_is_measured_on_this_machine_with_its_validation_passes(services, alpaca_file, tiny_llama):
     tab_datasets.import_file(services, alpaca_file, "", False, None, drop_invalid=True)
     [ds] = services.datasets.list()
-    text = tab_train.estimate_markdown(services, ds.id, "smollm2-135m-instruct", {"max_steps": 30, "batch_size": 4})
-    assert "**30 steps**" in text and "estimate" in text.lower() and "CPU" in text
-    epochs = {"max_steps": None, "epochs": 2.0, "batch_size": 2, "validation_fraction": 0.0}
-    assert "**6 steps**" in tab_train.estimate_markdown(services, ds.id, "x", epochs)
+    hyper = {"max_steps": 30, "batch_size": 4, "eval_every": 10, "validation_fraction": 0.5, "max_length": 64}
+    text = tab_train.estimate_markdown(services, ds.id, str(tiny_llama), hyper)
+    assert "**30 steps**" in text and "about " in text and "on cpu" in text.lower()
+    assert "measured on this machine:" in text and "s per step, 3 validation passes of 3 rows" in text
+    epochs = {"max_steps": None, "epochs": 2.0, "batch_size": 2, "validation_fraction": 0.0, "max_length": 64}
+    assert "**6 steps**" in tab_train.estimate_markdown(services, ds.id, str(tiny_llama), epochs)
+    # a base model this machine cannot load: the rough guess, labelled as one, with the reason
+    rough = tab_train.estimate_markdown(services, ds.id, "/no/such/model", epochs)
+    assert "**6 steps**" in rough and "Rough estimate (could not measure on this machine" in rough
 
 
 def test_variant_markdown_links_the_paper():
