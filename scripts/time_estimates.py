@@ -31,11 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (  # noqa: E402
     DOCS_RESULTS_DIR,
     RESULTS_DIR,
+    add_data_argument,
+    data_file,
     embedded_settings,
     loadavg,
     machine_info,
     markdown_table,
     prepare_env,
+    use_data,
     write_json,
 )
 
@@ -161,7 +164,7 @@ def write_doc(path: Path, result: dict[str, Any], command: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, type=Path, help="Alpaca JSONL (instruction/input/output rows)")
+    add_data_argument(parser)
     parser.add_argument("--rows", type=int, default=2000, help="rows of --data to import")
     parser.add_argument(
         "--threads", type=int, default=1, help="STUDIO_TORCH_THREADS for the estimate and the worker (0 = torch's)"
@@ -169,9 +172,10 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, default=DOCS_RESULTS_DIR / "time_estimates.md")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "time_estimates.json")
     args = parser.parse_args()
+    use_data(args.data)
     prepare_env()
     with tempfile.TemporaryDirectory(prefix="studio-time-") as work:
-        result = run(args.data, args.rows, args.threads, Path(work))
+        result = run(data_file("alpaca", "train.jsonl"), args.rows, args.threads, Path(work))
     write_json(args.out, result)
     command = f"python scripts/time_estimates.py --data {args.data} --rows {args.rows} --threads {args.threads}"
     write_doc(args.doc, result, command)
