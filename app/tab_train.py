@@ -144,8 +144,7 @@ def estimate_markdown(services: Services, dataset_id: Any, base_model: str | Non
             note = f" (could not measure on this machine: {str(exc)[:160]})"
         else:
             return (
-                f"**{estimate.steps} steps** · **{estimate.describe()}** on {device.label}.  \n"
-                f"{estimate.breakdown()}."
+                f"**{estimate.steps} steps** · **{estimate.describe()}** on {device.label}.  \n{estimate.breakdown()}."
             )
     else:
         note = ""
@@ -314,8 +313,18 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     preset_event = bind(
         c["preset"].change, on_preset, {"preset": c["preset"], "variant": c["variant"]}, hyper_in | variant_in
     )
-    bind(preset_event.then, on_estimate, estimate_in, {"estimate": c["estimate"]})
-    bind(c["dataset_id"].change, on_estimate, estimate_in, {"estimate": c["estimate"]})
+    # A first estimate on a new shape times a real step (seconds on a CPU): run one at a time, and
+    # only for the latest form values, so typing in a field never queues a measurement per keystroke.
+    latest_only = {"trigger_mode": "always_last", "concurrency_limit": 1, "concurrency_id": "train-estimate"}
+    bind(
+        preset_event.then,
+        on_estimate,
+        estimate_in,
+        {"estimate": c["estimate"]},
+        concurrency_limit=1,
+        concurrency_id="train-estimate",
+    )
+    bind(c["dataset_id"].change, on_estimate, estimate_in, {"estimate": c["estimate"]}, **latest_only)
     for field in (
         "max_steps",
         "epochs",
@@ -326,7 +335,14 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         "eval_every",
         "max_eval_rows",
     ):
-        bind(hyper.widgets[field].input, on_estimate, estimate_in, {"estimate": c["estimate"]}, show_progress="hidden")
+        bind(
+            hyper.widgets[field].input,
+            on_estimate,
+            estimate_in,
+            {"estimate": c["estimate"]},
+            show_progress="hidden",
+            **latest_only,
+        )
 
     def on_tab() -> dict[str, Any]:
         return {
