@@ -16,6 +16,7 @@ from app import (
     tab_system,
     tab_train,
 )
+from app.auth import parse_auth
 from app.theme import header_html
 from studio.services.container import Services
 
@@ -34,7 +35,8 @@ def tab_modules() -> list[ModuleType]:
 def build_app(services: Services) -> gr.Blocks:
     """The whole UI for ``services``; nothing heavy happens until a user acts."""
     with gr.Blocks(title="Adapter Studio", fill_width=True) as demo:
-        gr.HTML(header_html(), elem_id="studio-header")
+        logout = parse_auth(services.settings.auth) is not None
+        gr.HTML(header_html(logout=logout), elem_id="studio-header")
         with gr.Tabs(elem_id="studio-tabs"):
             for module in tab_modules():
                 with gr.Tab(module.TITLE, id=module.ELEM_ID, elem_id=module.ELEM_ID) as tab:

@@ -28,12 +28,14 @@ def launch_options() -> dict[str, Any]:
     return {"theme": theme(), "css_paths": [CSS_PATH], "favicon_path": str(LOGO_PATH)}
 
 
-def header_html() -> str:
-    """The page header: inline logo (no static route needed), name and a one-line promise."""
+def header_html(logout: bool = False) -> str:
+    """The page header: inline logo (no static route needed), name, a one-line promise and, with a login, Log out."""
     svg = LOGO_PATH.read_text(encoding="utf-8") if LOGO_PATH.is_file() else ""
+    # A plain link: /logout (app/login.py) ends the session and redirects to the sign-in page.
+    button = "<a class='studio-logout' id='studio-logout' href='logout'>Log out</a>" if logout else ""
     return (
         f"<div class='studio-header'><div class='studio-logo'>{svg}</div><div>"
         "<h1>Adapter Studio</h1>"
         "<p>Fine-tune language models with LoRA and its research variants — no code needed.</p>"
-        "</div></div>"
+        f"</div>{button}</div>"
     )

@@ -22,6 +22,7 @@ from studio.settings import load_settings
 def run(host: str | None, port: int | None, with_worker: bool | None) -> None:
     """Serve the studio at http://HOST:PORT with a live job queue and the bundled model ready."""
     from app.auth import parse_auth
+    from app.login import login_launch_options
     from app.main import build_app
     from app.theme import launch_options
     from studio.jobs.outbox import OutboxLoop
@@ -55,7 +56,7 @@ def run(host: str | None, port: int | None, with_worker: bool | None) -> None:
         demo.queue(default_concurrency_limit=8).launch(
             server_name=settings.host,
             server_port=settings.port,
-            auth=parse_auth(settings.auth),
+            **login_launch_options(parse_auth(settings.auth)),
             show_error=True,
             quiet=True,
             **launch_options(),

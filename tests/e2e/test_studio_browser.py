@@ -8,6 +8,7 @@ zip and load it with PEFT -> resize it to rank 2 with a merge job. Needs Debian'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -56,6 +57,13 @@ def workspace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def studio_url(workspace):
     """`studio run` on a fresh data dir and a free port; stopped (SIGTERM, like Ctrl-C) afterwards."""
+    with studio_process(workspace) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def studio_process(workspace: Path, **extra_env: str):
+    """Run `studio run` with the test environment plus ``extra_env``; yields its URL once it answers."""
     port = free_port()
     env = {
         **os.environ,
@@ -70,7 +78,9 @@ def studio_url(workspace):
     }
     for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "STUDIO_AUTH", "STUDIO_EMBEDDED_WORKER"):
         env.pop(name, None)
-    log = open(workspace / "studio.log", "w")  # noqa: SIM115 - closed in the finally below
+    env.update(extra_env)
+    log_path = workspace / f"studio-{port}.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed in the finally below
     process = subprocess.Popen(
         [sys.executable, "-m", "studio", "run"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
     )
@@ -79,14 +89,15 @@ def studio_url(workspace):
         deadline = time.monotonic() + 180
         while True:
             if process.poll() is not None:
-                pytest.fail(f"studio run exited early:\n{(workspace / 'studio.log').read_text()[-3000:]}")
+                pytest.fail(f"studio run exited early:\n{log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(url, timeout=2).status_code == 200:
+                # 200, or a redirect to the sign-in page when STUDIO_AUTH is set.
+                if httpx.get(url, timeout=2).status_code in (200, 303):
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"studio run did not answer in 180 s:\n{(workspace / 'studio.log').read_text()[-3000:]}")
+                pytest.fail(f"studio run did not answer in 180 s:\n{log_path.read_text()[-3000:]}")
             time.sleep(1)
         yield url
     finally:
