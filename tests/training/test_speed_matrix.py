@@ -46,7 +46,6 @@ def fp32_logits(model, ids):
 
 @pytest.mark.parametrize("name", variant_names())
 def test_variant_trains_and_exports_with_speed_features_on(name, train_tiny, varied, tmp_path):
-    from peft import PeftModel
 
     reporter = MemoryReporter()
     result = train_tiny(name, reporter=reporter, data=varied, **SPEED)
@@ -63,6 +62,7 @@ def test_variant_trains_and_exports_with_speed_features_on(name, train_tiny, var
     expected = fp32_logits(result.model, ids)
     out = tmp_path / "adapter"
     result.variant.save_adapter(result.model, out, result.export_context())
-    reloaded = PeftModel.from_pretrained(result.export_context().fresh_base(), str(out))
+    # The variant's own loader: plain PEFT for most, LoRA + masks for LoRAPrune (its model card says how).
+    reloaded = result.variant.load_saved_adapter(result.export_context().fresh_base(), out)
     reloaded.to(next(result.model.parameters()).device)  # the GPU when STUDIO_TEST_DEVICE=cuda
     torch.testing.assert_close(fp32_logits(reloaded, ids), expected, atol=1e-5, rtol=1e-5)
