@@ -10,11 +10,17 @@ import gradio as gr
 
 from app.ui import ago, bind, human_bytes, id_choices
 from studio.datasets.formats import FORMATS
+from studio.datasets.plain_text import DEFAULT_SPLIT
 from studio.services.container import Services
 
 TITLE = "Datasets"
 ELEM_ID = "tab-datasets"
-FILE_TYPES = [".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"]
+FILE_TYPES = [".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".md"]
+PROSE_TYPES = (".txt", ".md")  # files without rows: the user picks how they become documents
+SPLIT_LABELS = [
+    ("One document per paragraph (blank-line separated)", "paragraph"),
+    ("The whole file is one document", "file"),
+]
 MAP_FIELDS = sorted({f for spec in FORMATS.values() for f in spec.fields})
 NONE = "(not used)"
 LIST_HEADERS = ["id", "name", "format", "rows", "size", "added"]
@@ -94,17 +100,30 @@ def _report_outputs(validation: dict[str, Any] | None, rows_total: int) -> dict[
     }
 
 
-def inspect_file(services: Services, file: str | None, **mapping_inputs: Any) -> dict[str, Any]:
+def is_prose(file: str | None) -> bool:
+    """Whether ``file`` is a .txt/.md upload, whose split into documents the user chooses."""
+    return bool(file) and str(file).lower().endswith(PROSE_TYPES)
+
+
+def _split_for(file: str | None, split_by: str | None) -> str | None:
+    """The split to ask the service for: the radio's value for prose, nothing for files with rows."""
+    return (split_by or DEFAULT_SPLIT) if is_prose(file) else None
+
+
+def inspect_file(
+    services: Services, file: str | None, split_by: str | None = None, **mapping_inputs: Any
+) -> dict[str, Any]:
     """Analyse an uploaded file without storing it: format, columns, mapping proposal, validation."""
     if not file:
         return {
             "detected": "Upload a file to see its format and any problems.",
+            "split_by": gr.update(visible=False),
             "mapping_box": gr.update(visible=False),
             "needs_mapping": False,
             "raw_preview": gr.update(value=None, visible=False),
             **_report_outputs({"rows_invalid": 0, "rows_valid": 0, "problems": [], "counts_by_reason": {}}, 0),
         }
-    found = services.datasets.inspect(file)
+    found = services.datasets.inspect(file, split_by=_split_for(file, split_by))
     detection = found.detection
     if detection.format is None:
         summary = f"Could not tell which columns to train on ({detection.reason}). Choose a format and columns below."
@@ -121,6 +140,7 @@ def inspect_file(services: Services, file: str | None, **mapping_inputs: Any) ->
     notes = "".join(f"\n- {note}" for note in found.notes)
     return {
         "detected": f"{summary}\n\n{facts}{notes}",
+        "split_by": gr.update(visible=is_prose(file)),
         "mapping_box": gr.update(visible=detection.needs_confirmation or detection.format is None),
         "needs_mapping": detection.needs_confirmation or detection.format is None,
         "map_format": gr.update(value=detection.format),
@@ -157,13 +177,20 @@ def import_file(
     needs_mapping: bool,
     map_format: str | None,
     drop_invalid: bool = False,
+    split_by: str | None = None,
     **values: Any,
 ) -> dict[str, Any]:
     """Store the uploaded file as a dataset (dropping the invalid rows only when asked)."""
     if not file:
         raise gr.Error("Upload a file first.")
     mapping = _chosen_mapping(map_format, values) if needs_mapping else None
-    row = services.datasets.add(file, name=(name or "").strip() or None, mapping=mapping, drop_invalid=drop_invalid)
+    row = services.datasets.add(
+        file,
+        name=(name or "").strip() or None,
+        mapping=mapping,
+        drop_invalid=drop_invalid,
+        split_by=_split_for(file, split_by),
+    )
     dropped = len(row.report.get("dropped_rows") or [])
     gr.Info(f"Imported dataset #{row.id} “{row.name}”: {row.rows} rows" + (f", {dropped} dropped." if dropped else "."))
     return {
@@ -212,8 +239,19 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     c: dict[str, Any] = {}
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
-            gr.Markdown("### Add a dataset\nJSONL, JSON, CSV, TSV or Parquet: chat, instruction or prompt/answer rows.")
+            gr.Markdown(
+                "### Add a dataset\nJSONL, JSON, CSV, TSV or Parquet: chat, instruction or prompt/answer rows; "
+                "or prose as .txt/.md."
+            )
             c["file"] = gr.File(label="Dataset file", file_types=FILE_TYPES, elem_id="ds-upload")
+            c["split_by"] = gr.Radio(
+                choices=SPLIT_LABELS,
+                value=DEFAULT_SPLIT,
+                label="Documents",
+                info="How the text file becomes training examples (each is cut at the run's max length).",
+                visible=False,
+                elem_id="ds-split-by",
+            )
             c["name"] = gr.Textbox(label="Name", placeholder="defaults to the file name", elem_id="ds-name")
             c["detected"] = gr.Markdown("Upload a file to see its format and any problems.", elem_id="ds-detected")
             c["needs_mapping"] = gr.State(False)
@@ -263,10 +301,12 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     map_inputs = {f"map_{f}": c[f"map_{f}"] for f in MAP_FIELDS}
     inspect_out = {
         k: c[k]
-        for k in ("detected", "mapping_box", "needs_mapping", "map_format", "raw_preview")
+        for k in ("detected", "split_by", "mapping_box", "needs_mapping", "map_format", "raw_preview")
         + ("report", "problems", "import_btn", "drop_btn")
     } | map_inputs
-    bind(c["file"].change, partial(inspect_file, services), {"file": c["file"]}, inspect_out)
+    inspect_in = {"file": c["file"], "split_by": c["split_by"]}
+    bind(c["file"].change, partial(inspect_file, services), inspect_in, inspect_out)
+    bind(c["split_by"].input, partial(inspect_file, services), inspect_in, inspect_out)
     bind(
         c["map_format"].input,
         lambda map_format: (
@@ -284,7 +324,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         {"file": c["file"], "map_format": c["map_format"]} | map_inputs,
         report_out,
     )
-    import_in = {k: c[k] for k in ("file", "name", "needs_mapping", "map_format")} | map_inputs
+    import_in = {k: c[k] for k in ("file", "name", "needs_mapping", "map_format", "split_by")} | map_inputs
     import_out = {k: c[k] for k in ("datasets", "selected", "preview", "dataset_info")}
     bind(c["import_btn"].click, partial(import_file, services), import_in, import_out)
     bind(c["drop_btn"].click, partial(import_file, services, drop_invalid=True), import_in, import_out)

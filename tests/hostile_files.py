@@ -15,7 +15,8 @@ import json
 
 from hypothesis import strategies as st
 
-SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".md")
+PROSE_SUFFIXES = (".txt", ".md")
 HUGE_INT = "9" * 5000
 # Placeholders replaced in the serialised text (json.dumps cannot write these values itself).
 _HUGE, _DEEP, _DEEPER = "@@huge@@", "@@deep@@", "@@deeper@@"
@@ -28,6 +29,7 @@ FRAGMENTS = [
     "{", "}", "[", "]", '"', ":", ",", "\n", "\r\n", "\t", ";", " ", "0", "-1", "1.5e3", "1e999", "NaN",
     "null", "true", *(f'"{name}"' for name in FIELD_NAMES + ROLES), "\\ud800", "\\udc00", "\\ud83d\\ude00",
     "\\u0000", "é", "\x00", "[" * 120, "]" * 120, "[" * 3000, HUGE_INT, "text,label", "a,1", '""',
+    "\n\n", " \t\n", "```", "word", "Prose line.",
 ]  # fmt: skip
 
 texts = st.one_of(
@@ -82,7 +84,24 @@ def _as_json_text(value) -> str:
     return _splice(json.dumps(value, ensure_ascii=True))
 
 
+def _prose(rows: list) -> str:
+    """Every string in the rows as paragraphs (blank-line separated), the way a .txt/.md file holds text."""
+    strings: list[str] = []
+    stack = list(rows)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            strings.append(_splice(item))
+        elif isinstance(item, dict):
+            stack.extend([*map(str, item), *item.values()])
+        elif isinstance(item, list):
+            stack.extend(item)
+    return "\n\n".join(strings)
+
+
 def _serialise(rows: list, suffix: str, wrapped: bool) -> str:
+    if suffix in PROSE_SUFFIXES:
+        return _prose(rows)
     if suffix == ".jsonl":
         return "".join(_as_json_text(row) + "\n" for row in rows)
     if suffix == ".json":

@@ -10,10 +10,17 @@ from typing import Any
 import click
 
 from studio.datasets.mapping import parse_map_options
+from studio.datasets.plain_text import SPLIT_CHOICES
 from studio.errors import StudioError
 from studio.services.datasets import DatasetService
 
 PREVIEW_CHARS = 160
+SPLIT_BY_OPTION = click.option(
+    "--split-by",
+    type=click.Choice(SPLIT_CHOICES),
+    default=None,
+    help="For .txt/.md files: one document per blank-line-separated paragraph (default) or the whole file.",
+)
 
 
 class _StudioClickError(click.ClickException):
@@ -91,11 +98,12 @@ def dataset() -> None:
     help="Map a column to a canonical field, e.g. --map prompt=question (column=field also works).",
 )
 @click.option("--drop-invalid", is_flag=True, help="Store only the valid rows; the dropped ones are reported.")
+@SPLIT_BY_OPTION
 @_clean_errors
-def add_command(file: Path, name: str | None, maps: tuple[str, ...], drop_invalid: bool) -> None:
-    """Validate FILE (.jsonl, .json, .csv, .tsv, .parquet), normalise it and store it."""
+def add_command(file: Path, name: str | None, maps: tuple[str, ...], drop_invalid: bool, split_by: str | None) -> None:
+    """Validate FILE (.jsonl, .json, .csv, .tsv, .parquet, or prose as .txt/.md), normalise it and store it."""
     mapping = parse_map_options(maps) or None
-    row = _service().add(file, name=name, mapping=mapping, drop_invalid=drop_invalid)
+    row = _service().add(file, name=name, mapping=mapping, drop_invalid=drop_invalid, split_by=split_by)
     report = row.report or {}
     click.echo(f"added dataset {row.id}: {row.name}")
     click.echo(f"format: {row.format} ({report.get('task')}), rows: {row.rows}")
@@ -107,10 +115,11 @@ def add_command(file: Path, name: str | None, maps: tuple[str, ...], drop_invali
 @dataset.command("inspect")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--map", "maps", multiple=True, metavar="FIELD=COLUMN", help="Check this mapping.")
+@SPLIT_BY_OPTION
 @_clean_errors
-def inspect_command(file: Path, maps: tuple[str, ...]) -> None:
+def inspect_command(file: Path, maps: tuple[str, ...], split_by: str | None) -> None:
     """Show FILE's detected format or proposed mapping and a preview, without storing it."""
-    found = _service().inspect(file, mapping=parse_map_options(maps) or None)
+    found = _service().inspect(file, mapping=parse_map_options(maps) or None, split_by=split_by)
     det = found.detection
     click.echo(f"{file.name}: {found.file_format}, {found.encoding}, {found.rows_total} rows")
     click.echo(f"columns: {', '.join(found.columns)}")
@@ -128,6 +137,8 @@ def inspect_command(file: Path, maps: tuple[str, ...]) -> None:
             click.echo(f"  row {problem['row']} {problem['field']}: {problem['detail']}")
     for record in found.preview[:5]:
         click.echo(f"  {_short(record)}")
+    for note in found.notes:
+        click.echo(f"note: {note}")
 
 
 @dataset.command("list")

@@ -1,9 +1,10 @@
 """Dataset ingestion: read, detect the format, validate, normalise and split.
 
 Pipeline (each step its own module):
-``readers`` (bytes -> numbered raw records) -> ``formats``/``mapping`` (which columns
-mean what) -> ``validation`` (exact per-row problems) -> ``normalise`` (the canonical
-JSONL training reads) -> ``splits`` (seeded train/validation indices).
+``readers`` (bytes -> numbered raw records; prose is split into documents by
+``plain_text``) -> ``formats``/``mapping`` (which columns mean what) -> ``validation``
+(exact per-row problems) -> ``normalise`` (the canonical JSONL training reads) ->
+``splits`` (seeded train/validation indices).
 :class:`studio.services.datasets.DatasetService` ties them to the registry.
 """
 

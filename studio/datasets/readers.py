@@ -1,7 +1,8 @@
 """Turn an uploaded file's bytes into numbered raw records (no format knowledge here).
 
 Supported: .jsonl/.ndjson, .json (an array of objects, or an object holding such a
-list), .csv, .tsv and .parquet. Text files may be UTF-8 (with or without BOM) or
+list), .csv, .tsv, .parquet, and prose as .txt or .md (one ``text`` record per paragraph
+or per file, see :mod:`studio.datasets.plain_text`). Text files may be UTF-8 (with or without BOM) or
 UTF-16/32 with a BOM; a legacy Windows-1252 fallback is used only when the bytes
 leave no doubt. Every record keeps the
 row number a person would see in the file, so problems can point at it.
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio.datasets import json_limits
+from studio.datasets import json_limits, plain_text
 from studio.datasets.json_limits import MAX_NESTING, JsonRefused, format_path
 from studio.errors import ValidationFailed
 
@@ -29,6 +30,8 @@ SUPPORTED_SUFFIXES = {
     ".csv": "csv",
     ".tsv": "tsv",
     ".parquet": "parquet",
+    ".txt": "txt",
+    ".md": "md",
 }
 # Keys under which a JSON object commonly holds its list of records.
 JSON_LIST_KEYS = ("data", "rows", "records", "examples", "items", "instances", "train")
@@ -79,6 +82,8 @@ class RawTable:
     # "record": 1-based position in the array or table (JSON, Parquet).
     row_numbering: str
     notes: list[str] = field(default_factory=list)
+    # How a .txt/.md file became records ("paragraph" or "file"); None for files with rows.
+    split_by: str | None = None
 
 
 def file_kind(path: Path) -> str:
@@ -107,14 +112,21 @@ def read_file_bytes(path: Path, max_upload_mb: float) -> bytes:
     return path.read_bytes()
 
 
-def parse_bytes(data: bytes, kind: str, name: str) -> RawTable:
-    """Parse the bytes of a file of ``kind`` (see :data:`SUPPORTED_SUFFIXES`) into a RawTable."""
+def parse_bytes(data: bytes, kind: str, name: str, split_by: str = plain_text.DEFAULT_SPLIT) -> RawTable:
+    """Parse the bytes of a file of ``kind`` (see :data:`SUPPORTED_SUFFIXES`) into a RawTable.
+
+    ``split_by`` (``paragraph`` or ``file``) says how a .txt/.md file becomes records; other
+    kinds have records of their own and ignore it.
+    """
+    plain_text.check_split(split_by)
     if kind == "parquet":
         table = _read_parquet(data, name)
     else:
         text, encoding = decode_text(data, name)
-        if kind == "jsonl":
-            table = _read_jsonl(text, encoding)
+        if kind in plain_text.TEXT_KINDS:
+            table = _read_plain_text(text, encoding, kind, name, split_by)
+        elif kind == "jsonl":
+            table = _read_jsonl(text, encoding, name)
         elif kind == "json":
             table = _read_json(text, encoding, name)
         else:
@@ -210,7 +222,23 @@ def _describe_json_type(value: Any) -> str:
     )
 
 
-def _read_jsonl(text: str, encoding: str) -> RawTable:
+def _looks_like_prose(text: str) -> bool:
+    """Whether text that failed to parse as JSON never tried to be an object or an array.
+
+    A broken ``{...`` line is a bad row of a real JSON file; a line of words is a text file
+    under the wrong name, and listing each of its lines as an invalid row would hide that.
+    """
+    return not text.lstrip().startswith(("{", "["))
+
+
+def _not_json_message(name: str, line: int, column: int, msg: str) -> str:
+    return (
+        f"{name}: line {line}, column {column}: not JSON ({msg}) — is this a .txt file? "
+        "rename it to .txt to import it as text"
+    )
+
+
+def _read_jsonl(text: str, encoding: str, name: str) -> RawTable:
     records = []
     # splitlines() would also split on U+2028 etc. inside strings; JSONL lines end at \n only.
     for number, line in enumerate(text.split("\n"), start=1):
@@ -220,6 +248,9 @@ def _read_jsonl(text: str, encoding: str) -> RawTable:
         try:
             value = json_limits.loads(line)
         except json.JSONDecodeError as exc:
+            if not records and _looks_like_prose(line):
+                # The first line decides: a file that starts with prose is not JSON Lines at all.
+                raise ValidationFailed(_not_json_message(name, number, exc.colno, exc.msg)) from None
             records.append(RawRecord(number, error=f"not valid JSON ({exc.msg} at column {exc.colno})"))
             continue
         except JsonRefused as refused:
@@ -251,9 +282,11 @@ def _read_json(text: str, encoding: str, name: str) -> RawTable:
         except json.JSONDecodeError:
             is_jsonl = False
         if is_jsonl:
-            table = _read_jsonl(text, encoding)
+            table = _read_jsonl(text, encoding, name)
             table.notes.append("the .json file holds one object per line; read as JSON Lines")
             return table
+        if _looks_like_prose(text):
+            raise ValidationFailed(_not_json_message(name, exc.lineno, exc.colno, exc.msg)) from None
         raise ValidationFailed(f"{name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     notes = []
     if isinstance(value, dict):
@@ -334,6 +367,23 @@ def _read_delimited(text: str, encoding: str, kind: str, name: str) -> RawTable:
     finally:
         csv.field_size_limit(old_limit)
     return RawTable(kind, encoding, header, records, "line", notes)
+
+
+def _read_plain_text(text: str, encoding: str, kind: str, name: str, split_by: str) -> RawTable:
+    documents = plain_text.split_documents(text, split_by, markdown=kind == "md")
+    if not documents:
+        raise ValidationFailed(f"{name} holds no text, only blank lines")
+    records = [RawRecord(d.line, {"text": d.text}) for d in documents]
+    if split_by == "file":
+        notes = ["the whole file is one document"]
+    else:
+        notes = [f"one document per paragraph: {len(documents)} paragraphs separated by blank lines"]
+    long_note = plain_text.long_document_note([d.text for d in documents])
+    if long_note:
+        notes.append(long_note)
+    # Paragraphs are numbered by the line they start on; a whole file is record 1.
+    numbering = "record" if split_by == "file" else "line"
+    return RawTable(kind, encoding, ["text"], records, numbering, notes, split_by)
 
 
 def _read_parquet(data: bytes, name: str) -> RawTable:

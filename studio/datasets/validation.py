@@ -93,9 +93,12 @@ class ValidationResult:
 
 
 def validate_rows(
-    table: RawTable, format_name: str, mapping: Mapping[str, str], max_chars: int = DEFAULT_MAX_ROW_CHARS
+    table: RawTable, format_name: str, mapping: Mapping[str, str], max_chars: int | None = DEFAULT_MAX_ROW_CHARS
 ) -> ValidationResult:
-    """Validate every record of ``table`` as ``format_name`` read through ``mapping``."""
+    """Validate every record of ``table`` as ``format_name`` read through ``mapping``.
+
+    ``max_chars`` limits the characters of one row; None checks no length.
+    """
     tabular = table.file_format in ("csv", "tsv")
     numeric_labels = tabular and format_name == "classification" and _all_numeric(table, mapping["label"])
     result = ValidationResult(rows_total=len(table.records))
@@ -143,7 +146,7 @@ class _RowChecker:
     def add(self, field_name: str, reason: str, detail: str) -> None:
         self.problems.append(Problem(self.record.row, field_name, reason, detail))
 
-    def check(self, format_name: str, max_chars: int) -> dict[str, Any]:
+    def check(self, format_name: str, max_chars: int | None) -> dict[str, Any]:
         record = self.record
         if record.error is not None:
             if record.reason is not None:  # a value inside the row was refused; error says where
@@ -153,7 +156,7 @@ class _RowChecker:
             self.add("(row)", reason, f"the row {record.error}")
             return {}
         fields = getattr(self, f"_check_{format_name}")()
-        if not self.problems:
+        if not self.problems and max_chars is not None:
             self._check_length(fields, max_chars)
         return fields
 

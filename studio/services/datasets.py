@@ -22,6 +22,7 @@ from models_db.tables import DatasetRow
 from studio.datasets.formats import Detection, detect_format, refusal_message
 from studio.datasets.mapping import resolve_mapping
 from studio.datasets.normalise import label_summary, read_jsonl, to_canonical, write_jsonl
+from studio.datasets.plain_text import DEFAULT_SPLIT, SPLIT_CHOICES, TEXT_KINDS
 from studio.datasets.readers import RawTable, file_kind, parse_bytes, read_file_bytes
 from studio.datasets.validation import ValidationResult, validate_rows
 from studio.errors import ValidationFailed
@@ -77,11 +78,23 @@ class DatasetService:
 
     # Reading ------------------------------------------------------------------------
 
-    def _load(self, path: Path) -> tuple[bytes, RawTable]:
+    def _load(self, path: Path, split_by: str | None) -> tuple[bytes, RawTable]:
         path = Path(path)
         kind = file_kind(path)
+        if split_by is not None and split_by not in SPLIT_CHOICES:
+            raise ValidationFailed(f"split_by must be one of {', '.join(SPLIT_CHOICES)}, not {split_by!r}")
+        if split_by is not None and kind not in TEXT_KINDS:
+            raise ValidationFailed(
+                f"{path.name}: splitting into documents applies to .txt and .md files only; "
+                f"a {kind.upper()} file has rows of its own"
+            )
         data = read_file_bytes(path, self.settings.max_upload_mb)
-        return data, parse_bytes(data, kind, path.name)
+        return data, parse_bytes(data, kind, path.name, split_by or DEFAULT_SPLIT)
+
+    def _row_limit(self, table: RawTable) -> int | None:
+        # A prose document is kept whole however long (training truncates it to max_length
+        # tokens, and the report says so); rows of structured files keep the per-row limit.
+        return None if table.file_format in TEXT_KINDS else self.max_row_chars
 
     @staticmethod
     def _detect(table: RawTable, mapping: Mapping[str, str] | None) -> Detection:
@@ -90,17 +103,21 @@ class DatasetService:
         samples = [r.data for r in table.records[:SAMPLE_ROWS] if r.error is None]
         return detect_format(table.columns, samples)
 
-    def inspect(self, path: str | Path, mapping: Mapping[str, str] | None = None) -> Inspection:
+    def inspect(
+        self, path: str | Path, mapping: Mapping[str, str] | None = None, split_by: str | None = None
+    ) -> Inspection:
         """Read and analyse a file: detected format or proposed mapping, raw preview, validation.
 
         Nothing is stored. ``mapping`` (field -> column, either order) checks a mapping
-        before :meth:`add`.
+        before :meth:`add`. ``split_by`` (``paragraph``, the default, or ``file``) says how
+        a .txt/.md file becomes documents; other files refuse it.
         """
-        data, table = self._load(Path(path))
+        data, table = self._load(Path(path), split_by)
         detection = self._detect(table, mapping)
         validation = None
         if detection.format is not None:
-            validation = validate_rows(table, detection.format, detection.mapping, self.max_row_chars).report()
+            limit = self._row_limit(table)
+            validation = validate_rows(table, detection.format, detection.mapping, limit).report()
         preview = [r.data for r in table.records[:PREVIEW_ROWS] if isinstance(r.data, dict)]
         return Inspection(
             path=str(path),
@@ -124,19 +141,21 @@ class DatasetService:
         name: str | None = None,
         mapping: Mapping[str, str] | None = None,
         drop_invalid: bool = False,
+        split_by: str | None = None,
     ) -> DatasetRow:
         """Validate, normalise and store a file; returns the registry row.
 
         Refuses (ValidationFailed) when the columns need a confirmed ``mapping`` or when
         rows are invalid and ``drop_invalid`` is False. With ``drop_invalid`` exactly the
         invalid rows are left out, and their numbers are recorded in the report.
+        ``split_by`` is as for :meth:`inspect`.
         """
         path = Path(path)
-        data, table = self._load(path)
+        data, table = self._load(path, split_by)
         detection = self._detect(table, mapping)
         if detection.needs_confirmation or detection.format is None:
             raise ValidationFailed(refusal_message(table.columns, detection))
-        result = validate_rows(table, detection.format, detection.mapping, self.max_row_chars)
+        result = validate_rows(table, detection.format, detection.mapping, self._row_limit(table))
         self._refuse_invalid(result, drop_invalid)
         rows = [to_canonical(detection.format, fields) for _, fields in result.valid]
         report = self._report(table, detection, result, rows, drop_invalid, bool(mapping))
@@ -196,12 +215,14 @@ class DatasetService:
             "file_format": table.file_format,
             "encoding": table.encoding,
             "row_numbering": table.row_numbering,
-            "max_row_chars": self.max_row_chars,
+            "max_row_chars": self._row_limit(table),
             **result.report(),
             "rows_stored": len(rows),
             "dropped_rows": result.invalid_rows if drop_invalid else [],
             "notes": list(table.notes),
         }
+        if table.split_by is not None:
+            report["split_by"] = table.split_by
         if table.encoding == "cp1252":
             report["notes"].append("decoded as Windows-1252 (not UTF-8); check accented characters")
         if detection.task == "classification":

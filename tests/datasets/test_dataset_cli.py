@@ -114,3 +114,48 @@ def test_add_with_a_hostile_row_is_one_clean_line(cli, tmp_path, case):
     assert result.exit_code == 1
     [message] = result.output.strip().splitlines()
     assert message.startswith("error: ") and expected in message
+
+
+@pytest.mark.parametrize(("split_by", "rows"), [(None, 2), ("paragraph", 2), ("file", 1)])
+def test_add_prose_split_by_paragraph_or_file(cli, tmp_path, split_by, rows):
+    path = tmp_path / "essay.md"
+    path.write_text("# On cats\n\nThey sit on mats.\n", encoding="utf-8")
+    options = ["--split-by", split_by] if split_by else []
+    inspected = cli("inspect", path, *options)
+    assert inspected.exit_code == 0, inspected.output
+    assert inspected.output.splitlines()[0] == f"essay.md: md, utf-8, {rows} rows"
+    assert "format: text (column 'text' names the text format)" in inspected.output
+    added = cli("add", path, *options)
+    assert added.exit_code == 0, added.output
+    assert added.output.splitlines()[1] == f"format: text (causal-lm), rows: {rows}"
+    shown = cli("show", 1)
+    preview = [json.loads(line) for line in shown.output.split("preview:\n", 1)[1].splitlines()]
+    if rows == 2:
+        assert preview == [{"text": "# On cats"}, {"text": "They sit on mats."}]
+    else:
+        assert preview == [{"text": "# On cats\n\nThey sit on mats.\n"}]
+
+
+def test_split_by_rejects_other_choices_and_files_with_rows(cli, tmp_path):
+    prose = tmp_path / "p.txt"
+    prose.write_text("hello\n", encoding="utf-8")
+    assert cli("add", prose, "--split-by", "sentence").exit_code == 2  # click's usage error
+    rows = tmp_path / "r.jsonl"
+    rows.write_text('{"text": "hi"}\n', encoding="utf-8")
+    result = cli("add", rows, "--split-by", "file")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "error: r.jsonl: splitting into documents applies to .txt and .md files only; a JSONL file has rows of its own"
+    )
+
+
+def test_prose_named_jsonl_is_one_clean_line_saying_not_json(cli, tmp_path):
+    path = tmp_path / "story.jsonl"
+    path.write_text("Once upon a time\nthere was a cat.\n", encoding="utf-8")
+    for command in ("inspect", "add"):
+        result = cli(command, path)
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines() == [
+            "error: story.jsonl: line 1, column 1: not JSON (Expecting value) — is this a .txt file? "
+            "rename it to .txt to import it as text"
+        ]
