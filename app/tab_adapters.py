@@ -1,4 +1,10 @@
-"""Adapters tab: filterable table, details, rank charts, convergence overlay, params-vs-metric, downloads, delete."""
+"""Adapters tab: filterable table, details, rank charts, convergence overlay, params-vs-metric, downloads, delete.
+
+Downloads are real download buttons, each with the SHA-256 of its file shown beside it. The
+adapter's zip is small and made when the adapter is selected, so one click on the button
+downloads it; the merged and pruned models (the whole base model, hundreds of MB) are made
+when their button is clicked, and the browser then downloads them without a second click.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,26 @@ import gradio as gr
 from app.ui import ago, bind, human_bytes
 from studio.charts import convergence_figure, empty_figure, final_rank_bars, params_metric_scatter, rank_heatmap
 from studio.charts_diagnostics import diagnostics_figure, stage_figure
+from studio.errors import StudioError
 from studio.services.container import Services
+from studio.services.downloads import archive_sha256
 
 TITLE = "Adapters"
 ELEM_ID = "tab-adapters"
 ALL = "All"
 DEFAULT_METRIC = "eval_loss"
+# Runs in the browser after a model zip was made: download the file the button now holds.
+DOWNLOAD_NOW_JS = """(file) => {
+    if (file && file.url) {
+        const link = document.createElement('a');
+        link.href = file.url;
+        link.download = file.orig_name || 'download.zip';
+        document.body.appendChild(link);
+        link.click();
+        link.remove();
+    }
+    return [];
+}"""
 HEADERS = ["id", "name", "variant", "base model", "dataset", "trainable params", "size", "metric", "created"]
 
 
@@ -98,8 +118,11 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
             "bars": empty_figure("No adapter selected."),
             "diagnostics": empty_figure("No adapter selected."),
             "stages": empty_figure("No adapter selected."),
-            "zip_file": gr.update(value=None, visible=False),
-            "pruned_btn": gr.update(visible=False),
+            "zip_btn": gr.update(value=None, interactive=False),
+            "zip_sha": "",
+            "model_sha": "",
+            "merged_btn": gr.update(value=None),
+            "pruned_btn": gr.update(value=None, visible=False),
         }
     row = services.adapters.get(int(selected))
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in (row.metrics or {}).items() if isinstance(v, int | float))
@@ -122,10 +145,29 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
             snapshots, title=f"{row.variant} diagnostics of #{row.id} (mean per module type)"
         ),
         "stages": stage_figure(metric_rows),
-        "zip_file": gr.update(value=None, visible=False),
+        **adapter_download(services, row.id),
+        "model_sha": "",
+        "merged_btn": gr.update(value=None),
         # only LoRAPrune adapters carry pruning masks, hence a pruned model
-        "pruned_btn": gr.update(visible=row.variant == "loraprune"),
+        "pruned_btn": gr.update(value=None, visible=row.variant == "loraprune"),
     }
+
+
+def checksum_line(path: Any, what: str) -> str:
+    """The line shown beside a download: file name, size and SHA-256 (to check the file that arrived)."""
+    from pathlib import Path
+
+    path = Path(path)
+    return f"{what} `{path.name}` · {human_bytes(path.stat().st_size)} · SHA-256 `{archive_sha256(path)}`"
+
+
+def adapter_download(services: Services, adapter_id: int) -> dict[str, Any]:
+    """The adapter's zip, made now so that one click on the download button delivers it."""
+    try:
+        path = services.adapters.zip(adapter_id)
+    except StudioError as exc:  # e.g. its files were removed from disk: say so instead of a dead button
+        return {"zip_btn": gr.update(value=None, interactive=False), "zip_sha": f"No download: {exc}"}
+    return {"zip_btn": gr.update(value=str(path), interactive=True), "zip_sha": checksum_line(path, "Adapter zip")}
 
 
 def compare(services: Services, chosen: list[int] | None) -> dict[str, Any]:
@@ -143,27 +185,19 @@ def compare(services: Services, chosen: list[int] | None) -> dict[str, Any]:
 
 
 def make_merged_zip(services: Services, selected: int | None) -> dict[str, Any]:
-    """A zip of the base model with the adapter merged into its weights, offered as a download."""
+    """A zip of the base model with the adapter merged into its weights, put on the button for the browser to fetch."""
     if not selected:
         raise gr.Error("Select an adapter first.")
     path = services.adapters.merged_model_zip(int(selected))
-    return {"zip_file": gr.update(value=str(path), visible=True, label="Merged model zip")}
+    return {"merged_btn": gr.update(value=str(path)), "model_sha": checksum_line(path, "Merged model zip")}
 
 
 def make_pruned_zip(services: Services, selected: int | None) -> dict[str, Any]:
-    """A zip of a LoRAPrune adapter's physically pruned model (heads and channels removed), offered as a download."""
+    """A zip of a LoRAPrune adapter's physically pruned model (heads and channels removed), for the browser to fetch."""
     if not selected:
         raise gr.Error("Select an adapter first.")
     path = services.adapters.pruned_model_zip(int(selected))
-    return {"zip_file": gr.update(value=str(path), visible=True, label="Pruned model zip")}
-
-
-def make_zip(services: Services, selected: int | None) -> dict[str, Any]:
-    """A zip of the adapter's PEFT directory, offered as a download."""
-    if not selected:
-        raise gr.Error("Select an adapter first.")
-    path = services.adapters.zip(int(selected))
-    return {"zip_file": gr.update(value=str(path), visible=True, label="Adapter zip")}
+    return {"pruned_btn": gr.update(value=str(path)), "model_sha": checksum_line(path, "Pruned model zip")}
 
 
 def delete(services: Services, selected: int | None, **filters: Any) -> dict[str, Any]:
@@ -197,11 +231,14 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
                 "Select an adapter to see its details and rank charts.", elem_id="adapters-details"
             )
             with gr.Row():
-                c["zip_btn"] = gr.Button("Download as zip", elem_id="adapters-zip-btn")
-                c["merged_btn"] = gr.Button("Download merged model", elem_id="adapters-merged-btn")
-                c["pruned_btn"] = gr.Button("Download pruned model", elem_id="adapters-pruned-btn", visible=False)
+                c["zip_btn"] = gr.DownloadButton("Download as zip", interactive=False, elem_id="adapters-zip-btn")
+                c["merged_btn"] = gr.DownloadButton("Download merged model", elem_id="adapters-merged-btn")
+                c["pruned_btn"] = gr.DownloadButton(
+                    "Download pruned model", elem_id="adapters-pruned-btn", visible=False
+                )
                 c["delete_btn"] = gr.Button("Delete", variant="stop", elem_id="adapters-delete")
-            c["zip_file"] = gr.File(label="Adapter zip", visible=False, interactive=False, elem_id="adapters-zip")
+            c["zip_sha"] = gr.Markdown("", elem_id="adapters-zip-sha256")
+            c["model_sha"] = gr.Markdown("", elem_id="adapters-model-sha256")
         with gr.Column(scale=4, min_width=320):
             c["scatter"] = gr.Plot(label="Parameters vs metric", elem_id="adapters-scatter")
     with gr.Row(equal_height=False):
@@ -218,7 +255,11 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
 
     filters = {k: c[k] for k in ("variant", "base_model", "dataset", "metric")}
     table_out = {k: c[k] for k in ("table", "selected", "compare", "scatter")}
-    details_out = {k: c[k] for k in ("details", "heatmap", "bars", "diagnostics", "stages", "zip_file", "pruned_btn")}
+    details_out = {
+        k: c[k]
+        for k in ("details", "heatmap", "bars", "diagnostics", "stages")
+        + ("zip_btn", "zip_sha", "model_sha", "merged_btn", "pruned_btn")
+    }
     for widget in filters.values():
         bind(widget.input, partial(table, services), filters, table_out)
 
@@ -233,19 +274,20 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         {"chosen": c["compare"]},
         {k: c[k] for k in ("conv_step", "conv_time")},
     )
-    bind(c["zip_btn"].click, partial(make_zip, services), {"selected": c["selected"]}, {"zip_file": c["zip_file"]})
-    bind(
-        c["merged_btn"].click,
-        partial(make_merged_zip, services),
-        {"selected": c["selected"]},
-        {"zip_file": c["zip_file"]},
-    )
-    bind(
-        c["pruned_btn"].click,
-        partial(make_pruned_zip, services),
-        {"selected": c["selected"]},
-        {"zip_file": c["zip_file"]},
-    )
+    # The adapter zip is on its button already (made on selection): the browser downloads it on click.
+    for kind, make in (("merged", make_merged_zip), ("pruned", make_pruned_zip)):
+        button = c[f"{kind}_btn"]
+        # An empty button only reports the click: make the zip, then have the browser fetch it, then
+        # empty the button again so that the next click makes a fresh zip instead of downloading twice.
+        made = bind(
+            button.click,
+            partial(make, services),
+            {"selected": c["selected"]},
+            {f"{kind}_btn": button, "model_sha": c["model_sha"]},
+        )
+        made.success(None, inputs=[button], outputs=None, js=DOWNLOAD_NOW_JS).then(
+            lambda: gr.update(value=None), inputs=None, outputs=[button]
+        )
     bind(
         c["delete_btn"].click,
         partial(delete, services),

@@ -176,7 +176,10 @@ def model_card(
     request: MergeRequest, parents: list, weights: list[float], ranks: dict[str, int], errors: dict[str, float]
 ) -> str:
     """A short README for the merged adapter: its parents, the method, how close the LoRA is, how to load it."""
-    from studio.training.job import LOADING_SECTION
+    from studio.loading_recipes import loading_section
+    from studio.services.downloads import PortableBase
+
+    base = PortableBase.of(parents[0].base_model)
 
     method = {"ties": "TIES-merging", "dare_linear": "DARE and a weighted sum", "dare_ties": "DARE and TIES"}.get(
         request.method, "a weighted sum"
@@ -184,7 +187,7 @@ def model_card(
     lines = [
         f"# {request.name or 'Merged adapter'}",
         "",
-        f"A plain PEFT LoRA for `{parents[0].base_model}`, made by Adapter Studio with {method} of:",
+        f"A plain PEFT LoRA for `{base.portable_id}`, made by Adapter Studio with {method} of:",
         "",
         *[f"- #{p.id} {p.name} ({p.variant}), weight {w:g}" for p, w in zip(parents, weights, strict=True)],
         "",
@@ -192,6 +195,7 @@ def model_card(
         f"- Modules: {len(ranks)}; ranks {min(ranks.values())}–{max(ranks.values())}",
         f"- Largest relative error of the LoRA against the merged weight change: {max(errors.values()):.2e}",
         "",
-        *LOADING_SECTION,
+        # Merging refuses classifiers: a merged adapter is always a causal-LM LoRA.
+        *loading_section(base.portable_id, "causal-lm", max_rank=max(ranks.values()), base_note=base.note()),
     ]
     return "\n".join(lines)

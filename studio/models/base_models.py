@@ -30,6 +30,7 @@ class BundledModel:
     relative_path: str  # a .gguf file or a directory inside the package
     task: str  # "causal-lm" or "encoder"
     description: str
+    hub_id: str  # the same model on the Hugging Face hub: what a download names as its base
 
     def package_dir(self) -> Path | None:
         spec = importlib.util.find_spec(self.package)
@@ -55,6 +56,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             relative_path="SmolLM2-135M-Instruct.Q4_1.gguf",
             task="causal-lm",
             description="SmolLM2 135M Instruct, a small chat model that trains on a laptop CPU (bundled).",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         BundledModel(
             name="all-minilm-l6-v2",
@@ -62,6 +64,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             relative_path="model",
             task="encoder",
             description="MiniLM-L6 sentence encoder (22M) for text classification (bundled).",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
         ),
     )
 }
@@ -98,6 +101,30 @@ def resolve_base_model(name: str, settings: Settings, progress: ProgressFn | Non
     if name.startswith(("/", ".", "~")):
         raise NotFoundError(f"model directory {name} does not exist")
     return ResolvedModel(name, _hub_snapshot(name, settings), "causal-lm", "hub")
+
+
+def is_local_reference(name: str) -> bool:
+    """Whether a base model reference names a directory (an existing one, or a path) rather than a hub id."""
+    return name.startswith(("/", ".", "~")) or Path(name).expanduser().is_dir()
+
+
+def portable_base_id(name: str) -> str:
+    """How a base model is named outside this server: never a path of this machine.
+
+    A bundled model is its Hugging Face hub id, a hub id stays as it is, a model in a
+    Hugging Face cache (``models--org--name/snapshots/...``) is ``org/name``, and any
+    other directory is its folder name (the model card says it is a local model).
+    """
+    bundled = BUNDLED_MODELS.get(name)
+    if bundled is not None:
+        return bundled.hub_id
+    if not is_local_reference(name):
+        return name
+    path = Path(name).expanduser()
+    for part in path.parts:
+        if part.startswith("models--") and part.count("--") >= 2:
+            return part.removeprefix("models--").replace("--", "/", 1)
+    return path.resolve().name or name
 
 
 def _task_of(path: Path) -> str:

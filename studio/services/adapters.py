@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.errors import NotFoundError, StudioError, ValidationFailed
+from studio.services.downloads import PortableBase, portable_files, write_archive, write_portable
 from studio.variants.base import ExportReport
 
 WEIGHTS = "adapter_model.safetensors"
@@ -60,17 +61,21 @@ class AdapterService:
         out = Path(out_dir)
         if out.exists() and any(out.iterdir()):
             raise ValidationFailed(f"{out} is not empty; choose a new directory for the export")
+        row = self.get(adapter_id)
         if as_lora_rank is None:
             shutil.copytree(source, out, dirs_exist_ok=True)
-            row = self.get(adapter_id)
-            return ExportReport(path=str(out), ranks=dict(row.ranks or {}), format="copy")
-        if as_lora_rank < 1:
+            report = ExportReport(path=str(out), ranks=dict(row.ranks or {}), format="copy")
+        elif as_lora_rank < 1:
             raise ValidationFailed("the export rank must be at least 1")
-        if self.get(adapter_id).variant == "dylora":
+        elif row.variant == "dylora":
             from studio.variants.dylora import cut_saved_adapter
 
-            return cut_saved_adapter(source, out, as_lora_rank)
-        return self._export_as_lora(adapter_id, source, out, as_lora_rank)
+            report = cut_saved_adapter(source, out, as_lora_rank)
+        else:
+            report = self._export_as_lora(adapter_id, source, out, as_lora_rank)
+        # An export is meant for use elsewhere: it names its base portably, never by a path of this server.
+        write_portable(out, PortableBase.of(row.base_model), row.name)
+        return report
 
     def _export_as_lora(self, adapter_id: int, source: Path, out: Path, rank: int) -> ExportReport:
         from peft import PeftModel
@@ -146,7 +151,7 @@ class AdapterService:
             shutil.copy2(source / "labels.json", out / "labels.json")
         row = self.get(adapter_id)
         (out / "MERGED_FROM.md").write_text(
-            f"# {row.name}\n\n`{row.base_model}` with adapter #{row.id} ({row.variant}) merged into its weights "
+            f"# {row.name}\n\n`{PortableBase.of(row.base_model).portable_id}` with adapter #{row.id} ({row.variant}) merged into its weights "
             "by Adapter Studio. Load it with `AutoModelForCausalLM.from_pretrained(this_dir)` (classifiers: "
             "`AutoModelForSequenceClassification`); no PEFT needed.\n",
             encoding="utf-8",
@@ -229,12 +234,19 @@ class AdapterService:
         )
 
     def zip(self, adapter_id: int) -> Path:
-        """A zip of the adapter directory for download (rebuilt on every call)."""
+        """A zip of the adapter directory for download (rebuilt on every call).
+
+        Its ``adapter_config.json`` names the base by its portable id, its README ends with
+        how to load it with PEFT, transformers and vLLM, and ``SHA256SUMS`` lists every file;
+        ``<zip>.sha256`` beside it holds the zip's own checksum (:func:`archive_sha256`).
+        """
         source = self.path(adapter_id)
+        row = self.get(adapter_id)
         target_dir = Path(self.settings.data_dir) / "exports"
         target_dir.mkdir(parents=True, exist_ok=True)
-        copy = target_dir / f"adapter-{adapter_id}"
-        return _zip_folder(source, copy.name, zipfile.ZIP_DEFLATED, target=copy.with_suffix(".zip"))
+        name = f"adapter-{adapter_id}"
+        replaced = portable_files(source, PortableBase.of(row.base_model), name, row.name)
+        return write_archive(source, name, target_dir / f"{name}.zip", zipfile.ZIP_DEFLATED, replaced)
 
     def delete(self, adapter_id: int) -> None:
         """Remove the adapter's files (when inside the studio's adapters dir) and its registry row."""
@@ -246,13 +258,6 @@ class AdapterService:
         self.registry.delete_adapter(adapter_id)
 
 
-def _zip_folder(folder: Path, name: str, compression: int, target: Path | None = None) -> Path:
-    """Zip ``folder``'s files under the top-level folder ``name``; written aside, then renamed into place."""
-    target = target or folder.with_name(f"{name}.zip")
-    tmp = target.with_suffix(".zip.partial")
-    with zipfile.ZipFile(tmp, "w", compression=compression) as archive:
-        for file in sorted(folder.rglob("*")):
-            if file.is_file():
-                archive.write(file, f"{name}/{file.relative_to(folder)}")
-    tmp.replace(target)
-    return target
+def _zip_folder(folder: Path, name: str, compression: int) -> Path:
+    """Zip a whole exported model folder as ``<name>.zip`` beside it (with SHA256SUMS and a .sha256 file)."""
+    return write_archive(folder, name, folder.with_name(f"{name}.zip"), compression)

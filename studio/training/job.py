@@ -23,16 +23,6 @@ from studio.training.memory import release_memory
 from studio.training.setup import TrainingData
 
 ADAPTER_FILE = "adapter_model.safetensors"
-# The end of every adapter's model card: how to load it without the studio.
-LOADING_SECTION = (
-    "## Loading",
-    "",
-    "```python",
-    "from peft import PeftModel",
-    "model = PeftModel.from_pretrained(base_model, adapter_dir)  # base loaded with transformers",
-    "```",
-    "",
-)
 
 
 def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) -> dict[str, Any]:
@@ -145,7 +135,7 @@ def save_trained_adapter(
         (out_dir / "labels.json").write_text(json.dumps([str(label) for label in result.labels]))
     repro = reproducibility(request, result, dataset_sha256, job_id)
     (out_dir / "reproducibility.json").write_text(json.dumps(repro, indent=2, default=str))
-    (out_dir / "README.md").write_text(model_card(request, result, report.ranks, dataset_sha256))
+    (out_dir / "README.md").write_text(model_card(request, result, report.ranks, dataset_sha256, out_dir))
     weights = out_dir / ADAPTER_FILE
     return {
         "ranks": report.ranks,
@@ -176,20 +166,29 @@ def reproducibility(request: TrainRequest, result: TrainingResult, dataset_sha25
     }
 
 
-def model_card(request: TrainRequest, result: TrainingResult, ranks: dict[str, int], dataset_sha256: str) -> str:
-    """A short README for the adapter: what it is, how it was trained, how well, how to load it."""
+def model_card(
+    request: TrainRequest, result: TrainingResult, ranks: dict[str, int], dataset_sha256: str, adapter_dir: Path
+) -> str:
+    """A short README for the adapter: what it is, how it was trained, how well, how to load it.
+
+    The base is named by its portable id (a hub id, or a local directory's folder name), never by
+    a path of this server; a download rewrites the loading recipes with its folder's real name.
+    """
+    from studio.services.downloads import PortableBase, adapter_loading_section
+
     variant = result.variant
+    base = PortableBase.of(request.base_model)
     hyper = request.hyper.model_dump(mode="json")
     params = variant.params.model_dump(mode="json")
     metrics = result.metrics()
     lines = [
         f"# {request.name or variant.title + ' adapter'}",
         "",
-        f"A **{variant.title}** adapter for `{request.base_model}` ({result.task}), trained with Adapter Studio.",
+        f"A **{variant.title}** adapter for `{base.portable_id}` ({result.task}), trained with Adapter Studio.",
         "",
         f"- Variant: `{variant.name}` — {variant.summary}",
         f"- Paper: {variant.paper.title} ({variant.paper.year}), {variant.paper.url}" if variant.paper else "",
-        f"- Base model: `{request.base_model}`",
+        f"- Base model: `{base.portable_id}`" + (f" (`{request.base_model}` in the studio)" if base.bundled else ""),
         f"- Dataset: id {request.dataset_id}, sha256 `{dataset_sha256 or 'unknown'}`",
         f"- Seed: {request.seed}; steps: {result.total_steps}; trainable parameters: {result.trainable_params:,}",
         f"- Compute: {result.precision.describe()}" if result.precision else None,
@@ -205,6 +204,7 @@ def model_card(request: TrainRequest, result: TrainingResult, ranks: dict[str, i
         json.dumps({"training": hyper, "variant": params}, indent=2),
         "```",
         "",
-        *(variant.model_card_loading() or LOADING_SECTION),
+        *(variant.model_card_loading() or []),  # a variant's own steps (LoRAPrune's masks) come first
+        *adapter_loading_section(adapter_dir, base),
     ]
     return "\n".join(line for line in lines if line is not None)

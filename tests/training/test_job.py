@@ -59,7 +59,10 @@ def test_train_job_registers_a_loadable_adapter(registry, settings, dataset_id, 
     assert {"torch", "transformers", "peft", "code"} <= set(repro["versions"])
     assert repro["dataset_sha256"] == registry.get_dataset(dataset_id).sha256
     card = (path / "README.md").read_text()
-    assert "LoRA" in card and str(tiny_llama_dir) in card and "eval_loss" in card and repro["dataset_sha256"] in card
+    assert "LoRA" in card and "eval_loss" in card and repro["dataset_sha256"] in card
+    # The base is named by its folder, not by this machine's path, with the three ways to load the adapter.
+    assert f"`{tiny_llama_dir.name}`" in card and str(tiny_llama_dir) not in card
+    assert "PeftModel.from_pretrained(" in card and "model.load_adapter(" in card and "--enable-lora" in card
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), str(path))
     assert torch.isfinite(model(input_ids=torch.tensor([[8, 9, 10]])).logits).all()

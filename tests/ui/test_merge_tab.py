@@ -83,13 +83,18 @@ def test_adapters_tab_says_what_a_merged_adapter_was_made_from(services, two_ada
 
 
 def test_adapters_tab_offers_the_merged_model_as_a_download(services, two_adapters):
+    import hashlib
     import zipfile
+    from pathlib import Path
 
     from app import tab_adapters
 
-    update = tab_adapters.make_merged_zip(services, two_adapters[0])["zip_file"]
-    assert update["visible"] and update["label"] == "Merged model zip"
-    with zipfile.ZipFile(update["value"]) as archive:
-        assert f"merged-model-{two_adapters[0]}/model.safetensors" in archive.namelist()
+    made = tab_adapters.make_merged_zip(services, two_adapters[0])
+    path = made["merged_btn"]["value"]  # on the download button, which the browser then fetches
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() in made["model_sha"]
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        assert f"merged-model-{two_adapters[0]}/model.safetensors" in names
+        assert f"merged-model-{two_adapters[0]}/SHA256SUMS" in names
     with pytest.raises(gr.Error, match="Select an adapter"):
         tab_adapters.make_merged_zip(services, None)

@@ -208,14 +208,23 @@ def test_pruned_model_download_is_offered_for_loraprune_adapters_only():
     from types import SimpleNamespace
 
     from app import tab_adapters
+    from studio.errors import NotFoundError
+
+    def files_gone(adapter_id):
+        raise NotFoundError(f"the files of adapter {adapter_id} are missing from /x")
 
     def services_with(variant):
         row = SimpleNamespace(
             id=1, name="a", variant=variant, base_model="b", dataset_id=None, trainable_params=1, size_bytes=1,
             ranks={}, metrics={}, source_job_id=None, parents=None,
         )  # fmt: skip
-        return SimpleNamespace(adapters=SimpleNamespace(get=lambda _id: row, rank_history=lambda _id: []))
+        adapters = SimpleNamespace(get=lambda _id: row, rank_history=lambda _id: [], zip=files_gone)
+        return SimpleNamespace(adapters=adapters)
 
     assert tab_adapters.details(services_with("loraprune"), 1)["pruned_btn"]["visible"] is True
     assert tab_adapters.details(services_with("lora"), 1)["pruned_btn"]["visible"] is False
     assert tab_adapters.details(services_with("loraprune"), None)["pruned_btn"]["visible"] is False
+    # An adapter whose files are gone gets a disabled download button and the reason beside it.
+    gone = tab_adapters.details(services_with("lora"), 1)
+    assert gone["zip_btn"]["interactive"] is False and gone["zip_btn"]["value"] is None
+    assert "No download: the files of adapter 1 are missing" in gone["zip_sha"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -78,7 +80,11 @@ def test_trained_adapters_through_the_tabs(services, trained, tiny_llama):
     overlay = tab_adapters.compare(services, [trained["lora"], trained["adalora"]])
     assert len(overlay["conv_step"].data) == 2 and len(overlay["conv_time"].data) == 2
 
-    zipped = value(tab_adapters.make_zip(services, trained["lora"])["zip_file"])
+    # Selecting an adapter puts its zip on the download button, its SHA-256 beside it.
+    shown = tab_adapters.details(services, trained["lora"])
+    zipped = value(shown["zip_btn"])
+    assert shown["zip_btn"]["interactive"] is True
+    assert hashlib.sha256(Path(zipped).read_bytes()).hexdigest() in shown["zip_sha"]
     with zipfile.ZipFile(zipped) as archive:
         assert any(name.endswith("adapter_config.json") for name in archive.namelist())
 

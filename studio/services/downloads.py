@@ -1,0 +1,151 @@
+"""Files that leave the server: portable adapter configs, a README that says how to load them, checksums.
+
+An adapter directory on the server names its base by the path it was loaded from
+(PEFT records ``base_model_name_or_path`` at save time). A download or export names the
+base by its portable id instead (see :func:`studio.models.base_models.portable_base_id`);
+the studio itself never reads that field: every loader passes the resolved base itself.
+Every archive carries ``SHA256SUMS`` (``sha256sum -c`` format) and gets a ``.sha256``
+file beside it on the server, which the UI shows next to the download button.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from studio.loading_recipes import HEADING, loading_section
+from studio.training.job import sha256_file
+
+SUMS_FILE = "SHA256SUMS"
+CONFIG = "adapter_config.json"
+README = "README.md"
+MASKS_FILE = "pruning_masks.safetensors"
+# The loading section of model cards written before the three recipes (replaced in downloads).
+LEGACY_LOADING = (
+    "## Loading\n\n```python\nfrom peft import PeftModel\n"
+    "model = PeftModel.from_pretrained(base_model, adapter_dir)  # base loaded with transformers\n```\n"
+)
+
+
+@dataclass(frozen=True)
+class PortableBase:
+    """How a download names its base: the registry's reference and the id to write instead."""
+
+    reference: str  # what the registry row says (a bundled name, a hub id or a server path)
+    portable_id: str  # what files leaving the server say
+    local: bool  # the reference is a directory of the server
+    bundled: bool  # the reference is a bundled model's short name
+
+    @classmethod
+    def of(cls, reference: str) -> PortableBase:
+        from studio.models.base_models import BUNDLED_MODELS, is_local_reference, portable_base_id
+
+        bundled = reference in BUNDLED_MODELS
+        local = not bundled and is_local_reference(reference)
+        return cls(reference, portable_base_id(reference), local, bundled)
+
+    def note(self) -> str | None:
+        """What a reader of the README must know about a base that is not on the hub."""
+        if not self.local:
+            return None
+        return (
+            f"a local model directory named `{self.portable_id}` where the adapter was trained, not a Hugging Face "
+            "hub id; put the path of your copy of that model in its place."
+        )
+
+
+def portable_config(raw: bytes, base: PortableBase) -> bytes:
+    """``adapter_config.json`` with ``base_model_name_or_path`` set to the base's portable id."""
+    config = json.loads(raw)
+    config["base_model_name_or_path"] = base.portable_id
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+
+
+def download_readme(card: str | None, base: PortableBase, folder_name: str, title: str, adapter_dir: Path) -> str:
+    """The archive's README: the model card without server paths, ending with the three loading recipes."""
+    text = card or f"# {title}\n\nAn adapter for `{base.portable_id}`, from Adapter Studio.\n"
+    if base.local and "/" in base.reference:  # a path; a bare "." or folder name is no path to hide
+        text = text.replace(base.reference, base.portable_id)
+    # The recipes are regenerated with this folder's name: drop the card's own copy (and the legacy one).
+    text = text.split(f"\n{HEADING}\n", 1)[0].replace(LEGACY_LOADING, "").rstrip() + "\n\n"
+    return text + "\n".join(adapter_loading_section(adapter_dir, base, folder_name))
+
+
+def adapter_loading_section(adapter_dir: Path, base: PortableBase, folder: str = "path/to/adapter") -> list[str]:
+    """The loading recipes for the PEFT checkpoint saved in ``adapter_dir``, read from its own config."""
+    config = json.loads((adapter_dir / CONFIG).read_text())
+    ranks = [v for v in (config.get("rank_pattern") or {}).values() if isinstance(v, int)]
+    return loading_section(
+        base.portable_id,
+        "classification" if config.get("task_type") == "SEQ_CLS" else "causal-lm",
+        folder,
+        max_rank=max([int(config.get("r") or 0), *ranks]),
+        plain_lora=config.get("peft_type") == "LORA" and not config.get("use_dora"),
+        base_note=base.note(),
+        caveat=MASKS_CAVEAT if (adapter_dir / MASKS_FILE).exists() else None,
+    )
+
+
+MASKS_CAVEAT = (
+    f"This adapter has `{MASKS_FILE}` (LoRAPrune): where the *Loading* section above applies it, these "
+    "recipes load the LoRA alone, the unpruned model; apply the masks as shown there."
+)
+
+
+def portable_files(adapter_dir: Path, base: PortableBase, folder_name: str, title: str) -> dict[str, bytes]:
+    """The files of ``adapter_dir`` that a download writes differently, by path relative to it."""
+    replaced = {
+        str(path.relative_to(adapter_dir)): portable_config(path.read_bytes(), base)
+        for path in sorted(adapter_dir.rglob(CONFIG))
+    }
+    card = adapter_dir / README
+    text = card.read_text(encoding="utf-8") if card.exists() else None
+    replaced[README] = download_readme(text, base, folder_name, title, adapter_dir).encode()
+    return replaced
+
+
+def write_portable(out_dir: Path, base: PortableBase, title: str) -> None:
+    """Rewrite an exported adapter directory in place so that it names its base portably."""
+    for relative, content in portable_files(out_dir, base, out_dir.name, title).items():
+        (out_dir / relative).write_bytes(content)
+
+
+def write_archive(
+    folder: Path, name: str, target: Path, compression: int, replaced: dict[str, bytes] | None = None
+) -> Path:
+    """Zip ``folder``'s files under the top-level folder ``name``, with ``SHA256SUMS``; ``target.sha256`` beside it.
+
+    ``replaced`` gives new contents for some files (relative paths), which may also be new files.
+    Written aside, then renamed into place, so a half-written zip is never offered.
+    """
+    replaced = dict(replaced or {})
+    tmp = target.with_suffix(".zip.partial")
+    sums: list[str] = []
+    with zipfile.ZipFile(tmp, "w", compression=compression) as archive:
+        files = {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()}
+        for relative in sorted(set(files) | set(replaced)):
+            if relative == SUMS_FILE:
+                continue  # a stale list from an earlier export; rewritten below
+            content = replaced.get(relative)
+            if content is None:
+                archive.write(files[relative], f"{name}/{relative}")
+                digest = sha256_file(files[relative])
+            else:
+                archive.writestr(f"{name}/{relative}", content)
+                digest = hashlib.sha256(content).hexdigest()
+            sums.append(f"{digest}  {relative}\n")
+        archive.writestr(f"{name}/{SUMS_FILE}", "".join(sums))
+    tmp.replace(target)
+    target.with_name(target.name + ".sha256").write_text(f"{sha256_file(target)}  {target.name}\n")
+    return target
+
+
+def archive_sha256(path: Path) -> str:
+    """The SHA-256 of an archive written by :func:`write_archive` (from its ``.sha256`` file when present)."""
+    sidecar = Path(path).with_name(Path(path).name + ".sha256")
+    if sidecar.exists():
+        return sidecar.read_text().split()[0]
+    return sha256_file(Path(path))
