@@ -217,3 +217,17 @@ def test_compare_variants_through_the_registry(tiny_dir, chat_file, studio_env, 
     }
     cv.write_markdown(tmp_path / "cv.md", out)
     assert "FFA-LoRA" in (tmp_path / "cv.md").read_text()
+
+
+def test_registry_scale_loads_and_times_both_tabs(tmp_path, studio_env):
+    """bench/registry_scale.py on a few hundred rows: loads every table and times every view (no timing asserted)."""
+    from bench.registry_scale import main
+
+    out = tmp_path / "registry_scale.md"
+    argv = ["--adapters", "300", "--jobs", "200", "--metrics", "20000", "--long-jobs", "2", "--repeats", "1"]
+    assert main([*argv, "--database", f"sqlite:///{tmp_path / 'scale.db'}", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## sqlite: 300 adapters, 200 jobs" in text
+    assert text.count("| adapters |") == 4 and text.count("| jobs |") == 3
+    # A non-empty database is refused rather than mixed with generated rows.
+    assert main([*argv, "--database", f"sqlite:///{tmp_path / 'scale.db'}", "--out", str(out)]) == 2
