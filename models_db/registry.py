@@ -371,23 +371,24 @@ class Registry:
 
         A longer curve is cut into step buckets and keeps, per bucket, its lowest and its
         highest point (spikes and dips survive), plus the first and last points. Done in
-        SQL with window functions, so a curve of millions of rows never leaves the database.
+        SQL through the (job, name, step, value) index, so a long curve never leaves the database.
         """
         max_points = max(4, max_points)
         out: list[MetricPoint] = []
         with self._session() as s:
-            stats = select(MetricRow.name, func.count(), func.min(MetricRow.step), func.max(MetricRow.step)).where(
-                MetricRow.job_id == job_id
-            )
-            if names:
-                stats = stats.where(MetricRow.name.in_(list(names)))
-            for name, count, first, last in s.execute(stats.group_by(MetricRow.name).order_by(MetricRow.name)).all():
+            for name in sorted(set(names)) if names else _metric_names(s, job_id):
                 where = (MetricRow.job_id == job_id, MetricRow.name == name)
-                if count <= max_points:
+                # Ends by index seeks and a count that stops past the budget: no scan of a long curve.
+                first = s.scalar(select(MetricRow.step).where(*where).order_by(MetricRow.step).limit(1))
+                if first is None:
+                    continue
+                last = s.scalar(select(MetricRow.step).where(*where).order_by(MetricRow.step.desc()).limit(1))
+                capped = select(literal(1)).where(*where).limit(max_points + 1).subquery()
+                if (s.scalar(select(func.count()).select_from(capped)) or 0) <= max_points:
                     query = select(MetricRow.step, MetricRow.value, MetricRow.elapsed_seconds).where(*where)
                     rows = s.execute(query.order_by(MetricRow.step, MetricRow.id)).all()
                 else:
-                    rows = s.execute(_downsampled(where, first, last, (max_points - 2) // 2)).all()
+                    rows = _downsampled(s, job_id, name, first, last, (max_points - 2) // 2)
                 out.extend(MetricPoint(int(step), name, float(value), elapsed) for step, value, elapsed in rows)
         return out
 
@@ -668,23 +669,46 @@ class Registry:
             return out
 
 
-def _downsampled(where: Sequence[ColumnElement[bool]], first: int, last: int, buckets: int) -> Select:
-    """(step, value, elapsed) of the lowest and highest row of each of ``buckets`` step ranges, and of the ends."""
-    bucket = ((MetricRow.step - first) * buckets) // (last - first + 1)
-    inner = (
-        select(MetricRow.step, MetricRow.value, MetricRow.elapsed_seconds, bucket.label("bucket"))
-        .where(*where)
-        .subquery()
+def _metric_names(session: Session, job_id: int) -> list[str]:
+    """The metric names of a job, one index seek each (DISTINCT would read every row of a long job)."""
+    names: list[str] = []
+    while True:
+        query = select(func.min(MetricRow.name)).where(MetricRow.job_id == job_id)
+        if names:
+            query = query.where(MetricRow.name > names[-1])
+        name = session.scalar(query)
+        if name is None:
+            return names
+        names.append(name)
+
+
+# Per step bucket, the ids of its lowest and highest row: a short ordered index scan per bucket instead
+# of sorting the whole curve (window functions sort every row: 0.45 s for 125,000 rows on SQLite).
+_EXTREMES_SQL = text(
+    """
+    WITH RECURSIVE buckets(lo) AS (
+        SELECT :first UNION ALL SELECT lo + :width FROM buckets WHERE lo + :width <= :last
     )
-    ranked = select(
-        inner.c.step,
-        inner.c.value,
-        inner.c.elapsed_seconds,
-        func.row_number().over(partition_by=inner.c.bucket, order_by=(inner.c.value, inner.c.step)).label("lowest"),
-        func.count().over(partition_by=inner.c.bucket).label("size"),
-    ).subquery()
-    keep = or_(ranked.c.lowest == 1, ranked.c.lowest == ranked.c.size, ranked.c.step.in_([first, last]))
-    return select(ranked.c.step, ranked.c.value, ranked.c.elapsed_seconds).where(keep).order_by(ranked.c.step)
+    SELECT
+        (SELECT id FROM metrics WHERE job_id = :job_id AND name = :name AND step >= lo AND step < lo + :width
+         ORDER BY value, step LIMIT 1),
+        (SELECT id FROM metrics WHERE job_id = :job_id AND name = :name AND step >= lo AND step < lo + :width
+         ORDER BY value DESC, step LIMIT 1)
+    FROM buckets
+    """
+)
+
+
+def _downsampled(session: Session, job_id: int, name: str, first: int, last: int, buckets: int) -> list[Any]:
+    """(step, value, elapsed) of the lowest and highest row of each of ``buckets`` step ranges, and of the ends."""
+    width = -(-(last - first + 1) // buckets)
+    params = {"job_id": job_id, "name": name, "first": first, "last": last, "width": width}
+    ids = {i for pair in session.execute(_EXTREMES_SQL, params) for i in pair if i is not None}
+    ends = select(MetricRow.id).where(MetricRow.job_id == job_id, MetricRow.name == name)
+    ids.add(session.scalar(ends.where(MetricRow.step == first).order_by(MetricRow.id).limit(1)))
+    ids.add(session.scalar(ends.where(MetricRow.step == last).order_by(MetricRow.id.desc()).limit(1)))
+    query = select(MetricRow.step, MetricRow.value, MetricRow.elapsed_seconds).where(MetricRow.id.in_(ids))
+    return session.execute(query.order_by(MetricRow.step, MetricRow.id)).all()
 
 
 def stale_cutoff(seconds: float) -> datetime:

@@ -140,7 +140,8 @@ class MetricRow(Base):
     """One scalar of a job at a step (loss, lr, grad_norm, tokens_per_s, eval_loss, ...)."""
 
     __tablename__ = "metrics"
-    __table_args__ = (Index("ix_metrics_job_name_step", "job_id", "name", "step"),)
+    # value is in the index so a chart's per-bucket lowest/highest point is read from the index alone.
+    __table_args__ = (Index("ix_metrics_job_name_step_value", "job_id", "name", "step", "value"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

@@ -1,7 +1,8 @@
 """registry at scale: (filter, id) indexes and the adapter_metrics table
 
 The Adapters and Jobs tabs page newest-first inside a filter; a (column, id) index
-walks that order without sorting and replaces the single-column index. Adapter
+walks that order without sorting and replaces the single-column index. The metrics
+index gains the value, so charts downsample a curve from the index alone. Adapter
 metrics live in JSON, which SQL cannot list, filter or sort portably, so their
 numeric values are copied into adapter_metrics (backfilled here).
 
@@ -24,6 +25,8 @@ REPLACED = [
     ("jobs", "ix_jobs_kind", "ix_jobs_kind_id", ["kind", "id"]),
     ("adapters", "ix_adapters_variant", "ix_adapters_variant_id", ["variant", "id"]),
     ("adapters", "ix_adapters_base_model", "ix_adapters_base_model_id", ["base_model", "id"]),
+    # Charts downsample a curve from the index alone (per-bucket lowest and highest value).
+    ("metrics", "ix_metrics_job_name_step", "ix_metrics_job_name_step_value", ["job_id", "name", "step", "value"]),
 ]
 
 
@@ -74,4 +77,4 @@ def downgrade() -> None:
     for table, old, new, columns in reversed(REPLACED):
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.drop_index(new)
-            batch_op.create_index(old, columns[:1], unique=False)
+            batch_op.create_index(old, columns[:-1] if table == "metrics" else columns[:1], unique=False)
