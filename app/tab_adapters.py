@@ -15,9 +15,18 @@ from typing import Any
 import gradio as gr
 
 from app.ui import ago, bind, human_bytes
-from studio.charts import convergence_figure, empty_figure, final_rank_bars, params_metric_scatter, rank_heatmap
+from studio.charts import (
+    TRAIN_LOSS_NAMES,
+    VALIDATION_LOSS_NAMES,
+    convergence_figure,
+    empty_figure,
+    final_rank_bars,
+    params_metric_scatter,
+    rank_heatmap,
+)
 from studio.charts_diagnostics import diagnostics_figure, stage_figure
-from studio.errors import StudioError
+from studio.errors import NotFoundError, StudioError
+from studio.schema import AdapterFilters
 from studio.services.container import Services
 from studio.services.downloads import archive_sha256
 
@@ -37,22 +46,38 @@ DOWNLOAD_NOW_JS = """(file) => {
     }
     return [];
 }"""
+
+LOSS_NAMES = TRAIN_LOSS_NAMES + VALIDATION_LOSS_NAMES
 HEADERS = ["id", "name", "variant", "base model", "dataset", "trainable params", "size", "metric", "created"]
 
 
-def _filtered(
-    services: Services, variant: str | None, base_model: str | None, dataset: Any, metric: str | None
-) -> list[Any]:
-    rows = services.adapters.list()
-    if variant and variant != ALL:
-        rows = [r for r in rows if r.variant == variant]
-    if base_model and base_model != ALL:
-        rows = [r for r in rows if r.base_model == base_model]
-    if dataset not in (None, "", ALL):
-        rows = [r for r in rows if r.dataset_id == int(dataset)]
-    if metric and metric != ALL:
-        rows = [r for r in rows if (r.metrics or {}).get(metric) is not None]
-    return rows
+PAGE_SIZE = 50
+SCATTER_POINTS = 1000
+SORTS = [
+    ("Newest first", "newest"),
+    ("Oldest first", "oldest"),
+    ("Name", "name"),
+    ("Most parameters", "params"),
+    ("Largest", "size"),
+    ("Metric, lowest first", "metric_asc"),
+    ("Metric, highest first", "metric_desc"),
+]
+
+
+def _chosen(value: Any) -> Any:
+    """A filter's value, or None when it is 'All' or empty."""
+    return None if value in (None, "", ALL) else value
+
+
+def query_of(variant: Any = None, base_model: Any = None, dataset: Any = None, metric: Any = None) -> AdapterFilters:
+    """The filters of the four dropdowns as the registry's query."""
+    dataset = _chosen(dataset)
+    return AdapterFilters(
+        variant=_chosen(variant),
+        base_model=_chosen(base_model),
+        dataset_id=int(dataset) if dataset is not None else None,
+        metric=_chosen(metric),
+    )
 
 
 def _metric_value(row: Any, metric: str | None) -> str:
@@ -60,23 +85,57 @@ def _metric_value(row: Any, metric: str | None) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else ""
 
 
+def adapter_label(row: Any) -> str:
+    return f"#{row.id} {row.name} ({row.variant})"
+
+
 def filter_choices(services: Services) -> dict[str, Any]:
-    """Choices of the four filters, from what the adapters actually have."""
-    rows = services.adapters.list()
-    metrics = sorted({k for r in rows for k, v in (r.metrics or {}).items() if isinstance(v, int | float)})
-    datasets = sorted({r.dataset_id for r in rows if r.dataset_id})
+    """Choices of the four filters, from what the adapters actually have (DISTINCT in the database)."""
+    found = services.adapters.filter_choices()
     return {
-        "variant": gr.update(choices=[ALL, *sorted({r.variant for r in rows})]),
-        "base_model": gr.update(choices=[ALL, *sorted({r.base_model for r in rows})]),
-        "dataset": gr.update(choices=[(ALL, ALL), *((f"#{d}", d) for d in datasets)]),
-        "metric": gr.update(choices=[ALL, *metrics] if metrics else [ALL]),
+        "variant": gr.update(choices=[ALL, *found["variant"]]),
+        "base_model": gr.update(choices=[ALL, *found["base_model"]]),
+        "dataset": gr.update(choices=[(ALL, ALL), *((f"#{d}", d) for d in found["dataset_id"])]),
+        "metric": gr.update(choices=[ALL, *found["metric"]]),
     }
 
 
-def table(services: Services, variant=None, base_model=None, dataset=None, metric=None) -> dict[str, Any]:
-    """The filtered table, the selectors' choices and the params-vs-metric scatter."""
-    rows = _filtered(services, variant, base_model, dataset, metric)
-    shown_metric = metric if metric and metric != ALL else DEFAULT_METRIC
+def _page_number(page: Any, total: int) -> int:
+    pages = max(1, -(-total // PAGE_SIZE))
+    try:
+        number = int(page or 1)
+    except (TypeError, ValueError):
+        number = 1
+    return min(max(1, number), pages)
+
+
+def table(
+    services: Services,
+    variant=None,
+    base_model=None,
+    dataset=None,
+    metric=None,
+    search: str | None = None,
+    sort: str | None = None,
+    page: Any = 1,
+    chosen: list[int] | None = None,
+) -> dict[str, Any]:
+    """One page of the filtered, searched and sorted table, the adapter pickers' choices and the scatter.
+
+    The database does the filtering, sorting and paging; the pickers offer the page's
+    adapters (plus those already picked) and the scatter plots a sample of at most
+    SCATTER_POINTS adapters.
+    """
+    filters = query_of(variant, base_model, dataset, metric)
+    sort = sort or "newest"
+    if sort.startswith("metric") and not filters.metric:
+        filters = filters.model_copy(update={"metric": DEFAULT_METRIC})
+    shown_metric = filters.metric or DEFAULT_METRIC
+    number = _page_number(page, 10**12)
+    rows, total = services.adapters.page(filters, search, sort, (number - 1) * PAGE_SIZE, PAGE_SIZE)
+    if not rows and number > 1:  # past the end (rows were deleted or the filter narrowed): the last page
+        number = _page_number(number, total)
+        rows, total = services.adapters.page(filters, search, sort, (number - 1) * PAGE_SIZE, PAGE_SIZE)
     data = [
         [
             r.id,
@@ -91,22 +150,37 @@ def table(services: Services, variant=None, base_model=None, dataset=None, metri
         ]
         for r in rows
     ]
-    choices = [(f"#{r.id} {r.name} ({r.variant})", r.id) for r in rows]
+    choices = [(adapter_label(r), r.id) for r in rows]
+    kept = [c for c in _labelled(services, chosen or []) if c[1] not in {r.id for r in rows}]
+    samples, population = services.adapters.scatter(shown_metric, filters, search, SCATTER_POINTS)
     points = [
-        {
-            "label": f"#{r.id} {r.name}",
-            "variant": r.variant,
-            "params": r.trainable_params,
-            "value": (r.metrics or {}).get(shown_metric),
-        }
-        for r in rows
+        {"label": f"#{i} {name}", "variant": v, "params": params, "value": value}
+        for i, name, v, params, value in samples
     ]
+    title = f"Trainable parameters vs {shown_metric}"
+    if population > len(samples):
+        title += f" (a sample of {len(samples):,} of {population:,} adapters)"
+    first = (number - 1) * PAGE_SIZE + 1
+    info = f"Adapters {first:,}–{first + len(rows) - 1:,} of {total:,}" if rows else "No adapter matches."
     return {
         "table": gr.update(value=data, headers=HEADERS[:-2] + [shown_metric, "created"]),
         "selected": gr.update(choices=choices),
-        "compare": gr.update(choices=choices),
-        "scatter": params_metric_scatter(points, shown_metric),
+        "compare": gr.update(choices=kept + choices),
+        "scatter": params_metric_scatter(points, shown_metric, title=title),
+        "page": gr.update(value=number, maximum=max(1, -(-total // PAGE_SIZE))),
+        "page_info": info,
     }
+
+
+def _labelled(services: Services, ids: list[int]) -> list[tuple[str, int]]:
+    """Labels of adapters picked on another page (they stay offered); deleted ones drop out."""
+    out = []
+    for adapter_id in ids:
+        try:
+            out.append((adapter_label(services.adapters.get(int(adapter_id))), int(adapter_id)))
+        except NotFoundError:
+            continue
+    return out
 
 
 def details(services: Services, selected: int | None) -> dict[str, Any]:
@@ -136,7 +210,7 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
         + (f" from adapters {', '.join(f'#{p}' for p in row.parents)}" if row.parents else "")
     )
     snapshots = services.adapters.rank_history(row.id)
-    metric_rows = services.jobs.metrics(row.source_job_id) if row.source_job_id else []
+    metric_rows = services.jobs.curves(row.source_job_id) if row.source_job_id else []
     return {
         "details": text,
         "heatmap": rank_heatmap(snapshots, title=f"Rank allocation of #{row.id} over training"),
@@ -176,7 +250,7 @@ def compare(services: Services, chosen: list[int] | None) -> dict[str, Any]:
     for adapter_id in chosen or []:
         row = services.adapters.get(int(adapter_id))
         series[f"#{row.id} {row.name} ({row.variant})"] = (
-            services.jobs.metrics(row.source_job_id) if row.source_job_id else []
+            services.jobs.curves(row.source_job_id, list(LOSS_NAMES)) if row.source_job_id else []
         )
     return {
         "conv_step": convergence_figure(series, x_axis="step"),
@@ -209,24 +283,56 @@ def delete(services: Services, selected: int | None, **filters: Any) -> dict[str
     return {**table(services, **filters), "selected": gr.update(value=None), **details(services, None)}
 
 
+def turn_page(services: Services, step: int, page: Any, **current: Any) -> dict[str, Any]:
+    """The previous (``step`` -1) or next (+1) page of the table."""
+    return table(services, page=_page_number(page, 10**12) + step, **current)
+
+
 def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     """Lay out the tab and wire its events."""
     c: dict[str, Any] = {}
     with gr.Row():
-        c["variant"] = gr.Dropdown(label="Variant", choices=[ALL], value=ALL, elem_id="adapters-filter-variant")
-        c["base_model"] = gr.Dropdown(label="Base model", choices=[ALL], value=ALL, elem_id="adapters-filter-base")
-        c["dataset"] = gr.Dropdown(label="Dataset", choices=[ALL], value=ALL, elem_id="adapters-filter-dataset")
+        c["search"] = gr.Textbox(
+            label="Search",
+            placeholder="name or #id",
+            elem_id="adapters-search",
+            info="Press Enter: the table and the adapter pickers show what matches.",
+        )
+        c["sort"] = gr.Dropdown(label="Sort", choices=SORTS, value="newest", elem_id="adapters-sort")
+    with gr.Row():
+        c["variant"] = gr.Dropdown(
+            label="Variant", choices=[ALL], value=ALL, filterable=True, elem_id="adapters-filter-variant"
+        )
+        c["base_model"] = gr.Dropdown(
+            label="Base model", choices=[ALL], value=ALL, filterable=True, elem_id="adapters-filter-base"
+        )
+        c["dataset"] = gr.Dropdown(
+            label="Dataset", choices=[ALL], value=ALL, filterable=True, elem_id="adapters-filter-dataset"
+        )
         c["metric"] = gr.Dropdown(
             label="Metric",
             choices=[ALL],
             value=ALL,
+            filterable=True,
             elem_id="adapters-filter-metric",
             info="Show, sort and plot by this metric (only adapters that have it).",
         )
     c["table"] = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="adapters-table", max_height=300)
+    with gr.Row():
+        c["prev_btn"] = gr.Button("◀ Previous", elem_id="adapters-prev", scale=1, min_width=110)
+        c["page"] = gr.Number(label="Page", value=1, minimum=1, precision=0, elem_id="adapters-page", scale=1)
+        c["next_btn"] = gr.Button("Next ▶", elem_id="adapters-next", scale=1, min_width=110)
+        c["page_info"] = gr.Markdown(elem_id="adapters-page-info")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=320):
-            c["selected"] = gr.Dropdown(label="Adapter", choices=[], value=None, elem_id="adapters-selected")
+            c["selected"] = gr.Dropdown(
+                label="Adapter",
+                choices=[],
+                value=None,
+                filterable=True,
+                elem_id="adapters-selected",
+                info=f"The adapters of this page (at most {PAGE_SIZE}); search above to find others.",
+            )
             c["details"] = gr.Markdown(
                 "Select an adapter to see its details and rank charts.", elem_id="adapters-details"
             )
@@ -248,25 +354,43 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         c["diagnostics"] = gr.Plot(label="Per-module diagnostics", elem_id="adapters-diagnostics")
         c["stages"] = gr.Plot(label="Stages", elem_id="adapters-stages")
     gr.Markdown("### Compare convergence")
-    c["compare"] = gr.Dropdown(label="Adapters to compare", choices=[], multiselect=True, elem_id="adapters-compare")
+    c["compare"] = gr.Dropdown(
+        label="Adapters to compare",
+        choices=[],
+        multiselect=True,
+        filterable=True,
+        elem_id="adapters-compare",
+        info="Offers this page's adapters; picks stay when you page or search for more.",
+    )
     with gr.Row(equal_height=False):
         c["conv_step"] = gr.Plot(label="Loss vs step", elem_id="adapters-conv-step")
         c["conv_time"] = gr.Plot(label="Loss vs wall time", elem_id="adapters-conv-time")
 
-    filters = {k: c[k] for k in ("variant", "base_model", "dataset", "metric")}
-    table_out = {k: c[k] for k in ("table", "selected", "compare", "scatter")}
+    filters = {k: c[k] for k in ("variant", "base_model", "dataset", "metric", "search", "sort")}
+    table_in = filters | {"chosen": c["compare"]}
+    table_out = {k: c[k] for k in ("table", "selected", "compare", "scatter", "page", "page_info")}
     details_out = {
         k: c[k]
         for k in ("details", "heatmap", "bars", "diagnostics", "stages")
         + ("zip_btn", "zip_sha", "model_sha", "merged_btn", "pruned_btn")
     }
-    for widget in filters.values():
-        bind(widget.input, partial(table, services), filters, table_out)
+    # A new filter, search or sort starts again at page 1 (table's default).
+    for key in ("variant", "base_model", "dataset", "metric", "sort"):
+        bind(c[key].input, partial(table, services), table_in, table_out)
+    bind(c["search"].submit, partial(table, services), table_in, table_out)
+    bind(c["page"].submit, partial(table, services), table_in | {"page": c["page"]}, table_out)
+    for button, step in ((c["prev_btn"], -1), (c["next_btn"], 1)):
+        bind(button.click, partial(turn_page, services, step), table_in | {"page": c["page"]}, table_out)
 
     def on_tab(**current: Any) -> dict[str, Any]:
         return {**filter_choices(services), **table(services, **current)}
 
-    bind(tab.select, on_tab, filters, table_out | filters)
+    bind(
+        tab.select,
+        on_tab,
+        table_in | {"page": c["page"]},
+        table_out | {k: c[k] for k in ("variant", "base_model", "dataset", "metric")},
+    )
     bind(c["selected"].input, partial(details, services), {"selected": c["selected"]}, details_out)
     bind(
         c["compare"].input,
@@ -291,7 +415,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     bind(
         c["delete_btn"].click,
         partial(delete, services),
-        {"selected": c["selected"]} | filters,
+        {"selected": c["selected"]} | table_in | {"page": c["page"]},
         table_out | details_out,
         js="(id, ...rest) => [(id && confirm('Delete adapter #' + id + ' and its files?')) ? id : null, ...rest]",
     )

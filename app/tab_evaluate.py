@@ -11,7 +11,7 @@ import gradio as gr
 
 from app.forms import SchemaForm
 from app.tab_datasets import dataset_choices
-from app.ui import bind, module_installed, queue_wait_sentence
+from app.ui import bind, latest_adapters, module_installed, queue_wait_sentence
 from studio.schema import EvalRequest
 from studio.services.container import Services
 
@@ -27,8 +27,8 @@ def available() -> bool:
 
 
 def adapter_choices(services: Services) -> list[tuple[str, int]]:
-    """The bare base model first, then every adapter."""
-    rows = services.adapters.list()
+    """The bare base model first, then the newest adapters."""
+    rows = latest_adapters(services)
     return [("No adapter (base model)", BASE_ONLY), *((f"#{r.id} {r.name} ({r.variant})", r.id) for r in rows)]
 
 
@@ -64,7 +64,11 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     c: dict[str, Any] = {}
     with gr.Row():
         c["adapter"] = gr.Dropdown(
-            label="Adapter", choices=[("No adapter (base model)", BASE_ONLY)], value=BASE_ONLY, elem_id="eval-adapter"
+            label="Adapter",
+            choices=[("No adapter (base model)", BASE_ONLY)],
+            value=BASE_ONLY,
+            filterable=True,
+            elem_id="eval-adapter",
         )
         c["base_model"] = gr.Textbox(
             label="Base model (when no adapter)", value=services.settings.default_base_model, elem_id="eval-base"

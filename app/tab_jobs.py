@@ -10,14 +10,19 @@ import gradio as gr
 
 from app.ui import ago, bind, human_seconds, queue_wait_sentence
 from models_db.registry import ACTIVE_STATUSES, FINAL_STATUSES
-from studio.charts import empty_figure, loss_figure
+from studio.charts import TRAIN_LOSS_NAMES, VALIDATION_LOSS_NAMES, empty_figure, loss_figure
+from studio.errors import NotFoundError
 from studio.jobs.outbox import queue_notice
+from studio.schema import JobFilters
 from studio.services.container import Services
 from studio.services.system import online_workers
 
 TITLE = "Jobs"
 ELEM_ID = "tab-jobs"
 REFRESH_SECONDS = 2.0
+PAGE_SIZE = 30
+CURVE_POINTS = 500  # per curve: the database keeps each step bucket's lowest and highest point
+ALL = "All"
 # Plain symbols: colour emoji fonts are often missing on servers and in headless browsers.
 STATUS_ICONS = {"queued": "…", "running": "▶", "succeeded": "✓", "failed": "✗", "cancelled": "■"}
 
@@ -35,10 +40,38 @@ def workers_markdown(services: Services) -> str:
     return f"**Workers online: {len(workers)}** — {listed}"
 
 
-def queue_html(services: Services, limit: int = 30) -> str:
-    """The job list as an HTML table with a progress bar per job."""
-    jobs = services.jobs.list(limit=limit)
+def _chosen_statuses(status: str | None) -> list[str] | None:
+    return None if status in (None, "", ALL) else [status]
+
+
+def jobs_page(services: Services, search: str | None = None, status: str | None = None, page: Any = 1):
+    """``(jobs, total, page number)`` of one page of the queue, newest first, paged by the database."""
+    filters = JobFilters(status=_chosen_statuses(status))
+    number = max(1, _as_int(page))
+    jobs, total = services.jobs.page(filters, search, "newest", (number - 1) * PAGE_SIZE, PAGE_SIZE)
+    if not jobs and number > 1:  # past the end: the last page
+        number = max(1, -(-total // PAGE_SIZE))
+        jobs, total = services.jobs.page(filters, search, "newest", (number - 1) * PAGE_SIZE, PAGE_SIZE)
+    return jobs, total, number
+
+
+def _as_int(value: Any) -> int:
+    try:
+        return int(value or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def queue_html(services: Services, search: str | None = None, status: str | None = None, page: Any = 1) -> str:
+    """One page of the job list as an HTML table with a progress bar per job."""
+    jobs, total, number = jobs_page(services, search, status, page)
+    return _queue_table(jobs, total, number, filtered=bool((search or "").strip() or _chosen_statuses(status)))
+
+
+def _queue_table(jobs: list[Any], total: int, number: int, filtered: bool = False) -> str:
     if not jobs:
+        if filtered:
+            return "<p class='muted'>No job matches the search.</p>"
         return "<p class='muted'>No jobs yet. Start one from the Train tab.</p>"
     rows = []
     for job in jobs:
@@ -56,12 +89,18 @@ def queue_html(services: Services, limit: int = 30) -> str:
     head = "".join(
         f"<th>{h}</th>" for h in ("id", "name", "kind", "status", "progress", "step", "ETA", "device", "created")
     )
-    return f"<table class='job-table'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    first = (number - 1) * PAGE_SIZE + 1
+    caption = f"<caption>Jobs {first:,}–{first + len(jobs) - 1:,} of {total:,}</caption>"
+    return f"<table class='job-table'>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def job_choices(services: Services, limit: int = 50) -> list[tuple[str, int]]:
-    """``(label, id)`` of recent jobs, newest first."""
-    return [(f"#{j.id} {j.name or j.kind} — {j.status}", j.id) for j in services.jobs.list(limit=limit)]
+def _job_label(job: Any) -> str:
+    return f"#{job.id} {job.name or job.kind} — {job.status}"
+
+
+def job_choices(services: Services, search: str | None = None, status: str | None = None) -> list[tuple[str, int]]:
+    """``(label, id)`` of the newest jobs matching the search (at most one page), newest first."""
+    return [(_job_label(j), j.id) for j in jobs_page(services, search, status)[0]]
 
 
 def _detail_markdown(job: Any) -> str:
@@ -116,20 +155,21 @@ def job_detail(services: Services, selected: int | None, last_signature: str | N
         ),
     }
     if signature != last_signature:
-        out["chart"] = loss_figure(services.jobs.metrics(job.id), title=f"Job #{job.id} loss")
+        curves = services.jobs.curves(job.id, list(TRAIN_LOSS_NAMES + VALIDATION_LOSS_NAMES), CURVE_POINTS)
+        out["chart"] = loss_figure(curves, title=f"Job #{job.id} loss")
     return out
 
 
-def cancel_job(services: Services, selected: int | None) -> dict[str, Any]:
+def cancel_job(services: Services, selected: int | None, **view: Any) -> dict[str, Any]:
     """Ask the selected job to stop."""
     if not selected:
         raise gr.Error("Select a job first.")
     status = services.jobs.cancel(int(selected))
     gr.Info(f"Job #{selected}: cancellation requested ({status}).")
-    return {"queue": queue_html(services), **job_detail(services, selected)}
+    return {"queue": queue_html(services, **view), **job_detail(services, selected)}
 
 
-def retry_job(services: Services, selected: int | None) -> dict[str, Any]:
+def retry_job(services: Services, selected: int | None, **view: Any) -> dict[str, Any]:
     """Submit the selected job again; a training job resumes from its last checkpoint."""
     if not selected:
         raise gr.Error("Select a job first.")
@@ -140,33 +180,71 @@ def retry_job(services: Services, selected: int | None) -> dict[str, Any]:
         + (f", resuming from job #{resumed}'s checkpoint." if resumed else ".")
         + queue_wait_sentence(job)
     )
-    return {
-        "queue": queue_html(services),
-        "selected": gr.update(choices=job_choices(services), value=job.id),
-        **job_detail(services, job.id),
-    }
+    return refresh(services, job.id, None, **view)
 
 
-def refresh(services: Services, selected: int | None, signature: str | None) -> dict[str, Any]:
-    """Everything the timer refreshes; selects the newest job when none is selected yet."""
-    choices = job_choices(services)
+def refresh(
+    services: Services,
+    selected: int | None,
+    signature: str | None,
+    search: str | None = None,
+    status: str | None = None,
+    page: Any = 1,
+) -> dict[str, Any]:
+    """Everything the timer refreshes; selects the newest job when none is selected yet.
+
+    One page query feeds both the queue table and the job picker; the selected job stays
+    offered when it is on another page.
+    """
+    jobs, total, number = jobs_page(services, search, status, page)
+    choices = [(_job_label(j), j.id) for j in jobs]
     if not selected and choices:
         selected = choices[0][1]
+    if selected and all(value != int(selected) for _, value in choices):
+        try:
+            choices.append((_job_label(services.jobs.get(int(selected))), int(selected)))
+        except NotFoundError:
+            selected = None
+    filtered = bool((search or "").strip() or _chosen_statuses(status))
     return {
         "workers": workers_markdown(services),
-        "queue": queue_html(services),
+        "queue": _queue_table(jobs, total, number, filtered),
         "selected": gr.update(choices=choices, value=selected),
+        "page": gr.update(value=number, maximum=max(1, -(-total // PAGE_SIZE))),
         **job_detail(services, selected, signature),
     }
+
+
+def turn_page(services: Services, step: int, page: Any, **current: Any) -> dict[str, Any]:
+    """The previous (``step`` -1) or next (+1) page of the queue."""
+    return refresh(services, page=max(1, _as_int(page) + step), **current)
 
 
 def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     """Lay out the tab and wire its events (a timer refreshes it while the page is open)."""
     c: dict[str, Any] = {}
     c["workers"] = gr.Markdown(elem_id="jobs-workers")
+    with gr.Row():
+        c["search"] = gr.Textbox(
+            label="Search", placeholder="name or #id", elem_id="jobs-search", scale=3, info="Press Enter to search."
+        )
+        c["status"] = gr.Dropdown(
+            label="Status", choices=[ALL, *STATUS_ICONS], value=ALL, elem_id="jobs-status", scale=1
+        )
+        c["prev_btn"] = gr.Button("◀ Newer", elem_id="jobs-prev", scale=1, min_width=100)
+        c["page"] = gr.Number(label="Page", value=1, minimum=1, precision=0, elem_id="jobs-page", scale=1)
+        c["next_btn"] = gr.Button("Older ▶", elem_id="jobs-next", scale=1, min_width=100)
     c["queue"] = gr.HTML(elem_id="jobs-queue")
     with gr.Row():
-        c["selected"] = gr.Dropdown(label="Job", choices=[], value=None, elem_id="jobs-selected", scale=4)
+        c["selected"] = gr.Dropdown(
+            label="Job",
+            choices=[],
+            value=None,
+            filterable=True,
+            elem_id="jobs-selected",
+            scale=4,
+            info=f"The jobs of this page (at most {PAGE_SIZE}); search above to find others.",
+        )
         c["cancel_btn"] = gr.Button("Cancel", variant="stop", elem_id="jobs-cancel", scale=1, min_width=110)
         c["retry_btn"] = gr.Button("Retry", elem_id="jobs-retry", scale=1, min_width=110)
     c["signature"] = gr.State(None)
@@ -180,16 +258,24 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
             )
     timer = gr.Timer(REFRESH_SECONDS)
 
+    view = {k: c[k] for k in ("search", "status", "page")}
     detail_out = {k: c[k] for k in ("detail", "chart", "logs", "signature", "cancel_btn", "retry_btn")}
-    everything = detail_out | {k: c[k] for k in ("workers", "queue", "selected")}
-    refresh_in = {"selected": c["selected"], "signature": c["signature"]}
+    everything = detail_out | {k: c[k] for k in ("workers", "queue", "selected", "page")}
+    refresh_in = {"selected": c["selected"], "signature": c["signature"]} | view
     bind(timer.tick, partial(refresh, services), refresh_in, everything, show_progress="hidden")
     bind(tab.select, partial(refresh, services), refresh_in, everything)
+    # A new search or status starts again at page 1.
+    new_view = {"selected": c["selected"], "signature": c["signature"], "search": c["search"], "status": c["status"]}
+    bind(c["search"].submit, partial(refresh, services), new_view, everything)
+    bind(c["status"].input, partial(refresh, services), new_view, everything)
+    bind(c["page"].submit, partial(refresh, services), refresh_in, everything)
+    for button, step in ((c["prev_btn"], -1), (c["next_btn"], 1)):
+        bind(button.click, partial(turn_page, services, step), refresh_in, everything)
     bind(c["selected"].input, partial(job_detail, services), {"selected": c["selected"]}, detail_out)
     bind(
         c["cancel_btn"].click,
         partial(cancel_job, services),
-        {"selected": c["selected"]},
+        {"selected": c["selected"]} | view,
         detail_out | {"queue": c["queue"]},
     )
-    bind(c["retry_btn"].click, partial(retry_job, services), {"selected": c["selected"]}, everything)
+    bind(c["retry_btn"].click, partial(retry_job, services), {"selected": c["selected"]} | view, everything)

@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 
 from app.forms import SchemaForm
-from app.ui import bind, module_installed, queue_wait_sentence
+from app.ui import PICKER_LIMIT, bind, latest_adapters, module_installed, queue_wait_sentence
 from studio.schema import MergeRequest, parse_request
 from studio.services.container import Services
 
@@ -29,8 +29,8 @@ def available() -> bool:
 
 
 def adapter_choices(services: Services) -> list[tuple[str, int]]:
-    """Every adapter, labelled with its base model (only adapters of one base model can be merged)."""
-    return [(f"#{r.id} {r.name} ({r.variant}, {r.base_model})", r.id) for r in services.adapters.list()]
+    """The newest adapters, labelled with their base model (only adapters of one base model can be merged)."""
+    return [(f"#{r.id} {r.name} ({r.variant}, {r.base_model})", r.id) for r in latest_adapters(services)]
 
 
 def parse_weights(text: str | None) -> list[float] | None:
@@ -83,7 +83,14 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         elem_id="merge-intro",
     )
     with gr.Row():
-        c["adapters"] = gr.Dropdown(label="Adapters", choices=[], multiselect=True, elem_id="merge-adapters")
+        c["adapters"] = gr.Dropdown(
+            label="Adapters",
+            choices=[],
+            multiselect=True,
+            filterable=True,
+            elem_id="merge-adapters",
+            info=f"The newest {PICKER_LIMIT} adapters.",
+        )
         c["weights"] = gr.Textbox(label="Weights", info=WEIGHTS_HELP, elem_id="merge-weights")
     with gr.Row(elem_classes=["form-grid"]):
         form = SchemaForm(MergeRequest.model_json_schema(), "merge", only=FORM_FIELDS)

@@ -80,6 +80,20 @@ def id_choices(rows: list[Any], label: Callable[[Any], str]) -> list[tuple[str, 
     return [(label(row), row.id) for row in rows]
 
 
+PICKER_LIMIT = 50
+
+
+def latest_adapters(services: Any, base_model: str | None = None, limit: int = PICKER_LIMIT) -> list[Any]:
+    """The newest ``limit`` adapters (optionally of one base model): what adapter pickers offer.
+
+    With 100,000 adapters a picker listing all of them is unusable and slow; the Adapters
+    tab's search finds older ones.
+    """
+    from studio.schema import AdapterFilters
+
+    return services.adapters.page(AdapterFilters(base_model=base_model), limit=limit)[0]
+
+
 def human_seconds(seconds: float | None) -> str:
     """'45 s', '3 min', '1 h 20 min'; '—' when unknown."""
     if seconds is None:

@@ -87,10 +87,16 @@ class JobRow(Base):
     """A unit of work on a worker: training, merging, evaluation or a system check."""
 
     __tablename__ = "jobs"
+    # The Jobs tab pages newest-first within a status or kind: (column, id) walks that order directly
+    # and serves plain status/kind lookups too.
+    __table_args__ = (
+        Index("ix_jobs_status_id", "status", "id"),
+        Index("ix_jobs_kind_id", "kind", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(20), index=True)
-    status: Mapped[str] = mapped_column(String(20), index=True, default="queued")
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
     name: Mapped[str] = mapped_column(String(200), default="")
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     schema_version: Mapped[int] = mapped_column(Integer)
@@ -139,7 +145,8 @@ class MetricRow(Base):
     """One scalar of a job at a step (loss, lr, grad_norm, tokens_per_s, eval_loss, ...)."""
 
     __tablename__ = "metrics"
-    __table_args__ = (Index("ix_metrics_job_name_step", "job_id", "name", "step"),)
+    # value is in the index so a chart's per-bucket lowest/highest point is read from the index alone.
+    __table_args__ = (Index("ix_metrics_job_name_step_value", "job_id", "name", "step", "value"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
@@ -154,11 +161,17 @@ class AdapterRow(Base):
     """A trained (or merged) adapter, stored as a standard PEFT checkpoint."""
 
     __tablename__ = "adapters"
+    # The Adapters tab pages newest-first within a filter: (column, id) walks that order directly.
+    __table_args__ = (
+        Index("ix_adapters_variant_id", "variant", "id"),
+        Index("ix_adapters_base_model_id", "base_model", "id"),
+        Index("ix_adapters_dataset_id_id", "dataset_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    variant: Mapped[str] = mapped_column(String(60), index=True)
-    base_model: Mapped[str] = mapped_column(String(200), index=True)
+    variant: Mapped[str] = mapped_column(String(60))
+    base_model: Mapped[str] = mapped_column(String(200))
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True)
     ranks: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     trainable_params: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -169,6 +182,22 @@ class AdapterRow(Base):
     parents: Mapped[list[Any]] = mapped_column(JSON, default=list)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AdapterMetricRow(Base):
+    """One numeric metric of an adapter, copied from ``AdapterRow.metrics`` by the registry.
+
+    JSON keys cannot be listed, filtered or sorted portably (or quickly) in SQL; this
+    table lets the Adapters tab list metric names with DISTINCT and filter, sort and
+    sample by a metric through the (name, value) index.
+    """
+
+    __tablename__ = "adapter_metrics"
+    __table_args__ = (Index("ix_adapter_metrics_name_value", "name", "value"),)
+
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
 
 
 class RankSnapshotRow(Base):

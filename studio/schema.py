@@ -215,3 +215,25 @@ def format_validation_error(exc: ValidationError) -> str:
         loc = ".".join(str(part) for part in err.get("loc", ()))
         lines.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
     return "; ".join(lines)
+
+
+# List queries: what the Adapters and Jobs lists show (UI, CLI and registry share them) ------------------
+
+ADAPTER_SORTS = ("newest", "oldest", "name", "params", "size", "metric_asc", "metric_desc")
+JOB_SORTS = ("newest", "oldest")
+
+
+class AdapterFilters(StudioModel):
+    """Which adapters a list shows; unset fields do not filter."""
+
+    variant: str | None = Field(None, description="Only adapters of this variant.")
+    base_model: str | None = Field(None, description="Only adapters of this base model.")
+    dataset_id: int | None = Field(None, ge=1, description="Only adapters trained on this dataset.")
+    metric: str | None = Field(None, description="Only adapters with this numeric metric (what metric sorts use).")
+
+
+class JobFilters(StudioModel):
+    """Which jobs a list shows; unset fields do not filter."""
+
+    status: list[str] | None = Field(None, description="Only jobs in one of these statuses.")
+    kind: str | None = Field(None, description="Only jobs of this kind.")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.errors import NotFoundError, StudioError, ValidationFailed
+from studio.schema import AdapterFilters
 from studio.services.downloads import PortableBase, portable_files, write_archive, write_portable
 from studio.variants.base import ExportReport
 
@@ -31,6 +32,27 @@ class AdapterService:
     def list(self, variant: str | None = None, base_model: str | None = None) -> list[Any]:
         """Adapters, newest first, optionally filtered by variant and base model."""
         return self.registry.list_adapters(variant=variant, base_model=base_model)
+
+    def page(
+        self,
+        filters: AdapterFilters | None = None,
+        search: str | None = None,
+        sort: str = "newest",
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Any], int]:
+        """One page of adapters (filtered, searched and sorted by the database) and how many match."""
+        return self.registry.page_adapters(filters, search, sort, offset, limit)
+
+    def filter_choices(self) -> dict[str, list[Any]]:
+        """The distinct variants, base models, dataset ids and metric names the adapters have."""
+        return self.registry.adapter_filter_choices()
+
+    def scatter(
+        self, metric: str, filters: AdapterFilters | None = None, search: str | None = None, max_points: int = 1000
+    ) -> tuple[list[tuple[int, str, str, int, float]], int]:
+        """A sample of at most ``max_points`` ``(id, name, variant, params, value)`` having ``metric``, and how many have it."""
+        return self.registry.adapter_scatter(metric, filters, search, max_points)
 
     def get(self, adapter_id: int) -> Any:
         return self.registry.get_adapter(adapter_id)

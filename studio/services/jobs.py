@@ -7,11 +7,19 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from models_db.registry import FINAL_STATUSES, Registry
+from models_db.registry import FINAL_STATUSES, MetricPoint, Registry
 from models_db.tables import JobLogRow, JobRow, MetricRow
 from studio.errors import StudioError
 from studio.jobs.outbox import send_job, waiting_notice
-from studio.schema import SCHEMA_VERSION, AnyRequest, EvalRequest, MergeRequest, TrainRequest, parse_request
+from studio.schema import (
+    SCHEMA_VERSION,
+    AnyRequest,
+    EvalRequest,
+    JobFilters,
+    MergeRequest,
+    TrainRequest,
+    parse_request,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +118,21 @@ class JobService:
 
     def list(self, status: list[str] | None = None, kind: str | None = None, limit: int = 200) -> list[JobRow]:
         return self.registry.list_jobs(status=status, kind=kind, limit=limit)
+
+    def page(
+        self,
+        filters: JobFilters | None = None,
+        search: str | None = None,
+        sort: str = "newest",
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[JobRow], int]:
+        """One page of jobs (filtered and searched by the database) and how many match."""
+        return self.registry.page_jobs(filters, search, sort, offset, limit)
+
+    def curves(self, job_id: int, names: list[str] | None = None, max_points: int = 500) -> list[MetricPoint]:
+        """A job's metrics for charts: at most ``max_points`` per metric, keeping the ends, dips and spikes."""
+        return self.registry.metric_curves(job_id, names, max_points)
 
     def logs(self, job_id: int, limit: int = 500) -> list[JobLogRow]:
         return self.registry.job_logs(job_id, limit)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from models_db.registry import Registry
 from studio.errors import StudioError, ValidationFailed
+from studio.schema import AdapterFilters
 from studio.serving.generation import GenerationSettings, stream_reply
 from studio.serving.pool import AdapterRef, ModelPool
 from studio.settings import Settings
@@ -50,13 +51,14 @@ class PlaygroundService:
         """Chat-capable bases: the default first, then registered ones, then bases of adapters."""
         names = [self.settings.default_base_model]
         names += [m.name for m in self.registry.list_base_models() if m.task == "causal-lm"]
-        names += [a.base_model for a in self.registry.list_adapters()]
+        names += self.registry.adapter_filter_choices()["base_model"]
         return list(dict.fromkeys(names))
 
-    def targets(self, base_model: str) -> list[Target]:
-        """The bare base plus every adapter trained on ``base_model``, newest first."""
+    def targets(self, base_model: str, limit: int = 50) -> list[Target]:
+        """The bare base plus the newest adapters trained on ``base_model`` (at most ``limit``)."""
         out = [Target(BASE_TARGET, f"{base_model} (no adapter)")]
-        for row in self.registry.list_adapters(base_model=base_model):
+        rows, _ = self.registry.page_adapters(AdapterFilters(base_model=base_model), limit=limit)
+        for row in rows:
             out.append(Target(f"adapter:{row.id}", f"#{row.id} {row.name} ({row.variant})"))
         return out
 

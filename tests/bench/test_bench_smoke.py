@@ -231,3 +231,17 @@ def test_loraprune_pruned_bench_runs_on_a_tiny_model(tmp_path, monkeypatch):
     assert saved["params"]["pruned"] < saved["params"]["dense"] == saved["params"]["masked"]
     assert saved["widths"]["num_key_value_heads"] == [2, 2, 3]  # ⌊0.5·3⌋ groups off; the last layer stays whole
     assert result["max_abs_logit_diff_pruned_vs_masked"] < 1e-4
+
+
+def test_registry_scale_loads_and_times_both_tabs(tmp_path, studio_env):
+    """bench/registry_scale.py on a few hundred rows: loads every table and times every view (no timing asserted)."""
+    from bench.registry_scale import main
+
+    out = tmp_path / "registry_scale.md"
+    argv = ["--adapters", "300", "--jobs", "200", "--metrics", "20000", "--long-jobs", "2", "--repeats", "1"]
+    assert main([*argv, "--database", f"sqlite:///{tmp_path / 'scale.db'}", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## sqlite: 300 adapters, 200 jobs" in text
+    assert text.count("| adapters |") == 4 and text.count("| jobs |") == 3
+    # A non-empty database is refused rather than mixed with generated rows.
+    assert main([*argv, "--database", f"sqlite:///{tmp_path / 'scale.db'}", "--out", str(out)]) == 2
