@@ -47,6 +47,12 @@ def save_adapter(base_dir: Path, out: Path, seed: int, **lora) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fresh_base():
+    """A loader of fresh copies of the tiny base model (the engine wraps the layers of the copy it gets)."""
+    return load_base
+
+
+@pytest.fixture(scope="session")
 def base_dir(tmp_path_factory) -> Path:
     return make_llama_dir(tmp_path_factory.mktemp("serving-llama"))
 
