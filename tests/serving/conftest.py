@@ -53,6 +53,12 @@ def fresh_base():
 
 
 @pytest.fixture(scope="session")
+def make_adapter():
+    """``save_adapter(base_dir, out, seed, **lora)``: a random LoRA adapter saved by PEFT."""
+    return save_adapter
+
+
+@pytest.fixture(scope="session")
 def base_dir(tmp_path_factory) -> Path:
     return make_llama_dir(tmp_path_factory.mktemp("serving-llama"))
 
