@@ -17,6 +17,7 @@ threads while a call runs (issue 12, item 2) would enter through the same queue
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -120,6 +121,9 @@ class ServingEngine:
         self._lock = threading.Lock()
         self._device = next(model.parameters()).device
         self._eos = self._eos_ids()
+        # transformers >= 5.25 names the KV cache argument ``cache`` (``past_key_values`` is deprecated).
+        forward_args = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
         pad = getattr(tokenizer, "pad_token_id", None)
         self._pad = pad if pad is not None else (min(self._eos) if self._eos else 0)
 
@@ -185,12 +189,12 @@ class ServingEngine:
                 input_ids=ids.to(self._device),
                 attention_mask=mask.to(self._device),
                 position_ids=positions.to(self._device),
-                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1 if last_only else 0,
+                **{self._cache_arg: cache},
             )
         lengths = mask.sum(-1)
-        batch = _Batch(rows, out.past_key_values, mask, lengths.clone(), torch.zeros(len(rows), dtype=torch.long))
+        batch = _Batch(rows, cache, mask, lengths.clone(), torch.zeros(len(rows), dtype=torch.long))
         return out.logits.float(), batch
 
     def _decode(self, batch: _Batch, strategy: Strategy) -> torch.Tensor:
@@ -201,10 +205,9 @@ class ServingEngine:
                 input_ids=batch.next_tokens.view(-1, 1).to(self._device),
                 attention_mask=batch.mask.to(self._device),
                 position_ids=batch.positions.view(-1, 1).to(self._device),
-                past_key_values=batch.cache,
                 use_cache=True,
+                **{self._cache_arg: batch.cache},
             )
-        batch.cache = out.past_key_values
         batch.positions += 1
         return out.logits[:, -1].float()
 
@@ -290,11 +293,15 @@ class _Scheduler:
             joining.append(self.pending.popleft())
         if not joining:
             return
-        logits, fresh = self.engine._prefill(joining, self.strategy)
-        for i, row in enumerate(joining):
-            token = self.engine._next_token(row, logits[i, -1])
-            self.engine._append(row, token)
-            fresh.next_tokens[i] = token
+        try:
+            logits, fresh = self.engine._prefill(joining, self.strategy)
+            for i, row in enumerate(joining):
+                token = self.engine._next_token(row, logits[i, -1])
+                self.engine._append(row, token)
+                fresh.next_tokens[i] = token
+        except BaseException:  # not in the batch yet, so run()'s cleanup would not unpin them
+            self.engine.bank.release(row.slot for row in joining)
+            raise
         self.batch = fresh if self.batch is None else _merge(self.batch, fresh)
         self._retire()
 
