@@ -184,7 +184,7 @@ class ServingEngine:
         # Positions count real tokens only, as transformers' generate does for left padding.
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         cache = DynamicCache()
-        with self.bank.context.use([row.slot for row in rows], strategy):
+        with self.bank.context.use([row.slot for row in rows], strategy, self._device):
             out = self.model(
                 input_ids=ids.to(self._device),
                 attention_mask=mask.to(self._device),
@@ -200,7 +200,7 @@ class ServingEngine:
     def _decode(self, batch: _Batch, strategy: Strategy) -> torch.Tensor:
         """One forward of every running row's next token; the logits of the token after it."""
         batch.mask = torch.cat([batch.mask, torch.ones(len(batch.rows), 1, dtype=torch.long)], dim=1)
-        with self.bank.context.use([row.slot for row in batch.rows], strategy):
+        with self.bank.context.use([row.slot for row in batch.rows], strategy, self._device):
             out = self.model(
                 input_ids=batch.next_tokens.view(-1, 1).to(self._device),
                 attention_mask=batch.mask.to(self._device),

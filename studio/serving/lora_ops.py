@@ -46,9 +46,12 @@ class LoRAContext:
         self.segments: list[tuple[int, torch.Tensor]] = []  # (slot, rows using it), slot 0 left out
 
     @contextmanager
-    def use(self, slots: torch.Tensor | list[int], strategy: Strategy = "auto"):
-        """Make every wrapped layer use ``slots`` (one per batch row) for the forwards inside the block."""
-        slots = torch.as_tensor(slots, dtype=torch.long)
+    def use(self, slots: torch.Tensor | list[int], strategy: Strategy = "auto", device: torch.device | None = None):
+        """Make every wrapped layer use ``slots`` (one per batch row) for the forwards inside the block.
+
+        ``device``: where the bank lives; the indices are moved there once here, not once per layer.
+        """
+        slots = torch.as_tensor(slots, dtype=torch.long, device=device)
         previous = self.slots, self.strategy, self.segments
         if bool((slots != 0).any()):
             order = torch.argsort(slots, stable=True)
@@ -67,7 +70,6 @@ class LoRAContext:
 
 def gather_bmm_delta(x: torch.Tensor, bank: LayerBank, slots: torch.Tensor) -> torch.Tensor:
     """The LoRA term of every row ``[batch, tokens, d_out]`` from each row's gathered, zero-padded A and B."""
-    slots = slots.to(bank.A.device)
     z = torch.bmm(x, bank.A[slots].mT)  # [batch, tokens, r_max]
     y = torch.bmm(z, bank.B[slots].mT)  # [batch, tokens, d_out]
     return y * bank.scale[slots].view(-1, 1, 1)
@@ -80,7 +82,6 @@ def segmented_delta(x: torch.Tensor, bank: LayerBank, segments: list[tuple[int, 
         rank = bank.ranks[slot]
         if rank == 0:  # this adapter does not target this layer
             continue
-        rows = rows.to(x.device)
         z = x.index_select(0, rows) @ bank.A[slot, :rank].T
         out.index_add_(0, rows, (z @ bank.B[slot, :, :rank].T) * bank.scale[slot])
     return out

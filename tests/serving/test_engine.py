@@ -91,6 +91,33 @@ def test_mixed_batch_logits_equal_each_request_alone_on_peft(
             assert (expected - base_only).abs().max() > 0.05
 
 
+def test_mixed_batch_logits_equal_peft_adapter_names(make_engine, base_dir, adapter_dirs, fresh_base):
+    """PEFT's own mixed-batch forward (``adapter_names``, "__base__" for none) gives the engine's logits."""
+    from peft import PeftModel
+
+    peft = PeftModel.from_pretrained(fresh_base(base_dir), adapter_dirs["r2"], adapter_name="r2")
+    for name in ("r4_rslora", "r8_patterns"):
+        peft.load_adapter(adapter_dirs[name], adapter_name=name)
+    peft.eval()
+    width = max(map(len, PROMPTS))
+    ids = torch.zeros(len(PROMPTS), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, prompt in enumerate(PROMPTS):
+        ids[i, width - len(prompt) :] = torch.tensor(prompt)
+        mask[i, width - len(prompt) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        expected = peft(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            adapter_names=[name or "__base__" for name in NAMES],
+        ).logits
+    got = make_engine(slots=4).prompt_logits(requests_for(adapter_dirs))
+    for i, prompt in enumerate(PROMPTS):
+        torch.testing.assert_close(got[i], expected[i, width - len(prompt) :], atol=ATOL, rtol=0)
+
+
 def test_gather_and_segments_give_the_same_logits(make_engine, tokenizer, adapter_dirs):
     engine = make_engine(slots=4)
     requests = requests_for(adapter_dirs)
