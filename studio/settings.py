@@ -99,6 +99,14 @@ class Settings(BaseSettings):
         description="CPU threads per worker for torch (default: torch's, one per core). On a machine shared with "
         "other busy processes, fewer threads than cores avoid OpenMP threads waiting on each other.",
     )
+    serving_slots: int = Field(
+        default=8,
+        ge=1,
+        le=4096,
+        validation_alias=_env("STUDIO_SERVING_SLOTS"),
+        description="Adapters the serving engine keeps ready in its adapter banks at once (slot 0, the bare base, "
+        "not counted); more adapters wait in host RAM and are paged in when a request needs them.",
+    )
     memory_budget_gb: float | None = Field(
         default=None,
         gt=0,
