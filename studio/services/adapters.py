@@ -102,21 +102,16 @@ class AdapterService:
     def _export_as_lora(self, adapter_id: int, source: Path, out: Path, rank: int) -> ExportReport:
         from peft import PeftModel
 
-        from studio.variants._loraprune_masks import (
-            MASKS_FILE,
-            load_pruned_adapter,
-            masked_deltas,
-            row_masks_from_file,
-        )
+        from studio.variants._loraprune_masks import load_pruned_adapter, masked_deltas, saved_masks
         from studio.variants.lora_export import export_delta_as_lora, output_change
         from studio.variants.peft_common import layer_delta, tuner_layers
 
         ectx = self._export_context(adapter_id, source)
         model = PeftModel.from_pretrained(ectx.fresh_base(), str(source), use_safetensors=True)
         deltas = {name: layer_delta(layer, model.active_adapter) for name, layer in tuner_layers(model).items()}
-        masks = next((p for p in (source / MASKS_FILE, source / "native" / MASKS_FILE) if p.exists()), None)
+        masks = saved_masks(source)
         if masks is not None:  # LoRAPrune: the LoRA alone is the unpruned model; fold the pruned rows in
-            deltas = masked_deltas(model, deltas, row_masks_from_file(masks))
+            deltas = masked_deltas(model, deltas, masks)
         if not deltas:
             raise StudioError(f"adapter {adapter_id} has no low-rank layers to export")
         out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +148,7 @@ class AdapterService:
         from peft import PeftModel
 
         from studio.training.models import load_tokenizer_for
-        from studio.variants._loraprune_masks import MASKS_FILE, load_pruned_adapter
+        from studio.variants._loraprune_masks import load_pruned_adapter, masks_path
 
         source = self.path(adapter_id)
         out = Path(out_dir)
@@ -161,7 +156,7 @@ class AdapterService:
             raise ValidationFailed(f"{out} is not empty; choose a new directory for the merged model")
         ectx = self._export_context(adapter_id, source)
         base = ectx.fresh_base()
-        if (source / MASKS_FILE).exists() or (source / "native" / MASKS_FILE).exists():
+        if masks_path(source) is not None:
             model = load_pruned_adapter(base, source, merge=True)
         else:
             model = PeftModel.from_pretrained(base, str(source), use_safetensors=True).merge_and_unload()
@@ -182,12 +177,16 @@ class AdapterService:
 
     def merged_model_zip(self, adapter_id: int) -> Path:
         """A zip of :meth:`export_merged_model` for download (stored, not compressed: weights barely shrink)."""
-        work = Path(self.settings.data_dir) / "exports" / f"merged-model-{adapter_id}"
+        return self._model_zip(adapter_id, "merged-model", self.export_merged_model)
+
+    def _model_zip(self, adapter_id: int, kind: str, export: Any) -> Path:
+        """Write ``export(adapter_id, folder)`` into a scratch folder and zip it as ``<kind>-<id>.zip``."""
+        work = Path(self.settings.data_dir) / "exports" / f"{kind}-{adapter_id}"
         if work.exists():
             shutil.rmtree(work)
-        self.export_merged_model(adapter_id, work)
+        export(adapter_id, work)
         try:
-            return _zip_folder(work, f"merged-model-{adapter_id}", zipfile.ZIP_STORED)
+            return _zip_folder(work, f"{kind}-{adapter_id}", zipfile.ZIP_STORED)
         finally:
             shutil.rmtree(work)
 
@@ -198,11 +197,11 @@ class AdapterService:
         (``trust_remote_code=True`` when layers keep different widths; see its README.md).
         """
         from studio.training.models import load_tokenizer_for
-        from studio.variants._loraprune_masks import MASKS_FILE, load_pruned_adapter, row_masks_from_file
+        from studio.variants._loraprune_masks import load_pruned_adapter, saved_masks
         from studio.variants._loraprune_pruned import save_pruned_model
 
         source = self.path(adapter_id)
-        masks = next((p for p in (source / MASKS_FILE, source / "native" / MASKS_FILE) if p.exists()), None)
+        masks = saved_masks(source)
         if masks is None:
             raise ValidationFailed(
                 f"adapter {adapter_id} has no pruning masks; only LoRAPrune adapters have a pruned model "
@@ -213,7 +212,7 @@ class AdapterService:
             raise ValidationFailed(f"{out} is not empty; choose a new directory for the pruned model")
         ectx = self._export_context(adapter_id, source)
         model = load_pruned_adapter(ectx.fresh_base(), source, merge=True)
-        save_pruned_model(model, row_masks_from_file(masks), out, ectx.task)
+        save_pruned_model(model, masks, out, ectx.task)
         tokenizer_dir = source if (source / "tokenizer_config.json").exists() else self._base_path(adapter_id)
         load_tokenizer_for(tokenizer_dir).save_pretrained(str(out))
         if (source / "labels.json").exists():
@@ -222,14 +221,7 @@ class AdapterService:
 
     def pruned_model_zip(self, adapter_id: int) -> Path:
         """A zip of :meth:`export_pruned_model` for download (stored, not compressed)."""
-        work = Path(self.settings.data_dir) / "exports" / f"pruned-model-{adapter_id}"
-        if work.exists():
-            shutil.rmtree(work)
-        self.export_pruned_model(adapter_id, work)
-        try:
-            return _zip_folder(work, f"pruned-model-{adapter_id}", zipfile.ZIP_STORED)
-        finally:
-            shutil.rmtree(work)
+        return self._model_zip(adapter_id, "pruned-model", self.export_pruned_model)
 
     def _base_path(self, adapter_id: int) -> Path:
         from studio.models.base_models import resolve_base_model

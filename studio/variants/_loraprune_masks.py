@@ -173,14 +173,13 @@ def load_pruned_adapter(base_model: Any, adapter_dir: str | Path, merge: bool = 
     """
     from peft import PeftModel
 
-    adapter_dir = Path(adapter_dir)
-    masks_path = adapter_dir / MASKS_FILE
-    if not masks_path.exists():
-        masks_path = adapter_dir / "native" / MASKS_FILE
+    masks = saved_masks(adapter_dir)
+    if masks is None:
+        raise ValueError(f"{adapter_dir} holds no {MASKS_FILE}: not a LoRAPrune adapter with masks")
     model = PeftModel.from_pretrained(base_model, str(adapter_dir))
     if merge:
         model = model.merge_and_unload()
-    zero_pruned_rows(model, row_masks_from_file(masks_path))
+    zero_pruned_rows(model, masks)
     return model
 
 
@@ -277,12 +276,18 @@ def masked_deltas(model: Any, deltas: dict[str, torch.Tensor], row_masks: dict[s
     return out
 
 
-def saved_masks(adapter_dir: str | Path) -> dict[str, torch.Tensor] | None:
-    """The row masks saved with a LoRAPrune adapter (next to it or in ``native/``), or None for other adapters."""
+def masks_path(adapter_dir: str | Path) -> Path | None:
+    """Where a LoRAPrune adapter keeps its masks (next to it or in ``native/``), or None for other adapters."""
     for path in (Path(adapter_dir) / MASKS_FILE, Path(adapter_dir) / "native" / MASKS_FILE):
         if path.exists():
-            return row_masks_from_file(path)
+            return path
     return None
+
+
+def saved_masks(adapter_dir: str | Path) -> dict[str, torch.Tensor] | None:
+    """The row masks saved with a LoRAPrune adapter, or None for other adapters."""
+    path = masks_path(adapter_dir)
+    return row_masks_from_file(path) if path is not None else None
 
 
 def attach_output_masks(peft_model: Any, adapter_name: str, row_masks: dict[str, torch.Tensor]) -> list[Any]:
