@@ -142,7 +142,8 @@ def test_the_loop_sends_once_the_broker_is_back(registry, broker, jobs):
     loop.start()
     try:
         deadline = time.monotonic() + 20
-        while registry.get_job(job.id).sent_at is None and time.monotonic() < deadline:
+        # sent_at is set while a send is in flight (and undone when it fails): wait for the recorded task.
+        while registry.get_job(job.id).celery_task_id is None and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         loop.stop()
