@@ -3,8 +3,8 @@
 Steps: read the first ``max_examples`` canonical rows, refuse metrics that do not
 fit them, load the model, run the loss pass (loss, perplexity, accuracy) and the
 generation pass (exact_match, rouge_l), report the metrics once at
-``step = number of rows``, and copy them onto the adapter so the Adapters tab can
-filter by them.
+``step = number of rows``, and store them in the registry's eval results (per model,
+dataset and metric), apart from the adapter's training metrics.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ LOSS_BATCH_SIZE = 8
 GENERATION_BATCH_SIZE = 8
 MAX_LENGTH = 2048  # tokens per row for the loss pass, lowered to the model's context length
 SAMPLES = 5
+
+
+def model_key(adapter_id: int | None, base_model: str) -> str:
+    """How eval results name a model: ``adapter:<id>`` or ``base:<name>``."""
+    return f"adapter:{adapter_id}" if adapter_id is not None else f"base:{base_model}"
 
 
 class _Ticker:
@@ -97,9 +102,16 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
     reporter.metrics(len(rows), values)
     reporter.progress(tick.total, tick.total, "done")
     reporter.log("results: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
-    if request.adapter_id is not None:
-        finite = {k: float(v) for k, v in values.items() if math.isfinite(v)}
-        registry.update_adapter_metrics(request.adapter_id, finite)
+    # Into the eval results table, never onto the adapter: its metrics are what training measured.
+    registry.record_eval_results(
+        model_key=model_key(request.adapter_id, evaluated.base_model),
+        adapter_id=request.adapter_id,
+        base_model=evaluated.base_model,
+        dataset_id=dataset.id,
+        values={k: (float(v) if math.isfinite(v) else None) for k, v in values.items()},
+        examples=len(rows),
+        job_id=ctx.job_id,
+    )
     return {
         # JSON has no inf: a diverged model's perplexity is stored as null in the result.
         "metrics": {k: (v if math.isfinite(v) else None) for k, v in values.items()},

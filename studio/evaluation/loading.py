@@ -37,6 +37,7 @@ class EvalModel:
     labels: list[Any] | None  # class names in head order (classification only)
     pad_id: int
     description: str  # "adapter 3 (lora on smollm2-135m-instruct)" / "base model X"
+    base_model: str = ""  # the base's name as the registry knows it
 
 
 def adapter_task(adapter_dir: Path) -> str:
@@ -152,7 +153,7 @@ def load_adapter(
         zero_pruned_rows(model, masks)
     model.to(device).eval()
     description = f"adapter {adapter.id} ({adapter.variant} on {adapter.base_model})"
-    return EvalModel(model, tokenizer, task, labels, pad_id, description)
+    return EvalModel(model, tokenizer, task, labels, pad_id, description, adapter.base_model)
 
 
 def load_base(name: str, settings: Any, device: str, task: str, log: Log) -> EvalModel:
@@ -168,7 +169,7 @@ def load_base(name: str, settings: Any, device: str, task: str, log: Log) -> Eva
     else:
         model, labels = load_base_model(base_path, "causal-lm"), None
     model.to(device).eval()
-    return EvalModel(model, tokenizer, task, labels, pad_id, f"base model {name}")
+    return EvalModel(model, tokenizer, task, labels, pad_id, f"base model {name}", name)
 
 
 def _base_classifier(base_path: Path, name: str) -> tuple[Any, list[Any]]:

@@ -117,7 +117,10 @@ def test_zero_initialised_lora_scores_exactly_the_base_loss(env, tiny_llama_dir,
     assert base["metrics"]["perplexity"] == pytest.approx(math.exp(loss))
     assert base_reporter.series("eval_loss") == [(3, loss)]  # step = rows evaluated
     assert base_reporter.steps[-1][:2] == (1, 1)  # one loss batch, progress complete
-    assert env.registry.get_adapter(adapter.id).metrics["eval_loss"] == loss
+    stored = {(r.model_key, r.metric): r.value for r in env.registry.eval_results(dataset_id=dataset.id)}
+    assert stored[(f"adapter:{adapter.id}", "eval_loss")] == loss
+    assert stored[(f"base:{tiny_llama_dir}", "eval_loss")] == loss
+    assert env.registry.get_adapter(adapter.id).metrics == {}  # training's metrics are left alone
 
 
 def test_trained_adapter_through_the_job_runner(env, tiny_llama_dir, trained_adapter, single_thread):
@@ -152,8 +155,25 @@ def test_trained_adapter_through_the_job_runner(env, tiny_llama_dir, trained_ada
 
     stored = {row.name: (row.step, row.value) for row in env.registry.metrics(job.id)}
     assert stored == {name: (3, pytest.approx(value)) for name, value in metrics.items()}
-    assert env.registry.get_adapter(adapter.id).metrics == pytest.approx(metrics)
+    results = env.registry.eval_results(adapter_id=adapter.id)
+    assert {r.metric: r.value for r in results} == pytest.approx(metrics)
+    assert {r.job_id for r in results} == {job.id}
     assert job.progress == 1.0
+
+
+def test_evaluating_never_overwrites_the_training_metrics(env, tiny_llama_dir, single_thread):
+    dataset = env.add_dataset(ROWS)
+    adapter = env.add_adapter(lora_model(tiny_llama_dir), str(tiny_llama_dir), dataset.id)
+    env.registry.update_adapter_metrics(adapter.id, {"eval_loss": 0.125, "final_loss": 0.1})  # as training wrote
+    first, _ = evaluate(env, adapter_id=adapter.id, dataset_id=dataset.id)
+    again, _ = evaluate(env, adapter_id=adapter.id, dataset_id=dataset.id, max_examples=2)
+
+    assert env.registry.get_adapter(adapter.id).metrics == {"eval_loss": 0.125, "final_loss": 0.1}
+    # One row per (model, dataset, metric): the later evaluation replaces the earlier one.
+    rows = env.registry.eval_results(adapter_id=adapter.id)
+    assert sorted(r.metric for r in rows) == ["eval_loss", "perplexity"]
+    assert {r.metric: (r.value, r.examples) for r in rows}["eval_loss"] == (again["metrics"]["eval_loss"], 2)
+    assert again["metrics"]["eval_loss"] != first["metrics"]["eval_loss"]
 
 
 def test_batched_left_padded_generation_equals_one_by_one(tiny_llama_dir, single_thread):
@@ -202,7 +222,9 @@ def test_classification_accuracy_uses_the_trained_head(env, tiny_bert_dir, singl
     assert result["metrics"] == pytest.approx({"eval_loss": (5.0 + 4 * small) / 4, "accuracy": 0.75})
     assert [s["prediction"] for s in result["samples"]] == ["pos"] * 4
     assert result["samples"][0] == {"prompt": "awful film", "reference": "neg", "prediction": "pos"}
-    assert env.registry.get_adapter(adapter.id).metrics == pytest.approx(result["metrics"])
+    assert {r.metric: r.value for r in env.registry.eval_results(adapter_id=adapter.id)} == pytest.approx(
+        result["metrics"]
+    )
 
 
 def test_label_order_saved_with_the_adapter_wins(env, tiny_bert_dir, single_thread):
