@@ -125,7 +125,14 @@ class EvalRequest(StudioModel):
         default_factory=lambda: ["loss"], description="What to compute."
     )
     max_examples: int = Field(200, ge=1, le=100_000, description="Evaluate on at most this many rows.")
-    max_new_tokens: int = Field(128, ge=1, le=4096, description="Generation budget for generate-and-score metrics.")
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Generation budget (tokens per answer) for exact_match and rouge_l. Empty: sized from the "
+        "dataset, 1.25 × the longest reference answer + 8, at most the studio's cap; answers cut off by the "
+        "budget are counted and shown beside the scores.",
+    )
     seed: int = Field(0, ge=0)
     ranks: list[int] = Field(
         default_factory=list,

@@ -26,7 +26,12 @@ METRICS = ("loss", "exact_match", "accuracy", "rouge_l")
     help="Metric to compute (repeatable). Default: loss, plus accuracy on classification datasets.",
 )
 @click.option("--max-examples", default=200, show_default=True, type=int, help="Evaluate the first N rows.")
-@click.option("--max-new-tokens", default=128, show_default=True, type=int, help="Generation budget per answer.")
+@click.option(
+    "--max-new-tokens",
+    default=None,
+    type=int,
+    help="Generation budget per answer. Default: sized from the dataset (1.25 × the longest reference + 8, capped).",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
     "--rank",

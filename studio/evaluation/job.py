@@ -94,9 +94,20 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
     if encoded is not None:
         scores, samples = _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick)
         values.update(scores)
+    budget = generation_budget(request, evaluated.tokenizer, generations, ctx.settings) if generations else None
+    truncated_answers = None
     if generations:
-        scores, samples = _score_generation(evaluated, generations, request, wanted, max_length, device, tick)
+        reporter.log(f"generation budget: {budget} new tokens per answer")
+        scores, samples, truncated_answers = _score_generation(
+            evaluated, generations, budget, wanted, max_length, device, tick
+        )
         values.update(scores)
+        if truncated_answers:
+            reporter.log(
+                f"{truncated_answers} of {len(generations)} answers hit the {budget}-token budget before ending; "
+                "their scores may be low for that reason alone",
+                "warning",
+            )
 
     loss_by_rank = _loss_by_rank(request, ctx, rows, dataset, kind, reporter) if request.ranks else {}
     reporter.metrics(len(rows), values)
@@ -110,6 +121,8 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
         dataset_id=dataset.id,
         values={k: (float(v) if math.isfinite(v) else None) for k, v in values.items()},
         examples=len(rows),
+        truncated={m: truncated_answers for m in GENERATION_METRICS if m in values and truncated_answers is not None},
+        max_new_tokens=budget,
         job_id=ctx.job_id,
     )
     return {
@@ -124,6 +137,8 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
         "truncated_rows": encoded.truncated if encoded else 0,
         "skipped_rows": encoded.dropped if encoded else 0,
         "generated": len(generations),
+        "max_new_tokens": budget,
+        "truncated_answers": truncated_answers,
         "samples": samples,
         "loss_by_rank": loss_by_rank,
     }
@@ -201,30 +216,40 @@ def _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick) -> 
 
 
 def _score_generation(
-    evaluated, generations, request, wanted, max_length, device, tick
-) -> tuple[dict[str, float], list]:
-    """exact_match and rouge_l of greedy answers against the last assistant turns."""
+    evaluated, generations, budget, wanted, max_length, device, tick
+) -> tuple[dict[str, float], list, int]:
+    """exact_match and rouge_l of greedy answers against the last assistant turns, and how many were cut off."""
     from studio.training.tokenise import ensure_chat_template
 
     # The same fallback template training used when the tokenizer has none.
     ensure_chat_template(evaluated.tokenizer)
-    predictions = generation_pass(
+    answers = generation_pass(
         evaluated.model,
         evaluated.tokenizer,
         generations,
         batch_size=GENERATION_BATCH_SIZE,
-        max_new_tokens=request.max_new_tokens,
-        max_prompt_tokens=max(16, max_length - request.max_new_tokens),
+        max_new_tokens=budget,
+        max_prompt_tokens=max(16, max_length - budget),
         device=device,
         tick=tick,
     )
+    predictions = [a.text for a in answers]
     references = [e.reference for e in generations]
     values: dict[str, float] = {}
     if "exact_match" in wanted:
         values["exact_match"] = M.exact_match_rate(predictions, references)
     if "rouge_l" in wanted:
         values["rouge_l"] = M.rouge_l_mean(predictions, references)
-    return values, _generation_samples(generations, predictions, wanted)
+    return values, _generation_samples(generations, answers, wanted), sum(a.truncated for a in answers)
+
+
+def generation_budget(request: EvalRequest, tokenizer: Any, generations: list, settings: Any) -> int:
+    """The request's max_new_tokens, else one sized from the longest reference answer (capped by the settings)."""
+    from studio.evaluation.generate import sized_budget
+
+    if request.max_new_tokens is not None:
+        return request.max_new_tokens
+    return sized_budget(tokenizer, [e.reference for e in generations], settings.eval_max_new_tokens)
 
 
 def _load(request: EvalRequest, ctx: Any, rows: list, dataset: Any, kind: str, reporter: Reporter) -> EvalModel:
@@ -293,13 +318,15 @@ def _generation_examples(rows: list, label: str) -> list:
     return examples
 
 
-def _generation_samples(examples: list, predictions: list[str], wanted: list[str]) -> list[dict[str, Any]]:
+def _generation_samples(examples: list, answers: list, wanted: list[str]) -> list[dict[str, Any]]:
     samples = []
-    for example, prediction in zip(examples[:SAMPLES], predictions, strict=False):
+    for example, answer in zip(examples[:SAMPLES], answers, strict=False):
+        prediction = answer.text
         sample: dict[str, Any] = {
             "prompt": prompt_text(example.prompt),
             "reference": example.reference,
             "prediction": prediction,
+            "truncated": answer.truncated,
         }
         if "exact_match" in wanted:
             sample["exact_match"] = M.exact_match(prediction, example.reference)

@@ -145,6 +145,7 @@ def test_trained_adapter_through_the_job_runner(env, tiny_llama_dir, trained_ada
         "prompt": "user: What is 3+4?",
         "reference": "#### 7",
         "prediction": "#### 5",
+        "truncated": False,
         "exact_match": False,
         "rouge_l": 0.5,  # tokens [####, 5] vs [####, 7]: LCS 1, P = R = 1/2
     }
@@ -159,6 +160,33 @@ def test_trained_adapter_through_the_job_runner(env, tiny_llama_dir, trained_ada
     assert {r.metric: r.value for r in results} == pytest.approx(metrics)
     assert {r.job_id for r in results} == {job.id}
     assert job.progress == 1.0
+
+
+def test_budget_is_sized_from_the_references_and_cut_answers_are_counted(
+    env, tiny_llama_dir, trained_adapter, single_thread
+):
+    from studio.evaluation.generate import sized_budget
+    from studio.training.models import load_tokenizer_for
+
+    dataset = env.add_dataset(ROWS)
+    adapter = env.add_adapter(trained_adapter, str(tiny_llama_dir), dataset.id, name="trained")
+    # "#### 5" is 6 byte tokens: 1.25 × 6 + 8 = 15.5, rounded up.
+    assert sized_budget(load_tokenizer_for(tiny_llama_dir), ["#### 5", "#### 7"], cap=1024) == 16
+    assert sized_budget(load_tokenizer_for(tiny_llama_dir), ["#### 5"], cap=10) == 10
+
+    sized, reporter = evaluate(env, adapter_id=adapter.id, dataset_id=dataset.id, metrics=["exact_match"])
+    assert sized["max_new_tokens"] == 16 and sized["truncated_answers"] == 0
+    assert sized["metrics"]["exact_match"] == pytest.approx(2 / 3)
+
+    # Three tokens cannot hold "#### 5" and its end-of-turn token: every answer is cut off, and said so.
+    cut, reporter = evaluate(
+        env, adapter_id=adapter.id, dataset_id=dataset.id, metrics=["exact_match", "rouge_l"], max_new_tokens=3
+    )
+    assert cut["truncated_answers"] == 3 and cut["metrics"]["exact_match"] == 0.0
+    assert [s["truncated"] for s in cut["samples"]] == [True, True, True]
+    assert any("3 of 3 answers hit the 3-token budget" in message for _level, message in reporter.logs)
+    stored = {r.metric: (r.truncated, r.max_new_tokens) for r in env.registry.eval_results(adapter_id=adapter.id)}
+    assert stored == {"exact_match": (3, 3), "rouge_l": (3, 3)}
 
 
 def test_evaluating_never_overwrites_the_training_metrics(env, tiny_llama_dir, single_thread):
