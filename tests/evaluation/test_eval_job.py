@@ -249,7 +249,7 @@ def test_classification_accuracy_uses_the_trained_head(env, tiny_bert_dir, singl
     small = math.log1p(math.exp(-5.0))  # cross-entropy of the predicted class when logits are (0, 5)
     assert result["metrics"] == pytest.approx({"eval_loss": (5.0 + 4 * small) / 4, "accuracy": 0.75})
     assert [s["prediction"] for s in result["samples"]] == ["pos"] * 4
-    assert result["samples"][0] == {"prompt": "awful film", "reference": "neg", "prediction": "pos"}
+    assert result["samples"][0] == {"prompt": "awful film", "reference": "neg", "prediction": "pos", "correct": False}
     assert {r.metric: r.value for r in env.registry.eval_results(adapter_id=adapter.id)} == pytest.approx(
         result["metrics"]
     )
