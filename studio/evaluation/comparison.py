@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from studio.errors import ValidationFailed
+
 # Which way is better, per reported metric name.
 DIRECTIONS: dict[str, str] = {
     "eval_loss": "lower",
@@ -34,6 +36,19 @@ def is_base(key: str) -> bool:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def common_base(base_model: str | None, adapters: list[Any]) -> str:
+    """The one base model every compared model runs on, or a StudioError naming the mismatch."""
+    bases = list(dict.fromkeys(a.base_model for a in adapters))
+    if len(bases) > 1:
+        listed = ", ".join(f"adapter {a.id} on {a.base_model}" for a in adapters)
+        raise ValidationFailed(f"a comparison takes adapters of one base model; these differ: {listed}")
+    if base_model and bases and bases[0] != base_model:
+        raise ValidationFailed(
+            f"adapter {adapters[0].id} is for base model {bases[0]}, not {base_model}; compare it against {bases[0]}"
+        )
+    return base_model or bases[0]
 
 
 def compare_models(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -88,3 +103,28 @@ def format_value(value: float | None) -> str:
 def format_delta(value: float | None) -> str:
     """A difference with its sign (``+0.05``), ``—`` when missing."""
     return "—" if value is None else f"{value:+.4g}"
+
+
+def comparison_lines(result: dict[str, Any]) -> list[str]:
+    """The job result as a text table: metric, direction, each model (best marked *), Δ vs base; then cut-offs."""
+    models = result.get("models") or []
+    keys = [m["key"] for m in models]
+    has_base = any(is_base(k) for k in keys)
+    header = ["metric", "better", *keys]
+    if has_base:
+        header += [f"Δ {k}" for k in keys if not is_base(k)]
+    table = [header]
+    for row in result.get("comparison") or []:
+        cells = [row["metric"], row["direction"]]
+        cells += [format_value(row["values"].get(k)) + ("*" if k in row["best"] else "") for k in keys]
+        if has_base:
+            cells += [format_delta(row["delta_vs_base"].get(k)) for k in keys if not is_base(k)]
+        table.append(cells)
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    lines.append("* best of the models compared")
+    budget, generated = result.get("max_new_tokens"), result.get("generated") or 0
+    if generated:
+        cut = ", ".join(f"{m['key']} {m.get('truncated_answers') or 0}" for m in models)
+        lines.append(f"answers cut off by the {budget}-token budget (of {generated}): {cut}")
+    return lines

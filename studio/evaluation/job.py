@@ -91,7 +91,7 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
     """
     import torch
 
-    from studio.evaluation.comparison import compare_models, sample_table
+    from studio.evaluation.comparison import common_base, compare_models, sample_table
 
     registry = ctx.registry
     dataset = registry.get_dataset(request.dataset_id)
@@ -103,7 +103,7 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
     wanted = list(dict.fromkeys(request.metrics))  # the order asked, without repeats
     check_metrics(wanted, kind, label)
     adapters = [registry.get_adapter(i) for i in request.adapters()]
-    base_name = _common_base(request, adapters)
+    base_name = common_base(request.base_model, adapters)
 
     loss_wanted = bool({"loss", "accuracy"} & set(wanted))
     generations = _generation_examples(rows, label) if set(GENERATION_METRICS) & set(wanted) else []
@@ -232,20 +232,6 @@ def _score_model(
     # The samples' prompt and reference are shared by every model; the rest is this model's answer.
     score.answers = [{k: v for k, v in s.items() if k not in ("prompt", "reference")} for s in samples]
     return score, [{"prompt": s["prompt"], "reference": s["reference"]} for s in samples]
-
-
-def _common_base(request: EvalRequest, adapters: list[Any]) -> str:
-    """The one base model every compared model runs on, or a StudioError naming the mismatch."""
-    bases = list(dict.fromkeys(a.base_model for a in adapters))
-    if len(bases) > 1:
-        listed = ", ".join(f"adapter {a.id} on {a.base_model}" for a in adapters)
-        raise ValidationFailed(f"a comparison takes adapters of one base model; these differ: {listed}")
-    if request.base_model and bases and bases[0] != request.base_model:
-        raise ValidationFailed(
-            f"adapter {adapters[0].id} is for base model {bases[0]}, not {request.base_model}; "
-            f"compare it against {bases[0]}"
-        )
-    return request.base_model or bases[0]
 
 
 def _loss_by_rank(request: EvalRequest, ctx: Any, rows: list, dataset: Any, kind: str, reporter: Reporter) -> dict:
