@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from app.tab_evaluate import eval_results_markdown
 from app.ui import ago, bind, human_bytes
 from studio.charts import (
     TRAIN_LOSS_NAMES,
@@ -205,7 +206,8 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
         + (f", dataset #{row.dataset_id}" if row.dataset_id else "")
         + f"\n\n{row.trainable_params:,} trainable parameters · {human_bytes(row.size_bytes)} · "
         f"{len(row.ranks or {})} adapted modules"
-        + (f"\n\n**Metrics:** {metrics}" if metrics else "")
+        + (f"\n\n**Training metrics:** {metrics}" if metrics else "")
+        + eval_results_markdown(services.adapters.eval_results(row.id))
         + (f"\n\n{'Merged' if row.parents else 'Trained'} by job #{row.source_job_id}" if row.source_job_id else "")
         + (f" from adapters {', '.join(f'#{p}' for p in row.parents)}" if row.parents else "")
     )

@@ -1,6 +1,8 @@
-"""Evaluate tab: run an eval job on an adapter (or the bare base) and list the results.
+"""Evaluate tab: compare the base model and several adapters of it on one dataset, side by side.
 
 Only shown when this installation has the eval job kind (``studio.evaluation.job``).
+One result view: the metrics table (direction, each model, best marked, Δ vs base,
+cut-off answers), a bar chart per metric and the sample answers of every model.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import gradio as gr
 from app.forms import SchemaForm
 from app.tab_datasets import dataset_choices
 from app.ui import bind, latest_adapters, module_installed, queue_wait_sentence
+from studio.charts import comparison_bars, empty_figure
+from studio.evaluation.comparison import format_delta, format_value, is_base
 from studio.schema import EvalRequest
 from studio.services.container import Services
 
 TITLE = "Evaluate"
 ELEM_ID = "tab-evaluate"
 FORM_FIELDS = ("metrics", "max_examples", "max_new_tokens", "seed")
-BASE_ONLY = 0
+SAMPLE_CHARS = 400  # long worked answers are cut in the table; the job result keeps them whole
 
 
 def available() -> bool:
@@ -26,53 +30,124 @@ def available() -> bool:
     return module_installed("studio.evaluation.job")
 
 
-def adapter_choices(services: Services) -> list[tuple[str, int]]:
-    """The bare base model first, then the newest adapters."""
-    rows = latest_adapters(services)
-    return [("No adapter (base model)", BASE_ONLY), *((f"#{r.id} {r.name} ({r.variant})", r.id) for r in rows)]
+def adapter_choices(services: Services, base_model: str | None = None) -> list[tuple[str, int]]:
+    """The newest adapters (of ``base_model`` when given): a picker never lists 100,000 of them."""
+    rows = latest_adapters(services, base_model=base_model or None)
+    return [(f"#{r.id} {r.name} ({r.variant})", r.id) for r in rows]
 
 
 def results_rows(services: Services) -> list[list[Any]]:
-    """Recent eval jobs with their status and scores."""
+    """Recent eval jobs: status, the models compared and the dataset."""
     out = []
     for job in services.jobs.list(kind="eval", limit=50):
-        metrics = (job.result or {}).get("metrics") or {}
-        scores = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
-        target = job.request.get("adapter_id") or job.request.get("base_model") or ""
-        out.append([job.id, job.status, target, job.request.get("dataset_id"), scores or job.error or ""])
+        request = job.request
+        ids = ([request["adapter_id"]] if request.get("adapter_id") else []) + list(request.get("adapter_ids") or [])
+        models = ([request["base_model"]] if request.get("base_model") else []) + [f"#{i}" for i in ids]
+        out.append([job.id, job.status, ", ".join(models), request.get("dataset_id"), job.error or ""])
     return out
 
 
+def job_choices(services: Services) -> list[tuple[str, int]]:
+    """Finished eval jobs whose comparison can be shown."""
+    jobs = services.jobs.list(kind="eval", status=["succeeded"], limit=50)
+    return [(f"job #{j.id} on dataset #{j.request.get('dataset_id')}", j.id) for j in jobs]
+
+
 def submit_eval(
-    services: Services, adapter: int | None, base_model: str | None, dataset: int | None, options: dict[str, Any]
+    services: Services, adapters: list[int] | None, base_model: str | None, dataset: int | None, options: dict
 ) -> str:
-    """Validate and queue an eval job; returns a confirmation line."""
+    """Validate and queue one comparison job (the base, when named, and the chosen adapters)."""
     if not dataset:
         raise gr.Error("Choose a dataset to evaluate on.")
-    request = {"kind": "eval", "dataset_id": int(dataset), **options}
-    if adapter:
-        request["adapter_id"] = int(adapter)
-    else:
-        request["base_model"] = base_model or services.settings.default_base_model
-    target = f"adapter #{adapter}" if adapter else request["base_model"]
-    job = services.jobs.submit(request, name=f"eval {target} on dataset #{dataset}")
-    return f"Queued evaluation job #{job.id}; results appear below when it finishes.{queue_wait_sentence(job)}"
+    ids = [int(a) for a in adapters or []]
+    if not ids and not base_model:
+        raise gr.Error("Choose adapters, a base model, or both.")
+    request = {"kind": "eval", "dataset_id": int(dataset), "adapter_ids": ids, "base_model": base_model or None}
+    request.update(options)
+    names = ([base_model] if base_model else []) + [f"#{i}" for i in ids]
+    job = services.jobs.submit(request, name=f"eval {', '.join(names)} on dataset #{dataset}")
+    return f"Queued evaluation job #{job.id}; pick it under Results when it finishes.{queue_wait_sentence(job)}"
+
+
+def comparison_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Headers and rows of the side-by-side table: metric, better, each model (best ★), Δ vs base."""
+    models = result.get("models") or []
+    keys = [m["key"] for m in models]
+    deltas = [k for k in keys if not is_base(k)] if any(is_base(k) for k in keys) else []
+    headers = ["metric", "better", *keys, *(f"Δ {k} vs base" for k in deltas)]
+    rows = []
+    for row in result.get("comparison") or []:
+        cells = [row["metric"], row["direction"]]
+        cells += [format_value(row["values"].get(k)) + (" ★" if k in row["best"] else "") for k in keys]
+        cells += [format_delta(row["delta_vs_base"].get(k)) for k in deltas]
+        rows.append(cells)
+    if result.get("generated"):
+        cut = [str(m.get("truncated_answers") or 0) for m in models]
+        rows.append([f"answers cut off ({result.get('max_new_tokens')} tokens)", "lower", *cut, *[""] * len(deltas)])
+    return headers, rows
+
+
+def samples_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Headers and rows of the samples: prompt, reference, then each model's answer with its score."""
+    keys = [m["key"] for m in result.get("models") or []]
+    rows = []
+    for sample in result.get("sample_table") or []:
+        cells = [sample["prompt"][:SAMPLE_CHARS], sample["reference"][:SAMPLE_CHARS]]
+        for key in keys:
+            answer = sample["answers"].get(key) or {}
+            scores = [f"{k} {answer[k]:.3g}" for k in ("exact_match", "rouge_l") if k in answer]
+            if "correct" in answer:
+                scores.append("correct" if answer["correct"] else "wrong")
+            if answer.get("truncated"):
+                scores.append("cut off")
+            text = str(answer.get("prediction", ""))[:SAMPLE_CHARS]
+            cells.append(f"{text}\n[{', '.join(scores)}]" if scores else text)
+        rows.append(cells)
+    return ["prompt", "reference", *keys], rows
+
+
+def eval_results_markdown(results: list[Any]) -> str:
+    """A small table of an adapter's stored eval scores by dataset (for the Adapters tab's details)."""
+    if not results:
+        return ""
+    lines = [
+        "**Evaluations** (latest per dataset and metric):",
+        "",
+        "| dataset | metric | value | rows |",
+        "|---|---|---|---|",
+    ]
+    for r in results:
+        cut = f" ({r.truncated} cut off at {r.max_new_tokens} tokens)" if r.truncated else ""
+        lines.append(f"| #{r.dataset_id} | {r.metric} | {format_value(r.value)}{cut} | {r.examples} |")
+    return "\n\n" + "\n".join(lines)
+
+
+def show_result(services: Services, job_id: int | None) -> dict[str, Any]:
+    """The comparison view of one finished eval job."""
+    if not job_id:
+        return {
+            "table": gr.update(value=[], headers=["metric"]),
+            "chart": empty_figure("Pick a finished evaluation."),
+            "samples": gr.update(value=[], headers=["prompt"]),
+        }
+    result = services.jobs.get(int(job_id)).result or {}
+    headers, rows = comparison_table(result)
+    sample_headers, sample_rows = samples_table(result)
+    return {
+        "table": gr.update(value=rows, headers=headers),
+        "chart": comparison_bars(result, title=f"Evaluation job #{job_id}"),
+        "samples": gr.update(value=sample_rows, headers=sample_headers),
+    }
 
 
 def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     """Lay out the tab and wire its events."""
     c: dict[str, Any] = {}
     with gr.Row():
-        c["adapter"] = gr.Dropdown(
-            label="Adapter",
-            choices=[("No adapter (base model)", BASE_ONLY)],
-            value=BASE_ONLY,
-            filterable=True,
-            elem_id="eval-adapter",
-        )
         c["base_model"] = gr.Textbox(
-            label="Base model (when no adapter)", value=services.settings.default_base_model, elem_id="eval-base"
+            label="Base model (empty: adapters only)", value=services.settings.default_base_model, elem_id="eval-base"
         )
+        c["adapters"] = gr.Dropdown(label="Adapters to compare", choices=[], multiselect=True, elem_id="eval-adapters")
         c["dataset"] = gr.Dropdown(label="Dataset", choices=[], elem_id="eval-dataset")
     with gr.Row(elem_classes=["form-grid"]):
         # default_factory values are not in the JSON schema: give the metrics default explicitly.
@@ -83,31 +158,53 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     c["submit"] = gr.Button("Evaluate", variant="primary", elem_id="eval-submit")
     c["status"] = gr.Markdown(elem_id="eval-status")
     c["results"] = gr.Dataframe(
-        headers=["job", "status", "adapter/base", "dataset", "scores"],
+        headers=["job", "status", "models", "dataset", "error"],
         value=lambda: results_rows(services),
         interactive=False,
         elem_id="eval-results",
     )
+    c["job"] = gr.Dropdown(label="Result of", choices=[], elem_id="eval-job")
+    c["table"] = gr.Dataframe(headers=["metric"], interactive=False, elem_id="eval-comparison")
+    c["chart"] = gr.Plot(elem_id="eval-chart")
+    c["samples"] = gr.Dataframe(headers=["prompt"], interactive=False, wrap=True, elem_id="eval-samples")
 
-    def on_submit(adapter, base_model, dataset, **raw: Any) -> dict[str, Any]:
+    def on_submit(adapters, base_model, dataset, **raw: Any) -> dict[str, Any]:
         options = form.values([raw[f"opt.{n}"] for n in form.names])
         return {
-            "status": submit_eval(services, adapter, base_model, dataset, options),
+            "status": submit_eval(services, adapters, base_model, dataset, options),
             "results": results_rows(services),
         }
 
-    def on_tab() -> dict[str, Any]:
+    def on_tab(base_model) -> dict[str, Any]:
         return {
-            "adapter": gr.update(choices=adapter_choices(services)),
+            "adapters": gr.update(choices=adapter_choices(services, base_model)),
             "dataset": gr.update(choices=dataset_choices(services)),
             "results": results_rows(services),
+            "job": gr.update(choices=job_choices(services)),
         }
 
-    inputs = {k: c[k] for k in ("adapter", "base_model", "dataset")} | {f"opt.{n}": w for n, w in form.widgets.items()}
+    inputs = {k: c[k] for k in ("adapters", "base_model", "dataset")} | {f"opt.{n}": w for n, w in form.widgets.items()}
     bind(c["submit"].click, on_submit, inputs, {k: c[k] for k in ("status", "results")})
-    bind(tab.select, on_tab, {}, {k: c[k] for k in ("adapter", "dataset", "results")})
+    bind(
+        tab.select,
+        on_tab,
+        {"base_model": c["base_model"]},
+        {k: c[k] for k in ("adapters", "dataset", "results", "job")},
+    )
+    bind(
+        c["base_model"].change,
+        lambda base_model: {"adapters": gr.update(choices=adapter_choices(services, base_model))},
+        {"base_model": c["base_model"]},
+        {"adapters": c["adapters"]},
+    )
+    bind(
+        c["job"].change,
+        lambda job: show_result(services, job),
+        {"job": c["job"]},
+        {k: c[k] for k in ("table", "chart", "samples")},
+    )
 
     def refresh_results() -> dict[str, Any]:
-        return {"results": results_rows(services)}
+        return {"results": results_rows(services), "job": gr.update(choices=job_choices(services))}
 
-    bind(gr.Timer(5.0).tick, refresh_results, {}, {"results": c["results"]}, show_progress="hidden")
+    bind(gr.Timer(5.0).tick, refresh_results, {}, {"results": c["results"], "job": c["job"]}, show_progress="hidden")

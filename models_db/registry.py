@@ -37,6 +37,7 @@ from models_db.tables import (
     Base,
     BaseModelRow,
     DatasetRow,
+    EvalResultRow,
     JobLogRow,
     JobRow,
     MetricRow,
@@ -506,6 +507,66 @@ class Registry:
                 AdapterMetricRow(adapter_id=adapter_id, name=name, value=value)
                 for name, value in numeric_metrics(metrics).items()
             )
+
+    # Evaluation results ----------------------------------------------------------------
+
+    def record_eval_results(
+        self,
+        *,
+        model_key: str,
+        adapter_id: int | None,
+        base_model: str,
+        dataset_id: int,
+        values: dict[str, float | None],
+        examples: int,
+        truncated: dict[str, int] | None = None,
+        max_new_tokens: int | None = None,
+        job_id: int | None = None,
+    ) -> None:
+        """Store one model's scores on a dataset, replacing earlier ones of the same (model, dataset, metric).
+
+        ``truncated`` gives, per generate-and-score metric, how many answers hit the token budget.
+        """
+        truncated = truncated or {}
+        with self._session() as s:
+            s.execute(
+                delete(EvalResultRow).where(
+                    EvalResultRow.model_key == model_key,
+                    EvalResultRow.dataset_id == dataset_id,
+                    EvalResultRow.metric.in_(list(values)),
+                )
+            )
+            s.add_all(
+                EvalResultRow(
+                    model_key=model_key,
+                    adapter_id=adapter_id,
+                    base_model=base_model,
+                    dataset_id=dataset_id,
+                    metric=metric,
+                    value=value,
+                    examples=examples,
+                    truncated=truncated.get(metric),
+                    max_new_tokens=max_new_tokens if metric in truncated else None,
+                    job_id=job_id,
+                )
+                for metric, value in values.items()
+            )
+
+    def eval_results(
+        self, adapter_id: int | None = None, dataset_id: int | None = None, model_key: str | None = None
+    ) -> list[EvalResultRow]:
+        """Stored evaluation scores, by dataset then model then metric, optionally filtered."""
+        with self._session() as s:
+            query = select(EvalResultRow).order_by(
+                EvalResultRow.dataset_id, EvalResultRow.model_key, EvalResultRow.metric
+            )
+            if adapter_id is not None:
+                query = query.where(EvalResultRow.adapter_id == adapter_id)
+            if dataset_id is not None:
+                query = query.where(EvalResultRow.dataset_id == dataset_id)
+            if model_key is not None:
+                query = query.where(EvalResultRow.model_key == model_key)
+            return list(s.scalars(query))
 
     def delete_adapter(self, adapter_id: int) -> None:
         with self._session() as s:

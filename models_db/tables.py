@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -198,6 +199,36 @@ class AdapterMetricRow(Base):
     adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True)
     name: Mapped[str] = mapped_column(String(80), primary_key=True)
     value: Mapped[float] = mapped_column(Float)
+
+
+class EvalResultRow(Base):
+    """The latest score of one model on one dataset for one metric, written by an ``eval`` job.
+
+    Kept apart from ``AdapterRow.metrics`` (what training measured on its validation split), so an
+    evaluation never overwrites a training metric. ``model_key`` names the model scored:
+    ``adapter:<id>`` or ``base:<name>``; a later evaluation of the same key, dataset and metric
+    replaces the earlier one.
+    """
+
+    __tablename__ = "eval_results"
+    __table_args__ = (UniqueConstraint("model_key", "dataset_id", "metric", name="uq_eval_results_model_dataset"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_key: Mapped[str] = mapped_column(String(260))
+    adapter_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapters.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    base_model: Mapped[str] = mapped_column(String(200))
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    metric: Mapped[str] = mapped_column(String(80))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: not finite (a diverged model)
+    examples: Mapped[int] = mapped_column(Integer, default=0)
+    # Generate-and-score metrics only: answers that hit the token budget before a stop token.
+    truncated: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_new_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The job that measured it, for reference only: results outlive a deleted job, so no foreign key.
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class RankSnapshotRow(Base):

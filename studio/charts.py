@@ -254,3 +254,32 @@ def params_metric_scatter(points: Iterable[Mapping[str, Any]], metric: str, titl
         )
     fig.update_xaxes(type="log")
     return _base_layout(fig, title, "trainable parameters", metric)
+
+
+def comparison_bars(result: Mapping[str, Any], title: str = "Models compared") -> go.Figure:
+    """One bar panel per metric of an eval comparison (x: model; the best bar outlined, ↓/↑ in the panel title)."""
+    from plotly.subplots import make_subplots
+
+    rows = list(result.get("comparison") or [])
+    if not rows:
+        return empty_figure("No scores yet.", title)
+    arrows = {"lower": "↓ lower is better", "higher": "↑ higher is better"}
+    fig = make_subplots(
+        rows=1, cols=len(rows), subplot_titles=[f"{r['metric']} ({arrows[r['direction']]})" for r in rows]
+    )
+    for col, row in enumerate(rows, 1):
+        keys = list(row["values"])
+        fig.add_trace(
+            go.Bar(
+                x=keys,
+                y=[row["values"][k] for k in keys],
+                marker_line_width=[3 if k in row["best"] else 0 for k in keys],
+                marker_line_color="black",
+                name=row["metric"],
+                showlegend=False,
+            ),
+            row=1,
+            col=col,
+        )
+    fig.update_layout(title=title, template="plotly_white", margin=dict(l=40, r=20, t=80, b=40))
+    return fig

@@ -114,23 +114,63 @@ class TrainRequest(StudioModel):
     resume_from_job: int | None = Field(None, ge=1, description="Continue from this job's last checkpoint.")
 
 
+MAX_COMPARED_ADAPTERS = 8
+
+
 class EvalRequest(StudioModel):
-    """Evaluate an adapter (or the bare base model) on a registered dataset."""
+    """Evaluate the bare base model and/or adapters of that base on one registered dataset, side by side.
+
+    The models compared are the base (when ``base_model`` is given) and every adapter of
+    ``adapter_id`` and ``adapter_ids``; all adapters must be of one base model. With the
+    base among them, each score also gets its difference against the base.
+    """
 
     kind: Literal["eval"] = "eval"
-    adapter_id: int | None = Field(None, ge=1, description="Adapter to evaluate; empty means the base model.")
-    base_model: str | None = Field(None, description="Base model when no adapter is given.")
+    adapter_id: int | None = Field(None, ge=1, description="An adapter to evaluate (one; see adapter_ids for more).")
+    adapter_ids: list[int] = Field(
+        default_factory=list,
+        max_length=MAX_COMPARED_ADAPTERS,
+        description="Adapters to compare, all of one base model.",
+    )
+    base_model: str | None = Field(
+        None, description="Also evaluate this bare base model, the reference each adapter is compared against."
+    )
     dataset_id: int = Field(..., ge=1, description="Held-out dataset.")
     metrics: list[Literal["loss", "exact_match", "accuracy", "rouge_l"]] = Field(
         default_factory=lambda: ["loss"], description="What to compute."
     )
     max_examples: int = Field(200, ge=1, le=100_000, description="Evaluate on at most this many rows.")
-    max_new_tokens: int = Field(128, ge=1, le=4096, description="Generation budget for generate-and-score metrics.")
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Generation budget (tokens per answer) for exact_match and rouge_l. Empty: sized from the "
+        "dataset, 1.25 × the longest reference answer + 8, at most the studio's cap; answers cut off by the "
+        "budget are counted and shown beside the scores.",
+    )
     seed: int = Field(0, ge=0)
     ranks: list[int] = Field(
         default_factory=list,
         description="DyLoRA adapters only: also measure the loss at each of these ranks (metric vs rank).",
     )
+
+    @model_validator(mode="after")
+    def _check_models(self) -> EvalRequest:
+        ids = self.adapters()
+        if any(i < 1 for i in self.adapter_ids):
+            raise ValueError("adapter_ids: ids start at 1")
+        if len(ids) > MAX_COMPARED_ADAPTERS:
+            raise ValueError(f"adapter_ids: at most {MAX_COMPARED_ADAPTERS} adapters in one comparison")
+        if not ids and not self.base_model:
+            raise ValueError("give a base model, an adapter, or both to compare")
+        if self.ranks and (len(ids) != 1 or self.base_model):
+            raise ValueError("ranks: measure the loss by rank of one DyLoRA adapter alone, without a comparison")
+        return self
+
+    def adapters(self) -> list[int]:
+        """Every adapter to evaluate, in the order given, each once."""
+        first = [self.adapter_id] if self.adapter_id is not None else []
+        return list(dict.fromkeys(first + list(self.adapter_ids)))
 
 
 class MergeRequest(StudioModel):

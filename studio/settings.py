@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(default=200.0, gt=0, validation_alias=_env("STUDIO_MAX_UPLOAD_MB"))
     max_row_chars: int = Field(default=100_000, ge=100, validation_alias=_env("STUDIO_MAX_ROW_CHARS"))
     default_base_model: str = Field(default="smollm2-135m-instruct", validation_alias=_env("STUDIO_DEFAULT_BASE_MODEL"))
+    eval_max_new_tokens: int = Field(
+        default=1024,
+        ge=1,
+        le=4096,
+        validation_alias=_env("STUDIO_EVAL_MAX_NEW_TOKENS"),
+        description="Cap of the generation budget an evaluation sizes from its dataset's longest reference answer.",
+    )
     offline: bool = Field(default=True, validation_alias=_env("STUDIO_OFFLINE"))
     torch_threads: int | None = Field(
         default=None,

@@ -1,4 +1,4 @@
-"""`studio eval`: submit an evaluation of an adapter (or a bare base model) on a dataset."""
+"""`studio eval`: evaluate a base model and/or adapters of it on a dataset, side by side."""
 
 from __future__ import annotations
 
@@ -9,14 +9,20 @@ from pydantic import ValidationError
 
 from studio.cli.common import echo_queue_notice, inline_option, services, wait_until_succeeded
 from studio.errors import StudioError
+from studio.evaluation.comparison import comparison_lines
 from studio.schema import EvalRequest, format_validation_error
 
 METRICS = ("loss", "exact_match", "accuracy", "rouge_l")
 
 
 @click.command("eval")
-@click.argument("adapter_id", type=int, required=False)
-@click.option("--base", "base_model", default=None, help="Evaluate this bare base model instead of an adapter.")
+@click.argument("adapter_ids", type=int, nargs=-1)
+@click.option(
+    "--base",
+    "base_model",
+    default=None,
+    help="Also evaluate this bare base model: the reference each adapter is compared against.",
+)
 @click.option("--dataset", "dataset_ref", required=True, help="A registered dataset id, or a file to import first.")
 @click.option(
     "--metric",
@@ -26,7 +32,12 @@ METRICS = ("loss", "exact_match", "accuracy", "rouge_l")
     help="Metric to compute (repeatable). Default: loss, plus accuracy on classification datasets.",
 )
 @click.option("--max-examples", default=200, show_default=True, type=int, help="Evaluate the first N rows.")
-@click.option("--max-new-tokens", default=128, show_default=True, type=int, help="Generation budget per answer.")
+@click.option(
+    "--max-new-tokens",
+    default=None,
+    type=int,
+    help="Generation budget per answer. Default: sized from the dataset (1.25 × the longest reference + 8, capped).",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
     "--rank",
@@ -38,14 +49,18 @@ METRICS = ("loss", "exact_match", "accuracy", "rouge_l")
 @click.option("--wait/--no-wait", default=False, help="Wait for the job and print its metrics.")
 @inline_option
 def eval_cmd(
-    adapter_id, base_model, dataset_ref, metrics, max_examples, max_new_tokens, seed, ranks, wait, inline
+    adapter_ids, base_model, dataset_ref, metrics, max_examples, max_new_tokens, seed, ranks, wait, inline
 ) -> None:
-    """Evaluate ADAPTER_ID (or --base MODEL) on a dataset: loss, exact_match, accuracy, rouge_l."""
+    """Evaluate --base MODEL and/or ADAPTER_IDS on a dataset: loss, exact_match, accuracy, rouge_l.
+
+    With several models (e.g. `studio eval --base MODEL 3 4 --dataset 1 --wait`) the result is a
+    comparison table: each metric, which way is better, each model (best marked), Δ vs the base.
+    """
     from studio.evaluation.examples import check_metrics
     from studio.jobs.inline import check_inline_allowed
 
-    if (adapter_id is None) == (base_model is None):
-        raise StudioError("give either an ADAPTER_ID or --base MODEL (not both)")
+    if not adapter_ids and base_model is None:
+        raise StudioError("give adapter ids, --base MODEL, or both (to compare the adapters against their base)")
     svc = services()
     if inline:
         check_inline_allowed(svc.settings)
@@ -55,7 +70,7 @@ def eval_cmd(
     check_metrics(chosen, kind, f"{dataset.id} ({dataset.name})")  # refuse now, not on the worker
     try:
         request = EvalRequest(
-            adapter_id=adapter_id,
+            adapter_ids=list(adapter_ids),
             base_model=base_model,
             dataset_id=dataset.id,
             metrics=chosen,
@@ -67,14 +82,14 @@ def eval_cmd(
     except ValidationError as exc:
         raise StudioError(format_validation_error(exc)) from None
     job = svc.jobs.submit(request)
-    subject = f"adapter {adapter_id}" if adapter_id is not None else f"base model {base_model}"
-    click.echo(f"queued evaluation job {job.id} ({subject} on dataset {dataset.id}: {', '.join(chosen)})")
+    subjects = ([f"base model {base_model}"] if base_model else []) + [f"adapter {i}" for i in adapter_ids]
+    click.echo(f"queued evaluation job {job.id} ({', '.join(subjects)} on dataset {dataset.id}: {', '.join(chosen)})")
     echo_queue_notice(job)
     if not (wait or inline):
         return
     job = wait_until_succeeded(svc, job.id, inline=inline)
-    for name, value in (job.result or {}).get("metrics", {}).items():
-        click.echo(f"{name:<12} {value:.4f}")
+    for line in comparison_lines(job.result or {}):
+        click.echo(line)
 
 
 def _kind(dataset) -> str:

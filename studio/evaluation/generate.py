@@ -9,11 +9,33 @@ token (``<|im_end|>`` for ChatML), whichever the template uses.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 _PROBE = "\u2063probe\u2063"  # an answer text no template rewrites, to find what follows it
+BUDGET_FACTOR = 1.25  # room above the longest reference: a model may phrase the answer a little longer
+BUDGET_MARGIN = 8  # and a few tokens for the end-of-turn token and stray whitespace
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One generated answer, and whether it hit the token budget before a stop token (cut off)."""
+
+    text: str
+    truncated: bool
+
+
+def sized_budget(tokenizer: Any, references: Sequence[str], cap: int) -> int:
+    """A generation budget above the longest reference: ``1.25 × its tokens + 8``, at most ``cap``.
+
+    A fixed small budget cuts worked answers (GSM8K) before their final line, which
+    scores exact match 0 for a reason that has nothing to do with the model.
+    """
+    longest = max((len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references), default=0)
+    return max(1, min(int(cap), math.ceil(BUDGET_FACTOR * longest) + BUDGET_MARGIN))
 
 
 def end_of_turn_id(tokenizer: Any) -> int | None:
@@ -71,6 +93,31 @@ def generate_answers(
 
     Prompts longer than ``max_prompt_tokens`` lose their beginning: the question at the end matters most.
     """
+    return [
+        a.text
+        for a in generate_batch(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+            device=device,
+            stop=stop,
+        )
+    ]
+
+
+def generate_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[dict[str, str]]],
+    *,
+    max_new_tokens: int,
+    max_prompt_tokens: int,
+    device: Any,
+    stop: Sequence[int] | None = None,
+) -> list[Answer]:
+    """Like :func:`generate_answers`, with each answer marked truncated when it never reached a stop token."""
     import torch
     from transformers import GenerationConfig
 
@@ -100,6 +147,8 @@ def generate_answers(
         )
     answers = []
     for row in out[:, input_ids.shape[1] :].tolist():
-        cut = next((i for i, t in enumerate(row) if t in stop), len(row))
-        answers.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+        cut = next((i for i, t in enumerate(row) if t in stop), None)
+        # No stop token: generation only ended because the budget ran out, so the answer is cut off.
+        text = tokenizer.decode(row[:cut], skip_special_tokens=True).strip()
+        answers.append(Answer(text=text, truncated=cut is None))
     return answers

@@ -3,13 +3,14 @@
 Steps: read the first ``max_examples`` canonical rows, refuse metrics that do not
 fit them, load the model, run the loss pass (loss, perplexity, accuracy) and the
 generation pass (exact_match, rouge_l), report the metrics once at
-``step = number of rows``, and copy them onto the adapter so the Adapters tab can
-filter by them.
+``step = number of rows``, and store them in the registry's eval results (per model,
+dataset and metric), apart from the adapter's training metrics.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from studio.errors import StudioError, ValidationFailed
@@ -22,7 +23,7 @@ from studio.evaluation.examples import (
     prompt_text,
     read_rows,
 )
-from studio.evaluation.loading import EvalModel, load_adapter, load_base
+from studio.evaluation.loading import ComparisonLoader, EvalModel, load_adapter
 from studio.evaluation.scoring import batch_count, generation_pass, loss_pass
 from studio.progress import Reporter
 from studio.schema import EvalRequest
@@ -31,6 +32,11 @@ LOSS_BATCH_SIZE = 8
 GENERATION_BATCH_SIZE = 8
 MAX_LENGTH = 2048  # tokens per row for the loss pass, lowered to the model's context length
 SAMPLES = 5
+
+
+def model_key(adapter_id: int | None, base_model: str) -> str:
+    """How eval results name a model: ``adapter:<id>`` or ``base:<name>``."""
+    return f"adapter:{adapter_id}" if adapter_id is not None else f"base:{base_model}"
 
 
 class _Ticker:
@@ -49,9 +55,43 @@ class _Ticker:
         self.reporter.check_cancelled()
 
 
+@dataclass
+class ModelScore:
+    """What one model of a comparison scored: its metrics, answers and row counts."""
+
+    key: str
+    label: str
+    adapter_id: int | None
+    values: dict[str, float] = field(default_factory=dict)
+    answers: list[dict[str, Any]] = field(default_factory=list)  # per sample: prediction and scores
+    truncated_answers: int | None = None
+    encoded: Any = None
+
+    def summary(self) -> dict[str, Any]:
+        """The model's entry of the job result (JSON: a diverged model's inf is stored as null)."""
+        return {
+            "key": self.key,
+            "label": self.label,
+            "adapter_id": self.adapter_id,
+            "metrics": {k: (v if math.isfinite(v) else None) for k, v in self.values.items()},
+            "truncated_answers": self.truncated_answers,
+            "scored_rows": len(self.encoded.examples) if self.encoded else None,
+            "truncated_rows": self.encoded.truncated if self.encoded else 0,
+            "skipped_rows": self.encoded.dropped if self.encoded else 0,
+        }
+
+
 def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str, Any]:
-    """Evaluate ``request`` and return the job result: metrics, counts and the first predictions."""
+    """Evaluate every model of ``request`` on its dataset and return the side-by-side result.
+
+    The result holds ``models`` (each one's metrics and counts), ``comparison`` (per metric:
+    direction, values, best, Δ vs the base) and ``sample_table`` (the first prompts with the
+    reference and every model's answer and per-example score). A single-model job also keeps
+    the flat ``metrics``/``samples`` of that model.
+    """
     import torch
+
+    from studio.evaluation.comparison import common_base, compare_models, sample_table
 
     registry = ctx.registry
     dataset = registry.get_dataset(request.dataset_id)
@@ -62,9 +102,106 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
     kind = dataset_kind(rows, dataset.report)
     wanted = list(dict.fromkeys(request.metrics))  # the order asked, without repeats
     check_metrics(wanted, kind, label)
+    adapters = [registry.get_adapter(i) for i in request.adapters()]
+    base_name = common_base(request.base_model, adapters)
 
-    torch.manual_seed(request.seed)
-    evaluated = _load(request, ctx, rows, dataset, kind, reporter)
+    loss_wanted = bool({"loss", "accuracy"} & set(wanted))
+    generations = _generation_examples(rows, label) if set(GENERATION_METRICS) & set(wanted) else []
+    models = ([None] if request.base_model else []) + adapters
+    tick = _Ticker(
+        reporter,
+        len(models)
+        * (
+            (batch_count(len(rows), LOSS_BATCH_SIZE) if loss_wanted else 0)
+            + batch_count(len(generations), GENERATION_BATCH_SIZE)
+        ),
+    )
+    reporter.progress(0, tick.total, "evaluating")
+    reporter.check_cancelled()
+
+    loader = ComparisonLoader(ctx.settings, ctx.device.torch_device, reporter.log)
+    budget: int | None = None
+    scores: list[ModelScore] = []
+    samples: list[dict[str, Any]] = []
+    for adapter in models:
+        torch.manual_seed(request.seed)  # each model starts from the same seed
+        if adapter is None:
+            context = loader.base(base_name, "classification" if kind == "classification" else "causal-lm")
+        else:
+            context = loader.adapter(adapter, _fallback_labels(registry, adapter, rows, dataset))
+        with context as evaluated:
+            if generations and budget is None:  # one budget for every model, from the first one's tokenizer
+                budget = generation_budget(request, evaluated.tokenizer, generations, ctx.settings)
+                reporter.log(f"generation budget: {budget} new tokens per answer")
+            score, samples = _score_model(
+                evaluated, adapter, rows, kind, label, wanted, generations, budget, ctx, reporter, tick
+            )
+        scores.append(score)
+
+    loss_by_rank = _loss_by_rank(request, ctx, rows, dataset, kind, reporter) if request.ranks else {}
+    several = len(scores) > 1
+    for score in scores:
+        # One series per model in a comparison, so the Jobs tab's charts keep them apart.
+        reporter.metrics(len(rows), {(f"{score.key}/{k}" if several else k): v for k, v in score.values.items()})
+        # Into the eval results table, never onto the adapter: its metrics are what training measured.
+        registry.record_eval_results(
+            model_key=score.key,
+            adapter_id=score.adapter_id,
+            base_model=base_name,
+            dataset_id=dataset.id,
+            values={k: (float(v) if math.isfinite(v) else None) for k, v in score.values.items()},
+            examples=len(rows),
+            truncated={m: score.truncated_answers for m in GENERATION_METRICS if m in score.values},
+            max_new_tokens=budget,
+            job_id=ctx.job_id,
+        )
+    reporter.progress(tick.total, tick.total, "done")
+
+    summaries = [s.summary() for s in scores]
+    prompts = [s["prompt"] for s in samples]
+    result: dict[str, Any] = {
+        "dataset_id": dataset.id,
+        "base_model": base_name,
+        "task": kind,
+        "examples": len(rows),
+        "generated": len(generations),
+        "max_new_tokens": budget,
+        "models": summaries,
+        "comparison": compare_models(summaries),
+        "sample_table": sample_table(
+            prompts, [s["reference"] for s in samples], {s.key: s.answers[: len(prompts)] for s in scores}
+        ),
+        "loss_by_rank": loss_by_rank,
+    }
+    if not several:
+        only = summaries[0]
+        result.update(
+            metrics=only["metrics"],
+            adapter_id=only["adapter_id"],
+            model=only["label"],
+            scored_rows=only["scored_rows"],
+            truncated_rows=only["truncated_rows"],
+            skipped_rows=only["skipped_rows"],
+            truncated_answers=only["truncated_answers"],
+            samples=[{**sample, **answer} for sample, answer in zip(samples, scores[0].answers, strict=False)],
+        )
+    return result
+
+
+def _score_model(
+    evaluated: EvalModel,
+    adapter: Any,
+    rows: list,
+    kind: str,
+    label: str,
+    wanted: list[str],
+    generations: list,
+    budget: int | None,
+    ctx: Any,
+    reporter: Reporter,
+    tick: _Ticker,
+) -> tuple[ModelScore, list[dict[str, Any]]]:
+    """Both passes for one loaded model; returns its score and the sample prompts/references it answered."""
     if (evaluated.task == "classification") != (kind == "classification"):
         raise StudioError(
             f"{evaluated.description} is a {evaluated.task} model but dataset {label} holds {kind} rows; "
@@ -73,48 +210,28 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
     reporter.log(f"evaluating {evaluated.description} on dataset {label}: {len(rows)} rows, {', '.join(wanted)}")
     device = ctx.device.torch_device
     max_length = _max_length(evaluated.model)
-
-    encoded = _encode(rows, evaluated, max_length, reporter) if {"loss", "accuracy"} & set(wanted) else None
-    generations = _generation_examples(rows, label) if set(GENERATION_METRICS) & set(wanted) else []
-    tick = _Ticker(
-        reporter,
-        (batch_count(len(encoded.examples), LOSS_BATCH_SIZE) if encoded else 0)
-        + batch_count(len(generations), GENERATION_BATCH_SIZE),
-    )
-    reporter.progress(0, tick.total, "evaluating")
-    reporter.check_cancelled()
-
-    values: dict[str, float] = {}
+    adapter_id = adapter.id if adapter is not None else None
+    score = ModelScore(model_key(adapter_id, evaluated.base_model), evaluated.description, adapter_id)
     samples: list[dict[str, Any]] = []
-    if encoded is not None:
-        scores, samples = _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick)
-        values.update(scores)
+    if {"loss", "accuracy"} & set(wanted):
+        score.encoded = _encode(rows, evaluated, max_length, reporter)
+        values, samples = _score_loss(evaluated, score.encoded, rows, wanted, kind, label, device, tick)
+        score.values.update(values)
     if generations:
-        scores, samples = _score_generation(evaluated, generations, request, wanted, max_length, device, tick)
-        values.update(scores)
-
-    loss_by_rank = _loss_by_rank(request, ctx, rows, dataset, kind, reporter) if request.ranks else {}
-    reporter.metrics(len(rows), values)
-    reporter.progress(tick.total, tick.total, "done")
-    reporter.log("results: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
-    if request.adapter_id is not None:
-        finite = {k: float(v) for k, v in values.items() if math.isfinite(v)}
-        registry.update_adapter_metrics(request.adapter_id, finite)
-    return {
-        # JSON has no inf: a diverged model's perplexity is stored as null in the result.
-        "metrics": {k: (v if math.isfinite(v) else None) for k, v in values.items()},
-        "dataset_id": dataset.id,
-        "adapter_id": request.adapter_id,
-        "model": evaluated.description,
-        "task": kind,
-        "examples": len(rows),
-        "scored_rows": len(encoded.examples) if encoded else None,
-        "truncated_rows": encoded.truncated if encoded else 0,
-        "skipped_rows": encoded.dropped if encoded else 0,
-        "generated": len(generations),
-        "samples": samples,
-        "loss_by_rank": loss_by_rank,
-    }
+        values, samples, score.truncated_answers = _score_generation(
+            evaluated, generations, budget, wanted, max_length, device, tick
+        )
+        score.values.update(values)
+        if score.truncated_answers:
+            reporter.log(
+                f"{evaluated.description}: {score.truncated_answers} of {len(generations)} answers hit the "
+                f"{budget}-token budget before ending; their scores may be low for that reason alone",
+                "warning",
+            )
+    reporter.log(f"{evaluated.description}: " + ", ".join(f"{k}={v:.4g}" for k, v in score.values.items()))
+    # The samples' prompt and reference are shared by every model; the rest is this model's answer.
+    score.answers = [{k: v for k, v in s.items() if k not in ("prompt", "reference")} for s in samples]
+    return score, [{"prompt": s["prompt"], "reference": s["reference"]} for s in samples]
 
 
 def _loss_by_rank(request: EvalRequest, ctx: Any, rows: list, dataset: Any, kind: str, reporter: Reporter) -> dict:
@@ -189,48 +306,40 @@ def _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick) -> 
 
 
 def _score_generation(
-    evaluated, generations, request, wanted, max_length, device, tick
-) -> tuple[dict[str, float], list]:
-    """exact_match and rouge_l of greedy answers against the last assistant turns."""
+    evaluated, generations, budget, wanted, max_length, device, tick
+) -> tuple[dict[str, float], list, int]:
+    """exact_match and rouge_l of greedy answers against the last assistant turns, and how many were cut off."""
     from studio.training.tokenise import ensure_chat_template
 
     # The same fallback template training used when the tokenizer has none.
     ensure_chat_template(evaluated.tokenizer)
-    predictions = generation_pass(
+    answers = generation_pass(
         evaluated.model,
         evaluated.tokenizer,
         generations,
         batch_size=GENERATION_BATCH_SIZE,
-        max_new_tokens=request.max_new_tokens,
-        max_prompt_tokens=max(16, max_length - request.max_new_tokens),
+        max_new_tokens=budget,
+        max_prompt_tokens=max(16, max_length - budget),
         device=device,
         tick=tick,
     )
+    predictions = [a.text for a in answers]
     references = [e.reference for e in generations]
     values: dict[str, float] = {}
     if "exact_match" in wanted:
         values["exact_match"] = M.exact_match_rate(predictions, references)
     if "rouge_l" in wanted:
         values["rouge_l"] = M.rouge_l_mean(predictions, references)
-    return values, _generation_samples(generations, predictions, wanted)
+    return values, _generation_samples(generations, answers, wanted), sum(a.truncated for a in answers)
 
 
-def _load(request: EvalRequest, ctx: Any, rows: list, dataset: Any, kind: str, reporter: Reporter) -> EvalModel:
-    """The adapter (with its label order) or the bare base model, on the job's device."""
-    device = ctx.device.torch_device
-    if request.adapter_id is None:
-        if not request.base_model:
-            raise ValidationFailed("an evaluation needs an adapter id or a base model")
-        task = "classification" if kind == "classification" else "causal-lm"
-        return load_base(request.base_model, ctx.settings, device, task, reporter.log)
-    adapter = ctx.registry.get_adapter(request.adapter_id)
-    if request.base_model and request.base_model != adapter.base_model:
-        reporter.log(
-            f"ignoring base model {request.base_model}: adapter {adapter.id} is for {adapter.base_model}", "warning"
-        )
-    return load_adapter(
-        adapter, ctx.settings, device, _fallback_labels(ctx.registry, adapter, rows, dataset), reporter.log
-    )
+def generation_budget(request: EvalRequest, tokenizer: Any, generations: list, settings: Any) -> int:
+    """The request's max_new_tokens, else one sized from the longest reference answer (capped by the settings)."""
+    from studio.evaluation.generate import sized_budget
+
+    if request.max_new_tokens is not None:
+        return request.max_new_tokens
+    return sized_budget(tokenizer, [e.reference for e in generations], settings.eval_max_new_tokens)
 
 
 def _fallback_labels(registry: Any, adapter: Any, rows: list, dataset: Any) -> list | None:
@@ -281,13 +390,15 @@ def _generation_examples(rows: list, label: str) -> list:
     return examples
 
 
-def _generation_samples(examples: list, predictions: list[str], wanted: list[str]) -> list[dict[str, Any]]:
+def _generation_samples(examples: list, answers: list, wanted: list[str]) -> list[dict[str, Any]]:
     samples = []
-    for example, prediction in zip(examples[:SAMPLES], predictions, strict=False):
+    for example, answer in zip(examples[:SAMPLES], answers, strict=False):
+        prediction = answer.text
         sample: dict[str, Any] = {
             "prompt": prompt_text(example.prompt),
             "reference": example.reference,
             "prediction": prediction,
+            "truncated": answer.truncated,
         }
         if "exact_match" in wanted:
             sample["exact_match"] = M.exact_match(prediction, example.reference)
@@ -299,6 +410,6 @@ def _generation_samples(examples: list, predictions: list[str], wanted: list[str
 
 def _class_samples(rows: list, labels: list, predicted: list[int], expected: list[int]) -> list[dict[str, Any]]:
     return [
-        {"prompt": row["text"], "reference": labels[e], "prediction": labels[p]}
+        {"prompt": row["text"], "reference": labels[e], "prediction": labels[p], "correct": p == e}
         for row, p, e in zip(rows[:SAMPLES], predicted, expected, strict=False)
     ]

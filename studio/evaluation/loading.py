@@ -10,7 +10,8 @@ a pickle (``adapter_model.bin``) can run code on load and is refused.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ class EvalModel:
     labels: list[Any] | None  # class names in head order (classification only)
     pad_id: int
     description: str  # "adapter 3 (lora on smollm2-135m-instruct)" / "base model X"
+    base_model: str = ""  # the base's name as the registry knows it
 
 
 def adapter_task(adapter_dir: Path) -> str:
@@ -152,7 +154,7 @@ def load_adapter(
         zero_pruned_rows(model, masks)
     model.to(device).eval()
     description = f"adapter {adapter.id} ({adapter.variant} on {adapter.base_model})"
-    return EvalModel(model, tokenizer, task, labels, pad_id, description)
+    return EvalModel(model, tokenizer, task, labels, pad_id, description, adapter.base_model)
 
 
 def load_base(name: str, settings: Any, device: str, task: str, log: Log) -> EvalModel:
@@ -168,7 +170,7 @@ def load_base(name: str, settings: Any, device: str, task: str, log: Log) -> Eva
     else:
         model, labels = load_base_model(base_path, "causal-lm"), None
     model.to(device).eval()
-    return EvalModel(model, tokenizer, task, labels, pad_id, f"base model {name}")
+    return EvalModel(model, tokenizer, task, labels, pad_id, f"base model {name}", name)
 
 
 def _base_classifier(base_path: Path, name: str) -> tuple[Any, list[Any]]:
@@ -189,3 +191,60 @@ def _base_classifier(base_path: Path, name: str) -> tuple[Any, list[Any]]:
     if names == [f"LABEL_{i}" for i in range(len(names))]:
         names = list(range(len(names)))  # transformers' placeholder names: datasets label by index
     return model, names
+
+
+class ComparisonLoader:
+    """Loads the models of one comparison: a causal-LM base once, each adapter swapped onto it.
+
+    The base sits in a :class:`~studio.serving.pool.ModelPool` (the playground's), holding one
+    adapter at a time, so comparing five adapters costs one base model's load and memory.
+    Classification adapters each carry their own head and label order, so they are loaded
+    whole, one after the other, as a single evaluation loads them.
+    """
+
+    def __init__(self, settings: Any, device: str, log: Log):
+        from studio.serving.pool import ModelPool
+
+        self.settings, self.device, self.log = settings, device, log
+        self._bases: dict[str, EvalModel] = {}
+        self._pool = ModelPool(self._load_base, max_adapters=1)
+
+    def _load_base(self, name: str) -> tuple[Any, Any]:
+        base = load_base(name, self.settings, self.device, "causal-lm", self.log)
+        self._bases[name] = base
+        return base.model, base.tokenizer
+
+    @contextmanager
+    def base(self, name: str, task: str) -> Iterator[EvalModel]:
+        """The bare base model for ``task``, reusing the pooled one for text generation."""
+        if task == "classification":
+            yield load_base(name, self.settings, self.device, task, self.log)
+            return
+        with self._pool.use(name) as (model, tokenizer):
+            loaded = self._bases[name]
+            yield EvalModel(model, tokenizer, "causal-lm", None, loaded.pad_id, loaded.description, name)
+
+    @contextmanager
+    def adapter(self, adapter: Any, fallback_labels: Sequence[Any] | None) -> Iterator[EvalModel]:
+        """Base + ``adapter`` (an AdapterRow), swapped onto the pooled base unless it is a classifier."""
+        from studio.models.base_models import resolve_base_model
+        from studio.serving.pool import AdapterRef
+
+        adapter_dir = Path(adapter.path)
+        check_adapter_dir(adapter_dir, adapter.id)
+        if adapter_task(adapter_dir) == "classification":
+            yield load_adapter(adapter, self.settings, self.device, fallback_labels, self.log)
+            return
+        base_path = resolve_base_model(adapter.base_model, self.settings, progress=self.log).path
+        tokenizer = _tokenizer(base_path, adapter_dir)  # the adapter's own chat template, when it saved one
+        with ExitStack() as stack:
+            ref = AdapterRef(f"adapter-{adapter.id}", str(adapter_dir))
+            try:
+                model, _ = stack.enter_context(self._pool.use(adapter.base_model, ref))
+            except (RuntimeError, ValueError, KeyError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise StudioError(
+                    f"adapter {adapter.id} does not fit base model {adapter.base_model}: {first}"
+                ) from None
+            description = f"adapter {adapter.id} ({adapter.variant} on {adapter.base_model})"
+            yield EvalModel(model, tokenizer, "causal-lm", None, _pad_id(tokenizer), description, adapter.base_model)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from studio.evaluation.examples import GenerationExample
+from studio.evaluation.generate import Answer
 
 Tick = Callable[[str], None]  # called with the phase after every batch: progress, raises JobCancelled
 
@@ -76,15 +77,15 @@ def generation_pass(
     max_prompt_tokens: int,
     device: Any,
     tick: Tick,
-) -> list[str]:
-    """Greedy predictions for every example, batch by batch."""
-    from studio.evaluation.generate import generate_answers, stop_ids
+) -> list[Answer]:
+    """Greedy predictions for every example, batch by batch, each marked when the budget cut it off."""
+    from studio.evaluation.generate import generate_batch, stop_ids
 
     stop = stop_ids(tokenizer)
-    predictions: list[str] = []
+    predictions: list[Answer] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        predictions += generate_answers(
+        predictions += generate_batch(
             model,
             tokenizer,
             [e.prompt for e in chunk],

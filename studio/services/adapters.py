@@ -57,6 +57,10 @@ class AdapterService:
     def get(self, adapter_id: int) -> Any:
         return self.registry.get_adapter(adapter_id)
 
+    def eval_results(self, adapter_id: int) -> list[Any]:
+        """The adapter's stored evaluation scores (per dataset and metric), apart from its training metrics."""
+        return self.registry.eval_results(adapter_id=adapter_id)
+
     def rank_history(self, adapter_id: int) -> list[Any]:
         """Rank snapshots (step, module, rank) recorded while the adapter's job trained."""
         row = self.get(adapter_id)

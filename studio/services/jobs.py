@@ -85,10 +85,12 @@ class JobService:
             self.registry.get_dataset(request.dataset_id)
         if isinstance(request, EvalRequest):
             self.registry.get_dataset(request.dataset_id)
-            if request.adapter_id is not None:
-                self.registry.get_adapter(request.adapter_id)
-            elif not request.base_model:
+            from studio.evaluation.comparison import common_base
+
+            adapters = [self.registry.get_adapter(i) for i in request.adapters()]
+            if not adapters and not request.base_model:
                 raise StudioError("an evaluation needs an adapter or a base model")
+            common_base(request.base_model, adapters)  # one base for every model compared
         if isinstance(request, MergeRequest):
             from studio.merging.checks import check_mergeable
 

@@ -48,7 +48,7 @@ def test_eval_base_model_imports_the_file_and_queues_a_job(monkeypatch, settings
 def test_eval_defaults_to_loss_and_refuses_bad_requests_before_queueing(monkeypatch, settings, chat_file):
     result = _run(["--base", "m", "--dataset", str(chat_file)], monkeypatch, settings)
     assert "dataset 1: loss)" in result.output
-    with pytest.raises(StudioError, match="either an ADAPTER_ID or --base"):
+    with pytest.raises(StudioError, match="give adapter ids, --base MODEL, or both"):
         _run(["--dataset", "1"], monkeypatch, settings)
     with pytest.raises(StudioError, match="fit: loss, exact_match, rouge_l"):
         _run(["--base", "m", "--dataset", "1", "--metric", "accuracy"], monkeypatch, settings)
@@ -58,3 +58,35 @@ def test_eval_defaults_to_loss_and_refuses_bad_requests_before_queueing(monkeypa
     from studio.cli.common import services
 
     assert [job.id for job in services().jobs.list()] == [1]  # only the first, valid request was queued
+
+
+def test_eval_queues_a_comparison_of_the_base_and_adapters(monkeypatch, settings, chat_file):
+    result = _run(["--base", "m", "--dataset", str(chat_file)], monkeypatch, settings)  # imports dataset 1
+    from studio.cli.common import services
+
+    registry = services().registry
+    ids = [registry.add_adapter(name=n, variant="lora", base_model="m", path="/nowhere", sha256="0").id for n in "ab"]
+    result = _run(["--base", "m", *map(str, ids), "--dataset", "1", "--metric", "exact_match"], monkeypatch, settings)
+    assert result.exit_code == 0, result.output
+    assert f"(base model m, adapter {ids[0]}, adapter {ids[1]} on dataset 1: exact_match)" in result.output
+    request = services().jobs.get(2).request
+    assert request["base_model"] == "m" and request["adapter_ids"] == ids and request["max_new_tokens"] is None
+
+    other = registry.add_adapter(name="c", variant="lora", base_model="other", path="/nowhere", sha256="0").id
+    with pytest.raises(StudioError, match=f"adapter {other} is for base model other, not m"):
+        _run(["--base", "m", str(other), "--dataset", "1"], monkeypatch, settings)
+
+
+def test_comparison_table_marks_direction_best_delta_and_cut_off_answers():
+    from studio.evaluation.comparison import compare_models, comparison_lines
+
+    models = [
+        {"key": "base:m", "metrics": {"eval_loss": 2.0, "exact_match": 0.0}, "truncated_answers": 3},
+        {"key": "adapter:4", "metrics": {"eval_loss": 1.5, "exact_match": 0.5}, "truncated_answers": 0},
+    ]
+    result = {"models": models, "comparison": compare_models(models), "max_new_tokens": 40, "generated": 4}
+    header, loss, match, footnote, cut = comparison_lines(result)
+    assert header.split() == ["metric", "better", "base:m", "adapter:4", "Δ", "adapter:4"]
+    assert loss.split() == ["eval_loss", "lower", "2", "1.5*", "-0.5"]
+    assert match.split() == ["exact_match", "higher", "0", "0.5*", "+0.5"]
+    assert cut == "answers cut off by the 40-token budget (of 4): base:m 3, adapter:4 0"

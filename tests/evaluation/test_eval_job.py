@@ -117,7 +117,10 @@ def test_zero_initialised_lora_scores_exactly_the_base_loss(env, tiny_llama_dir,
     assert base["metrics"]["perplexity"] == pytest.approx(math.exp(loss))
     assert base_reporter.series("eval_loss") == [(3, loss)]  # step = rows evaluated
     assert base_reporter.steps[-1][:2] == (1, 1)  # one loss batch, progress complete
-    assert env.registry.get_adapter(adapter.id).metrics["eval_loss"] == loss
+    stored = {(r.model_key, r.metric): r.value for r in env.registry.eval_results(dataset_id=dataset.id)}
+    assert stored[(f"adapter:{adapter.id}", "eval_loss")] == loss
+    assert stored[(f"base:{tiny_llama_dir}", "eval_loss")] == loss
+    assert env.registry.get_adapter(adapter.id).metrics == {}  # training's metrics are left alone
 
 
 def test_trained_adapter_through_the_job_runner(env, tiny_llama_dir, trained_adapter, single_thread):
@@ -142,6 +145,7 @@ def test_trained_adapter_through_the_job_runner(env, tiny_llama_dir, trained_ada
         "prompt": "user: What is 3+4?",
         "reference": "#### 7",
         "prediction": "#### 5",
+        "truncated": False,
         "exact_match": False,
         "rouge_l": 0.5,  # tokens [####, 5] vs [####, 7]: LCS 1, P = R = 1/2
     }
@@ -152,8 +156,52 @@ def test_trained_adapter_through_the_job_runner(env, tiny_llama_dir, trained_ada
 
     stored = {row.name: (row.step, row.value) for row in env.registry.metrics(job.id)}
     assert stored == {name: (3, pytest.approx(value)) for name, value in metrics.items()}
-    assert env.registry.get_adapter(adapter.id).metrics == pytest.approx(metrics)
+    results = env.registry.eval_results(adapter_id=adapter.id)
+    assert {r.metric: r.value for r in results} == pytest.approx(metrics)
+    assert {r.job_id for r in results} == {job.id}
     assert job.progress == 1.0
+
+
+def test_budget_is_sized_from_the_references_and_cut_answers_are_counted(
+    env, tiny_llama_dir, trained_adapter, single_thread
+):
+    from studio.evaluation.generate import sized_budget
+    from studio.training.models import load_tokenizer_for
+
+    dataset = env.add_dataset(ROWS)
+    adapter = env.add_adapter(trained_adapter, str(tiny_llama_dir), dataset.id, name="trained")
+    # "#### 5" is 6 byte tokens: 1.25 × 6 + 8 = 15.5, rounded up.
+    assert sized_budget(load_tokenizer_for(tiny_llama_dir), ["#### 5", "#### 7"], cap=1024) == 16
+    assert sized_budget(load_tokenizer_for(tiny_llama_dir), ["#### 5"], cap=10) == 10
+
+    sized, reporter = evaluate(env, adapter_id=adapter.id, dataset_id=dataset.id, metrics=["exact_match"])
+    assert sized["max_new_tokens"] == 16 and sized["truncated_answers"] == 0
+    assert sized["metrics"]["exact_match"] == pytest.approx(2 / 3)
+
+    # Three tokens cannot hold "#### 5" and its end-of-turn token: every answer is cut off, and said so.
+    cut, reporter = evaluate(
+        env, adapter_id=adapter.id, dataset_id=dataset.id, metrics=["exact_match", "rouge_l"], max_new_tokens=3
+    )
+    assert cut["truncated_answers"] == 3 and cut["metrics"]["exact_match"] == 0.0
+    assert [s["truncated"] for s in cut["samples"]] == [True, True, True]
+    assert any("3 of 3 answers hit the 3-token budget" in message for _level, message in reporter.logs)
+    stored = {r.metric: (r.truncated, r.max_new_tokens) for r in env.registry.eval_results(adapter_id=adapter.id)}
+    assert stored == {"exact_match": (3, 3), "rouge_l": (3, 3)}
+
+
+def test_evaluating_never_overwrites_the_training_metrics(env, tiny_llama_dir, single_thread):
+    dataset = env.add_dataset(ROWS)
+    adapter = env.add_adapter(lora_model(tiny_llama_dir), str(tiny_llama_dir), dataset.id)
+    env.registry.update_adapter_metrics(adapter.id, {"eval_loss": 0.125, "final_loss": 0.1})  # as training wrote
+    first, _ = evaluate(env, adapter_id=adapter.id, dataset_id=dataset.id)
+    again, _ = evaluate(env, adapter_id=adapter.id, dataset_id=dataset.id, max_examples=2)
+
+    assert env.registry.get_adapter(adapter.id).metrics == {"eval_loss": 0.125, "final_loss": 0.1}
+    # One row per (model, dataset, metric): the later evaluation replaces the earlier one.
+    rows = env.registry.eval_results(adapter_id=adapter.id)
+    assert sorted(r.metric for r in rows) == ["eval_loss", "perplexity"]
+    assert {r.metric: (r.value, r.examples) for r in rows}["eval_loss"] == (again["metrics"]["eval_loss"], 2)
+    assert again["metrics"]["eval_loss"] != first["metrics"]["eval_loss"]
 
 
 def test_batched_left_padded_generation_equals_one_by_one(tiny_llama_dir, single_thread):
@@ -201,8 +249,10 @@ def test_classification_accuracy_uses_the_trained_head(env, tiny_bert_dir, singl
     small = math.log1p(math.exp(-5.0))  # cross-entropy of the predicted class when logits are (0, 5)
     assert result["metrics"] == pytest.approx({"eval_loss": (5.0 + 4 * small) / 4, "accuracy": 0.75})
     assert [s["prediction"] for s in result["samples"]] == ["pos"] * 4
-    assert result["samples"][0] == {"prompt": "awful film", "reference": "neg", "prediction": "pos"}
-    assert env.registry.get_adapter(adapter.id).metrics == pytest.approx(result["metrics"])
+    assert result["samples"][0] == {"prompt": "awful film", "reference": "neg", "prediction": "pos", "correct": False}
+    assert {r.metric: r.value for r in env.registry.eval_results(adapter_id=adapter.id)} == pytest.approx(
+        result["metrics"]
+    )
 
 
 def test_label_order_saved_with_the_adapter_wins(env, tiny_bert_dir, single_thread):

@@ -218,7 +218,9 @@ def test_pruned_model_download_is_offered_for_loraprune_adapters_only():
             id=1, name="a", variant=variant, base_model="b", dataset_id=None, trainable_params=1, size_bytes=1,
             ranks={}, metrics={}, source_job_id=None, parents=None,
         )  # fmt: skip
-        adapters = SimpleNamespace(get=lambda _id: row, rank_history=lambda _id: [], zip=files_gone)
+        adapters = SimpleNamespace(
+            get=lambda _id: row, rank_history=lambda _id: [], zip=files_gone, eval_results=lambda _id: []
+        )
         return SimpleNamespace(adapters=adapters)
 
     assert tab_adapters.details(services_with("loraprune"), 1)["pruned_btn"]["visible"] is True

@@ -116,6 +116,6 @@ def test_playground_send_streams_into_each_pane(services, trained, tiny_llama):
 def test_evaluate_tab_queues_an_eval_job(services, trained):
     if not tab_evaluate.available():
         pytest.skip("the eval job kind is not installed")
-    line = tab_evaluate.submit_eval(services, trained["lora"], None, 1, {"metrics": ["loss"], "max_examples": 4})
+    line = tab_evaluate.submit_eval(services, [trained["lora"]], None, 1, {"metrics": ["loss"], "max_examples": 4})
     job = services.jobs.list(kind="eval")[0]
-    assert f"#{job.id}" in line and job.request["adapter_id"] == trained["lora"]
+    assert f"#{job.id}" in line and job.request["adapter_ids"] == [trained["lora"]]
