@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import MIN_EFFECT, FidelityLab, Trained, logits_of, prompt_ids
+from fidelity_lab import MIN_EFFECT, FidelityLab, Trained, logits_of, prompt_ids
 
 from studio.variants.registry import variant_names
 

@@ -8,7 +8,7 @@ unmasked model differs clearly from what training produced, so it fails if a con
 from __future__ import annotations
 
 import torch
-from conftest import FidelityLab, logits_of
+from fidelity_lab import FidelityLab, logits_of
 
 from studio.variants._loraprune_masks import saved_masks
 
