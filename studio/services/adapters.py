@@ -96,7 +96,9 @@ class AdapterService:
         elif row.variant == "dylora":
             from studio.variants.dylora import cut_saved_adapter
 
+            # Exact as DyLoRA's own model at that rank, yet it still changes the outputs: measure by how much.
             report = cut_saved_adapter(source, out, as_lora_rank)
+            report = self._measure_output_error(adapter_id, source, out, report)
         else:
             report = self._export_as_lora(adapter_id, source, out, as_lora_rank)
         # An export is meant for use elsewhere: it names its base portably, never by a path of this server.
@@ -107,7 +109,7 @@ class AdapterService:
         from peft import PeftModel
 
         from studio.variants._loraprune_masks import load_pruned_adapter, masked_deltas, saved_masks
-        from studio.variants.lora_export import export_delta_as_lora, output_change
+        from studio.variants.lora_export import export_delta_as_lora
         from studio.variants.peft_common import layer_delta, tuner_layers
 
         ectx = self._export_context(adapter_id, source)
@@ -123,9 +125,25 @@ class AdapterService:
         for extra in ("labels.json",):
             if (source / extra).exists():
                 shutil.copy2(source / extra, out / extra)
-        exported = PeftModel.from_pretrained(ectx.fresh_base(), str(out), use_safetensors=True)
         # Measured against what was trained: a LoRAPrune adapter's reference has its masks applied.
         reference = load_pruned_adapter(ectx.fresh_base(), source, merge=False) if masks is not None else model
+        return self._measure_output_error(adapter_id, source, out, report, reference)
+
+    def _measure_output_error(
+        self, adapter_id: int, source: Path, out: Path, report: ExportReport, reference: Any = None
+    ) -> ExportReport:
+        """Set ``report.output_error``: the share of the adapter's effect on logits that the export in ``out`` changes.
+
+        ``reference`` is the adapter as trained (default: plain PEFT on ``source``); the report is rewritten.
+        """
+        from peft import PeftModel
+
+        from studio.variants.lora_export import output_change
+
+        ectx = self._export_context(adapter_id, source)
+        if reference is None:
+            reference = PeftModel.from_pretrained(ectx.fresh_base(), str(source), use_safetensors=True)
+        exported = PeftModel.from_pretrained(ectx.fresh_base(), str(out), use_safetensors=True)
         report.output_error = output_change(reference, exported, ectx.fresh_base(), self._probe_ids(adapter_id))
         report.write(out)
         return report

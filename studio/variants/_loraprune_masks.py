@@ -295,13 +295,23 @@ def attach_output_masks(peft_model: Any, adapter_name: str, row_masks: dict[str,
 
     For a base shared by several adapters (the serving pool): the base weights stay intact and
     the other adapters are unaffected. Exact: a zero output row is what the pruned model computes.
+    Inside ``peft_model.disable_adapter()`` (the pool's "no adapter") the masks are off too.
     """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    # disable_adapter() switches every tuner layer off but leaves the active adapter name as it was:
+    # ask a tuner layer of this wrapper (a masked module itself may have no LoRA).
+    tuner = next((m for m in peft_model.modules() if isinstance(m, BaseTunerLayer)), None)
+
+    def masks_on() -> bool:
+        return adapter_name in peft_model.active_adapters and not (tuner is not None and tuner.disable_adapters)
+
     handles = []
     for name, mask in row_masks.items():
         module = _find(peft_model, name)
 
         def hook(_mod: Any, _inputs: Any, output: torch.Tensor, keep: torch.Tensor = mask) -> torch.Tensor | None:
-            if adapter_name not in peft_model.active_adapters:  # the wrapper's: masked modules may have no LoRA
+            if not masks_on():
                 return None
             return output * keep.to(device=output.device, dtype=output.dtype)
 
