@@ -73,10 +73,10 @@ def on_panes(panes: int) -> dict[str, Any]:
 
 
 def send(playground: PlaygroundService, gen: SchemaForm | None, base_model: str, panes: int, prompt: str, **raw: Any):
-    """Send ``prompt`` to every visible pane in turn, streaming each reply into its pane.
+    """Send ``prompt`` to every visible pane at once, streaming all replies side by side as tokens arrive.
 
-    Panes share one model in memory and PEFT switches adapters per pane, so they
-    answer one after another rather than at the same time.
+    The panes are generated together in one batch on the serving engine (adapters it
+    cannot serve are answered by PEFT next to it), so no pane waits for another.
     """
     prompt = (prompt or "").strip()
     if not prompt:
@@ -89,13 +89,10 @@ def send(playground: PlaygroundService, gen: SchemaForm | None, base_model: str,
     for i in range(count):
         histories[i] = [*histories[i], {"role": "user", "content": prompt}]
     yield {"prompt": "", **{f"chat_{i}": [*h, {"role": "assistant", "content": "…"}] for i, h in histories.items()}}
-    for i in range(count):
-        target = raw.get(f"target_{i}") or BASE_TARGET
-        reply = ""
-        for reply in playground.stream(base_model, target, histories[i], settings):
-            yield {f"chat_{i}": [*histories[i], {"role": "assistant", "content": reply}]}
-        histories[i] = [*histories[i], {"role": "assistant", "content": reply or "(empty reply)"}]
-        yield {f"chat_{i}": histories[i]}
+    requests = [(raw.get(f"target_{i}") or BASE_TARGET, histories[i]) for i in range(count)]
+    for reply in playground.stream_panes(base_model, requests, settings):
+        content = reply.text or ("(empty reply)" if reply.done else "…")
+        yield {f"chat_{reply.pane}": [*histories[reply.pane], {"role": "assistant", "content": content}]}
 
 
 def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:

@@ -114,6 +114,14 @@ class Settings(BaseSettings):
         description="Adapters the serving engine keeps ready in its adapter banks at once (slot 0, the bare base, "
         "not counted); more adapters wait in host RAM and are paged in when a request needs them.",
     )
+    serving_queue: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        validation_alias=_env("STUDIO_SERVING_QUEUE"),
+        description="Requests that may wait to join the serving engine's running batch (per base model); "
+        "beyond that a new request is refused with 'queue full' instead of waiting without end.",
+    )
     memory_budget_gb: float | None = Field(
         default=None,
         gt=0,

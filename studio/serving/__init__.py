@@ -1,7 +1,11 @@
-"""Serving: the playground's pool (one request at a time) and the batched multi-adapter engine.
+"""Serving: the batched multi-adapter engine behind the playground, and PEFT's pool for what it cannot serve.
 
-``pool.py`` + ``generation.py`` serve the playground today: one base model in
-memory, PEFT adapters attached by name, one reply at a time under a lock.
+``scheduler.py`` gives each base model one thread that owns its engine:
+requests from any thread join the running batch between decode steps and
+stream back (the playground's panes are one batch). ``pool.py`` +
+``generation.py`` answer the adapters the engine refuses (DoRA, non-LoRA
+types) with PEFT: one base model in memory, adapters attached by name, one
+reply at a time under a lock.
 
 ``bank.py`` + ``lora_ops.py`` + ``engine.py`` are an S-LoRA-style engine
 (composition spec §8): many requests, each on its own LoRA adapter or none,

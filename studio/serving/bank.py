@@ -139,14 +139,14 @@ def read_adapter(path: str | Path, key: str | None = None) -> HostAdapter:
     if reason:
         raise AdapterNotServable(
             f"adapter {directory.name} cannot be served in a batch because {reason}; "
-            "open it in the playground on its own instead"
+            "serve it with PEFT instead (the playground does so by itself)"
         )
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in _read_weights(directory).items():
         if "lora_embedding" in name or "modules_to_save" in name or "lora_magnitude" in name:
             raise AdapterNotServable(
                 f"adapter {directory.name} holds {name}, which is not a LoRA term of a linear layer; "
-                "open it in the playground on its own instead"
+                "serve it with PEFT instead (the playground does so by itself)"
             )
         match = _LORA_KEY.match(name.removeprefix(_PEFT_PREFIX))
         if match is None:

@@ -10,9 +10,10 @@ Scheduling is continuous within a call: a request waits in the queue until
 the batch has room (``max_batch``) and its adapter can get a slot (a slot stays
 pinned while a request uses it), finished rows leave the batch after every step
 and waiting requests join between decode steps, their fresh cache merged into
-the running one (left-padded to the same length). Requests arriving from other
-threads while a call runs (issue 12, item 2) would enter through the same queue
-(``_Scheduler.pending``); that entry point is not written yet.
+the running one (left-padded to the same length). One call is one
+:class:`BatchRun`; requests arriving from other threads join a long-lived
+``BatchRun`` through studio/serving/scheduler.py, which adds them to its
+``pending`` queue, cancels rows and advances it one step at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 import inspect
 import threading
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,7 +72,7 @@ class EngineResult:
 
     token_ids: list[int]
     text: str
-    finish_reason: Literal["eos", "stop", "length"]
+    finish_reason: Literal["eos", "stop", "length", "cancelled"]
 
 
 @dataclass
@@ -132,7 +135,13 @@ class ServingEngine:
     def generate(self, requests: list[EngineRequest], strategy: Strategy = "auto") -> list[EngineResult]:
         """Generate a reply for every request, in the order given, batching them all on the one base model."""
         with self._lock, torch.inference_mode():
-            return _Scheduler(self, requests, strategy).run()
+            return BatchRun(self, requests, strategy).run()
+
+    @contextmanager
+    def stepping(self) -> Iterator[None]:
+        """Hold the engine for a few steps of a long-lived :class:`BatchRun` (what ``generate`` holds per call)."""
+        with self._lock, torch.inference_mode():
+            yield
 
     def prompt_logits(self, requests: list[EngineRequest], strategy: Strategy = "auto") -> list[torch.Tensor]:
         """Logits ``[prompt tokens, vocab]`` of every request's prompt from one batched forward (scoring, tests)."""
@@ -257,26 +266,87 @@ class ServingEngine:
             row.finish = "length"
 
 
-class _Scheduler:
-    """One ``generate`` call: a queue of waiting requests and the running batch, advanced one step at a time."""
+class BatchRun:
+    """A queue of waiting requests and the running batch, advanced one step at a time.
 
-    def __init__(self, engine: ServingEngine, requests: list[EngineRequest], strategy: Strategy):
+    ``generate`` runs one to the end; the scheduler (studio/serving/scheduler.py) keeps one
+    open, adding and cancelling requests between steps under :meth:`ServingEngine.stepping`.
+    ``on_finish(row, result)`` is told of every request that leaves (default: ``results``).
+    """
+
+    def __init__(
+        self,
+        engine: ServingEngine,
+        requests: list[EngineRequest],
+        strategy: Strategy,
+        on_finish: Callable[[_Row, EngineResult], None] | None = None,
+    ):
         self.engine = engine
         self.strategy = strategy
         self.pending = deque(engine._row(i, r) for i, r in enumerate(requests))
         self.results: list[EngineResult | None] = [None] * len(requests)
         self.batch: _Batch | None = None
+        self._on_finish = on_finish or self._record
+
+    def _record(self, row: _Row, result: EngineResult) -> None:
+        self.results[row.index] = result
 
     def run(self) -> list[EngineResult]:
         try:
-            while self.pending or self.batch is not None:
-                self._admit()
-                if self.batch is not None:
-                    self._step()
+            while not self.idle:
+                self.step()
         finally:  # an error mid-way must not leave slots pinned
-            if self.batch is not None:
-                self.engine.bank.release(row.slot for row in self.batch.rows)
+            self.release()
         return [r for r in self.results if r is not None]
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and nothing running."""
+        return not self.pending and self.batch is None
+
+    def running(self) -> list[_Row]:
+        """The rows in the batch now, in batch order."""
+        return list(self.batch.rows) if self.batch is not None else []
+
+    def add(self, index: int, request: EngineRequest) -> None:
+        """Queue ``request`` (``index`` names it in ``on_finish``); it joins the batch at a later step."""
+        self.pending.append(self.engine._row(index, request))
+
+    def step(self) -> None:
+        """Admit the waiting requests that fit, then one decode step for every running row."""
+        self.admit()
+        self.decode()
+
+    def admit(self) -> None:
+        """Prefill the waiting requests that fit in the batch and get an adapter slot (first token each)."""
+        self._admit()
+
+    def decode(self) -> None:
+        """One decode step for every running row (nothing when none runs)."""
+        if self.batch is not None:
+            self._step()
+
+    def cancel(self, indices: set[int]) -> None:
+        """Remove these requests now: waiting ones leave the queue, running ones the batch (slots unpinned)."""
+        for row in [r for r in self.pending if r.index in indices]:
+            self.pending.remove(row)
+            self._on_finish(row, self._result(row, "cancelled"))
+        if self.batch is None:
+            return
+        for row in self.batch.rows:
+            if row.index in indices:
+                row.finish = "cancelled"
+        self._retire()
+
+    def release(self) -> None:
+        """Unpin the slots of every running row and forget the batch (after an error, or at shutdown)."""
+        if self.batch is not None:
+            self.engine.bank.release(row.slot for row in self.batch.rows)
+            self.batch = None
+
+    def _result(self, row: _Row, finish: str) -> EngineResult:
+        text = row.text if self.engine.tokenizer is not None else ""
+        return EngineResult(list(row.generated), text, finish)  # type: ignore[arg-type]
 
     def _admit(self) -> None:
         """Move waiting requests into the batch while it has room and their adapters get slots, then prefill them."""
@@ -319,9 +389,8 @@ class _Scheduler:
         keep = [i for i, row in enumerate(batch.rows) if row.finish is None]
         for row in batch.rows:
             if row.finish is not None:
-                text = row.text if self.engine.tokenizer is not None else ""
-                self.results[row.index] = EngineResult(list(row.generated), text, row.finish)
                 self.engine.bank.release([row.slot])
+                self._on_finish(row, self._result(row, row.finish))
         if len(keep) == len(batch.rows):
             return
         if not keep:

@@ -18,7 +18,9 @@ def add_adapter(registry, path, base, name="a"):
 
 @pytest.fixture
 def playground(registry, settings):
-    return PlaygroundService(registry, settings, max_adapters=2)
+    service = PlaygroundService(registry, settings.model_copy(update={"serving_slots": 2}), max_adapters=2)
+    yield service
+    service.schedulers.close()
 
 
 def test_stream_yields_growing_text(playground, tiny_llama):
@@ -47,7 +49,8 @@ def test_adapters_switch_outputs_and_base_stays_base(playground, registry, tiny_
     assert [t.value for t in playground.targets(base)] == ["base", f"adapter:{a2.id}", f"adapter:{a1.id}"]
 
 
-def test_lru_keeps_at_most_max_adapters(playground, registry, tiny_llama, tiny_loras, tmp_path):
+def test_lru_keeps_at_most_serving_slots_adapters(playground, registry, tiny_llama, tiny_loras, tmp_path):
+    """LoRA adapters are served by the engine: its bank keeps the 2 (STUDIO_SERVING_SLOTS) most recent; no PEFT."""
     from ui.tiny_model import save_random_lora
 
     base = str(tiny_llama)
@@ -55,7 +58,8 @@ def test_lru_keeps_at_most_max_adapters(playground, registry, tiny_llama, tiny_l
     ids = [add_adapter(registry, p, base).id for p in [*tiny_loras, third]]
     for adapter_id in ids:
         list(playground.stream(base, f"adapter:{adapter_id}", CHAT, GREEDY))
-    assert playground.pool.loaded()[base] == [f"adapter_{i}" for i in ids[1:]]
+    assert list(playground.schedulers.get(base).engine.bank.resident()) == [f"adapter_{i}" for i in ids[1:]]
+    assert playground.pool.loaded() == {}
 
 
 def test_adapter_of_another_base_is_refused(playground, registry, tiny_llama, tiny_loras):
