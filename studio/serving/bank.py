@@ -112,6 +112,12 @@ def _refusal(config: dict[str, Any]) -> str | None:
     return None
 
 
+def _has_pruning_masks(directory: Path) -> bool:
+    from studio.variants._loraprune_masks import masks_path
+
+    return masks_path(directory) is not None
+
+
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     safetensors = directory / "adapter_model.safetensors"
     if safetensors.is_file():
@@ -136,6 +142,10 @@ def read_adapter(path: str | Path, key: str | None = None) -> HostAdapter:
         raise StudioError(f"{directory} holds no adapter_config.json; is the adapter still on disk?")
     config = json.loads(config_file.read_text())
     reason = _refusal(config)
+    if reason is None and _has_pruning_masks(directory):
+        # A LoRAPrune adapter is its LoRA *and* its masks: serving the LoRA alone answers with the
+        # unpruned model. PEFT's path applies the masks (studio/variants/_loraprune_masks.py).
+        reason = "it is a LoRAPrune adapter whose pruning masks zero whole rows of the base layers"
     if reason:
         raise AdapterNotServable(
             f"adapter {directory.name} cannot be served in a batch because {reason}; "

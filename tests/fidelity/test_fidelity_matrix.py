@@ -64,8 +64,23 @@ def check_evaluation(lab: FidelityLab, trained: Trained) -> None:
 
 
 def check_playground(lab: FidelityLab, trained: Trained) -> None:
+    """The path a chat pane takes: the batched engine, or PEFT's pool for adapters the engine refuses."""
+    from studio.serving.bank import AdapterNotServable
+    from studio.serving.engine import EngineRequest
+
     service, base = lab.playground, trained.row.base_model
     adapter = service._adapter_ref(base, f"adapter:{trained.row.id}")  # the target a chat pane sends
+    engine = service.schedulers.get(base).engine
+    try:
+        rows = engine.prompt_logits([EngineRequest(prompt_ids=row.tolist(), adapter=adapter) for row in lab.ids])
+    except AdapterNotServable:
+        # Answered by PEFT's pool, checked below; a plain LoRA must never land there.
+        assert trained.name not in ("lora", "rslora"), f"the engine refused a plain LoRA ({trained.name})"
+    else:
+        torch.testing.assert_close(torch.stack(rows), trained.reference, **EXACT)
+        bare = engine.prompt_logits([EngineRequest(prompt_ids=row.tolist(), adapter=None) for row in lab.ids])
+        torch.testing.assert_close(torch.stack(bare), lab.base_logits, **EXACT)
+        return
     with service.pool.use(base, adapter) as (model, tokenizer):
         assert torch.equal(prompt_ids(tokenizer), lab.ids), "the playground tokenises the prompts differently"
         got = logits_of(model, lab.ids)

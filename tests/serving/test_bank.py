@@ -142,6 +142,24 @@ def test_adapter_for_another_base_is_refused(adapter_dirs, tmp_path, base_dir, f
         bank.acquire([("renamed", str(copy))])
 
 
+def test_a_loraprune_adapter_with_masks_is_refused(adapter_dirs, tmp_path, base_dir, fresh_base):
+    """Its LoRA alone is the unpruned model: the bank must not serve it without the masks."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from studio.variants._loraprune_masks import MASKS_FILE
+
+    pruned = tmp_path / "pruned"
+    shutil.copytree(adapter_dirs["r2"], pruned)
+    save_file({"model.layers.0.self_attn.q_proj": torch.ones(4)}, pruned / MASKS_FILE)
+    bank = AdapterBank(fresh_base(base_dir), slots=2)
+    bank.acquire([("plain", str(adapter_dirs["r2"]))])  # the same LoRA without masks is served
+    with pytest.raises(AdapterNotServable, match="LoRAPrune"):
+        bank.acquire([("pruned", str(pruned))])
+
+
 # The two compute paths ---------------------------------------------------------------------
 
 
