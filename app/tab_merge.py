@@ -54,7 +54,7 @@ def submit_merge(services: Services, adapters: list[int] | None, weights: str | 
         {"kind": "merge", "adapter_ids": chosen, "weights": parse_weights(weights), **options}
     )
     listed = ", ".join(f"#{i} × {w:g}" for i, w in zip(chosen, request.resolved_weights(), strict=True))
-    job = services.jobs.submit(request, name=request.name or f"{request.method} merge of {listed}")
+    job = services.jobs.submit(request)  # named after the method and parents by the job service
     done = "the new adapter appears below and in Adapters."
     return f"Queued merge job #{job.id} ({request.method}: {listed}); {done}{queue_wait_sentence(job)}"
 
