@@ -67,6 +67,14 @@ def _named(getter: Callable[[int], Any], item_id: int | None, what: str) -> str:
         return f"{what} #{item_id} (deleted)"
 
 
+def _made(services: Any, adapter_id: int) -> str:
+    """``Adapter #7 'sst2-lora'``: the adapter a job made, id first (what the Adapters tab's picker shows)."""
+    try:
+        return f"Adapter #{adapter_id} '{_esc(services.registry.get_adapter(adapter_id).name)}'"
+    except NotFoundError:
+        return f"Adapter #{adapter_id} (deleted since)"
+
+
 def _at(moment: datetime | None) -> datetime | None:
     if moment is not None and moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)  # the registry stores UTC
@@ -188,8 +196,7 @@ def _train_describe(services: Any, job: Any) -> list[str]:
             for key, label in (("final_loss", "final training loss"), ("eval_loss", "validation loss"))
             if isinstance(result.get(key), int | float)
         ]
-        made = _named(services.registry.get_adapter, result["adapter_id"], "Adapter")
-        lines.append(f"{made} is ready in the Adapters and Playground tabs.")
+        lines.append(f"{_made(services, result['adapter_id'])} is ready in the Adapters and Playground tabs.")
         if losses:
             lines.append(", ".join(losses) + f" after {result.get('steps')} steps.")
     elif job.status in ("cancelled", "failed") and job.checkpoint_path:
@@ -262,11 +269,9 @@ def _merge_describe(services: Any, job: Any) -> list[str]:
     options.append(f"rank {request['rank']}" if request.get("rank") else "rank: the sum of the parents' ranks")
     lines = [f"Merges {', '.join(parents)}; {', '.join(options)}."]
     if job.status == "succeeded" and result.get("adapter_id"):
-        made = _named(services.registry.get_adapter, result["adapter_id"], "Adapter")
-        lines.append(
-            f"{made}: {result.get('modules')} modules, ranks {result.get('rank_min')}–{result.get('rank_max')}; "
-            "it is in the Adapters and Playground tabs."
-        )
+        ranks = f"ranks {result.get('rank_min')}–{result.get('rank_max')}"
+        made = _made(services, result["adapter_id"])
+        lines.append(f"{made}: {result.get('modules')} modules, {ranks}; it is in the Adapters and Playground tabs.")
         lines.append(merge_error_sentence(result.get("merge_max_error"), request.get("rank")))
     return lines
 

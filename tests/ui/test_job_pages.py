@@ -118,7 +118,7 @@ def test_merge_page_names_parents_and_explains_its_error_without_step_counts(ser
         detail
     )
     made = services.adapters.get(result["adapter_id"])
-    assert f"Adapter '{made.name}' (#{made.id}): {result['modules']} modules, ranks 1–1" in detail
+    assert f"Adapter #{made.id} '{made.name}': {result['modules']} modules, ranks 1–1" in detail
     assert merge_error_sentence(result["merge_max_error"], 1) in detail
     assert "1000" not in detail and "step" not in detail  # a merge's progress is a share, not steps
     assert out["chart"]["visible"] is False
@@ -158,7 +158,7 @@ def test_training_page_shows_progress_curves_and_the_adapter(services, world, re
     registry.update_job_progress(job.id, step=30, total_steps=30, progress=1.0, eta_seconds=None)
     registry.finish_job(job.id, "succeeded", result={"adapter_id": adapter.id, "final_loss": 0.25, "steps": 30})
     done = tab_jobs.job_detail(services, job.id)["detail"]
-    assert f"Adapter 'sky' (#{adapter.id}) is ready in the Adapters and Playground tabs." in done
+    assert f"Adapter #{adapter.id} 'sky' is ready in the Adapters and Playground tabs." in done
     assert "final training loss 0.25 after 30 steps" in done and "done: all 30 steps" in done
 
 
