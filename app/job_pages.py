@@ -48,8 +48,8 @@ class KindView:
 
 
 def _esc(text: Any) -> str:
-    """Text safe inside Markdown: HTML escaped, table pipes and line breaks neutralised."""
-    return html.escape(str(text)).replace("|", "&#124;").replace("\n", " ")
+    """Text safe inside Markdown: HTML escaped (quotes kept: this is never an attribute), pipes and breaks neutralised."""
+    return html.escape(str(text), quote=False).replace("|", "&#124;").replace("\n", " ")
 
 
 def _short(text: Any, limit: int = SAMPLE_CHARS) -> str:
