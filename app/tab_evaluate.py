@@ -64,8 +64,7 @@ def submit_eval(
         raise gr.Error("Choose adapters, a base model, or both.")
     request = {"kind": "eval", "dataset_id": int(dataset), "adapter_ids": ids, "base_model": base_model or None}
     request.update(options)
-    names = ([base_model] if base_model else []) + [f"#{i}" for i in ids]
-    job = services.jobs.submit(request, name=f"eval {', '.join(names)} on dataset #{dataset}")
+    job = services.jobs.submit(request)  # named after the models, dataset and metrics by the job service
     return f"Queued evaluation job #{job.id}; pick it under Results when it finishes.{queue_wait_sentence(job)}"
 
 

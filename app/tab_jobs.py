@@ -1,4 +1,4 @@
-"""Jobs tab: the queue with progress and ETA, live loss curves, logs, cancel and retry/resume, workers."""
+"""Jobs tab: the queue with progress and ETA, a page per job (by kind: app.job_pages), logs, cancel, retry, workers."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 
 import gradio as gr
 
+from app.job_pages import STATUS_ICONS, detail_markdown, percent, step_cell, view_of, when
 from app.ui import ago, bind, human_seconds, queue_wait_sentence
 from models_db.registry import ACTIVE_STATUSES, FINAL_STATUSES
-from studio.charts import TRAIN_LOSS_NAMES, VALIDATION_LOSS_NAMES, empty_figure, loss_figure
+from studio.charts import empty_figure
 from studio.errors import NotFoundError
-from studio.jobs.outbox import queue_notice
 from studio.schema import JobFilters
 from studio.services.container import Services
 from studio.services.system import online_workers
@@ -21,10 +21,7 @@ TITLE = "Jobs"
 ELEM_ID = "tab-jobs"
 REFRESH_SECONDS = 2.0
 PAGE_SIZE = 30
-CURVE_POINTS = 500  # per curve: the database keeps each step bucket's lowest and highest point
 ALL = "All"
-# Plain symbols: colour emoji fonts are often missing on servers and in headless browsers.
-STATUS_ICONS = {"queued": "…", "running": "▶", "succeeded": "✓", "failed": "✗", "cancelled": "■"}
 
 
 def workers_markdown(services: Services) -> str:
@@ -75,8 +72,7 @@ def _queue_table(jobs: list[Any], total: int, number: int, filtered: bool = Fals
         return "<p class='muted'>No jobs yet. Start one from the Train tab.</p>"
     rows = []
     for job in jobs:
-        pct = 100.0 if job.status == "succeeded" else max(0.0, min(100.0, (job.progress or 0.0) * 100))
-        steps = f"{job.step}/{job.total_steps}" if job.total_steps else ""
+        pct = percent(job)
         eta = human_seconds(job.eta_seconds) if job.status == "running" and job.eta_seconds is not None else ""
         where = html.escape(job.device or job.worker_host or "")
         rows.append(
@@ -84,7 +80,9 @@ def _queue_table(jobs: list[Any], total: int, number: int, filtered: bool = Fals
             f"<td>{html.escape(job.name or job.kind)}</td><td>{job.kind}</td>"
             f"<td><span class='badge badge-{job.status}'>{STATUS_ICONS.get(job.status, '')} {job.status}</span></td>"
             f"<td><div class='bar' title='{pct:.0f}%'><span style='width:{pct:.0f}%'></span></div></td>"
-            f"<td>{steps}</td><td>{eta}</td><td>{where}</td><td>{ago(job.created_at)}</td></tr>"
+            f"<td>{step_cell(job)}</td><td>{eta}</td><td>{where}</td>"
+            # Re-rendered by every refresh, so "8 s ago" moves on; the exact time is in the tooltip.
+            f"<td title='{html.escape(when(job.created_at))}'>{ago(job.created_at)}</td></tr>"
         )
     head = "".join(
         f"<th>{h}</th>" for h in ("id", "name", "kind", "status", "progress", "step", "ETA", "device", "created")
@@ -103,37 +101,17 @@ def job_choices(services: Services, search: str | None = None, status: str | Non
     return [(_job_label(j), j.id) for j in jobs_page(services, search, status)[0]]
 
 
-def _detail_markdown(job: Any) -> str:
-    lines = [f"**#{job.id} {html.escape(job.name or job.kind)}** — {STATUS_ICONS.get(job.status, '')} {job.status}"]
-    if job.status == "running":
-        eta = f", about {human_seconds(job.eta_seconds)} left" if job.eta_seconds is not None else ""
-        total = f"/{job.total_steps}" if job.total_steps else ""
-        lines.append(f"step {job.step}{total} ({(job.progress or 0) * 100:.0f}%){eta}")
-    if job.message:
-        lines.append(html.escape(job.message))
-    if notice := queue_notice(job):
-        lines.append(f"⏳ {html.escape(notice)}")
-    if job.error:
-        lines.append(f"⚠ **Error:** {html.escape(job.error)}")
-    if job.status == "succeeded" and (job.result or {}).get("adapter_id"):
-        lines.append(f"Adapter #{job.result['adapter_id']} is ready in the Adapters and Playground tabs.")
-    if job.device:
-        lines.append(
-            f"ran on {html.escape(job.device)}" + (f" ({html.escape(job.worker_host)})" if job.worker_host else "")
-        )
-    return "\n\n".join(lines)
-
-
 def job_detail(services: Services, selected: int | None, last_signature: str | None = None) -> dict[str, Any]:
-    """Status, chart, logs and button states of the selected job.
+    """Status, the kind's page and chart, logs and button states of the selected job.
 
-    The chart is only re-sent when the job moved on (``signature`` changes), so a
-    2-second refresh neither re-reads the metrics nor redraws an unchanged figure.
+    The page text (with its relative times) is rendered on every refresh; the chart is only
+    re-sent when the job moved on (``signature`` changes), so a 2-second refresh neither
+    re-reads the metrics nor redraws an unchanged figure. Kinds without a chart hide it.
     """
     if not selected:
         return {
             "detail": "Select a job to see its progress, loss curve and log.",
-            "chart": empty_figure("No job selected."),
+            "chart": gr.update(value=empty_figure("No job selected."), visible=True, label="Loss"),
             "logs": "",
             "signature": None,
             "cancel_btn": gr.update(interactive=False),
@@ -145,7 +123,7 @@ def job_detail(services: Services, selected: int | None, last_signature: str | N
     logs = services.jobs.logs(job.id, limit=200)
     resumable = job.kind == "train" and bool(job.checkpoint_path) and job.status in FINAL_STATUSES
     out = {
-        "detail": _detail_markdown(job),
+        "detail": detail_markdown(services, job),
         "logs": "\n".join(f"{log.created_at:%H:%M:%S} {log.level.upper():7} {log.message}" for log in logs),
         "signature": signature,
         "cancel_btn": gr.update(interactive=job.status in ACTIVE_STATUSES),
@@ -155,8 +133,13 @@ def job_detail(services: Services, selected: int | None, last_signature: str | N
         ),
     }
     if signature != last_signature:
-        curves = services.jobs.curves(job.id, list(TRAIN_LOSS_NAMES + VALIDATION_LOSS_NAMES), CURVE_POINTS)
-        out["chart"] = loss_figure(curves, title=f"Job #{job.id} loss")
+        view = view_of(job)
+        figure = view.chart(services, job) if view.chart else None
+        out["chart"] = (
+            gr.update(value=figure, visible=True, label=view.chart_label)
+            if figure is not None
+            else gr.update(value=None, visible=False)
+        )
     return out
 
 

@@ -54,13 +54,15 @@ def submit_merge(services: Services, adapters: list[int] | None, weights: str | 
         {"kind": "merge", "adapter_ids": chosen, "weights": parse_weights(weights), **options}
     )
     listed = ", ".join(f"#{i} × {w:g}" for i, w in zip(chosen, request.resolved_weights(), strict=True))
-    job = services.jobs.submit(request, name=request.name or f"{request.method} merge of {listed}")
+    job = services.jobs.submit(request)  # named after the method and parents by the job service
     done = "the new adapter appears below and in Adapters."
     return f"Queued merge job #{job.id} ({request.method}: {listed}); {done}{queue_wait_sentence(job)}"
 
 
 def results_rows(services: Services) -> list[list[Any]]:
     """Recent merge jobs: parents, method, the adapter made and how close its LoRA is to the merge."""
+    from studio.merging.error_meaning import merge_error_verdict
+
     out = []
     for job in services.jobs.list(kind="merge", limit=50):
         result = job.result or {}
@@ -68,7 +70,8 @@ def results_rows(services: Services) -> list[list[Any]]:
         error = result.get("merge_max_error")
         made = f"#{result['adapter_id']}" if result.get("adapter_id") else ""
         closeness = f"{error:.1e}" if isinstance(error, int | float) else (job.error or "")
-        out.append([job.id, job.status, parents, job.request.get("method", ""), made, closeness])
+        meaning = merge_error_verdict(error) if isinstance(error, int | float) else ""
+        out.append([job.id, job.status, parents, job.request.get("method", ""), made, closeness, meaning])
     return out
 
 
@@ -97,7 +100,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     c["submit"] = gr.Button("Merge", variant="primary", elem_id="merge-submit")
     c["status"] = gr.Markdown(elem_id="merge-status")
     c["results"] = gr.Dataframe(
-        headers=["job", "status", "adapters", "method", "new adapter", "largest error"],
+        headers=["job", "status", "adapters", "method", "new adapter", "largest error", "the saved LoRA is"],
         value=lambda: results_rows(services),
         interactive=False,
         elem_id="merge-results",

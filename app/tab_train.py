@@ -118,8 +118,8 @@ def build_request(
 def submit_training(services: Services, **form: Any) -> dict[str, Any]:
     """Validate and queue a training job; returns ``{"job_id", "message"}``. Raises FormErrors."""
     request = build_request(**form)
-    dataset = services.datasets.get(request.dataset_id)  # a clear NotFoundError before anything is queued
-    job = services.jobs.submit(request, name=request.name or f"{request.variant} on {dataset.name}")
+    services.datasets.get(request.dataset_id)  # a clear NotFoundError before anything is queued
+    job = services.jobs.submit(request)  # named "<variant> on '<dataset>' (#id)" by the job service
     workers = online_workers(services.registry, services.settings)
     wait = "" if workers else " No worker is online yet: it starts when one does (`studio worker`)."
     message = f"Queued training job #{job.id}. Follow it in the Jobs tab.{queue_wait_sentence(job)}{wait}"

@@ -135,6 +135,7 @@ class RegistryReporter(Reporter):
         self._last_progress_write = 0.0
         self._last_cancel_check = 0.0
         self._cancelled = False
+        self._unwritten: tuple[int, int | None] | None = None  # a throttled step the database has not seen
 
     def log(self, message: str, level: str = "info") -> None:
         self.registry.add_job_log(self.job_id, message, level)
@@ -144,8 +145,22 @@ class RegistryReporter(Reporter):
         now = time.monotonic()
         is_last = total is not None and step >= total
         if not is_last and message is None and now - self._last_progress_write < self.min_interval:
+            self._unwritten = (step, total)
             return
         self._last_progress_write = now
+        self._write(step, total, eta, message)
+
+    def flush(self) -> None:
+        """Write the last reported step if throttling held it back.
+
+        Called when a job stops early (cancelled or failed): the job's page then says the
+        step it really stopped at, not the one last written up to half a second before.
+        """
+        if self._unwritten is not None:
+            self._write(*self._unwritten, eta=None, message=None)
+
+    def _write(self, step: int, total: int | None, eta: float | None, message: str | None) -> None:
+        self._unwritten = None
         fraction = min(1.0, step / total) if total else 0.0
         self.registry.update_job_progress(
             self.job_id, step=step, total_steps=total, progress=fraction, eta_seconds=eta, message=message

@@ -89,9 +89,10 @@ def logs(job_id: int) -> None:
 
 @jobs.command("check")
 @click.option("--steps", default=20, show_default=True, help="Optimisation steps.")
+@click.option("--step-seconds", default=0.0, show_default=True, help="Pause after each step, to watch progress.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait and show progress.")
 @inline_option
-def check(steps: int, wait: bool, inline: bool) -> None:
+def check(steps: int, step_seconds: float, wait: bool, inline: bool) -> None:
     """Queue a short system-check job (proves a worker picks up work; --inline proves this machine can run one)."""
     from studio.jobs.inline import check_inline_allowed
     from studio.schema import CheckRequest
@@ -99,7 +100,7 @@ def check(steps: int, wait: bool, inline: bool) -> None:
     svc = services()
     if inline:
         check_inline_allowed(svc.settings)
-    job = svc.jobs.submit(CheckRequest(steps=steps))
+    job = svc.jobs.submit(CheckRequest(steps=steps, step_seconds=step_seconds))
     click.echo(f"queued job {job.id}")
     echo_queue_notice(job)
     if wait or inline:

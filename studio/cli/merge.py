@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from studio.cli.common import echo_queue_notice, inline_option, services, wait_until_succeeded
 from studio.errors import StudioError
+from studio.merging.error_meaning import merge_error_sentence
 from studio.merging.methods import METHODS
 from studio.schema import MergeRequest, format_validation_error
 
@@ -58,3 +59,4 @@ def merge_cmd(adapter_ids, method, weights, density, seed, rank, name, wait, inl
         f"adapter {result['adapter_id']}: {result['modules']} modules, ranks {result['rank_min']}-"
         f"{result['rank_max']}, largest relative error {result['merge_max_error']:.2e}"
     )
+    click.echo(merge_error_sentence(result["merge_max_error"], rank))

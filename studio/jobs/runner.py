@@ -64,14 +64,17 @@ def execute_job(job_id: int, registry: Registry, settings: Settings, worker: Wor
         reporter.log("finished")
         return "succeeded"
     except JobCancelled:
+        reporter.flush()  # the page says the step it stopped at
         reporter.log("cancelled at the user's request", "warning")
         registry.finish_job(job_id, "cancelled")
         return "cancelled"
     except StudioError as exc:
+        reporter.flush()
         reporter.log(str(exc), "error")
         registry.finish_job(job_id, "failed", error=str(exc))
         return "failed"
     except Exception as exc:  # any bug or library error must still end the job, never leave it running
+        reporter.flush()
         reporter.log(traceback.format_exc(), "error")
         registry.finish_job(job_id, "failed", error=_friendly(exc))
         return "failed"

@@ -19,6 +19,7 @@ from typing import Any
 
 from studio.merging.checks import check_mergeable
 from studio.merging.deltas import ParentChanges
+from studio.merging.error_meaning import EXACT_ERROR
 from studio.merging.methods import merge_deltas
 from studio.progress import Reporter
 from studio.schema import SCHEMA_VERSION, MergeRequest
@@ -27,7 +28,6 @@ from studio.schema import SCHEMA_VERSION, MergeRequest
 READ_SHARE, MERGE_SHARE = 0.4, 0.55
 PROGRESS_STEPS = 1000
 
-EXACT_ERROR = 1e-4  # a merge whose every module is within this relative error is reported as exact
 
 # Files of a parent adapter that describe its tokenizer (the chat template training used).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")

@@ -20,6 +20,7 @@ from studio.schema import (
     TrainRequest,
     parse_request,
 )
+from studio.services.job_names import MAX_NAME, default_job_name
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class JobService:
     def submit(self, request: Request | dict, name: str | None = None) -> JobRow:
         """Validate ``request``, store it as a queued job and put it on the queue.
 
+        Without a ``name`` the job is named after what it works on (``default_job_name``).
+
         Never fails because the broker is down: the job then stays queued and
         unsent (``studio.jobs.outbox.queue_notice`` says so) until it can be sent.
         """
@@ -53,7 +56,7 @@ class JobService:
         self._check_references(request)
         job = self.registry.create_job(
             kind=request.kind,
-            name=name or getattr(request, "name", None) or request.kind,
+            name=(name or default_job_name(request, self.registry))[:MAX_NAME],
             request=request.model_dump(mode="json"),
             schema_version=SCHEMA_VERSION,
             seed=request.seed,

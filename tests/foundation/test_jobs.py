@@ -99,6 +99,14 @@ def test_failure_is_recorded_with_the_reason(jobs, registry, settings, worker):
     assert [m.step for m in registry.metrics(job.id)] == [1, 2]
 
 
+def test_a_job_stopped_early_records_the_step_it_reached(jobs, registry, settings, worker):
+    """Progress writes are throttled; when a job stops, its last step is written all the same."""
+    job = jobs.submit(CheckRequest(steps=50, fail_at_step=40))
+    assert execute_job(job.id, registry, settings, worker) == "failed"
+    row = registry.get_job(job.id)
+    assert (row.step, row.total_steps, row.progress) == (39, 50, pytest.approx(39 / 50))
+
+
 def test_cancel_stops_a_running_job_between_steps(jobs, registry, settings, worker):
     job = jobs.submit(CheckRequest(steps=400, step_seconds=0.02))
     outcome = {}
@@ -112,6 +120,7 @@ def test_cancel_stops_a_running_job_between_steps(jobs, registry, settings, work
     assert outcome["s"] == "cancelled"
     row = registry.get_job(job.id)
     assert row.status == "cancelled" and row.step < 400
+    assert row.step == max(m.step for m in registry.metrics(job.id, ["loss"]))  # where it really stopped
     assert jobs.dispatcher.revoked == [row.celery_task_id]
 
 

@@ -157,7 +157,7 @@ def test_jobs_tab_shows_progress_chart_logs_and_retries(services, settings, regi
     out = tab_jobs.refresh(services, None, None)
     assert value(out["selected"]) == job.id  # the newest job is selected by default
     assert "succeeded" in out["detail"] and "finished" in out["logs"]
-    [curve] = out["chart"].data
+    [curve] = value(out["chart"]).data
     assert list(curve.x) == [1, 2, 3, 4, 5, 6]
     assert "width:100%" in out["queue"]
     again = tab_jobs.refresh(services, job.id, out["signature"])

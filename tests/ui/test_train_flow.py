@@ -57,9 +57,10 @@ def trained(services, settings, registry, tiny_llama, tmp_path):
 def test_trained_adapters_through_the_tabs(services, trained, tiny_llama):
     # Jobs: the finished job shows its loss and validation curves.
     detail = tab_jobs.job_detail(services, 1)
-    assert "#1 lora colors" in detail["detail"]  # the job is named after the adapter
-    assert "succeeded" in detail["detail"] and f"Adapter #{trained['lora']}" in detail["detail"]
-    assert {t.name for t in detail["chart"].data} == {"training loss", "validation loss"}
+    # The job is named after its variant, dataset and adapter.
+    assert "**#1 lora on 'colors' (#1) → 'lora colors'**" in detail["detail"]
+    assert "succeeded" in detail["detail"] and f"Adapter #{trained['lora']} 'lora colors'" in detail["detail"]
+    assert {t.name for t in detail["chart"]["value"].data} == {"training loss", "validation loss"}
 
     # Adapters: filters, table, rank charts, overlay, zip, delete.
     choices = tab_adapters.filter_choices(services)

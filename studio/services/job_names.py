@@ -1,0 +1,67 @@
+"""Default job names that tell jobs apart: what a job works on, by name and id.
+
+"eval adapter #1 on dataset #4" for every evaluation of that pair says nothing the next
+one does not; the names here say which adapters and dataset (by name and id), which
+metrics, which merge method and rank. The UI and the CLI show the job id beside the name,
+so two jobs with the same request still differ in the list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from studio.errors import NotFoundError
+from studio.schema import AnyRequest, CheckRequest, EvalRequest, MergeRequest, TrainRequest
+
+MAX_NAME = 200  # what the jobs table's name column holds
+
+
+def _named(getter: Callable[[int], Any], item_id: int) -> str:
+    """``'sst2-lora' (#3)``, or ``#3`` when the row is gone (its job then fails with the reason)."""
+    try:
+        return f"'{getter(item_id).name}' (#{item_id})"
+    except NotFoundError:
+        return f"#{item_id}"
+
+
+def _train_name(request: TrainRequest, registry: Any) -> str:
+    name = f"{request.variant} on {_named(registry.get_dataset, request.dataset_id)}"
+    return f"{name} → '{request.name}'" if request.name else name
+
+
+def _eval_name(request: EvalRequest, registry: Any) -> str:
+    models = ([f"base '{request.base_model}'"] if request.base_model else []) + [
+        f"adapter {_named(registry.get_adapter, i)}" for i in request.adapters()
+    ]
+    on = _named(registry.get_dataset, request.dataset_id)
+    return f"eval {' vs '.join(models)} on {on}: {', '.join(dict.fromkeys(request.metrics))}"
+
+
+def _merge_name(request: MergeRequest, registry: Any) -> str:
+    parents = ", ".join(f"#{i}" for i in request.adapter_ids)
+    name = f"merge {request.method} of {parents}"
+    if request.weights is not None:
+        name += f" × {', '.join(f'{w:g}' for w in request.weights)}"
+    if request.rank:
+        name += f" at rank {request.rank}"
+    return f"{name} → '{request.name}'" if request.name else name
+
+
+def _check_name(request: CheckRequest, registry: Any) -> str:
+    return f"system check, {request.steps} steps"
+
+
+NAMERS: dict[type, Callable[[Any, Any], str]] = {
+    TrainRequest: _train_name,
+    EvalRequest: _eval_name,
+    MergeRequest: _merge_name,
+    CheckRequest: _check_name,
+}
+
+
+def default_job_name(request: AnyRequest, registry: Any) -> str:
+    """The name a job gets when its submitter gives none (see the module docstring)."""
+    namer = NAMERS.get(type(request))
+    name = namer(request, registry) if namer else request.kind
+    return name if len(name) <= MAX_NAME else name[: MAX_NAME - 1] + "…"
