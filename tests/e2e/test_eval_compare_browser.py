@@ -178,5 +178,4 @@ def test_compare_base_and_two_adapters(studio_url, seeded, browser, workspace): 
             assert cell.startswith(answer["prediction"].strip()), (cell, answer)
             assert f"exact_match {answer['exact_match']:.3g}" in cell and "rouge_l" in cell
 
-    (workspace / "evaluate.png").write_bytes(page.screenshot(full_page=True))
     page.close()
