@@ -86,6 +86,17 @@ def show_merge_form(page, settle_ms: int) -> None:
     page.wait_for_timeout(settle_ms)
 
 
+def show_eval_result(page, settle_ms: int) -> None:
+    """The Evaluate tab's result view of the newest finished comparison, from its picker down."""
+    if not pick_option(page, "eval-job", "job #", settle_ms):
+        return
+    page.wait_for_function(
+        "() => document.querySelector('#eval-chart .js-plotly-plot')", timeout=max(settle_ms * 10, 15_000)
+    )
+    page.evaluate("() => document.getElementById('eval-job').scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(settle_ms)
+
+
 def capture_diagnostics(page, out_dir: Path, variant: str, settle_ms: int) -> Path | None:
     """The Adapters tab's per-module diagnostics and stage charts for an adapter of ``variant``."""
     if not pick_option(page, "adapters-selected", f"({variant})", settle_ms):
@@ -126,6 +137,8 @@ def capture(
                     pick_first(page, "adapters-selected", settle_ms)
                 if title == "Merge":
                     show_merge_form(page, settle_ms)
+                if title == "Evaluate":
+                    show_eval_result(page, settle_ms)
                 path = out_dir / f"{slug(title)}{suffix}.png"
                 page.screenshot(path=str(path), full_page=False)
                 written.append(path)
