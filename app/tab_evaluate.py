@@ -15,7 +15,7 @@ from app.forms import SchemaForm
 from app.tab_datasets import dataset_choices
 from app.ui import bind, latest_adapters, module_installed, queue_wait_sentence
 from studio.charts import comparison_bars, empty_figure
-from studio.evaluation.comparison import format_delta, format_value, is_base
+from studio.evaluation.comparison import column_name, format_delta, format_value, is_base
 from studio.schema import EvalRequest
 from studio.services.container import Services
 
@@ -73,7 +73,7 @@ def comparison_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]
     models = result.get("models") or []
     keys = [m["key"] for m in models]
     deltas = [k for k in keys if not is_base(k)] if any(is_base(k) for k in keys) else []
-    headers = ["metric", "better", *keys, *(f"Δ {k} vs base" for k in deltas)]
+    headers = ["metric", "better", *map(column_name, keys), *(f"Δ {column_name(k)} vs base" for k in deltas)]
     rows = []
     for row in result.get("comparison") or []:
         cells = [row["metric"], row["direction"]]
@@ -102,7 +102,7 @@ def samples_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
             text = str(answer.get("prediction", ""))[:SAMPLE_CHARS]
             cells.append(f"{text}\n[{', '.join(scores)}]" if scores else text)
         rows.append(cells)
-    return ["prompt", "reference", *keys], rows
+    return ["prompt", "reference", *map(column_name, keys)], rows
 
 
 def eval_results_markdown(results: list[Any]) -> str:

@@ -267,11 +267,13 @@ def comparison_bars(result: Mapping[str, Any], title: str = "Models compared") -
     fig = make_subplots(
         rows=1, cols=len(rows), subplot_titles=[f"{r['metric']} ({arrows[r['direction']]})" for r in rows]
     )
+    from studio.evaluation.comparison import column_name
+
     for col, row in enumerate(rows, 1):
         keys = list(row["values"])
         fig.add_trace(
             go.Bar(
-                x=keys,
+                x=[column_name(k) for k in keys],
                 y=[row["values"][k] for k in keys],
                 marker_line_width=[3 if k in row["best"] else 0 for k in keys],
                 marker_line_color="black",

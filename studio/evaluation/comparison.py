@@ -34,6 +34,18 @@ def is_base(key: str) -> bool:
     return key.startswith(BASE_PREFIX)
 
 
+def column_name(key: str) -> str:
+    """A short, readable name for a model key in tables and charts: ``base tiny-llama``, ``adapter #3``.
+
+    A base given as a server path is named by its folder (the path means nothing to a reader).
+    """
+    if is_base(key):
+        reference = key[len(BASE_PREFIX) :].rstrip("/")
+        return f"base {reference.rsplit('/', 1)[-1]}"
+    kind, _, ident = key.partition(":")
+    return f"{kind} #{ident}" if ident else key
+
+
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 

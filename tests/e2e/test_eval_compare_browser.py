@@ -143,7 +143,8 @@ def test_compare_base_and_two_adapters(studio_url, seeded, browser, workspace): 
     metrics = {m["key"]: m["metrics"] for m in result["models"]}
 
     headers, rows = table_cells(page, "eval-comparison")
-    assert headers == ["metric", "better", *keys, f"Δ adapter:{first} vs base", f"Δ adapter:{second} vs base"]
+    columns = [f"base {Path(base).name}", f"adapter #{first}", f"adapter #{second}"]
+    assert headers == ["metric", "better", *columns, f"Δ adapter #{first} vs base", f"Δ adapter #{second} vs base"]
     shown = {row[0]: row for row in rows}
     assert {"eval_loss", "perplexity", "exact_match", "rouge_l"} <= set(shown)
     for name in ("eval_loss", "perplexity", "exact_match", "rouge_l"):
@@ -164,11 +165,11 @@ def test_compare_base_and_two_adapters(studio_url, seeded, browser, workspace): 
         "() => (document.querySelector('#eval-chart .js-plotly-plot')?.data || []).length > 0", timeout=30_000
     )
     bars = page.evaluate("() => document.querySelector('#eval-chart .js-plotly-plot').data.map(t => [...t.x])")
-    assert bars and all(x == keys for x in bars)
+    assert bars and all(x == columns for x in bars)
 
     # The samples: each prompt with its reference and every model's answer and score.
     sample_headers, samples = table_cells(page, "eval-samples")
-    assert sample_headers == ["prompt", "reference", *keys]
+    assert sample_headers == ["prompt", "reference", *columns]
     assert len(samples) == len(result["sample_table"]) > 0
     for row, sample in zip(samples, result["sample_table"], strict=True):
         assert sample["reference"] in COLORS.values() and row[1] == sample["reference"]

@@ -32,15 +32,23 @@ RESULT = {
 
 def test_comparison_table_side_by_side_with_best_delta_and_cut_offs():
     headers, rows = comparison_table(RESULT)
-    assert headers == ["metric", "better", "base:m", "adapter:4", "Δ adapter:4 vs base"]
+    assert headers == ["metric", "better", "base m", "adapter #4", "Δ adapter #4 vs base"]
     assert rows[0] == ["eval_loss", "lower", "2", "1.5 ★", "-0.5"]
     assert rows[1] == ["exact_match", "higher", "0", "0.5 ★", "+0.5"]
     assert rows[2] == ["answers cut off (40 tokens)", "lower", "2", "0", ""]
 
 
+def test_columns_name_models_for_people_not_by_server_paths():
+    from studio.evaluation.comparison import column_name
+
+    assert column_name("base:/srv/studio/models/smollm2-135m-instruct") == "base smollm2-135m-instruct"
+    assert column_name("base:HuggingFaceTB/SmolLM2-135M-Instruct") == "base SmolLM2-135M-Instruct"
+    assert column_name("adapter:12") == "adapter #12"
+
+
 def test_samples_table_shows_every_models_answer_and_score():
     headers, [row] = samples_table(RESULT)
-    assert headers == ["prompt", "reference", "base:m", "adapter:4"]
+    assert headers == ["prompt", "reference", "base m", "adapter #4"]
     assert row == ["user: 2+3?", "#### 5", "2 plus\n[exact_match 0, cut off]", "#### 5\n[exact_match 1]"]
 
 
@@ -50,7 +58,7 @@ def test_bar_chart_has_a_panel_per_metric_with_its_direction():
         "eval_loss (↓ lower is better)",
         "exact_match (↑ higher is better)",
     ]
-    assert [list(trace.x) for trace in figure.data] == [["base:m", "adapter:4"]] * 2
+    assert [list(trace.x) for trace in figure.data] == [["base m", "adapter #4"]] * 2
     assert list(figure.data[0].marker.line.width) == [0, 3]  # the best bar is outlined
 
 
