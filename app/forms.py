@@ -20,6 +20,8 @@ from typing import Any
 
 import gradio as gr
 
+from studio.plain_errors import error_field, plain_message
+
 # Suggestions for list-of-module-name fields; any other name may be typed.
 MODULE_SUGGESTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MAX_SLIDER_STEPS = 20_000
@@ -261,12 +263,14 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
 
 
 def errors_by_field(exc: Any, prefix: tuple[str, ...] = ()) -> dict[str, str]:
-    """Map a pydantic ValidationError to ``{field name: message}`` for the fields under ``prefix``."""
+    """Map a pydantic ValidationError to ``{field name: message in plain words}`` for the fields under ``prefix``."""
     out: dict[str, str] = {}
     for err in exc.errors():
         loc = tuple(str(p) for p in err.get("loc", ()))
-        if loc[: len(prefix)] != prefix or len(loc) <= len(prefix):
+        if loc[: len(prefix)] != prefix:
             continue
-        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        out.setdefault(loc[len(prefix)], message)
+        # A model validator's error sits at the model itself and names its field in the message.
+        name = loc[len(prefix)] if len(loc) > len(prefix) else error_field(err)
+        if name:
+            out.setdefault(name, plain_message(err))
     return out

@@ -219,9 +219,8 @@ class MergeRequest(StudioModel):
         if any(i < 1 for i in self.adapter_ids):
             raise ValueError("adapter_ids: ids start at 1")
         if self.weights is not None and len(self.weights) != len(self.adapter_ids):
-            raise ValueError(
-                f"weights: {len(self.weights)} weights for {len(self.adapter_ids)} adapters; give one per adapter"
-            )
+            given, wanted = len(self.weights), len(self.adapter_ids)
+            raise ValueError(f"weights: give one weight per adapter ({given} given for {wanted} adapters)")
         if self.weights is not None and not any(self.weights):
             raise ValueError("weights: at least one weight must be non-zero")
         return self
@@ -249,12 +248,10 @@ def parse_request(data: dict[str, Any]) -> AnyRequest:
 
 
 def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem: 'field.path: message'."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(part) for part in err.get("loc", ()))
-        lines.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
-    return "; ".join(lines)
+    """Every problem in plain words, 'Field: what to do', joined by '; ' (see studio.plain_errors)."""
+    from studio.plain_errors import describe_validation_error
+
+    return describe_validation_error(exc, skip_names=JOB_KINDS)
 
 
 # List queries: what the Adapters and Jobs lists show (UI, CLI and registry share them) ------------------

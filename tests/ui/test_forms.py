@@ -93,7 +93,7 @@ def test_pydantic_errors_map_to_field_names():
         TrainingHyperParams.model_validate({"batch_size": 0, "learning_rate": -1})
     errors = errors_by_field(caught.value)
     assert set(errors) == {"batch_size", "learning_rate"}
-    assert "greater than or equal to 1" in errors["batch_size"]
+    assert errors["batch_size"] == "must be at least 1" and errors["learning_rate"] == "must be more than 0"
     with gr.Blocks():
         form = SchemaForm(TrainingHyperParams.model_json_schema(), "hp")
     updates = dict(zip(form.names, form.error_updates(errors), strict=True))

@@ -59,7 +59,7 @@ def test_bad_requests_are_refused_before_anything_is_queued(services, two_adapte
         tab_merge.submit_merge(services, [], "", options)
     from studio.errors import ValidationFailed
 
-    with pytest.raises(ValidationFailed, match="3 weights for 2 adapters"):
+    with pytest.raises(ValidationFailed, match=r"one weight per adapter \(3 given for 2 adapters\)"):
         tab_merge.submit_merge(services, two_adapters, "1, 2, 3", options)
     assert services.jobs.list(kind="merge") == []
 
