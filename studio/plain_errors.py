@@ -102,7 +102,10 @@ def describe_validation_error(exc: ValidationError, skip_names: tuple[str, ...] 
     lines = []
     for error in exc.errors():
         loc = tuple(p for p in error.get("loc", ()) if p not in skip_names)
-        line = f"{field_label(error_field({**error, 'loc': loc}))}: {plain_message(error)}"
+        name = error_field({**error, "loc": loc})
+        # A name the schema does not know is shown as typed: it has no label, and it is what to look for.
+        label = name if error.get("type") == "extra_forbidden" and name else field_label(name)
+        line = f"{label}: {plain_message(error)}"
         if line not in lines:
             lines.append(line)
     return "; ".join(lines) or "the request is not valid"

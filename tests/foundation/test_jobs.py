@@ -68,7 +68,7 @@ def test_unreachable_broker_keeps_the_job_queued_with_a_notice(registry):
 
 
 def test_invalid_request_names_the_field(jobs):
-    with pytest.raises(StudioError, match="steps"):
+    with pytest.raises(StudioError, match="^Steps: must be at least 1$"):
         jobs.submit({"kind": "check", "steps": 0})
 
 

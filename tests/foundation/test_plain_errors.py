@@ -47,7 +47,7 @@ def test_a_model_outside_the_job_union_keeps_its_own_field_names():
     with pytest.raises(ValidationError) as caught:
         TrainingHyperParams.model_validate({"max_grad_norm": 101, "surprise": 1})
     assert describe_validation_error(caught.value) == (
-        "Max grad norm: must be at most 100; Surprise: is not a known setting; remove it"
+        "Max grad norm: must be at most 100; surprise: is not a known setting; remove it"
     )
     with pytest.raises(ValidationError) as caught:
         MergeRequest.model_validate({"adapter_ids": [4, 4]})
