@@ -27,6 +27,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models_db.engine import create_registry_engine, create_session_factory
@@ -152,11 +153,12 @@ class Registry:
     # Datasets ------------------------------------------------------------------------
 
     def add_dataset(self, **fields: Any) -> DatasetRow:
-        with self._session() as s:
-            row = DatasetRow(**fields)
-            s.add(row)
-            s.flush()
-            return row
+        """Insert a dataset row; with a ``submission_token`` already used, the row that holds it instead."""
+        return self._insert_once(DatasetRow(**fields))
+
+    def dataset_with_token(self, token: str | None) -> DatasetRow | None:
+        """The dataset a form submit with this token created, if any."""
+        return self._row_with_token(DatasetRow, token)
 
     def get_dataset(self, dataset_id: int) -> DatasetRow:
         with self._session() as s:
@@ -176,12 +178,39 @@ class Registry:
     # Jobs ----------------------------------------------------------------------------
 
     def create_job(self, **fields: Any) -> JobRow:
-        """Insert a queued job row (the request JSON is validated by the caller)."""
+        """Insert a queued job row (the request JSON is validated by the caller).
+
+        With a ``submission_token`` already used, the job that holds it is returned instead.
+        """
+        return self._insert_once(JobRow(status="queued", **fields))
+
+    def job_with_token(self, token: str | None) -> JobRow | None:
+        """The job a form submit with this token queued, if any."""
+        return self._row_with_token(JobRow, token)
+
+    # Submission tokens ---------------------------------------------------------------
+
+    def _row_with_token(self, table: type[DatasetRow] | type[JobRow], token: str | None) -> Any:
+        if not token:
+            return None
         with self._session() as s:
-            row = JobRow(status="queued", **fields)
-            s.add(row)
-            s.flush()
-            return row
+            return s.scalar(select(table).where(table.submission_token == token))
+
+    def _insert_once(self, row: Any) -> Any:
+        """Insert ``row``; when its submission token is taken (a repeated click that raced the first), the holder.
+
+        The unique index decides between concurrent inserts, so this holds across threads and processes.
+        """
+        try:
+            with self._session() as s:
+                s.add(row)
+                s.flush()
+                return row
+        except IntegrityError:
+            holder = self._row_with_token(type(row), row.submission_token)
+            if holder is None:
+                raise
+            return holder
 
     def get_job(self, job_id: int) -> JobRow:
         with self._session() as s:

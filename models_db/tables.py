@@ -70,6 +70,7 @@ class DatasetRow(Base):
     """An ingested dataset: the original file, a normalised copy and its validation report."""
 
     __tablename__ = "datasets"
+    __table_args__ = (Index("ux_datasets_submission_token", "submission_token", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -82,6 +83,8 @@ class DatasetRow(Base):
     mapping: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The form's one-time token: a repeated submit of the same form finds this row instead of adding another.
+    submission_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class JobRow(Base):
@@ -93,6 +96,7 @@ class JobRow(Base):
     __table_args__ = (
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_kind_id", "kind", "id"),
+        Index("ux_jobs_submission_token", "submission_token", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -128,6 +132,8 @@ class JobRow(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     sends: Mapped[int] = mapped_column(Integer, default=0)
     send_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The form's one-time token: a repeated submit of the same form finds this job instead of queuing another.
+    submission_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class JobLogRow(Base):

@@ -142,14 +142,19 @@ class DatasetService:
         mapping: Mapping[str, str] | None = None,
         drop_invalid: bool = False,
         split_by: str | None = None,
+        submission_token: str | None = None,
     ) -> DatasetRow:
         """Validate, normalise and store a file; returns the registry row.
 
         Refuses (ValidationFailed) when the columns need a confirmed ``mapping`` or when
         rows are invalid and ``drop_invalid`` is False. With ``drop_invalid`` exactly the
         invalid rows are left out, and their numbers are recorded in the report.
-        ``split_by`` is as for :meth:`inspect`.
+        ``split_by`` is as for :meth:`inspect`. ``submission_token`` makes a repeated
+        submit of one form (a double click) return the dataset the first one stored.
         """
+        earlier = self.registry.dataset_with_token(submission_token)
+        if earlier is not None:
+            return earlier
         path = Path(path)
         data, table = self._load(path, split_by)
         detection = self._detect(table, mapping)
@@ -167,7 +172,7 @@ class DatasetService:
             original.write_bytes(data)  # the very bytes the sha256 is of
             stored = folder / "data.jsonl"
             write_jsonl(rows, stored)
-            return self.registry.add_dataset(
+            row = self.registry.add_dataset(
                 name=(name or path.stem).strip()[:200] or path.stem,
                 format=detection.format,
                 rows=len(rows),
@@ -177,7 +182,12 @@ class DatasetService:
                 size_bytes=len(data),
                 mapping=dict(detection.mapping),
                 report=report,
+                submission_token=submission_token,
             )
+            if row.stored_path != str(stored):
+                # A repeated submit stored the same form first (its row holds the token): keep only its files.
+                shutil.rmtree(folder, ignore_errors=True)
+            return row
         except BaseException:
             # No row without files, no files without a row.
             shutil.rmtree(folder, ignore_errors=True)

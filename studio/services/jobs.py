@@ -43,14 +43,21 @@ class JobService:
         self.registry = registry
         self.dispatcher = dispatcher
 
-    def submit(self, request: Request | dict, name: str | None = None) -> JobRow:
+    def submit(
+        self, request: Request | dict, name: str | None = None, submission_token: str | None = None
+    ) -> JobRow:
         """Validate ``request``, store it as a queued job and put it on the queue.
 
         Without a ``name`` the job is named after what it works on (``default_job_name``).
 
         Never fails because the broker is down: the job then stays queued and
         unsent (``studio.jobs.outbox.queue_notice`` says so) until it can be sent.
+        ``submission_token`` makes a repeated submit of one form (a double click)
+        return the job the first one queued, without queuing another.
         """
+        earlier = self.registry.job_with_token(submission_token)
+        if earlier is not None:
+            return earlier
         if isinstance(request, dict):
             request = parse_request(request)
         self._check_references(request)
@@ -63,9 +70,12 @@ class JobService:
             dataset_id=getattr(request, "dataset_id", None),
             base_model=self._base_model_of(request),
             variant=getattr(request, "variant", None),
+            submission_token=submission_token,
         )
         # The job is safe in the registry now: a broker that is down only delays it (the
         # outbox loop of the web process and of every worker sends it when the broker is back).
+        # A submit that raced one with the same token got that job: sending it again is harmless,
+        # since send_job only sends a job whose sends still equal seen_sends.
         outcome = send_job(self.registry, self.dispatcher, job.id, seen_sends=0)
         if outcome.error is not None:
             notice = waiting_notice(outcome.error)
