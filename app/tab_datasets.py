@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.ui import ago, bind, human_bytes, id_choices
+from app.ui import ago, bind, bind_submit, human_bytes, id_choices, new_submission_token
 from studio.datasets.formats import FORMATS
 from studio.datasets.plain_text import DEFAULT_SPLIT
 from studio.services.container import Services
@@ -178,9 +178,14 @@ def import_file(
     map_format: str | None,
     drop_invalid: bool = False,
     split_by: str | None = None,
+    submission_token: str | None = None,
     **values: Any,
 ) -> dict[str, Any]:
-    """Store the uploaded file as a dataset (dropping the invalid rows only when asked)."""
+    """Store the uploaded file as a dataset (dropping the invalid rows only when asked).
+
+    A repeated submit with the same ``submission_token`` (a double click) finds the
+    dataset the first one stored instead of adding a second.
+    """
     if not file:
         raise gr.Error("Upload a file first.")
     mapping = _chosen_mapping(map_format, values) if needs_mapping else None
@@ -190,10 +195,15 @@ def import_file(
         mapping=mapping,
         drop_invalid=drop_invalid,
         split_by=_split_for(file, split_by),
+        submission_token=submission_token,
     )
     dropped = len(row.report.get("dropped_rows") or [])
-    gr.Info(f"Imported dataset #{row.id} “{row.name}”: {row.rows} rows" + (f", {dropped} dropped." if dropped else "."))
+    message = f"Imported dataset #{row.id} “{row.name}”: {row.rows} rows" + (
+        f", {dropped} dropped." if dropped else "."
+    )
+    gr.Info(message)
     return {
+        "import_status": f"✓ {message}",
         "datasets": dataset_rows(services),
         "selected": gr.update(choices=dataset_choices(services), value=row.id),
         **show_dataset(services, row.id),
@@ -284,6 +294,9 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
                 c["drop_btn"] = gr.Button(
                     "Drop rows and import", variant="stop", visible=False, elem_id="ds-drop-import"
                 )
+            c["import_status"] = gr.Markdown(elem_id="ds-import-status")
+            # One token per page load, renewed after each import: a double click stores one dataset.
+            c["submission_token"] = gr.State(new_submission_token)
             c["raw_preview"] = gr.Dataframe(
                 label="First rows of the file", visible=False, interactive=False, max_height=300
             )
@@ -326,8 +339,11 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     )
     import_in = {k: c[k] for k in ("file", "name", "needs_mapping", "map_format", "split_by")} | map_inputs
     import_out = {k: c[k] for k in ("datasets", "selected", "preview", "dataset_info")}
-    bind(c["import_btn"].click, partial(import_file, services), import_in, import_out)
-    bind(c["drop_btn"].click, partial(import_file, services, drop_invalid=True), import_in, import_out)
+    submit_out = import_out | {"import_status": c["import_status"]}
+    token = c["submission_token"]
+    bind_submit(c["import_btn"], partial(import_file, services), import_in, submit_out, "import_status", token)
+    drop_and_import = partial(import_file, services, drop_invalid=True)
+    bind_submit(c["drop_btn"], drop_and_import, import_in, submit_out, "import_status", token)
     bind(
         c["selected"].input,
         partial(show_dataset, services),

@@ -13,7 +13,7 @@ import gradio as gr
 
 from app.forms import SchemaForm
 from app.tab_datasets import dataset_choices
-from app.ui import bind, latest_adapters, module_installed, queue_wait_sentence
+from app.ui import bind, bind_submit, latest_adapters, module_installed, queue_wait_sentence
 from studio.charts import comparison_bars, empty_figure
 from studio.evaluation.comparison import column_name, format_delta, format_value, is_base
 from studio.schema import EvalRequest
@@ -183,7 +183,8 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         }
 
     inputs = {k: c[k] for k in ("adapters", "base_model", "dataset")} | {f"opt.{n}": w for n, w in form.widgets.items()}
-    bind(c["submit"].click, on_submit, inputs, {k: c[k] for k in ("status", "results")})
+    # Errors go to the status line beside the button, not over the results; a double click runs once.
+    bind_submit(c["submit"], on_submit, inputs, {k: c[k] for k in ("status", "results")}, "status")
     bind(
         tab.select,
         on_tab,

@@ -10,7 +10,16 @@ from typing import Any
 import gradio as gr
 
 from app.forms import SchemaForm
-from app.ui import PICKER_LIMIT, bind, latest_adapters, module_installed, queue_wait_sentence
+from app.ui import (
+    PICKER_LIMIT,
+    bind,
+    bind_submit,
+    latest_adapters,
+    module_installed,
+    new_submission_token,
+    queue_wait_sentence,
+)
+from studio.errors import ValidationFailed
 from studio.schema import MergeRequest, parse_request
 from studio.services.container import Services
 
@@ -34,27 +43,39 @@ def adapter_choices(services: Services) -> list[tuple[str, int]]:
 
 
 def parse_weights(text: str | None) -> list[float] | None:
-    """'0.7, 0.3' -> [0.7, 0.3]; empty -> None; anything else is a gr.Error naming the bad entry."""
+    """'0.7, 0.3' -> [0.7, 0.3]; empty -> None; anything else is a ValidationFailed naming the bad entry."""
     parts = [p.strip() for p in (text or "").replace(";", ",").split(",") if p.strip()]
     weights = []
     for part in parts:
         try:
             weights.append(float(part))
         except ValueError:
-            raise gr.Error(f"Weights: {part!r} is not a number; write one number per adapter, e.g. 0.7, 0.3") from None
+            raise ValidationFailed(
+                f"Weights: {part!r} is not a number; write one number per adapter, e.g. 0.7, 0.3"
+            ) from None
     return weights or None
 
 
-def submit_merge(services: Services, adapters: list[int] | None, weights: str | None, options: dict[str, Any]) -> str:
-    """Validate and queue a merge job; returns a confirmation line."""
+def submit_merge(
+    services: Services,
+    adapters: list[int] | None,
+    weights: str | None,
+    options: dict[str, Any],
+    submission_token: str | None = None,
+) -> str:
+    """Validate and queue a merge job; returns a confirmation line. Refusals are ValidationFailed in plain words.
+
+    A repeated submit with the same ``submission_token`` (a double click) finds the job the first one queued.
+    """
     chosen = [int(a) for a in adapters or []]
     if not chosen:
-        raise gr.Error("Choose the adapters to merge (one adapter with a smaller rank resizes it).")
+        raise ValidationFailed("Adapters: choose the adapters to merge (one adapter with a smaller rank resizes it).")
     request: MergeRequest = parse_request(
         {"kind": "merge", "adapter_ids": chosen, "weights": parse_weights(weights), **options}
     )
     listed = ", ".join(f"#{i} × {w:g}" for i, w in zip(chosen, request.resolved_weights(), strict=True))
-    job = services.jobs.submit(request)  # named after the method and parents by the job service
+    # named after the method and parents by the job service
+    job = services.jobs.submit(request, submission_token=submission_token)
     done = "the new adapter appears below and in Adapters."
     return f"Queued merge job #{job.id} ({request.method}: {listed}); {done}{queue_wait_sentence(job)}"
 
@@ -99,6 +120,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         form = SchemaForm(MergeRequest.model_json_schema(), "merge", only=FORM_FIELDS)
     c["submit"] = gr.Button("Merge", variant="primary", elem_id="merge-submit")
     c["status"] = gr.Markdown(elem_id="merge-status")
+    c["submission_token"] = gr.State(new_submission_token)  # a double click queues one merge
     c["results"] = gr.Dataframe(
         headers=["job", "status", "adapters", "method", "new adapter", "largest error", "the saved LoRA is"],
         value=lambda: results_rows(services),
@@ -106,15 +128,17 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         elem_id="merge-results",
     )
 
-    def on_submit(adapters, weights, **raw: Any) -> dict[str, Any]:
+    def on_submit(adapters, weights, submission_token=None, **raw: Any) -> dict[str, Any]:
         options = form.values([raw[f"opt.{n}"] for n in form.names])
-        return {"status": submit_merge(services, adapters, weights, options), "results": results_rows(services)}
+        line = submit_merge(services, adapters, weights, options, submission_token)
+        return {"status": f"✓ {line}", "results": results_rows(services)}
 
     def on_tab() -> dict[str, Any]:
         return {"adapters": gr.update(choices=adapter_choices(services)), "results": results_rows(services)}
 
     inputs = {"adapters": c["adapters"], "weights": c["weights"]} | {f"opt.{n}": w for n, w in form.widgets.items()}
-    bind(c["submit"].click, on_submit, inputs, {k: c[k] for k in ("status", "results")})
+    outputs = {k: c[k] for k in ("status", "results")}
+    bind_submit(c["submit"], on_submit, inputs, outputs, "status", c["submission_token"])
     bind(tab.select, on_tab, {}, {k: c[k] for k in ("adapters", "results")})
 
     def refresh_results() -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.ui import bind, queue_wait_sentence
+from app.ui import bind, bind_submit, new_submission_token, queue_wait_sentence
 from studio.schema import CheckRequest
 from studio.services.container import Services
 
@@ -50,9 +50,9 @@ def refresh(services: Services) -> dict[str, Any]:
     return {"status": status_markdown(services), "jobs": jobs_rows(services)}
 
 
-def run_check(services: Services) -> dict[str, Any]:
-    """Queue a short self-test job."""
-    job = services.jobs.submit(CheckRequest(steps=20))
+def run_check(services: Services, submission_token: str | None = None) -> dict[str, Any]:
+    """Queue a short self-test job (one per ``submission_token``: a double click queues one)."""
+    job = services.jobs.submit(CheckRequest(steps=20), submission_token=submission_token)
     waiting = queue_wait_sentence(job)
     gr.Info(f"Queued system check as job #{job.id}.{waiting}")
     notice = f"Queued system check as job #{job.id}; follow it below or in the Jobs tab.{waiting}"
@@ -73,7 +73,8 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         elem_id="system-jobs",
     )
     out = {k: c[k] for k in ("status", "jobs")}
-    bind(c["check_btn"].click, partial(run_check, services), {}, out | {"notice": c["notice"]})
+    token = gr.State(new_submission_token)
+    bind_submit(c["check_btn"], partial(run_check, services), {}, out | {"notice": c["notice"]}, "notice", token)
     bind(c["refresh_btn"].click, partial(refresh, services), {}, out)
     # The health check probes the broker (up to a few seconds): on demand, not on a timer.
     bind(tab.select, partial(refresh, services), {}, out)

@@ -7,6 +7,7 @@ puts each problem under the field it is about.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from app.forms import SchemaForm, errors_by_field
 from app.tab_datasets import dataset_choices
 from app.train_presets import PRESET_HELP, PRESETS, estimate_seconds, total_steps
-from app.ui import bind, human_seconds, queue_wait_sentence
+from app.ui import bind, bind_submit, human_seconds, new_submission_token, queue_wait_sentence
 from app.variant_form import VariantForms
 from studio.device import detect_device
 from studio.errors import StudioError, ValidationFailed
@@ -34,6 +35,7 @@ TOP_INFO = {
     "base_model": "The model the adapter is trained for (bundled models work offline).",
 }
 QUICK = "Quick"
+NEEDS_FIXING = "⚠ Some settings need fixing: see the highlighted fields."
 
 
 class FormErrors(ValidationFailed):
@@ -115,11 +117,24 @@ def build_request(
     return request
 
 
-def submit_training(services: Services, **form: Any) -> dict[str, Any]:
-    """Validate and queue a training job; returns ``{"job_id", "message"}``. Raises FormErrors."""
+def form_problems(**form: Any) -> dict[str, str]:
+    """What :func:`build_request` would refuse, by field ({} when the form is fine); nothing is queued."""
+    try:
+        build_request(**form)
+    except FormErrors as exc:
+        return exc.errors
+    return {}
+
+
+def submit_training(services: Services, submission_token: str | None = None, **form: Any) -> dict[str, Any]:
+    """Validate and queue a training job; returns ``{"job_id", "message"}``. Raises FormErrors.
+
+    A repeated submit with the same ``submission_token`` (a double click) finds the job the first one queued.
+    """
     request = build_request(**form)
     services.datasets.get(request.dataset_id)  # a clear NotFoundError before anything is queued
-    job = services.jobs.submit(request)  # named "<variant> on '<dataset>' (#id)" by the job service
+    # named "<variant> on '<dataset>' (#id)" by the job service
+    job = services.jobs.submit(request, submission_token=submission_token)
     workers = online_workers(services.registry, services.settings)
     wait = "" if workers else " No worker is online yet: it starts when one does (`studio worker`)."
     message = f"Queued training job #{job.id}. Follow it in the Jobs tab.{queue_wait_sentence(job)}{wait}"
@@ -127,9 +142,17 @@ def submit_training(services: Services, **form: Any) -> dict[str, Any]:
 
 
 def estimate_markdown(services: Services, dataset_id: Any, base_model: str | None, hyper: dict[str, Any]) -> str:
-    """Steps and the run's duration, measured on this machine (a rough guess only for a GPU seen from a CPU)."""
+    """Steps and the run's duration, measured on this machine (a rough guess only for a GPU seen from a CPU).
+
+    An invalid setting gets what to fix instead: an estimate of −5 steps would be nonsense.
+    """
     if not dataset_id:
         return "Choose a dataset to see how long training might take."
+    try:
+        TrainingHyperParams.model_validate(hyper)
+    except ValidationError as exc:
+        fixes = "; ".join(f"{_field_title(k)}: {v}" for k, v in errors_by_field(exc).items())
+        return f"⚠ To see an estimate, fix {fixes}."
     dataset = services.datasets.get(int(dataset_id))
     workers = online_workers(services.registry, services.settings)
     device = detect_device(services.settings.device)
@@ -200,6 +223,9 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
             c["name"] = gr.Textbox(label="Adapter name", placeholder="optional", elem_id="train-name")
             c["submit"] = gr.Button("Start training", variant="primary", elem_id="train-submit")
             c["status"] = gr.Markdown(elem_id="train-status")
+            c["submission_token"] = gr.State(new_submission_token)  # a double click queues one job
+            # After a refused submit, every change re-checks the form, so its notices clear once fixed.
+            c["show_problems"] = gr.State(False)
         with gr.Column(scale=6, min_width=320):
             gr.Markdown("### 3 · Method")
             c["variant"] = gr.Radio(
@@ -258,22 +284,39 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
             )
         return out
 
-    def on_submit(**raw: Any) -> dict[str, Any]:
+    def on_submit(submission_token: str | None = None, **raw: Any) -> dict[str, Any]:
         form = read_form(raw)
         try:
-            result = submit_training(services, **form)
+            result = submit_training(services, submission_token, **form)
         except FormErrors as exc:
             listed = "; ".join(f"{_field_title(k)}: {v}" for k, v in exc.errors.items())
             gr.Warning(f"Please fix {len(exc.errors)} setting(s) — {listed}")
             return {
-                "status": "⚠ Some settings need fixing: see the highlighted fields.",
+                "status": NEEDS_FIXING,
+                "show_problems": True,
                 **field_feedback(raw["variant"], exc.errors),
             }
         gr.Info(result["message"])
-        return {"status": f"✓ {result['message']}", **field_feedback(raw["variant"], {})}
+        return {"status": f"✓ {result['message']}", "show_problems": False, **field_feedback(raw["variant"], {})}
 
+    def on_form_change(show_problems: bool, **raw: Any) -> dict[str, Any]:
+        """Once a submit was refused, recompute its notices: each clears as soon as its cause is fixed."""
+        if not show_problems:
+            return {}
+        errors = form_problems(**read_form(raw))
+        return {"status": NEEDS_FIXING if errors else "", **field_feedback(raw["variant"], errors)}
+
+    form_in = top_in | hyper_in | variant_in
     feedback_out = hyper_in | variant_in | {k: c[k] for k in ("dataset_id", "base_model")}
-    bind(c["submit"].click, on_submit, top_in | hyper_in | variant_in, {"status": c["status"]} | feedback_out)
+    status_out = {k: c[k] for k in ("status", "show_problems")}
+    bind_submit(c["submit"], on_submit, form_in, status_out | feedback_out, "status", c["submission_token"])
+    bind(
+        partial(gr.on, [widget.change for widget in form_in.values()]),
+        on_form_change,
+        {"show_problems": c["show_problems"]} | form_in,
+        {"status": c["status"]} | feedback_out,
+        show_progress="hidden",
+    )
 
     def on_variant(variant: str, preset: str | None) -> dict[str, Any]:
         values = PRESETS.get(preset or "", {}).get("variant", {})

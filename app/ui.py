@@ -1,4 +1,4 @@
-"""Small helpers every tab shares: friendly errors, choice lists, formatting."""
+"""Small helpers every tab shares: friendly errors, submit buttons, choice lists, formatting."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import functools
 import importlib.util
 import inspect
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import gradio as gr
+from pydantic import ValidationError
 
 from studio.errors import StudioError
+from studio.plain_errors import describe_validation_error
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +36,53 @@ def queue_wait_sentence(job: Any) -> str:
     return f" It is {notice}." if notice else ""
 
 
-def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a handler so a StudioError becomes a warning toast saying what to do, never a traceback.
+def user_message(exc: BaseException) -> str | None:
+    """The message of an expected user error (StudioError, a pydantic ValidationError, gr.Error); None otherwise.
 
-    Unexpected errors are logged with their traceback on the server and shown as a short
-    message; ``gr.Error`` keeps the handler's outputs untouched.
+    Validation errors are turned into plain words naming the field ('Max steps: must be at least 1').
+    """
+    if isinstance(exc, gr.Error):
+        return str(exc.message)
+    if isinstance(exc, ValidationError):
+        return describe_validation_error(exc)
+    if isinstance(exc, StudioError):
+        return str(exc)
+    return None
+
+
+def _as_gradio_error(fn: Callable[..., Any], exc: Exception) -> gr.Error:
+    """The toast for a failed handler; call inside ``except``. Only unexpected errors log a traceback."""
+    message = user_message(exc)
+    if message is None:
+        logger.exception("handler %s failed", name_of(fn))
+        return gr.Error(_unexpected(exc), print_exception=False)
+    # Expected: the person gets the message; the log gets one line, no traceback.
+    logger.info("handler %s refused: %s", name_of(fn), message)
+    if isinstance(exc, gr.Error):
+        exc.print_exception = False
+        return exc
+    return gr.Error(message, title="Cannot do that", print_exception=False)
+
+
+def _as_status(fn: Callable[..., Any], exc: Exception) -> str:
+    """The status line for a failed handler; call inside ``except``. Only unexpected errors log a traceback."""
+    message = user_message(exc)
+    if message is None:
+        logger.exception("handler %s failed", name_of(fn))
+        message = _unexpected(exc)
+    else:
+        logger.info("handler %s refused: %s", name_of(fn), message)
+    return f"⚠ {message}"
+
+
+def friendly(fn: Callable[..., Any], errors_to: str | None = None) -> Callable[..., Any]:
+    """Wrap a handler so a user error becomes a message saying what to do, never a traceback.
+
+    Without ``errors_to`` the message is a toast (``gr.Error`` keeps the handler's outputs
+    untouched, though Gradio marks them with its red Error badge). With ``errors_to``, the
+    name of a status Markdown among the outputs, the message is written there instead and
+    nothing else changes: a form's results stay readable. Unexpected errors are logged with
+    their traceback on the server and shown as a short message.
     """
     if inspect.isgeneratorfunction(fn):
 
@@ -45,13 +90,10 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         def gen_wrapper(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except StudioError as exc:
-                raise gr.Error(str(exc), title="Cannot do that", print_exception=False) from None
             except Exception as exc:
-                logger.exception("handler %s failed", name_of(fn))
-                raise gr.Error(_unexpected(exc), print_exception=False) from None
+                if errors_to is None:
+                    raise _as_gradio_error(fn, exc) from None
+                yield {errors_to: _as_status(fn, exc)}
 
         return gen_wrapper
 
@@ -59,13 +101,10 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except StudioError as exc:
-            raise gr.Error(str(exc), title="Cannot do that", print_exception=False) from None
         except Exception as exc:
-            logger.exception("handler %s failed", name_of(fn))
-            raise gr.Error(_unexpected(exc), print_exception=False) from None
+            if errors_to is None:
+                raise _as_gradio_error(fn, exc) from None
+            return {errors_to: _as_status(fn, exc)}
 
     return wrapper
 
@@ -132,18 +171,21 @@ def bind(
     fn: Callable[..., dict[str, Any]],
     inputs: dict[str, Any] | None = None,
     outputs: dict[str, Any] | None = None,
+    errors_to: str | None = None,
     **kwargs: Any,
 ) -> Any:
     """Wire ``fn`` to a Gradio event with inputs and outputs matched BY NAME, never by position.
 
     ``fn(**{input name: value})`` returns ``{output name: value or gr.update}``; names it
     leaves out stay unchanged. Generator handlers (streaming) yield such dicts. Errors go
-    through :func:`friendly`.
+    through :func:`friendly` (into the ``errors_to`` output when given).
     """
     inputs = inputs or {}
     outputs = outputs or {}
+    if errors_to is not None and errors_to not in outputs:
+        raise KeyError(f"{name_of(fn)}: errors_to={errors_to!r} is not one of its outputs")
     names = list(inputs)
-    safe = friendly(fn)
+    safe = friendly(fn, errors_to)
 
     def by_component(result: dict[str, Any]) -> dict[Any, Any]:
         unknown = set(result) - set(outputs)
@@ -170,3 +212,58 @@ def bind(
 def name_of(fn: Callable[..., Any]) -> str:
     """A handler's name, seeing through functools.partial."""
     return getattr(getattr(fn, "func", fn), "__name__", "handler")
+
+
+def new_submission_token() -> str:
+    """A fresh one-time token for a form (a ``gr.State`` default: each page load gets its own)."""
+    return uuid.uuid4().hex
+
+
+def bind_submit(
+    button: Any,
+    fn: Callable[..., dict[str, Any]],
+    inputs: dict[str, Any],
+    outputs: dict[str, Any],
+    status: str = "status",
+    token: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """Wire a form's submit button so that one click makes one submission and failures read as words.
+
+    Two guards against a double click, because either alone lets one through: the button
+    is disabled while the submission runs (and ``trigger_mode="once"`` drops a click that
+    arrives while it is pending), but the browser can send a second click before the
+    first one's event registers. With ``token`` (a ``gr.State(new_submission_token)``),
+    ``fn`` also gets ``submission_token`` — the service returns the first submission's
+    dataset or job for a repeat — and a fresh token replaces it after each success.
+    Errors are written into ``outputs[status]``, never shown as an error badge over the
+    results (see :func:`friendly`).
+    """
+    quiet = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
+    disabled = button.click(_disabled, None, button, **quiet)
+    handler = fn
+    if token is not None:
+        inputs = inputs | {"submission_token": token}
+        outputs = outputs | {"submission_token": token}
+        handler = _with_fresh_token(fn)
+    event = bind(disabled.then, handler, inputs, outputs, errors_to=status, trigger_mode="once", **kwargs)
+    event.then(_enabled, None, button, **quiet)  # .then runs after a failure too
+    return event
+
+
+def _disabled() -> Any:
+    return gr.update(interactive=False)
+
+
+def _enabled() -> Any:
+    return gr.update(interactive=True)
+
+
+def _with_fresh_token(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """``fn``, then a new token for the form's next submission (only after a success: a failure stored nothing)."""
+
+    def submit(**values: Any) -> dict[str, Any]:
+        return {**fn(**values), "submission_token": new_submission_token()}
+
+    submit.__name__ = name_of(fn)
+    return submit

@@ -43,9 +43,7 @@ class JobService:
         self.registry = registry
         self.dispatcher = dispatcher
 
-    def submit(
-        self, request: Request | dict, name: str | None = None, submission_token: str | None = None
-    ) -> JobRow:
+    def submit(self, request: Request | dict, name: str | None = None, submission_token: str | None = None) -> JobRow:
         """Validate ``request``, store it as a queued job and put it on the queue.
 
         Without a ``name`` the job is named after what it works on (``default_job_name``).

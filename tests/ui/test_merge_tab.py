@@ -6,6 +6,7 @@ import gradio as gr
 import pytest
 
 from app import tab_merge
+from studio.errors import ValidationFailed
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def test_weights_text_is_parsed_or_refused_naming_the_entry():
     assert tab_merge.parse_weights(" 0.7, 0.3 ") == [0.7, 0.3]
     assert tab_merge.parse_weights("1; -0.5") == [1.0, -0.5]
     assert tab_merge.parse_weights("") is None
-    with pytest.raises(gr.Error, match="'a lot' is not a number"):
+    with pytest.raises(ValidationFailed, match="Weights: 'a lot' is not a number"):
         tab_merge.parse_weights("1, a lot")
 
 
@@ -55,10 +56,8 @@ def test_merge_from_the_tab_runs_and_lists_the_new_adapter(services, two_adapter
 
 def test_bad_requests_are_refused_before_anything_is_queued(services, two_adapters):
     options = {"method": "linear", "density": 0.2, "rank": None, "name": None}
-    with pytest.raises(gr.Error, match="Choose the adapters"):
+    with pytest.raises(ValidationFailed, match="Adapters: choose the adapters"):
         tab_merge.submit_merge(services, [], "", options)
-    from studio.errors import ValidationFailed
-
     with pytest.raises(ValidationFailed, match=r"one weight per adapter \(3 given for 2 adapters\)"):
         tab_merge.submit_merge(services, two_adapters, "1, 2, 3", options)
     assert services.jobs.list(kind="merge") == []
