@@ -81,3 +81,16 @@ def test_train_notices_clear_after_the_dataset_is_chosen(forms_url, browser, wor
     )
     assert "Rows to learn from" in page.locator("#train-dataset").inner_text()
     page.close()
+
+
+def test_a_refusal_reads_as_words_beside_the_form_with_no_traceback_in_the_log(forms_url, browser, workspace):  # noqa: F811
+    page = open_studio(browser, forms_url)
+    page.get_by_role("tab", name="Merge").click()
+    page.locator("#merge-submit").click()
+    assert wait_text(page, "merge-status", "⚠").startswith("⚠ Adapters: choose the adapters to merge")
+    # The results table keeps its content: no red Error badge replaces it.
+    assert page.locator("#merge-results .error").count() == 0
+    page.wait_for_selector("#merge-submit:not([disabled])")
+    page.close()
+    logs = "".join(path.read_text() for path in workspace.glob("studio-*.log"))
+    assert "Adapters: choose the adapters to merge" in logs and "Traceback" not in logs
