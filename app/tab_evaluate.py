@@ -13,7 +13,14 @@ import gradio as gr
 
 from app.forms import SchemaForm
 from app.tab_datasets import dataset_choices
-from app.ui import bind, bind_submit, latest_adapters, module_installed, queue_wait_sentence
+from app.ui import (
+    bind,
+    bind_submit,
+    latest_adapters,
+    module_installed,
+    new_submission_token,
+    queue_wait_sentence,
+)
 from studio.charts import comparison_bars, empty_figure
 from studio.evaluation.comparison import column_name, format_delta, format_value, is_base
 from studio.schema import EvalRequest
@@ -54,9 +61,17 @@ def job_choices(services: Services) -> list[tuple[str, int]]:
 
 
 def submit_eval(
-    services: Services, adapters: list[int] | None, base_model: str | None, dataset: int | None, options: dict
+    services: Services,
+    adapters: list[int] | None,
+    base_model: str | None,
+    dataset: int | None,
+    options: dict,
+    submission_token: str | None = None,
 ) -> str:
-    """Validate and queue one comparison job (the base, when named, and the chosen adapters)."""
+    """Validate and queue one comparison job (the base, when named, and the chosen adapters).
+
+    A repeated submit with the same ``submission_token`` (a double click) finds the job the first one queued.
+    """
     if not dataset:
         raise gr.Error("Choose a dataset to evaluate on.")
     ids = [int(a) for a in adapters or []]
@@ -64,7 +79,8 @@ def submit_eval(
         raise gr.Error("Choose adapters, a base model, or both.")
     request = {"kind": "eval", "dataset_id": int(dataset), "adapter_ids": ids, "base_model": base_model or None}
     request.update(options)
-    job = services.jobs.submit(request)  # named after the models, dataset and metrics by the job service
+    # Named after the models, dataset and metrics by the job service.
+    job = services.jobs.submit(request, submission_token=submission_token)
     return f"Queued evaluation job #{job.id}; pick it under Results when it finishes.{queue_wait_sentence(job)}"
 
 
@@ -167,10 +183,12 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     c["chart"] = gr.Plot(elem_id="eval-chart")
     c["samples"] = gr.Dataframe(headers=["prompt"], interactive=False, wrap=True, elem_id="eval-samples")
 
-    def on_submit(adapters, base_model, dataset, **raw: Any) -> dict[str, Any]:
+    c["submission_token"] = gr.State(new_submission_token)  # a double click queues one evaluation
+
+    def on_submit(adapters, base_model, dataset, submission_token=None, **raw: Any) -> dict[str, Any]:
         options = form.values([raw[f"opt.{n}"] for n in form.names])
         return {
-            "status": submit_eval(services, adapters, base_model, dataset, options),
+            "status": submit_eval(services, adapters, base_model, dataset, options, submission_token),
             "results": results_rows(services),
         }
 
@@ -184,7 +202,9 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
 
     inputs = {k: c[k] for k in ("adapters", "base_model", "dataset")} | {f"opt.{n}": w for n, w in form.widgets.items()}
     # Errors go to the status line beside the button, not over the results; a double click runs once.
-    bind_submit(c["submit"], on_submit, inputs, {k: c[k] for k in ("status", "results")}, "status")
+    bind_submit(
+        c["submit"], on_submit, inputs, {k: c[k] for k in ("status", "results")}, "status", c["submission_token"]
+    )
     bind(
         tab.select,
         on_tab,

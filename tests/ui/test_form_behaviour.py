@@ -224,3 +224,13 @@ def test_a_merge_refusal_is_a_status_line_and_the_results_table_is_untouched(ser
 def test_an_evaluate_refusal_is_a_status_line_and_the_results_table_is_untouched(services, demo):
     run = handler(demo, "on_submit", "eval-status")
     assert call(run, **{"eval-dataset": None}) == {"eval-status": "⚠ Choose a dataset to evaluate on."}
+
+
+def test_a_double_click_on_evaluate_queues_one_job(services, dataset):
+    from app import tab_evaluate
+
+    options = {"metrics": ["loss"], "max_examples": 4}
+    lines = [tab_evaluate.submit_eval(services, [], "tiny-base", dataset.id, options, "page-token") for _ in range(2)]
+    assert lines[0] == lines[1] and len(services.jobs.list(kind="eval")) == 1
+    tab_evaluate.submit_eval(services, [], "tiny-base", dataset.id, options, "renewed-token")
+    assert len(services.jobs.list(kind="eval")) == 2  # a new token: a deliberate second evaluation
