@@ -133,10 +133,16 @@ def table(
         filters = filters.model_copy(update={"metric": DEFAULT_METRIC})
     shown_metric = filters.metric or DEFAULT_METRIC
     number = _page_number(page, 10**12)
-    rows, total = services.adapters.page(filters, search, sort, (number - 1) * PAGE_SIZE, PAGE_SIZE)
-    if not rows and number > 1:  # past the end (rows were deleted or the filter narrowed): the last page
-        number = _page_number(number, total)
-        rows, total = services.adapters.page(filters, search, sort, (number - 1) * PAGE_SIZE, PAGE_SIZE)
+
+    def view_of(number: int) -> Any:
+        offset = (number - 1) * PAGE_SIZE
+        return services.adapters.view(filters, search, sort, offset, PAGE_SIZE, shown_metric, SCATTER_POINTS)
+
+    view = view_of(number)
+    if not view.rows and number > 1:  # past the end (rows were deleted or the filter narrowed): the last page
+        number = _page_number(number, view.total)
+        view = view_of(number)
+    rows, total = view.rows, view.total
     data = [
         [
             r.id,
@@ -153,7 +159,7 @@ def table(
     ]
     choices = [(adapter_label(r), r.id) for r in rows]
     kept = [c for c in _labelled(services, chosen or []) if c[1] not in {r.id for r in rows}]
-    samples, population = services.adapters.scatter(shown_metric, filters, search, SCATTER_POINTS)
+    samples, population = view.points, view.population
     points = [
         {"label": f"#{i} {name}", "variant": v, "params": params, "value": value}
         for i, name, v, params, value in samples

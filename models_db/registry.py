@@ -16,9 +16,12 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Engine,
+    Integer,
     Select,
     and_,
+    bindparam,
     cast,
+    column,
     delete,
     func,
     literal,
@@ -30,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from models_db import name_search
 from models_db.engine import create_registry_engine, create_session_factory
 from models_db.migrate import upgrade_to_head
 from models_db.tables import (
@@ -51,10 +55,23 @@ from studio.schema import ADAPTER_SORTS, JOB_SORTS, AdapterFilters, JobFilters
 
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
-# Knuth's multiplicative hash of an id, mod 2**32: a deterministic sample that does not alias with
-# regular id patterns (ids of one variant every 8th, say) the way ``id % k`` would.
+# Knuth's multiplicative hash, mod 2**32: where in its stratum each scatter sample point starts, so the
+# sample does not alias with regular id patterns (ids of one variant every 8th, say) as a fixed stride would.
 _HASH_MULTIPLIER = 2654435761
 _HASH_RANGE = 2**32
+# A search matching at most this many adapters is run once per view: the page, its count and the
+# scatter reuse the ids; a broader one is repeated as a condition (through the index) in each query.
+_SHARED_SEARCH_IDS = 2000
+
+
+@dataclass(frozen=True)
+class AdapterView:
+    """What the Adapters tab shows at once: one page and how many match, and the scatter's sample."""
+
+    rows: list[AdapterRow]
+    total: int
+    points: list[tuple[int, str, str, int, float]]  # (id, name, variant, trainable_params, value)
+    population: int  # how many matching adapters have the scatter's metric
 
 
 @dataclass(frozen=True)
@@ -76,13 +93,23 @@ def numeric_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     }
 
 
-def _search_condition(id_column: Any, name_column: Any, search: str | None) -> ColumnElement[bool] | None:
-    """Rows whose name contains ``search`` (any case), or whose id it is ('12' or '#12')."""
+def _contains_pattern(term: str) -> str:
+    """A LIKE pattern (escape character ``\\``) for names containing ``term`` literally."""
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _search_condition(
+    id_column: Any, name_column: Any, search: str | None, by_name: ColumnElement[bool] | None = None
+) -> ColumnElement[bool] | None:
+    """Rows whose name contains ``search`` (any case), or whose id it is ('12' or '#12').
+
+    ``by_name`` replaces the plain name condition (an index-assisted one with the same answer).
+    """
     term = (search or "").strip()
     if not term:
         return None
-    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    conditions = [name_column.ilike(f"%{escaped}%", escape="\\")]
+    conditions = [by_name if by_name is not None else name_column.ilike(_contains_pattern(term), escape="\\")]
     digits = term.removeprefix("#")
     if digits.isdigit() and len(digits) < 10:  # ids are 32-bit integers on PostgreSQL
         conditions.append(id_column == int(digits))
@@ -95,6 +122,7 @@ class Registry:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._sessions = create_session_factory(engine)
+        self._name_index_ready: bool | None = None  # SQLite: the FTS5 name index is there (checked once)
 
     @classmethod
     def from_url(cls, url: str, migrate: bool = True) -> Registry:
@@ -602,8 +630,9 @@ class Registry:
             s.execute(delete(AdapterMetricRow).where(AdapterMetricRow.adapter_id == adapter_id))
             s.execute(delete(AdapterRow).where(AdapterRow.id == adapter_id))
 
-    def _adapter_query(self, query: Select, filters: AdapterFilters, search: str | None) -> Select:
-        """``query`` restricted to the adapters matching ``filters`` and ``search`` (joined to the metric's row)."""
+    def _adapter_query(self, query: Select, filters: AdapterFilters, matched: ColumnElement[bool] | None) -> Select:
+        """``query`` restricted to the adapters matching ``filters`` and the search condition ``matched``
+        (joined to the metric's row)."""
         if filters.metric:
             query = query.join(
                 AdapterMetricRow,
@@ -615,8 +644,83 @@ class Registry:
             query = query.where(AdapterRow.base_model == filters.base_model)
         if filters.dataset_id:
             query = query.where(AdapterRow.dataset_id == filters.dataset_id)
-        matched = _search_condition(AdapterRow.id, AdapterRow.name, search)
         return query if matched is None else query.where(matched)
+
+    def _sqlite_name_index(self, session: Session) -> bool:
+        """Whether this SQLite database has the FTS5 name index and all its sync triggers (checked once)."""
+        if self._name_index_ready is None:
+            names = set(
+                session.scalars(
+                    text("SELECT name FROM sqlite_master WHERE name IN :names").bindparams(
+                        bindparam("names", expanding=True)
+                    ),
+                    {"names": [name_search.FTS_TABLE, *name_search.FTS_TRIGGERS]},
+                )
+            )
+            self._name_index_ready = names == {name_search.FTS_TABLE, *name_search.FTS_TRIGGERS}
+        return self._name_index_ready
+
+    def _adapter_search(self, session: Session, search: str | None) -> ColumnElement[bool] | None:
+        """The condition for adapters matching ``search`` (name contains it in any case, or it is the id).
+
+        The plain ``ILIKE`` decides; on PostgreSQL the pg_trgm index serves it, on SQLite the FTS5
+        trigram table narrows the rows first (migration 0005). When few adapters match, their ids
+        are read once here and the page, its count and the scatter reuse them.
+        """
+        matched = _search_condition(AdapterRow.id, AdapterRow.name, search)
+        if matched is None:
+            return None
+        term = (search or "").strip()
+        if (
+            self.engine.dialect.name == "sqlite"
+            and len(term) >= name_search.MIN_INDEXED_TERM
+            and self._sqlite_name_index(session)
+        ):
+            by_index = text(f"SELECT rowid FROM {name_search.FTS_TABLE} WHERE {name_search.FTS_TABLE} MATCH :phrase")
+            candidates = AdapterRow.id.in_(
+                by_index.bindparams(phrase=name_search.fts_phrase(term)).columns(column("rowid", Integer))
+            )
+            # The index folds case beyond ASCII: it only narrows; the LIKE keeps the plain query's answer.
+            by_name = and_(candidates, AdapterRow.name.ilike(_contains_pattern(term), escape="\\"))
+            matched = _search_condition(AdapterRow.id, AdapterRow.name, search, by_name)
+        ids = list(session.scalars(select(AdapterRow.id).where(matched).limit(_SHARED_SEARCH_IDS + 1)))
+        return AdapterRow.id.in_(ids) if len(ids) <= _SHARED_SEARCH_IDS else matched
+
+    def _count_adapters(self, session: Session, filters: AdapterFilters, matched: ColumnElement[bool] | None) -> int:
+        """How many adapters match; a metric alone is counted from adapter_metrics without the join."""
+        if filters.metric and matched is None and not (filters.variant or filters.base_model or filters.dataset_id):
+            # Every adapter_metrics row has its adapter (deleted with it): the (name, value) index suffices.
+            query = select(func.count()).select_from(AdapterMetricRow).where(AdapterMetricRow.name == filters.metric)
+        else:
+            query = self._adapter_query(select(func.count(AdapterRow.id)), filters, matched)
+        return session.scalar(query) or 0
+
+    def _page(
+        self,
+        session: Session,
+        filters: AdapterFilters,
+        matched: ColumnElement[bool] | None,
+        sort: str,
+        offset: int,
+        limit: int,
+    ) -> tuple[list[AdapterRow], int]:
+        if sort not in ADAPTER_SORTS:
+            raise ValidationFailed(f"unknown adapter sort {sort!r}; choose one of {', '.join(ADAPTER_SORTS)}")
+        if sort.startswith("metric") and not filters.metric:
+            raise ValidationFailed("sorting by a metric needs the metric: choose one in the Metric filter")
+        order = {
+            "newest": [AdapterRow.id.desc()],
+            "oldest": [AdapterRow.id.asc()],
+            "name": [AdapterRow.name.asc(), AdapterRow.id.desc()],
+            "params": [AdapterRow.trainable_params.desc(), AdapterRow.id.desc()],
+            "size": [AdapterRow.size_bytes.desc(), AdapterRow.id.desc()],
+            "metric_asc": [AdapterMetricRow.value.asc(), AdapterRow.id.desc()],
+            "metric_desc": [AdapterMetricRow.value.desc(), AdapterRow.id.desc()],
+        }[sort]
+        total = self._count_adapters(session, filters, matched)
+        query = self._adapter_query(select(AdapterRow), filters, matched).order_by(*order)
+        rows = list(session.scalars(query.offset(max(0, offset)).limit(max(1, limit))))
+        return rows, total
 
     def page_adapters(
         self,
@@ -631,65 +735,88 @@ class Registry:
         ``sort`` is one of ADAPTER_SORTS; the metric sorts order by ``filters.metric``.
         """
         filters = filters or AdapterFilters()
-        if sort not in ADAPTER_SORTS:
-            raise ValidationFailed(f"unknown adapter sort {sort!r}; choose one of {', '.join(ADAPTER_SORTS)}")
-        if sort.startswith("metric") and not filters.metric:
-            raise ValidationFailed("sorting by a metric needs the metric: choose one in the Metric filter")
-        order = {
-            "newest": [AdapterRow.id.desc()],
-            "oldest": [AdapterRow.id.asc()],
-            "name": [AdapterRow.name.asc(), AdapterRow.id.desc()],
-            "params": [AdapterRow.trainable_params.desc(), AdapterRow.id.desc()],
-            "size": [AdapterRow.size_bytes.desc(), AdapterRow.id.desc()],
-            "metric_asc": [AdapterMetricRow.value.asc(), AdapterRow.id.desc()],
-            "metric_desc": [AdapterMetricRow.value.desc(), AdapterRow.id.desc()],
-        }[sort]
         with self._session() as s:
-            total = s.scalar(self._adapter_query(select(func.count(AdapterRow.id)), filters, search)) or 0
-            query = self._adapter_query(select(AdapterRow), filters, search).order_by(*order)
-            rows = list(s.scalars(query.offset(max(0, offset)).limit(max(1, limit))))
-            return rows, total
+            return self._page(s, filters, self._adapter_search(s, search), sort, offset, limit)
+
+    def adapter_view(
+        self,
+        filters: AdapterFilters | None = None,
+        search: str | None = None,
+        sort: str = "newest",
+        offset: int = 0,
+        limit: int = 50,
+        scatter_metric: str = "eval_loss",
+        max_points: int = 1000,
+    ) -> AdapterView:
+        """What the Adapters tab shows at once: a page (as :meth:`page_adapters`) and the scatter sample of
+        ``scatter_metric`` (as :meth:`adapter_scatter`), in one session, the search run once for both."""
+        filters = filters or AdapterFilters()
+        scatter_filters = filters.model_copy(update={"metric": scatter_metric})
+        with self._session() as s:
+            matched = self._adapter_search(s, search)
+            rows, total = self._page(s, filters, matched, sort, offset, limit)
+            # The page's filters already ask for the scatter's metric: the same adapters, the same count.
+            population = total if filters == scatter_filters else None
+            points, population = self._scatter(s, scatter_filters, matched, max_points, population)
+            return AdapterView(rows, total, points, population)
 
     def adapter_filter_choices(self) -> dict[str, list[Any]]:
-        """Distinct variants, base models, dataset ids and metric names of all adapters (DISTINCT in SQL)."""
+        """Distinct variants, base models, dataset ids and metric names of all adapters.
+
+        Each is a loose index scan (one index seek per distinct value through the (column, id)
+        and (name, value) indexes), not a DISTINCT over every row.
+        """
         with self._session() as s:
             return {
-                "variant": list(s.scalars(select(AdapterRow.variant).distinct().order_by(AdapterRow.variant))),
-                "base_model": list(s.scalars(select(AdapterRow.base_model).distinct().order_by(AdapterRow.base_model))),
-                "dataset_id": list(
-                    s.scalars(
-                        select(AdapterRow.dataset_id)
-                        .where(AdapterRow.dataset_id.is_not(None))
-                        .distinct()
-                        .order_by(AdapterRow.dataset_id)
-                    )
-                ),
-                "metric": list(s.scalars(select(AdapterMetricRow.name).distinct().order_by(AdapterMetricRow.name))),
+                "variant": _distinct_values(s, "adapters", "variant"),
+                "base_model": _distinct_values(s, "adapters", "base_model"),
+                "dataset_id": _distinct_values(s, "adapters", "dataset_id"),
+                "metric": _distinct_values(s, "adapter_metrics", "name"),
             }
 
     def adapter_scatter(
         self, metric: str, filters: AdapterFilters | None = None, search: str | None = None, max_points: int = 1000
     ) -> tuple[list[tuple[int, str, str, int, float]], int]:
         """``(id, name, variant, trainable_params, value)`` of at most ``max_points`` adapters having ``metric``,
-        and how many have it.
+        newest first, and how many have it.
 
-        Above ``max_points`` the points are a deterministic hash sample of the ids: the same
-        adapters on every refresh, spread evenly over variants and time.
+        Above ``max_points`` the points are a stratified sample over the id range: the range is cut
+        into ``max_points`` equal strata and each contributes the first matching adapter at or after a
+        fixed pseudo-random position inside it. That spreads the points evenly over time, does not
+        alias with regular id patterns (one variant every 8th id, say), gives the same points on every
+        refresh, and costs one primary-key (or filter-index) seek per point instead of reading every row.
         """
         filters = (filters or AdapterFilters()).model_copy(update={"metric": metric})
+        with self._session() as s:
+            return self._scatter(s, filters, self._adapter_search(s, search), max_points)
+
+    def _scatter(
+        self,
+        session: Session,
+        filters: AdapterFilters,
+        matched: ColumnElement[bool] | None,
+        max_points: int,
+        population: int | None = None,
+    ) -> tuple[list[tuple[int, str, str, int, float]], int]:
+        if population is None:
+            population = self._count_adapters(session, filters, matched)
         columns = select(
             AdapterRow.id, AdapterRow.name, AdapterRow.variant, AdapterRow.trainable_params, AdapterMetricRow.value
         )
-        with self._session() as s:
-            population = s.scalar(self._adapter_query(select(func.count(AdapterRow.id)), filters, search)) or 0
-            query = self._adapter_query(columns, filters, search)
-            if population > max_points:
-                threshold = int(_HASH_RANGE * max_points / population)
-                wide_id = cast(AdapterMetricRow.adapter_id, BigInteger)  # the product overflows 32 bits
-                hashed = (wide_id * literal(_HASH_MULTIPLIER, BigInteger)) % literal(_HASH_RANGE, BigInteger)
-                query = query.where(hashed < literal(threshold, BigInteger))
-            rows = s.execute(query.order_by(AdapterRow.id.desc()).limit(max_points))
-            return [tuple(row) for row in rows], population
+        query = self._adapter_query(columns, filters, matched)
+        if population > max_points:
+            ids = self._adapter_query(select(AdapterRow.id), filters, matched)
+            low = session.scalar(ids.order_by(AdapterRow.id).limit(1))
+            high = session.scalar(ids.order_by(AdapterRow.id.desc()).limit(1))
+            if low is None or high is None:  # deleted since they were counted
+                return [], 0
+            strata, target = _stratum_starts(low, high, max_points)
+            first_at = (
+                ids.where(AdapterRow.id >= target).order_by(AdapterRow.id).limit(1).correlate(strata).scalar_subquery()
+            )
+            query = query.where(AdapterRow.id.in_(select(first_at).select_from(strata)))
+        rows = session.execute(query.order_by(AdapterRow.id.desc()).limit(max_points))
+        return [tuple(row) for row in rows], population
 
     # Workers -------------------------------------------------------------------------
 
@@ -803,6 +930,51 @@ class Registry:
             for status, count in s.execute(select(JobRow.status, func.count()).group_by(JobRow.status)):
                 out[f"jobs_{status}"] = count
             return out
+
+
+# The columns whose distinct values the Adapters tab's filters offer (each has an index that starts with it).
+_DISTINCT_COLUMNS = {("adapters", "variant"), ("adapters", "base_model"), ("adapters", "dataset_id"),
+                     ("adapter_metrics", "name")}  # fmt: skip
+
+
+def _distinct_values(session: Session, table: str, column_name: str) -> list[Any]:
+    """The distinct non-null values of an indexed column, ascending, by a loose index scan.
+
+    A recursive query seeks the smallest value, then the smallest one above it, and so on:
+    one index seek per distinct value instead of reading every row as DISTINCT does.
+    """
+    assert (table, column_name) in _DISTINCT_COLUMNS, (table, column_name)  # names go into the SQL
+    c, t = column_name, table
+    query = text(
+        f"""
+        WITH RECURSIVE found(value) AS (
+            SELECT (SELECT {c} FROM {t} WHERE {c} IS NOT NULL ORDER BY {c} LIMIT 1)
+            UNION ALL
+            SELECT (SELECT {c} FROM {t} WHERE {c} > found.value ORDER BY {c} LIMIT 1) FROM found
+            WHERE found.value IS NOT NULL
+        )
+        SELECT value FROM found WHERE value IS NOT NULL
+        """
+    )
+    return list(session.scalars(query))
+
+
+def _stratum_starts(low: int, high: int, strata: int) -> tuple[Any, ColumnElement[int]]:
+    """A recursive CTE of ``strata`` rows and, per row, an id in its stratum of ``low..high``.
+
+    Stratum k covers ``[low + k*span/strata, low + (k+1)*span/strata)``; the id sits at a fixed
+    pseudo-random fraction of it (20 bits of the hash of k). Integer arithmetic in BIGINT on both
+    backends (bound as BIGINT: PostgreSQL would type small Python ints as smallint and overflow).
+    """
+
+    def big(value: int) -> ColumnElement[int]:
+        return cast(literal(value), BigInteger)
+
+    span = high - low + 1
+    cte = select(big(0).label("k")).cte("strata", recursive=True)
+    cte = cte.union_all(select((cte.c.k + 1).label("k")).where(cte.c.k < strata - 1))
+    fraction = (cte.c.k * big(_HASH_MULTIPLIER)) % big(_HASH_RANGE) // big(_HASH_RANGE >> 20)
+    return cte, big(low) + (cte.c.k * big(span) + big(span) * fraction // big(1 << 20)) // big(strata)
 
 
 def _metric_names(session: Session, job_id: int) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
 from typing import Any
 
 import plotly.graph_objects as go
@@ -231,6 +232,8 @@ def params_metric_scatter(points: Iterable[Mapping[str, Any]], metric: str, titl
     """Trainable parameters (log x) against ``metric``; one colour per variant.
 
     Each point is ``{"label", "variant", "params", "value"}``; points without a value are skipped.
+    Built from plain dicts without plotly's validation (see :func:`_unvalidated_figure`): with a
+    thousand points the validated build took longer than the database queries of the whole page.
     """
     title = title or f"Trainable parameters vs {metric}"
     groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -239,21 +242,45 @@ def params_metric_scatter(points: Iterable[Mapping[str, Any]], metric: str, titl
             groups[str(point.get("variant", ""))].append(point)
     if not groups:
         return empty_figure(f"No adapter has a {metric!r} value yet.", title)
-    fig = go.Figure()
-    for i, (variant, members) in enumerate(sorted(groups.items())):
-        fig.add_trace(
-            go.Scatter(
-                x=[p["params"] for p in members],
-                y=[float(p["value"]) for p in members],
-                mode="markers",
-                name=variant,
-                text=[str(p.get("label", "")) for p in members],
-                marker={"size": 11, "color": PALETTE[i % len(PALETTE)]},
-                hovertemplate="%{text}<br>%{x:,} params<br>" + metric + " %{y:.4g}<extra></extra>",
-            )
-        )
-    fig.update_xaxes(type="log")
-    return _base_layout(fig, title, "trainable parameters", metric)
+    traces = [
+        {
+            "type": "scatter",
+            "x": [p["params"] for p in members],
+            "y": [float(p["value"]) for p in members],
+            "mode": "markers",
+            "name": variant,
+            "text": [str(p.get("label", "")) for p in members],
+            "marker": {"size": 11, "color": PALETTE[i % len(PALETTE)]},
+            "hovertemplate": "%{text}<br>%{x:,} params<br>" + metric + " %{y:.4g}<extra></extra>",
+        }
+        for i, (variant, members) in enumerate(sorted(groups.items()))
+    ]
+    layout = {
+        "title": {"text": title, "x": 0.01},
+        "xaxis": {"type": "log", "title": {"text": "trainable parameters"}},
+        "yaxis": {"title": {"text": metric}},
+        "margin": {"l": 50, "r": 20, "t": 50, "b": 45},
+        "legend": {"orientation": "h", "y": -0.2},
+        "height": 360,
+    }
+    return _unvalidated_figure(traces, layout)
+
+
+@cache
+def _white_template() -> dict[str, Any]:
+    """The plotly_white template as plain JSON, made once (setting it by name copies the template every time)."""
+    import plotly.io as pio
+
+    return pio.templates["plotly_white"].to_plotly_json()
+
+
+def _unvalidated_figure(traces: list[dict[str, Any]], layout: dict[str, Any]) -> go.Figure:
+    """A figure on the plotly_white template from plain dicts, skipping plotly's per-property validation.
+
+    For figures with many points built by code whose properties tests check once
+    (tests/ui/test_charts.py rebuilds it with validation); the result is an ordinary go.Figure.
+    """
+    return go.Figure({"data": traces, "layout": {**layout, "template": _white_template()}}, _validate=False)
 
 
 def comparison_bars(result: Mapping[str, Any], title: str = "Models compared") -> go.Figure:

@@ -3,6 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
+from models_db.name_search import include_name
 from models_db.tables import Base
 
 config = context.config
@@ -25,6 +26,7 @@ def _run(connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,  # the name-search index is backend-specific, outside the tables
     )
     with context.begin_transaction():
         context.run_migrations()

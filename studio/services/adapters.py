@@ -44,6 +44,19 @@ class AdapterService:
         """One page of adapters (filtered, searched and sorted by the database) and how many match."""
         return self.registry.page_adapters(filters, search, sort, offset, limit)
 
+    def view(
+        self,
+        filters: AdapterFilters | None = None,
+        search: str | None = None,
+        sort: str = "newest",
+        offset: int = 0,
+        limit: int = 50,
+        scatter_metric: str = "eval_loss",
+        max_points: int = 1000,
+    ) -> Any:
+        """A page and the scatter sample of ``scatter_metric`` together (the search runs once): an AdapterView."""
+        return self.registry.adapter_view(filters, search, sort, offset, limit, scatter_metric, max_points)
+
     def filter_choices(self) -> dict[str, list[Any]]:
         """The distinct variants, base models, dataset ids and metric names the adapters have."""
         return self.registry.adapter_filter_choices()

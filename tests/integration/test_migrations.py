@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from sqlalchemy import DateTime, create_engine
 
 from models_db.migrate import alembic_config
+from models_db.name_search import include_name
 from models_db.tables import Base, UTCDateTime
 from studio.cli.migrate import migrate
 from studio.settings import Settings
@@ -50,7 +51,7 @@ def test_upgrade_head_matches_the_tables(database_url):
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            context = MigrationContext.configure(conn, opts={"compare_type": True, "include_name": include_name})
             assert context.get_current_revision() == ScriptDirectory.from_config(cfg).get_current_head()
             assert _only_real_differences(compare_metadata(context, Base.metadata)) == []
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import plotly.graph_objects as go
+
 from studio import charts
 
 
@@ -86,3 +88,17 @@ def test_params_metric_scatter_colours_by_variant_and_skips_missing_values():
     assert {t.name: list(t.x) for t in fig.data} == {"dora": [2000], "lora": [1000]}
     assert fig.layout.xaxis.type == "log"
     assert charts.params_metric_scatter([], "eval_loss").layout.annotations
+
+
+def test_params_metric_scatter_is_a_valid_figure_on_the_white_template():
+    # Built without plotly's validation: a validated rebuild of the same JSON must accept it unchanged
+    # and look as the validated charts do (plotly_white, axis titles).
+    points = [
+        {"label": f"#{i}", "variant": "lora" if i % 2 else "dora", "params": 10 * i, "value": i} for i in range(1, 9)
+    ]
+    fig = charts.params_metric_scatter(points, "eval_loss", title="t")
+    checked = go.Figure(fig.to_plotly_json())  # raises on an unknown or ill-typed property
+    assert checked.to_plotly_json() == fig.to_plotly_json()
+    reference = charts._base_layout(go.Figure(), "t", "trainable parameters", "eval_loss")
+    assert checked.layout.template == reference.layout.template
+    assert (checked.layout.xaxis.title.text, checked.layout.yaxis.title.text) == ("trainable parameters", "eval_loss")
