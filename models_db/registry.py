@@ -800,23 +800,44 @@ class Registry:
     ) -> tuple[list[tuple[int, str, str, int, float]], int]:
         if population is None:
             population = self._count_adapters(session, filters, matched)
-        columns = select(
-            AdapterRow.id, AdapterRow.name, AdapterRow.variant, AdapterRow.trainable_params, AdapterMetricRow.value
+        columns = (
+            AdapterRow.id,
+            AdapterRow.name,
+            AdapterRow.variant,
+            AdapterRow.trainable_params,
+            AdapterMetricRow.value,
         )
-        query = self._adapter_query(columns, filters, matched)
-        if population > max_points:
-            ids = self._adapter_query(select(AdapterRow.id), filters, matched)
-            low = session.scalar(ids.order_by(AdapterRow.id).limit(1))
-            high = session.scalar(ids.order_by(AdapterRow.id.desc()).limit(1))
-            if low is None or high is None:  # deleted since they were counted
-                return [], 0
-            strata, target = _stratum_starts(low, high, max_points)
-            first_at = (
-                ids.where(AdapterRow.id >= target).order_by(AdapterRow.id).limit(1).correlate(strata).scalar_subquery()
+        if population <= max_points:
+            query = self._adapter_query(select(*columns), filters, matched)
+            rows = session.execute(query.order_by(AdapterRow.id.desc()).limit(max_points))
+            return [tuple(row) for row in rows], population
+        ids = self._adapter_query(select(AdapterRow.id), filters, matched)
+        low = session.scalar(ids.order_by(AdapterRow.id).limit(1))
+        high = session.scalar(ids.order_by(AdapterRow.id.desc()).limit(1))
+        if low is None or high is None:  # deleted since they were counted
+            return [], 0
+        strata, target = _stratum_starts(low, high, max_points)
+        # The bound goes on both sides of the metric join: planners do not carry an inequality across it.
+        first_at = (
+            ids.where(AdapterRow.id >= target, AdapterMetricRow.adapter_id >= target)
+            .order_by(AdapterRow.id)
+            .limit(1)
+            .correlate(strata)
+            .scalar_subquery()
+        )
+        # Joined on the seek, so each stratum's seek runs once and its row is read by primary key.
+        query = (
+            select(*columns)
+            .select_from(strata)
+            .join(AdapterRow, AdapterRow.id == first_at)
+            .join(
+                AdapterMetricRow,
+                and_(AdapterMetricRow.adapter_id == AdapterRow.id, AdapterMetricRow.name == filters.metric),
             )
-            query = query.where(AdapterRow.id.in_(select(first_at).select_from(strata)))
-        rows = session.execute(query.order_by(AdapterRow.id.desc()).limit(max_points))
-        return [tuple(row) for row in rows], population
+        )
+        # Two strata may reach the same adapter (a gap in the ids): keep it once.
+        points = {row[0]: tuple(row) for row in session.execute(query)}
+        return [points[i] for i in sorted(points, reverse=True)], population
 
     # Workers -------------------------------------------------------------------------
 
