@@ -6,6 +6,7 @@ can read them freely; callers never hold a session.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ _HASH_RANGE = 2**32
 # A search matching at most this many adapters is run once per view: the page, its count and the
 # scatter reuse the ids; a broader one is repeated as a condition (through the index) in each query.
 _SHARED_SEARCH_IDS = 2000
+# Up to this many adapters in the scatter's population, reading them all beats a thousand index seeks.
+_SAMPLE_IN_PYTHON_BELOW = 10_000
 
 
 @dataclass(frozen=True)
@@ -703,6 +706,7 @@ class Registry:
         sort: str,
         offset: int,
         limit: int,
+        total: int | None = None,
     ) -> tuple[list[AdapterRow], int]:
         if sort not in ADAPTER_SORTS:
             raise ValidationFailed(f"unknown adapter sort {sort!r}; choose one of {', '.join(ADAPTER_SORTS)}")
@@ -717,7 +721,8 @@ class Registry:
             "metric_asc": [AdapterMetricRow.value.asc(), AdapterRow.id.desc()],
             "metric_desc": [AdapterMetricRow.value.desc(), AdapterRow.id.desc()],
         }[sort]
-        total = self._count_adapters(session, filters, matched)
+        if total is None:
+            total = self._count_adapters(session, filters, matched)
         query = self._adapter_query(select(AdapterRow), filters, matched).order_by(*order)
         rows = list(session.scalars(query.offset(max(0, offset)).limit(max(1, limit))))
         return rows, total
@@ -754,9 +759,17 @@ class Registry:
         scatter_filters = filters.model_copy(update={"metric": scatter_metric})
         with self._session() as s:
             matched = self._adapter_search(s, search)
-            rows, total = self._page(s, filters, matched, sort, offset, limit)
-            # The page's filters already ask for the scatter's metric: the same adapters, the same count.
-            population = total if filters == scatter_filters else None
+            total = population = None
+            if filters == scatter_filters:  # the page's filters already ask for the metric: the same count
+                total = population = self._count_adapters(s, filters, matched)
+            elif not filters.metric and (matched is not None or filters.variant or filters.base_model
+                                         or filters.dataset_id):  # fmt: skip
+                # One pass over the matching adapters counts them and those having the metric.
+                metric_row = and_(AdapterMetricRow.adapter_id == AdapterRow.id, AdapterMetricRow.name == scatter_metric)
+                counts = select(func.count(AdapterRow.id), func.count(AdapterMetricRow.adapter_id))
+                query = self._adapter_query(counts.outerjoin(AdapterMetricRow, metric_row), filters, matched)
+                total, population = s.execute(query).one()
+            rows, total = self._page(s, filters, matched, sort, offset, limit, total)
             points, population = self._scatter(s, scatter_filters, matched, max_points, population)
             return AdapterView(rows, total, points, population)
 
@@ -812,6 +825,10 @@ class Registry:
             rows = session.execute(query.order_by(AdapterRow.id.desc()).limit(max_points))
             return [tuple(row) for row in rows], population
         ids = self._adapter_query(select(AdapterRow.id), filters, matched)
+        if population <= _SAMPLE_IN_PYTHON_BELOW:
+            # Cheaper to read the matching rows than to seek max_points times; the same sample.
+            query = self._adapter_query(select(*columns), filters, matched).order_by(AdapterRow.id)
+            return _stratified_sample([tuple(row) for row in session.execute(query)], max_points), population
         low = session.scalar(ids.order_by(AdapterRow.id).limit(1))
         high = session.scalar(ids.order_by(AdapterRow.id.desc()).limit(1))
         if low is None or high is None:  # deleted since they were counted
@@ -978,6 +995,22 @@ def _distinct_values(session: Session, table: str, column_name: str) -> list[Any
         """
     )
     return list(session.scalars(query))
+
+
+def _stratum_target(low: int, span: int, strata: int, k: int) -> int:
+    """Where stratum ``k`` of ``strata`` over ``low .. low + span - 1`` is sampled (as _stratum_starts does in SQL)."""
+    fraction = (k * _HASH_MULTIPLIER) % _HASH_RANGE // (_HASH_RANGE >> 20)
+    return low + (k * span + span * fraction // (1 << 20)) // strata
+
+
+def _stratified_sample(rows: list[tuple], strata: int) -> list[tuple]:
+    """The stratified sample of ``rows`` (sorted by id, their first field) that the SQL seeks pick, newest first."""
+    if len(rows) <= strata:
+        return rows[::-1]
+    ids = [row[0] for row in rows]
+    span = ids[-1] - ids[0] + 1
+    picked = {bisect_left(ids, _stratum_target(ids[0], span, strata, k)) for k in range(strata)}
+    return [rows[i] for i in sorted(picked, reverse=True)]
 
 
 def _stratum_starts(low: int, high: int, strata: int) -> tuple[Any, ColumnElement[int]]:
