@@ -96,3 +96,38 @@ def test_pages_choices_scatter_and_curves_on_postgresql(pg_registry):
     assert max(curve, key=lambda p: p.value).step == 20 * 777
     rows, total = registry.page_jobs(JobFilters(kind="train"), search="LONG")
     assert total == 1 and rows[0].id == job.id
+
+
+def test_trigram_search_and_seek_sample_equal_the_plain_queries_on_postgresql(pg_registry, monkeypatch):
+    from sqlalchemy import text
+
+    from models_db import registry as registry_module
+    from models_db.name_search import POSTGRES_INDEX
+
+    registry = pg_registry
+    with registry.engine.connect() as conn:
+        assert conn.execute(text("SELECT 1 FROM pg_indexes WHERE indexname = :n"), {"n": POSTGRES_INDEX}).scalar()
+    names = ["Chat-Helper", "chat_v2", "100% sure", 'say "hi"', "Ünïcode-LoRA", "lora-r16-run12", "dora-r16-run120"]
+    for i, name in enumerate(names * 30):
+        registry.add_adapter(
+            name=f"{name}-{i}", variant=f"v{i % 8}", base_model="tiny", path="p", sha256="s", metrics={"eval_loss": i}
+        )
+    with registry.engine.connect() as conn:
+        for term in ["chat", "CHAT", "chat_", "0%", '"hi"', "ünï", "r16-run12", "ch", "#3", "nothing"]:
+            found = registry.page_adapters(search=term, limit=500)
+            pattern = "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            # The same rows as a scan with the index switched off.
+            conn.execute(text("SET enable_bitmapscan = off"))
+            conn.execute(text("SET enable_indexscan = off"))
+            plain = conn.execute(
+                text("SELECT id FROM adapters WHERE name ILIKE :p OR CAST(id AS TEXT) = :d ORDER BY id DESC"),
+                {"p": pattern, "d": term.removeprefix("#")},
+            ).scalars()
+            assert [r.id for r in found[0]] == list(plain) and found[1] == len(found[0]), term
+    for adapter_filters in (AdapterFilters(), AdapterFilters(variant="v3")):
+        monkeypatch.setattr(registry_module, "_SAMPLE_IN_PYTHON_BELOW", 0)
+        by_seeks = registry.adapter_scatter("eval_loss", adapter_filters, max_points=20)
+        monkeypatch.setattr(registry_module, "_SAMPLE_IN_PYTHON_BELOW", 10**9)
+        assert by_seeks == registry.adapter_scatter("eval_loss", adapter_filters, max_points=20)
+    # two strata may reach the same adapter: at most 20 points, each one of v3's 26
+    assert {p[2] for p in by_seeks[0]} == {"v3"} and 15 <= len(by_seeks[0]) <= 20 and by_seeks[1] == 26
