@@ -687,7 +687,11 @@ class Registry:
             by_name = and_(candidates, AdapterRow.name.ilike(_contains_pattern(term), escape="\\"))
             matched = _search_condition(AdapterRow.id, AdapterRow.name, search, by_name)
         ids = list(session.scalars(select(AdapterRow.id).where(matched).limit(_SHARED_SEARCH_IDS + 1)))
-        return AdapterRow.id.in_(ids) if len(ids) <= _SHARED_SEARCH_IDS else matched
+        if len(ids) <= _SHARED_SEARCH_IDS:
+            return AdapterRow.id.in_(ids)
+        # A broad search: the plain condition, checked row by row as the queries walk their indexes (SQLite
+        # would run the whole FTS query again inside every scatter seek).
+        return _search_condition(AdapterRow.id, AdapterRow.name, search)
 
     def _count_adapters(self, session: Session, filters: AdapterFilters, matched: ColumnElement[bool] | None) -> int:
         """How many adapters match; a metric alone is counted from adapter_metrics without the join."""

@@ -64,6 +64,19 @@ def test_indexed_search_finds_what_the_plain_scan_finds(registry):
     assert {r.name for r in registry.page_adapters(search="r16-run12")[0]} == {"lora-r16-run12", "dora-r16-run120"}
 
 
+def test_broad_searches_find_the_same_as_narrow_ones(registry, monkeypatch):
+    # Above _SHARED_SEARCH_IDS matches the ids are not shared between the view's queries: same answers.
+    for i, name in enumerate(NAMES * 3):
+        add(registry, name, metrics={"eval_loss": i} if i % 2 else {})
+    narrow = {term: registry.adapter_view(search=term, max_points=4) for term in TERMS}
+    monkeypatch.setattr(registry_module, "_SHARED_SEARCH_IDS", 2)
+    for term in TERMS:
+        broad = registry.adapter_view(search=term, max_points=4)
+        assert ([r.id for r in broad.rows], broad.total) == ([r.id for r in narrow[term].rows], narrow[term].total)
+        assert (broad.points, broad.population) == (narrow[term].points, narrow[term].population), term
+    assert narrow["LORA"].total == 12 and len(narrow["LORA"].points) <= 4
+
+
 @needs_trigram
 def test_name_index_follows_inserts_renames_and_deletes(registry):
     first = add(registry, "alpha-one")
