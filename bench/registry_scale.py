@@ -5,7 +5,7 @@ the tabs' own handlers, so the figures include building the table and the plotly
 
 * Adapters page: ``tab_adapters.filter_choices`` + ``tab_adapters.table`` (one page of the
   table, the pickers' choices and the sampled params-vs-metric scatter), unfiltered, filtered
-  and sorted by a metric, and searched;
+  and sorted by a metric, and searched (a narrow and a broad search);
 * Jobs refresh: ``tab_jobs.refresh`` (workers line, one page of the queue, the job picker,
   and the selected job's detail, logs and downsampled loss curves), for the newest job, which
   has one of the longest curves.
@@ -230,6 +230,7 @@ def scenarios(services: Any) -> list[tuple[str, str, Callable[[], Any]]]:
         ("adapters", "variant + base model, sorted by eval_loss", adapters_page(
             variant="dora", base_model=BASE_MODELS[1], metric="eval_loss", sort="metric_asc")),
         ("adapters", "search 'r16-run12'", adapters_page(search="r16-run12")),
+        ("adapters", "search 'lora' (a third of the adapters match)", adapters_page(search="lora")),
         ("jobs", f"refresh, job #{newest} selected (long curves)", lambda: tab_jobs.refresh(services, newest, None)),
         ("jobs", "refresh, status filter + search", lambda: tab_jobs.refresh(
             services, newest, None, search="merge job 9", status="succeeded")),
