@@ -2,7 +2,7 @@
 
 ``LIKE '%term%'`` cannot use a b-tree, so a search read every adapter name. A trigram index
 finds the rows containing a substring from the index instead. Both kinds are backend-specific
-and optional: migration 0005 creates them where the database can (the pg_trgm extension can be
+and optional: migration 0006 creates them where the database can (the pg_trgm extension can be
 created; SQLite is 3.34 or newer with FTS5), and the registry falls back to the plain scan where
 they are missing, with the same results. They live outside ``models_db.tables`` (the metadata is
 portable), so :func:`include_name` hides them when a schema is compared with the tables.

@@ -667,7 +667,7 @@ class Registry:
         """The condition for adapters matching ``search`` (name contains it in any case, or it is the id).
 
         The plain ``ILIKE`` decides; on PostgreSQL the pg_trgm index serves it, on SQLite the FTS5
-        trigram table narrows the rows first (migration 0005). When few adapters match, their ids
+        trigram table narrows the rows first (migration 0006). When few adapters match, their ids
         are read once here and the page, its count and the scatter reuse them.
         """
         matched = _search_condition(AdapterRow.id, AdapterRow.name, search)

@@ -107,7 +107,7 @@ def test_migration_indexes_the_names_of_existing_adapters(tmp_path):
     from models_db.migrate import alembic_config
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    command.upgrade(alembic_config(url), "0004")
+    command.upgrade(alembic_config(url), "0005")
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(
@@ -126,7 +126,7 @@ def test_migration_indexes_the_names_of_existing_adapters(tmp_path):
         assert [r.name for r in registry.page_adapters(search="DER-AD")[0]] == ["older-adapter"]
     finally:
         registry.dispose()
-    command.downgrade(alembic_config(url), "0004")
+    command.downgrade(alembic_config(url), "0005")
     engine = create_engine(url)
     with engine.connect() as conn:
         left = conn.execute(text("SELECT name FROM sqlite_master WHERE name LIKE 'adapter_names%'")).all()

@@ -4,8 +4,8 @@ Both are optional: where the database cannot make them (no pg_trgm, SQLite older
 or without FTS5) the migration logs why and searches keep scanning the names.
 See models_db/name_search.py.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-09 00:00:00
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 from models_db import name_search
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
