@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from app.job_pages import STATUS_ICONS, detail_markdown, percent, step_cell, view_of, when
-from app.ui import ago, bind, human_seconds, queue_wait_sentence
+from app.ui import ago, bind, human_seconds, new_submission_token, queue_wait_sentence
 from models_db.registry import ACTIVE_STATUSES, FINAL_STATUSES
 from studio.charts import empty_figure
 from studio.errors import NotFoundError
@@ -152,18 +152,23 @@ def cancel_job(services: Services, selected: int | None, **view: Any) -> dict[st
     return {"queue": queue_html(services, **view), **job_detail(services, selected)}
 
 
-def retry_job(services: Services, selected: int | None, **view: Any) -> dict[str, Any]:
-    """Submit the selected job again; a training job resumes from its last checkpoint."""
+def retry_job(
+    services: Services, selected: int | None, submission_token: str | None = None, **view: Any
+) -> dict[str, Any]:
+    """Submit the selected job again; a training job resumes from its last checkpoint.
+
+    With the tab's ``submission_token``, the second click of a double click finds the first retry's job.
+    """
     if not selected:
         raise gr.Error("Select a job first.")
-    job = services.jobs.retry(int(selected))
+    job = services.jobs.retry(int(selected), submission_token=submission_token)
     resumed = job.request.get("resume_from_job")
     gr.Info(
         f"Queued job #{job.id}"
         + (f", resuming from job #{resumed}'s checkpoint." if resumed else ".")
         + queue_wait_sentence(job)
     )
-    return refresh(services, job.id, None, **view)
+    return refresh(services, job.id, None, **view) | {"retry_token": new_submission_token()}
 
 
 def refresh(
@@ -261,4 +266,10 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         {"selected": c["selected"]} | view,
         detail_out | {"queue": c["queue"]},
     )
-    bind(c["retry_btn"].click, partial(retry_job, services), {"selected": c["selected"]} | view, everything)
+    c["retry_token"] = gr.State(new_submission_token)  # renewed after each retry: a double click retries once
+    bind(
+        c["retry_btn"].click,
+        partial(retry_job, services),
+        {"selected": c["selected"], "submission_token": c["retry_token"]} | view,
+        everything | {"retry_token": c["retry_token"]},
+    )

@@ -116,15 +116,18 @@ class JobService:
             self.dispatcher.revoke(job.celery_task_id)
         return status
 
-    def retry(self, job_id: int) -> JobRow:
-        """Submit a finished job again; a training job resumes from its last checkpoint."""
+    def retry(self, job_id: int, submission_token: str | None = None) -> JobRow:
+        """Submit a finished job again; a training job resumes from its last checkpoint.
+
+        A repeated retry with the same ``submission_token`` (a double click) returns the first one's job.
+        """
         job = self.registry.get_job(job_id)
         if job.status not in FINAL_STATUSES:
             raise StudioError(f"job {job_id} is still {job.status}; cancel it first or wait for it to finish")
         request = dict(job.request)
         if job.kind == "train" and job.checkpoint_path:
             request["resume_from_job"] = job_id
-        return self.submit(request, name=job.name)
+        return self.submit(request, name=job.name, submission_token=submission_token)
 
     def get(self, job_id: int) -> JobRow:
         return self.registry.get_job(job_id)

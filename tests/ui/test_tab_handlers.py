@@ -162,8 +162,13 @@ def test_jobs_tab_shows_progress_chart_logs_and_retries(services, settings, regi
     assert "width:100%" in out["queue"]
     again = tab_jobs.refresh(services, job.id, out["signature"])
     assert "chart" not in again  # nothing new: the figure is not re-sent
-    retried = tab_jobs.retry_job(services, job.id)
+    retried = tab_jobs.retry_job(services, job.id, "page-token")
     assert value(retried["selected"]) == job.id + 1 and services.jobs.dispatcher.sent == [job.id, job.id + 1]
+    # The second click of a double click finds the first retry; the renewed token retries again.
+    again = tab_jobs.retry_job(services, job.id, "page-token")
+    assert value(again["selected"]) == job.id + 1 and services.jobs.dispatcher.sent == [job.id, job.id + 1]
+    renewed = tab_jobs.retry_job(services, job.id, retried["retry_token"])
+    assert value(renewed["selected"]) == job.id + 2 and retried["retry_token"] != "page-token"
 
 
 def test_cancel_a_queued_job(services):
