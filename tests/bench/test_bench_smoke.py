@@ -242,6 +242,7 @@ def test_registry_scale_loads_and_times_both_tabs(tmp_path, studio_env):
     assert main([*argv, "--database", f"sqlite:///{tmp_path / 'scale.db'}", "--out", str(out)]) == 0
     text = out.read_text()
     assert "## sqlite: 300 adapters, 200 jobs" in text
-    assert text.count("| adapters |") == 4 and text.count("| jobs |") == 3
+    # Five Adapters views (first page, page 1000, filtered + sorted, a narrow and a broad search), three Jobs views.
+    assert text.count("| adapters |") == 5 and text.count("| jobs |") == 3
     # A non-empty database is refused rather than mixed with generated rows.
     assert main([*argv, "--database", f"sqlite:///{tmp_path / 'scale.db'}", "--out", str(out)]) == 2
