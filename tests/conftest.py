@@ -13,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Real data the tests read: the samples shipped in the repository (never ../shared, which a clone lacks).
+# Real data the tests read: the samples shipped in the repository (data/samples), nothing outside it.
 SAMPLES_DIR = REPO_ROOT / "data" / "samples"
 
 
