@@ -8,6 +8,7 @@ import gradio as gr
 
 from app.forms import SchemaForm
 from app.ui import bind
+from studio.services.arena import ArenaService
 from studio.services.container import Services
 from studio.services.playground import BASE_TARGET, PlaygroundService
 from studio.serving.generation import GenerationSettings
@@ -126,6 +127,10 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
             c["clear"] = gr.Button("Clear chats", elem_id="play-clear")
     with gr.Accordion("Generation settings", open=False, elem_id="play-settings"), gr.Row(elem_classes=["form-grid"]):
         gen = SchemaForm(GenerationSettings.model_json_schema(), "gen")
+    with gr.Accordion("Arena: blind A/B battles and a leaderboard", open=False, elem_id="play-arena"):
+        from app import playground_arena  # imports this module's helpers
+
+        playground_arena.build(ArenaService(playground), tab, gen, bases, default_base)
 
     targets = {f"target_{i}": c[f"target_{i}"] for i in range(MAX_PANES)}
     chats = {f"chat_{i}": c[f"chat_{i}"] for i in range(MAX_PANES)}

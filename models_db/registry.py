@@ -40,6 +40,7 @@ from models_db.migrate import upgrade_to_head
 from models_db.tables import (
     AdapterMetricRow,
     AdapterRow,
+    ArenaVoteRow,
     Base,
     BaseModelRow,
     DatasetRow,
@@ -52,7 +53,7 @@ from models_db.tables import (
     utcnow,
 )
 from studio.errors import ConfigurationError, NotFoundError, ValidationFailed
-from studio.schema import ADAPTER_SORTS, JOB_SORTS, AdapterFilters, JobFilters
+from studio.schema import ADAPTER_SORTS, JOB_SORTS, AdapterFilters, ArenaVote, JobFilters
 
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -627,6 +628,36 @@ class Registry:
             if model_key is not None:
                 query = query.where(EvalResultRow.model_key == model_key)
             return list(s.scalars(query))
+
+    # Arena votes -----------------------------------------------------------------------
+
+    def record_vote(self, vote: ArenaVote) -> ArenaVoteRow | None:
+        """Store one Arena vote; None when its battle was already voted on (the unique battle id decides)."""
+        try:
+            with self._session() as s:
+                row = ArenaVoteRow(**vote.model_dump())
+                s.add(row)
+                s.flush()
+                return row
+        except IntegrityError:
+            with self._session() as s:
+                if s.scalar(select(ArenaVoteRow.id).where(ArenaVoteRow.battle_id == vote.battle_id)) is None:
+                    raise
+            return None
+
+    def votes_for_base(self, base_model: str) -> list[ArenaVoteRow]:
+        """Every Arena vote on ``base_model``, oldest first (deleted adapters' votes included)."""
+        with self._session() as s:
+            query = select(ArenaVoteRow).where(ArenaVoteRow.base_model == base_model).order_by(ArenaVoteRow.id)
+            return list(s.scalars(query))
+
+    def adapter_names(self, adapter_ids: Iterable[int]) -> dict[int, str]:
+        """``{id: name}`` of those of ``adapter_ids`` that still exist (a deleted one is simply absent)."""
+        ids = sorted(set(adapter_ids))
+        if not ids:
+            return {}
+        with self._session() as s:
+            return dict(s.execute(select(AdapterRow.id, AdapterRow.name).where(AdapterRow.id.in_(ids))).all())
 
     def delete_adapter(self, adapter_id: int) -> None:
         with self._session() as s:

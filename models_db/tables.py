@@ -237,6 +237,32 @@ class EvalResultRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class ArenaVoteRow(Base):
+    """One blind Arena vote in the playground: which of two hidden replies to one prompt was better.
+
+    ``target_a``/``target_b`` are the playground's target strings (``"base"`` or ``"adapter:<id>"``).
+    No foreign key to ``adapters``: a deleted adapter's votes stay (they still say how the others
+    compare with it) and the leaderboard labels it as deleted. ``battle_id`` is unique, so one
+    battle is voted on at most once, even when two clicks or two processes race.
+    """
+
+    __tablename__ = "arena_votes"
+    __table_args__ = (
+        Index("ix_arena_votes_base_model_id", "base_model", "id"),
+        Index("ux_arena_votes_battle_id", "battle_id", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    battle_id: Mapped[str] = mapped_column(String(64))
+    base_model: Mapped[str] = mapped_column(String(200))
+    target_a: Mapped[str] = mapped_column(String(80))
+    target_b: Mapped[str] = mapped_column(String(80))
+    prompt: Mapped[str] = mapped_column(Text, default="")  # truncated to ARENA_PROMPT_CHARS by the schema
+    winner: Mapped[str] = mapped_column(String(4))  # a | b | tie
+    voter: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class RankSnapshotRow(Base):
     """Active rank of one module at one step, for the rank-allocation charts."""
 

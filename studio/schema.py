@@ -274,3 +274,34 @@ class JobFilters(StudioModel):
 
     status: list[str] | None = Field(None, description="Only jobs in one of these statuses.")
     kind: str | None = Field(None, description="Only jobs of this kind.")
+
+
+# The playground's blind Arena ------------------------------------------------------------------------
+
+# Votes keep the prompt for browsing later, not for replaying it: long pastes are cut to this many characters.
+ARENA_PROMPT_CHARS = 2000
+ARENA_TARGET = r"^(base|adapter:[1-9][0-9]*)$"
+
+
+class ArenaVote(StudioModel):
+    """One vote of the blind Arena: which of two hidden replies (A or B) to one prompt was better, or a tie.
+
+    Targets are the playground's strings, ``"base"`` or ``"adapter:<id>"``; ``battle_id`` is the
+    battle's opaque id (one vote per battle).
+    """
+
+    battle_id: str = Field(..., min_length=8, max_length=64, description="The battle voted on.")
+    base_model: str = Field(..., min_length=1, max_length=200, description="The base model both replies ran on.")
+    target_a: str = Field(..., pattern=ARENA_TARGET, description="What answered as Model A.")
+    target_b: str = Field(..., pattern=ARENA_TARGET, description="What answered as Model B.")
+    prompt: str = Field("", description="The prompt both answered (cut to ARENA_PROMPT_CHARS).")
+    winner: Literal["a", "b", "tie"] = Field(..., description="The better reply, or a tie.")
+    voter: str | None = Field(None, max_length=200, description="Who voted, when the studio knows.")
+
+    @model_validator(mode="after")
+    def _distinct_and_short(self) -> ArenaVote:
+        if self.target_a == self.target_b:
+            raise ValueError("the two contestants of a battle must differ")
+        if len(self.prompt) > ARENA_PROMPT_CHARS:
+            self.prompt = self.prompt[: ARENA_PROMPT_CHARS - 1] + "…"
+        return self
