@@ -8,12 +8,13 @@ once both replies are complete and close after one vote.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import gradio as gr
 
 from app.forms import SchemaForm
-from app.ui import bind
+from app.ui import bind, friendly
 from studio.charts_arena import arena_figure
 from studio.services.arena import ArenaRow, ArenaService, Battle
 from studio.serving.generation import GenerationSettings
@@ -65,6 +66,11 @@ def battle(arena: ArenaService, gen: SchemaForm | None, base_model: str | None, 
     yield {"battle": current, **_votes_open(current.finished), "reveal": HIDDEN + " Which reply is better?"}
 
 
+def voter_name(request: gr.Request | None) -> str | None:
+    """The signed-in user's name (STUDIO_AUTH), or None without sign-in."""
+    return getattr(request, "username", None) or None
+
+
 def vote(arena: ArenaService, current: Battle | None, winner: str, voter: str | None = None) -> dict[str, Any]:
     """Record the vote on the current battle, reveal both names, close voting and refresh the board."""
     if current is None:
@@ -114,11 +120,14 @@ def build(arena: ArenaService, tab: gr.Tab, gen: SchemaForm, bases: list[str], d
         bind(event, run_battle, battle_in, battle_out)
     vote_out = {k: c[k] for k in ("battle", "reveal", "board", "board_chart")} | votes
     for name, winner in VOTES.items():
+        # Not through bind(): Gradio passes the signed-in user only to a handler whose signature asks for it.
+        safe = friendly(functools.partial(vote, arena, winner=winner))
 
-        def cast(current: Battle | None, winner: str = winner) -> dict[str, Any]:
-            return vote(arena, current, winner)
+        def cast(current: Battle | None, request: gr.Request, safe: Any = safe) -> list[Any]:
+            out = safe(current=current, voter=voter_name(request))
+            return [out.get(k, gr.update()) for k in vote_out]
 
-        bind(c[name].click, cast, {"current": c["battle"]}, vote_out)
+        c[name].click(cast, inputs=[c["battle"]], outputs=list(vote_out.values()))
 
     def show_board(base_model: str | None) -> dict[str, Any]:
         return board(arena, base_model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
@@ -83,14 +84,15 @@ def test_battle_hides_the_names_until_the_vote_then_reveals_them(arena_setup):
 def test_one_vote_per_battle(arena_setup, registry):
     arena, base, _ = arena_setup
     battle = run_battle(arena, base)[0]["battle"]
-    playground_arena.vote(arena, battle, "a")
+    playground_arena.vote(arena, battle, "a", playground_arena.voter_name(SimpleNamespace(username="ann")))
     with pytest.raises(ValidationFailed, match="already voted"):
         arena.vote(battle, "b")
     # A stale copy of the battle (another browser tab, another process) is refused by the registry.
     stale = Battle(battle.id, battle.base_model, battle.target_a, battle.target_b, battle.prompt, {0, 1})
     with pytest.raises(ValidationFailed, match="already voted"):
         arena.vote(stale, "tie")
-    assert [v.winner for v in registry.votes_for_base(base)] == ["a"]
+    assert [(v.winner, v.voter) for v in registry.votes_for_base(base)] == [("a", "ann")]
+    assert playground_arena.voter_name(SimpleNamespace(username=None)) is None
 
 
 def test_no_vote_before_both_replies_end_and_one_prompt_per_battle(arena_setup, registry):
