@@ -239,7 +239,7 @@ def decide(
     return Decision(
         "refuse",
         f"{needs}, and its plain-LoRA export is approximate ({row.variant}: SVD at a chosen rank); serve it at a rank "
-        "with approximate_rank, after checking the error `studio export ID --out DIR --as-lora-rank R` reports",
+        "with STUDIO_VLLM_APPROX_RANK=R after checking the error `studio export ID --out DIR --as-lora-rank R` reports",
     )
 
 
@@ -412,8 +412,8 @@ def plan_vllm_server(
         if decision.action != "export_approx" and rank > cap:
             # An exact export keeps the true ranks: above the limit it would still be above.
             refused[name] = (
-                f"its rank {rank} is above --max-lora-rank {cap}; serve it at a lower rank with approximate_rank "
-                "(an approximate export), or raise the limit"
+                f"its rank {rank} is above --max-lora-rank {cap}; vLLM can serve a lower-rank export of it "
+                "(`studio export ID --out DIR --as-lora-rank R`, approximate, with its error reported)"
             )
             continue
         path, report = export_for_vllm(services.adapters, row, decision.action, rank, root)
@@ -528,11 +528,18 @@ def serve_with_vllm(
 
     Prints the plan (served adapters, refused ones with the reason) and runs vLLM until it ends;
     returns its exit status. Extra vLLM flags (``--gpu-memory-utilization 0.5``, ``--max-model-len``)
-    come from ``STUDIO_VLLM_ARGS``. Raises a StudioError when vLLM is not installed.
+    come from ``STUDIO_VLLM_ARGS``; ``STUDIO_VLLM_APPROX_RANK`` is ``approximate_rank`` when it is not
+    given (DoRA, MiSS and LoRAPrune adapters served through an approximate export at that rank).
+    Raises a StudioError when vLLM is not installed.
     """
     require_vllm()
     base = base_model or services.settings.default_base_model
     extra = shlex.split(os.environ.get("STUDIO_VLLM_ARGS", ""))
+    if approximate_rank is None and os.environ.get("STUDIO_VLLM_APPROX_RANK"):
+        raw = os.environ["STUDIO_VLLM_APPROX_RANK"]
+        if not raw.strip().isdigit():
+            raise ValidationFailed(f"STUDIO_VLLM_APPROX_RANK={raw!r} is not a rank (a whole number such as 16)")
+        approximate_rank = int(raw)
     plan = plan_vllm_server(
         services, base, host, port, approximate_rank=approximate_rank, launcher=vllm_launcher(), extra_args=extra
     )

@@ -280,6 +280,14 @@ def test_serve_prints_the_plan_and_runs_vllm(services, monkeypatch, register, ba
     assert any(a.startswith("alpha=") for a in argv) and not any(a.startswith("gamma=") for a in argv)
     assert "1 adapter(s) refused" in printed[0] and "DoRA" in printed[0]
 
+    # STUDIO_VLLM_APPROX_RANK serves the DoRA adapter through an approximate export, said so in the plan.
+    monkeypatch.setenv("STUDIO_VLLM_APPROX_RANK", "8")
+    serve_with_vllm(services, "h", 1, base_model=str(base_dir), echo=printed.append, run=ran.append)
+    assert any(a.startswith("gamma=") for a in ran[1]) and "APPROXIMATE" in printed[1]
+    monkeypatch.setenv("STUDIO_VLLM_APPROX_RANK", "eight")
+    with pytest.raises(ValidationFailed, match="not a rank"):
+        serve_with_vllm(services, "h", 1, base_model=str(base_dir), echo=printed.append, run=ran.append)
+
 
 def test_signals_reach_vllm_and_its_exit_status_comes_back(tmp_path):
     """SIGTERM sent to the studio process is passed on to the server it runs, whose exit status is returned."""
