@@ -63,6 +63,13 @@ _UNSUPPORTED_FIELDS = ("layer_replication", "target_parameters", "alora_invocati
 _PEFT_PREFIX = "base_model.model."
 _LORA_A = re.compile(r"^(?P<module>.+)\.lora_A(?:\.[^.]+)?\.weight$")
 _EXPORT_MARK = "vllm_export.json"
+# The rank an exact re-export is asked for: the SVD keeps min(this, each layer's numerical rank), so
+# every layer keeps its true rank whatever the registry recorded (AdaLoRA's ranks move in training).
+EXACT_EXPORT_RANK = 1_000_000
+_LOWER_RANK_HINT = (
+    "vLLM can serve a lower-rank export of it (`studio export ID --out DIR --as-lora-rank R`, approximate, "
+    "with its error reported)"
+)
 
 Action = Literal["copy", "export_exact", "export_approx", "refuse"]
 
@@ -305,7 +312,7 @@ def export_for_vllm(adapters: Any, row: Any, action: Action, rank: int | None, r
     """Write ``row`` as a plain PEFT LoRA under ``root`` (or reuse the export of the same files); (dir, report).
 
     ``copy`` copies the directory, the exports go through ``AdapterService.export`` at ``rank``
-    (an exact export passes a rank no layer exceeds, so the SVD keeps every layer's true rank).
+    (an exact export passes :data:`EXACT_EXPORT_RANK`, so the SVD keeps every layer's true rank).
     Written aside and renamed into place: an interrupted export is never served.
     """
     from studio.variants.base import ExportReport
@@ -328,16 +335,13 @@ def export_for_vllm(adapters: Any, row: Any, action: Action, rank: int | None, r
     if action == "copy":  # a copy is exactly the adapter; its ranks are in the files
         report.ranks = read_adapter_files(partial).ranks
     (partial / _EXPORT_MARK).write_text(json.dumps(report.as_dict(), indent=2))
-    partial.rename(target)
+    try:
+        partial.rename(target)
+    except OSError:
+        if not mark.is_file():  # not another process that wrote the same export first
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
     return target, report
-
-
-def _rank_bound(row: Any, files: AdapterFiles) -> int:
-    """A rank no layer of ``row`` exceeds (recorded ranks, the config's r and patterns): an export at it is exact."""
-    config = files.config
-    values = [int(config.get("r") or 1), *files.ranks.values(), *(row.ranks or {}).values()]
-    values += [int(v) for v in (config.get("rank_pattern") or {}).values()]
-    return max(1, *values)
 
 
 # -- the plan and the server ------------------------------------------------------------------------
@@ -406,22 +410,21 @@ def plan_vllm_server(
         if decision.action == "copy":
             rank = max(files.ranks.values(), default=1)
         elif decision.action == "export_exact":
-            rank = _rank_bound(row, files)
+            rank = EXACT_EXPORT_RANK
         else:
             rank = int(approximate_rank or 1)
-        if decision.action != "export_approx" and rank > cap:
-            # An exact export keeps the true ranks: above the limit it would still be above.
-            refused[name] = (
-                f"its rank {rank} is above --max-lora-rank {cap}; vLLM can serve a lower-rank export of it "
-                "(`studio export ID --out DIR --as-lora-rank R`, approximate, with its error reported)"
-            )
+        if decision.action == "copy" and rank > cap:
+            refused[name] = f"its rank {rank} is above --max-lora-rank {cap}; {_LOWER_RANK_HINT}"
             continue
         path, report = export_for_vllm(services.adapters, row, decision.action, rank, root)
         problem = _after_export(path, architecture)
+        exported_rank = max(report.ranks.values(), default=1)
+        if problem is None and exported_rank > cap:  # an exact export keeps every layer's true rank
+            problem = f"its rank {exported_rank} is above --max-lora-rank {cap}; {_LOWER_RANK_HINT}"
         if problem:
             refused[name] = problem
             continue
-        served[name], ranks[name] = path, max(report.ranks.values(), default=1)
+        served[name], ranks[name] = path, exported_rank
         if decision.action == "export_exact":
             notes[name] = f"re-exported exactly as a plain LoRA: {decision.reason}"
         elif decision.action == "export_approx":
