@@ -275,3 +275,14 @@ def test_merge_form_offers_lego_and_takes_a_typed_output_factor():
     spec = specs["output_reweight"]
     assert spec.kind == "choice" and spec.choices == ["sqrt_r_over_k", "none"] and spec.number_too
     assert coerce(spec, "none") == "none" and coerce(spec, "0.5") == 0.5
+
+
+def test_merge_tab_queues_a_lego_merge_with_its_options(merge_env):
+    from app import tab_merge
+
+    a, b = merge_env.adapter("a", seed=1), merge_env.adapter("b", seed=2)
+    options = {"method": "lego", "rank": 3, "seed": 2, "param_reweight": False, "output_reweight": "none"}
+    line = tab_merge.submit_merge(SimpleNamespace(jobs=merge_env.jobs), [a.id, b.id], "", options)
+    assert f"(lego: #{a.id} × 1, #{b.id} × 1)" in line
+    request = merge_env.registry.list_jobs()[0].request
+    assert (request["rank"], request["param_reweight"], request["output_reweight"]) == (3, False, "none")
