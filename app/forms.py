@@ -41,6 +41,7 @@ class FieldSpec:
     maximum: float | None = None
     exclusive_minimum: bool = False
     choices: list[Any] = field(default_factory=list)
+    number_too: bool = False  # a choice that also takes a number (Literal[...] | float): typed into the dropdown
 
     def is_slider(self) -> bool:
         """Whether this field is shown as a slider (bounded, not nullable, draggable range)."""
@@ -119,6 +120,11 @@ def _field_spec(name: str, prop: dict[str, Any], defs: dict[str, Any]) -> FieldS
         options = [_deref(o, defs) for o in prop["anyOf"]]
         nullable = any(o.get("type") == "null" for o in options)
         real = [o for o in options if o.get("type") != "null"]
+        numbers = [o for o in real if o.get("type") in ("number", "integer") and "enum" not in o]
+        if len(real) == 2 and len(numbers) == 1 and any("enum" in o for o in real):
+            # A named choice or a number (lego's output_reweight): a dropdown that accepts a typed number.
+            enum = next(o for o in real if "enum" in o)
+            real = [{**enum, "number_too": True}]
         if len(real) != 1:
             return None  # unions the form cannot express are left to their defaults
         body = {**real[0], **{k: v for k, v in prop.items() if k != "anyOf"}}
@@ -134,6 +140,7 @@ def _field_spec(name: str, prop: dict[str, Any], defs: dict[str, Any]) -> FieldS
     kind = body.get("type")
     if "enum" in body or "const" in body:
         spec.kind, spec.choices = "choice", list(body.get("enum") or [body.get("const")])
+        spec.number_too = bool(body.get("number_too"))
     elif kind == "boolean":
         spec.kind = "bool"
     elif kind in ("integer", "number"):
@@ -174,7 +181,7 @@ def make_component(spec: FieldSpec, elem_prefix: str, value: Any = None) -> gr.c
     if spec.kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if spec.kind == "choice":
-        return gr.Dropdown(choices=spec.choices, value=value, **common)
+        return gr.Dropdown(choices=spec.choices, value=value, allow_custom_value=spec.number_too, **common)
     if spec.kind == "list":
         return gr.Dropdown(
             choices=spec.choices, value=list(value or []), multiselect=True, allow_custom_value=True, **common
@@ -259,6 +266,11 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
         return items or (None if spec.nullable else [])
     if spec.kind == "text" and spec.nullable and not str(value).strip():
         return None
+    if spec.number_too and value not in spec.choices:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return value  # the schema names the field and the allowed values
     return value
 
 

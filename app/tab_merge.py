@@ -25,10 +25,10 @@ from studio.services.container import Services
 
 TITLE = "Merge"
 ELEM_ID = "tab-merge"
-FORM_FIELDS = ("method", "density", "rank", "name", "seed")
+FORM_FIELDS = ("method", "density", "rank", "name", "seed", "param_reweight", "output_reweight")
 WEIGHTS_HELP = (
     "One number per adapter, in the order chosen, e.g. 0.7, 0.3 (a negative weight subtracts an adapter). "
-    "Empty: linear and dare_linear average them, ties and dare_ties give each 1."
+    "Empty: linear and dare_linear average them, ties, dare_ties and lego give each 1."
 )
 
 
@@ -103,7 +103,9 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         "Combine adapters of **one base model** into a new plain LoRA adapter. *linear* adds their weight "
         "changes with your weights; *ties* keeps each adapter's largest changes and resolves sign conflicts, "
         "which suits adapters trained for different tasks; the *dare* methods first drop a random share of "
-        "each adapter's changes. Evaluate the result in the Evaluate tab or try it in the Playground.",
+        "each adapter's changes; *lego* (LoRA-LEGO) clusters the rank units of all the LoRAs into the k units of "
+        "one LoRA (Rank = k, by default the mean rank). Evaluate the result in the Evaluate tab or try it in "
+        "the Playground.",
         elem_id="merge-intro",
     )
     with gr.Row():

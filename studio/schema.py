@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from studio.errors import ValidationFailed
+from studio.merging.registry import METHOD_NAMES, METHODS
 
 SCHEMA_VERSION = 1
 
@@ -173,6 +174,10 @@ class EvalRequest(StudioModel):
         return list(dict.fromkeys(first + list(self.adapter_ids)))
 
 
+# The merge methods of studio.merging.registry (one line there adds a method here, in the CLI and the UI).
+MergeMethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]
+
+
 class MergeRequest(StudioModel):
     """Combine adapters of one base model into a new plain LoRA adapter."""
 
@@ -181,19 +186,21 @@ class MergeRequest(StudioModel):
     adapter_ids: list[int] = Field(
         ..., min_length=1, max_length=8, description="Adapters to combine; all must be for the same base model."
     )
-    method: Literal["linear", "ties", "dare_linear", "dare_ties"] = Field(
+    method: MergeMethodName = Field(
         "linear",
         description="linear: the weighted sum of the adapters' weight changes (one adapter: resize it to a "
         "new rank). ties: TIES-merging, which keeps each adapter's largest changes, elects a sign for every "
         "weight and averages only the changes that agree: less interference between adapters trained for "
         "different tasks. dare_linear / dare_ties: first drop a random share of each adapter's changes and "
-        "scale up the rest (DARE), then sum or elect like ties.",
+        "scale up the rest (DARE), then sum or elect like ties. lego: LoRA-LEGO pools the rank units of all "
+        "the LoRAs and clusters them (k-means) into the rank units of one LoRA; plain LoRAs of the same "
+        "target modules only.",
     )
     weights: list[float] | None = Field(
         None,
         description="One weight per adapter, in order (a negative weight subtracts an adapter's effect). "
-        "Empty: linear and dare_linear average the adapters (1/n each); ties and dare_ties use 1 each, since "
-        "they average the agreeing changes themselves.",
+        "Empty: linear and dare_linear average the adapters (1/n each); ties, dare_ties and lego use 1 each, "
+        "since they average the agreeing changes (lego: the clustered units) themselves.",
     )
     density: float = Field(
         0.2,
@@ -208,9 +215,22 @@ class MergeRequest(StudioModel):
         le=4096,
         description="Rank of the merged adapter in every module. Empty: the sum of the adapters' ranks "
         "there, which is exact for a linear merge; smaller ranks make a smaller adapter and report the "
-        "share of the change they lose.",
+        "share of the change they lose. lego: the number of clusters k; empty: the adapters' mean rank "
+        "(a k below the number of rank units prunes).",
     )
-    seed: int = Field(0, ge=0, description="Seed of DARE's random drops (linear and ties use no randomness).")
+    seed: int = Field(
+        0, ge=0, description="Seed of DARE's random drops and of lego's k-means (linear and ties use no randomness)."
+    )
+    param_reweight: bool = Field(
+        True,
+        description="lego: scale each cluster centre to its members' mean norm (parameter reweighting), "
+        "since averaging units shrinks them.",
+    )
+    output_reweight: Literal["sqrt_r_over_k", "none"] | float = Field(
+        "sqrt_r_over_k",
+        description="lego: factor on the merged change (output reweighting). sqrt_r_over_k: √(mean rank / k), "
+        "none: 1, or a number.",
+    )
 
     @model_validator(mode="after")
     def _check_lists(self) -> MergeRequest:
@@ -223,14 +243,27 @@ class MergeRequest(StudioModel):
             raise ValueError(f"weights: give one weight per adapter ({given} given for {wanted} adapters)")
         if self.weights is not None and not any(self.weights):
             raise ValueError("weights: at least one weight must be non-zero")
+        if isinstance(self.output_reweight, float) and not self.output_reweight > 0:
+            raise ValueError("output_reweight: a factor must be above 0 (or sqrt_r_over_k, or none)")
         return self
 
+    @field_validator("output_reweight", mode="before")
+    @classmethod
+    def _output_reweight_text(cls, value: Any) -> Any:
+        """'0.5' (the CLI, a typed dropdown value) is a number; any other unknown word is refused by this field's name."""
+        if isinstance(value, str) and value.strip() not in ("sqrt_r_over_k", "none"):
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError("give sqrt_r_over_k, none or a number above 0") from None
+        return value
+
     def resolved_weights(self) -> list[float]:
-        """The weights the merge uses: as given, else 1/n each for the sums and 1 each for the ties methods."""
+        """The weights the merge uses: as given, else 1/n each for the sums and 1 each for ties and lego."""
         n = len(self.adapter_ids)
         if self.weights is not None:
             return list(self.weights)
-        return [1.0 / n] * n if self.method in ("linear", "dare_linear") else [1.0] * n
+        return [1.0 / n] * n if METHODS[self.method].averages else [1.0] * n
 
 
 AnyRequest = CheckRequest | TrainRequest | EvalRequest | MergeRequest

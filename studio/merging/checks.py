@@ -9,15 +9,18 @@ from typing import Any
 from studio.errors import ValidationFailed
 
 
-def check_mergeable(adapters: list[Any]) -> None:
-    """Raise ValidationFailed unless ``adapters`` (registry rows) can be merged into one plain LoRA.
+def check_mergeable(adapters: list[Any], method: str = "linear") -> None:
+    """Raise ValidationFailed unless ``adapters`` (registry rows) can be merged into one plain LoRA by ``method``.
 
     All must be causal-LM adapters of one base model, stored as PEFT safetensors, without
     fully trained modules (``modules_to_save``: a classifier's head, say) and without
-    LoRAPrune's pruning masks, neither of which is a weight change a LoRA can carry.
+    LoRAPrune's pruning masks, neither of which is a weight change a LoRA can carry. A
+    method that works on rank units (LoRA-LEGO) also needs plain LoRAs of the same modules
+    (:func:`check_rank_units`).
     """
     from studio.errors import StudioError
     from studio.evaluation.loading import ADAPTER_CONFIG, check_adapter_dir
+    from studio.merging.registry import METHODS
     from studio.variants._loraprune_masks import MASKS_FILE
 
     bases = {row.base_model for row in adapters}
@@ -55,3 +58,58 @@ def check_mergeable(adapters: list[Any]) -> None:
             f"the adapters are of different PEFT types ({listed}); merge {', '.join(others)} alone first "
             "(a merge of one adapter writes it as a plain LoRA) and merge the result"
         )
+    if METHODS[method].rank_units:
+        check_rank_units(adapters, method)
+
+
+def check_rank_units(adapters: list[Any], method: str = "lego") -> None:
+    """Raise ValidationFailed unless every adapter is a plain LoRA (no DoRA, no LoRA bias) adapting the same modules.
+
+    The modules are read from the saved tensor names, so a regex or ``all-linear`` target
+    list is compared by what it actually adapted.
+    """
+    from studio.evaluation.loading import ADAPTER_CONFIG
+
+    modules: dict[int, frozenset[str]] = {}
+    for row in adapters:
+        folder = Path(row.path)
+        config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        odd = [k for k in ("use_dora", "lora_bias") if config.get(k)]
+        if config.get("peft_type", "LORA") != "LORA" or odd:
+            kind = ", ".join(odd) or str(config.get("peft_type"))
+            raise ValidationFailed(
+                f"adapter #{row.id} is not a plain LoRA ({kind}), so it has no rank units for {method}; "
+                f"merge it alone with linear first (that writes it as a plain LoRA) and use the result"
+            )
+        modules[row.id] = adapted_modules(folder)
+    first_id, first = next(iter(modules.items()))
+    for row_id, names in modules.items():
+        if names != first:
+            missing, extra = sorted(first - names), sorted(names - first)
+            what = "; ".join(
+                part
+                for part in (
+                    f"lacks {_listed(missing)}" if missing else "",
+                    f"also adapts {_listed(extra)}" if extra else "",
+                )
+                if part
+            )
+            raise ValidationFailed(
+                f"{method} needs adapters of the same target modules: #{row_id} {what} compared with #{first_id}; "
+                "use linear, ties or dare for adapters of different modules"
+            )
+
+
+def adapted_modules(folder: Path) -> frozenset[str]:
+    """The module paths a saved PEFT LoRA adapts (from its ``….lora_A.weight`` tensor names)."""
+    from safetensors import safe_open
+
+    from studio.evaluation.loading import ADAPTER_WEIGHTS
+
+    with safe_open(str(folder / ADAPTER_WEIGHTS), "pt") as handle:
+        return frozenset(key.split(".lora_A")[0] for key in handle.keys() if ".lora_A" in key)  # noqa: SIM118 (not a dict)
+
+
+def _listed(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

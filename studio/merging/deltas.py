@@ -89,6 +89,30 @@ class ParentChanges:
             layer.to(dtype)  # fp32 -> float64 -> fp32 is exact: the base and the adapters are unchanged
         return deltas, [int(ranks.get(adapter, 0)) for adapter in self.names]
 
+    def factors(self, name: str) -> list[tuple[Any, Any, float] | None]:
+        """Each parent's LoRA factors of ``name`` as (A (r × d_in), B (d_out × r), scale), fp32 on the CPU.
+
+        None for a parent that does not adapt ``name``. The scale is PEFT's own (alpha/r, or
+        alpha/√r with rsLoRA, per-module patterns applied), so ΔW = scale · B A. Only plain
+        LoRA layers have rank units: a DoRA layer (or a bias-carrying LoRA) is refused.
+        """
+        from peft.tuners.lora import LoraLayer
+
+        layer = self._layers[name]
+        ranks = _ranks(layer)
+        out: list[tuple[Any, Any, float] | None] = []
+        for adapter, label in zip(self.names, self.labels, strict=True):
+            if adapter not in ranks:
+                out.append(None)
+                continue
+            plain = isinstance(layer, LoraLayer) and adapter not in getattr(layer, "lora_variant", {})
+            if not plain or getattr(layer, "lora_bias", {}).get(adapter):
+                raise StudioError(f"{label} is not a plain LoRA in {name} (DoRA or a LoRA bias): it has no rank units")
+            a = layer.lora_A[adapter].weight.detach().float().cpu()
+            b = layer.lora_B[adapter].weight.detach().float().cpu()
+            out.append((a, b, float(layer.scaling[adapter])))
+        return out
+
     def modules(self) -> Iterator[tuple[str, list[Any], list[int]]]:
         for name in self.module_names:
             yield (name, *self.module(name))

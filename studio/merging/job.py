@@ -1,11 +1,12 @@
 """The ``merge`` job: several adapters of one base model in, one registered plain PEFT LoRA out.
 
 Steps: check the parents (:func:`studio.merging.checks.check_mergeable`), load them onto
-one copy of the base, read their ΔW module by module through PEFT
-(:mod:`studio.merging.deltas`) and merge each module (linear or TIES), factorise
-every merged ΔW into B′A′ at the requested rank (by default the sum of the parents' ranks
-there: exact for a linear merge of LoRAs; :mod:`studio.merging.lowrank`) and write it with
-the same exporter trained adapters use. The relative Frobenius error per module is kept
+one copy of the base, merge module by module with the request's method (looked up in
+:mod:`studio.merging.registry`: the dense methods read each parent's ΔW through PEFT
+(:mod:`studio.merging.deltas`), merge it and factorise it into B′A′ at the requested rank,
+by default the sum of the parents' ranks there, exact for a linear merge of LoRAs
+(:mod:`studio.merging.lowrank`); LoRA-LEGO clusters the parents' rank units into B′A′
+directly, :mod:`studio.merging.lego`) and write it with the same exporter trained adapters use. The relative Frobenius error per module is kept
 in ``export_report.json`` and as the adapter's ``merge_max_error`` metric.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 from studio.merging.checks import check_mergeable
 from studio.merging.deltas import ParentChanges
 from studio.merging.error_meaning import EXACT_ERROR
-from studio.merging.methods import merge_deltas
+from studio.merging.registry import METHODS, describe_options
 from studio.progress import Reporter
 from studio.schema import SCHEMA_VERSION, MergeRequest
 
@@ -41,13 +42,13 @@ def run_merge_job(request: MergeRequest, reporter: Reporter, ctx: Any) -> dict[s
 
     registry = ctx.registry
     parents = [registry.get_adapter(adapter_id) for adapter_id in request.adapter_ids]
-    check_mergeable(parents)
+    check_mergeable(parents, request.method)
     weights = request.resolved_weights()
     base_model = parents[0].base_model
     base_path = resolve_base_model(base_model, ctx.settings, progress=reporter.log).path
     reporter.log(
         f"{request.method} merge of {', '.join(f'#{p.id} × {w:g}' for p, w in zip(parents, weights, strict=True))} "
-        f"on {base_model}" + (f", density {request.density:g}" if request.method != "linear" else "")
+        f"on {base_model}" + describe_options(request.method, request)
     )
 
     def on_load(i: int) -> None:
@@ -111,16 +112,13 @@ def run_merge_job(request: MergeRequest, reporter: Reporter, ctx: Any) -> dict[s
 
 def _merge_modules(request: MergeRequest, changes: ParentChanges, weights: list[float], reporter: Reporter):
     """({module: (B′, A′)}, {module: relative error}) of the merged ΔW of every module, one module at a time."""
-    from studio.merging.lowrank import low_rank_factors
-
+    merge_module = METHODS[request.method].load()
     names = changes.module_names
     factors, errors = {}, {}
     for done, name in enumerate(names):
         reporter.check_cancelled()
         _progress(reporter, READ_SHARE + MERGE_SHARE * done / len(names), "merging modules" if not done else None)
-        deltas, ranks = changes.module(name)  # a parent that does not adapt a module changes it by nothing
-        merged = merge_deltas(request.method, deltas, weights, request.density, request.seed, name)
-        b, a, error, _ = low_rank_factors(merged, request.rank or sum(ranks))
+        b, a, error = merge_module(request, changes, name, weights)
         factors[name], errors[name] = (b, a), error
     return factors, errors
 
@@ -181,9 +179,7 @@ def model_card(
 
     base = PortableBase.of(parents[0].base_model)
 
-    method = {"ties": "TIES-merging", "dare_linear": "DARE and a weighted sum", "dare_ties": "DARE and TIES"}.get(
-        request.method, "a weighted sum"
-    )
+    method = METHODS[request.method].title
     lines = [
         f"# {request.name or 'Merged adapter'}",
         "",
@@ -191,7 +187,7 @@ def model_card(
         "",
         *[f"- #{p.id} {p.name} ({p.variant}), weight {w:g}" for p, w in zip(parents, weights, strict=True)],
         "",
-        f"- Method: `{request.method}`" + (f", density {request.density:g}" if request.method != "linear" else ""),
+        f"- Method: `{request.method}`" + describe_options(request.method, request),
         f"- Modules: {len(ranks)}; ranks {min(ranks.values())}–{max(ranks.values())}",
         f"- Largest relative error of the LoRA against the merged weight change: {max(errors.values()):.2e}",
         "",

@@ -27,7 +27,22 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
+# The methods that merge dense ΔW (registered in studio.merging.registry with merge_dense_module).
 METHODS = ("linear", "ties", "dare_linear", "dare_ties")
+
+
+def merge_dense_module(request: Any, changes: Any, module: str, weights: Sequence[float]) -> tuple[Any, Any, float]:
+    """(B′, A′, relative error) of ``module``: the parents' ΔW merged by ``request.method``, then factorised.
+
+    The rank is ``request.rank`` or, by default, the sum of the parents' ranks there (exact for a
+    linear merge of LoRAs; :mod:`studio.merging.lowrank`).
+    """
+    from studio.merging.lowrank import low_rank_factors
+
+    deltas, ranks = changes.module(module)  # a parent that does not adapt a module changes it by nothing
+    merged = merge_deltas(request.method, deltas, weights, request.density, request.seed, module)
+    b, a, error, _ = low_rank_factors(merged, request.rank or sum(ranks))
+    return b, a, error
 
 
 def linear_merge(deltas: Sequence[Any], weights: Sequence[float]) -> Any:

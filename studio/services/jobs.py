@@ -105,7 +105,8 @@ class JobService:
         if isinstance(request, MergeRequest):
             from studio.merging.checks import check_mergeable
 
-            check_mergeable([self.registry.get_adapter(adapter_id) for adapter_id in request.adapter_ids])
+            parents = [self.registry.get_adapter(adapter_id) for adapter_id in request.adapter_ids]
+            check_mergeable(parents, request.method)
 
     def cancel(self, job_id: int) -> str:
         """Ask a job to stop. Queued jobs stop at once; running ones at their next step."""

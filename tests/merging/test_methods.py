@@ -80,10 +80,15 @@ def test_dare_methods_are_dare_then_sum_or_ties():
 def test_every_method_the_request_offers_is_implemented():
     from typing import get_args
 
-    from studio.merging.methods import METHODS
+    from studio.merging.methods import METHODS, merge_dense_module
+    from studio.merging.registry import DENSE
+    from studio.merging.registry import METHODS as REGISTERED
     from studio.schema import MergeRequest
 
-    assert set(get_args(MergeRequest.model_fields["method"].annotation)) == set(METHODS)
+    assert set(get_args(MergeRequest.model_fields["method"].annotation)) == set(REGISTERED)
+    assert {name for name, method in REGISTERED.items() if method.target == DENSE} == set(METHODS)
+    assert all(callable(method.load()) for method in REGISTERED.values())  # every registered entry point exists
+    assert REGISTERED["linear"].load() is merge_dense_module
     deltas = [torch.randn(4, 3), torch.randn(4, 3)]
     for method in METHODS:
         assert merge_deltas(method, deltas, [1.0, 1.0], 0.5).shape == (4, 3)
