@@ -138,6 +138,8 @@ def inspect_file(
         f"{found.rows_total} rows · {found.file_format.upper()} · {found.encoding} · {human_bytes(found.size_bytes)}"
     )
     notes = "".join(f"\n- {note}" for note in found.notes)
+    if detection.sequence:
+        notes += f"\n\n🧬 {detection.sequence['description']}.\nLetters: {detection.sequence['letters']}."
     return {
         "detected": f"{summary}\n\n{facts}{notes}",
         "split_by": gr.update(visible=is_prose(file)),

@@ -28,7 +28,7 @@ from studio.services.container import Services
 
 TITLE = "Evaluate"
 ELEM_ID = "tab-evaluate"
-FORM_FIELDS = ("metrics", "max_examples", "max_new_tokens", "seed")
+FORM_FIELDS = ("metrics", "max_examples", "max_new_tokens", "seed", "include_baseline", "baseline_dataset_id")
 SAMPLE_CHARS = 400  # long worked answers are cut in the table; the job result keeps them whole
 
 

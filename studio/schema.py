@@ -154,6 +154,17 @@ class EvalRequest(StudioModel):
         default_factory=list,
         description="DyLoRA adapters only: also measure the loss at each of these ranks (metric vs rank).",
     )
+    include_baseline: bool = Field(
+        False,
+        description="Classification datasets: also fit a logistic regression on simple features (k-mer "
+        "frequencies, length and longest ORF for DNA/RNA) on the training rows and score it on these rows, "
+        "beside the models.",
+    )
+    baseline_dataset_id: int | None = Field(
+        None,
+        ge=1,
+        description="Rows the baseline is fit on. Empty: the training dataset of the first adapter.",
+    )
 
     @model_validator(mode="after")
     def _check_models(self) -> EvalRequest:
@@ -166,6 +177,10 @@ class EvalRequest(StudioModel):
             raise ValueError("give a base model, an adapter, or both to compare")
         if self.ranks and (len(ids) != 1 or self.base_model):
             raise ValueError("ranks: measure the loss by rank of one DyLoRA adapter alone, without a comparison")
+        if self.baseline_dataset_id is not None and not self.include_baseline:
+            raise ValueError("baseline_dataset_id: set include_baseline to fit the baseline")
+        if self.baseline_dataset_id == self.dataset_id:
+            raise ValueError("baseline_dataset_id: the baseline must be fit on other rows than it is scored on")
         return self
 
     def adapters(self) -> list[int]:

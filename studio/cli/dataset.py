@@ -130,6 +130,9 @@ def inspect_command(file: Path, maps: tuple[str, ...], split_by: str | None) -> 
         click.echo(f"confirm with: studio dataset add {file} {det.map_flags()}")
     else:
         click.echo(f"format: {det.format} ({det.reason})")
+    if det.sequence:
+        click.echo(f"sequences: {det.sequence['description']}")
+        click.echo(f"letters: {det.sequence['letters']}")
     if found.validation:
         v = found.validation
         click.echo(f"valid rows: {v['rows_valid']} of {v['rows_total']}")

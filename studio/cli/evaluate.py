@@ -46,10 +46,35 @@ METRICS = ("loss", "exact_match", "accuracy", "rouge_l")
     type=click.IntRange(min=1),
     help="DyLoRA only: also measure the loss at this rank (repeatable: metric vs rank).",
 )
+@click.option(
+    "--baseline",
+    "include_baseline",
+    is_flag=True,
+    help="Classification: also fit a logistic regression on simple features (k-mers, length, longest ORF "
+    "for DNA/RNA) on the training rows and show it beside the models.",
+)
+@click.option(
+    "--baseline-dataset",
+    "baseline_dataset_id",
+    default=None,
+    type=int,
+    help="Dataset id the baseline is fit on. Default: the first adapter's training dataset.",
+)
 @click.option("--wait/--no-wait", default=False, help="Wait for the job and print its metrics.")
 @inline_option
 def eval_cmd(
-    adapter_ids, base_model, dataset_ref, metrics, max_examples, max_new_tokens, seed, ranks, wait, inline
+    adapter_ids,
+    base_model,
+    dataset_ref,
+    metrics,
+    max_examples,
+    max_new_tokens,
+    seed,
+    ranks,
+    include_baseline,
+    baseline_dataset_id,
+    wait,
+    inline,
 ) -> None:
     """Evaluate --base MODEL and/or ADAPTER_IDS on a dataset: loss, exact_match, accuracy, rouge_l.
 
@@ -78,6 +103,8 @@ def eval_cmd(
             max_new_tokens=max_new_tokens,
             seed=seed,
             ranks=list(ranks),
+            include_baseline=include_baseline or baseline_dataset_id is not None,
+            baseline_dataset_id=baseline_dataset_id,
         )
     except ValidationError as exc:
         raise StudioError(format_validation_error(exc)) from None

@@ -87,17 +87,25 @@ class Detection:
     needs_confirmation: bool
     reason: str
     ignored_columns: list[str] = field(default_factory=list)
+    # A column of DNA/RNA/protein sequences and the tokenizer proposed for it
+    # (studio.sequences.alphabet.SequenceColumn as a dict), or None.
+    sequence: dict[str, Any] | None = None
 
     @property
     def task(self) -> str | None:
         return task_of(self.format) if self.format else None
+
+    @property
+    def sequence_kind(self) -> str | None:
+        """``dna``, ``rna`` or ``protein`` when a column holds biological sequences."""
+        return self.sequence["kind"] if self.sequence else None
 
     def map_flags(self) -> str:
         """The mapping spelled as CLI options, e.g. ``--map prompt=question --map completion=answer``."""
         return " ".join(f"--map {key}={value}" for key, value in self.mapping.items())
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "task": self.task}
+        return {**asdict(self), "task": self.task, "sequence_kind": self.sequence_kind}
 
 
 def refusal_message(columns: list[str], detection: Detection) -> str:
@@ -181,8 +189,22 @@ def detect_format(columns: list[str], samples: list[dict]) -> Detection:
     """Detect the format from column names, or propose a mapping from names and sample values.
 
     ``samples`` are parsed records (a few hundred are plenty). The result has
-    ``needs_confirmation`` set when the columns do not name a format by themselves.
+    ``needs_confirmation`` set when the columns do not name a format by themselves, and
+    ``sequence`` set when a column holds DNA/RNA/protein sequences (see :func:`add_sequence_column`).
     """
+    return add_sequence_column(_detect_format(columns, samples), columns, samples)
+
+
+def add_sequence_column(detection: Detection, columns: list[str], samples: list[dict]) -> Detection:
+    """Set ``detection.sequence`` from the samples: the mapped text column is checked first."""
+    from studio.sequences.alphabet import detect_sequence_column
+
+    found = detect_sequence_column(columns, samples, prefer=detection.mapping.get("text"))
+    detection.sequence = {**asdict(found), "description": found.describe()} if found else None
+    return detection
+
+
+def _detect_format(columns: list[str], samples: list[dict]) -> Detection:
     cols = _profile(columns, samples)
     names = set(columns)
 

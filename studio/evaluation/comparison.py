@@ -43,7 +43,9 @@ def column_name(key: str) -> str:
         reference = key[len(BASE_PREFIX) :].rstrip("/")
         return f"base {reference.rsplit('/', 1)[-1]}"
     kind, _, ident = key.partition(":")
-    return f"{kind} #{ident}" if ident else key
+    if not ident:
+        return key
+    return f"{kind} #{ident}" if ident.isdigit() else f"{kind} {ident}"  # "baseline logistic-regression"
 
 
 def _number(value: Any) -> float | None:

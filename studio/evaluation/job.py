@@ -104,6 +104,10 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
     check_metrics(wanted, kind, label)
     adapters = [registry.get_adapter(i) for i in request.adapters()]
     base_name = common_base(request.base_model, adapters)
+    # Checked before any model loads: a wrong baseline request fails in seconds, not after the models ran.
+    baseline_train = (
+        _baseline_train_rows(request, registry, dataset, adapters, kind) if request.include_baseline else None
+    )
 
     loss_wanted = bool({"loss", "accuracy"} & set(wanted))
     generations = _generation_examples(rows, label) if set(GENERATION_METRICS) & set(wanted) else []
@@ -155,9 +159,14 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
             max_new_tokens=budget,
             job_id=ctx.job_id,
         )
+    baseline = None
+    if baseline_train is not None:
+        baseline = _run_baseline(baseline_train, rows, dataset.id, base_name, ctx, reporter)
     reporter.progress(tick.total, tick.total, "done")
 
     summaries = [s.summary() for s in scores]
+    # The baseline stands beside the models in the comparison; the flat single-model fields stay the model's.
+    compared = summaries + ([_baseline_summary(baseline)] if baseline else [])
     prompts = [s["prompt"] for s in samples]
     result: dict[str, Any] = {
         "dataset_id": dataset.id,
@@ -166,13 +175,15 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
         "examples": len(rows),
         "generated": len(generations),
         "max_new_tokens": budget,
-        "models": summaries,
-        "comparison": compare_models(summaries),
+        "models": compared,
+        "comparison": compare_models(compared),
         "sample_table": sample_table(
             prompts, [s["reference"] for s in samples], {s.key: s.answers[: len(prompts)] for s in scores}
         ),
         "loss_by_rank": loss_by_rank,
     }
+    if baseline is not None:
+        result["baseline"] = baseline.to_dict()
     if not several:
         only = summaries[0]
         result.update(
@@ -186,6 +197,66 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
             samples=[{**sample, **answer} for sample, answer in zip(samples, scores[0].answers, strict=False)],
         )
     return result
+
+
+def _baseline_train_rows(request: EvalRequest, registry: Any, dataset: Any, adapters: list, kind: str) -> list:
+    """The rows the baseline is fit on: ``baseline_dataset_id``'s, else the first adapter's training dataset."""
+    if kind != "classification":
+        raise ValidationFailed(
+            f"the baseline is fit for classification datasets; dataset {dataset.id} ({dataset.name}) holds {kind} rows"
+        )
+    train_id = request.baseline_dataset_id
+    if train_id is None:
+        train_id = next((a.dataset_id for a in adapters if a.dataset_id is not None), None)
+    if train_id is None:
+        raise ValidationFailed("give baseline_dataset_id: the rows to fit the baseline on (no adapter names its data)")
+    if train_id == dataset.id:
+        raise ValidationFailed(
+            f"the baseline would be fit on dataset {dataset.id}, the rows it is scored on; give another "
+            "baseline_dataset_id (the training rows)"
+        )
+    train = registry.get_dataset(train_id)
+    return read_rows(train.stored_path, None)
+
+
+def _run_baseline(train_rows: list, rows: list, dataset_id: int, base_name: str, ctx: Any, reporter: Reporter) -> Any:
+    """Fit and score the logistic-regression baseline; stored in the eval results as ``baseline:logistic-regression``."""
+    from studio.sequences.baseline import MODEL_KEY, fit_baseline
+
+    reporter.log(f"baseline: logistic regression fit on {len(train_rows)} training rows")
+    baseline = fit_baseline(train_rows, rows, text_field="text", label_field="label", seed=0)
+    reporter.log(
+        f"baseline ({baseline.features} features, {baseline.seconds:.1f} s): "
+        + ", ".join(f"{k}={v:.4g}" for k, v in baseline.metrics.items() if v is not None)
+    )
+    values = {k: v for k, v in baseline.metrics.items() if v is not None}
+    reporter.metrics(len(rows), {f"baseline/{k}": v for k, v in values.items()})
+    ctx.registry.record_eval_results(
+        model_key=MODEL_KEY,
+        adapter_id=None,
+        base_model=base_name,
+        dataset_id=dataset_id,
+        values=values,
+        examples=baseline.test_rows,
+        job_id=ctx.job_id,
+    )
+    return baseline
+
+
+def _baseline_summary(baseline: Any) -> dict[str, Any]:
+    """The baseline as a model entry of the comparison."""
+    from studio.sequences.baseline import MODEL_KEY
+
+    return {
+        "key": MODEL_KEY,
+        "label": f"logistic regression on {baseline.features} features",
+        "adapter_id": None,
+        "metrics": dict(baseline.metrics),
+        "truncated_answers": None,
+        "scored_rows": baseline.test_rows,
+        "truncated_rows": 0,
+        "skipped_rows": baseline.skipped_test_rows,
+    }
 
 
 def _score_model(

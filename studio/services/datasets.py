@@ -19,7 +19,7 @@ from typing import Any
 
 from models_db.registry import Registry
 from models_db.tables import DatasetRow
-from studio.datasets.formats import Detection, detect_format, refusal_message
+from studio.datasets.formats import Detection, add_sequence_column, detect_format, refusal_message
 from studio.datasets.mapping import resolve_mapping
 from studio.datasets.normalise import label_summary, read_jsonl, to_canonical, write_jsonl
 from studio.datasets.plain_text import DEFAULT_SPLIT, SPLIT_CHOICES, TEXT_KINDS
@@ -98,10 +98,23 @@ class DatasetService:
 
     @staticmethod
     def _detect(table: RawTable, mapping: Mapping[str, str] | None) -> Detection:
-        if mapping:
-            return resolve_mapping(table.columns, mapping)
         samples = [r.data for r in table.records[:SAMPLE_ROWS] if r.error is None]
+        if mapping:
+            return add_sequence_column(resolve_mapping(table.columns, mapping), table.columns, samples)
         return detect_format(table.columns, samples)
+
+    @staticmethod
+    def _report_letters(table: RawTable, detection: Detection) -> None:
+        """Replace the sequence column's letter report (of the sample) by one of every row of the file."""
+        from studio.sequences.alphabet import letter_report
+
+        if not detection.sequence:
+            return
+        column = detection.sequence["column"]
+        values = (r.data.get(column) for r in table.records if r.error is None and isinstance(r.data, dict))
+        report = letter_report(values, detection.sequence["kind"])
+        detection.sequence["report"] = report.to_dict()
+        detection.sequence["letters"] = report.summary()
 
     def inspect(
         self, path: str | Path, mapping: Mapping[str, str] | None = None, split_by: str | None = None
@@ -114,6 +127,7 @@ class DatasetService:
         """
         data, table = self._load(Path(path), split_by)
         detection = self._detect(table, mapping)
+        self._report_letters(table, detection)
         validation = None
         if detection.format is not None:
             limit = self._row_limit(table)
@@ -158,6 +172,7 @@ class DatasetService:
         path = Path(path)
         data, table = self._load(path, split_by)
         detection = self._detect(table, mapping)
+        self._report_letters(table, detection)
         if detection.needs_confirmation or detection.format is None:
             raise ValidationFailed(refusal_message(table.columns, detection))
         result = validate_rows(table, detection.format, detection.mapping, self._row_limit(table))
@@ -233,6 +248,8 @@ class DatasetService:
         }
         if table.split_by is not None:
             report["split_by"] = table.split_by
+        if detection.sequence:
+            report["sequence"] = detection.sequence  # kind, proposed tokenizer and the letter report
         if table.encoding == "cp1252":
             report["notes"].append("decoded as Windows-1252 (not UTF-8); check accented characters")
         if detection.task == "classification":
