@@ -330,3 +330,18 @@ def test_a_disconnected_stream_is_cancelled(studio, monkeypatch):
     while not scheduler.idle() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert scheduler.idle() and engine.bank.pinned() == {}  # its adapter slot is free again
+
+
+def test_an_adapter_the_engine_refuses_is_a_400_naming_the_reason(studio, registry, base_dir, make_adapter, tmp_path):
+    dora = make_adapter(
+        base_dir, tmp_path / "dora", seed=5, r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj"]
+    )
+    row = registry.add_adapter(name="dora", variant="dora", base_model=studio.base, path=str(dora), sha256="0" * 64)
+    _, url = studio.serve()
+    client = studio.client(url)
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model=f"adapter-{row.id}", messages=CHAT, max_tokens=4, stream=stream)
+        assert refused.value.body["code"] == "model_not_servable" and "DoRA" in refused.value.body["message"]
+    # The engine goes on serving the others.
+    assert client.chat.completions.create(model="r2", messages=CHAT, max_tokens=2).choices
