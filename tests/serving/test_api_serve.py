@@ -119,3 +119,19 @@ def test_studio_serve_for_real(settings, tmp_path):
     finally:
         process.terminate()
         process.wait(20)
+
+
+@pytest.mark.slow
+def test_gradio_events_run_through_the_mounted_ui(settings, registry):
+    """The Blocks' queue starts under the outer app (mount_gradio_app's lifespan), so events are answered."""
+    import gradio as gr
+    from gradio_client import Client
+
+    from studio.api.app import build_server_app
+
+    with gr.Blocks() as demo:
+        text, out = gr.Textbox(), gr.Textbox()
+        gr.Button("go").click(lambda value: value.upper(), text, out, api_name="up")
+    demo.queue()
+    with running(build_server_app(make_services(settings, registry), demo, {})) as url:
+        assert Client(f"{url}/", verbose=False).predict("hi", api_name="/up") == "HI"
