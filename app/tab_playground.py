@@ -98,7 +98,7 @@ def send(playground: PlaygroundService, gen: SchemaForm | None, base_model: str,
 
 def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     """Lay out the tab and wire its events. One PlaygroundService (model cache) per built app."""
-    playground = PlaygroundService(services.registry, services.settings)
+    playground = services.playground  # the process's one engine, shared with the /v1 API
     bases = playground.base_models()
     default_base = bases[0] if bases else None
     c: dict[str, Any] = {}

@@ -553,6 +553,12 @@ class Registry:
                 query = query.where(AdapterRow.base_model == base_model)
             return list(s.scalars(query))
 
+    def newest_adapter_named(self, name: str) -> AdapterRow | None:
+        """The newest adapter called exactly ``name`` (names are not unique), or None."""
+        with self._session() as s:
+            query = select(AdapterRow).where(AdapterRow.name == name).order_by(AdapterRow.id.desc()).limit(1)
+            return s.scalar(query)
+
     def update_adapter_metrics(self, adapter_id: int, metrics: dict[str, float]) -> None:
         with self._session() as s:
             row = s.get(AdapterRow, adapter_id)

@@ -122,6 +122,18 @@ class Settings(BaseSettings):
         description="Requests that may wait to join the serving engine's running batch (per base model); "
         "beyond that a new request is refused with 'queue full' instead of waiting without end.",
     )
+    api_keys: str | None = Field(
+        default=None,
+        validation_alias=_env("STUDIO_API_KEYS"),
+        description="Comma-separated keys the OpenAI-compatible /v1 API accepts as `Authorization: Bearer <key>`; "
+        "with any key set (here or in STUDIO_API_KEYS_FILE) every /v1 request needs one.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        validation_alias=_env("STUDIO_API_KEYS_FILE"),
+        description="A file of /v1 API keys, one per line (blank lines and # comments skipped); "
+        "added to STUDIO_API_KEYS.",
+    )
     memory_budget_gb: float | None = Field(
         default=None,
         gt=0,
@@ -207,6 +219,17 @@ class Settings(BaseSettings):
         """Create the data directory tree (idempotent)."""
         for path in (self.data_dir, self.models_dir, self.datasets_dir, self.adapters_dir, self.jobs_dir):
             path.mkdir(parents=True, exist_ok=True)
+
+    def api_key_list(self) -> list[str]:
+        """The /v1 API keys of STUDIO_API_KEYS and STUDIO_API_KEYS_FILE (empty: none configured)."""
+        keys = [k.strip() for k in (self.api_keys or "").split(",")]
+        if self.api_keys_file is not None:
+            try:
+                lines = Path(self.api_keys_file).expanduser().read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ConfigurationError(f"STUDIO_API_KEYS_FILE {self.api_keys_file} cannot be read: {exc}") from None
+            keys += [line.strip() for line in lines if not line.strip().startswith("#")]
+        return [k for k in dict.fromkeys(keys) if k]
 
     @staticmethod
     def describe_url(url: str) -> str:

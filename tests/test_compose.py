@@ -15,7 +15,7 @@ from studio.cli import COMMANDS
 from studio.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIO_SERVICES = ("migrate", "web", "worker")  # built from this repository's image
+STUDIO_SERVICES = ("migrate", "web", "worker", "serve")  # built from this repository's image
 INTERPOLATION = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 
 
@@ -62,6 +62,8 @@ def test_the_services_exist(services):
     assert {"redis", "postgres", "migrate", "web", "worker"} <= services.keys()
     assert services["web"]["command"] == ["studio", "run", "--no-worker"]
     assert services["worker"]["command"] == ["studio", "worker"]
+    assert services["serve"]["command"] == ["studio", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert any(str(port).endswith(":8000") for port in services["serve"]["ports"])
 
 
 def test_web_and_workers_share_one_image(services):

@@ -21,10 +21,7 @@ from studio.settings import load_settings
 )
 def run(host: str | None, port: int | None, with_worker: bool | None) -> None:
     """Serve the studio at http://HOST:PORT with a live job queue and the bundled model ready."""
-    from app.auth import parse_auth
-    from app.login import login_launch_options
-    from app.main import build_app
-    from app.theme import launch_options
+    from studio.api.app import serve
     from studio.jobs.outbox import OutboxLoop
     from studio.models.base_models import register_bundled_models, resolve_base_model
     from studio.services.container import build_services
@@ -50,21 +47,39 @@ def run(host: str | None, port: int | None, with_worker: bool | None) -> None:
     # `kill` / docker stop send SIGTERM: turn it into the same clean shutdown as Ctrl-C,
     # so the embedded worker is stopped too instead of being orphaned.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    demo = build_app(svc)
     click.echo(f"studio:   http://{settings.host}:{settings.port}")
+    click.echo(f"api:      http://{settings.host}:{settings.port}/v1 (OpenAI-compatible)")
     try:
-        demo.queue(default_concurrency_limit=8).launch(
-            server_name=settings.host,
-            server_port=settings.port,
-            **login_launch_options(parse_auth(settings.auth)),
-            show_error=True,
-            quiet=True,
-            **launch_options(),
-        )
+        serve(studio_app(svc), settings.host, settings.port)
     finally:
         outbox.stop()
         if supervisor:
             supervisor.stop()
+
+
+def studio_app(svc):
+    """The UI at / and the OpenAI-compatible API at /v1 as one ASGI app (one port).
+
+    The UI keeps what ``Blocks.launch`` gave it: Gradio's login with the studio's
+    sign-in page (STUDIO_AUTH), the theme, stylesheet and favicon, shown errors.
+    """
+    from app.auth import parse_auth
+    from app.login import login_launch_options
+    from app.main import build_app
+    from app.theme import launch_options
+    from studio.api.app import build_server_app
+
+    settings = svc.settings
+    demo = build_app(svc)
+    demo.queue(default_concurrency_limit=8)
+    ui_options = {
+        **login_launch_options(parse_auth(settings.auth)),
+        **launch_options(),
+        "show_error": True,
+        "server_name": settings.host,
+        "server_port": settings.port,
+    }
+    return build_server_app(svc, demo, ui_options)
 
 
 def _raise_keyboard_interrupt(_signum, _frame) -> None:

@@ -31,6 +31,13 @@ class Services:
 
         return AdapterService(self.registry, self.settings)
 
+    @cached_property
+    def playground(self):
+        """The process's one serving engine (per base model) and PEFT pool: the playground and the /v1 API share it."""
+        from studio.services.playground import PlaygroundService
+
+        return PlaygroundService(self.registry, self.settings)
+
     def base_models(self, task: str | None = None) -> list:
         """Registered base models (bundled ones are registered at start-up), optionally of one task."""
         return [m for m in self.registry.list_base_models() if task is None or m.task == task]
