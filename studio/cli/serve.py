@@ -34,7 +34,10 @@ def serve(host: str | None, port: int, engine: str) -> None:
     register_bundled_models(services.registry)
     if engine == "vllm":
         serve_with_vllm = _vllm_entry()
-        serve_with_vllm(services, settings.host, port)
+        # vLLM runs as a child process; its exit status becomes ours so supervisors see a crash.
+        status = serve_with_vllm(services, settings.host, port)
+        if status:
+            raise SystemExit(status)
         return
     from studio.api.app import build_server_app
     from studio.api.app import serve as run_server
