@@ -143,7 +143,7 @@ class PlaygroundService:
         self._variants[key], self._ids[key] = row.variant, row.id
         return AdapterRef(key=key, path=row.path)
 
-    def _served(self, base_model: str, ref: AdapterRef) -> ServedLora | None:
+    def _plain_export(self, base_model: str, ref: AdapterRef) -> ServedLora | None:
         """The adapter's plain-LoRA export for the engine (None: the engine reads it as it is).
 
         Raises :class:`NoPlainExport` (remembered) for adapters only PEFT can serve.
@@ -186,7 +186,7 @@ class PlaygroundService:
         """What the engine loads for ``ref``: the adapter itself or its plain-LoRA export."""
         if ref is None:
             return None
-        served = self._served(base_model, ref)
+        served = self._plain_export(base_model, ref)
         if served is None:
             return ref
         return AdapterRef(key=f"{ref.key}@{Path(served.path).name}", path=served.path)
@@ -202,7 +202,7 @@ class PlaygroundService:
         if ref is None:
             return {"served_by": "engine", "description": ""}
         try:
-            served = self._served(base_model, ref)
+            served = self._plain_export(base_model, ref)
         except NoPlainExport as refusal:
             return {"served_by": "peft", "description": f"served by PEFT one reply at a time: {refusal}"}
         if served is None:

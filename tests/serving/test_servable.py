@@ -233,3 +233,38 @@ def test_plain_lora_needs_no_export_and_embeddings_have_none(adapter_dirs, base_
     saved = make_adapter(base_dir, tmp_path / "head", seed=3, r=2, target_modules=["q_proj"], modules_to_save=["lm_head"])
     with pytest.raises(NoPlainExport, match="modules_to_save"):
         served_lora(saved, load)
+
+
+def test_playground_serves_them_on_the_engine_and_shows_the_error(registry, settings, variant_dirs, base_dir):
+    from app.tab_playground import pane_note
+    from studio.services.playground import PlaygroundService
+    from studio.serving.generation import GenerationSettings
+
+    base = str(base_dir)
+    playground = PlaygroundService(registry, settings)
+    try:
+        targets = {}
+        for name, path in variant_dirs.items():
+            row = registry.add_adapter(name=name, variant=name, base_model=base, path=str(path), sha256="0" * 64)
+            targets[name] = f"adapter:{row.id}"
+        chat = [{"role": "user", "content": "what color is the sky"}]
+        greedy = GenerationSettings(max_new_tokens=6, temperature=0.0, repetition_penalty=1.0)
+        panes = [("base", chat)] + [(targets[n], chat) for n in variant_dirs]
+        replies = list(playground.stream_panes(base, panes, greedy))
+        assert sum(r.done for r in replies) == len(panes)
+        # Every pane went to the engine: PEFT's pool never loaded a model and nothing was refused.
+        assert playground.pool.loaded() == {} and playground._peft_only == {}
+        resident = playground.schedulers.get(base).engine.bank.resident()
+        assert sorted(k.split("@")[1] for k in resident) == ["served_lora_r4"] * 3
+        for name, target in targets.items():
+            info = playground.serving_info(base, target)
+            report = json.loads((variant_dirs[name] / "served_lora_r4" / "served_report.json").read_text())
+            assert info["served_by"] == "engine-export" and not info["exact"]
+            assert info["max_error"] == report["max_error"] and info["mean_error"] == report["mean_error"]
+            assert pane_note(playground, base, target) == f"*{info['description']}*"
+            assert f"max layer error {report['max_error']:.1%}" in info["description"]
+            metrics = registry.get_adapter(int(target.split(":")[1])).metrics
+            assert metrics["served_lora_max_error"] == report["max_error"] and metrics["served_lora_rank"] == 4
+        assert pane_note(playground, base, "base") == ""
+    finally:
+        playground.schedulers.close()
