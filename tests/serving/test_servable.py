@@ -268,3 +268,25 @@ def test_playground_serves_them_on_the_engine_and_shows_the_error(registry, sett
         assert pane_note(playground, base, "base") == ""
     finally:
         playground.schedulers.close()
+
+
+def test_downloads_and_copies_leave_the_served_export_out(registry, settings, variant_dirs, base_dir, fresh_base, tmp_path):
+    import shutil
+    import zipfile
+
+    from studio.services.adapters import AdapterService
+
+    path = tmp_path / "dora"
+    shutil.copytree(variant_dirs["dora"], path)
+    load, _ = make_loader(base_dir, fresh_base)
+    served_lora(path, load, rank=2)
+    assert (path / "served_lora_r2").is_dir()
+    row = registry.add_adapter(name="dora", variant="dora", base_model=str(base_dir), path=str(path), sha256="0" * 64)
+    service = AdapterService(registry, settings)
+    with zipfile.ZipFile(service.zip(row.id)) as handle:
+        names = handle.namelist()
+    assert f"adapter-{row.id}/adapter_model.safetensors" in names
+    assert not [n for n in names if "served_lora" in n]
+    copied = service.export(row.id, tmp_path / "copy")
+    assert (tmp_path / "copy" / "adapter_model.safetensors").exists() and copied.format == "copy"
+    assert not list((tmp_path / "copy").glob("served_lora*"))
