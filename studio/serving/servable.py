@@ -247,7 +247,11 @@ def served_lora(
         raise NoPlainExport(f"adapter {directory.name} cannot be served in a batch because {reason}, and {blocked}")
     if rank is not None and rank < 1:
         raise ValueError("the served rank must be at least 1")
-    cap = rank if rank is not None else (None if export_is_exact(variant, config, masks_path(directory) is not None) else own_rank(config))
+    cap = (
+        rank
+        if rank is not None
+        else (None if export_is_exact(variant, config, masks_path(directory) is not None) else own_rank(config))
+    )
     out = directory / (f"{SERVED_PREFIX}_r{cap}" if cap is not None else f"{SERVED_PREFIX}_exact")
     fingerprint = _fingerprint(directory)
     cached = _read_cached(out, fingerprint)

@@ -227,10 +227,14 @@ def test_exact_variants_are_exported_at_their_numerical_rank(base_dir, fresh_bas
     assert (tmp_path / "adalora" / "served_lora_exact").is_dir()
 
 
-def test_plain_lora_needs_no_export_and_embeddings_have_none(adapter_dirs, base_dir, fresh_base, make_adapter, tmp_path):
+def test_plain_lora_needs_no_export_and_embeddings_have_none(
+    adapter_dirs, base_dir, fresh_base, make_adapter, tmp_path
+):
     load, calls = make_loader(base_dir, fresh_base)
     assert served_lora(adapter_dirs["r2"], load) is None and not calls
-    saved = make_adapter(base_dir, tmp_path / "head", seed=3, r=2, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    saved = make_adapter(
+        base_dir, tmp_path / "head", seed=3, r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]
+    )
     with pytest.raises(NoPlainExport, match="modules_to_save"):
         served_lora(saved, load)
 
@@ -270,7 +274,9 @@ def test_playground_serves_them_on_the_engine_and_shows_the_error(registry, sett
         playground.schedulers.close()
 
 
-def test_downloads_and_copies_leave_the_served_export_out(registry, settings, variant_dirs, base_dir, fresh_base, tmp_path):
+def test_downloads_and_copies_leave_the_served_export_out(
+    registry, settings, variant_dirs, base_dir, fresh_base, tmp_path
+):
     import shutil
     import zipfile
 
