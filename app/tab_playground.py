@@ -68,6 +68,18 @@ def refresh(playground: PlaygroundService, base_model: str | None, **current: st
     return out
 
 
+def pane_note(playground: PlaygroundService, base_model: str | None, target: str | None) -> str:
+    """The Markdown under a pane's picker: how its adapter is served (e.g. the error of its plain-LoRA
+    approximation); empty for the base and for adapters the engine serves as they are."""
+    if not base_model or not target or target == BASE_TARGET:
+        return ""
+    try:
+        note = playground.serving_note(base_model, target)
+    except Exception as exc:  # a missing adapter directory, a base that fails to load: say so, do not break the tab
+        return f"*could not prepare this adapter for serving: {exc}*"
+    return f"*{note}*" if note else ""
+
+
 def on_panes(panes: int) -> dict[str, Any]:
     """Show the first ``panes`` panes."""
     return {f"pane_{i}": gr.update(visible=i < int(panes)) for i in range(MAX_PANES)}
@@ -117,6 +129,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         for i in range(MAX_PANES):
             with gr.Column(visible=i < 2, min_width=260, elem_classes=["chat-pane"]) as c[f"pane_{i}"]:
                 c[f"target_{i}"] = gr.Dropdown(label=f"Pane {i + 1}", choices=[], elem_id=f"play-target-{i}")
+                c[f"note_{i}"] = gr.Markdown("", elem_id=f"play-note-{i}")
                 c[f"chat_{i}"] = gr.Chatbot(height=380, elem_id=f"play-chat-{i}", buttons=["copy"], show_label=False)
     with gr.Row():
         c["prompt"] = gr.Textbox(
@@ -154,4 +167,15 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     for event in (c["send"].click, c["prompt"].submit):
         bind(event, send_to_panes, send_in, chats | {"prompt": c["prompt"]})
     bind(c["clear"].click, clear_chats, {}, chats)
+    for i in range(MAX_PANES):
+        # .change also fires when a new base model or a refresh picks the pane's target.
+        def show_note(base_model: str | None, target: str | None, i: int = i) -> dict[str, Any]:
+            return {f"note_{i}": pane_note(playground, base_model, target)}
+
+        bind(
+            c[f"target_{i}"].change,
+            show_note,
+            {"base_model": c["base_model"], "target": c[f"target_{i}"]},
+            {f"note_{i}": c[f"note_{i}"]},
+        )
     bind(tab.select, refresh_tab, {"base_model": c["base_model"]} | targets, {"base_model": c["base_model"]} | targets)

@@ -102,7 +102,13 @@ class AdapterService:
             raise ValidationFailed(f"{out} is not empty; choose a new directory for the export")
         row = self.get(adapter_id)
         if as_lora_rank is None:
-            shutil.copytree(source, out, dirs_exist_ok=True)
+            from studio.serving.servable import is_served_copy
+
+            # Leave out the serving engine's cached plain-LoRA copies (served_lora_*/): they are this server's.
+            def ignore(directory: str, names: list[str]) -> list[str]:
+                return [n for n in names if Path(directory) == source and is_served_copy(n)]
+
+            shutil.copytree(source, out, dirs_exist_ok=True, ignore=ignore)
             report = ExportReport(path=str(out), ranks=dict(row.ranks or {}), format="copy")
         elif as_lora_rank < 1:
             raise ValidationFailed("the export rank must be at least 1")
@@ -295,7 +301,12 @@ class AdapterService:
         target_dir.mkdir(parents=True, exist_ok=True)
         name = f"adapter-{adapter_id}"
         replaced = portable_files(source, PortableBase.of(row.base_model), name, row.name)
-        return write_archive(source, name, target_dir / f"{name}.zip", zipfile.ZIP_DEFLATED, replaced)
+        from studio.serving.servable import is_served_copy
+
+        # The serving engine's cached plain-LoRA copies (served_lora_*/) are this server's, not the adapter's.
+        return write_archive(
+            source, name, target_dir / f"{name}.zip", zipfile.ZIP_DEFLATED, replaced, skip_top=is_served_copy
+        )
 
     def delete(self, adapter_id: int) -> None:
         """Remove the adapter's files (when inside the studio's adapters dir) and its registry row."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,11 +115,17 @@ def write_portable(out_dir: Path, base: PortableBase, title: str) -> None:
 
 
 def write_archive(
-    folder: Path, name: str, target: Path, compression: int, replaced: dict[str, bytes] | None = None
+    folder: Path,
+    name: str,
+    target: Path,
+    compression: int,
+    replaced: dict[str, bytes] | None = None,
+    skip_top: Callable[[str], bool] | None = None,
 ) -> Path:
     """Zip ``folder``'s files under the top-level folder ``name``, with ``SHA256SUMS``; ``target.sha256`` beside it.
 
     ``replaced`` gives new contents for some files (relative paths), which may also be new files.
+    ``skip_top`` leaves out top-level entries by name (the serving engine's cached exports).
     Written aside, then renamed into place, so a half-written zip is never offered.
     """
     replaced = dict(replaced or {})
@@ -126,6 +133,9 @@ def write_archive(
     sums: list[str] = []
     with zipfile.ZipFile(tmp, "w", compression=compression) as archive:
         files = {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()}
+        if skip_top is not None:
+            files = {rel: p for rel, p in files.items() if not skip_top(Path(rel).parts[0])}
+            replaced = {rel: c for rel, c in replaced.items() if not skip_top(Path(rel).parts[0])}
         for relative in sorted(set(files) | set(replaced)):
             if relative == SUMS_FILE:
                 continue  # a stale list from an earlier export; rewritten below

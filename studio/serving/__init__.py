@@ -3,9 +3,11 @@
 ``scheduler.py`` gives each base model one thread that owns its engine:
 requests from any thread join the running batch between decode steps and
 stream back (the playground's panes are one batch). ``pool.py`` +
-``generation.py`` answer the adapters the engine refuses (DoRA, non-LoRA
-types) with PEFT: one base model in memory, adapters attached by name, one
-reply at a time under a lock.
+``generation.py`` answer with PEFT the few adapters that have no plain-LoRA
+export (``modules_to_save``, trained biases, LoRA on embeddings): one base
+model in memory, adapters attached by name, one reply at a time under a lock.
+``servable.py`` turns DoRA, MiSS, LoRAPrune and the other PEFT types into a
+plain LoRA the engine serves (exact or SVD at a rank, the error measured).
 
 ``bank.py`` + ``lora_ops.py`` + ``engine.py`` are an S-LoRA-style engine
 (composition spec §8): many requests, each on its own LoRA adapter or none,
@@ -25,5 +27,5 @@ here rather than taken from a library:
   The engine adds those: a fixed number of slots per layer with LRU paging,
   gather-BMM for decode and segments for prefill, rows leaving and joining
   between decode steps, per-row sampling. DoRA and other non-LoRA adapters
-  stay on the PEFT path of ``pool.py``.
+  join the batch through their plain-LoRA export (``servable.py``).
 """

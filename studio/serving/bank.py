@@ -20,11 +20,13 @@ Adapters live on disk (PEFT directories) and, once read, in host RAM
 or least-recently-used slot. A slot held by a running request is pinned and
 never evicted; when every slot is pinned, acquire says so instead of guessing.
 
-Only plain LoRA on linear layers fits a slot. DoRA (a per-column norm of the
-merged weight), trained biases, LoRA on embeddings or convolutions and
-``modules_to_save`` (whole trained copies of layers, not a low-rank term) are
-refused with the reason; such adapters keep the playground's PEFT path
-(studio/serving/pool.py).
+Only plain LoRA on linear layers fits a slot; everything else is refused here
+with the reason. DoRA, MiSS, LoRAPrune with masks and the other PEFT types on
+linear layers are served through their plain-LoRA export
+(studio/serving/servable.py: exact or SVD at a rank, with the error measured);
+trained biases, LoRA on embeddings or convolutions and ``modules_to_save``
+(whole trained copies of layers, not a low-rank term) have no such export and
+keep the playground's PEFT path (studio/serving/pool.py).
 """
 
 from __future__ import annotations
@@ -118,6 +120,26 @@ def _has_pruning_masks(directory: Path) -> bool:
     return masks_path(directory) is not None
 
 
+def refusal_reason(path: str | Path, config: dict[str, Any] | None = None) -> str | None:
+    """Why the engine cannot read the adapter in ``path`` as it is (None when it is plain linear LoRA).
+
+    Looks only at ``adapter_config.json`` and the files beside it (cheap); weights that turn out
+    not to be a linear LoRA pair are refused later, by :func:`read_adapter`.
+    """
+    directory = Path(path)
+    if config is None:
+        config_file = directory / "adapter_config.json"
+        if not config_file.is_file():
+            raise StudioError(f"{directory} holds no adapter_config.json; is the adapter still on disk?")
+        config = json.loads(config_file.read_text())
+    reason = _refusal(config)
+    if reason is None and _has_pruning_masks(directory):
+        # A LoRAPrune adapter is its LoRA *and* its masks: serving the LoRA alone answers with the
+        # unpruned model. Its plain-LoRA export folds the masks in (studio/serving/servable.py).
+        reason = "it is a LoRAPrune adapter whose pruning masks zero whole rows of the base layers"
+    return reason
+
+
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     safetensors = directory / "adapter_model.safetensors"
     if safetensors.is_file():
@@ -141,15 +163,12 @@ def read_adapter(path: str | Path, key: str | None = None) -> HostAdapter:
     if not config_file.is_file():
         raise StudioError(f"{directory} holds no adapter_config.json; is the adapter still on disk?")
     config = json.loads(config_file.read_text())
-    reason = _refusal(config)
-    if reason is None and _has_pruning_masks(directory):
-        # A LoRAPrune adapter is its LoRA *and* its masks: serving the LoRA alone answers with the
-        # unpruned model. PEFT's path applies the masks (studio/variants/_loraprune_masks.py).
-        reason = "it is a LoRAPrune adapter whose pruning masks zero whole rows of the base layers"
+    reason = refusal_reason(directory, config)
     if reason:
         raise AdapterNotServable(
             f"adapter {directory.name} cannot be served in a batch because {reason}; "
-            "serve it with PEFT instead (the playground does so by itself)"
+            "serve its plain-LoRA export (studio/serving/servable.py) or PEFT instead "
+            "(the playground does so by itself)"
         )
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in _read_weights(directory).items():

@@ -55,14 +55,21 @@ def peft_reply(base_dir, fresh_base, adapter_dir) -> str:
 
 
 def test_panes_stream_together_and_each_equals_its_solo_reply(
-    playground, registry, base_dir, adapter_dirs, dora_dir, fresh_base, caplog
+    playground, registry, base_dir, adapter_dirs, dora_dir, make_adapter, fresh_base, tmp_path, caplog
 ):
     base = str(base_dir)
-    paths = {"base": None, **{name: adapter_dirs[name] for name in ("r2", "r4_rslora")}, "dora": dora_dir}
+    embedding = make_adapter(base_dir, tmp_path / "embed", seed=6, r=2, target_modules=["embed_tokens"])
+    paths = {
+        "base": None,
+        **{name: adapter_dirs[name] for name in ("r2", "r4_rslora")},
+        "dora": dora_dir,
+        "embed": embedding,
+    }
     targets = {}
     for name, path in paths.items():
         if path is not None:
-            row = registry.add_adapter(name=name, variant="lora", base_model=base, path=str(path), sha256="0" * 64)
+            variant = "dora" if name == "dora" else "lora"
+            row = registry.add_adapter(name=name, variant=variant, base_model=base, path=str(path), sha256="0" * 64)
             targets[name] = f"adapter:{row.id}"
         else:
             targets[name] = "base"
@@ -72,18 +79,25 @@ def test_panes_stream_together_and_each_equals_its_solo_reply(
 
     final = {names[r.pane]: r.text for r in replies if r.done}
     assert sorted(final) == sorted(names) and sum(r.done for r in replies) == len(names)
-    for name, path in paths.items():
+    # DoRA is served as its plain-LoRA export (an approximation here: make_adapter scales B after PEFT
+    # set the magnitudes, so they are no longer ‖W0 + BA‖): its pane is PEFT's reply of that export.
+    dora = playground.serving_info(base, targets["dora"])
+    assert dora["served_by"] == "engine-export" and not dora["exact"] and dora["rank"] == 4
+    expected = {**paths, "dora": dora_dir / "served_lora_r4"}
+    for name, path in expected.items():
         assert final[name] == peft_reply(base_dir, fresh_base, path), name
     assert len(set(final.values())) == len(names)  # every pane really answers differently
 
-    # The engine's panes are interleaved: each one's first tokens arrive before any pane is finished.
+    # The engine's panes (DoRA's through its plain-LoRA export) are interleaved: each one's first
+    # tokens arrive before any pane is finished.
     first_done = next(i for i, r in enumerate(replies) if r.done)
-    for pane, name in enumerate(names[:3]):
+    for pane, name in enumerate(names[:4]):
         first = next(i for i, r in enumerate(replies) if r.pane == pane)
         assert first < first_done, (name, first, first_done)
         assert sum(r.pane == pane for r in replies) > 3  # streamed token by token
-    # DoRA is answered by PEFT beside them, with the reason logged and remembered.
-    assert "DoRA" in caplog.text
-    assert list(playground._peft_only) == [f"adapter_{targets['dora'].split(':')[1]}"]
+    # LoRA on the embeddings has no plain-LoRA export for the engine: PEFT answers it, the reason logged.
+    assert "lora_embedding" in caplog.text
+    assert list(playground._peft_only) == [f"adapter_{targets['embed'].split(':')[1]}"]
     assert list(playground.pool.loaded()[base]) == list(playground._peft_only)
+    assert playground.serving_info(base, targets["embed"])["served_by"] == "peft"
     assert playground.schedulers.get(base).idle() and playground.schedulers.get(base).engine.bank.pinned() == {}
