@@ -28,6 +28,7 @@ class Target:
     model: str  # the id the client used, echoed in responses
     base_model: str
     adapter: AdapterRef | None
+    adapter_id: int | None = None  # the registry id of ``adapter`` (None: the bare base)
 
 
 def adapter_id(row_id: int) -> str:
@@ -89,4 +90,4 @@ class Catalog:
         if row is None or row.base_model not in bases:
             raise NotFoundError(f"The model `{model}` does not exist")
         # The same key as the playground, so both share the adapter's engine slot.
-        return Target(model, row.base_model, AdapterRef(key=f"adapter_{row.id}", path=row.path))
+        return Target(model, row.base_model, AdapterRef(key=f"adapter_{row.id}", path=row.path), row.id)

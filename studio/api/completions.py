@@ -10,7 +10,7 @@ instead of being cut.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from studio.api.catalog import Catalog, Target
 from studio.api.errors import ApiError, bad_request, model_not_found
@@ -71,6 +71,10 @@ class Completions:
             target = self.catalog.resolve(model)
         except NotFoundError:
             raise model_not_found(model) from None
+        if target.adapter is not None:
+            # DoRA, MiSS, LoRAPrune…: the playground's plain-LoRA export (same cache, same slot).
+            engine_ref = self.playground.engine_adapter(target.base_model, f"adapter:{target.adapter_id}")
+            target = replace(target, adapter=engine_ref)
         return target, self.playground.schedulers.get(target.base_model)
 
     def _prepared(

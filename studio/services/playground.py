@@ -191,6 +191,15 @@ class PlaygroundService:
             return ref
         return AdapterRef(key=f"{ref.key}@{Path(served.path).name}", path=served.path)
 
+    def engine_adapter(self, base_model: str, target: str) -> AdapterRef | None:
+        """What the engine loads for a chat target (``"base"`` or ``"adapter:<id>"``): the adapter or its export.
+
+        The /v1 API resolves its ``model`` through here, so API requests and playground panes
+        share one export and one engine slot. Raises :class:`NoPlainExport` for adapters only
+        PEFT can serve.
+        """
+        return self._engine_ref(base_model, self._adapter_ref(base_model, target))
+
     def serving_info(self, base_model: str, target: str) -> dict[str, Any]:
         """How ``target`` is served: ``{"served_by": "engine" | "engine-export" | "peft", "description", ...}``.
 

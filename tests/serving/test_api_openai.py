@@ -332,16 +332,25 @@ def test_a_disconnected_stream_is_cancelled(studio, monkeypatch):
     assert scheduler.idle() and engine.bank.pinned() == {}  # its adapter slot is free again
 
 
-def test_an_adapter_the_engine_refuses_is_a_400_naming_the_reason(studio, registry, base_dir, make_adapter, tmp_path):
+def test_dora_is_served_through_its_export_and_what_only_peft_can_serve_is_a_400(
+    studio, registry, base_dir, make_adapter, tmp_path
+):
     dora = make_adapter(
         base_dir, tmp_path / "dora", seed=5, r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj"]
     )
     row = registry.add_adapter(name="dora", variant="dora", base_model=studio.base, path=str(dora), sha256="0" * 64)
+    embed = make_adapter(base_dir, tmp_path / "embed", seed=6, r=2, target_modules=["embed_tokens"])
+    refused = registry.add_adapter(name="embed", variant="lora", base_model=studio.base, path=str(embed), sha256="0" * 64)
     _, url = studio.serve()
     client = studio.client(url)
+    # DoRA has a plain-LoRA export (SVD at its rank): the engine serves it, as in the playground.
+    reply = client.chat.completions.create(model=f"adapter-{row.id}", messages=CHAT, max_tokens=3, temperature=0)
+    assert reply.usage.completion_tokens >= 1
+    assert any(p.name.startswith("served_lora_") for p in dora.iterdir())
+    # LoRA on the embeddings has no export the engine reads: a 400 that says why.
     for stream in (False, True):
-        with pytest.raises(openai.BadRequestError) as refused:
-            client.chat.completions.create(model=f"adapter-{row.id}", messages=CHAT, max_tokens=4, stream=stream)
-        assert refused.value.body["code"] == "model_not_servable" and "DoRA" in refused.value.body["message"]
+        with pytest.raises(openai.BadRequestError) as error:
+            client.chat.completions.create(model=f"adapter-{refused.id}", messages=CHAT, max_tokens=4, stream=stream)
+        assert error.value.body["code"] == "model_not_servable" and "embedding" in error.value.body["message"].lower()
     # The engine goes on serving the others.
     assert client.chat.completions.create(model="r2", messages=CHAT, max_tokens=2).choices
