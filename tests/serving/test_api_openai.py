@@ -340,7 +340,9 @@ def test_dora_is_served_through_its_export_and_what_only_peft_can_serve_is_a_400
     )
     row = registry.add_adapter(name="dora", variant="dora", base_model=studio.base, path=str(dora), sha256="0" * 64)
     embed = make_adapter(base_dir, tmp_path / "embed", seed=6, r=2, target_modules=["embed_tokens"])
-    refused = registry.add_adapter(name="embed", variant="lora", base_model=studio.base, path=str(embed), sha256="0" * 64)
+    refused = registry.add_adapter(
+        name="embed", variant="lora", base_model=studio.base, path=str(embed), sha256="0" * 64
+    )
     _, url = studio.serve()
     client = studio.client(url)
     # DoRA has a plain-LoRA export (SVD at its rank): the engine serves it, as in the playground.
