@@ -286,3 +286,38 @@ def test_training_learns_each_users_continuation(tmp_path):
     # (one shared LoRA could at best split the odds: ~log 2 over the 5 answer tokens for both answers).
     assert answer_loss("sunny", "sunny") < 0.25 * answer_loss("sunny", "gloomy")
     assert answer_loss("gloomy", "gloomy") < 0.25 * answer_loss("gloomy", "sunny")
+
+
+def test_generate_with_mixed_users_equals_each_user_alone():
+    pm = personalised()
+    x = ids(rows=2, length=4)
+    with pm.using(["alice", "carol"]), torch.no_grad():
+        both = pm.model.generate(input_ids=x, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    for row, user in enumerate(["alice", "carol"]):
+        with pm.using(user), torch.no_grad():
+            alone = pm.model.generate(input_ids=x[row : row + 1], max_new_tokens=5, do_sample=False, pad_token_id=0)
+        assert both[row].tolist() == alone[0].tolist()
+
+
+def test_user_features_file_feeds_the_feature_gate(tmp_path):
+    from studio.composition.user_features import features_matrix, read_user_features
+    from studio.errors import ValidationFailed
+
+    jsonl = tmp_path / "f.jsonl"
+    jsonl.write_text(
+        "".join(json.dumps({"author": u, "features": [i, 1.0 - i, 0.5]}) + "\n" for i, u in enumerate(USERS))
+    )
+    csv_file = tmp_path / "f.csv"
+    csv_file.write_text("author,x,y,z\n" + "".join(f"{u},{i},{1.0 - i},0.5\n" for i, u in enumerate(USERS)))
+    from_jsonl = read_user_features(jsonl, "author")
+    assert from_jsonl == read_user_features(csv_file, "author")
+    matrix = features_matrix(from_jsonl, USERS)
+    assert matrix.shape == (3, 3) and matrix[2].tolist() == [2.0, -1.0, 0.5]
+    pm = personalised(features=matrix, feature_dim=3)
+    torch.testing.assert_close(pm.gate.features, matrix)
+    with pytest.raises(ValidationFailed, match="no feature vector"):
+        features_matrix(from_jsonl, ["alice", "dave"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("author,x\nalice,1\nbob,oops\n")
+    with pytest.raises(ValidationFailed, match="row 2"):
+        read_user_features(bad, "author")
