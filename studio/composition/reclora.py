@@ -183,6 +183,8 @@ class PersonalisedModel(nn.Module):
     Run it as ``pm(input_ids=..., users=[...])`` (one user per row, or one for the whole
     batch) or with explicit ``alphas`` (rows, K); or wrap any call of the base model
     (``generate`` included) in ``with pm.using(users): ...``. The base weights are frozen.
+    With activation checkpointing on, run the backward pass inside ``pm.using(...)`` too: the
+    recomputed layers read α from there (``pm(...)`` alone clears it on return).
     """
 
     def __init__(

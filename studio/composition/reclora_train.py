@@ -65,10 +65,17 @@ def encode_user_rows(
     return [dict(example, user=user) for example, user in zip(encoded.examples, kept, strict=True)]
 
 
-def personalised_loss(pm: PersonalisedModel, batch: dict[str, Any], users: Sequence[str]) -> torch.Tensor:
-    """Mean next-token loss of one padded batch, each row under its own user's α."""
-    with pm.using(list(users)):
+def personalised_loss(pm: PersonalisedModel, batch: dict[str, Any], users: Sequence[str] | None = None) -> torch.Tensor:
+    """Mean next-token loss of one padded batch, each row under its own user's α.
+
+    Without ``users`` the caller has set them (``with pm.using(users): ...``), which is needed
+    when the backward pass recomputes layers (activation checkpointing) and must see the same α.
+    """
+    if users is None:
         total, _ = loss_sum(pm.model, batch, "causal-lm")
+    else:
+        with pm.using(list(users)):
+            total, _ = loss_sum(pm.model, batch, "causal-lm")
     return total / max(1, target_count(batch, "causal-lm"))
 
 
@@ -122,9 +129,11 @@ def train_personalised(
         chosen, order = order[:batch_size], order[batch_size:]
         picked = [examples[i] for i in chosen]
         batch = {k: v.to(device) for k, v in collate(picked, pad_id).items()}
-        loss = personalised_loss(pm, batch, [e["user"] for e in picked])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # Backward inside the users' context: activation checkpointing recomputes layers there.
+        with pm.using([e["user"] for e in picked]):
+            loss = personalised_loss(pm, batch)
+            loss.backward()
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(meta + gate, max_grad_norm)
         optimizer.step()

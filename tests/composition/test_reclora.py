@@ -321,3 +321,25 @@ def test_user_features_file_feeds_the_feature_gate(tmp_path):
     bad.write_text("author,x\nalice,1\nbob,oops\n")
     with pytest.raises(ValidationFailed, match="row 2"):
         read_user_features(bad, "author")
+
+
+def test_training_with_activation_checkpointing_matches_plain_training():
+    from conftest_training import chat_rows, make_tokenizer
+
+    tokenizer = make_tokenizer()
+    rows = [dict(row, persona=f"p{i % 3}") for i, row in enumerate(chat_rows(6))]
+
+    def run(checkpointing: bool) -> list[float]:
+        base = fresh_base(vocab_size=len(tokenizer), init_range=0.3)
+        if checkpointing:
+            base.gradient_checkpointing_enable()
+        torch.manual_seed(2)
+        cfg = RecLoRAConfig(n_meta=2, rank=2, lora_alpha=4, target_modules=TARGETS)
+        pm = PersonalisedModel(base, users_of(rows, "persona"), cfg)
+        return train_personalised(
+            pm, tokenizer, rows, user_column="persona", steps=4, batch_size=3, learning_rate=2e-2
+        ).losses
+
+    plain, checkpointed = run(False), run(True)
+    assert plain[-1] < plain[0]
+    assert checkpointed == pytest.approx(plain, rel=1e-5)
