@@ -31,7 +31,6 @@ records each token's top-1 expert (for the heatmap), so a plain forward pays for
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -177,7 +176,9 @@ class MeteoRAModel(nn.Module):
             raise StudioError(f"top_k must be between 1 and the number of experts ({len(experts)}), not {top_k}")
         if temperature <= 0:
             raise StudioError(f"the routing temperature must be positive, not {temperature}")
-        self.targets = _common_targets(experts)
+        # In the model's own module order (= forward order): layer by layer, attention before MLP.
+        position = {name: i for i, (name, _) in enumerate(base_model.named_modules())}
+        self.targets = sorted(_common_targets(experts), key=lambda name: position.get(name, len(position)))
         self.refs = list(refs)
         self.train_experts = train_experts
         self.seed = seed
@@ -358,9 +359,4 @@ def _common_targets(experts: Sequence[HostAdapter]) -> list[str]:
                 f"experts {experts[0].key} and {expert.key} target different modules (only in the first: "
                 f"{only_first}; only in the second: {only_other}); train the experts with the same target modules"
             )
-    return sorted(first, key=_module_order)
-
-
-def _module_order(name: str) -> tuple:
-    """Sort modules by layer number, then by name (``layers.10`` after ``layers.9``)."""
-    return tuple(int(part) if part.isdigit() else math.inf for part in name.split(".")) + (name,)
+    return sorted(first)
