@@ -236,3 +236,21 @@ def routing_report(
         "usage": (counts / totals.unsqueeze(1)).tolist(),
         "positions": counts.sum(dim=1).tolist(),
     }
+
+
+@torch.no_grad()
+def prompt_routing(mixture: MeteoRAModel, tokenizer: Any, text: str) -> tuple[list[str], dict[str, list[int]]]:
+    """(tokens of ``text``, module -> each token's top-1 expert) for :func:`meteora_charts.routing_heatmap`.
+
+    Uses the mixture's current routing settings (temperature does not change the top-1 choice).
+    """
+    ids = tokenizer(text, return_tensors="pt")["input_ids"].to(mixture.device)
+    was_training = mixture.training
+    mixture.eval()
+    try:
+        with mixture.record_choices() as recording:
+            mixture(input_ids=ids, use_cache=False)
+    finally:
+        mixture.train(was_training)
+    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    return tokens, {name: choice[0].tolist() for name, choice in recording.per_module().items()}

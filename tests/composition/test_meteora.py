@@ -212,3 +212,25 @@ def test_experts_must_target_the_same_modules(base_dir, expert_dirs, tmp_path):
         _mixture(base_dir, [expert_dirs[0]])
     with pytest.raises(StudioError, match="top_k"):
         _mixture(base_dir, expert_dirs[:2], top_k=3)
+
+
+def test_charts_show_the_chosen_expert_per_token_and_the_usage_per_task(base_dir, expert_dirs, tokenizer):
+    from studio.composition.meteora_charts import expert_usage_figure, routing_heatmap
+    from studio.composition.meteora_training import prompt_routing
+
+    mixture = _mixture(base_dir, expert_dirs, top_k=2)
+    tokens, choices = prompt_routing(mixture, tokenizer, "what color is the sky")
+    assert tokens == ["what", "color", "is", "the", "sky"]
+    assert list(choices) == list(mixture.targets) and all(len(c) == 5 for c in choices.values())
+    names = ["colours", "numbers", "chat"]
+    heat = routing_heatmap(tokens, choices, names).data[0]
+    assert [list(row) for row in heat.z] == list(choices.values())
+    assert list(heat.y)[:2] == ["L0 q_proj", "L0 v_proj"] and list(heat.colorbar.ticktext) == names
+
+    report = routing_report(mixture, tokenizer, [[{"text": "sky blue"}], [{"text": "one two"}], [{"text": "hi"}]])
+    bars = expert_usage_figure(report["usage"], ["a", "b", "c"], names).data
+    assert [b.name for b in bars] == names
+    assert all(n > 0 for n in report["positions"])
+    for t in range(3):  # each task's shares over the experts sum to 1
+        assert sum(b.y[t] for b in bars) == pytest.approx(1.0)
+    assert routing_heatmap([], {}, names).layout.annotations  # an empty chart says why it is empty
