@@ -281,6 +281,51 @@ class MergeRequest(StudioModel):
         return [1.0 / n] * n if METHODS[self.method].averages else [1.0] * n
 
 
+class MixtureSettings(StudioModel):
+    """MeteoRA mixture settings (composition spec §2 defaults): routing plus the router training run.
+
+    Shared by the mixture job's request, its form, the CLI and
+    :func:`studio.composition.meteora_training.train_mixture`.
+    """
+
+    top_k: int = Field(
+        2, ge=1, le=64, description="Experts each token uses in every layer (at most the number of experts)."
+    )
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="Softmax temperature over the chosen experts' router scores; 1 in training, 15-30 blends "
+        "experts more evenly for prompts that mix several tasks.",
+    )
+    gate_loss_weight: float = Field(
+        50.0, ge=0, le=1000, description="Weight of the routing loss (which expert belongs to each example's task)."
+    )
+    train_experts: bool = Field(False, description="Also fine-tune the experts' LoRA weights (default: routers only).")
+    strategy: Literal["auto", "gather", "loop"] = Field(
+        "auto",
+        description="How the chosen experts are computed: gather (one batched matmul over every token and expert), "
+        "loop (one matmul per expert), or auto (gather for short inputs, loop for long ones). Same results.",
+    )
+    learning_rate: float = Field(5e-4, gt=0, le=1.0, description="Peak learning rate of AdamW.")
+    epochs: float = Field(
+        1.0, gt=0, le=100, description="Passes over all experts' rows (ignored when max_steps is set)."
+    )
+    max_steps: int | None = Field(None, ge=1, le=1_000_000, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, ge=1, le=512, description="Examples per optimizer step, drawn from all tasks.")
+    max_length: int = Field(512, ge=16, le=32_768, description="Longer examples are truncated to this many tokens.")
+    warmup_ratio: float = Field(
+        0.005, ge=0, le=0.5, description="Fraction of steps spent warming up the learning rate."
+    )
+    weight_decay: float = Field(0.01, ge=0, le=1.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(0.3, ge=0, le=100, description="Gradient clipping threshold (0 = off).")
+    loss_on: Literal["response", "full"] = Field(
+        "response", description="Language-model loss on the response only (default) or on the whole text."
+    )
+    log_every: int = Field(5, ge=1, le=10_000, description="Report training metrics every N steps.")
+    seed: int = Field(42, ge=0, description="Seed of the routers' initialisation, the shuffling and dropout.")
+
+
 AnyRequest = CheckRequest | TrainRequest | EvalRequest | MergeRequest
 JobRequest = Annotated[AnyRequest, Field(discriminator="kind")]
 _REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobRequest)
