@@ -181,3 +181,54 @@ def lora_fair(a_list, b_list, weights, *, solver: str = "iterative", lam: float 
     else:
         raise ValueError(f"unknown LoRA-FAIR solver {solver!r}: use 'iterative' or 'ridge'")
     return a_bar, (b_bar.double() + report.delta_b.double()).to(b_bar.dtype), report
+
+
+# -- a whole adapter: {module: (A, B)} per client ---------------------------------------------------------
+
+METHODS = ("fedit", "ffa", "flora", "lora_fair")
+
+
+def aggregate_modules(
+    method: str,
+    updates: Sequence[dict[str, tuple[torch.Tensor | None, torch.Tensor]]],
+    weights: Sequence[float],
+    *,
+    previous: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    scale: float = 1.0,
+    fair_solver: str = "iterative",
+    fair_lambda: float = FAIR_LAMBDA,
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, FairCorrection]]:
+    """The next global state of every module from the clients' ``(A_k, B_k)`` (A is None for FFA).
+
+    - fedit / lora_fair: the global adapter (Ā, B̄) or (Ā, B̄ + ΔB), in the clients' parameterisation;
+    - ffa: (A of ``previous``, B̄) — the server's seeded A never travels;
+    - flora: ``previous`` (the stack merged so far, scale 1) with this round's stack appended;
+      ``scale`` (alpha / r of the clients' LoRA) is folded into the new B blocks.
+
+    Returns (state, {module: LoRA-FAIR report}) — the reports are empty for other methods.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown federated method {method!r}: one of {', '.join(METHODS)}")
+    modules = set(updates[0]) if updates else set()
+    if not updates or any(set(u) != modules for u in updates):
+        raise ValueError("clients must send the same, non-empty set of modules")
+    state, reports = {}, {}
+    for name in sorted(modules):
+        a_list = [u[name][0] for u in updates]
+        b_list = [u[name][1] for u in updates]
+        if method == "fedit":
+            state[name] = fedit(a_list, b_list, weights)
+        elif method == "lora_fair":
+            a_bar, b_new, reports[name] = lora_fair(a_list, b_list, weights, solver=fair_solver, lam=fair_lambda)
+            state[name] = (a_bar, b_new)
+        elif method == "ffa":
+            if previous is None or name not in previous:
+                raise ValueError(f"FFA-LoRA needs the server's frozen A of {name}")
+            state[name] = (previous[name][0], ffa(b_list, weights))
+        else:
+            a_s, b_s = flora_stack(a_list, b_list, weights, [scale] * len(updates))
+            if previous is not None and name in previous and previous[name][0].shape[0] > 0:
+                a_s = torch.cat([previous[name][0], a_s], dim=0)
+                b_s = torch.cat([previous[name][1], b_s], dim=1)
+            state[name] = (a_s, b_s)
+    return state, reports
