@@ -19,6 +19,7 @@ memory estimate decides checkpointing and the micro-batch size before the first 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -129,12 +130,14 @@ def run_training(
     resume_checkpoint: str | None = None,
     dataset: TrainingData,
     base_path: Path | None = None,
+    init_model: Callable[[Any], None] | None = None,
 ) -> TrainingResult:
     """Train ``request.variant`` on ``dataset``; returns the trained model and its metrics.
 
     ``base_path`` is the resolved base model directory (resolved from the request
     through the settings when omitted). Raises JobCancelled after writing a checkpoint
-    when cancellation is requested.
+    when cancellation is requested. ``init_model`` is called on the built (wrapped) model
+    before the optimizer exists: a federated client loads the server's global adapter there.
     """
     import torch
 
@@ -191,6 +194,8 @@ def run_training(
     )
     torch.manual_seed(request.seed)
     model = variant.build(ctx).to(torch_device)
+    if init_model is not None:
+        init_model(model)
     model.train()
 
     start = 0

@@ -1,0 +1,3 @@
+"""Tiny models and chat data for the federated tests (see tests/conftest_training.py)."""
+
+from conftest_training import tiny_llama_dir  # noqa: F401  (fixtures are found by name)
