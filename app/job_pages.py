@@ -287,6 +287,24 @@ def _check_describe(services: Any, job: Any) -> list[str]:
     return lines
 
 
+# Personalised (RecLoRA) ------------------------------------------------------------------------------
+
+
+def _personalise_describe(services: Any, job: Any) -> list[str]:
+    request, result = job.request or {}, job.result or {}
+    lines = [
+        f"Trains {request.get('n_meta')} shared meta-LoRAs of rank {request.get('rank')} per module and a per-user "
+        f"gate on dataset #{request.get('dataset_id')}, users from column '{_esc(request.get('user_column'))}'."
+    ]
+    if job.status == "succeeded" and result.get("adapter_id"):
+        made = _made(services, result["adapter_id"])
+        lines.append(
+            f"{made}: {result.get('users')} users; export one with `studio export {result['adapter_id']} --user NAME`, "
+            f"or chat as a user through /v1 with the `user` field."
+        )
+    return lines
+
+
 def _generic_describe(services: Any, job: Any) -> list[str]:
     return []
 
@@ -296,5 +314,6 @@ VIEWS: dict[str, KindView] = {
     "eval": KindView("evaluation", "batch", "batches", _eval_describe, _eval_chart, "Scores"),
     "merge": KindView("merge", None, None, _merge_describe),
     "check": KindView("system check", "step", "steps", _check_describe, _loss_chart, "Loss"),
+    "personalise": KindView("personalised training", "step", "steps", _personalise_describe, _loss_chart, "Loss"),
 }
 GENERIC = KindView("job", "step", "steps", _generic_describe)

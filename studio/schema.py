@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from studio.errors import ValidationFailed
 from studio.merging.registry import METHOD_NAMES, METHODS
@@ -326,10 +335,79 @@ class MixtureSettings(StudioModel):
     seed: int = Field(42, ge=0, description="Seed of the routers' initialisation, the shuffling and dropout.")
 
 
-AnyRequest = CheckRequest | TrainRequest | EvalRequest | MergeRequest
+
+# Validation context key: the dataset's column names, when the caller has them (the job service does).
+DATASET_COLUMNS = "dataset_columns"
+
+
+def missing_column_message(column: str, columns: list[str]) -> str:
+    """'the dataset has no column 'x'; its columns: a, b, c' (shared by the schema and the job handler)."""
+    listed = ", ".join(repr(c) for c in columns) if columns else "(none recorded)"
+    return f"the dataset has no column {column!r}; its columns: {listed}"
+
+
+class PersonaliseRequest(StudioModel):
+    """RecLoRA: K shared meta-LoRAs per module mixed per user by a learned gate, trained on a dataset with a user column.
+
+    The result is a *bundle* (meta-LoRAs + gate + user map), registered as an adapter of
+    variant ``reclora``; any user's adapter exports as a standard PEFT LoRA of rank K·r.
+    ``user_column`` is checked against the dataset's columns when the validation context
+    holds them (``{"dataset_columns": [...]}``, as the job service passes it).
+    """
+
+    kind: Literal["personalise"] = "personalise"
+    name: str | None = Field(None, max_length=200, description="Name of the resulting personalised adapter.")
+    dataset_id: int = Field(..., ge=1, description="Registered dataset whose rows name their user.")
+    user_column: str = Field(
+        ..., min_length=1, max_length=200, description="The column naming each row's user (customer, persona, author)."
+    )
+    user_features_path: str | None = Field(
+        None,
+        description="Optional JSONL/JSON/CSV file of per-user feature vectors (see studio.composition.user_features); "
+        "set: the gate reads the features instead of learning an embedding per user.",
+    )
+    base_model: str = Field(..., min_length=1, description="Bundled model name, Hugging Face id or local directory.")
+    n_meta: int = Field(4, ge=1, le=64, description="K: meta-LoRAs per module (the paper suggests 4-8).")
+    rank: int = Field(8, ge=1, le=256, description="r: rank of each meta-LoRA; a user's export has rank K·r.")
+    lora_alpha: float = Field(16.0, gt=0, le=4096, description="Scale s = lora_alpha / r of every meta-LoRA.")
+    target_modules: list[str] | None = Field(
+        None, description="Linear layer names to adapt; empty: every attention and MLP linear."
+    )
+    gate_dim: int = Field(16, ge=1, le=4096, description="Size of the learned per-user embedding.")
+    steps: int = Field(100, ge=1, le=1_000_000, description="Optimizer steps.")
+    batch_size: int = Field(8, ge=1, le=512, description="Rows per step (users mixed within a batch).")
+    learning_rate: float = Field(1e-3, gt=0, le=1.0, description="AdamW learning rate of meta-LoRAs and gate.")
+    max_length: int = Field(512, ge=16, le=32_768, description="Longer rows are truncated to this many tokens.")
+    loss_on: Literal["response", "full"] = Field("response", description="Loss on the response only, or everything.")
+    log_every: int = Field(5, ge=1, le=10_000, description="Report the loss every N steps.")
+    seed: int = Field(42, ge=0, description="Seed of initialisation and shuffling.")
+
+    @field_validator("user_column")
+    @classmethod
+    def _known_column(cls, value: str, info: ValidationInfo) -> str:
+        columns = (info.context or {}).get(DATASET_COLUMNS)
+        if columns is not None and value not in columns:
+            raise ValueError(missing_column_message(value, list(columns)))
+        return value
+
+    def reclora_config(self, feature_dim: int | None = None):
+        """The RecLoRAConfig this request builds (feature mode when ``feature_dim`` is given)."""
+        from studio.composition.reclora import RecLoRAConfig
+
+        return RecLoRAConfig(
+            n_meta=self.n_meta,
+            rank=self.rank,
+            lora_alpha=self.lora_alpha,
+            target_modules=self.target_modules,
+            gate_dim=self.gate_dim,
+            feature_dim=feature_dim,
+        )
+
+
+AnyRequest = CheckRequest | TrainRequest | EvalRequest | MergeRequest | PersonaliseRequest
 JobRequest = Annotated[AnyRequest, Field(discriminator="kind")]
 _REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobRequest)
-JOB_KINDS = ("check", "train", "eval", "merge")
+JOB_KINDS = ("check", "train", "eval", "merge", "personalise")
 
 
 def parse_request(data: dict[str, Any]) -> AnyRequest:

@@ -48,7 +48,7 @@ class Completions:
 
     def prepare_chat(self, body: ChatCompletionRequest) -> Prepared:
         """The chat rendered with the model's chat template, tokenised and checked against the context."""
-        target, scheduler = self._target(body.model)
+        target, scheduler = self._target(body.model, body.user)
         tokenizer = scheduler.engine.tokenizer
         text = prompt_text(tokenizer, [m.as_engine_message() for m in body.messages])
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -56,7 +56,7 @@ class Completions:
 
     def prepare_completion(self, body: CompletionRequest) -> Prepared:
         """The prompt as given (token ids are taken as they are; text gets the tokenizer's special tokens)."""
-        target, scheduler = self._target(body.model)
+        target, scheduler = self._target(body.model, body.user)
         if isinstance(body.prompt, str):
             ids = list(scheduler.engine.tokenizer(body.prompt)["input_ids"])
         else:
@@ -66,14 +66,20 @@ class Completions:
             ids = list(body.prompt)
         return self._prepared(body, target, scheduler, ids, "prompt")
 
-    def _target(self, model: str) -> tuple[Target, Scheduler]:
+    def _target(self, model: str, user: str | None = None) -> tuple[Target, Scheduler]:
+        """Where ``model`` runs; for a personalised (RecLoRA) adapter ``user`` picks the user's mixture.
+
+        OpenAI's ``user`` field ("a unique identifier representing your end-user") is reused:
+        a personalised adapter serves that user's own mixture (an unknown or absent user: the
+        mean gate), exported once per user actually served; other models ignore it.
+        """
         try:
             target = self.catalog.resolve(model)
         except NotFoundError:
             raise model_not_found(model) from None
         if target.adapter is not None:
             # DoRA, MiSS, LoRAPrune…: the playground's plain-LoRA export (same cache, same slot).
-            engine_ref = self.playground.engine_adapter(target.base_model, f"adapter:{target.adapter_id}")
+            engine_ref = self.playground.engine_adapter(target.base_model, f"adapter:{target.adapter_id}", user)
             target = replace(target, adapter=engine_ref)
         return target, self.playground.schedulers.get(target.base_model)
 

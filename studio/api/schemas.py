@@ -53,7 +53,11 @@ class SamplingFields(ApiModel):
     stream_options: StreamOptions | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    user: str | None = None
+    user: str | None = Field(
+        None,
+        description="A unique identifier of your end-user (OpenAI's field). For a personalised (RecLoRA) adapter "
+        "it picks that user's mixture; an unknown user gets the mean gate. Other models ignore it.",
+    )
 
     @field_validator("n")
     @classmethod

@@ -1,4 +1,4 @@
-"""`studio adapters` (list) and `studio export ID --out DIR [--as-lora-rank R | --merged-model | --pruned-model]`."""
+"""`studio adapters` (list) and `studio export ID --out DIR [--as-lora-rank R | --merged-model | --pruned-model | --user U]`."""
 
 from __future__ import annotations
 
@@ -67,12 +67,27 @@ def adapters_cmd(variant: str | None, base_model: str | None) -> None:
     is_flag=True,
     help="LoRAPrune adapters: write the physically pruned model (LoRA merged in, pruned heads and channels removed).",
 )
+@click.option(
+    "--user",
+    default=None,
+    help="Personalised (RecLoRA) adapters: write this user's adapter as a standard PEFT LoRA of rank K·r "
+    "(a user the adapter does not know gets the mean gate).",
+)
 def export_cmd(
-    adapter_id: int, out_dir: Path, as_lora_rank: int | None, merged_model: bool, pruned_model: bool
+    adapter_id: int, out_dir: Path, as_lora_rank: int | None, merged_model: bool, pruned_model: bool, user: str | None
 ) -> None:
     """Export adapter ADAPTER_ID to a directory as a standard PEFT checkpoint (or a merged or pruned model)."""
-    if sum([merged_model, pruned_model, as_lora_rank is not None]) > 1:
-        raise StudioError("--merged-model, --pruned-model and --as-lora-rank are alternatives; choose one")
+    if sum([merged_model, pruned_model, as_lora_rank is not None, user is not None]) > 1:
+        raise StudioError("--merged-model, --pruned-model, --as-lora-rank and --user are alternatives; choose one")
+    if user is not None or _is_personalised(adapter_id):
+        if user is None:
+            raise StudioError(f"adapter {adapter_id} is personalised (RecLoRA): name the user with --user")
+        from studio.cli.common import services
+
+        done = services().personalised.export_user(adapter_id, user, out_dir)
+        who = f"user {user!r}" if done.known_user else f"unknown user {user!r} (the mean gate)"
+        click.echo(f"exported {who} of adapter {adapter_id} to {done.path} (a standard PEFT LoRA)")
+        return
     if pruned_model:
         path = _services().export_pruned_model(adapter_id, out_dir)
         click.echo(f"wrote the pruned model of adapter {adapter_id} to {path} (see its README.md to load it)")
@@ -94,3 +109,9 @@ def export_cmd(
                 f"on fixed text the export's logits differ from the adapter's by {report.output_error:.2%} "
                 "of the adapter's whole effect on the base model"
             )
+
+
+def _is_personalised(adapter_id: int) -> bool:
+    from studio.cli.common import services
+
+    return services().registry.get_adapter(adapter_id).variant == "reclora"

@@ -18,6 +18,7 @@ HANDLERS: dict[str, str] = {
     "train": "studio.training.job:run_train_job",
     "eval": "studio.evaluation.job:run_eval_job",
     "merge": "studio.merging.job:run_merge_job",
+    "personalise": "studio.composition.reclora_job:run_personalise_job",
 }
 
 Handler = Callable[..., dict[str, Any]]

@@ -32,6 +32,13 @@ class Services:
         return AdapterService(self.registry, self.settings)
 
     @cached_property
+    def personalised(self):
+        """Users and per-user adapters of RecLoRA bundles."""
+        from studio.services.personalised import PersonalisedService
+
+        return PersonalisedService(self.registry, self.settings)
+
+    @cached_property
     def playground(self):
         """The process's one serving engine (per base model) and PEFT pool: the playground and the /v1 API share it."""
         from studio.services.playground import PlaygroundService

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from studio.errors import NotFoundError
-from studio.schema import AnyRequest, CheckRequest, EvalRequest, MergeRequest, TrainRequest
+from studio.schema import AnyRequest, CheckRequest, EvalRequest, MergeRequest, PersonaliseRequest, TrainRequest
 
 MAX_NAME = 200  # what the jobs table's name column holds
 
@@ -48,6 +48,14 @@ def _merge_name(request: MergeRequest, registry: Any) -> str:
     return f"{name} → '{request.name}'" if request.name else name
 
 
+def _personalise_name(request: PersonaliseRequest, registry: Any) -> str:
+    name = (
+        f"RecLoRA K={request.n_meta} r={request.rank} on {_named(registry.get_dataset, request.dataset_id)} "
+        f"by {request.user_column!r}"
+    )
+    return f"{name} → '{request.name}'" if request.name else name
+
+
 def _check_name(request: CheckRequest, registry: Any) -> str:
     return f"system check, {request.steps} steps"
 
@@ -57,6 +65,7 @@ NAMERS: dict[type, Callable[[Any, Any], str]] = {
     EvalRequest: _eval_name,
     MergeRequest: _merge_name,
     CheckRequest: _check_name,
+    PersonaliseRequest: _personalise_name,
 }
 
 

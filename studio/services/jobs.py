@@ -17,6 +17,7 @@ from studio.schema import (
     EvalRequest,
     JobFilters,
     MergeRequest,
+    PersonaliseRequest,
     TrainRequest,
     parse_request,
 )
@@ -102,11 +103,31 @@ class JobService:
             if not adapters and not request.base_model:
                 raise StudioError("an evaluation needs an adapter or a base model")
             common_base(request.base_model, adapters)  # one base for every model compared
+        if isinstance(request, PersonaliseRequest):
+            self._check_personalise(request)
         if isinstance(request, MergeRequest):
             from studio.merging.checks import check_mergeable
 
             parents = [self.registry.get_adapter(adapter_id) for adapter_id in request.adapter_ids]
             check_mergeable(parents, request.method)
+
+    def _check_personalise(self, request: PersonaliseRequest) -> None:
+        """The dataset exists, the user column is one of its columns, the features file is there."""
+        from pathlib import Path
+
+        from pydantic import ValidationError
+
+        from studio.composition.reclora_data import dataset_columns
+        from studio.errors import ValidationFailed
+        from studio.schema import DATASET_COLUMNS, format_validation_error
+
+        columns = dataset_columns(self.registry.get_dataset(request.dataset_id))
+        try:
+            PersonaliseRequest.model_validate(request.model_dump(), context={DATASET_COLUMNS: columns})
+        except ValidationError as exc:
+            raise ValidationFailed(format_validation_error(exc)) from None
+        if request.user_features_path and not Path(request.user_features_path).is_file():
+            raise ValidationFailed(f"user_features_path: {request.user_features_path} is not a file")
 
     def cancel(self, job_id: int) -> str:
         """Ask a job to stop. Queued jobs stop at once; running ones at their next step."""

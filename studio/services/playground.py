@@ -59,6 +59,7 @@ from studio.settings import Settings
 logger = logging.getLogger(__name__)
 
 BASE_TARGET = "base"
+RECLORA_VARIANT = "reclora"  # studio.composition.reclora_job.VARIANT (not imported: it pulls in torch code)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class PlaygroundService:
             out.append(Target(f"adapter:{row.id}", f"#{row.id} {row.name} ({row.variant})"))
         return out
 
-    def _adapter_ref(self, base_model: str, target: str) -> AdapterRef | None:
+    def _adapter_ref(self, base_model: str, target: str, user: str | None = None) -> AdapterRef | None:
         if target in (None, "", BASE_TARGET):
             return None
         kind, _, raw_id = target.partition(":")
@@ -139,9 +140,27 @@ class PlaygroundService:
                 f"adapter #{row.id} was trained on {row.base_model}, not {base_model}; "
                 "pick that base model to chat with it"
             )
+        if row.variant == RECLORA_VARIANT:
+            return self._user_ref(row, user)
         key = f"adapter_{row.id}"
         self._variants[key], self._ids[key] = row.variant, row.id
         return AdapterRef(key=key, path=row.path)
+
+    def _user_ref(self, row: Any, user: str | None) -> AdapterRef:
+        """A RecLoRA bundle served for one user: that user's mixture as a plain PEFT LoRA.
+
+        The user's factors are exported to ``<bundle>/users/<safe name>/`` on the first request
+        for that user (keyed bundle + user, so the engine's bank pages it like any adapter);
+        unknown and absent users share the mean gate's folder. This writes one small file set
+        per user actually served, never one for every user of the bundle.
+        """
+        from studio.composition.reclora_users import cached_user_adapter
+
+        with self._export_lock:  # one writer per process; the rename in cached_user_adapter covers processes
+            path, _known = cached_user_adapter(row.path, user)
+        key = f"adapter_{row.id}@user-{path.name}"
+        self._variants[key], self._ids[key] = "lora", row.id  # a plain LoRA: the engine reads it as it is
+        return AdapterRef(key=key, path=str(path))
 
     def _plain_export(self, base_model: str, ref: AdapterRef) -> ServedLora | None:
         """The adapter's plain-LoRA export for the engine (None: the engine reads it as it is).
@@ -191,14 +210,15 @@ class PlaygroundService:
             return ref
         return AdapterRef(key=f"{ref.key}@{Path(served.path).name}", path=served.path)
 
-    def engine_adapter(self, base_model: str, target: str) -> AdapterRef | None:
+    def engine_adapter(self, base_model: str, target: str, user: str | None = None) -> AdapterRef | None:
         """What the engine loads for a chat target (``"base"`` or ``"adapter:<id>"``): the adapter or its export.
 
         The /v1 API resolves its ``model`` through here, so API requests and playground panes
         share one export and one engine slot. Raises :class:`NoPlainExport` for adapters only
-        PEFT can serve.
+        PEFT can serve. ``user`` picks the user's mixture of a personalised (RecLoRA) adapter (an
+        unknown or absent user gets the mean gate); other adapters ignore it.
         """
-        return self._engine_ref(base_model, self._adapter_ref(base_model, target))
+        return self._engine_ref(base_model, self._adapter_ref(base_model, target, user))
 
     def serving_info(self, base_model: str, target: str) -> dict[str, Any]:
         """How ``target`` is served: ``{"served_by": "engine" | "engine-export" | "peft", "description", ...}``.

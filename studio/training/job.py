@@ -91,7 +91,9 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
     return summary
 
 
-def _record_timings(ctx: JobContext, result: TrainingResult, base_path: Path, rows: int, save_s: float, reporter) -> dict:
+def _record_timings(
+    ctx: JobContext, result: TrainingResult, base_path: Path, rows: int, save_s: float, reporter
+) -> dict:
     """Where the run's time went; kept in the data dir so that later estimates learn from it."""
     from studio.training.duration import record_finished_run
 
