@@ -18,6 +18,7 @@ HANDLERS: dict[str, str] = {
     "train": "studio.training.job:run_train_job",
     "eval": "studio.evaluation.job:run_eval_job",
     "merge": "studio.merging.job:run_merge_job",
+    "pretrain": "studio.sequences.pretrain:run_pretrain_job",
 }
 
 Handler = Callable[..., dict[str, Any]]
