@@ -300,7 +300,9 @@ class PretrainRequest(StudioModel):
         description="Name of the new base model (letters, digits, '.', '_' or '-'). Empty: "
         "seq-encoder-<dataset>-<job>.",
     )
-    dataset_id: int = Field(..., ge=1, description="Registered dataset whose sequences the encoder learns (train rows).")
+    dataset_id: int = Field(
+        ..., ge=1, description="Registered dataset whose sequences the encoder learns (train rows)."
+    )
     sequence_column: str | None = Field(
         None, description="Column holding the sequences. Empty: the one the dataset import detected."
     )

@@ -133,6 +133,17 @@ def test_pretrain_then_lora_classification_on_the_new_base(studio, tmp_path):
     assert "classifier" in config["modules_to_save"]
     assert summary["eval_accuracy"] is not None
 
+    # evaluation per window and per sequence (the windows' logits pooled by their mean)
+    from studio.schema import EvalRequest
+
+    evaluation = EvalRequest(adapter_id=adapter.id, dataset_id=dataset.id, metrics=["accuracy"], max_examples=12)
+    ereporter = MemoryReporter()
+    scored = get_handler("eval")(evaluation, ereporter, studio.ctx(evaluation))
+    metrics = scored["metrics"]
+    assert {"accuracy", "window_accuracy"} <= set(metrics)
+    # 12 sequences scored, so the per-sequence accuracy is a multiple of 1/12
+    assert round(metrics["accuracy"] * 12, 6) == round(metrics["accuracy"] * 12)
+
 
 def test_refuses_a_dataset_without_sequences(studio, tmp_path):
     path = tmp_path / "words.jsonl"
@@ -183,3 +194,24 @@ def test_auto_size_follows_tokens_and_device():
     assert encoder_shape(request, 50_000_000, "cpu")[0] == "small"
     assert encoder_shape(request, 50_000_000, "cuda")[0] == "base"
     assert encoder_shape(PretrainRequest(dataset_id=1, hidden_size=48, num_heads=3), 0, "cpu")[1:] == (48, 2, 3)
+
+
+def test_cli_queues_a_pretrain_job_with_a_time_estimate(monkeypatch, settings, tmp_path):
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+    from studio.cli.common import services
+
+    monkeypatch.setenv("STUDIO_DATA_DIR", str(settings.data_dir))
+    services.cache_clear()
+    added = services().datasets.add(lncrna_subset(tmp_path, 10), mapping={"text": "sequence", "label": "label"})
+    args = ["pretrain", "--dataset", str(added.id), "--name", "enc", "--size", "tiny", "--k", "4"]
+    args += ["--set", "max_steps=5", "--set", "max_length=64", "--set", "window_overlap=8"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "tokenizer overlapping 4-mers" in result.output and "time estimate: about" in result.output
+    assert "queued pre-train job 1" in result.output
+    request = services().jobs.get(1).request
+    assert request["kind"] == "pretrain" and request["k"] == 4 and request["max_steps"] == 5
+    bad = CliRunner().invoke(cli, ["pretrain", "--dataset", str(added.id), "--set", "nope=1"])
+    assert bad.exit_code != 0 and "nope" in str(bad.exception or bad.output)
