@@ -404,10 +404,94 @@ class PersonaliseRequest(StudioModel):
         )
 
 
-AnyRequest = CheckRequest | TrainRequest | EvalRequest | MergeRequest | PersonaliseRequest
+# Names of pre-trained encoders: they become base model names and folder names, so no paths or spaces.
+BASE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+ENCODER_SIZES = ("auto", "tiny", "small", "base")
+
+
+class PretrainRequest(StudioModel):
+    """Pre-train a small BERT-style encoder from scratch on a dataset's sequences (masked-language modelling).
+
+    The result is registered as a base model (encoder + its sequence tokenizer) that later
+    classification training jobs pick by ``name``.
+    """
+
+    kind: Literal["pretrain"] = "pretrain"
+    name: str | None = Field(
+        None,
+        pattern=BASE_NAME_PATTERN,
+        description="Name of the new base model (letters, digits, '.', '_' or '-'). Empty: "
+        "seq-encoder-<dataset>-<job>.",
+    )
+    dataset_id: int = Field(
+        ..., ge=1, description="Registered dataset whose sequences the encoder learns (train rows)."
+    )
+    sequence_column: str | None = Field(
+        None, description="Column holding the sequences. Empty: the one the dataset import detected."
+    )
+    tokenizer: Literal["auto", "nucleotide", "kmer", "protein"] = Field(
+        "auto",
+        description="auto: what the import proposed (overlapping 3-mers for DNA/RNA, single letters for proteins); "
+        "nucleotide: one token per base; kmer: overlapping k-mers; protein: one token per amino acid.",
+    )
+    k: int | None = Field(None, ge=3, le=6, description="k of a k-mer tokenizer (3 to 6). Empty: the proposed k.")
+    size: Literal[ENCODER_SIZES] = Field(  # type: ignore[valid-type]
+        "auto",
+        description="Encoder size: tiny (hidden 64, 2 layers), small (128, 4), base (256, 6); auto picks from "
+        "the number of training tokens and the device. hidden_size/num_layers/num_heads override it.",
+    )
+    hidden_size: int | None = Field(None, ge=16, le=1024, description="Width of the encoder (overrides size).")
+    num_layers: int | None = Field(None, ge=1, le=24, description="Transformer layers (overrides size).")
+    num_heads: int | None = Field(None, ge=1, le=16, description="Attention heads; must divide hidden_size.")
+    max_length: int = Field(
+        512,
+        ge=16,
+        le=4096,
+        description="Window length in tokens (the encoder's position limit); longer sequences are read as "
+        "overlapping windows.",
+    )
+    window_overlap: int = Field(64, ge=0, le=2048, description="Tokens shared by neighbouring windows.")
+    mask_prob: float = Field(
+        0.15,
+        gt=0.0,
+        lt=1.0,
+        description="Share of tokens masked (k-mers: whole spans of k tokens, so a masked k-mer cannot be read "
+        "from its overlapping neighbours).",
+    )
+    epochs: float = Field(1.0, gt=0, le=1000, description="Passes over the windows (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, le=1_000_000, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Windows per optimizer step.")
+    learning_rate: float = Field(5e-4, gt=0, le=1.0, description="Peak AdamW learning rate (linear warm-up and decay).")
+    warmup_ratio: float = Field(0.06, ge=0, le=0.5, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.01, ge=0, le=1.0, description="AdamW weight decay.")
+    validation_fraction: float = Field(
+        0.05, ge=0, le=0.5, description="Share of the sequences held out to report the masked-LM validation loss."
+    )
+    extra_dataset_id: int | None = Field(
+        None, ge=1, description="Another dataset of unlabelled sequences to pre-train on as well (never a test set)."
+    )
+    log_every: int = Field(10, ge=1, le=100_000, description="Report the training loss every N steps.")
+    eval_every: int = Field(100, ge=1, le=1_000_000, description="Compute the validation loss every N steps.")
+    save_every: int = Field(200, ge=1, le=1_000_000, description="Write a resumable checkpoint every N steps.")
+    seed: int = Field(42, ge=0, description="Seed of the initialisation, the masks and the order.")
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> PretrainRequest:
+        if self.extra_dataset_id is not None and self.extra_dataset_id == self.dataset_id:
+            raise ValueError("extra_dataset_id: give another dataset than dataset_id")
+        if self.k is not None and self.tokenizer not in ("auto", "kmer"):
+            raise ValueError("k: only k-mer tokenizers take a k")
+        if self.hidden_size and self.num_heads and self.hidden_size % self.num_heads:
+            raise ValueError(f"num_heads: {self.num_heads} heads must divide hidden_size {self.hidden_size}")
+        if self.window_overlap >= self.max_length - 2:
+            raise ValueError("window_overlap: must be smaller than the window (max_length − 2 tokens)")
+        return self
+
+
+AnyRequest = CheckRequest | TrainRequest | EvalRequest | MergeRequest | PersonaliseRequest | PretrainRequest
 JobRequest = Annotated[AnyRequest, Field(discriminator="kind")]
 _REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobRequest)
-JOB_KINDS = ("check", "train", "eval", "merge", "personalise")
+JOB_KINDS = ("check", "train", "eval", "merge", "personalise", "pretrain")
 
 
 def parse_request(data: dict[str, Any]) -> AnyRequest:

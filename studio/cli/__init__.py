@@ -25,6 +25,7 @@ COMMANDS = {
     "merge": "studio.cli.merge:merge_cmd",
     "personalise": "studio.cli.personalise:personalise",
     "serve": "studio.cli.serve:serve",
+    "pretrain": "studio.cli.pretrain:pretrain",
 }
 
 

@@ -368,11 +368,19 @@ def _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick) -> 
         values["eval_loss"] = result.mean_loss
         if kind != "classification":  # perplexity of a class distribution means nothing
             values["perplexity"] = M.perplexity(result.mean_loss)
+    predicted, expected = result.predicted, result.expected
+    pooled = result.per_sequence() if kind == "classification" else None
+    if pooled is not None:
+        # Long sequences were read as windows: accuracy is per sequence (mean of its windows'
+        # logits), the per-window accuracy is reported beside it.
+        if "accuracy" in wanted:
+            values["window_accuracy"] = M.accuracy(predicted, expected)
+        predicted, expected = pooled
     if "accuracy" in wanted:
-        values["accuracy"] = M.accuracy(result.predicted, result.expected)
+        values["accuracy"] = M.accuracy(predicted, expected)
     samples = []
     if kind == "classification":
-        samples = _class_samples(rows, evaluated.labels or [], result.predicted, result.expected)
+        samples = _class_samples(rows, evaluated.labels or [], predicted, expected)
     return values, samples
 
 

@@ -26,6 +26,18 @@ class LossResult:
     targets: int = 0
     predicted: list[int] = field(default_factory=list)
     expected: list[int] = field(default_factory=list)
+    logits: list[list[float]] = field(default_factory=list)  # classifiers: one row per example
+    sequences: list[int] = field(default_factory=list)  # windowed sequences: the row each window came from
+
+    def per_sequence(self) -> tuple[list[int], list[int]] | None:
+        """(predicted, expected) per sequence, the windows' logits pooled by their mean; None unless windowed."""
+        from studio.sequences.windows import pool_logits
+
+        if not self.sequences or len(self.sequences) != len(self.logits):
+            return None
+        order, pooled = pool_logits(self.logits, self.sequences)
+        label_of = dict(zip(self.sequences, self.expected, strict=True))
+        return pooled.argmax(-1).tolist(), [label_of[s] for s in order]
 
     @property
     def mean_loss(self) -> float:
@@ -63,7 +75,10 @@ def loss_pass(
             if task == "classification":
                 result.predicted += logits.argmax(-1).tolist()
                 result.expected += batch["labels"].tolist()
+                result.logits += logits.float().tolist()
             tick("scoring loss")
+    if task == "classification" and examples and "sequence" in examples[0]:
+        result.sequences = [int(e["sequence"]) for e in examples]
     return result
 
 

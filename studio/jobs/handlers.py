@@ -19,6 +19,7 @@ HANDLERS: dict[str, str] = {
     "eval": "studio.evaluation.job:run_eval_job",
     "merge": "studio.merging.job:run_merge_job",
     "personalise": "studio.composition.reclora_job:run_personalise_job",
+    "pretrain": "studio.sequences.pretrain:run_pretrain_job",
 }
 
 Handler = Callable[..., dict[str, Any]]

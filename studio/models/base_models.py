@@ -93,6 +93,9 @@ def resolve_base_model(name: str, settings: Settings, progress: ProgressFn | Non
     bundled = BUNDLED_MODELS.get(name)
     if bundled is not None:
         return ResolvedModel(name, _materialise_bundled(bundled, settings, progress), bundled.task, "bundled")
+    pretrained = pretrained_model_path(settings, name) if settings is not None else None
+    if pretrained is not None and (pretrained / "config.json").exists():
+        return ResolvedModel(name, pretrained, _task_of(pretrained), "pretrained")
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -220,6 +223,25 @@ def register_bundled_models(registry) -> None:
         registry.upsert_base_model(
             model.name, "bundled", f"{model.package}/{model.relative_path}", model.task, model.description
         )
+
+
+PRETRAINED_SOURCE = "pretrained"  # the registry's source of encoders pre-trained by a studio job
+
+
+def pretrained_model_path(settings: Settings, name: str) -> Path | None:
+    """Where the studio keeps the encoder pre-trained under ``name`` (None for names that are paths).
+
+    Pre-trained encoders live in ``<models_dir>/pretrained/<name>/`` (config, weights and their
+    sequence tokenizer), so every job resolves them by name like a bundled model.
+    """
+    if not name or "/" in name or "\\" in name or name.startswith((".", "~")):
+        return None
+    return Path(settings.models_dir) / "pretrained" / name
+
+
+def register_pretrained_model(registry, name: str, path: Path, description: str):
+    """Register an encoder a pre-train job saved at ``path`` as a base model named ``name``."""
+    return registry.upsert_base_model(name, PRETRAINED_SOURCE, str(path), "encoder", description)
 
 
 def load_tokenizer(resolved: ResolvedModel):

@@ -138,6 +138,21 @@ def mask_style_for(model: Any) -> str:
     return "additive" if implementation == "eager" else "bool"
 
 
+def encoder_max_length(base_path: Path, wanted: int) -> int:
+    """``wanted``, lowered to an encoder's position limit (BERT-like models cannot read past it).
+
+    Sequence encoders pre-trained by the studio set that limit to their window length, so
+    classification windows on them are exactly the pre-training windows.
+    """
+    import json
+
+    if not is_encoder_only(base_path):
+        return wanted
+    config = json.loads((Path(base_path) / "config.json").read_text())
+    limit = config.get("max_position_embeddings")
+    return min(wanted, int(limit)) if limit else wanted
+
+
 def prepare_run(request: TrainRequest, data: TrainingData, base_path: Path, device: Any, log: Any) -> RunSetup:
     """Read, split and tokenise the data; load tokenizer and base model; size the run."""
     hyper = request.hyper
@@ -148,7 +163,10 @@ def prepare_run(request: TrainRequest, data: TrainingData, base_path: Path, devi
     train_idx, val_idx = split_indices(len(rows), hyper.validation_fraction, request.seed)
     labels = dataset_labels(rows, data.report) if task == "classification" else None
     tokenizer = load_tokenizer_for(base_path)
-    common = dict(task=task, max_length=hyper.max_length, loss_on=hyper.loss_on, labels=labels)
+    max_length = encoder_max_length(base_path, hyper.max_length)
+    if max_length < hyper.max_length:
+        log(f"{base_path.name} reads at most {max_length} tokens: max_length lowered from {hyper.max_length}")
+    common = dict(task=task, max_length=max_length, loss_on=hyper.loss_on, labels=labels)
     train = encode_rows([rows[i] for i in train_idx], tokenizer, log=log, **common)
     val = encode_rows([rows[i] for i in val_idx], tokenizer, **common)
     lengths = [len(e["input_ids"]) for e in train.examples]
@@ -188,7 +206,7 @@ def prepare_run(request: TrainRequest, data: TrainingData, base_path: Path, devi
         pad_id=pad_id,
         truncated=train.truncated + val.truncated,
         dropped=train.dropped + val.dropped,
-        max_length=hyper.max_length,
+        max_length=max_length,
         packing=packing,
         mask_style=mask_style_for(model),
     )

@@ -8,7 +8,11 @@ with ``add_generation_prompt=True`` and mapping character spans to tokens throug
 the fast tokenizer's offsets, so they are right for any prefix-stable template.
 
 Plain text rows (``{"text": ...}``) are trained on every token, followed by EOS.
-Classification rows (``{"text", "label"}``) become ``input_ids`` + a label index.
+Classification rows (``{"text", "label"}``) become ``input_ids`` + a label index. With a sequence
+tokenizer (a base model pre-trained by the studio on DNA/RNA/protein, see :mod:`studio.sequences`)
+a long sequence is not cut: it becomes overlapping windows of ``max_length`` tokens, each an
+example with its sequence's label and ``"sequence"`` (the row's index), so that predictions can be
+pooled per sequence (:mod:`studio.sequences.windows`).
 
 Tokenizers without a chat template get :data:`FALLBACK_CHAT_TEMPLATE`::
 
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from studio.errors import ValidationFailed
+from studio.sequences.windows import encode_windows, is_sequence_tokenizer, overlap_of
 
 IGNORE_INDEX = -100
 
@@ -149,6 +154,8 @@ def encode_rows(
     to_index = label_index(labels or []) if task == "classification" else None
     has_chat = task != "classification" and any("messages" in row for row in rows)
     unknown_ids = _unknown_ids(tokenizer)
+    if task == "classification" and is_sequence_tokenizer(tokenizer):
+        return _encode_windowed(rows, tokenizer, max_length, to_index, unknown_ids, log)
     if has_chat and ensure_chat_template(tokenizer) and log:
         log("the tokenizer has no chat template; using the studio's simple fallback template")
     for i, row in enumerate(rows):
@@ -176,6 +183,35 @@ def encode_rows(
         log(
             f"{out.truncated} of {len(rows)} rows were longer than {max_length} tokens and were truncated; "
             f"{out.dropped} rows had no response tokens left and were skipped"
+        )
+    return out
+
+
+def _encode_windowed(
+    rows: Sequence[dict[str, Any]],
+    tokenizer: Any,
+    max_length: int,
+    to_index: Callable[[Any], int] | None,
+    unknown_ids: tuple[int, set[int]] | None,
+    log: Callable[[str], None] | None,
+) -> Encoded:
+    """Classification rows of sequences as overlapping windows, each with its row's label and index."""
+    out = Encoded(examples=[])
+    assert to_index is not None
+    long_rows = 0
+    for i, row in enumerate(rows):
+        target = to_index(row["label"])
+        windows = encode_windows(tokenizer, row["text"], max_length)
+        long_rows += len(windows) > 1
+        for ids in windows:
+            out.examples.append({"input_ids": ids, "labels": target, "sequence": i})
+            _count_unknown(out, ids, unknown_ids)
+    _check_unknown(out, tokenizer, len(rows), log)
+    if log and long_rows:
+        log(
+            f"{long_rows} of {len(rows)} sequences are longer than {max_length} tokens: read whole as "
+            f"{len(out.examples)} overlapping windows in all (overlap {overlap_of(tokenizer)} tokens), "
+            "predictions pooled per sequence (mean of the windows' logits)"
         )
     return out
 

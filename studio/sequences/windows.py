@@ -1,0 +1,91 @@
+"""Long sequences read whole: overlapping windows of a model's length, and logits pooled per sequence.
+
+A transcript of 10,000 nucleotides does not fit a 512-token encoder. Instead of cutting it at its
+first tokens, the token sequence (without ``[CLS]``/``[SEP]``) is split into windows of
+``size - 2`` tokens that start every ``stride = size - 2 - overlap`` tokens, the last one aligned
+to the end so that nothing is left out; each window gets its own ``[CLS] … [SEP]``. Every token
+(hence, for overlapping k-mers, every nucleotide) lies in at least one window; neighbouring windows
+share ``overlap`` tokens (the last pair may share more, since the last window is end-aligned).
+
+Classification trains on the windows, each labelled with its sequence's label. A sequence's
+prediction is the **mean of its windows' logits** (:func:`pool_logits`): every window votes with
+its confidence, no window is privileged, and a single window reduces to the plain classifier.
+Evaluation reports both levels: accuracy per window and per sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+# Tokens shared by neighbouring windows unless the base model says otherwise (a k-mer or a codon
+# at a window's edge is then read with context in the next window).
+DEFAULT_OVERLAP = 64
+SPECIALS_PER_WINDOW = 2  # [CLS] and [SEP]
+
+
+def window_spans(n_tokens: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """``[start, end)`` token spans of windows of ``size`` tokens sharing ``overlap`` with the next.
+
+    Windows start every ``size - overlap`` tokens; the last one ends at ``n_tokens`` (it starts
+    earlier if need be, so it is full length whenever the sequence is). A sequence no longer than
+    ``size`` is one window; an empty one is one empty window.
+    """
+    if size < 1:
+        raise ValueError(f"a window holds at least one token, not {size}")
+    if not 0 <= overlap < size:
+        raise ValueError(f"the overlap must be at least 0 and below the window size {size}, not {overlap}")
+    if n_tokens <= size:
+        return [(0, n_tokens)]
+    stride = size - overlap
+    spans = []
+    start = 0
+    while start + size < n_tokens:
+        spans.append((start, start + size))
+        start += stride
+    spans.append((n_tokens - size, n_tokens))
+    return spans
+
+
+def overlap_of(tokenizer: Any) -> int:
+    """The window overlap saved with a sequence tokenizer (``window_overlap``), else the default."""
+    value = getattr(tokenizer, "init_kwargs", {}).get("window_overlap")
+    return int(value) if value is not None else DEFAULT_OVERLAP
+
+
+def is_sequence_tokenizer(tokenizer: Any) -> bool:
+    """True for the tokenizers of :mod:`studio.sequences.tokenizers` (they record ``sequence_kind``)."""
+    return bool(getattr(tokenizer, "init_kwargs", {}).get("sequence_kind"))
+
+
+def encode_windows(tokenizer: Any, sequence: str, max_length: int, overlap: int | None = None) -> list[list[int]]:
+    """The token ids of each window of ``sequence``: ``[CLS] window [SEP]``, at most ``max_length`` each.
+
+    The sequence is prepared for the tokenizer first (spaced k-mers for a k-mer tokenizer).
+    ``overlap`` (tokens) defaults to the tokenizer's own; it is reduced when the window is too
+    small to hold it.
+    """
+    from studio.sequences.tokenizers import prepare
+
+    body = max(1, max_length - SPECIALS_PER_WINDOW)
+    wanted = overlap_of(tokenizer) if overlap is None else overlap
+    shared = min(wanted, body // 2)  # a stride of at least half a window
+    ids = list(tokenizer(prepare(tokenizer, sequence), add_special_tokens=False)["input_ids"])
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    return [[cls, *ids[start:end], sep] for start, end in window_spans(len(ids), body, shared)]
+
+
+def pool_logits(logits: Any, sequence_ids: Sequence[int]) -> tuple[list[int], Any]:
+    """``(sequence ids in first-seen order, their mean logits)`` from per-window ``logits`` (n × classes).
+
+    ``sequence_ids[i]`` names the sequence window ``i`` belongs to.
+    """
+    import torch
+
+    logits = torch.as_tensor(logits, dtype=torch.float32)
+    order = list(dict.fromkeys(int(s) for s in sequence_ids))
+    position = {s: i for i, s in enumerate(order)}
+    index = torch.tensor([position[int(s)] for s in sequence_ids], dtype=torch.long)
+    sums = torch.zeros(len(order), logits.shape[-1]).index_add_(0, index, logits)
+    counts = torch.bincount(index, minlength=len(order)).clamp(min=1).unsqueeze(-1)
+    return order, sums / counts
