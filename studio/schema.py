@@ -335,7 +335,6 @@ class MixtureSettings(StudioModel):
     seed: int = Field(42, ge=0, description="Seed of the routers' initialisation, the shuffling and dropout.")
 
 
-
 # Validation context key: the dataset's column names, when the caller has them (the job service does).
 DATASET_COLUMNS = "dataset_columns"
 
