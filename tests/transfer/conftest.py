@@ -120,7 +120,12 @@ def make_base_dir(path: Path, arch: str, seed: int) -> Path:
     torch.manual_seed(seed)
     if arch == "llama":
         config = LlamaConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, **ids
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **ids,
         )
         model = LlamaForCausalLM(config)
     else:

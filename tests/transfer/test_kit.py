@@ -12,7 +12,10 @@ from studio.transfer.synth import fewshot_prompt, pick, task_examples
 
 
 def test_seeds_are_a_reproducible_pick_of_the_rows():
-    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in range(20)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(20)
+    ]
     examples = task_examples(rows)
     assert pick(examples, 5, 0) == pick(examples, 5, 0)
     assert pick(examples, 5, 0) != pick(examples, 5, 1)
