@@ -27,7 +27,8 @@ values, 9.8 MB in fp32, padded to 2,445,312):
   (4,8,16,32,32,32,32,32,32,16,8,4), hidden 128, latent 64: 2.0 M parameters (0.8× one
   adapter, ~3 % of a 30-checkpoint collection against the paper's ~1 %; three quarters of
   it is the decoder's Linear from latent + c, which grows with c's 576 dims) and ~4 GMAC
-  per sample (1/14 of ``paper``), so it trains on a CPU. Width, not depth, was cut: fewer
+  per sample (1/14 of ``paper``); still, one batch-2 training step took ~20 s on the
+  project's busy 2-core CPU (one thread), so real runs want a GPU. Width, not depth, was cut: fewer
   blocks would leave a longer sequence for the Linear layers, whose size grows with D.
 * ``tiny`` -- 4 blocks (8,16,16,8), pad to 64, hidden 32, latent 16: for tests on 2-layer
   models (D ~ 1k).
