@@ -18,6 +18,7 @@ HANDLERS: dict[str, str] = {
     "train": "studio.training.job:run_train_job",
     "eval": "studio.evaluation.job:run_eval_job",
     "merge": "studio.merging.job:run_merge_job",
+    "mixture": "studio.composition.mixture_job:run_mixture_job",
 }
 
 Handler = Callable[..., dict[str, Any]]
