@@ -23,6 +23,7 @@ COMMANDS = {
     "export": "studio.cli.adapters:export_cmd",
     "eval": "studio.cli.evaluate:eval_cmd",
     "merge": "studio.cli.merge:merge_cmd",
+    "mix": "studio.cli.mix:mix_cmd",
     "serve": "studio.cli.serve:serve",
 }
 

@@ -179,3 +179,30 @@ def test_steps_and_seed_are_the_runs_settings():
     request = MixtureRequest(adapter_ids=[1, 2], dataset_ids=[3, 4], steps=7, seed=9)
     assert (request.settings.max_steps, request.settings.seed) == (7, 9)
     assert parse_request(request.model_dump(mode="json")) == request  # the stored job request round-trips
+
+
+def test_studio_mix_queues_a_job_and_refuses_a_dataset_count_that_does_not_match(mix_env, settings, tmp_path):
+    """`studio mix` on the CLI's own services (no worker, so the job stays queued)."""
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+    from studio.cli.common import services
+    from studio.errors import StudioError
+
+    registry = services().registry
+    experts = [
+        registry.add_adapter(name=e.name, variant="lora", base_model=e.base_model, path=e.path, sha256="0")
+        for e in mix_env.experts
+    ]
+    data = [_add_dataset(registry, tmp_path / f"{t}.jsonl", _task_rows(COLOURS, t, 4, 0), t) for t in ("a", "b")]
+    runner = CliRunner()
+    args = ["mix", str(experts[0].id), str(experts[1].id), "--dataset", str(data[0].id), "--dataset", str(data[1].id)]
+    result = runner.invoke(cli, [*args, "--top-k", "1", "--temperature", "20", "--steps", "5"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "queued mixture job 1" in result.output
+    job = services().jobs.get(1)
+    assert (job.kind, job.status) == ("mixture", "queued")
+    assert job.request["settings"]["top_k"] == 1 and job.request["settings"]["temperature"] == 20.0
+    assert job.request["settings"]["max_steps"] == 5
+    with pytest.raises(StudioError, match=r"one dataset per expert adapter.*\(1 given for 2"):
+        runner.invoke(cli, ["mix", "1", "2", "--dataset", "1"], catch_exceptions=False)
