@@ -141,6 +141,12 @@ def test_the_job_registers_a_mixture_with_its_experts_as_parents_and_gate_accura
     assert [s for s, _ in reporter.series("gate_loss")] == list(range(10, 61, 10))
     assert reporter.steps[-1][:2] == (60, 60)
     assert trainable_is_routers_only(row, mixture)
+    from studio.composition.mixture_views import usage_figure
+
+    bars = usage_figure(row).data  # the Adapters tab's chart: one bar trace per expert, one bar per task
+    for e, bar in enumerate(bars):
+        assert list(bar.y) == pytest.approx([u[e] for u in report["usage"]])
+    assert list(bars[0].x) == ["colours", "numbers"]
 
 
 def trainable_is_routers_only(row, mixture) -> bool:

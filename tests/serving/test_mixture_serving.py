@@ -133,3 +133,29 @@ def test_v1_lists_and_answers_a_mixture(settings, registry, base_dir, mixture_ro
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert streamed == text and chunks[-1].choices[0].finish_reason == reply.choices[0].finish_reason
     services.playground.schedulers.close()
+
+
+def test_the_adapters_tab_shows_a_mixtures_routing_heatmap(settings, registry, base_dir, mixture_row):
+    from app import tab_adapters
+
+    services = make_services(settings, registry)
+    shown = tab_adapters.details(services, mixture_row.id)
+    assert shown["mixture_box"]["visible"] is True and "Mixed by" not in shown["details"]  # no job made it here
+    prompt = "what color is the sky"
+    figure = tab_adapters.mixture_routing(services, mixture_row.id, prompt)["mixture_heatmap"]
+    (heatmap,) = figure.data
+    from transformers import AutoTokenizer
+
+    tokens = len(AutoTokenizer.from_pretrained(base_dir)(prompt)["input_ids"])
+    assert tokens >= len(prompt.split())
+    assert len(heatmap.z) == 2 * 3  # one row per gated module: 2 layers x (q_proj, v_proj, up_proj)
+    assert all(len(row) == tokens for row in heatmap.z)
+    assert {e for row in heatmap.z for e in row} <= {0, 1}
+    # The figure's choices are the mixture's own top-1 choices.
+    mixture, tokenizer = services.playground.mixtures.peek(str(base_dir), mixture_row.path)
+    with mixture.record_choices() as recording, torch.no_grad():
+        mixture(input_ids=tokenizer(prompt, return_tensors="pt")["input_ids"])
+    assert [list(row) for row in heatmap.z] == [c[0].tolist() for c in recording.per_module().values()]
+    lora = registry.add_adapter(name="plain", variant="lora", base_model=str(base_dir), path="x", sha256="0")
+    assert tab_adapters.mixture_details(lora)["mixture_box"]["visible"] is False
+    services.playground.schedulers.close()
