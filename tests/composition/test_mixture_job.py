@@ -212,3 +212,23 @@ def test_studio_mix_queues_a_job_and_refuses_a_dataset_count_that_does_not_match
     assert job.request["settings"]["max_steps"] == 5
     with pytest.raises(StudioError, match=r"one dataset per expert adapter.*\(1 given for 2"):
         runner.invoke(cli, ["mix", "1", "2", "--dataset", "1"], catch_exceptions=False)
+
+
+def test_an_eval_job_scores_a_mixture_like_any_adapter(mix_env, mixture_run):
+    from studio.evaluation.job import run_eval_job
+    from studio.schema import EvalRequest
+
+    adapter_id = mixture_run[1]["adapter_id"]
+    request = EvalRequest(
+        adapter_id=adapter_id,
+        base_model=str(mix_env.base_dir),
+        dataset_id=mix_env.datasets[0].id,
+        metrics=["loss"],
+        max_examples=8,
+    )
+    result = run_eval_job(request, MemoryReporter(), mix_env.ctx)
+    losses = {m["key"]: m["metrics"]["eval_loss"] for m in result["models"]}
+    assert "mixture" in next(m["label"] for m in result["models"] if m.get("adapter_id") == adapter_id)
+    assert all(0 < v < 100 for v in losses.values()) and len(losses) == 2
+    (base_key,) = [k for k in losses if k != f"adapter:{adapter_id}"]
+    assert losses[f"adapter:{adapter_id}"] != pytest.approx(losses[base_key], abs=1e-3)  # the experts are applied
