@@ -204,6 +204,8 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
             "model_sha": "",
             "merged_btn": gr.update(value=None),
             "pruned_btn": gr.update(value=None, visible=False),
+            "mixture_box": gr.update(visible=False),
+            "mixture_usage": empty_figure("No adapter selected."),
         }
     row = services.adapters.get(int(selected))
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in (row.metrics or {}).items() if isinstance(v, int | float))
@@ -214,7 +216,11 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
         f"{len(row.ranks or {})} adapted modules"
         + (f"\n\n**Training metrics:** {metrics}" if metrics else "")
         + eval_results_markdown(services.adapters.eval_results(row.id))
-        + (f"\n\n{'Merged' if row.parents else 'Trained'} by job #{row.source_job_id}" if row.source_job_id else "")
+        + (
+            f"\n\n{('Mixed' if row.variant == 'mixture' else 'Merged') if row.parents else 'Trained'} by job #{row.source_job_id}"
+            if row.source_job_id
+            else ""
+        )
         + (f" from adapters {', '.join(f'#{p}' for p in row.parents)}" if row.parents else "")
     )
     snapshots = services.adapters.rank_history(row.id)
@@ -232,7 +238,32 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
         "merged_btn": gr.update(value=None),
         # only LoRAPrune adapters carry pruning masks, hence a pruned model
         "pruned_btn": gr.update(value=None, visible=row.variant == "loraprune"),
+        **mixture_details(row),
     }
+
+
+def mixture_details(row: Any) -> dict[str, Any]:
+    """The Mixture accordion: shown for MeteoRA mixtures only, with the stored expert usage per task."""
+    from studio.composition.mixture_checks import is_mixture
+    from studio.composition.mixture_views import usage_figure
+
+    if not is_mixture(row):
+        return {"mixture_box": gr.update(visible=False), "mixture_usage": empty_figure("Not a mixture.")}
+    try:
+        usage = usage_figure(row)
+    except StudioError as exc:  # a bundle that is gone or unreadable: say so in the chart
+        usage = empty_figure(str(exc))
+    return {"mixture_box": gr.update(visible=True), "mixture_usage": usage}
+
+
+def mixture_routing(services: Services, selected: int | None, prompt: str) -> dict[str, Any]:
+    """The routing heatmap of ``prompt`` on the selected mixture (loaded in the playground's mixture pool)."""
+    from studio.composition.mixture_views import routing_figure
+
+    if not selected:
+        return {"mixture_heatmap": empty_figure("Select a mixture adapter first.")}
+    row = services.adapters.get(int(selected))
+    return {"mixture_heatmap": routing_figure(services.playground.mixtures, row, prompt)}
 
 
 def checksum_line(path: Any, what: str) -> str:
@@ -361,6 +392,24 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     with gr.Row(equal_height=False):
         c["diagnostics"] = gr.Plot(label="Per-module diagnostics", elem_id="adapters-diagnostics")
         c["stages"] = gr.Plot(label="Stages", elem_id="adapters-stages")
+    with gr.Accordion("Mixture routing (MeteoRA)", open=True, visible=False, elem_id="adapters-mixture") as box:
+        c["mixture_box"] = box
+        with gr.Row():
+            c["mixture_prompt"] = gr.Textbox(
+                label="Prompt",
+                placeholder="Text to route, e.g. a prompt that mixes two tasks",
+                elem_id="adapters-mixture-prompt",
+                info="Shows which expert each token chose in every gated layer (top-1 choice).",
+                scale=4,
+            )
+            c["mixture_btn"] = gr.Button("Show routing", elem_id="adapters-mixture-btn", scale=1)
+        with gr.Row(equal_height=False):
+            c["mixture_heatmap"] = gr.Plot(
+                label="Chosen expert per token and layer", elem_id="adapters-mixture-heatmap"
+            )
+            c["mixture_usage"] = gr.Plot(
+                label="Expert usage per task (held-out rows)", elem_id="adapters-mixture-usage"
+            )
     gr.Markdown("### Compare convergence")
     c["compare"] = gr.Dropdown(
         label="Adapters to compare",
@@ -380,7 +429,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     details_out = {
         k: c[k]
         for k in ("details", "heatmap", "bars", "diagnostics", "stages")
-        + ("zip_btn", "zip_sha", "model_sha", "merged_btn", "pruned_btn")
+        + ("zip_btn", "zip_sha", "model_sha", "merged_btn", "pruned_btn", "mixture_box", "mixture_usage")
     }
     # A new filter, search or sort starts again at page 1 (table's default).
     for key in ("variant", "base_model", "dataset", "metric", "sort"):
@@ -400,6 +449,9 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         table_out | {k: c[k] for k in ("variant", "base_model", "dataset", "metric")},
     )
     bind(c["selected"].input, partial(details, services), {"selected": c["selected"]}, details_out)
+    routing_in = {"selected": c["selected"], "prompt": c["mixture_prompt"]}
+    for event in (c["mixture_btn"].click, c["mixture_prompt"].submit):
+        bind(event, partial(mixture_routing, services), routing_in, {"mixture_heatmap": c["mixture_heatmap"]})
     bind(
         c["compare"].input,
         partial(compare, services),

@@ -487,10 +487,77 @@ class PretrainRequest(StudioModel):
         return self
 
 
-AnyRequest = CheckRequest | TrainRequest | EvalRequest | MergeRequest | PersonaliseRequest | PretrainRequest
+MAX_EXPERTS = 16  # experts of one mixture: every gated layer holds all of them
+
+
+class MixtureRequest(StudioModel):
+    """Build a MeteoRA mixture of LoRA adapters of one base model and train its routers (composition spec §2).
+
+    Expert ``j`` is ``adapter_ids[j]``; ``dataset_ids[j]`` holds the rows of the task it was
+    trained for, which label every one of its rows with task ``j`` for the routing loss. The
+    result is a registered adapter of variant ``mixture`` (a bundle: routers + references to
+    its experts, which are its parents). ``steps`` and ``seed`` set the run's ``max_steps``
+    and ``seed`` in ``settings``.
+    """
+
+    kind: Literal["mixture"] = "mixture"
+    name: str | None = Field(None, max_length=200, description="Name of the mixture adapter.")
+    adapter_ids: list[int] = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_EXPERTS,
+        description="The expert adapters (plain LoRA, at least 2), all for the same base model, in task order.",
+    )
+    dataset_ids: list[int] = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_EXPERTS,
+        description="One labelled dataset per expert, in the same order: the task each expert was trained for.",
+    )
+    settings: MixtureSettings = Field(default_factory=lambda: MixtureSettings(), description="Routing and training.")
+    steps: int | None = Field(
+        None, ge=1, le=1_000_000, description="Router training steps (empty: settings.epochs passes over the rows)."
+    )
+    seed: int = Field(42, ge=0, description="Seed of the routers, the shuffling, dropout and the held-out split.")
+    validation_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of each dataset held out to measure how often the routers pick the task's own expert.",
+    )
+
+    @model_validator(mode="after")
+    def _check_lists(self) -> MixtureRequest:
+        if len(self.adapter_ids) < 2:
+            raise ValueError(f"adapter_ids: a mixture needs at least 2 expert adapters ({len(self.adapter_ids)} given)")
+        if len(set(self.adapter_ids)) != len(self.adapter_ids):
+            raise ValueError("adapter_ids: each adapter may be an expert only once")
+        if any(i < 1 for i in self.adapter_ids + self.dataset_ids):
+            raise ValueError("adapter_ids, dataset_ids: ids start at 1")
+        if len(self.dataset_ids) != len(self.adapter_ids):
+            given, wanted = len(self.dataset_ids), len(self.adapter_ids)
+            raise ValueError(
+                f"dataset_ids: give one dataset per expert adapter, in the same order ({given} given for {wanted} "
+                "adapters)"
+            )
+        if self.settings.top_k > len(self.adapter_ids):
+            raise ValueError(
+                f"settings.top_k: at most the number of experts ({len(self.adapter_ids)}), not {self.settings.top_k}"
+            )
+        # The run reads its step count and seed from settings: keep one source of truth.
+        update: dict[str, Any] = {"seed": self.seed}
+        if self.steps is not None:
+            update["max_steps"] = self.steps
+        self.settings = self.settings.model_copy(update=update)
+        return self
+
+
+AnyRequest = (
+    CheckRequest | TrainRequest | EvalRequest | MergeRequest | MixtureRequest | PersonaliseRequest | PretrainRequest
+)
 JobRequest = Annotated[AnyRequest, Field(discriminator="kind")]
 _REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobRequest)
-JOB_KINDS = ("check", "train", "eval", "merge", "personalise", "pretrain")
+JOB_KINDS = ("check", "train", "eval", "merge", "mixture", "personalise", "pretrain")
 
 
 def parse_request(data: dict[str, Any]) -> AnyRequest:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from studio.api.catalog import Catalog, Target
 from studio.api.errors import ApiError, bad_request, model_not_found
 from studio.api.schemas import SEED_MAX, ChatCompletionRequest, CompletionRequest, SamplingFields
+from studio.composition.mixture_serving import MixtureScheduler
 from studio.errors import NotFoundError
 from studio.services.playground import PlaygroundService
 from studio.serving.engine import EngineRequest
@@ -30,7 +31,7 @@ class Prepared:
     """A request ready to submit: where it runs, what the engine gets and how long its prompt is."""
 
     target: Target
-    scheduler: Scheduler
+    scheduler: Scheduler | MixtureScheduler  # a mixture's runner has the scheduler's shape
     request: EngineRequest
     prompt_tokens: int
 
@@ -66,7 +67,7 @@ class Completions:
             ids = list(body.prompt)
         return self._prepared(body, target, scheduler, ids, "prompt")
 
-    def _target(self, model: str, user: str | None = None) -> tuple[Target, Scheduler]:
+    def _target(self, model: str, user: str | None = None) -> tuple[Target, Scheduler | MixtureScheduler]:
         """Where ``model`` runs; for a personalised (RecLoRA) adapter ``user`` picks the user's mixture.
 
         OpenAI's ``user`` field ("a unique identifier representing your end-user") is reused:
@@ -78,13 +79,22 @@ class Completions:
         except NotFoundError:
             raise model_not_found(model) from None
         if target.adapter is not None:
+            # A MeteoRA mixture routes per token: answered on its own model, one request at a time.
+            mixture = self.playground.mixture_scheduler(target.base_model, f"adapter:{target.adapter_id}")
+            if mixture is not None:
+                return target, mixture
             # DoRA, MiSS, LoRAPrune…: the playground's plain-LoRA export (same cache, same slot).
             engine_ref = self.playground.engine_adapter(target.base_model, f"adapter:{target.adapter_id}", user)
             target = replace(target, adapter=engine_ref)
         return target, self.playground.schedulers.get(target.base_model)
 
     def _prepared(
-        self, body: SamplingFields, target: Target, scheduler: Scheduler, ids: list[int], prompt_param: str
+        self,
+        body: SamplingFields,
+        target: Target,
+        scheduler: Scheduler | MixtureScheduler,
+        ids: list[int],
+        prompt_param: str,
     ) -> Prepared:
         if not ids:
             raise bad_request("the prompt is empty after tokenisation", prompt_param)

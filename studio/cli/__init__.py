@@ -24,6 +24,7 @@ COMMANDS = {
     "eval": "studio.cli.evaluate:eval_cmd",
     "merge": "studio.cli.merge:merge_cmd",
     "personalise": "studio.cli.personalise:personalise",
+    "mix": "studio.cli.mix:mix_cmd",
     "serve": "studio.cli.serve:serve",
     "pretrain": "studio.cli.pretrain:pretrain",
 }

@@ -128,6 +128,8 @@ def load_adapter(
     from studio.variants._loraprune_masks import saved_masks, zero_pruned_rows
 
     adapter_dir = Path(adapter.path)
+    if adapter.variant == "mixture":
+        return load_mixture(adapter, settings, device, log)
     check_adapter_dir(adapter_dir, adapter.id)
     task = adapter_task(adapter_dir)
     base_path = resolve_base_model(adapter.base_model, settings, progress=log).path
@@ -155,6 +157,26 @@ def load_adapter(
     model.to(device).eval()
     description = f"adapter {adapter.id} ({adapter.variant} on {adapter.base_model})"
     return EvalModel(model, tokenizer, task, labels, pad_id, description, adapter.base_model)
+
+
+def load_mixture(adapter: Any, settings: Any, device: str, log: Log) -> EvalModel:
+    """A MeteoRA mixture (registry variant ``mixture``) on a fresh base, scored like any causal-LM adapter.
+
+    Experts are read from the paths stored in the bundle (a mixture is no PEFT directory,
+    so it never goes on the pooled PEFT base).
+    """
+    from studio.composition.meteora_bundle import load_bundle
+    from studio.models.base_models import resolve_base_model
+    from studio.training.models import load_base_model
+
+    adapter_dir = Path(adapter.path)
+    base_path = resolve_base_model(adapter.base_model, settings, progress=log).path
+    tokenizer = _tokenizer(base_path, adapter_dir)  # the experts' chat template, copied into the bundle
+    pad_id = _pad_id(tokenizer)
+    mixture = load_bundle(load_base_model(base_path, "causal-lm", None, pad_id), adapter_dir)
+    mixture.to(device).eval()
+    description = f"adapter {adapter.id} (mixture on {adapter.base_model})"
+    return EvalModel(mixture, tokenizer, "causal-lm", None, pad_id, description, adapter.base_model)
 
 
 def load_base(name: str, settings: Any, device: str, task: str, log: Log) -> EvalModel:
@@ -231,6 +253,9 @@ class ComparisonLoader:
         from studio.serving.pool import AdapterRef
 
         adapter_dir = Path(adapter.path)
+        if adapter.variant == "mixture":  # not a PEFT adapter: its own wrapped copy of the base
+            yield load_mixture(adapter, self.settings, self.device, self.log)
+            return
         check_adapter_dir(adapter_dir, adapter.id)
         if adapter_task(adapter_dir) == "classification":
             yield load_adapter(adapter, self.settings, self.device, fallback_labels, self.log)

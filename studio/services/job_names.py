@@ -12,7 +12,15 @@ from collections.abc import Callable
 from typing import Any
 
 from studio.errors import NotFoundError
-from studio.schema import AnyRequest, CheckRequest, EvalRequest, MergeRequest, PersonaliseRequest, TrainRequest
+from studio.schema import (
+    AnyRequest,
+    CheckRequest,
+    EvalRequest,
+    MergeRequest,
+    MixtureRequest,
+    PersonaliseRequest,
+    TrainRequest,
+)
 
 MAX_NAME = 200  # what the jobs table's name column holds
 
@@ -56,6 +64,15 @@ def _personalise_name(request: PersonaliseRequest, registry: Any) -> str:
     return f"{name} → '{request.name}'" if request.name else name
 
 
+def _mixture_name(request: MixtureRequest, registry: Any) -> str:
+    experts = ", ".join(
+        f"#{a} for {_named(registry.get_dataset, d)}"
+        for a, d in zip(request.adapter_ids, request.dataset_ids, strict=True)
+    )
+    name = f"mixture of {experts}, top-{request.settings.top_k}"
+    return f"{name} → '{request.name}'" if request.name else name
+
+
 def _check_name(request: CheckRequest, registry: Any) -> str:
     return f"system check, {request.steps} steps"
 
@@ -64,6 +81,7 @@ NAMERS: dict[type, Callable[[Any, Any], str]] = {
     TrainRequest: _train_name,
     EvalRequest: _eval_name,
     MergeRequest: _merge_name,
+    MixtureRequest: _mixture_name,
     CheckRequest: _check_name,
     PersonaliseRequest: _personalise_name,
 }

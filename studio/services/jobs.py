@@ -17,6 +17,7 @@ from studio.schema import (
     EvalRequest,
     JobFilters,
     MergeRequest,
+    MixtureRequest,
     PersonaliseRequest,
     TrainRequest,
     parse_request,
@@ -84,7 +85,7 @@ class JobService:
 
     def _base_model_of(self, request: Request) -> str | None:
         """The base model a job works on (a merge's is its adapters'), for the Jobs list and filters."""
-        if isinstance(request, MergeRequest):
+        if isinstance(request, MergeRequest | MixtureRequest):
             return self.registry.get_adapter(request.adapter_ids[0]).base_model
         return getattr(request, "base_model", None)
 
@@ -110,6 +111,12 @@ class JobService:
 
             parents = [self.registry.get_adapter(adapter_id) for adapter_id in request.adapter_ids]
             check_mergeable(parents, request.method)
+        if isinstance(request, MixtureRequest):
+            from studio.composition.mixture_checks import check_mixable
+
+            check_mixable([self.registry.get_adapter(adapter_id) for adapter_id in request.adapter_ids])
+            for dataset_id in request.dataset_ids:
+                self.registry.get_dataset(dataset_id)
 
     def _check_personalise(self, request: PersonaliseRequest) -> None:
         """The dataset exists, the user column is one of its columns, the features file is there."""

@@ -27,6 +27,13 @@ term, ~16 % max layer error at rank 4 on a random tiny DoRA with magnitudes move
 20 %) and MiSS "bat" (~4 %); MiSS "balance"/"mini" and AdaLoRA are exact. The
 error is shown, never hidden.
 
+MeteoRA mixtures (variant ``mixture``) route every token to its own experts, which
+the engine's per-request banks cannot express: they are answered on a loaded
+:class:`~studio.composition.meteora.MeteoRAModel` through
+:class:`~studio.composition.mixture_serving.MixturePool` (an LRU of one bundle, one
+reply at a time, **not batched**), the same fallback role as the PEFT pool below;
+:meth:`PlaygroundService.mixture_scheduler` gives the /v1 API the same path.
+
 Only adapters with no plain-LoRA export at all (``modules_to_save``, trained
 biases, LoRA on embeddings or convolutions) are still answered by PEFT through a
 :class:`~studio.serving.pool.ModelPool`, the reason logged once. Both the
@@ -46,7 +53,10 @@ from pathlib import Path
 from typing import Any
 
 from models_db.registry import Registry
-from studio.errors import StudioError, ValidationFailed
+from studio.composition.meteora import ExpertRef
+from studio.composition.mixture_checks import MIXTURE_VARIANT
+from studio.composition.mixture_serving import MixturePool, MixtureScheduler
+from studio.errors import NotFoundError, StudioError, ValidationFailed
 from studio.schema import AdapterFilters
 from studio.serving.bank import AdapterNotServable
 from studio.serving.engine import EngineRequest, ServingEngine
@@ -92,6 +102,33 @@ class PlaygroundService:
         self._variants: dict[str, str] = {}  # adapter key -> the registry's variant name
         self._ids: dict[str, int] = {}  # adapter key -> registry id
         self._export_lock = threading.Lock()  # one export at a time per process (each loads a base copy)
+        self._paths: dict[str, str] = {}  # adapter key -> its directory (a mixture's bundle)
+        self.mixtures = MixturePool(self._load_base, self._expert_dir, size=1)  # MeteoRA mixtures, one at a time
+
+    def _expert_dir(self, ref: ExpertRef) -> str:
+        """A mixture expert's adapter directory: the registry's current path for a registered expert."""
+        if ref.adapter_id is None:
+            return ref.path
+        try:
+            return self.registry.get_adapter(ref.adapter_id).path
+        except NotFoundError:
+            raise StudioError(
+                f"expert adapter #{ref.adapter_id} ({ref.name}) of this mixture was deleted; the mixture cannot run"
+            ) from None
+
+    def is_mixture(self, key: str | None) -> bool:
+        """True when the adapter key (``adapter_<id>``, seen through a target) is a MeteoRA mixture."""
+        return key is not None and self._variants.get(key) == MIXTURE_VARIANT
+
+    def mixture_scheduler(self, base_model: str, target: str) -> MixtureScheduler | None:
+        """A scheduler-shaped runner when ``target`` (``"adapter:<id>"``) is a mixture, else None.
+
+        The /v1 API submits a mixture's requests to it (same handles and updates as the engine's).
+        """
+        ref = self._adapter_ref(base_model, target)
+        if ref is None or not self.is_mixture(ref.key):
+            return None
+        return MixtureScheduler(self.mixtures, base_model, ref.path)
 
     def _load_engine(self, name: str) -> ServingEngine:
         model, tokenizer = self._load_base(name)
@@ -205,6 +242,8 @@ class PlaygroundService:
         """What the engine loads for ``ref``: the adapter itself or its plain-LoRA export."""
         if ref is None:
             return None
+        if self.is_mixture(ref.key):
+            raise ValidationFailed(f"{ref.key} is a mixture: the batched engine cannot route per token")
         served = self._plain_export(base_model, ref)
         if served is None:
             return ref
@@ -230,6 +269,11 @@ class PlaygroundService:
         ref = self._adapter_ref(base_model, target)
         if ref is None:
             return {"served_by": "engine", "description": ""}
+        if self.is_mixture(ref.key):
+            return {
+                "served_by": "mixture",
+                "description": "a MeteoRA mixture: answered on its own model, one reply at a time (not batched)",
+            }
         try:
             served = self._plain_export(base_model, ref)
         except NoPlainExport as refusal:
@@ -275,6 +319,8 @@ class PlaygroundService:
         adapters = [self._adapter_ref(base_model, target) for target, _ in panes]
         engine_refs: dict[int, AdapterRef | None] = {}
         for i, ref in enumerate(adapters):
+            if ref is not None and self.is_mixture(ref.key):
+                continue  # answered by the mixture pool below
             with suppress(NoPlainExport):  # those panes are answered by PEFT below
                 engine_refs[i] = self._engine_ref(base_model, ref)
         on_engine = list(engine_refs)
@@ -301,7 +347,12 @@ class PlaygroundService:
                     except AdapterNotServable as refusal:
                         self._peft_only[adapters[i].key] = str(refusal)
                         logger.info("answering with PEFT instead of the batched engine: %s", refusal)
-                with closing(self._peft_stream(base_model, adapters[i], panes[i][1], settings)) as pieces:
+                ref = adapters[i]
+                if ref is not None and self.is_mixture(ref.key):
+                    source = self.mixtures.stream(base_model, ref.path, panes[i][1], settings)
+                else:
+                    source = self._peft_stream(base_model, ref, panes[i][1], settings)
+                with closing(source) as pieces:
                     for text in pieces:
                         if stop.is_set():
                             return
