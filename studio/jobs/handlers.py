@@ -20,6 +20,8 @@ HANDLERS: dict[str, str] = {
     "merge": "studio.merging.job:run_merge_job",
     "personalise": "studio.composition.reclora_job:run_personalise_job",
     "pretrain": "studio.sequences.pretrain:run_pretrain_job",
+    "generator": "studio.adapter_generation.jobs:run_generator_job",
+    "generate": "studio.adapter_generation.jobs:run_generate_job",
 }
 
 Handler = Callable[..., dict[str, Any]]
