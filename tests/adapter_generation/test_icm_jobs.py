@@ -201,3 +201,18 @@ def test_generate_section_builds_and_submits(env):
         submit_generate(services, None, env.datasets["colours"].id, {})
     with pytest.raises(NotFoundError):
         submit_generate(services, 12345, env.datasets["colours"].id, {})
+
+
+def test_cli_generate_commands_parse_and_refuse():
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+
+    runner = CliRunner()
+    assert "train-generator" in runner.invoke(cli, ["generate", "--help"]).output
+    result = runner.invoke(cli, ["generate"])
+    assert result.exit_code == 2 and "--generator ID and --dataset ID" in result.output
+    result = runner.invoke(cli, ["generate", "train-generator", "3", "--preset", "tiny"])
+    assert isinstance(result.exception, StudioError) and "at least 2" in str(result.exception)
+    result = runner.invoke(cli, ["generate", "train-generator", "3", "4", "--preset", "huge"])
+    assert result.exit_code == 2 and "huge" in result.output
