@@ -305,6 +305,38 @@ def _personalise_describe(services: Any, job: Any) -> list[str]:
     return lines
 
 
+# ICM-LoRA generators and generated adapters ---------------------------------------------------------
+
+
+def _generator_describe(services: Any, job: Any) -> list[str]:
+    request, result = job.request or {}, job.result or {}
+    sources = ", ".join(f"#{i}" for i in request.get("adapter_ids") or [])
+    lines = [
+        f"Trains an ICM-LoRA generator ({_esc(request.get('preset'))}, {request.get('epochs')} epochs) on the "
+        f"checkpoints of adapters {sources}, one task each."
+    ]
+    if job.status == "succeeded" and result.get("generator_id"):
+        share = result.get("size_vs_checkpoints")
+        size = f", {share:.1%} of their size" if isinstance(share, int | float) else ""
+        lines.append(
+            f"Generator #{result['generator_id']}: learnt {result.get('checkpoints')} checkpoints{size}; "
+            "generate adapters with it under Transfer & Generate."
+        )
+    return lines
+
+
+def _generate_describe(services: Any, job: Any) -> list[str]:
+    request, result = job.request or {}, job.result or {}
+    lines = [
+        f"Generates an adapter with generator #{request.get('generator_id')} from the first "
+        f"{request.get('examples')} rows of dataset #{request.get('dataset_id')}."
+    ]
+    if job.status == "succeeded" and result.get("adapter_id"):
+        made = _made(services, result["adapter_id"])
+        lines.append(f"{made}; it is in the Adapters, Evaluate and Playground tabs.")
+    return lines
+
+
 def _generic_describe(services: Any, job: Any) -> list[str]:
     return []
 
@@ -315,5 +347,7 @@ VIEWS: dict[str, KindView] = {
     "merge": KindView("merge", None, None, _merge_describe),
     "check": KindView("system check", "step", "steps", _check_describe, _loss_chart, "Loss"),
     "personalise": KindView("personalised training", "step", "steps", _personalise_describe, _loss_chart, "Loss"),
+    "generator": KindView("generator training", None, None, _generator_describe, _loss_chart, "Loss"),
+    "generate": KindView("adapter generation", None, None, _generate_describe),
 }
 GENERIC = KindView("job", "step", "steps", _generic_describe)

@@ -77,6 +77,14 @@ class TrainingHyperParams(StudioModel):
     log_every: int = Field(5, ge=1, le=10_000, description="Report training metrics every N steps.")
     eval_every: int = Field(50, ge=1, le=100_000, description="Compute validation loss every N steps.")
     save_every: int = Field(100, ge=1, le=100_000, description="Write a resumable checkpoint every N steps.")
+    keep_checkpoints: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Also keep N adapters along training, evenly spaced over its last half (the last one is "
+        "the final adapter), as PEFT LoRAs in the adapter's checkpoints/ folder: what an ICM-LoRA generator "
+        "learns from. 0 = keep none.",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="Compute precision; auto picks the fastest the device supports (bf16 autocast on CPUs "
@@ -552,12 +560,74 @@ class MixtureRequest(StudioModel):
         return self
 
 
+# ICM-LoRA generators (studio.adapter_generation): sizes of the CVAE, see studio.adapter_generation.cvae.
+GENERATOR_PRESETS = ("tiny", "small", "paper")
+
+
+class GeneratorRequest(StudioModel):
+    """ICM-LoRA: train a generator (a conditional VAE) on the adapters of several tasks, one base model and one shape.
+
+    Each adapter is one task: the generator learns its checkpoints kept along training
+    (``keep_checkpoints`` when it was trained; the final adapter alone otherwise), conditioned
+    on the task vector that the base model computes from the first ~30 rows of the adapter's
+    training dataset. The generator is registered as an adapter of variant ``icm_generator``
+    whose parents are the source adapters.
+    """
+
+    kind: Literal["generator"] = "generator"
+    name: str | None = Field(None, max_length=200, description="Name of the generator.")
+    adapter_ids: list[int] = Field(
+        ...,
+        min_length=2,
+        max_length=64,
+        description="Adapters of at least two tasks, all of one base model with the same rank and target modules; "
+        "each must still have its training dataset.",
+    )
+    preset: Literal[GENERATOR_PRESETS] = Field(  # type: ignore[valid-type]
+        "small",
+        description="Size of the generator network: tiny (tests and tiny models), small (the paper's depth with "
+        "narrower layers, sized for the bundled 135M model), paper (the published widths; wants a GPU).",
+    )
+    epochs: int = Field(200, ge=1, le=100_000, description="Passes over all the checkpoints.")
+    learning_rate: float = Field(2e-4, gt=0, le=1.0, description="AdamW learning rate (cosine-annealed to 0).")
+    examples: int = Field(
+        30, ge=1, le=1000, description="Rows of each task's dataset the task vector is computed from."
+    )
+    seed: int = Field(2024, ge=0, description="Seed of the initialisation, batch order and sampling noise.")
+
+    @field_validator("adapter_ids")
+    @classmethod
+    def _distinct(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("each adapter may be given once (each one is a task)")
+        return value
+
+
+class GenerateRequest(StudioModel):
+    """ICM-LoRA: a new adapter for a task from about 30 of its examples, made by a trained generator (no training)."""
+
+    kind: Literal["generate"] = "generate"
+    name: str | None = Field(None, max_length=200, description="Name of the generated adapter.")
+    generator_id: int = Field(..., ge=1, description="A registered generator (variant icm_generator).")
+    dataset_id: int = Field(..., ge=1, description="Examples of the new task; the first `examples` rows are read.")
+    examples: int = Field(30, ge=1, le=1000, description="Rows the task vector is computed from.")
+    seed: int = Field(2024, ge=0, description="Seed of the generator's sample (another seed, another adapter).")
+
+
 AnyRequest = (
-    CheckRequest | TrainRequest | EvalRequest | MergeRequest | MixtureRequest | PersonaliseRequest | PretrainRequest
+    CheckRequest
+    | TrainRequest
+    | EvalRequest
+    | MergeRequest
+    | PersonaliseRequest
+    | PretrainRequest
+    | MixtureRequest
+    | GeneratorRequest
+    | GenerateRequest
 )
 JobRequest = Annotated[AnyRequest, Field(discriminator="kind")]
 _REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobRequest)
-JOB_KINDS = ("check", "train", "eval", "merge", "mixture", "personalise", "pretrain")
+JOB_KINDS = ("check", "train", "eval", "merge", "personalise", "pretrain", "mixture", "generator", "generate")
 
 
 def parse_request(data: dict[str, Any]) -> AnyRequest:

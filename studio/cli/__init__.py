@@ -27,6 +27,7 @@ COMMANDS = {
     "mix": "studio.cli.mix:mix_cmd",
     "serve": "studio.cli.serve:serve",
     "pretrain": "studio.cli.pretrain:pretrain",
+    "generate": "studio.cli.generate:generate",
 }
 
 

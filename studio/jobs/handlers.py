@@ -21,6 +21,8 @@ HANDLERS: dict[str, str] = {
     "personalise": "studio.composition.reclora_job:run_personalise_job",
     "pretrain": "studio.sequences.pretrain:run_pretrain_job",
     "mixture": "studio.composition.mixture_job:run_mixture_job",
+    "generator": "studio.adapter_generation.jobs:run_generator_job",
+    "generate": "studio.adapter_generation.jobs:run_generate_job",
 }
 
 Handler = Callable[..., dict[str, Any]]

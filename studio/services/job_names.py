@@ -16,6 +16,8 @@ from studio.schema import (
     AnyRequest,
     CheckRequest,
     EvalRequest,
+    GenerateRequest,
+    GeneratorRequest,
     MergeRequest,
     MixtureRequest,
     PersonaliseRequest,
@@ -73,6 +75,20 @@ def _mixture_name(request: MixtureRequest, registry: Any) -> str:
     return f"{name} → '{request.name}'" if request.name else name
 
 
+def _generator_name(request: GeneratorRequest, registry: Any) -> str:
+    tasks = ", ".join(_named(registry.get_adapter, i) for i in request.adapter_ids)
+    name = f"ICM-LoRA generator ({request.preset}) over {tasks}"
+    return f"{name} → '{request.name}'" if request.name else name
+
+
+def _generate_name(request: GenerateRequest, registry: Any) -> str:
+    name = (
+        f"generate with {_named(registry.get_adapter, request.generator_id)} "
+        f"for {_named(registry.get_dataset, request.dataset_id)}"
+    )
+    return f"{name} → '{request.name}'" if request.name else name
+
+
 def _check_name(request: CheckRequest, registry: Any) -> str:
     return f"system check, {request.steps} steps"
 
@@ -84,6 +100,8 @@ NAMERS: dict[type, Callable[[Any, Any], str]] = {
     MixtureRequest: _mixture_name,
     CheckRequest: _check_name,
     PersonaliseRequest: _personalise_name,
+    GeneratorRequest: _generator_name,
+    GenerateRequest: _generate_name,
 }
 
 

@@ -15,6 +15,8 @@ from studio.schema import (
     SCHEMA_VERSION,
     AnyRequest,
     EvalRequest,
+    GenerateRequest,
+    GeneratorRequest,
     JobFilters,
     MergeRequest,
     MixtureRequest,
@@ -36,6 +38,15 @@ class Dispatcher(Protocol):
 
 
 Request = AnyRequest
+
+
+def _refuse_generators(adapters: list) -> None:
+    """An ICM-LoRA generator is registered among the adapters but is none: it cannot be evaluated."""
+    for row in adapters:
+        if row.variant == "icm_generator":  # studio.adapter_generation.jobs.GENERATOR_VARIANT (torch-free here)
+            raise StudioError(
+                f"#{row.id} is an ICM-LoRA generator, not an adapter: evaluate an adapter it generated instead"
+            )
 
 
 class JobService:
@@ -85,8 +96,10 @@ class JobService:
 
     def _base_model_of(self, request: Request) -> str | None:
         """The base model a job works on (a merge's is its adapters'), for the Jobs list and filters."""
-        if isinstance(request, MergeRequest | MixtureRequest):
+        if isinstance(request, MergeRequest | MixtureRequest | GeneratorRequest):
             return self.registry.get_adapter(request.adapter_ids[0]).base_model
+        if isinstance(request, GenerateRequest):
+            return self.registry.get_adapter(request.generator_id).base_model
         return getattr(request, "base_model", None)
 
     def _check_references(self, request: Request) -> None:
@@ -101,11 +114,20 @@ class JobService:
             from studio.evaluation.comparison import common_base
 
             adapters = [self.registry.get_adapter(i) for i in request.adapters()]
+            _refuse_generators(adapters)
             if not adapters and not request.base_model:
                 raise StudioError("an evaluation needs an adapter or a base model")
             common_base(request.base_model, adapters)  # one base for every model compared
         if isinstance(request, PersonaliseRequest):
             self._check_personalise(request)
+        if isinstance(request, GeneratorRequest | GenerateRequest):
+            from studio.adapter_generation.jobs import check_generator_row, check_generator_sources
+
+            if isinstance(request, GeneratorRequest):
+                check_generator_sources(self.registry, request)
+            else:
+                check_generator_row(self.registry, request.generator_id)
+                self.registry.get_dataset(request.dataset_id)
         if isinstance(request, MergeRequest):
             from studio.merging.checks import check_mergeable
 

@@ -69,6 +69,7 @@ from studio.settings import Settings
 logger = logging.getLogger(__name__)
 
 BASE_TARGET = "base"
+GENERATOR_VARIANT = "icm_generator"  # studio.adapter_generation.jobs.GENERATOR_VARIANT (same reason)
 RECLORA_VARIANT = "reclora"  # studio.composition.reclora_job.VARIANT (not imported: it pulls in torch code)
 
 
@@ -162,6 +163,8 @@ class PlaygroundService:
         out = [Target(BASE_TARGET, f"{base_model} (no adapter)")]
         rows, _ = self.registry.page_adapters(AdapterFilters(base_model=base_model), limit=limit)
         for row in rows:
+            if row.variant == GENERATOR_VARIANT:
+                continue  # a generator makes adapters; it is not one
             out.append(Target(f"adapter:{row.id}", f"#{row.id} {row.name} ({row.variant})"))
         return out
 
@@ -177,6 +180,8 @@ class PlaygroundService:
                 f"adapter #{row.id} was trained on {row.base_model}, not {base_model}; "
                 "pick that base model to chat with it"
             )
+        if row.variant == GENERATOR_VARIANT:
+            raise ValidationFailed(f"#{row.id} is an ICM-LoRA generator: chat with an adapter it generated")
         if row.variant == RECLORA_VARIANT:
             return self._user_ref(row, user)
         key = f"adapter_{row.id}"

@@ -18,6 +18,7 @@ from typing import Any
 from studio.jobs.context import JobContext
 from studio.progress import Reporter
 from studio.schema import SCHEMA_VERSION, TrainRequest
+from studio.training.kept_adapters import move_into_adapter
 from studio.training.loop import TrainingResult, run_training
 from studio.training.memory import release_memory
 from studio.training.setup import TrainingData
@@ -56,6 +57,8 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
     saving = time.monotonic()
     out_dir = Path(ctx.settings.adapters_dir) / uuid.uuid4().hex
     saved = save_trained_adapter(result, request, out_dir, dataset_sha256=data.sha256, job_id=ctx.job_id)
+    # After the size and hash above: those describe the adapter itself, not the adapters kept along training.
+    kept = move_into_adapter(ctx.work_dir, out_dir, result.total_steps, request.hyper.keep_checkpoints)
     name = request.name or f"{request.variant} on {data.name or f'dataset {request.dataset_id}'} (job {ctx.job_id})"
     row = registry.add_adapter(
         name=name,
@@ -70,7 +73,9 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
         source_job_id=ctx.job_id,
         metrics=result.metrics(),
     )
-    reporter.log(f"adapter {row.id} saved to {out_dir}")
+    reporter.log(
+        f"adapter {row.id} saved to {out_dir}" + (f", with {len(kept)} adapters kept along training" if kept else "")
+    )
     timings = _record_timings(ctx, result, resolved.path, dataset_row.rows, time.monotonic() - saving, reporter)
     summary = {
         "adapter_id": row.id,
@@ -80,6 +85,7 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
         "eval_accuracy": result.eval_accuracy,
         "steps": result.total_steps,
         "trainable_params": result.trainable_params,
+        "kept_checkpoints": len(kept),
         "precision": result.precision.name if result.precision else None,
         "training_setup": result.training_setup(request.hyper),
         "timings": timings,

@@ -31,6 +31,7 @@ from studio.schema import TrainRequest
 from studio.training import checkpoint as ckpt
 from studio.training.data import eval_batches
 from studio.training.frozen_weights import FrozenLinearStorage
+from studio.training.kept_adapters import kept_steps, save_kept_adapter
 from studio.training.losses import LossFunction, evaluate
 from studio.training.memory import (
     MemoryPlan,
@@ -391,6 +392,8 @@ class _Loop:
     def run(self, start: int) -> None:
         total = self.setup.total_steps
         self.stage_ends = set(self.variant.stage_ends(total))
+        # The final step's kept adapter is the saved adapter itself (copied by the train job).
+        self.kept_steps = set(kept_steps(total, self.hyper.keep_checkpoints)) - {total}
         if self.variant.records_snapshots() and start == 0:
             self._report_ranks(0)
         self.last_saved = start
@@ -480,6 +483,8 @@ class _Loop:
             self._stage_eval(step)
         if step % self.hyper.save_every == 0 and step != total:
             self._save(step)
+        if step in self.kept_steps:
+            save_kept_adapter(self.work_dir, step, self.model, self.variant, self.result.export_context())
 
     def _log(self, step: int) -> None:
         self._read_losses()
