@@ -12,7 +12,15 @@ from collections.abc import Callable
 from typing import Any
 
 from studio.errors import NotFoundError
-from studio.schema import AnyRequest, CheckRequest, EvalRequest, MergeRequest, PersonaliseRequest, TrainRequest
+from studio.schema import (
+    AnyRequest,
+    CheckRequest,
+    EvalRequest,
+    MergeRequest,
+    PersonaliseRequest,
+    TrainRequest,
+    TransferRequest,
+)
 
 MAX_NAME = 200  # what the jobs table's name column holds
 
@@ -56,6 +64,11 @@ def _personalise_name(request: PersonaliseRequest, registry: Any) -> str:
     return f"{name} → '{request.name}'" if request.name else name
 
 
+def _transfer_name(request: TransferRequest, registry: Any) -> str:
+    name = f"transfer adapter {_named(registry.get_adapter, request.adapter_id)} to {request.target_base}"
+    return f"{name} → '{request.name}'" if request.name else name
+
+
 def _check_name(request: CheckRequest, registry: Any) -> str:
     return f"system check, {request.steps} steps"
 
@@ -66,6 +79,7 @@ NAMERS: dict[type, Callable[[Any, Any], str]] = {
     MergeRequest: _merge_name,
     CheckRequest: _check_name,
     PersonaliseRequest: _personalise_name,
+    TransferRequest: _transfer_name,
 }
 
 

@@ -19,6 +19,7 @@ from studio.schema import (
     MergeRequest,
     PersonaliseRequest,
     TrainRequest,
+    TransferRequest,
     parse_request,
 )
 from studio.services.job_names import MAX_NAME, default_job_name
@@ -105,6 +106,10 @@ class JobService:
             common_base(request.base_model, adapters)  # one base for every model compared
         if isinstance(request, PersonaliseRequest):
             self._check_personalise(request)
+        if isinstance(request, TransferRequest):
+            from studio.transfer.job import require_kit
+
+            require_kit(self.registry.get_adapter(request.adapter_id))  # no kit: say how to get one, now
         if isinstance(request, MergeRequest):
             from studio.merging.checks import check_mergeable
 
