@@ -190,6 +190,13 @@ def _labelled(services: Services, ids: list[int]) -> list[tuple[str, int]]:
     return out
 
 
+def _made_how(row: Any) -> str:
+    """Merged (variant merge), Transferred (a LoRA with a parent: Trans-LoRA) or Trained."""
+    if not row.parents:
+        return "Trained"
+    return "Merged" if row.variant == "merge" else "Transferred"
+
+
 def details(services: Services, selected: int | None) -> dict[str, Any]:
     """Summary, rank-allocation heatmap and final per-module ranks of one adapter."""
     if not selected:
@@ -214,7 +221,7 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
         f"{len(row.ranks or {})} adapted modules"
         + (f"\n\n**Training metrics:** {metrics}" if metrics else "")
         + eval_results_markdown(services.adapters.eval_results(row.id))
-        + (f"\n\n{'Merged' if row.parents else 'Trained'} by job #{row.source_job_id}" if row.source_job_id else "")
+        + (f"\n\n{_made_how(row)} by job #{row.source_job_id}" if row.source_job_id else "")
         + (f" from adapters {', '.join(f'#{p}' for p in row.parents)}" if row.parents else "")
     )
     snapshots = services.adapters.rank_history(row.id)

@@ -586,6 +586,11 @@ class TransferRequest(StudioModel):
     )
     options: TransferOptions = Field(default_factory=TransferOptions)
 
+    @property
+    def seed(self) -> int:
+        """The transfer's seed (the job row records every request's seed)."""
+        return self.options.seed
+
 
 AnyRequest = (
     CheckRequest | TrainRequest | EvalRequest | MergeRequest | PersonaliseRequest | PretrainRequest | TransferRequest

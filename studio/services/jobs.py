@@ -87,6 +87,8 @@ class JobService:
         """The base model a job works on (a merge's is its adapters'), for the Jobs list and filters."""
         if isinstance(request, MergeRequest):
             return self.registry.get_adapter(request.adapter_ids[0]).base_model
+        if isinstance(request, TransferRequest):
+            return request.target_base  # the base the new adapter is for
         return getattr(request, "base_model", None)
 
     def _check_references(self, request: Request) -> None:

@@ -11,6 +11,8 @@ from conftest_training import chat_rows, cpu_device, make_request, register_chat
 from studio.jobs.context import JobContext
 from studio.progress import RegistryReporter
 
+pytestmark = pytest.mark.slow  # each test runs train jobs (a few seconds each)
+
 
 @pytest.fixture
 def dataset_id(registry, tmp_path):
