@@ -15,6 +15,7 @@ from app import (
     tab_playground,
     tab_system,
     tab_train,
+    tab_transfer,
 )
 from app.auth import parse_auth
 from app.theme import header_html
@@ -29,6 +30,8 @@ def tab_modules() -> list[ModuleType]:
     tabs.append(tab_playground)
     if tab_evaluate.available():
         tabs.append(tab_evaluate)
+    if tab_transfer.available():  # Transfer & Generate: each section shows when it is installed
+        tabs.append(tab_transfer)
     return [*tabs, tab_system]
 
 

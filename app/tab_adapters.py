@@ -190,6 +190,26 @@ def _labelled(services: Services, ids: list[int]) -> list[tuple[str, int]]:
     return out
 
 
+MADE_BY_KIND = {
+    "merge": "Merged",
+    "mixture": "Mixed",
+    "transfer": "Transferred",
+    "generate": "Generated",
+    "generator": "Built",
+    "personalise": "Personalised",
+    "federated": "Trained by federated",
+}
+
+
+def _made_how(services: Services, row: Any) -> str:
+    """How the adapter came to be, from the kind of the job that made it ("Trained" when that job is gone)."""
+    try:
+        kind = services.registry.get_job(row.source_job_id).kind
+    except StudioError:
+        kind = None
+    return MADE_BY_KIND.get(kind, "Trained")
+
+
 def details(services: Services, selected: int | None) -> dict[str, Any]:
     """Summary, rank-allocation heatmap and final per-module ranks of one adapter."""
     if not selected:
@@ -216,11 +236,7 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
         f"{len(row.ranks or {})} adapted modules"
         + (f"\n\n**Training metrics:** {metrics}" if metrics else "")
         + eval_results_markdown(services.adapters.eval_results(row.id))
-        + (
-            f"\n\n{('Mixed' if row.variant == 'mixture' else 'Merged') if row.parents else 'Trained'} by job #{row.source_job_id}"
-            if row.source_job_id
-            else ""
-        )
+        + (f"\n\n{_made_how(services, row)} by job #{row.source_job_id}" if row.source_job_id else "")
         + (f" from adapters {', '.join(f'#{p}' for p in row.parents)}" if row.parents else "")
     )
     snapshots = services.adapters.rank_history(row.id)

@@ -28,6 +28,7 @@ COMMANDS = {
     "serve": "studio.cli.serve:serve",
     "pretrain": "studio.cli.pretrain:pretrain",
     "generate": "studio.cli.generate:generate",
+    "transfer": "studio.cli.transfer:transfer_cmd",
 }
 
 

@@ -23,6 +23,7 @@ HANDLERS: dict[str, str] = {
     "mixture": "studio.composition.mixture_job:run_mixture_job",
     "generator": "studio.adapter_generation.jobs:run_generator_job",
     "generate": "studio.adapter_generation.jobs:run_generate_job",
+    "transfer": "studio.transfer.job:run_transfer_job",
 }
 
 Handler = Callable[..., dict[str, Any]]

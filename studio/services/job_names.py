@@ -22,6 +22,7 @@ from studio.schema import (
     MixtureRequest,
     PersonaliseRequest,
     TrainRequest,
+    TransferRequest,
 )
 
 MAX_NAME = 200  # what the jobs table's name column holds
@@ -89,6 +90,11 @@ def _generate_name(request: GenerateRequest, registry: Any) -> str:
     return f"{name} → '{request.name}'" if request.name else name
 
 
+def _transfer_name(request: TransferRequest, registry: Any) -> str:
+    name = f"transfer adapter {_named(registry.get_adapter, request.adapter_id)} to {request.target_base}"
+    return f"{name} → '{request.name}'" if request.name else name
+
+
 def _check_name(request: CheckRequest, registry: Any) -> str:
     return f"system check, {request.steps} steps"
 
@@ -102,6 +108,7 @@ NAMERS: dict[type, Callable[[Any, Any], str]] = {
     PersonaliseRequest: _personalise_name,
     GeneratorRequest: _generator_name,
     GenerateRequest: _generate_name,
+    TransferRequest: _transfer_name,
 }
 
 

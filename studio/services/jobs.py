@@ -22,6 +22,7 @@ from studio.schema import (
     MixtureRequest,
     PersonaliseRequest,
     TrainRequest,
+    TransferRequest,
     parse_request,
 )
 from studio.services.job_names import MAX_NAME, default_job_name
@@ -100,6 +101,8 @@ class JobService:
             return self.registry.get_adapter(request.adapter_ids[0]).base_model
         if isinstance(request, GenerateRequest):
             return self.registry.get_adapter(request.generator_id).base_model
+        if isinstance(request, TransferRequest):
+            return request.target_base  # the base the new adapter is for
         return getattr(request, "base_model", None)
 
     def _check_references(self, request: Request) -> None:
@@ -128,6 +131,10 @@ class JobService:
             else:
                 check_generator_row(self.registry, request.generator_id)
                 self.registry.get_dataset(request.dataset_id)
+        if isinstance(request, TransferRequest):
+            from studio.transfer.job import require_kit
+
+            require_kit(self.registry.get_adapter(request.adapter_id))  # no kit: say how to get one, now
         if isinstance(request, MergeRequest):
             from studio.merging.checks import check_mergeable
 

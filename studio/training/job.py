@@ -60,25 +60,8 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
     # After the size and hash above: those describe the adapter itself, not the adapters kept along training.
     kept = move_into_adapter(ctx.work_dir, out_dir, result.total_steps, request.hyper.keep_checkpoints)
     name = request.name or f"{request.variant} on {data.name or f'dataset {request.dataset_id}'} (job {ctx.job_id})"
-    row = registry.add_adapter(
-        name=name,
-        variant=request.variant,
-        base_model=request.base_model,
-        dataset_id=request.dataset_id,
-        ranks=saved["ranks"],
-        trainable_params=result.trainable_params,
-        size_bytes=saved["size_bytes"],
-        path=str(out_dir),
-        sha256=saved["sha256"],
-        source_job_id=ctx.job_id,
-        metrics=result.metrics(),
-    )
-    reporter.log(
-        f"adapter {row.id} saved to {out_dir}" + (f", with {len(kept)} adapters kept along training" if kept else "")
-    )
     timings = _record_timings(ctx, result, resolved.path, dataset_row.rows, time.monotonic() - saving, reporter)
     summary = {
-        "adapter_id": row.id,
         "adapter_path": str(out_dir),
         "final_loss": result.final_loss,
         "eval_loss": result.eval_loss,
@@ -92,9 +75,37 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
     }
     if result.stages:
         summary["stages"] = result.stages  # memorisation and generalisation per stage end (SoRA scheduler)
-    del result  # the trained model: the worker should idle small
+    metrics, trainable_params, task = result.metrics(), result.trainable_params, result.task
+    del result  # the trained model: the kit loads the base again, and the worker should idle small
     release_memory()
-    return summary
+    kit = _transfer_kit(request, task, data, out_dir, resolved.path, reporter, ctx, summary["steps"])
+    if kit is not None:
+        summary["transfer_kit"] = kit
+        saved["size_bytes"] += dir_size(out_dir / "transfer_kit")  # not the adapters kept along training
+    row = registry.add_adapter(
+        name=name,
+        variant=request.variant,
+        base_model=request.base_model,
+        dataset_id=request.dataset_id,
+        ranks=saved["ranks"],
+        trainable_params=trainable_params,
+        size_bytes=saved["size_bytes"],
+        path=str(out_dir),
+        sha256=saved["sha256"],
+        source_job_id=ctx.job_id,
+        metrics=metrics,
+    )
+    reporter.log(
+        f"adapter {row.id} saved to {out_dir}" + (f", with {len(kept)} adapters kept along training" if kept else "")
+    )
+    return {"adapter_id": row.id, **summary}
+
+
+def _transfer_kit(request, task, data, out_dir, base_path, reporter, ctx, steps) -> dict[str, Any] | None:
+    """The optional last stage: a transfer kit next to the adapter (never fails the job; see after_training)."""
+    from studio.transfer.after_training import keep_transfer_kit
+
+    return keep_transfer_kit(request, task, data.path, out_dir, base_path, reporter, ctx, steps)
 
 
 def _record_timings(

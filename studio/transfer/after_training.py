@@ -1,0 +1,110 @@
+"""The transfer kit a train job keeps with its adapter (``TrainRequest.transfer_kit``).
+
+A last stage of the train job, after the adapter is saved: the kit needs the training rows,
+which may be deleted later. It never fails the job: a kit that cannot be made is a warning in
+the log and in the job's result, and the adapter is registered without one.
+
+Its cost follows the data: as many real inputs as rows (at most 64), as many generated ones,
+and a discriminator trained 3 epochs over both, so a 12-row test set costs a few steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from studio.progress import Reporter
+from studio.schema import KitOptions, TrainRequest
+from studio.transfer.reporting import StageReporter
+
+STAGE = "transfer kit"
+MAX_POSITIVES = 64
+
+
+def kit_options_for(request: TrainRequest, rows: int, longest_input_chars: int = 256) -> KitOptions:
+    """Kit settings scaled to the dataset: few negatives and few discriminator steps on tiny data.
+
+    Generated inputs are cut at about twice the longest real input (half a token per
+    character, at least 16 and at most the default 64 tokens): a base that does not stop
+    at the line break would otherwise write 64 tokens of every negative.
+    """
+    defaults = KitOptions()
+    hyper = defaults.hyper.model_copy(
+        update={"max_length": min(defaults.hyper.max_length, request.hyper.max_length), "log_every": 1}
+    )
+    max_tokens = min(defaults.max_input_tokens, max(16, longest_input_chars // 2))
+    return defaults.model_copy(
+        update={
+            "positives": max(2, min(MAX_POSITIVES, rows)),
+            "max_input_tokens": max_tokens,
+            "seed": request.seed,
+            "hyper": hyper,
+        }
+    )
+
+
+def keep_transfer_kit(
+    request: TrainRequest,
+    task: str,
+    dataset_path: str | Path,
+    adapter_dir: str | Path,
+    base_path: str | Path,
+    reporter: Reporter,
+    ctx: Any,
+    job_step: int,
+) -> dict[str, Any] | None:
+    """Build ``<adapter_dir>/transfer_kit/`` when the request asks for it; returns what the job result records.
+
+    None: no kit was asked for or possible (classification, no chat rows), with a log line why.
+    ``{"error": ...}``: building it failed (logged as a warning; the job goes on).
+    """
+    if not request.transfer_kit:
+        return None
+    if task != "causal-lm":
+        reporter.log(f"no transfer kit: only text-generation adapters can be transferred (this one is {task})")
+        return None
+    from studio.errors import JobCancelled
+    from studio.training.data import read_jsonl
+    from studio.transfer.kit import build_transfer_kit
+    from studio.transfer.synth import row_example
+
+    rows = read_jsonl(dataset_path)
+    examples = [e for e in map(row_example, rows) if e is not None]
+    chat = len(examples)
+    if chat < 2:
+        reporter.log("no transfer kit: the dataset has no chat rows (a user turn and its answer) to keep as seeds")
+        return None
+    options = kit_options_for(request, chat, max(len(e["input"]) for e in examples))
+    reporter.progress(job_step, job_step, STAGE)
+    stage = StageReporter(
+        reporter,
+        lambda step, total: f"{STAGE}: discriminator step {step}/{total or '?'}",
+        progress=lambda step, total: (job_step, job_step),  # training is done: the bar stays full
+    )
+    try:
+        kit = build_transfer_kit(
+            adapter_dir,
+            base_path,
+            rows,
+            options=options,
+            device=ctx.device,
+            work_dir=Path(ctx.work_dir) / "transfer-kit",
+            settings=ctx.settings,
+            reporter=stage,
+            log=lambda message: reporter.log(message),
+        )
+    except JobCancelled:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the kit leaves a good adapter without one
+        message = f"the adapter was saved without a transfer kit: {exc}"
+        reporter.log(message, "warning")
+        return {"error": message}
+    reporter.progress(job_step, job_step, f"{STAGE}: done")
+    meta = kit.meta
+    return {
+        "path": str(kit.path),
+        "seeds": meta["seeds"],
+        "positives": meta["positives"],
+        "negatives": meta["negatives"],
+        "discriminator_train_accuracy": meta["discriminator_train_accuracy"],
+    }
