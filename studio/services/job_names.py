@@ -12,7 +12,15 @@ from collections.abc import Callable
 from typing import Any
 
 from studio.errors import NotFoundError
-from studio.schema import AnyRequest, CheckRequest, EvalRequest, MergeRequest, PersonaliseRequest, TrainRequest
+from studio.schema import (
+    AnyRequest,
+    CheckRequest,
+    EvalRequest,
+    MergeRequest,
+    PersonaliseRequest,
+    SweepRequest,
+    TrainRequest,
+)
 
 MAX_NAME = 200  # what the jobs table's name column holds
 
@@ -60,12 +68,19 @@ def _check_name(request: CheckRequest, registry: Any) -> str:
     return f"system check, {request.steps} steps"
 
 
+def _sweep_name(request: SweepRequest, registry: Any) -> str:
+    searched = ", ".join(request.space)
+    name = f"sweep {request.variant} on {_named(registry.get_dataset, request.dataset_id)}: {searched}"
+    return f"{name} → '{request.name}'" if request.name else name
+
+
 NAMERS: dict[type, Callable[[Any, Any], str]] = {
     TrainRequest: _train_name,
     EvalRequest: _eval_name,
     MergeRequest: _merge_name,
     CheckRequest: _check_name,
     PersonaliseRequest: _personalise_name,
+    SweepRequest: _sweep_name,
 }
 
 
