@@ -47,7 +47,7 @@ def dataset_id(registry, tmp_path):
 def make_sweep(base_dir, dataset_id, **fields) -> SweepRequest:
     hyper = TrainingHyperParams(
         max_steps=12, batch_size=4, max_length=64, warmup_ratio=0.0, validation_fraction=0.25,
-        log_every=1, eval_every=1, save_every=1000, learning_rate=GOOD,
+        log_every=1, eval_every=1, save_every=1000, learning_rate=GOOD, precision="fp32",
     )  # fmt: skip
     # No dropout: trials running side by side share torch's global RNG, and equal settings must give equal curves.
     defaults = dict(
