@@ -34,7 +34,11 @@ SQLITE_TRIGRAM_VERSION = (3, 34, 0)  # the first SQLite with FTS5's trigram toke
 
 
 def include_name(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
-    """Alembic's ``include_name`` hook: leave the name-search index out of schema comparisons."""
+    """Alembic's ``include_name`` hook: leave the name-search index and Optuna's tables out of schema comparisons."""
+    from models_db.optuna_tables import OPTUNA_TABLES
+
+    if type_ == "table" and name in OPTUNA_TABLES:
+        return False
     if type_ == "table" and name is not None and (name == FTS_TABLE or name.startswith(FTS_TABLE + "_")):
         return False
     return not (type_ == "index" and name == POSTGRES_INDEX)

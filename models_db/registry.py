@@ -162,6 +162,27 @@ class Registry:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    # Optuna studies (sweeps) ------------------------------------------------------------
+
+    def optuna_storage(self) -> Any:
+        """An Optuna ``RDBStorage`` on this database, whose tables migration 0008 created.
+
+        Optuna must neither create tables nor check the Alembic version table (it is ours, at our
+        revision, not Optuna's): see models_db.optuna_tables. SQLite gets the registry's busy timeout,
+        so a sweep's writes wait for a worker's metrics instead of failing.
+        """
+        import optuna
+
+        url = self.engine.url.render_as_string(hide_password=False)
+        engine_kwargs: dict[str, Any] = {}
+        if self.engine.dialect.name == "sqlite":
+            engine_kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        else:
+            engine_kwargs["pool_pre_ping"] = True
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, skip_compatibility_check=True, skip_table_creation=True
+        )
+
     # Base models ---------------------------------------------------------------------
 
     def upsert_base_model(

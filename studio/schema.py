@@ -719,21 +719,6 @@ class TransferRequest(StudioModel):
         return self.options.seed
 
 
-AnyRequest = (
-    CheckRequest
-    | TrainRequest
-    | EvalRequest
-    | MergeRequest
-    | PersonaliseRequest
-    | PretrainRequest
-    | MixtureRequest
-    | GeneratorRequest
-    | GenerateRequest
-    | TransferRequest
-)
-JobRequest = Annotated[AnyRequest, Field(discriminator="kind")]
-_REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobRequest)
-JOB_KINDS = (
     "check",
     "train",
     "eval",
@@ -745,6 +730,129 @@ JOB_KINDS = (
     "generate",
     "transfer",
 )
+
+
+# Sweeps: a search space over training and variant settings, searched by Optuna (studio.sweeps) ----------
+
+
+class FloatRange(StudioModel):
+    """Search a float setting between ``low`` and ``high`` (on a log scale with ``log``)."""
+
+    type: Literal["float"] = "float"
+    low: float = Field(..., description="Smallest value tried.")
+    high: float = Field(..., description="Largest value tried.")
+    log: bool = Field(False, description="Sample on a log scale (learning rates); needs low > 0.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class IntRange(StudioModel):
+    """Search an integer setting from ``low`` to ``high`` inclusive (on a log scale with ``log``)."""
+
+    type: Literal["int"] = "int"
+    low: int = Field(..., description="Smallest value tried.")
+    high: int = Field(..., description="Largest value tried.")
+    log: bool = Field(False, description="Sample on a log scale (ranks); needs low >= 1.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low < 1:
+            raise ValueError("a log range needs low >= 1")
+        return self
+
+
+class Choices(StudioModel):
+    """Try each of these values of a setting (numbers, words or booleans)."""
+
+    type: Literal["categorical"] = "categorical"
+    choices: list[bool | int | float | str] = Field(..., min_length=1, max_length=64, description="Values tried.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Choices:
+        if len({repr(c) for c in self.choices}) != len(self.choices):
+            raise ValueError("each choice may appear only once")
+        return self
+
+
+SearchParam = Annotated[FloatRange | IntRange | Choices, Field(discriminator="type")]
+SWEEP_OBJECTIVES = {"eval_loss": "minimize", "eval_accuracy": "maximize"}
+SWEEP_PRUNERS = ("median", "hyperband", "none")
+
+
+class SweepRequest(StudioModel):
+    """Search training and variant settings with Optuna: every trial is an ordinary ``train`` job.
+
+    ``space`` maps a setting to its range or choices. Names are training settings
+    (``learning_rate``) or the variant's parameters (``r``), or prefixed ``hyper.`` / ``variant.``
+    where a name is both; studio.sweeps.space checks them against the schemas' types and bounds.
+    ``hyper`` and ``variant_params`` are the fixed settings of every trial.
+    """
+
+    kind: Literal["sweep"] = "sweep"
+    name: str | None = Field(
+        None, max_length=200, description="Name of the sweep (its trials' adapters are named after it)."
+    )
+    dataset_id: int = Field(..., ge=1, description="Registered dataset every trial trains on.")
+    base_model: str = Field(..., min_length=1, description="Bundled model name, Hugging Face id or local directory.")
+    task: Literal["causal-lm", "classification"] = Field("causal-lm", description="What the model learns to do.")
+    variant: str = Field("lora", description="Name of a registered LoRA variant.")
+    space: dict[str, SearchParam] = Field(..., min_length=1, description="Settings searched, with their ranges.")
+    variant_params: dict[str, Any] = Field(default_factory=dict, description="Fixed variant parameters.")
+    hyper: TrainingHyperParams = Field(default_factory=TrainingHyperParams, description="Fixed training settings.")
+    first_trials: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Points tried first, before the sampler's own (e.g. the defaults): each maps searched "
+        "settings to values.",
+    )
+    n_trials: int = Field(20, ge=1, le=10_000, description="Trials in all (the budget).")
+    max_hours: float | None = Field(
+        None, gt=0, le=24 * 365, description="No new trial starts after this many hours; running ones finish."
+    )
+    parallel: int = Field(1, ge=1, le=64, description="Trials running at once (on as many workers).")
+    objective: Literal["eval_loss", "eval_accuracy"] = Field(
+        "eval_loss", description="What the sweep optimises: validation loss (minimised) or accuracy (maximised)."
+    )
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median", description="Stop unpromising trials early from their validation curves: median or Hyperband."
+    )
+    pruner_startup_trials: int = Field(
+        2, ge=0, le=1000, description="Median pruner: finished trials needed before it prunes anything."
+    )
+    pruner_warmup_steps: int = Field(0, ge=0, le=1_000_000, description="Median pruner: never prune before this step.")
+    trials_on: Literal["workers", "here"] = Field(
+        "workers",
+        description="workers: trials are queued for any worker (the sweep itself holds one); here: trials run "
+        "in the sweep's own process (`studio sweep --inline`).",
+    )
+    poll_seconds: float = Field(2.0, gt=0, le=600, description="How often running trials are checked.")
+    seed: int = Field(42, ge=0, description="Seed of the TPE sampler and of every trial's training.")
+
+    @model_validator(mode="after")
+    def _check_objective(self) -> SweepRequest:
+        if self.hyper.validation_fraction <= 0:
+            raise ValueError(
+                "hyper.validation_fraction: a sweep compares trials on validation, so hold out some rows (e.g. 0.1)"
+            )
+        if self.objective == "eval_accuracy" and self.task != "classification":
+            raise ValueError("objective: eval_accuracy is for classification; use eval_loss")
+        return self
+
+
+AnyRequest = (
+    CheckRequest | TrainRequest | EvalRequest | MergeRequest | PersonaliseRequest | PretrainRequest | MixtureRequest | GeneratorRequest | GenerateRequest | TransferRequest | SweepRequest
+)
+JobRequest = Annotated[AnyRequest, Field(discriminator="kind")]
+_REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobRequest)
+JOB_KINDS = ("check", "train", "eval", "merge", "personalise", "pretrain", "mixture", "generator", "generate", "transfer", "sweep")
 
 
 def parse_request(data: dict[str, Any]) -> AnyRequest:

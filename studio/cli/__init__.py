@@ -29,6 +29,7 @@ COMMANDS = {
     "pretrain": "studio.cli.pretrain:pretrain",
     "generate": "studio.cli.generate:generate",
     "transfer": "studio.cli.transfer:transfer_cmd",
+    "sweep": "studio.cli.sweep:sweep",
 }
 
 

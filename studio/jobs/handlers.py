@@ -24,6 +24,7 @@ HANDLERS: dict[str, str] = {
     "generator": "studio.adapter_generation.jobs:run_generator_job",
     "generate": "studio.adapter_generation.jobs:run_generate_job",
     "transfer": "studio.transfer.job:run_transfer_job",
+    "sweep": "studio.sweeps.job:run_sweep_job",
 }
 
 Handler = Callable[..., dict[str, Any]]

@@ -21,6 +21,7 @@ from studio.schema import (
     MergeRequest,
     MixtureRequest,
     PersonaliseRequest,
+    SweepRequest,
     TrainRequest,
     TransferRequest,
 )
@@ -99,6 +100,12 @@ def _check_name(request: CheckRequest, registry: Any) -> str:
     return f"system check, {request.steps} steps"
 
 
+def _sweep_name(request: SweepRequest, registry: Any) -> str:
+    searched = ", ".join(request.space)
+    name = f"sweep {request.variant} on {_named(registry.get_dataset, request.dataset_id)}: {searched}"
+    return f"{name} → '{request.name}'" if request.name else name
+
+
 NAMERS: dict[type, Callable[[Any, Any], str]] = {
     TrainRequest: _train_name,
     EvalRequest: _eval_name,
@@ -109,6 +116,7 @@ NAMERS: dict[type, Callable[[Any, Any], str]] = {
     GeneratorRequest: _generator_name,
     GenerateRequest: _generate_name,
     TransferRequest: _transfer_name,
+    SweepRequest: _sweep_name,
 }
 
 

@@ -21,6 +21,7 @@ from studio.schema import (
     MergeRequest,
     MixtureRequest,
     PersonaliseRequest,
+    SweepRequest,
     TrainRequest,
     TransferRequest,
     parse_request,
@@ -111,6 +112,11 @@ class JobService:
             from studio.variants.registry import create_variant
 
             create_variant(request.variant, request.variant_params)  # raises ValidationFailed naming the field
+            self.registry.get_dataset(request.dataset_id)
+        if isinstance(request, SweepRequest):
+            from studio.sweeps.space import check_space
+
+            check_space(request)  # every searched setting against the schemas, before any trial runs
             self.registry.get_dataset(request.dataset_id)
         if isinstance(request, EvalRequest):
             self.registry.get_dataset(request.dataset_id)

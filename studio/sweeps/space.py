@@ -1,0 +1,223 @@
+"""A sweep's search space, checked against the training and variant schemas, and turned into trials.
+
+Every searched name is resolved to a field of :class:`~studio.schema.TrainingHyperParams`
+(``hyper.``) or of the variant's ``Params`` (``variant.``); a range must match the field's
+type (a float range for a float, an int range for an integer) and every value the sampler
+can draw must pass the field's own bounds, which is checked on the range's ends and on
+every choice by validating a real request. Errors name the setting and say what to do.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from studio.errors import ValidationFailed
+from studio.schema import (
+    Choices,
+    FloatRange,
+    IntRange,
+    SearchParam,
+    SweepRequest,
+    TrainingHyperParams,
+    TrainRequest,
+    format_validation_error,
+)
+
+HYPER, VARIANT = "hyper", "variant"
+# Settings that change what a trial trains on or how it is compared, never searched.
+NOT_SEARCHABLE = {"validation_fraction", "max_eval_rows", "eval_every", "log_every", "save_every"}
+
+
+@dataclass(frozen=True)
+class SearchedSetting:
+    """One searched setting: where it lives (``hyper`` or ``variant``), its field name and its range."""
+
+    scope: str
+    field: str
+    param: FloatRange | IntRange | Choices
+
+    @property
+    def key(self) -> str:
+        """The name Optuna records: ``hyper.learning_rate``, ``variant.r``."""
+        return f"{self.scope}.{self.field}"
+
+
+def _variant_fields(variant: str) -> type[BaseModel]:
+    from studio.variants.registry import get_variant
+
+    return get_variant(variant).Params
+
+
+def _resolve(name: str, hyper_fields: set[str], variant_fields: set[str]) -> tuple[str, str]:
+    """(scope, field) of a searched name, or ValidationFailed listing what can be searched."""
+    scope, _, field = name.rpartition(".")
+    if scope and scope not in (HYPER, VARIANT):
+        raise ValidationFailed(f"space: {name!r}: prefix a setting with hyper. or variant., not {scope}.")
+    if not scope:
+        in_hyper, in_variant = field in hyper_fields, field in variant_fields
+        if in_hyper and in_variant:
+            raise ValidationFailed(
+                f"space: {name!r} is both a training and a variant setting; write hyper.{field} or variant.{field}"
+            )
+        scope = HYPER if in_hyper else VARIANT if in_variant else ""
+    known = hyper_fields if scope == HYPER else variant_fields if scope == VARIANT else hyper_fields | variant_fields
+    if not scope or field not in known:
+        listed = ", ".join(sorted(known - NOT_SEARCHABLE))
+        raise ValidationFailed(f"space: {name!r} is not a setting of this variant or of training; searchable: {listed}")
+    if field in NOT_SEARCHABLE:
+        raise ValidationFailed(
+            f"space: {field} is fixed for every trial of a sweep (it decides how trials are compared)"
+        )
+    return scope, field
+
+
+def _base_type(annotation: Any) -> Any:
+    """``float`` of ``float | None``, ``int`` of ``int``; None for anything else (literals, lists, unions)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        return _base_type(rest[0]) if len(rest) == 1 else None
+    return annotation if annotation in (int, float, bool, str) else None
+
+
+def _check_type(key: str, param: Any, model: type[BaseModel], field: str) -> None:
+    kind = _base_type(model.model_fields[field].annotation)
+    if isinstance(param, FloatRange) and kind is not float:
+        hint = "use int:LOW:HIGH" if kind is int else "use cat: with its values"
+        raise ValidationFailed(f"space: {key} is not a decimal number, so it takes no float range; {hint}")
+    if isinstance(param, IntRange) and kind is not int:
+        hint = "use float:LOW:HIGH" if kind is float else "use cat: with its values"
+        raise ValidationFailed(f"space: {key} is not a whole number, so it takes no int range; {hint}")
+
+
+def sample_values(param: FloatRange | IntRange | Choices) -> list[Any]:
+    """The values whose validity stands for the whole range: its two ends, or every choice."""
+    if isinstance(param, Choices):
+        return list(param.choices)
+    return [param.low, param.high]
+
+
+def check_space(request: SweepRequest) -> list[SearchedSetting]:
+    """The searched settings of ``request``, or ValidationFailed naming the first bad one.
+
+    Every value the sampler may draw is validated by building the trial's real request,
+    so the fields' own bounds (``gt``, ``le``, literals) and the variant's checks apply.
+    """
+    hyper_fields = set(TrainingHyperParams.model_fields)
+    params_model = _variant_fields(request.variant)
+    variant_fields = set(params_model.model_fields)
+    settings: list[SearchedSetting] = []
+    for name, param in request.space.items():
+        scope, field = _resolve(name, hyper_fields, variant_fields)
+        setting = SearchedSetting(scope, field, param)
+        if any(s.key == setting.key for s in settings):
+            raise ValidationFailed(f"space: {setting.key} is given twice")
+        _check_type(setting.key, param, TrainingHyperParams if scope == HYPER else params_model, field)
+        for value in sample_values(param):
+            try:
+                trial_request(request, {setting.key: value}, trial_number=0)
+            except ValidationFailed as exc:
+                raise ValidationFailed(f"space: {setting.key} = {value!r} is not allowed: {exc}") from None
+        settings.append(setting)
+    trial_request(request, {}, trial_number=0)  # the fixed settings alone must make a valid trial
+    for point in request.first_trials:
+        first_trial_point(point, settings)
+    return settings
+
+
+def first_trial_point(point: dict[str, Any], settings: list[SearchedSetting]) -> dict[str, Any]:
+    """A point of ``first_trials`` keyed by the searched settings' keys (``hyper.learning_rate``)."""
+    by_name = {s.key: s for s in settings} | {s.field: s for s in settings}
+    out = {}
+    for name, value in point.items():
+        setting = by_name.get(name)
+        if setting is None:
+            raise ValidationFailed(f"first_trials: {name!r} is not a searched setting")
+        out[setting.key] = value
+    return out
+
+
+def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Optuna's ``{"hyper.x": .., "variant.y": ..}`` as (training settings, variant parameters)."""
+    hyper: dict[str, Any] = {}
+    variant: dict[str, Any] = {}
+    for key, value in params.items():
+        scope, _, field = key.partition(".")
+        (hyper if scope == HYPER else variant)[field] = value
+    return hyper, variant
+
+
+def trial_request(request: SweepRequest, params: dict[str, Any], trial_number: int) -> TrainRequest:
+    """The ``train`` request of one trial: the fixed settings overridden by the sampled ``params``."""
+    from studio.variants.registry import create_variant
+
+    hyper, variant = split_params(params)
+    sweep_name = request.name or f"sweep of {request.variant}"
+    try:
+        train = TrainRequest(
+            name=f"{sweep_name} · trial {trial_number}"[:200],
+            dataset_id=request.dataset_id,
+            base_model=request.base_model,
+            task=request.task,
+            variant=request.variant,
+            variant_params={**request.variant_params, **variant},
+            hyper=TrainingHyperParams(**{**request.hyper.model_dump(), **hyper}),
+            seed=request.seed,
+        )
+    except ValidationError as exc:
+        raise ValidationFailed(format_validation_error(exc)) from None
+    create_variant(train.variant, train.variant_params)  # the variant's own checks name the field
+    return train
+
+
+def suggest(trial: Any, setting: SearchedSetting) -> Any:
+    """Draw ``setting``'s value for an Optuna trial."""
+    param: SearchParam = setting.param
+    if isinstance(param, FloatRange):
+        return trial.suggest_float(setting.key, param.low, param.high, log=param.log)
+    if isinstance(param, IntRange):
+        return trial.suggest_int(setting.key, param.low, param.high, log=param.log)
+    return trial.suggest_categorical(setting.key, list(param.choices))
+
+
+def parse_param(text: str) -> tuple[str, FloatRange | IntRange | Choices]:
+    """``lr=log:1e-5:1e-3``, ``r=int:4:32``, ``dropout=cat:0,0.05,0.1``, ``x=float:0:1`` (the CLI's --param)."""
+    import json
+
+    name, sep, spec = text.partition("=")
+    kind, _, rest = spec.partition(":")
+    if not sep or not name or not rest:
+        raise ValidationFailed(
+            f"--param {text!r}: expected NAME=KIND:..., e.g. learning_rate=log:1e-5:1e-3, r=int:4:32, "
+            "lora_dropout=cat:0,0.05,0.1"
+        )
+
+    def number(raw: str, cast: type) -> Any:
+        try:
+            return cast(raw)
+        except ValueError:
+            raise ValidationFailed(f"--param {text!r}: {raw!r} is not a {cast.__name__}") from None
+
+    try:
+        if kind in ("float", "log"):
+            low, _, high = rest.partition(":")
+            return name, FloatRange(low=number(low, float), high=number(high, float), log=kind == "log")
+        if kind in ("int", "logint"):
+            low, _, high = rest.partition(":")
+            return name, IntRange(low=number(low, int), high=number(high, int), log=kind == "logint")
+        if kind == "cat":
+            values = []
+            for raw in rest.split(","):
+                try:
+                    values.append(json.loads(raw))
+                except json.JSONDecodeError:
+                    values.append(raw.strip())
+            return name, Choices(choices=values)
+    except ValidationError as exc:
+        raise ValidationFailed(f"--param {text!r}: {format_validation_error(exc)}") from None
+    raise ValidationFailed(f"--param {text!r}: kind {kind!r} is not one of float, log, int, logint, cat")
