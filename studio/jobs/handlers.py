@@ -20,6 +20,7 @@ HANDLERS: dict[str, str] = {
     "merge": "studio.merging.job:run_merge_job",
     "personalise": "studio.composition.reclora_job:run_personalise_job",
     "pretrain": "studio.sequences.pretrain:run_pretrain_job",
+    "federated": "studio.federated.job:run_federated_job",
 }
 
 Handler = Callable[..., dict[str, Any]]
