@@ -26,6 +26,7 @@ COMMANDS = {
     "personalise": "studio.cli.personalise:personalise",
     "serve": "studio.cli.serve:serve",
     "pretrain": "studio.cli.pretrain:pretrain",
+    "federated": "studio.cli.federated:federated",
 }
 
 
