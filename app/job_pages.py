@@ -305,6 +305,13 @@ def _personalise_describe(services: Any, job: Any) -> list[str]:
     return lines
 
 
+def _federated_chart(services: Any, job: Any) -> Any:
+    """Global validation loss and each client's local loss per round (the Federated tab has ε and bytes too)."""
+    from studio.federated.charts import round_charts
+
+    return round_charts(services.jobs.metrics(job.id), title=f"Job #{job.id}: ")["loss"]
+
+
 def _generic_describe(services: Any, job: Any) -> list[str]:
     return []
 
@@ -315,5 +322,8 @@ VIEWS: dict[str, KindView] = {
     "merge": KindView("merge", None, None, _merge_describe),
     "check": KindView("system check", "step", "steps", _check_describe, _loss_chart, "Loss"),
     "personalise": KindView("personalised training", "step", "steps", _personalise_describe, _loss_chart, "Loss"),
+    "federated": KindView(
+        "federated training", "round", "rounds", _generic_describe, _federated_chart, "Loss per round"
+    ),
 }
 GENERIC = KindView("job", "step", "steps", _generic_describe)

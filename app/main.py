@@ -10,6 +10,7 @@ from app import (
     tab_adapters,
     tab_datasets,
     tab_evaluate,
+    tab_federated,
     tab_jobs,
     tab_merge,
     tab_playground,
@@ -29,6 +30,8 @@ def tab_modules() -> list[ModuleType]:
     tabs.append(tab_playground)
     if tab_evaluate.available():
         tabs.append(tab_evaluate)
+    if tab_federated.available():
+        tabs.append(tab_federated)
     return [*tabs, tab_system]
 
 
