@@ -335,6 +335,11 @@ def _generate_describe(services: Any, job: Any) -> list[str]:
         made = _made(services, result["adapter_id"])
         lines.append(f"{made}; it is in the Adapters, Evaluate and Playground tabs.")
     return lines
+def _federated_chart(services: Any, job: Any) -> Any:
+    """Global validation loss and each client's local loss per round (the Federated tab has ε and bytes too)."""
+    from studio.federated.charts import round_charts
+
+    return round_charts(services.jobs.metrics(job.id), title=f"Job #{job.id}: ")["loss"]
 
 
 def _generic_describe(services: Any, job: Any) -> list[str]:
@@ -349,5 +354,8 @@ VIEWS: dict[str, KindView] = {
     "personalise": KindView("personalised training", "step", "steps", _personalise_describe, _loss_chart, "Loss"),
     "generator": KindView("generator training", None, None, _generator_describe, _loss_chart, "Loss"),
     "generate": KindView("adapter generation", None, None, _generate_describe),
+    "federated": KindView(
+        "federated training", "round", "rounds", _generic_describe, _federated_chart, "Loss per round"
+    ),
 }
 GENERIC = KindView("job", "step", "steps", _generic_describe)

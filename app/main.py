@@ -10,6 +10,7 @@ from app import (
     tab_adapters,
     tab_datasets,
     tab_evaluate,
+    tab_federated,
     tab_jobs,
     tab_merge,
     tab_playground,
@@ -32,6 +33,8 @@ def tab_modules() -> list[ModuleType]:
         tabs.append(tab_evaluate)
     if tab_transfer.available():  # Transfer & Generate: each section shows when it is installed
         tabs.append(tab_transfer)
+    if tab_federated.available():
+        tabs.append(tab_federated)
     return [*tabs, tab_system]
 
 

@@ -719,19 +719,6 @@ class TransferRequest(StudioModel):
         return self.options.seed
 
 
-    "check",
-    "train",
-    "eval",
-    "merge",
-    "personalise",
-    "pretrain",
-    "mixture",
-    "generator",
-    "generate",
-    "transfer",
-)
-
-
 # Sweeps: a search space over training and variant settings, searched by Optuna (studio.sweeps) ----------
 
 
@@ -847,12 +834,137 @@ class SweepRequest(StudioModel):
         return self
 
 
+# Federated LoRA (issue #14) ---------------------------------------------------------------------------
+
+FEDERATED_STRATEGIES = ("fedit", "ffa", "flora", "lora_fair")
+
+
+class FederatedPrivacy(StudioModel):
+    """DP-SGD on every client: give the noise σ, or a target ε (σ is then chosen to fit), or both (ε is a budget).
+
+    Each client's steps are Poisson-sampled at rate q (``sample_rate``, else the request's batch size over
+    the client's rows); ε is accounted per client over all its rounds with Opacus' RDP accountant.
+    """
+
+    noise_multiplier: float | None = Field(
+        None, ge=0, le=1000, description="Noise σ: Gaussian noise of std σ·C is added to each step's summed gradient."
+    )
+    target_epsilon: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="Privacy budget ε per client over the whole run. Alone: the smallest σ that fits is used; "
+        "with a noise σ: a run that would spend more is refused before it starts.",
+    )
+    max_grad_norm: float = Field(1.0, gt=0, le=1000, description="Clipping norm C of each row's gradient.")
+    delta: float = Field(1e-5, gt=0, lt=0.1, description="δ of the (ε, δ) guarantee (well below 1 / rows).")
+    sample_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Share q of a client's rows in each step (Poisson sampling). Empty: batch size / rows.",
+    )
+
+    @model_validator(mode="after")
+    def _noise_or_budget(self) -> FederatedPrivacy:
+        if self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError("noise_multiplier: give the noise σ or a target ε (or both)")
+        if self.noise_multiplier == 0 and self.target_epsilon is not None:
+            raise ValueError(
+                f"noise_multiplier: σ = 0 gives no privacy (ε = ∞), so no budget ε = {self.target_epsilon:g} can hold"
+            )
+        return self
+
+
+class FederatedRequest(StudioModel):
+    """Simulated federated LoRA: one dataset split among K clients that train locally; the server aggregates.
+
+    The fields are those of :class:`studio.federated.simulation.FederatedParams` (``strategy`` is its
+    ``method``) plus the dataset, the base model and an optional DP-SGD block.
+    """
+
+    kind: Literal["federated"] = "federated"
+    name: str | None = Field(None, max_length=200, description="Name of the resulting adapter.")
+    dataset_id: int = Field(..., ge=1, description="Registered dataset whose rows are dealt to the clients.")
+    base_model: str = Field(..., min_length=1, description="Bundled model name, Hugging Face id or local directory.")
+    strategy: Literal[FEDERATED_STRATEGIES] = Field(  # type: ignore[valid-type]
+        "fedit",
+        description="fedit: average A and B. ffa: FFA-LoRA, A seeded by the server and frozen, only B trained "
+        "and sent (half the traffic). flora: FLoRA, the clients' LoRAs stacked (exact; the rank grows every "
+        "round). lora_fair: FedIT plus the server's correction of B towards the exact average.",
+    )
+    clients: int = Field(4, ge=1, le=100, description="Number of simulated clients K.")
+    split: Literal["iid", "dirichlet", "column"] = Field(
+        "iid",
+        description="iid: rows dealt at random. dirichlet: each label's rows split by Dir(α) shares (non-IID). "
+        "column: a column names each row's client.",
+    )
+    alpha: float = Field(0.5, gt=0, le=1000, description="Dirichlet α: small (0.1) = each client sees few labels.")
+    label_column: str = Field("label", min_length=1, description="Column used as the label (Dirichlet split, chart).")
+    client_column: str = Field("client", min_length=1, description="Column naming each row's client (column split).")
+    rounds: int = Field(3, ge=1, le=1000, description="Federated rounds R.")
+    local_steps: int = Field(5, ge=1, le=100_000, description="Optimizer steps each sampled client runs per round.")
+    fraction: float = Field(1.0, gt=0, le=1, description="Share of the clients sampled each round.")
+    r: int = Field(4, ge=1, le=256, description="LoRA rank of every client.")
+    lora_alpha: float = Field(8.0, gt=0, le=4096, description="LoRA scale numerator (scale = lora_alpha / r).")
+    target_modules: list[str] | None = Field(None, description="Linear layer names to adapt; empty: the defaults.")
+    learning_rate: float = Field(1e-2, gt=0, le=1, description="Clients' learning rate.")
+    batch_size: int = Field(4, ge=1, le=512, description="Rows per local step (DP: the expected rows per step).")
+    max_length: int = Field(128, ge=16, le=32_768, description="Longer rows are truncated to this many tokens.")
+    validation_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Rows held out (before the split) for the global validation loss."
+    )
+    fair_solver: Literal["iterative", "ridge"] = Field(
+        "iterative", description="lora_fair: cosine objective by SGD (the paper) or the closed-form ridge."
+    )
+    fair_lambda: float = Field(0.01, ge=0, le=100, description="lora_fair: weight λ of ‖ΔB‖² in the correction.")
+    a_seed: int = Field(0, ge=0, description="ffa: seed of the frozen A shared by the server and the clients.")
+    privacy: FederatedPrivacy | None = Field(None, description="DP-SGD on every client; empty: no DP.")
+    seed: int = Field(0, ge=0, description="Seed of the split, the sampling of clients and the initial adapter.")
+
+    @model_validator(mode="after")
+    def _check_federated(self) -> FederatedRequest:
+        if self.split == "dirichlet" and self.clients < 2:
+            raise ValueError("clients: a Dirichlet split needs at least 2 clients")
+        return self
+
+    def simulation_params(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`studio.federated.simulation.FederatedParams` for this request."""
+        skip = {"kind", "name", "dataset_id", "base_model", "strategy"}
+        values = {k: getattr(self, k) for k in type(self).model_fields if k not in skip}
+        return {**values, "method": self.strategy}
+
+
 AnyRequest = (
-    CheckRequest | TrainRequest | EvalRequest | MergeRequest | PersonaliseRequest | PretrainRequest | MixtureRequest | GeneratorRequest | GenerateRequest | TransferRequest | SweepRequest
+    CheckRequest
+    | TrainRequest
+    | EvalRequest
+    | MergeRequest
+    | PersonaliseRequest
+    | PretrainRequest
+    | MixtureRequest
+    | GeneratorRequest
+    | GenerateRequest
+    | TransferRequest
+    | SweepRequest
+    | FederatedRequest
 )
 JobRequest = Annotated[AnyRequest, Field(discriminator="kind")]
 _REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobRequest)
-JOB_KINDS = ("check", "train", "eval", "merge", "personalise", "pretrain", "mixture", "generator", "generate", "transfer", "sweep")
+JOB_KINDS = (
+    "check",
+    "train",
+    "eval",
+    "merge",
+    "personalise",
+    "pretrain",
+    "mixture",
+    "generator",
+    "generate",
+    "transfer",
+    "sweep",
+    "federated",
+)
 
 
 def parse_request(data: dict[str, Any]) -> AnyRequest:

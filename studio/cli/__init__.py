@@ -30,6 +30,7 @@ COMMANDS = {
     "generate": "studio.cli.generate:generate",
     "transfer": "studio.cli.transfer:transfer_cmd",
     "sweep": "studio.cli.sweep:sweep",
+    "federated": "studio.cli.federated:federated",
 }
 
 

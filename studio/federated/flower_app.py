@@ -67,6 +67,7 @@ class LocalUpdate:
     factors: Factors  # FFA-LoRA: A is None
     num_examples: int
     train_loss: float
+    extra: dict[str, float] = field(default_factory=dict)  # more client metrics (DP: "epsilon" spent so far)
 
 
 # (partition id, the global state, the round's config) -> the client's update
@@ -87,7 +88,12 @@ def make_client_app(trainer: LocalTrainer) -> ClientApp:
         update = trainer(int(context.node_config["partition-id"]), decode(msg.content["arrays"]), config)
         arrays = encode(update.factors)
         metrics = MetricRecord(
-            {WEIGHT_KEY: int(update.num_examples), "train_loss": float(update.train_loss), "bytes": record_bytes(arrays)}
+            {
+                **{k: float(v) for k, v in update.extra.items()},
+                WEIGHT_KEY: int(update.num_examples),
+                "train_loss": float(update.train_loss),
+                "bytes": record_bytes(arrays),
+            }
         )
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
@@ -102,6 +108,7 @@ class RoundRecord:
     sampled: list[int]
     client_loss: dict[int, float] = field(default_factory=dict)  # node id -> local training loss
     client_rows: dict[int, int] = field(default_factory=dict)
+    client_epsilon: dict[int, float] = field(default_factory=dict)  # node id -> ε its rows have spent (DP runs)
     failed: dict[int, str] = field(default_factory=dict)  # node id -> reason
     bytes_up: int = 0
     bytes_down: int = 0
@@ -176,6 +183,8 @@ class LoraStrategy(FedAvg):
             node = msg.metadata.src_node_id
             record.client_loss[node] = float(metrics["train_loss"])
             record.client_rows[node] = int(metrics[WEIGHT_KEY])
+            if "epsilon" in metrics:
+                record.client_epsilon[node] = float(metrics["epsilon"])
             record.bytes_up += record_bytes(msg.content["arrays"])
             updates.append(decode(msg.content["arrays"]))
             weights.append(int(metrics[WEIGHT_KEY]))

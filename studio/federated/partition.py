@@ -79,6 +79,32 @@ def label_mix(labels: Sequence[Any], parts: Sequence[Sequence[int]]) -> dict[str
     return mix
 
 
+def split_rows(rows: list[dict[str, Any]], params: Any) -> tuple[list[int], list[list[int]]]:
+    """(validation rows, one index list per client) — validation is held out before the split.
+
+    ``params`` is a FederatedParams or FederatedRequest (``seed``, ``validation_fraction``,
+    ``split``, ``clients``, ``alpha``, ``label_column``, ``client_column``).
+    """
+    order = list(range(len(rows)))
+    random.Random(params.seed).shuffle(order)
+    n_val = max(1, round(params.validation_fraction * len(rows)))
+    val, train = sorted(order[:n_val]), sorted(order[n_val:])
+    if params.split == "iid":
+        local = iid_split(len(train), params.clients, params.seed)
+    elif params.split == "dirichlet":
+        local = dirichlet_split(
+            [rows[i].get(params.label_column) for i in train], params.clients, params.alpha, params.seed
+        )
+    else:
+        _, local = column_split([rows[i].get(params.client_column) for i in train])
+        if len(local) != params.clients:
+            raise ValueError(f"column {params.client_column!r} names {len(local)} clients, not {params.clients}")
+    empty = [k for k, part in enumerate(local) if not part]
+    if empty:
+        raise ValueError(f"clients {[k + 1 for k in empty]} get no rows: use fewer clients or a larger alpha")
+    return val, [[train[i] for i in part] for part in local]
+
+
 def _check(n: int, clients: int) -> None:
     if clients < 1:
         raise ValueError(f"need at least one client, got {clients}")

@@ -37,6 +37,8 @@ from flwr.serverapp import Grid
 from pydantic import BaseModel, ConfigDict, Field
 
 from studio.federated.flower_app import Factors, LocalUpdate, LoraStrategy, decode, encode, make_client_app
+from studio.federated.partition import split_rows  # noqa: F401  (re-exported: the split lives with the others)
+from studio.schema import FederatedPrivacy
 
 Method = Literal["fedit", "ffa", "flora", "lora_fair"]
 
@@ -66,6 +68,7 @@ class FederatedParams(BaseModel):
     fair_lambda: float = Field(0.01, ge=0)
     a_seed: int = Field(0, ge=0, description="FFA-LoRA: seed of the frozen A shared by server and clients.")
     seed: int = Field(0, ge=0)
+    privacy: FederatedPrivacy | None = Field(None, description="DP-SGD on every client (σ resolved); None: no DP.")
 
 
 @dataclass
@@ -83,6 +86,7 @@ class FederatedResult:
     fair_cosine: dict[int, tuple[float, float]] = field(default_factory=dict)
     ranks: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    epsilon: dict[int, float] = field(default_factory=dict)  # DP: round -> max ε spent over the clients so far
 
 
 class LocalGrid(Grid):
@@ -152,30 +156,6 @@ class LocalGrid(Grid):
 # -- data ---------------------------------------------------------------------------------------------
 
 
-def split_rows(rows: list[dict[str, Any]], params: FederatedParams) -> tuple[list[int], list[list[int]]]:
-    """(validation rows, one index list per client) — validation is held out before the split."""
-    import random
-
-    from studio.federated.partition import column_split, dirichlet_split, iid_split
-
-    order = list(range(len(rows)))
-    random.Random(params.seed).shuffle(order)
-    n_val = max(1, round(params.validation_fraction * len(rows)))
-    val, train = sorted(order[:n_val]), sorted(order[n_val:])
-    if params.split == "iid":
-        local = iid_split(len(train), params.clients, params.seed)
-    elif params.split == "dirichlet":
-        local = dirichlet_split([rows[i].get(params.label_column) for i in train], params.clients, params.alpha, params.seed)
-    else:
-        _, local = column_split([rows[i].get(params.client_column) for i in train])
-        if len(local) != params.clients:
-            raise ValueError(f"column {params.client_column!r} names {len(local)} clients, not {params.clients}")
-    empty = [k for k, part in enumerate(local) if not part]
-    if empty:
-        raise ValueError(f"clients {[k + 1 for k in empty]} get no rows: use fewer clients or a larger alpha")
-    return val, [[train[i] for i in part] for part in local]
-
-
 # -- the client: the studio's training function on a few local steps -----------------------------------
 
 
@@ -199,6 +179,7 @@ def client_trainer(
     from studio.variants.peft_common import tuner_layers
 
     variant, variant_params = variant_for(params, targets)
+    ledgers: dict[int, Any] = {}  # DP: one ledger per client, kept across rounds (ε covers every round)
 
     def load_global(state: Factors) -> Callable[[Any], None]:
         def init(model: Any) -> None:
@@ -219,6 +200,8 @@ def client_trainer(
 
     def train(partition: int, state: Factors, config: dict[str, Any]) -> LocalUpdate:
         server_round = int(config.get("server-round", 1))
+        if params.privacy is not None:
+            return train_private(partition, state, server_round)
         hyper = TrainingHyperParams(
             learning_rate=params.learning_rate,
             max_steps=params.local_steps,
@@ -260,6 +243,22 @@ def client_trainer(
         losses = list(result.losses.values())
         rows = sum(1 for _ in data_files[partition].open(encoding="utf-8"))
         return LocalUpdate(factors, rows, sum(losses) / max(1, len(losses)))
+
+    def train_private(partition: int, state: Factors, server_round: int) -> LocalUpdate:
+        from studio.federated.dp_client import dp_local_round
+        from studio.privacy.accounting import PrivacyLedger
+        from studio.training.data import read_jsonl
+
+        ledger = ledgers.setdefault(partition, PrivacyLedger(delta=params.privacy.delta))
+        return dp_local_round(
+            params,
+            rows=read_jsonl(data_files[partition]),
+            base_path=base_path,
+            targets=targets,
+            init=load_global(state),
+            ledger=ledger,
+            seed=params.seed + 1000 * server_round + partition,
+        )
 
     return train
 
@@ -367,7 +366,8 @@ def run_federated_simulation(
     """K clients × R rounds of Flower on one JSONL dataset; the final adapter is written to ``out_dir``.
 
     ``progress`` gets one dict per round (round 0 = before training): ``round``, ``val_loss``,
-    ``client_loss`` {client: loss}, ``bytes_up``, ``bytes_down``, ``failed`` {client: reason}.
+    ``client_loss`` {client: loss}, ``bytes_up``, ``bytes_down``, ``failed`` {client: reason}, and
+    with DP ``epsilon`` (the largest ε any client has spent so far) and ``client_epsilon`` {client: ε}.
     """
     from studio.federated.partition import label_mix
     from studio.training.data import read_jsonl
@@ -400,13 +400,22 @@ def run_federated_simulation(
     app = make_client_app(client_trainer(params, files, Path(base_path), work_dir, server.targets))
     grid = LocalGrid(app, params.clients)
     val_loss: dict[int, float] = {}
+    spent: dict[int, float] = {}  # client index -> ε its rows have spent so far (DP)
+    epsilon: dict[int, float] = {}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         val_loss[server_round] = server.validation_loss(decode(arrays), frozen)
         record = strategy.rounds.get(server_round)
+        if record is not None:
+            spent.update({n - 1: v for n, v in record.client_epsilon.items()})
+        dp = {}
+        if params.privacy is not None:
+            epsilon[server_round] = max(spent.values(), default=0.0)
+            dp = {"epsilon": epsilon[server_round], "client_epsilon": dict(spent)}
         if progress is not None:
             progress(
                 {
+                    **dp,
                     "round": server_round,
                     "val_loss": val_loss[server_round],
                     "client_loss": {n - 1: v for n, v in record.client_loss.items()} if record else {},
@@ -434,4 +443,5 @@ def run_federated_simulation(
         fair_cosine={r: rec.fair_cosine for r, rec in strategy.rounds.items() if rec.fair_cosine},
         ranks=ranks,
         elapsed_s=time.monotonic() - began,
+        epsilon=epsilon,
     )

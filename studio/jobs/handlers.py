@@ -25,6 +25,7 @@ HANDLERS: dict[str, str] = {
     "generate": "studio.adapter_generation.jobs:run_generate_job",
     "transfer": "studio.transfer.job:run_transfer_job",
     "sweep": "studio.sweeps.job:run_sweep_job",
+    "federated": "studio.federated.job:run_federated_job",
 }
 
 Handler = Callable[..., dict[str, Any]]

@@ -15,6 +15,7 @@ from studio.schema import (
     SCHEMA_VERSION,
     AnyRequest,
     EvalRequest,
+    FederatedRequest,
     GenerateRequest,
     GeneratorRequest,
     JobFilters,
@@ -141,6 +142,8 @@ class JobService:
             from studio.transfer.job import require_kit
 
             require_kit(self.registry.get_adapter(request.adapter_id))  # no kit: say how to get one, now
+        if isinstance(request, FederatedRequest):
+            self._check_federated(request)
         if isinstance(request, MergeRequest):
             from studio.merging.checks import check_mergeable
 
@@ -170,6 +173,14 @@ class JobService:
             raise ValidationFailed(format_validation_error(exc)) from None
         if request.user_features_path and not Path(request.user_features_path).is_file():
             raise ValidationFailed(f"user_features_path: {request.user_features_path} is not a file")
+
+    def _check_federated(self, request: FederatedRequest) -> None:
+        """The split's column exists, every client gets rows and the privacy plan fits its budget (as the job plans)."""
+        from studio.federated.planning import load_rows, plan_privacy, preview_split
+
+        split = preview_split(load_rows(self.registry.get_dataset(request.dataset_id), request), request)
+        if request.privacy is not None and request.privacy.target_epsilon is not None:
+            plan_privacy(request, [len(part) for part in split.parts])  # only a budget can refuse (σ alone: no check)
 
     def cancel(self, job_id: int) -> str:
         """Ask a job to stop. Queued jobs stop at once; running ones at their next step."""
