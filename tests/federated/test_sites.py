@@ -21,7 +21,7 @@ from studio.federated.sites import Security, free_port, supernode_command, write
 MODULE = [sys.executable, "-m", "studio.cli.federated_sites"]
 # Each process imports torch and each round starts a fresh `flwr-clientapp` per site (Flower's
 # isolation): about a minute on an idle 2-core machine, more on a busy one.
-SERVER_LIMIT_S = 240
+SERVER_LIMIT_S = 400
 
 
 def _env(tmp_path, name):
@@ -75,7 +75,7 @@ def _run_federation(tmp_path, tiny_llama_dir, kill_second_client: bool):
         *MODULE, "serve", "--insecure", "--host", "127.0.0.1", "--port", str(port), "--min-clients", "2",
         "--rounds", "2", "--local-steps", "1", "--r", "4", "--target-modules", "q_proj,v_proj",
         "--base", str(tiny_llama_dir), "--out", str(out), "--work-dir", str(tmp_path / "server"),
-        "--round-timeout", "30", "--join-timeout", "60",
+        "--round-timeout", "120", "--join-timeout", "120",
     ]  # fmt: skip
     procs = []
     try:
