@@ -206,6 +206,11 @@ def run_mixed(args: argparse.Namespace, model_dir: Path, prompts: list[list[int]
     ]
     same = [r.model_copy(update={"adapter": str(adapters[one])}) for r in mixed]
     bare = [r.model_copy(update={"adapter": None}) for r in mixed]
+    new = {"tokens": args.new}  # the warm-up runs with 2 tokens: it only has to page adapters in
+
+    def engine_run(requests: list[Any], strategy: str = "auto") -> list[list[int]]:
+        requests = [r.model_copy(update={"max_new_tokens": new["tokens"]}) for r in requests]
+        return [r.token_ids for r in engine.generate(requests, strategy=strategy)]
     names = [f"a{i}" for i in range(len(prompts))]
     pad = peft.generation_config.pad_token_id or 0
 
@@ -215,7 +220,7 @@ def run_mixed(args: argparse.Namespace, model_dir: Path, prompts: list[list[int]
             peft.set_adapter(name)
             ids = torch.tensor([prompt])
             out = peft.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=args.new
+                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new["tokens"]
             )
             tokens.append(out[0, len(prompt) :].tolist())
         return tokens
@@ -223,28 +228,40 @@ def run_mixed(args: argparse.Namespace, model_dir: Path, prompts: list[list[int]
     def peft_batched() -> list[list[int]]:
         ids, mask = _left_padded(prompts, pad)
         out = peft.generate(
-            input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=args.new, adapter_names=names
+            input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=new["tokens"], adapter_names=names
         )
         return out[:, ids.shape[1] :].tolist()
 
     contenders = {
-        "engine_mixed": lambda: [r.token_ids for r in engine.generate(mixed)],
-        "engine_one": lambda: [r.token_ids for r in engine.generate(same)],
-        "engine_base": lambda: [r.token_ids for r in engine.generate(bare)],
+        "engine_mixed": lambda: engine_run(mixed),
+        # The same, but decode steps also take the segmented path (one matmul pair per adapter) instead of
+        # gather-BMM: tells whether gathering zero-padded A/B per row is what the mixed batch pays for.
+        "engine_mixed_segments": lambda: engine_run(mixed, "segments"),
+        "engine_one": lambda: engine_run(same),
+        "engine_base": lambda: engine_run(bare),
         "peft_sequential": peft_sequential,
         "peft_batched": peft_batched,
     }
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
     outputs: dict[str, list[list[int]]] = {}
+    profiles: dict[str, str] = {}
     with torch.inference_mode():
-        for name, fn in contenders.items():  # warm-up: adapters read and paged in, first-call costs paid
-            outputs[name] = fn()
+        new["tokens"] = 2
+        for fn in contenders.values():  # warm-up: adapters read and paged in, first-call costs paid
+            fn()
+        new["tokens"] = args.new
         for _ in range(args.repeats):
             for name, fn in contenders.items():
-                start = time.perf_counter()
-                fn()
+                start, start_cpu = time.perf_counter(), time.process_time()
+                outputs[name] = fn()  # the tokens compared are those of the last repeat
                 seconds[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+        if args.profile:
+            for name in ("engine_mixed", "engine_base", "peft_batched"):
+                profiles[name] = profile(contenders[name])
     median = {name: statistics.median(values) for name, values in seconds.items()}
+    median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
     tokens = len(prompts) * args.new
     ratios = {name: median[name] / median["engine_mixed"] for name in TARGET_RATIOS}
     return {
@@ -257,15 +274,30 @@ def run_mixed(args: argparse.Namespace, model_dir: Path, prompts: list[list[int]
         "median_seconds": median,
         "seconds": seconds,
         "tokens_per_s": {name: tokens / s for name, s in median.items()},
+        # CPU seconds of this process: on a shared, busy machine they move less than wall time.
+        "median_cpu_seconds": median_cpu,
+        "cpu_seconds": cpu,
         "engine_mixed_speedup_vs": ratios,
+        "engine_mixed_cpu_speedup_vs": {name: median_cpu[name] / median_cpu["engine_mixed"] for name in TARGET_RATIOS},
         "targets": TARGET_RATIOS,
         "targets_met": {name: ratios[name] >= target for name, target in TARGET_RATIOS.items()},
         "lora_cost_engine_mixed_vs_engine_base": median["engine_mixed"] / median["engine_base"],
+        "profiles": profiles,
         "agreement_with_peft_sequential": {
             name: _agreement(outputs[name], outputs["peft_sequential"])
-            for name in ("engine_mixed", "peft_batched")
+            for name in ("engine_mixed", "engine_mixed_segments", "peft_batched")
         },
     }
+
+
+def profile(fn: Any, rows: int = 25) -> str:
+    """The ops taking the most CPU time in one call of ``fn`` (torch.profiler), as a text table."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 # --- (b) many registered adapters -------------------------------------------------------------------------------------
@@ -417,6 +449,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--slots", type=int, default=None, help="(b) adapter slots (default: settings.serving_slots)")
     parser.add_argument("--host-capacity", type=int, default=None, help="(b) adapters kept in host RAM (default 4x slots)")
     parser.add_argument("--in-process", action="store_true", help="(b) run every count in this process (RSS shared)")
+    parser.add_argument("--profile", action="store_true", help="(a) profile one run of three contenders (op table)")
     parser.add_argument("--skip-mixed", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "serving.json")
@@ -468,6 +501,10 @@ def print_mixed(mixed: dict[str, Any]) -> None:
         for name in mixed["median_seconds"]
     ]
     print(text_table(["contender", "median s", "new tokens/s", "engine_mixed vs this"], rows))
+    cpu_ratios = mixed["engine_mixed_cpu_speedup_vs"]
+    print("per CPU-second: " + ", ".join(f"engine_mixed vs {n} {r:.2f}x" for n, r in cpu_ratios.items()))
+    for name, table in mixed["profiles"].items():
+        print(f"profile of {name}:\n{table}")
     agree = mixed["agreement_with_peft_sequential"]
     print(
         "tokens equal to peft_sequential: "

@@ -26,10 +26,11 @@ def test_quick_run_on_a_tiny_model(base_dir, tmp_path, monkeypatch):
     )
     assert json.loads(out.read_text())["mixed"]["requests"] == 4
     mixed = result["mixed"]
-    assert set(mixed["median_seconds"]) == {"engine_mixed", "engine_one", "engine_base", "peft_sequential",
-                                            "peft_batched"}
+    assert set(mixed["median_seconds"]) == {"engine_mixed", "engine_mixed_segments", "engine_one", "engine_base",
+                                            "peft_sequential", "peft_batched"}
     assert mixed["ranks"] == serving.RANKS[:4] and mixed["one_adapter_rank"] == 16
     assert mixed["agreement_with_peft_sequential"]["engine_mixed"]["equal"] == 4
+    assert mixed["agreement_with_peft_sequential"]["engine_mixed_segments"]["equal"] == 4
     assert set(mixed["engine_mixed_speedup_vs"]) == set(serving.TARGET_RATIOS)
 
     scale = result["scale"]["summary"]
