@@ -248,8 +248,10 @@ def run_mixed(args: argparse.Namespace, model_dir: Path, prompts: list[list[int]
     profiles: dict[str, str] = {}
     with torch.inference_mode():
         new["tokens"] = 2
-        for fn in contenders.values():  # warm-up: adapters read and paged in, first-call costs paid
+        for name, fn in contenders.items():  # warm-up: adapters read and paged in, first-call costs paid
+            start = time.perf_counter()
             fn()
+            print(f"  warm-up {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
         new["tokens"] = args.new
         for _ in range(args.repeats):
             for name, fn in contenders.items():
@@ -257,6 +259,7 @@ def run_mixed(args: argparse.Namespace, model_dir: Path, prompts: list[list[int]
                 outputs[name] = fn()  # the tokens compared are those of the last repeat
                 seconds[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
+                print(f"  {name}: {seconds[name][-1]:.1f} s ({cpu[name][-1]:.1f} CPU s)", file=sys.stderr, flush=True)
         if args.profile:
             for name in ("engine_mixed", "engine_base", "peft_batched"):
                 profiles[name] = profile(contenders[name])
@@ -319,10 +322,10 @@ def scale_case(spec: dict[str, Any]) -> dict[str, Any]:
     )
     adapters, prompts = spec["adapters"], spec["prompts"]
     with torch.inference_mode():
-        # The weights are memory-mapped until a forward touches them, and the first batch allocates
-        # its activations and KV cache: one round on the bare base first, so the baseline has both.
+        # The weights are memory-mapped until a forward touches them, and the first prefill allocates
+        # its activations: one short round on the bare base first, so the baseline has both.
         base_round = [
-            EngineRequest(prompt_ids=prompts[j % len(prompts)], temperature=0, max_new_tokens=spec["new"])
+            EngineRequest(prompt_ids=prompts[j % len(prompts)], temperature=0, max_new_tokens=2)
             for j in range(SCALE_ACTIVE)
         ]
         engine.generate(base_round)
@@ -339,16 +342,17 @@ def scale_case(spec: dict[str, Any]) -> dict[str, Any]:
             for j in range(SCALE_ACTIVE)
         ]
 
-    seconds, paged_in, rss_after = [], [], []
+    seconds, cpu, paged_in, rss_after = [], [], [], []
     with torch.inference_mode():
         engine.generate(round_requests(0))  # warm-up: first-call costs, the first adapters paged in
         for k in range(1, spec["rounds"] + 1):
             requests = round_requests(k)
             resident = engine.bank.resident()
             paged_in.append(len({str(Path(r.adapter).resolve()) for r in requests} - set(resident)))
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             engine.generate(requests)
             seconds.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
             rss_after.append(rss_mb())
     bank_bytes = sum(b.A.nbytes + b.B.nbytes + b.scale.nbytes for b in engine.bank.layers.values())
     host = engine.bank._host  # noqa: SLF001 - the bench reports what the host cache holds
@@ -358,6 +362,8 @@ def scale_case(spec: dict[str, Any]) -> dict[str, Any]:
         "rounds": spec["rounds"],
         "round_seconds": seconds,
         "tokens_per_s": spec["rounds"] * SCALE_ACTIVE * spec["new"] / total,
+        "round_cpu_seconds": cpu,
+        "tokens_per_cpu_s": spec["rounds"] * SCALE_ACTIVE * spec["new"] / sum(cpu),
         "adapters_paged_in_per_round": paged_in,
         "rss_loaded_mb": rss_loaded,
         "rss_after_rounds_mb": rss_after,
@@ -400,6 +406,7 @@ def run_scale(args: argparse.Namespace, model_dir: Path, prompts: list[list[int]
     for count, results in runs.items():
         summary[count] = {
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in results),
+            "tokens_per_cpu_s": statistics.median(r["tokens_per_cpu_s"] for r in results),
             "rss_growth_mb": statistics.median(r["rss_growth_mb"] for r in results if r["rss_growth_mb"] is not None)
             if any(r["rss_growth_mb"] is not None for r in results)
             else None,
@@ -408,9 +415,10 @@ def run_scale(args: argparse.Namespace, model_dir: Path, prompts: list[list[int]
             "host_cache_mb": results[-1]["host_cache_mb"],
             "paged_in_per_round": statistics.mean(x for r in results for x in r["adapters_paged_in_per_round"]),
         }
-    first = summary[args.counts[0]]["tokens_per_s"]
+    first = summary[args.counts[0]]
     for count in summary:
-        summary[count]["vs_first"] = summary[count]["tokens_per_s"] / first
+        summary[count]["vs_first"] = summary[count]["tokens_per_s"] / first["tokens_per_s"]
+        summary[count]["cpu_vs_first"] = summary[count]["tokens_per_cpu_s"] / first["tokens_per_cpu_s"]
     return {
         "counts": args.counts,
         "rank": args.scale_rank,
@@ -444,8 +452,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--counts", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 64, 512])
     parser.add_argument("--scale-rank", type=int, default=2, help="(b) rank of every registered adapter")
     parser.add_argument("--scale-new", type=int, default=32, help="(b) new tokens per request")
-    parser.add_argument("--scale-rounds", type=int, default=5, help="(b) timed rounds of 8 requests per count")
-    parser.add_argument("--scale-repeats", type=int, default=2, help="(b) processes per count, interleaved")
+    parser.add_argument("--scale-rounds", type=int, default=4, help="(b) timed rounds of 8 requests per count")
+    parser.add_argument("--scale-repeats", type=int, default=1, help="(b) processes per count, interleaved")
     parser.add_argument("--slots", type=int, default=None, help="(b) adapter slots (default: settings.serving_slots)")
     parser.add_argument("--host-capacity", type=int, default=None, help="(b) adapters kept in host RAM (default 4x slots)")
     parser.add_argument("--in-process", action="store_true", help="(b) run every count in this process (RSS shared)")
@@ -514,12 +522,13 @@ def print_mixed(mixed: dict[str, Any]) -> None:
 
 def print_scale(scale: dict[str, Any]) -> None:
     rows = [
-        [count, f"{s['tokens_per_s']:.1f}", f"{s['vs_first']:.2f}x", f"{s['paged_in_per_round']:.1f}",
+        [count, f"{s['tokens_per_s']:.1f}", f"{s['vs_first']:.2f}x", f"{s['cpu_vs_first']:.2f}x",
+         f"{s['paged_in_per_round']:.1f}",
          f"{s['rss_growth_mb']:.0f}" if s["rss_growth_mb"] is not None else "-", f"{s['bank_slot_mb']:.1f}",
          f"{s['host_cache_adapters']} ({s['host_cache_mb']:.0f} MiB)"]
         for count, s in scale["summary"].items()
     ]
-    headers = ["adapters", "tokens/s", "vs 1st", "paged in/round", "RSS growth MiB", "bank MiB", "host cache"]
+    headers = ["adapters", "tokens/s", "vs 1st", "per CPU-s vs 1st", "paged in/round", "RSS growth MiB", "bank MiB", "host cache"]
     print(text_table(headers, rows))
 
 
