@@ -8,6 +8,7 @@ import gradio as gr
 
 from app import (
     tab_adapters,
+    tab_compose,
     tab_datasets,
     tab_evaluate,
     tab_federated,
@@ -24,10 +25,12 @@ from studio.services.container import Services
 
 
 def tab_modules() -> list[ModuleType]:
-    """The tabs in display order; Merge and Evaluate only where their job kinds are installed."""
+    """The tabs in display order; Merge, Compose and Evaluate only where their job kinds are installed."""
     tabs = [tab_datasets, tab_train, tab_jobs, tab_adapters]
     if tab_merge.available():
         tabs.append(tab_merge)
+    if tab_compose.available():  # MeteoRA mixtures and RecLoRA personalised adapters
+        tabs.append(tab_compose)
     tabs.append(tab_playground)
     if tab_evaluate.available():
         tabs.append(tab_evaluate)

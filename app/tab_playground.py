@@ -80,6 +80,11 @@ def pane_note(playground: PlaygroundService, base_model: str | None, target: str
     return f"*{note}*" if note else ""
 
 
+def user_box(playground: PlaygroundService, target: str | None) -> Any:
+    """The pane's "user" textbox: shown only for a personalised (RecLoRA) adapter, whose reply is per user."""
+    return gr.update(visible=playground.is_personalised(target))
+
+
 def on_panes(panes: int) -> dict[str, Any]:
     """Show the first ``panes`` panes."""
     return {f"pane_{i}": gr.update(visible=i < int(panes)) for i in range(MAX_PANES)}
@@ -103,7 +108,8 @@ def send(playground: PlaygroundService, gen: SchemaForm | None, base_model: str,
         histories[i] = [*histories[i], {"role": "user", "content": prompt}]
     yield {"prompt": "", **{f"chat_{i}": [*h, {"role": "assistant", "content": "…"}] for i, h in histories.items()}}
     requests = [(raw.get(f"target_{i}") or BASE_TARGET, histories[i]) for i in range(count)]
-    for reply in playground.stream_panes(base_model, requests, settings):
+    users = [raw.get(f"user_{i}") for i in range(count)]  # only personalised (RecLoRA) panes read theirs
+    for reply in playground.stream_panes(base_model, requests, settings, users=users):
         content = reply.text or ("(empty reply)" if reply.done else "…")
         yield {f"chat_{reply.pane}": [*histories[reply.pane], {"role": "assistant", "content": content}]}
 
@@ -130,6 +136,13 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
             with gr.Column(visible=i < 2, min_width=260, elem_classes=["chat-pane"]) as c[f"pane_{i}"]:
                 c[f"target_{i}"] = gr.Dropdown(label=f"Pane {i + 1}", choices=[], elem_id=f"play-target-{i}")
                 c[f"note_{i}"] = gr.Markdown("", elem_id=f"play-note-{i}")
+                c[f"user_{i}"] = gr.Textbox(
+                    label="User",
+                    placeholder="a user id of this personalised adapter",
+                    info="Empty or unknown: the mean gate over all users.",
+                    visible=False,
+                    elem_id=f"play-user-{i}",
+                )
                 c[f"chat_{i}"] = gr.Chatbot(height=380, elem_id=f"play-chat-{i}", buttons=["copy"], show_label=False)
     with gr.Row():
         c["prompt"] = gr.Textbox(
@@ -147,7 +160,8 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
 
     targets = {f"target_{i}": c[f"target_{i}"] for i in range(MAX_PANES)}
     chats = {f"chat_{i}": c[f"chat_{i}"] for i in range(MAX_PANES)}
-    send_in = {"base_model": c["base_model"], "panes": c["panes"], "prompt": c["prompt"]} | targets | chats
+    users = {f"user_{i}": c[f"user_{i}"] for i in range(MAX_PANES)}
+    send_in = {"base_model": c["base_model"], "panes": c["panes"], "prompt": c["prompt"]} | targets | chats | users
     send_in |= {f"gen.{n}": w for n, w in gen.widgets.items()}
 
     def change_base(base_model: str | None) -> dict[str, Any]:
@@ -170,12 +184,12 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     for i in range(MAX_PANES):
         # .change also fires when a new base model or a refresh picks the pane's target.
         def show_note(base_model: str | None, target: str | None, i: int = i) -> dict[str, Any]:
-            return {f"note_{i}": pane_note(playground, base_model, target)}
+            return {f"note_{i}": pane_note(playground, base_model, target), f"user_{i}": user_box(playground, target)}
 
         bind(
             c[f"target_{i}"].change,
             show_note,
             {"base_model": c["base_model"], "target": c[f"target_{i}"]},
-            {f"note_{i}": c[f"note_{i}"]},
+            {f"note_{i}": c[f"note_{i}"], f"user_{i}": c[f"user_{i}"]},
         )
     bind(tab.select, refresh_tab, {"base_model": c["base_model"]} | targets, {"base_model": c["base_model"]} | targets)

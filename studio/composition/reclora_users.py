@@ -53,6 +53,21 @@ def user_alpha(bundle_dir: str | Path, user: str | None) -> tuple[torch.Tensor, 
         return gate([user])[0].float(), user is not None and str(user) in gate.index
 
 
+def users_alpha(bundle_dir: str | Path, users: list[str | None]) -> torch.Tensor:
+    """The gate's α(u) of every one of ``users`` (rows) over the K meta-LoRAs (columns); unknown users: the mean gate.
+
+    What the Compose tab draws as the users × K heatmap; one read of the bundle, no base model.
+    """
+    from safetensors.torch import load_file
+
+    meta = read_bundle_meta(bundle_dir)
+    gate = _load_gate(Path(bundle_dir), meta, load_file(str(Path(bundle_dir) / BUNDLE_TENSORS)))
+    if not users:
+        return torch.zeros(0, int(meta["config"]["n_meta"]))
+    with torch.no_grad():
+        return gate(list(users)).float()
+
+
 def export_bundle_user(
     bundle_dir: str | Path, user: str | None, out_dir: str | Path, *, base_model_name_or_path: str = ""
 ) -> Path:

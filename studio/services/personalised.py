@@ -8,12 +8,13 @@ is cached in the bundle under ``users/<safe name>/``.
 from __future__ import annotations
 
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from models_db.registry import Registry
 from studio.composition.reclora_job import VARIANT
-from studio.composition.reclora_users import bundle_users, cached_user_adapter
+from studio.composition.reclora_users import bundle_users, cached_user_adapter, user_folder_name, users_alpha
 from studio.errors import ValidationFailed
 from studio.settings import Settings
 
@@ -64,3 +65,30 @@ class PersonalisedService:
             if (bundle / name).is_file():
                 shutil.copy2(bundle / name, out / name)
         return UserExport(out, user, cached.known_user)
+
+    def gates(self, adapter_id: int, users: list[str]) -> list[list[float]]:
+        """α(u) over the K meta-LoRAs for each of ``users`` (rows in that order); unknown users get the mean gate."""
+        return users_alpha(self.bundle(adapter_id).path, list(users)).tolist()
+
+    def user_zip(self, adapter_id: int, user: str | None) -> Path:
+        """A zip of the user's standard PEFT LoRA for download, named like other adapter downloads.
+
+        Its ``adapter_config.json`` names the base portably and its README says how to load it;
+        ``SHA256SUMS`` inside and ``<zip>.sha256`` beside it, as :meth:`AdapterService.zip` writes.
+        """
+        from studio.services.downloads import PortableBase, portable_files, write_archive
+
+        row = self.bundle(adapter_id)
+        folder = user_folder_name(user, True)
+        work = Path(self.settings.data_dir) / "exports" / f"user-{adapter_id}-{folder}"
+        if work.exists():
+            shutil.rmtree(work)
+        try:
+            done = self.export_user(adapter_id, user, work)
+            name = f"adapter-{adapter_id}-user-{folder}" if done.known_user else f"adapter-{adapter_id}-mean-gate"
+            who = f"user {user!r}" if done.known_user else "an unknown user (the mean gate)"
+            replaced = portable_files(work, PortableBase.of(row.base_model), name, f"{row.name}: {who}")
+            target = work.parent / f"{name}.zip"
+            return write_archive(work, name, target, zipfile.ZIP_DEFLATED, replaced)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)

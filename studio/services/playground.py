@@ -264,6 +264,16 @@ class PlaygroundService:
         """
         return self._engine_ref(base_model, self._adapter_ref(base_model, target, user))
 
+    def is_personalised(self, target: str | None) -> bool:
+        """True when ``target`` (``"adapter:<id>"``) is a personalised (RecLoRA) bundle, whose reply depends on a user."""
+        kind, _, raw_id = (target or "").partition(":")
+        if kind != "adapter" or not raw_id.isdigit():
+            return False
+        try:
+            return self.registry.get_adapter(int(raw_id)).variant == RECLORA_VARIANT
+        except NotFoundError:
+            return False
+
     def serving_info(self, base_model: str, target: str) -> dict[str, Any]:
         """How ``target`` is served: ``{"served_by": "engine" | "engine-export" | "peft", "description", ...}``.
 
@@ -311,17 +321,21 @@ class PlaygroundService:
         base_model: str,
         panes: list[tuple[str, list[dict[str, str]]]],
         settings: GenerationSettings | None = None,
+        users: list[str | None] | None = None,
     ) -> Iterator[PaneReply]:
         """Every pane's reply to its conversation, generated together and yielded as tokens arrive in any pane.
 
         ``panes`` are ``(target, messages)``. The engine's panes are submitted at once (one
         batch); each pane ends with one ``done`` reply. Closing the iterator cancels the rest.
+        ``users`` (one per pane, None or "" for none) picks the user of a personalised (RecLoRA)
+        pane's adapter, as the /v1 ``user`` field does; other panes ignore it.
         """
         settings = settings or GenerationSettings()
         for _, messages in panes:
             if not messages or messages[-1].get("role") != "user":
                 raise ValidationFailed("the conversation must end with a user message")
-        adapters = [self._adapter_ref(base_model, target) for target, _ in panes]
+        who = [(u or "").strip() or None for u in (users or [])] + [None] * len(panes)
+        adapters = [self._adapter_ref(base_model, target, who[i]) for i, (target, _) in enumerate(panes)]
         engine_refs: dict[int, AdapterRef | None] = {}
         for i, ref in enumerate(adapters):
             if ref is not None and self.is_mixture(ref.key):

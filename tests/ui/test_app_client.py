@@ -29,9 +29,10 @@ def launched(services):
 
 
 def test_tabs_are_built_from_modules_and_merge_and_evaluate_only_when_installed(monkeypatch):
-    from app import main, tab_evaluate, tab_federated, tab_merge, tab_transfer
+    from app import main, tab_compose, tab_evaluate, tab_federated, tab_merge, tab_transfer
 
     assert tab_merge.available() and tab_evaluate.available() and tab_transfer.available()
+    assert tab_compose.available()
     assert tab_federated.available()
     titles = [
         "Datasets",
@@ -39,6 +40,7 @@ def test_tabs_are_built_from_modules_and_merge_and_evaluate_only_when_installed(
         "Jobs",
         "Adapters",
         "Merge",
+        "Compose",
         "Playground",
         "Evaluate",
         "Transfer & Generate",
@@ -50,6 +52,7 @@ def test_tabs_are_built_from_modules_and_merge_and_evaluate_only_when_installed(
     monkeypatch.setattr(tab_merge, "available", lambda: False)
     monkeypatch.setattr(tab_transfer, "available", lambda: False)
     monkeypatch.setattr(tab_federated, "available", lambda: False)
+    monkeypatch.setattr(tab_compose, "available", lambda: False)
     assert [m.TITLE for m in main.tab_modules()] == ["Datasets", "Train", "Jobs", "Adapters", "Playground", "System"]
 
 
