@@ -127,6 +127,15 @@ def test_submitting_the_mixture_form_queues_a_mixture_job(services, experts):
     assert len(services.jobs.list(kind="mixture")) == 1
 
 
+def test_routing_charts_need_a_mixture(services, experts):
+    from studio.errors import ValidationFailed
+
+    charts = compose_mixture.mixture_charts(services, None, "hello")
+    assert charts["heatmap"].layout.annotations[0].text == "Pick a mixture first."
+    with pytest.raises(ValidationFailed, match="is a lora adapter, not a mixture"):
+        compose_mixture.mixture_charts(services, experts[0][0], "hello")
+
+
 def test_personalise_form_offers_the_uploaded_columns_and_queues_the_job(services, tiny_llama, tmp_path):
     rows = [{"instruction": f"q{i}", "output": f"a{i}", "persona": USERS[i % 3]} for i in range(6)]
     dataset = add_dataset(services, tmp_path, "personas", rows)
