@@ -6,7 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from test_job import colour_rows
+from test_federated_job import colour_rows
 
 from studio.cli import cli
 
