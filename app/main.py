@@ -15,6 +15,7 @@ from app import (
     tab_jobs,
     tab_merge,
     tab_playground,
+    tab_sweep,
     tab_system,
     tab_train,
     tab_transfer,
@@ -38,6 +39,8 @@ def tab_modules() -> list[ModuleType]:
         tabs.append(tab_transfer)
     if tab_federated.available():
         tabs.append(tab_federated)
+    if tab_sweep.available():
+        tabs.append(tab_sweep)
     return [*tabs, tab_system]
 
 

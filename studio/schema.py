@@ -798,7 +798,7 @@ class SweepRequest(StudioModel):
         default_factory=list,
         max_length=64,
         description="Points tried first, before the sampler's own (e.g. the defaults): each maps searched "
-        "settings to values.",
+        "settings to values; a point listed twice is tried twice (it shows the noise).",
     )
     n_trials: int = Field(20, ge=1, le=10_000, description="Trials in all (the budget).")
     max_hours: float | None = Field(
@@ -809,12 +809,25 @@ class SweepRequest(StudioModel):
         "eval_loss", description="What the sweep optimises: validation loss (minimised) or accuracy (maximised)."
     )
     pruner: Literal["median", "hyperband", "none"] = Field(
-        "median", description="Stop unpromising trials early from their validation curves: median or Hyperband."
+        "median",
+        description="Stop unpromising trials early from their validation curves: median (a trial whose best "
+        "validation value so far is worse than the median of the finished trials' values at the same step, or at "
+        "their last step if they were shorter) or Hyperband (Optuna's, over max_steps).",
     )
     pruner_startup_trials: int = Field(
-        2, ge=0, le=1000, description="Median pruner: finished trials needed before it prunes anything."
+        2,
+        ge=0,
+        le=1000,
+        description="Median pruner: finished trials needed before it prunes anything (at least 1 is always "
+        "needed). Default 2: one finished trial alone is a noisy yardstick.",
     )
-    pruner_warmup_steps: int = Field(0, ge=0, le=1_000_000, description="Median pruner: never prune before this step.")
+    pruner_warmup_steps: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="Median pruner: never prune a trial before this training step. Default 0: a trial may be "
+        "stopped at its first validation point; raise it when early validation is noisy (LR warm-up).",
+    )
     trials_on: Literal["workers", "here"] = Field(
         "workers",
         description="workers: trials are queued for any worker (the sweep itself holds one); here: trials run "

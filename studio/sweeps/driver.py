@@ -108,9 +108,9 @@ def make_pruner(request: SweepRequest) -> Any:
     import optuna
 
     if request.pruner == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=request.pruner_startup_trials, n_warmup_steps=request.pruner_warmup_steps
-        )
+        from studio.sweeps.pruning import LatestStepMedianPruner
+
+        return LatestStepMedianPruner(request.pruner_startup_trials, request.pruner_warmup_steps)
     if request.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=request.hyper.max_steps or "auto")
     return optuna.pruners.NopPruner()
@@ -135,8 +135,11 @@ def open_study(request: SweepRequest, registry: Registry, sweep_job_id: int) -> 
     )
     if STARTED_AT_ATTR not in study.user_attrs:
         settings = check_space(request)
-        for point in request.first_trials:
-            study.enqueue_trial(first_trial_point(point, settings), skip_if_exists=True)
+        # Each listed point is one trial, a point listed twice too (it measures the noise). Trials are only
+        # asked for after this, so the study's first trials are the points enqueued before a crash here.
+        done = len(study.get_trials(deepcopy=False))
+        for point in request.first_trials[done:]:
+            study.enqueue_trial(first_trial_point(point, settings), skip_if_exists=False)
         study.set_user_attr("sweep_job_id", sweep_job_id)
         study.set_user_attr("variant", request.variant)
         study.set_user_attr(STARTED_AT_ATTR, time.time())

@@ -221,3 +221,58 @@ def parse_param(text: str) -> tuple[str, FloatRange | IntRange | Choices]:
     except ValidationError as exc:
         raise ValidationFailed(f"--param {text!r}: {format_validation_error(exc)}") from None
     raise ValidationFailed(f"--param {text!r}: kind {kind!r} is not one of float, log, int, logint, cat")
+
+
+def _bounds(info: Any) -> tuple[float | None, float | None]:
+    """The (lowest, highest) values a pydantic field allows, from its ge/gt/le/lt constraints."""
+    low = high = None
+    for item in info.metadata:
+        for name in ("ge", "gt"):
+            if getattr(item, name, None) is not None:
+                low = getattr(item, name)
+        for name in ("le", "lt"):
+            if getattr(item, name, None) is not None:
+                high = getattr(item, name)
+    return low, high
+
+
+def _default_row(scope: str, field: str, info: Any) -> dict[str, Any] | None:
+    """A searchable field's row with a starting range around its default, or None when it cannot be searched."""
+    kind = _base_type(info.annotation)
+    literal = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else ()
+    row: dict[str, Any] = {"search": False, "setting": f"{scope}.{field}", "low": None, "high": None, "log": False}
+    if literal or kind is bool:
+        return row | {"kind": "choice", "choices": ", ".join(str(v) for v in (literal or (True, False)))}
+    if kind not in (int, float):
+        return None
+    floor, ceiling = _bounds(info)
+    default = info.default if isinstance(info.default, int | float) and not isinstance(info.default, bool) else None
+    if default:
+        low, high = (default / 10, default * 10) if kind is float else (max(1, default // 2), default * 2)
+    else:
+        low, high = (floor or 0, ceiling if ceiling is not None else (1 if kind is float else 10))
+    low = low if floor is None else max(low, floor)
+    high = high if ceiling is None else min(high, ceiling)
+    if kind is int:
+        low, high = int(low), int(high)
+    if not low < high:
+        return None
+    return row | {"kind": kind.__name__, "low": low, "high": high, "log": bool(low > 0 and high / low >= 100)}
+
+
+def searchable_rows(variant: str) -> list[dict[str, Any]]:
+    """Every setting a sweep of ``variant`` can search, from the schemas, with a starting range (the Sweep tab).
+
+    Keys: ``search`` (False), ``setting`` (``hyper.x`` / ``variant.y``), ``kind`` (float, int, choice),
+    ``low``/``high``/``log`` for numbers and ``choices`` (every allowed value) for the others.
+    Free-text and list fields are left out: they have no range.
+    """
+    rows = []
+    for scope, model in ((VARIANT, _variant_fields(variant)), (HYPER, TrainingHyperParams)):
+        for field, info in model.model_fields.items():
+            if field in NOT_SEARCHABLE or field in ("target_modules", "keep_checkpoints"):
+                continue
+            row = _default_row(scope, field, info)
+            if row is not None:
+                rows.append({"choices": "", **row})
+    return rows

@@ -18,6 +18,7 @@ memory estimate decides checkpointing and the micro-batch size before the first 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -53,6 +54,11 @@ from studio.variants.targets import default_modules_to_save, default_target_modu
 STAGE_SUBSET_MIN, STAGE_SUBSET_MAX = 32, 256
 # Where frozen base linears are stored in the autocast dtype while training (see frozen_weights.py).
 LOW_PRECISION_STORAGE_DEVICES = frozenset({"cuda"})
+# torch's CPU RNG is one per process, and runs may train on threads of one process (a sweep's trials
+# with --inline, inline jobs): seeding and the random initialisation that follows it hold this lock,
+# so two runs with one seed start from the same weights whichever thread gets there first. (Draws
+# made while training, e.g. dropout, still share the RNG: such runs are only reproducible one per process.)
+SEEDED_INIT = threading.RLock()
 
 
 @dataclass
@@ -152,8 +158,9 @@ def run_training(
     if device.type == "cpu":
         tune_allocator()
     torch_device = torch.device(device.torch_device)
-    torch.manual_seed(request.seed)  # classification heads are initialised while the base loads
-    setup = prepare_run(request, dataset, Path(base_path), torch_device, reporter.log)
+    with SEEDED_INIT:
+        torch.manual_seed(request.seed)  # classification heads are initialised while the base loads
+        setup = prepare_run(request, dataset, Path(base_path), torch_device, reporter.log)
     base_params = sum(p.numel() for p in setup.model.parameters())
     base_ids = {id(p) for p in setup.model.parameters()}  # the plain base, before the variant wraps it
     variant = create_variant(request.variant, request.variant_params)
@@ -193,8 +200,9 @@ def run_training(
         work_dir=work_dir,
         log=reporter.log,
     )
-    torch.manual_seed(request.seed)
-    model = variant.build(ctx).to(torch_device)
+    with SEEDED_INIT:
+        torch.manual_seed(request.seed)
+        model = variant.build(ctx).to(torch_device)
     if init_model is not None:
         init_model(model)
     model.train()

@@ -79,6 +79,8 @@ def test_a_six_trial_sweep_runs_two_at_a_time_and_prunes_the_bad_trials(registry
     # Two good trials first, then trials that cannot learn: once a good one is complete, the median pruner
     # (one startup trial) stops each bad one at its first validation step, which is worse than the median.
     # The bad ones are long (LONG steps), so the driver certainly sees them running and stops them early.
+    # The good ones are the same point (listed thrice, tried thrice) and give the same curve, even the two that
+    # start together on threads of this process: a curve equal to the median's is never pruned.
     good, bad = {"learning_rate": GOOD, "max_steps": 8}, {"learning_rate": BAD, "max_steps": LONG}
     first = [good, good, bad, bad, good, bad]
     space = {"learning_rate": Choices(choices=[GOOD, BAD]), "max_steps": Choices(choices=[8, LONG])}
@@ -98,10 +100,12 @@ def test_a_six_trial_sweep_runs_two_at_a_time_and_prunes_the_bad_trials(registry
     for trial in trials:  # each trial is one train job with its settings, seen by Optuna step by step
         job = registry.get_job(trial.user_attrs["job_id"])
         assert job.request["hyper"]["learning_rate"] == trial.params["hyper.learning_rate"]
-        assert trial.intermediate_values and job.name.endswith(f"trial {trial.number}")
+        assert trial.intermediate_values and job.request["name"].endswith(f"trial {trial.number}")
         assert job.status == ("cancelled" if trial.state == TrialState.PRUNED else "succeeded")
     pruned_job = registry.get_job(trials[2].user_attrs["job_id"])
     assert pruned_job.step < LONG  # stopped early, not just labelled
+    good_curves = {tuple(t.intermediate_values.items()) for t in trials if t.params["hyper.learning_rate"] == GOOD}
+    assert len(good_curves) == 1  # one seed, one curve
     best = study.best_trial
     assert result["best_value"] == pytest.approx(best.value) and best.params["hyper.learning_rate"] == GOOD
     assert registry.get_adapter(result["best_adapter_id"]).source_job_id == result["best_job_id"]

@@ -52,6 +52,41 @@ def test_same_seed_same_curve_other_seed_other_curve(train_tiny):
     assert first.losses != other.losses
 
 
+def test_runs_on_threads_at_once_start_from_the_same_weights(train_tiny, monkeypatch):
+    # A sweep's --inline trials train on threads of one process, which share torch's one CPU RNG. Each build
+    # is slowed so that the two runs' seeded initialisations would interleave if nothing kept them apart.
+    import threading
+    import time
+
+    from studio.training import loop
+
+    real = loop.create_variant
+
+    def slow_variant(*args, **kwargs):
+        variant = real(*args, **kwargs)
+        build = variant.build
+
+        def slow_build(ctx):
+            time.sleep(0.2)
+            return build(ctx)
+
+        variant.build = slow_build
+        return variant
+
+    monkeypatch.setattr(loop, "create_variant", slow_variant)
+    results: dict[str, object] = {}
+
+    def run(work: str) -> None:
+        results[work] = train_tiny("lora", {"lora_dropout": 0.0}, work=work, max_steps=3, seed=3)
+
+    threads = [threading.Thread(target=run, args=(work,)) for work in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results["a"].losses == results["b"].losses
+
+
 class CancelAfter(MemoryReporter):
     def __init__(self, step: int):
         super().__init__()

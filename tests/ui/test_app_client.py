@@ -29,11 +29,10 @@ def launched(services):
 
 
 def test_tabs_are_built_from_modules_and_merge_and_evaluate_only_when_installed(monkeypatch):
-    from app import main, tab_compose, tab_evaluate, tab_federated, tab_merge, tab_transfer
+    from app import main, tab_compose, tab_evaluate, tab_federated, tab_merge, tab_sweep, tab_transfer
 
     assert tab_merge.available() and tab_evaluate.available() and tab_transfer.available()
-    assert tab_compose.available()
-    assert tab_federated.available()
+    assert tab_compose.available() and tab_federated.available() and tab_sweep.available()
     titles = [
         "Datasets",
         "Train",
@@ -45,6 +44,7 @@ def test_tabs_are_built_from_modules_and_merge_and_evaluate_only_when_installed(
         "Evaluate",
         "Transfer & Generate",
         "Federated",
+        "Sweep",
         "System",
     ]
     assert [m.TITLE for m in main.tab_modules()] == titles
@@ -53,6 +53,7 @@ def test_tabs_are_built_from_modules_and_merge_and_evaluate_only_when_installed(
     monkeypatch.setattr(tab_transfer, "available", lambda: False)
     monkeypatch.setattr(tab_federated, "available", lambda: False)
     monkeypatch.setattr(tab_compose, "available", lambda: False)
+    monkeypatch.setattr(tab_sweep, "available", lambda: False)
     assert [m.TITLE for m in main.tab_modules()] == ["Datasets", "Train", "Jobs", "Adapters", "Playground", "System"]
 
 
