@@ -125,3 +125,17 @@ def wait_until_succeeded(svc, job_id: int, inline: bool = False):
     if job.status != "succeeded":
         raise StudioError(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
     return job
+
+
+def submit_and_wait(svc, request, what: str, detail: str, wait: bool, inline: bool):
+    """Queue ``request`` and say so ("queued <what> job N (<detail>)"); with ``wait``/``inline`` wait for it.
+
+    Returns the succeeded job, or None when the caller did not ask to wait. A failed or
+    cancelled job raises StudioError naming how it ended (see :func:`wait_until_succeeded`).
+    """
+    job = svc.jobs.submit(request)
+    click.echo(f"queued {what} job {job.id}" + (f" ({detail})" if detail else ""))
+    echo_queue_notice(job)
+    if not (wait or inline):
+        return None
+    return wait_until_succeeded(svc, job.id, inline=inline)

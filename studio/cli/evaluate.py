@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import echo_queue_notice, inline_option, services, wait_until_succeeded
+from studio.cli.common import inline_option, services, submit_and_wait
 from studio.errors import StudioError
 from studio.evaluation.comparison import comparison_lines
 from studio.schema import EvalRequest, format_validation_error
@@ -108,13 +108,12 @@ def eval_cmd(
         )
     except ValidationError as exc:
         raise StudioError(format_validation_error(exc)) from None
-    job = svc.jobs.submit(request)
     subjects = ([f"base model {base_model}"] if base_model else []) + [f"adapter {i}" for i in adapter_ids]
-    click.echo(f"queued evaluation job {job.id} ({', '.join(subjects)} on dataset {dataset.id}: {', '.join(chosen)})")
-    echo_queue_notice(job)
-    if not (wait or inline):
+    job = submit_and_wait(
+        svc, request, "evaluation", f"{', '.join(subjects)} on dataset {dataset.id}: {', '.join(chosen)}", wait, inline
+    )
+    if job is None:
         return
-    job = wait_until_succeeded(svc, job.id, inline=inline)
     for line in comparison_lines(job.result or {}):
         click.echo(line)
 

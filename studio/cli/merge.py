@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import echo_queue_notice, inline_option, services, wait_until_succeeded
+from studio.cli.common import inline_option, services, submit_and_wait
 from studio.errors import StudioError
 from studio.merging.error_meaning import merge_error_sentence
 from studio.merging.registry import METHOD_NAMES
@@ -70,13 +70,10 @@ def merge_cmd(
         from studio.jobs.inline import check_inline_allowed
 
         check_inline_allowed(svc.settings)
-    job = svc.jobs.submit(request)
     listed = ", ".join(f"{i} × {w:g}" for i, w in zip(adapter_ids, request.resolved_weights(), strict=True))
-    click.echo(f"queued merge job {job.id} ({method}: {listed})")
-    echo_queue_notice(job)
-    if not (wait or inline):
+    job = submit_and_wait(svc, request, "merge", f"{method}: {listed}", wait, inline)
+    if job is None:
         return
-    job = wait_until_succeeded(svc, job.id, inline=inline)
     result = job.result or {}
     click.echo(
         f"adapter {result['adapter_id']}: {result['modules']} modules, ranks {result['rank_min']}-"

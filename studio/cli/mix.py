@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import echo_queue_notice, inline_option, services, wait_until_succeeded
+from studio.cli.common import inline_option, services, submit_and_wait
 from studio.errors import StudioError
 from studio.schema import MixtureRequest, format_validation_error
 
@@ -69,13 +69,10 @@ def mix_cmd(
         from studio.jobs.inline import check_inline_allowed
 
         check_inline_allowed(svc.settings)
-    job = svc.jobs.submit(request)
     pairs = ", ".join(f"#{a} on dataset {d}" for a, d in zip(adapter_ids, dataset_ids, strict=True))
-    click.echo(f"queued mixture job {job.id} ({pairs}; top-{top_k})")
-    echo_queue_notice(job)
-    if not (wait or inline):
+    job = submit_and_wait(svc, request, "mixture", f"{pairs}; top-{top_k}", wait, inline)
+    if job is None:
         return
-    job = wait_until_succeeded(svc, job.id, inline=inline)
     result = job.result or {}
     line = f"mixture adapter {result['adapter_id']}: {len(result['parents'])} experts, {result['steps']} steps"
     if "gate_accuracy" in result:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import echo_queue_notice, inline_option, services, wait_until_succeeded
+from studio.cli.common import inline_option, services, submit_and_wait
 from studio.errors import StudioError
 from studio.schema import PersonaliseRequest, format_validation_error
 
@@ -44,12 +44,11 @@ def personalise(dataset_ref, user_column, base_model, wait, inline, **fields) ->
         )
     except ValidationError as exc:
         raise StudioError(format_validation_error(exc)) from None
-    job = svc.jobs.submit(request)
-    click.echo(f"queued personalise job {job.id} (K={request.n_meta}, r={request.rank}, dataset {dataset_id})")
-    echo_queue_notice(job)
-    if not (wait or inline):
+    job = submit_and_wait(
+        svc, request, "personalise", f"K={request.n_meta}, r={request.rank}, dataset {dataset_id}", wait, inline
+    )
+    if job is None:
         return
-    job = wait_until_succeeded(svc, job.id, inline=inline)
     result = job.result or {}
     click.echo(
         f"personalised adapter {result.get('adapter_id')} ({result.get('users')} users) at {result.get('adapter_path')}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import echo_queue_notice, inline_option, services, wait_until_succeeded
+from studio.cli.common import inline_option, services, submit_and_wait
 from studio.errors import StudioError
 from studio.schema import PretrainRequest, format_validation_error
 
@@ -47,12 +47,9 @@ def pretrain(dataset_ref, name, sequence_column, tokenizer, k, size, extra_datas
     except ValidationError as exc:
         raise StudioError(format_validation_error(exc)) from None
     _print_plan(svc, request)
-    job = svc.jobs.submit(request)
-    click.echo(f"queued pre-train job {job.id} (dataset {dataset_id})")
-    echo_queue_notice(job)
-    if not (wait or inline):
+    job = submit_and_wait(svc, request, "pre-train", f"dataset {dataset_id}", wait, inline)
+    if job is None:
         return
-    job = wait_until_succeeded(svc, job.id, inline=inline)
     result = job.result or {}
     click.echo(
         f"base model {result.get('base_model')} at {result.get('base_model_path')}: masked-LM validation loss "

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import echo_queue_notice, inline_option, services, wait_until_succeeded
+from studio.cli.common import inline_option, services, submit_and_wait
 from studio.errors import StudioError
 from studio.schema import TrainingHyperParams, TrainRequest, format_validation_error
 
@@ -76,12 +76,11 @@ def train(dataset_ref, variant, variant_preset, base_model, name, assignments, s
         raise StudioError(format_validation_error(exc)) from None
     _print_memory_estimate(svc, request, dataset_id, task)
     _print_time_estimate(svc, request, dataset_id, task)
-    job = svc.jobs.submit(request)
-    click.echo(f"queued training job {job.id} ({variant} on {request.base_model}, dataset {dataset_id})")
-    echo_queue_notice(job)
-    if not (wait or inline):
+    job = submit_and_wait(
+        svc, request, "training", f"{variant} on {request.base_model}, dataset {dataset_id}", wait, inline
+    )
+    if job is None:
         return
-    job = wait_until_succeeded(svc, job.id, inline=inline)
     click.echo(f"adapter {job.result.get('adapter_id')} at {job.result.get('adapter_path')}")
 
 

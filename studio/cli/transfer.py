@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from studio.cli.common import echo_queue_notice, inline_option, services, wait_until_succeeded
+from studio.cli.common import inline_option, services, submit_and_wait
 from studio.errors import StudioError
 from studio.schema import TransferOptions, TransferRequest, format_validation_error
 
@@ -37,12 +37,9 @@ def transfer_cmd(adapter_id, to, keep, threshold, name, wait, inline) -> None:
         from studio.jobs.inline import check_inline_allowed
 
         check_inline_allowed(svc.settings)
-    job = svc.jobs.submit(request)
-    click.echo(f"queued transfer job {job.id} (adapter {adapter_id} to {to})")
-    echo_queue_notice(job)
-    if not (wait or inline):
+    job = submit_and_wait(svc, request, "transfer", f"adapter {adapter_id} to {to}", wait, inline)
+    if job is None:
         return
-    job = wait_until_succeeded(svc, job.id, inline=inline)
     result = job.result or {}
     click.echo(
         f"adapter {result['adapter_id']} on {to}: {result['generated']} inputs written, {result['kept']} kept, "

@@ -20,7 +20,7 @@ def _invoke(monkeypatch, args):
             return SimpleNamespace(id=9, status="queued", message=None, error=None)
 
     monkeypatch.setattr(command, "services", lambda: SimpleNamespace(jobs=Jobs(), settings=None))
-    monkeypatch.setattr(command, "echo_queue_notice", lambda job: None)
+    monkeypatch.setattr("studio.cli.common.echo_queue_notice", lambda job: None)
     return CliRunner().invoke(cli, ["transfer", *args]), submitted
 
 
