@@ -113,6 +113,29 @@ class TrainingHyperParams(StudioModel):
         description="Compute the loss only at labelled tokens, this many at a time, so full-vocabulary "
         "logits for the whole batch are never held at once (0 = plain full logits).",
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Train with this many processes on the worker's host (torch.distributed, data parallel): "
+        "each takes its share of every step's examples (the effective batch stays batch_size × grad_accum) and "
+        "the adapter's gradients are summed across them. On GPUs one process per GPU; on a CPU the cores are "
+        "shared out between them.",
+    )
+    fsdp: bool = Field(
+        False,
+        description="Shard the frozen base across the processes (FSDP), for a base that does not fit one device. "
+        "Not available yet: requests that set it are refused.",
+    )
+
+    @model_validator(mode="after")
+    def _check_processes(self) -> TrainingHyperParams:
+        from studio.training.distributed_rules import hyper_refusal
+
+        reason = hyper_refusal(self)
+        if reason:
+            raise ValueError(reason)
+        return self
 
 
 class TrainRequest(StudioModel):
@@ -135,6 +158,15 @@ class TrainRequest(StudioModel):
         description="Keep a transfer kit with the adapter (5 seed rows + a small discriminator), so that it can "
         "later be carried to another base without this dataset (text generation with chat rows only).",
     )
+
+    @model_validator(mode="after")
+    def _check_variant_across_processes(self) -> TrainRequest:
+        from studio.training.distributed_rules import variant_refusal
+
+        reason = variant_refusal(self.variant, self.hyper.processes)
+        if reason:
+            raise ValueError(reason)
+        return self
 
 
 MAX_COMPARED_ADAPTERS = 8

@@ -106,6 +106,14 @@ class Settings(BaseSettings):
         description="CPU threads per worker for torch (default: torch's, one per core). On a machine shared with "
         "other busy processes, fewer threads than cores avoid OpenMP threads waiting on each other.",
     )
+    distributed_timeout_seconds: float = Field(
+        default=1800.0,
+        gt=0,
+        validation_alias=_env("STUDIO_DISTRIBUTED_TIMEOUT"),
+        description="A training job over several processes: how long a rank waits for the others in a "
+        "collective (gloo/NCCL timeout) before the job fails. It must cover rank 0's validation passes and "
+        "checkpoint writes, while the other ranks wait; a rank that exits is noticed within a second anyway.",
+    )
     serving_slots: int = Field(
         default=8,
         ge=1,

@@ -138,9 +138,22 @@ class BatchPlan:
         """Every example of optimizer step ``step`` (1-based), in stream order."""
         return self._positions((step - 1) * self.step_size, self.step_size)
 
-    def step_batches(self, step: int) -> list[list[int]]:
-        """The micro-batches of optimizer step ``step`` (1-based)."""
+    def rank_examples(self, step: int, rank: int = 0, world: int = 1) -> list[int]:
+        """Rank ``rank``'s share of step ``step``: one contiguous slice of the step's examples.
+
+        The DistributedSampler of the studio's epoch order: the ranks together see exactly the
+        step's examples, so the effective batch does not change with the number of processes.
+        Contiguous slices (not every world-th example) keep length-grouped rows together.
+        """
         examples = self.step_examples(step)
+        if world == 1:
+            return examples
+        n = len(examples)
+        return examples[rank * n // world : (rank + 1) * n // world]
+
+    def step_batches(self, step: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+        """The micro-batches of optimizer step ``step`` (1-based); of rank ``rank``'s share when ``world`` > 1."""
+        examples = self.rank_examples(step, rank, world)
         if self.micro_tokens is None or self.lengths is None:
             size = self.micro_batch_size
             return [examples[i : i + size] for i in range(0, len(examples), size)]

@@ -44,44 +44,46 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
 
         # Steps after the checkpoint are trained (and reported) again.
         registry.delete_metrics_after(ctx.job_id, read_checkpoint(resume).step)
-    result = run_training(
-        request,
-        reporter,
-        settings=ctx.settings,
-        device=ctx.device,
-        work_dir=ctx.work_dir,
-        resume_checkpoint=resume,
-        dataset=data,
-        base_path=resolved.path,
-    )
-    saving = time.monotonic()
-    out_dir = Path(ctx.settings.adapters_dir) / uuid.uuid4().hex
-    saved = save_trained_adapter(result, request, out_dir, dataset_sha256=data.sha256, job_id=ctx.job_id)
-    # After the size and hash above: those describe the adapter itself, not the adapters kept along training.
-    kept = move_into_adapter(ctx.work_dir, out_dir, result.total_steps, request.hyper.keep_checkpoints)
-    name = request.name or f"{request.variant} on {data.name or f'dataset {request.dataset_id}'} (job {ctx.job_id})"
-    timings = _record_timings(ctx, result, resolved.path, dataset_row.rows, time.monotonic() - saving, reporter)
-    summary = {
-        "adapter_path": str(out_dir),
-        "final_loss": result.final_loss,
-        "eval_loss": result.eval_loss,
-        "eval_accuracy": result.eval_accuracy,
-        "steps": result.total_steps,
-        "trainable_params": result.trainable_params,
-        "kept_checkpoints": len(kept),
-        "precision": result.precision.name if result.precision else None,
-        "training_setup": result.training_setup(request.hyper),
-        "timings": timings,
-    }
-    if result.stages:
-        summary["stages"] = result.stages  # memorisation and generalisation per stage end (SoRA scheduler)
-    metrics, trainable_params, task = result.metrics(), result.trainable_params, result.task
-    del result  # the trained model: the kit loads the base again, and the worker should idle small
+    if request.hyper.processes > 1:
+        from dataclasses import replace
+
+        from studio.training.distributed import RankJob, rank_threads, train_across_processes
+        from studio.training.distributed import free_port as _free_port
+
+        job = RankJob(
+            request=request,
+            ctx=replace(ctx, registry=None),  # the ranks report through the parent, which holds the registry
+            data=data,
+            base_path=resolved.path,
+            resume=resume,
+            dataset_rows=dataset_row.rows or 0,
+            port=_free_port(),
+            threads=rank_threads(ctx.settings, request.hyper.processes),
+            timeout_s=float(getattr(ctx.settings, "distributed_timeout_seconds", 1800.0)),
+        )
+        summary = train_across_processes(job, reporter)
+    else:
+        result = run_training(
+            request,
+            reporter,
+            settings=ctx.settings,
+            device=ctx.device,
+            work_dir=ctx.work_dir,
+            resume_checkpoint=resume,
+            dataset=data,
+            base_path=resolved.path,
+        )
+        summary = finish_training(result, request, reporter, ctx, data, resolved.path, dataset_row.rows)
+        del result  # the trained model: the kit loads the base again, and the worker should idle small
     release_memory()
+    saved, metrics = summary.pop("saved"), summary.pop("metrics")
+    trainable_params, task = summary["trainable_params"], summary.pop("task")
+    out_dir = Path(summary["adapter_path"])
     kit = _transfer_kit(request, task, data, out_dir, resolved.path, reporter, ctx, summary["steps"])
     if kit is not None:
         summary["transfer_kit"] = kit
         saved["size_bytes"] += dir_size(out_dir / "transfer_kit")  # not the adapters kept along training
+    name = request.name or f"{request.variant} on {data.name or f'dataset {request.dataset_id}'} (job {ctx.job_id})"
     row = registry.add_adapter(
         name=name,
         variant=request.variant,
@@ -95,10 +97,45 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
         source_job_id=ctx.job_id,
         metrics=metrics,
     )
+    kept = summary["kept_checkpoints"]
     reporter.log(
-        f"adapter {row.id} saved to {out_dir}" + (f", with {len(kept)} adapters kept along training" if kept else "")
+        f"adapter {row.id} saved to {out_dir}" + (f", with {kept} adapters kept along training" if kept else "")
     )
     return {"adapter_id": row.id, **summary}
+
+
+def finish_training(
+    result: TrainingResult, request: TrainRequest, reporter: Reporter, ctx: JobContext, data, base_path, rows
+) -> dict[str, Any]:
+    """Save the trained adapter (and the adapters kept along training) and time the run.
+
+    Returns the job summary plus ``saved``, ``metrics`` and ``task`` for the registration
+    (plain data: in a job over several processes rank 0 runs this and sends it to the parent).
+    """
+    saving = time.monotonic()
+    out_dir = Path(ctx.settings.adapters_dir) / uuid.uuid4().hex
+    saved = save_trained_adapter(result, request, out_dir, dataset_sha256=data.sha256, job_id=ctx.job_id)
+    # After the size and hash above: those describe the adapter itself, not the adapters kept along training.
+    kept = move_into_adapter(ctx.work_dir, out_dir, result.total_steps, request.hyper.keep_checkpoints)
+    timings = _record_timings(ctx, result, base_path, rows, time.monotonic() - saving, reporter)
+    summary = {
+        "adapter_path": str(out_dir),
+        "final_loss": result.final_loss,
+        "eval_loss": result.eval_loss,
+        "eval_accuracy": result.eval_accuracy,
+        "steps": result.total_steps,
+        "trainable_params": result.trainable_params,
+        "kept_checkpoints": len(kept),
+        "precision": result.precision.name if result.precision else None,
+        "training_setup": result.training_setup(request.hyper),
+        "timings": timings,
+        "saved": saved,
+        "metrics": result.metrics(),
+        "task": result.task,
+    }
+    if result.stages:
+        summary["stages"] = result.stages  # memorisation and generalisation per stage end (SoRA scheduler)
+    return summary
 
 
 def _transfer_kit(request, task, data, out_dir, base_path, reporter, ctx, steps) -> dict[str, Any] | None:

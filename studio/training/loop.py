@@ -95,6 +95,7 @@ class TrainingResult:
     setup_seconds: float = 0.0  # reading, tokenising, loading the base and building the variant
     stages: list[dict[str, Any]] = field(default_factory=list)  # memorisation/generalisation per stage end
     frozen_linears: str | None = None  # dtype the frozen base linears were stored in while training (GPU)
+    allreduce_seconds: float = 0.0  # time summing gradients across the ranks (a job over several processes)
 
     def training_setup(self, hyper: Any) -> dict[str, Any]:
         """How the run computed: precision, batching, checkpointing, loss, memory (for the job record)."""
@@ -138,6 +139,7 @@ def run_training(
     dataset: TrainingData,
     base_path: Path | None = None,
     init_model: Callable[[Any], None] | None = None,
+    group: Any = None,
 ) -> TrainingResult:
     """Train ``request.variant`` on ``dataset``; returns the trained model and its metrics.
 
@@ -145,6 +147,9 @@ def run_training(
     through the settings when omitted). Raises JobCancelled after writing a checkpoint
     when cancellation is requested. ``init_model`` is called on the built (wrapped) model
     before the optimizer exists: a federated client loads the server's global adapter there.
+    ``group`` (a :class:`studio.training.distributed.RankGroup`) makes this one rank of a job
+    over several processes: it trains on its share of each step and sums the gradients with
+    the other ranks; only rank 0 validates, saves checkpoints and reports.
     """
     import torch
 
@@ -300,6 +305,7 @@ def run_training(
         "precision": precision.name,
     }
     loop = _Loop(request, reporter, setup, variant, model, optimization, work_dir, meta, result, torch_device)
+    loop.group, loop.main = group, group is None or group.rank == 0
     loop.precision, loop.loss_fn, loop.frozen = precision, loss_fn, frozen
     loop.scaler = precision.grad_scaler()
     if resumed is not None and loop.scaler is not None:
@@ -396,6 +402,8 @@ class _Loop:
         self.window: list[float] = []
         self.window_tokens = 0
         self.window_start = time.monotonic()
+        self.group: Any = None  # a RankGroup when this is one rank of a job over several processes
+        self.main = True  # rank 0 (or the only process): validates, saves and reports
 
     def run(self, start: int) -> None:
         total = self.setup.total_steps
@@ -408,7 +416,8 @@ class _Loop:
         step = start
         try:
             for step in range(start + 1, total + 1):
-                self.reporter.check_cancelled()
+                if self.group is None:  # ranks agree on cancelling inside the step (RankGroup.agree)
+                    self.reporter.check_cancelled()
                 began, began_cpu = time.monotonic(), time.process_time()
                 self._step(step)
                 self.result.train_seconds += time.monotonic() - began
@@ -416,7 +425,7 @@ class _Loop:
                 self._after_step(step, total)
         except JobCancelled:
             done = step - 1
-            if done > self.last_saved:
+            if done > self.last_saved and self.main:
                 self._save(done)
             raise
         finally:
@@ -428,24 +437,36 @@ class _Loop:
     def _step(self, step: int) -> None:
         import torch
 
+        group = self.group
+        rank, world = (group.rank, group.world) if group is not None else (0, 1)
+        batches = self.setup.counted_step_batches(step, self.device, rank, world)
+        counts_sum = [sum(getattr(c, k) for _, c in batches) for k in ("targets", "real_tokens", "padded_tokens")]
+        if group is not None:
+            counts_sum = group.agree(counts_sum)  # the whole step's counts; raises JobCancelled on every rank
+        n_targets = max(1, counts_sum[0])
         self.variant.on_step_begin(self.model, step)
-        batches = self.setup.counted_step_batches(step, self.device)
-        n_targets = max(1, sum(counts.targets for _, counts in batches))
         step_loss: Any = None  # a device tensor: read back at log time, not every step
         scaler = self.scaler
-        for batch, counts in batches:
+        for batch, _counts in batches:
             with self.precision.autocast():
                 value, _ = self.loss_fn(self.model, batch)
             loss = value / n_targets
             extra = self.variant.extra_loss(self.model)
             if extra is not None:
-                loss = loss + extra / len(batches)
+                # once per step in all: every rank adds its 1/world share, the sum across ranks restores it
+                loss = loss + extra / (len(batches) * world)
             (scaler.scale(loss) if scaler is not None else loss).backward()
             part = value.detach().float() / n_targets
             step_loss = part if step_loss is None else step_loss + part
-            self.window_tokens += counts.real_tokens
-            self.result.real_tokens += counts.real_tokens
-            self.result.padded_tokens += counts.padded_tokens
+        self.window_tokens += counts_sum[1]
+        self.result.real_tokens += counts_sum[1]
+        self.result.padded_tokens += counts_sum[2]
+        if group is not None:
+            # before unscaling and clipping: the clip norm and every variant decision see the whole step
+            grads = [p.grad for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+            began = time.monotonic()
+            step_loss = group.sum_tensors([*grads, *self.variant.summed_across_ranks(self.model)], step_loss)
+            self.result.allreduce_seconds += time.monotonic() - began
         if scaler is not None:
             for optimizer in self.opt.optimizers:
                 scaler.unscale_(optimizer)
@@ -482,6 +503,10 @@ class _Loop:
         self.pending = []
 
     def _after_step(self, step: int, total: int) -> None:
+        if not self.main:  # the other ranks only train; rank 0 reports, validates and saves
+            if step % self.hyper.log_every == 0:
+                self._read_losses()
+            return
         self.reporter.progress(step, total)
         if step % self.hyper.log_every == 0 or step == total:
             self._log(step)
@@ -568,6 +593,9 @@ class _Loop:
         self.reporter.checkpoint(str(path), step)
 
     def _finish(self, total: int) -> None:
+        if not self.main:
+            self.model.eval()
+            return
         final = self._eval(total)
         if final is not None:
             self.result.eval_loss = final.loss

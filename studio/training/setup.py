@@ -91,14 +91,17 @@ class RunSetup:
         """The micro-batches of optimizer step ``step``: padded, or packed when the run packs."""
         return [batch for batch, _ in self.counted_step_batches(step, device)]
 
-    def counted_step_batches(self, step: int, device: Any) -> list[tuple[dict[str, Any], MicroBatchCounts]]:
+    def counted_step_batches(
+        self, step: int, device: Any, rank: int = 0, world: int = 1
+    ) -> list[tuple[dict[str, Any], MicroBatchCounts]]:
         """``step_batches`` with each micro-batch's token and target counts, taken on the host.
 
         Counting before the batch moves to the device keeps the training step free of
         host-device synchronisations (``int(tensor.sum())`` on a GPU waits for the queue).
+        With ``world`` > 1 only rank ``rank``'s share of the step (see BatchPlan.rank_examples).
         """
         out = []
-        for indices in self.plan.step_batches(step):
+        for indices in self.plan.step_batches(step, rank, world):
             examples = [self.train[i] for i in indices]
             if self.packing:
                 batch = collate_packed(examples, self.pad_id, self.max_length, self.mask_style)

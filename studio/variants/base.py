@@ -28,7 +28,8 @@ Every optimizer step ``step`` (1-based; the number reported in metrics):
     1. ``on_step_begin(model, step)``          before the first micro-batch (DyLoRA samples b)
     2. for each micro-batch: loss = task loss + ``extra_loss(model)`` (or None),
        divided by grad_accum, backward
-    3. gradient clipping over all trainable parameters
+    3. gradient clipping over all trainable parameters (in a job over several processes,
+       after the gradients and ``summed_across_ranks(model)`` were summed across the ranks)
     4. ``on_pre_optimizer_step(model, step)``  grads available, clipped (importance scores)
     5. ``optimizer.step()`` for every optimizer
     6. ``on_optimizer_step(model, step)``      after the step, before zero_grad
@@ -340,6 +341,15 @@ class Variant:
     def extra_loss(self, model: Any) -> Any | None:
         """A regulariser added to every micro-batch's task loss (a scalar tensor), or None."""
         return None
+
+    def summed_across_ranks(self, model: Any) -> list[Any]:
+        """Tensors this variant collects from the data in backward, besides the gradients.
+
+        A training job over several processes sums them across the ranks together with the
+        gradients (before clipping), so that decisions taken from them agree on every rank.
+        The list must have the same shapes on every rank (IncreLoRA's ∂L/∂ΔW accumulators).
+        """
+        return []
 
     def on_pre_optimizer_step(self, model: Any, step: int) -> None:
         """After backward and clipping, before the optimizer step: gradients are available."""

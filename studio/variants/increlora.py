@@ -225,6 +225,10 @@ class IncreLora(Variant):
             return torch.stack(terms).mean()  # the official NLU trainer divides by 2 per module
         return torch.cat(terms).mean()
 
+    def summed_across_ranks(self, model: Any) -> list[Any]:
+        """∂L/∂ΔW collected in backward: each rank holds its share of the step's batch."""
+        return [layer.grad_acc for layer in self.layers.values() if layer.grad_acc is not None]
+
     def importance(self, name: str) -> float:
         """I_m = Σ|ΔW ⊙ ∂L/∂ΔW| / √(m·n) from the gradient collected during backward (0 if none)."""
         layer = self.layers[name]

@@ -1,0 +1,49 @@
+"""What a training job over several processes accepts, checked at submit time (no torch import here).
+
+Kept apart from :mod:`studio.training.distributed` so that the request schema can check a
+request without loading torch. Why each global-decision variant agrees across ranks (or not)
+is written next to its name in ``AGREEMENT``; the tests in tests/training/test_distributed.py
+train each of them with one and with two processes and compare the losses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Variants whose steps take a global decision, and why every rank takes the same one. The engine
+# sums the gradients (and a variant's ``summed_across_ranks`` tensors) across the ranks before
+# clipping, so a decision taken from parameters and summed gradients is the same everywhere.
+AGREEMENT: dict[str, str] = {
+    "adalora": "rank allocation from |w·∂L/∂w| of the summed gradients and the (identical) parameters",
+    "sora": "proximal step on the gates from the summed gradients; the same threshold on every rank",
+    "increlora": "importance from ∂L/∂ΔW collected in backward, summed across the ranks (summed_across_ranks)",
+    "loraprune": "head/channel importance from the summed LoRA gradients and the weights",
+    "dylora": "the sampled rank comes from a generator seeded with (seed, step), never from the global RNG",
+}
+
+# Variants refused with more than one process, with the reason shown at submit time.
+REFUSED: dict[str, str] = {}
+
+FSDP_REFUSAL = (
+    "fsdp: sharding the frozen base (FSDP) is not available yet; train with processes > 1 and fsdp off "
+    "(data parallel, each process holds the whole base), or pick a smaller base"
+)
+
+
+def hyper_refusal(hyper: Any) -> str | None:
+    """Why these training settings cannot run (over several processes), or None."""
+    if hyper.fsdp:
+        return FSDP_REFUSAL
+    if hyper.processes > 1 and hyper.batch_size * hyper.grad_accum < hyper.processes:
+        return (
+            f"processes: {hyper.processes} processes need at least {hyper.processes} examples per step "
+            f"(batch_size × grad_accum is {hyper.batch_size * hyper.grad_accum})"
+        )
+    return None
+
+
+def variant_refusal(variant: str, processes: int) -> str | None:
+    """Why ``variant`` cannot train over ``processes`` processes, or None."""
+    if processes > 1 and variant in REFUSED:
+        return f"variant {variant} cannot train over several processes: {REFUSED[variant]}"
+    return None

@@ -1,0 +1,159 @@
+"""A training job over several processes (torch.distributed, gloo on the CPU).
+
+Two processes give the losses of one process at the same effective batch (the variant matrix
+trains in one group of ranks, so it pays the start-up once); killing a rank ends the job within
+seconds; cancelling stops every rank after rank 0 wrote a checkpoint; what cannot run is refused
+at submit time.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+
+import pytest
+from conftest_training import chat_rows, cpu_device, make_request, register_chat_dataset, write_jsonl
+from pydantic import ValidationError
+
+from studio.errors import JobCancelled, StudioError
+from studio.jobs.context import JobContext
+from studio.progress import MemoryReporter, RegistryReporter
+from studio.schema import TrainingHyperParams, TrainRequest
+
+
+def no_dropout(variant: str) -> dict:
+    """Dropout masks differ with the batch split; the comparison turns it off (as every variant allows)."""
+    from studio.variants.registry import get_variant
+
+    return {"lora_dropout": 0.0} if "lora_dropout" in get_variant(variant).Params.model_fields else {}
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_for_the_variant_matrix(tiny_llama_dir, chat_data, tmp_path):
+    from studio.training.distributed import run_training_for_group, train_in_group
+    from studio.variants.registry import variant_names
+
+    # every registered variant; each step's 4 examples are split 2 + 2 between the ranks
+    requests = [make_request(v, no_dropout(v), max_steps=6, batch_size=4, precision="fp32") for v in variant_names()]
+    one = [
+        run_training_for_group(r, chat_data, tiny_llama_dir, tmp_path / f"one-{i}", None)
+        for i, r in enumerate(requests)
+    ]
+    two = train_in_group(requests, chat_data, tiny_llama_dir, tmp_path / "two", world=2)
+    for request, alone, group in zip(requests, one, two, strict=True):
+        assert group["variant"] == request.variant and sorted(group["losses"]) == list(range(1, 7))
+        for step, loss in alone["losses"].items():
+            assert group["losses"][step] == pytest.approx(loss, abs=1e-5), (request.variant, step)
+        assert group["real_tokens"] == alone["real_tokens"]  # the ranks together saw every example once
+        assert 0 < group["allreduce_seconds"] < group["train_seconds"]
+
+
+@pytest.fixture
+def dataset_id(registry, tmp_path):
+    return register_chat_dataset(registry, write_jsonl(tmp_path / "data.jsonl", chat_rows(12))).id
+
+
+def job_request(base_dir, dataset_id, processes, **hyper):
+    settings = dict(max_steps=4, validation_fraction=0.25, precision="fp32", processes=processes)
+    request = make_request("lora", {"lora_dropout": 0.0}, **{**settings, **hyper})
+    return request.model_copy(update={"base_model": str(base_dir), "dataset_id": dataset_id, "transfer_kit": False})
+
+
+def start(registry, settings, request):
+    job_id = registry.create_job(kind="train", request=request.model_dump(mode="json"), schema_version=1).id
+    return job_id, JobContext(job_id, settings, registry, cpu_device(), attempt=1)
+
+
+def losses(registry, job_id):
+    return {m.step: m.value for m in registry.metrics(job_id) if m.name == "loss"}
+
+
+@pytest.mark.slow
+def test_a_two_process_job_matches_one_process_and_records_its_world(registry, settings, dataset_id, tiny_llama_dir):
+    from studio.training.job import run_train_job
+
+    results = {}
+    for processes in (1, 2):
+        request = job_request(tiny_llama_dir, dataset_id, processes, save_every=2)
+        job_id, ctx = start(registry, settings, request)
+        results[processes] = (job_id, run_train_job(request, RegistryReporter(registry, job_id, 0.0), ctx))
+    (one_id, one), (two_id, two) = results[1], results[2]
+    assert sorted(losses(registry, two_id)) == [1, 2, 3, 4]
+    for step, loss in losses(registry, one_id).items():
+        assert losses(registry, two_id)[step] == pytest.approx(loss, abs=1e-5)
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], abs=1e-5)
+    assert two["distributed"]["world_size"] == 2 and two["distributed"]["backend"] == "gloo"
+    assert two["distributed"]["devices"] == ["cpu", "cpu"] and "distributed" not in one
+    assert registry.get_adapter(two["adapter_id"]).source_job_id == two_id
+    # rank 0 wrote the checkpoint and the parent recorded it on the job
+    assert registry.get_job(two_id).checkpoint_path.endswith("step-000002")
+    assert not multiprocessing.active_children()
+
+
+class KillRankOne(MemoryReporter):
+    """Kills rank 1 (SIGKILL, as the OOM killer would) once rank 0 reports its first step."""
+
+    killed_at: float | None = None
+
+    def progress(self, step, total=None, message=None):
+        super().progress(step, total, message)
+        if self.killed_at is None:
+            rank = next(p for p in multiprocessing.active_children() if p.name == "studio-rank-1")
+            os.kill(rank.pid, signal.SIGKILL)
+            self.killed_at = time.monotonic()
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_fails_the_job_within_seconds(registry, settings, dataset_id, tiny_llama_dir):
+    from studio.training.job import run_train_job
+
+    request = job_request(tiny_llama_dir, dataset_id, 2, max_steps=5000, validation_fraction=0.0)
+    _, ctx = start(registry, settings, request)
+    reporter = KillRankOne()
+    with pytest.raises(StudioError, match="rank 1 of 2 failed"):
+        run_train_job(request, reporter, ctx)
+    assert reporter.killed_at is not None and time.monotonic() - reporter.killed_at < 15
+    assert not multiprocessing.active_children()  # rank 0 was stopped too
+
+
+class CancelAtStep(MemoryReporter):
+    def progress(self, step, total=None, message=None):
+        super().progress(step, total, message)
+        if step >= 2:
+            self.cancel_event.set()
+
+
+@pytest.mark.slow
+def test_cancel_stops_every_rank_after_a_checkpoint(registry, settings, dataset_id, tiny_llama_dir):
+    from studio.training.checkpoint import read_checkpoint
+    from studio.training.job import run_train_job
+
+    request = job_request(tiny_llama_dir, dataset_id, 2, max_steps=5000, validation_fraction=0.0)
+    _, ctx = start(registry, settings, request)
+    reporter = CancelAtStep()
+    with pytest.raises(JobCancelled):
+        run_train_job(request, reporter, ctx)
+    assert reporter.checkpoints, "rank 0 saves where the ranks stopped"
+    path, step = reporter.checkpoints[-1]
+    assert 2 <= step < 5000 and read_checkpoint(path).step == step
+    assert not multiprocessing.active_children()
+
+
+def test_what_cannot_run_over_several_processes_is_refused_at_submit():
+    with pytest.raises(ValidationError, match="FSDP"):
+        TrainingHyperParams(processes=2, fsdp=True)
+    with pytest.raises(ValidationError, match="need at least 4 examples per step"):
+        TrainingHyperParams(processes=4, batch_size=1, grad_accum=3)
+    assert TrainingHyperParams(processes=2, batch_size=1, grad_accum=2).processes == 2
+
+
+def test_refused_variants_say_why(monkeypatch):
+    from studio.training import distributed_rules
+
+    monkeypatch.setitem(distributed_rules.REFUSED, "lora", "a reason")
+    hyper = TrainingHyperParams(processes=2)
+    with pytest.raises(ValidationError, match="variant lora cannot train over several processes: a reason"):
+        TrainRequest(dataset_id=1, base_model="tiny", variant="lora", hyper=hyper)
+    assert TrainRequest(dataset_id=1, base_model="tiny", variant="lora").hyper.processes == 1
