@@ -196,7 +196,7 @@ def full_fine_tune(encoder_dir: Path, train_rows: list, test_rows: list, labels:
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        "| model | test accuracy | F1 | MCC | AUROC | pre-training | tuning (+ scoring) |",
+        "| model | test accuracy | F1 | MCC | AUROC | pre-training | tuning |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["rows"]:
