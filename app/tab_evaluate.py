@@ -2,7 +2,8 @@
 
 Only shown when this installation has the eval job kind (``studio.evaluation.job``).
 One result view: the metrics table (direction, each model, best marked, Δ vs base,
-cut-off answers), a bar chart per metric and the sample answers of every model.
+cut-off answers), a bar chart per metric and the sample answers of every model; for a
+classification dataset also the ROC curves (baseline included) and confusion matrices.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from app.ui import (
     queue_wait_sentence,
 )
 from studio.charts import comparison_bars, empty_figure
+from studio.charts_classification import confusion_figure, roc_figure
 from studio.evaluation.comparison import column_name, format_delta, format_value, is_base
 from studio.schema import EvalRequest
 from studio.services.container import Services
@@ -143,14 +145,20 @@ def show_result(services: Services, job_id: int | None) -> dict[str, Any]:
         return {
             "table": gr.update(value=[], headers=["metric"]),
             "chart": empty_figure("Pick a finished evaluation."),
+            "roc": gr.update(value=None, visible=False),
+            "confusion": gr.update(value=None, visible=False),
             "samples": gr.update(value=[], headers=["prompt"]),
         }
     result = services.jobs.get(int(job_id)).result or {}
     headers, rows = comparison_table(result)
     sample_headers, sample_rows = samples_table(result)
+    # ROC and confusion charts only where a classifier was scored (hidden for text generation).
+    classified = result.get("task") == "classification" and any(m.get("confusion") for m in result.get("models") or [])
     return {
         "table": gr.update(value=rows, headers=headers),
         "chart": comparison_bars(result, title=f"Evaluation job #{job_id}"),
+        "roc": gr.update(value=roc_figure(result) if classified else None, visible=classified),
+        "confusion": gr.update(value=confusion_figure(result) if classified else None, visible=classified),
         "samples": gr.update(value=sample_rows, headers=sample_headers),
     }
 
@@ -181,6 +189,9 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     c["job"] = gr.Dropdown(label="Result of", choices=[], elem_id="eval-job")
     c["table"] = gr.Dataframe(headers=["metric"], interactive=False, elem_id="eval-comparison")
     c["chart"] = gr.Plot(elem_id="eval-chart")
+    with gr.Row():
+        c["roc"] = gr.Plot(elem_id="eval-roc", visible=False)
+        c["confusion"] = gr.Plot(elem_id="eval-confusion", visible=False)
     c["samples"] = gr.Dataframe(headers=["prompt"], interactive=False, wrap=True, elem_id="eval-samples")
 
     c["submission_token"] = gr.State(new_submission_token)  # a double click queues one evaluation
@@ -221,7 +232,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         c["job"].change,
         lambda job: show_result(services, job),
         {"job": c["job"]},
-        {k: c[k] for k in ("table", "chart", "samples")},
+        {k: c[k] for k in ("table", "chart", "roc", "confusion", "samples")},
     )
 
     def refresh_results() -> dict[str, Any]:

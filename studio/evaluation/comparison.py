@@ -17,6 +17,10 @@ DIRECTIONS: dict[str, str] = {
     "eval_loss": "lower",
     "perplexity": "lower",
     "accuracy": "higher",
+    "window_accuracy": "higher",
+    "f1": "higher",
+    "mcc": "higher",
+    "auroc": "higher",
     "exact_match": "higher",
     "rouge_l": "higher",
 }

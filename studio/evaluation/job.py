@@ -66,6 +66,7 @@ class ModelScore:
     answers: list[dict[str, Any]] = field(default_factory=list)  # per sample: prediction and scores
     truncated_answers: int | None = None
     encoded: Any = None
+    classification: dict[str, Any] | None = None  # confusion matrix and ROC curves of a classifier
 
     def summary(self) -> dict[str, Any]:
         """The model's entry of the job result (JSON: a diverged model's inf is stored as null)."""
@@ -78,6 +79,11 @@ class ModelScore:
             "scored_rows": len(self.encoded.examples) if self.encoded else None,
             "truncated_rows": self.encoded.truncated if self.encoded else 0,
             "skipped_rows": self.encoded.dropped if self.encoded else 0,
+            **(
+                {"confusion": self.classification["confusion"], "roc": self.classification["roc"]}
+                if self.classification
+                else {}
+            ),
         }
 
 
@@ -256,6 +262,8 @@ def _baseline_summary(baseline: Any) -> dict[str, Any]:
         "scored_rows": baseline.test_rows,
         "truncated_rows": 0,
         "skipped_rows": baseline.skipped_test_rows,
+        "confusion": baseline.confusion,
+        "roc": baseline.roc,
     }
 
 
@@ -286,7 +294,9 @@ def _score_model(
     samples: list[dict[str, Any]] = []
     if {"loss", "accuracy"} & set(wanted):
         score.encoded = _encode(rows, evaluated, max_length, reporter)
-        values, samples = _score_loss(evaluated, score.encoded, rows, wanted, kind, label, device, tick)
+        values, samples, score.classification = _score_loss(
+            evaluated, score.encoded, rows, wanted, kind, label, device, tick
+        )
         score.values.update(values)
     if generations:
         values, samples, score.truncated_answers = _score_generation(
@@ -350,8 +360,13 @@ def _loss_by_rank(request: EvalRequest, ctx: Any, rows: list, dataset: Any, kind
     return losses
 
 
-def _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick) -> tuple[dict[str, float], list]:
-    """eval_loss (+ perplexity for language rows) and accuracy from one teacher-forced pass."""
+def _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick) -> tuple[dict[str, float], list, Any]:
+    """eval_loss (+ perplexity for language rows), accuracy (+ F1, MCC, AUROC) from one teacher-forced pass.
+
+    The third value is the classification report (confusion matrix, ROC curves) or None.
+    """
+    from studio.evaluation.classification import classification_report, softmax
+
     result = loss_pass(
         evaluated.model,
         encoded.examples,
@@ -368,20 +383,30 @@ def _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick) -> 
         values["eval_loss"] = result.mean_loss
         if kind != "classification":  # perplexity of a class distribution means nothing
             values["perplexity"] = M.perplexity(result.mean_loss)
-    predicted, expected = result.predicted, result.expected
+    predicted, expected, logits = result.predicted, result.expected, result.logits
     pooled = result.per_sequence() if kind == "classification" else None
     if pooled is not None:
         # Long sequences were read as windows: accuracy is per sequence (mean of its windows'
         # logits), the per-window accuracy is reported beside it.
         if "accuracy" in wanted:
             values["window_accuracy"] = M.accuracy(predicted, expected)
-        predicted, expected = pooled
+        logits, expected = pooled
+        predicted = [max(range(len(row)), key=row.__getitem__) for row in logits]
     if "accuracy" in wanted:
         values["accuracy"] = M.accuracy(predicted, expected)
+    details = None
+    if kind == "classification" and "accuracy" in wanted:
+        # F1, MCC and AUROC beside accuracy (per sequence when windowed), plus what the charts draw.
+        details = classification_report(expected, softmax(logits), evaluated.labels or _indices(logits))
+        values.update({k: v for k, v in details["metrics"].items() if v is not None})
     samples = []
     if kind == "classification":
         samples = _class_samples(rows, evaluated.labels or [], predicted, expected)
-    return values, samples
+    return values, samples, details
+
+
+def _indices(logits: list) -> list[int]:
+    return list(range(len(logits[0]))) if logits else []
 
 
 def _score_generation(

@@ -50,6 +50,8 @@ class BaselineResult:
     positive_label: Any  # the class F1 and AUROC are of (binary); None for several classes
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    confusion: dict[str, Any] = field(default_factory=dict)  # {"labels", "matrix"}: rows true, columns predicted
+    roc: list[dict[str, Any]] = field(default_factory=list)  # ROC curve(s): {"label", "fpr", "tpr", "auroc"}
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": MODEL_NAME, **asdict(self)}
@@ -84,33 +86,21 @@ def _pipeline(kind: str, ks: Sequence[int], both_strands: bool, seed: int) -> An
     return Pipeline([("features", FunctionTransformer(featurise)), ("scale", StandardScaler()), ("logreg", classifier)])
 
 
-def _score(model: Any, texts: list[str], labels: list[Any]) -> tuple[dict[str, float | None], Any]:
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, roc_auc_score
+def _score(model: Any, texts: list[str], labels: list[Any]) -> tuple[dict[str, float | None], Any, dict[str, Any]]:
+    """Accuracy, F1, MCC, AUROC (``studio.evaluation.classification``), and the confusion matrix and ROC curves."""
+    from sklearn.metrics import accuracy_score
 
-    classes = list(model.classes_)
+    from studio.evaluation.classification import classification_report
+
     predicted = model.predict(texts)
     proba = model.predict_proba(texts)
-    binary = len(classes) == 2
     # Plain Python values for the JSON job result (sklearn's classes_ are numpy scalars).
-    classes = [c.item() if hasattr(c, "item") else c for c in classes]
-    positive = classes[1] if binary else None
-    metrics: dict[str, float | None] = {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "f1": float(
-            f1_score(labels, predicted, pos_label=positive, average="binary")
-            if binary
-            else f1_score(labels, predicted, average="macro")
-        ),
-        "mcc": float(matthews_corrcoef(labels, predicted)),
-        "auroc": None,
-    }
-    present = set(labels)
-    # AUROC needs every class among the test rows (one class alone has no ranking to score).
-    if binary and len(present) == 2:
-        metrics["auroc"] = float(roc_auc_score([y == positive for y in labels], proba[:, 1]))
-    elif not binary and present == set(classes):
-        metrics["auroc"] = float(roc_auc_score(labels, proba, multi_class="ovr", labels=classes))
-    return metrics, positive
+    classes = [c.item() if hasattr(c, "item") else c for c in model.classes_]
+    index = {c: i for i, c in enumerate(classes)}
+    report = classification_report([index[y] for y in labels], proba.tolist(), classes)
+    metrics: dict[str, float | None] = {"accuracy": float(accuracy_score(labels, predicted)), **report["metrics"]}
+    details = {"confusion": report["confusion"], "roc": report["roc"]}
+    return metrics, report["positive_label"], details
 
 
 def _column(rows: Sequence[dict], text_field: str, label_field: str, which: str) -> tuple[list[str], list[Any]]:
@@ -154,7 +144,7 @@ def fit_baseline(
     kind = feature_kind(train_texts)
     model = _pipeline(kind, tuple(ks), both_strands, seed)
     model.fit(train_texts, train_labels)
-    metrics, positive = _score(model, [t for t, _ in kept], [y for _, y in kept])
+    metrics, positive, details = _score(model, [t for t, _ in kept], [y for _, y in kept])
     if kind == "nucleotide":
         count = len(nucleotide_feature_names(tuple(ks)))
     elif kind == "protein":
@@ -173,4 +163,6 @@ def fit_baseline(
         positive_label=positive,
         seconds=round(time.monotonic() - started, 2),
         settings={**settings, "seed": seed},
+        confusion=details["confusion"],
+        roc=details["roc"],
     )

@@ -64,11 +64,18 @@ def test_baseline_stands_beside_the_model(env, tiny_bert_dir, single_thread):
     request = EvalRequest(adapter_id=adapter.id, dataset_id=test.id, metrics=["accuracy"], include_baseline=True)
     result = run_eval_job(request, MemoryReporter(), env.ctx)
 
-    assert result["metrics"] == {"accuracy": 0.5}  # the model's own flat result is unchanged
+    # The model always answers "gc": half right, F1 of "gc" 2/3 (precision 1/2, recall 1), no correlation,
+    # no ranking (every score equal).
+    assert result["metrics"] == pytest.approx({"accuracy": 0.5, "f1": 2 / 3, "mcc": 0.0, "auroc": 0.5})
+    model = result["models"][0]
+    assert model["confusion"] == {"labels": ["at", "gc"], "matrix": [[0, 20], [0, 20]]}
+    assert model["roc"][0]["label"] == "gc" and model["roc"][0]["fpr"] == [0.0, 1.0]
     baseline = result["baseline"]
     assert baseline["train_rows"] == 80 and baseline["test_rows"] == 40  # fit on the adapter's training rows
     assert baseline["features"] == "nucleotide"
     assert baseline["metrics"]["accuracy"] >= 0.9 and baseline["metrics"]["auroc"] >= 0.95
+    assert sum(map(sum, baseline["confusion"]["matrix"])) == 40
+    assert baseline["roc"][0]["auroc"] == baseline["metrics"]["auroc"]  # its curve, for the ROC chart
     keys = [m["key"] for m in result["models"]]
     assert keys == [f"adapter:{adapter.id}", MODEL_KEY]
     accuracy = next(r for r in result["comparison"] if r["metric"] == "accuracy")

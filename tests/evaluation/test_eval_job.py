@@ -247,7 +247,11 @@ def test_classification_accuracy_uses_the_trained_head(env, tiny_bert_dir, singl
     result, _ = evaluate(env, adapter_id=adapter.id, dataset_id=dataset.id, metrics=["loss", "accuracy"])
 
     small = math.log1p(math.exp(-5.0))  # cross-entropy of the predicted class when logits are (0, 5)
-    assert result["metrics"] == pytest.approx({"eval_loss": (5.0 + 4 * small) / 4, "accuracy": 0.75})
+    # Always "pos": F1 of pos 6/7 (precision 3/4, recall 1), MCC 0, AUROC 0.5 (every score equal).
+    assert result["metrics"] == pytest.approx(
+        {"eval_loss": (5.0 + 4 * small) / 4, "accuracy": 0.75, "f1": 6 / 7, "mcc": 0.0, "auroc": 0.5}
+    )
+    assert result["models"][0]["confusion"] == {"labels": ["neg", "pos"], "matrix": [[0, 1], [0, 3]]}
     assert [s["prediction"] for s in result["samples"]] == ["pos"] * 4
     assert result["samples"][0] == {"prompt": "awful film", "reference": "neg", "prediction": "pos", "correct": False}
     assert {r.metric: r.value for r in env.registry.eval_results(adapter_id=adapter.id)} == pytest.approx(
@@ -261,7 +265,10 @@ def test_label_order_saved_with_the_adapter_wins(env, tiny_bert_dir, single_thre
     # Metadata written next to the adapter says the head's index 1 is "neg".
     (env.tmp_path / "adapters" / "classifier" / "labels.json").write_text(json.dumps({"labels": ["pos", "neg"]}))
     result, _ = evaluate(env, adapter_id=adapter.id, dataset_id=dataset.id, metrics=["accuracy"])
-    assert result["metrics"] == {"accuracy": 0.25}
+    assert result["metrics"]["accuracy"] == 0.25
+    # F1 is of the head's index 1, here "neg": precision 1/4, recall 1
+    assert result["metrics"]["f1"] == pytest.approx(0.4)
+    assert result["models"][0]["confusion"]["labels"] == ["pos", "neg"]
 
 
 def test_metric_that_does_not_fit_the_dataset_is_refused(env, tiny_llama_dir):
