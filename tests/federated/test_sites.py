@@ -22,7 +22,7 @@ from studio.federated.sites import Security, free_port, supernode_command, write
 MODULE = [sys.executable, "-m", "studio.cli.federated_sites"]
 # Flower 1.42 runs every message in a fresh `flwr-clientapp` process per site (in both isolation
 # modes), which imports torch, and its SuperNode / ServerApp poll every 3 s: about 30 s a round on a
-# busy 2-core machine. Measured: two sites × two rounds 90-170 s; the killed site is only declared gone
+# busy 2-core machine. Measured: two sites × two rounds 70-170 s; the killed site is only declared gone
 # after 2 missed 30 s heartbeats, so that test takes about 2 minutes.
 SERVER_LIMIT_S = 400
 
