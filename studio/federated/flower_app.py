@@ -145,6 +145,7 @@ class LoraStrategy(FedAvg):
         self.frozen_a = frozen_a or {}
         self.rounds: dict[int, RoundRecord] = {}
         self._global: Factors = {}
+        self._sent: list[Message] = []  # this round's instructions; the grid gives them their ids when it sends
 
     @property
     def failures(self) -> dict[int, dict[int, str]]:
@@ -163,15 +164,29 @@ class LoraStrategy(FedAvg):
         self._global = decode(arrays)
         self.rounds[server_round] = RoundRecord(server_round, chosen, bytes_down=record_bytes(arrays) * len(chosen))
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, chosen, MessageType.TRAIN)
+        self._sent = list(self._construct_messages(record, chosen, MessageType.TRAIN))
+        return self._sent
+
+    def _failed_node(self, error: Message, sampled: list[int]) -> int:
+        """The node an error reply is about.
+
+        A node's own error (its ClientApp raised) comes from that node; but when a node is gone
+        (no heartbeat), the SuperLink answers in its place with ``src_node_id`` = the SuperLink's
+        own id, so the node is found through the instruction the error replies to.
+        """
+        src = error.metadata.src_node_id
+        if src in sampled:
+            return src
+        by_id = {msg.metadata.message_id: msg.metadata.dst_node_id for msg in self._sent}
+        return by_id.get(error.metadata.reply_to_message_id, src)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[Any, Any]:
         """Aggregate the replies that carry results; failed clients are recorded and left out."""
         valid, errors = self._check_and_log_replies(list(replies), is_train=True, validate=False)
         record = self.rounds.setdefault(server_round, RoundRecord(server_round, []))
-        answered = {msg.metadata.src_node_id for msg in valid} | {msg.metadata.src_node_id for msg in errors}
-        for msg in errors:
-            record.failed[msg.metadata.src_node_id] = msg.error.reason
+        failed = {self._failed_node(msg, record.sampled): msg.error.reason for msg in errors}
+        answered = {msg.metadata.src_node_id for msg in valid} | set(failed)
+        record.failed.update(failed)
         for node in record.sampled:
             if node not in answered:
                 record.failed[node] = "no reply before the round's timeout"

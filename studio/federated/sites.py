@@ -322,20 +322,27 @@ def serve(
         echo(f"SuperLink listening on {options.host}:{options.port} (log: {log_path})")
         echo(f"waiting for {options.min_clients} site(s); on each site run:")
         echo(f"  {join_command(public, security, options.base_model or str(base_path))}")
-        runner = subprocess.Popen(
-            [flower_executable("flwr"), "run", str(app_dir), CONNECTION, "--stream"],
-            env=env,
-            cwd=work,
-            stdout=None if echo is print else subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
+        # `--stream` relays the ServerApp's own log (rounds, replies, failures): kept in a file
+        run_log = work / "run.log"
+        echo(f"the run's log (the ServerApp, round by round): {run_log}")
+        with run_log.open("wb") as out:
+            runner = subprocess.Popen(
+                [flower_executable("flwr"), "run", str(app_dir), CONNECTION, "--stream"],
+                env=env,
+                cwd=work,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         processes.append(runner)
         returncode = runner.wait()
         result_file = out_dir / RESULT_FILE
         if returncode != 0 or not result_file.exists():
-            tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+            tails = [
+                f"{path.name}:\n{path.read_text(encoding='utf-8', errors='replace')[-2000:]}"
+                for path in (run_log, log_path)
+            ]
             raise StudioError(
-                f"the federated run ended without a result (flwr run exit {returncode}); SuperLink log:\n{tail}"
+                f"the federated run ended without a result (flwr run exit {returncode}); " + "\n".join(tails)
             )
         return json.loads(result_file.read_text(encoding="utf-8"))
     finally:
