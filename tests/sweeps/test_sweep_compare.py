@@ -163,3 +163,47 @@ def test_a_comparison_sweep_trains_every_variant_once_and_reports_table_and_over
     markdown = report["markdown"]
     assert all(f"| `{v}` |" in markdown for v in VARIANTS) and "data:image/svg+xml;base64," in markdown
     assert "4 steps × batch 4" in markdown
+
+
+def invoke(args: list[str]):
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+    from studio.cli.common import services
+
+    services.cache_clear()
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_cli_compare_queues_a_comparison_at_one_budget(settings, registry, dataset_id):
+    args = ["sweep", "--dataset", str(dataset_id), "--compare", "lora,dora,nlora", "--steps", "7", "--base", "b"]
+    result = invoke([*args, "--preset", "small-model", "--set", "lora_dropout=0", "--parallel", "2"])
+    assert result.exit_code == 0, result.output
+    [job] = registry.list_jobs(kind="sweep")
+    request = SweepRequest.model_validate(job.request)
+    assert request.mode == "compare" and request.space["variant"].choices == ["lora", "dora", "nlora"]
+    assert request.variant_preset == "small-model"
+    assert (request.n_trials, request.pruner, request.parallel, request.hyper.max_steps) == (3, "none", 2, 7)
+    assert request.variant_params == {"lora_dropout": 0.0} and request.hyper.validation_fraction == 0.1
+    assert "queued comparison sweep job" in result.output and "lora, dora, nlora" in result.output
+
+
+@pytest.mark.parametrize("extra", [[], ["--compare", "lora,dora", "--param", "r=int:2:8"]])
+def test_cli_takes_a_search_space_or_variants_to_compare_not_both(settings, registry, dataset_id, extra):
+    from studio.errors import StudioError
+
+    with pytest.raises(StudioError, match="--param .* or the variants to compare"):
+        invoke(["sweep", "--dataset", str(dataset_id), "--base", "b", *extra])
+    assert registry.list_jobs(kind="sweep") == []
+
+
+@pytest.mark.slow
+def test_cli_compare_inline_prints_the_table(settings, registry, dataset_id, tiny_llama_dir):
+    args = ["sweep", "--dataset", str(dataset_id), "--compare", "lora,dora", "--steps", "2", "--inline"]
+    args += ["--base", str(tiny_llama_dir), "--set", "max_length=64", "--set", "eval_every=1", "--set", "batch_size=4"]
+    result = invoke([*args, "--set", "validation_fraction=0.25", "--set", "precision=fp32"])
+    assert result.exit_code == 0, result.output
+    [job] = registry.list_jobs(kind="sweep")
+    assert job.status == "succeeded", job.error
+    assert "| variant | trainable | train loss | eval loss |" in result.output
+    assert "| `lora` |" in result.output and "| `dora` |" in result.output
