@@ -1,6 +1,9 @@
 """Sweep tab: search a variant's settings with Optuna. The space is a table built from the schemas (a checkbox,
 low/high/log or choices per setting), trials are ordinary train jobs; a chosen sweep shows Optuna's charts, its
 trials and its best adapter (downloadable here, or open in the Adapters tab).
+
+"Compare variants" runs a sweep in compare mode: one trial per chosen variant at the same budget; a chosen
+comparison shows the comparison table, the convergence overlay and a Markdown download.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ SWEEP_FIELDS = (
 )
 # The fixed training settings of every trial (a searched one overrides its fixed value).
 HYPER_FIELDS = ("max_steps", "learning_rate", "batch_size", "max_length", "validation_fraction", "eval_every")
+# The sweep options a comparison takes: the others (trials, pruner) follow from the variants chosen.
+COMPARE_OPTIONS = ("name", "parallel", "objective", "seed")
+NO_PRESET = "(each variant's defaults)"
 
 
 def available() -> bool:
@@ -145,9 +151,53 @@ def make_request(
     return request
 
 
+def preset_choices() -> list[str]:
+    """Every preset name some variant declares (a comparison applies one to the variants that declare it)."""
+    from studio.variants.registry import list_variants
+
+    return [NO_PRESET, *sorted({p.name for cls in list_variants() for p in cls.presets})]
+
+
+def make_compare_request(
+    dataset_id: Any,
+    base_model: str | None,
+    variants: list[str] | None,
+    preset: str | None,
+    options: dict[str, Any],
+    hyper: dict[str, Any],
+) -> SweepRequest:
+    """A checked comparison sweep of ``variants`` at the fixed training settings ``hyper`` (the budget)."""
+    from studio.sweeps.space import check_space
+
+    if not dataset_id:
+        raise ValidationFailed("Dataset: choose a dataset (add one in the Datasets tab).")
+    if len(variants or []) < 2:
+        raise ValidationFailed("Compare variants: choose at least two variants.")
+    fixed = TrainingHyperParams(**{k: v for k, v in hyper.items() if v is not None})
+    data = {
+        "kind": "sweep",
+        "mode": "compare",
+        "dataset_id": int(dataset_id),
+        "base_model": base_model or "",
+        "space": {"variant": {"type": "categorical", "choices": list(variants or [])}},
+        "variant_preset": None if not preset or preset == NO_PRESET else preset,
+        "hyper": fixed.model_dump(),
+        **{k: v for k, v in options.items() if v is not None and k in COMPARE_OPTIONS},
+    }
+    request = parse_request(data)
+    assert isinstance(request, SweepRequest)
+    check_space(request)
+    return request
+
+
 def submit(services: Services, request: SweepRequest, submission_token: str | None = None) -> str:
     """Queue the sweep job; returns a confirmation."""
     job = services.jobs.submit(request, submission_token=submission_token)
+    if request.mode == "compare":
+        return (
+            f"Queued comparison #{job.id}: {', '.join(map(str, request.space['variant'].choices))}, one trial each "
+            f"at the same budget, {request.parallel} at a time. Choose it below to follow it.{queue_wait_sentence(job)}"
+        )
     where = f"{request.parallel} at a time" if request.parallel > 1 else "one at a time"
     return (
         f"Queued sweep job #{job.id} ({request.variant}, {request.n_trials} trials, {where}). Its trials are train "
@@ -159,9 +209,41 @@ def submit(services: Services, request: SweepRequest, submission_token: str | No
 def job_choices(services: Services) -> list[tuple[str, int]]:
     """The recent sweep jobs, newest first."""
     return [
-        (f"#{job.id} {job.request.get('variant', '')} · {job.status}", job.id)
+        (f"#{job.id} {_job_label(job.request)} · {job.status}", job.id)
         for job in services.jobs.list(kind="sweep", limit=50)
     ]
+
+
+def _job_label(request: dict[str, Any]) -> str:
+    if request.get("mode") == "compare":
+        return "compare " + ", ".join(map(str, ((request.get("space") or {}).get("variant") or {}).get("choices", [])))
+    return str(request.get("variant", ""))
+
+
+def compare_view(services: Services, job_id: Any) -> dict[str, Any]:
+    """A comparison sweep's table (a DataFrame), overlay (Plotly) and Markdown report (a file path);
+    ``{"visible": False}`` for an ordinary sweep or one whose study has not started."""
+    if not job_id:
+        return {"visible": False}
+    job = services.jobs.get(int(job_id))
+    if job.request.get("mode") != "compare":
+        return {"visible": False}
+    from pathlib import Path
+
+    import pandas as pd
+
+    from studio.sweeps.compare import comparison_report
+
+    try:
+        report = comparison_report(services.registry, int(job_id))
+    except KeyError:  # Optuna: no such study yet
+        return {"visible": False}
+    # Beside the adapter zips (data_dir/exports), rewritten on each refresh: one file per comparison, not per tick.
+    path = Path(services.settings.data_dir) / "exports" / f"variant_comparison_sweep_{int(job_id)}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report["markdown"], encoding="utf-8")
+    table = pd.DataFrame(report["rows"], columns=report["headers"])
+    return {"visible": True, "table": table, "overlay": report["figure"], "markdown_path": str(path)}
 
 
 def sweep_view(services: Services, job_id: Any) -> dict[str, Any]:
@@ -239,7 +321,24 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     with gr.Row(elem_classes=["form-grid"]):
         form = SchemaForm(SweepRequest.model_json_schema(), "sweep", only=SWEEP_FIELDS)
     c["submit"] = gr.Button("Start sweep", variant="primary", elem_id="sweep-submit")
+    with gr.Accordion("Compare variants (one trial each, same budget)", open=False, elem_id="sweep-compare-box"):
+        gr.Markdown(
+            "Train each chosen variant once on the dataset above with the **fixed training settings** above (the "
+            "budget: same data, seed, steps and validation split), no pruning; the result is a comparison table and "
+            "the validation loss of every variant by step."
+        )
+        c["compare_variants"] = gr.CheckboxGroup(
+            label="Variants", choices=variants, value=["lora", "dora"], elem_id="sweep-compare-variants"
+        )
+        c["compare_preset"] = gr.Dropdown(
+            label="Preset, for the variants that declare it",
+            choices=preset_choices(),
+            value=NO_PRESET,
+            elem_id="sweep-compare-preset",
+        )
+        c["compare_submit"] = gr.Button("Compare variants", variant="primary", elem_id="sweep-compare-submit")
     c["status"] = gr.Markdown(elem_id="sweep-status")
+    c["compare_token"] = gr.State(new_submission_token)
     c["submission_token"] = gr.State(new_submission_token)
     gr.Markdown("### A sweep's trials")
     c["job"] = gr.Dropdown(label="Sweep job", choices=[], elem_id="sweep-job")
@@ -253,6 +352,11 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         c["importances"] = gr.Plot(label="Parameter importances", elem_id="sweep-importances")
     c["parallel"] = gr.Plot(label="Parallel coordinates", elem_id="sweep-parallel")
     c["trials"] = gr.Dataframe(label="Trials", interactive=False, elem_id="sweep-trials")
+    with gr.Column(visible=False, elem_id="sweep-comparison") as c["comparison"]:
+        gr.Markdown("### Variant comparison")
+        c["compare_table"] = gr.Dataframe(label="Comparison", interactive=False, elem_id="sweep-compare-table")
+        c["overlay"] = gr.Plot(label="Validation loss by step, one line per variant", elem_id="sweep-compare-overlay")
+        c["compare_md"] = gr.DownloadButton("Download as Markdown", elem_id="sweep-compare-md")
 
     def on_variant(variant: str) -> dict[str, Any]:
         return {"space": gr.update(value=space_rows(variant))}
@@ -264,9 +368,24 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         choices = job_choices(services)
         return {"status": f"✓ {line}", "job": gr.update(choices=choices, value=choices[0][1] if choices else None)}
 
+    def on_compare(
+        dataset, base, compare_variants, compare_preset, submission_token=None, **raw: Any
+    ) -> dict[str, Any]:
+        options = form.values([raw[f"opt.{n}"] for n in form.names])
+        hyper = hyper_form.values([raw[f"hyper.{n}"] for n in hyper_form.names])
+        request = make_compare_request(dataset, base, compare_variants, compare_preset, options, hyper)
+        line = submit(services, request, submission_token)
+        choices = job_choices(services)
+        return {"status": f"✓ {line}", "job": gr.update(choices=choices, value=choices[0][1] if choices else None)}
+
     def on_job(job_id, best_adapter=None) -> dict[str, Any]:
         view = sweep_view(services, job_id)
         out = {k: view[k] for k in ("history", "parallel", "importances", "best", "best_adapter")}
+        comparison = compare_view(services, job_id)
+        out["comparison"] = gr.update(visible=comparison["visible"])
+        if comparison["visible"]:
+            out |= {"compare_table": comparison["table"], "overlay": comparison["overlay"]}
+            out["compare_md"] = gr.update(value=comparison["markdown_path"])
         out["trials"] = _trials_frame(view["trials"])
         if view["best_adapter"] != best_adapter:  # a new best: zip it now, so one click downloads it
             if view["best_adapter"] is None:
@@ -289,7 +408,19 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     inputs |= {f"hyper.{n}": w for n, w in hyper_form.widgets.items()}
     bind(c["variant"].change, on_variant, {"variant": c["variant"]}, {"space": c["space"]})
     bind_submit(c["submit"], on_submit, inputs, {k: c[k] for k in ("status", "job")}, "status", c["submission_token"])
+    compare_inputs = {k: c[k] for k in ("dataset", "base", "compare_variants", "compare_preset")}
+    compare_inputs |= {f"opt.{n}": w for n, w in form.widgets.items()}
+    compare_inputs |= {f"hyper.{n}": w for n, w in hyper_form.widgets.items()}
+    bind_submit(
+        c["compare_submit"],
+        on_compare,
+        compare_inputs,
+        {k: c[k] for k in ("status", "job")},
+        "status",
+        c["compare_token"],
+    )
     view_keys = ("history", "parallel", "importances", "best", "best_adapter", "trials", "zip_btn", "zip_sha")
+    view_keys += ("comparison", "compare_table", "overlay", "compare_md")
     view_outputs = {k: c[k] for k in view_keys}
     job_inputs = {"job_id": c["job"], "best_adapter": c["best_adapter"]}
     bind(c["job"].change, on_job, {"job_id": c["job"]}, view_outputs, "best")

@@ -63,13 +63,21 @@ from bench.common import (  # noqa: E402
     write_json,
     write_jsonl,
 )
+from studio.comparison import (  # noqa: E402  (shared with a sweep in compare mode: `studio sweep --compare`)
+    SMOOTH,
+    eval_steps_to,
+    overlay_svg,
+    run_metrics,
+    steps_to,
+    trailing_mean,
+)
+from studio.comparison import fmt_curve as _fmt_curve  # noqa: E402
 
 # A representative subset that fits ~25 CPU-minutes here: PEFT flavours, the two "faster
 # convergence" inits, and every variant a checked claim is about.
 DEFAULT_VARIANTS = "lora,dora,pissa,lora_ga,lora_sb,dylora,ffa_lora,sora"
 DEFAULT_SST2_VARIANTS = "lora,ffa_lora,dylora"
 INLINE_WORKER = "compare-inline@" + socket.gethostname()
-SMOOTH = 5  # trailing window of the training-loss curve
 
 
 class _Capture:
@@ -121,29 +129,6 @@ def _dataset(services: Any, path: Path, name: str) -> Any:
         if row.name == name and row.sha256 == digest:
             return row
     return services.datasets.add(path, name=name)
-
-
-def trailing_mean(values: list[float], window: int = SMOOTH) -> list[float]:
-    return [
-        sum(values[max(0, i + 1 - window) : i + 1]) / len(values[max(0, i + 1 - window) : i + 1])
-        for i in range(len(values))
-    ]
-
-
-def steps_to(values: list[float], target: float) -> int | None:
-    """First step (1-based, from step SMOOTH on: full windows only) whose trailing mean is at or below ``target``."""
-    for i, v in enumerate(trailing_mean(values)):
-        if i + 1 >= SMOOTH and v <= target + 1e-12:
-            return i + 1
-    return None
-
-
-def eval_steps_to(curve: dict[Any, float], target: float) -> int | None:
-    """First validation step whose loss is at or below ``target``."""
-    for step, value in sorted((int(k), v) for k, v in curve.items()):
-        if value is not None and value <= target + 1e-12:
-            return step
-    return None
 
 
 def _val_batches(
@@ -360,13 +345,7 @@ def compare(
                         "build_s": capture.build_s,
                     }
                     if status == "succeeded":
-                        metrics = services.jobs.metrics(job.id)
-                        run["train_loss"] = [m.value for m in sorted(metrics, key=lambda m: m.step) if m.name == "loss"]
-                        run["eval_curve"] = {m.step: m.value for m in metrics if m.name == "eval_loss"}
-                        run["eval_accuracy_curve"] = {m.step: m.value for m in metrics if m.name == "eval_accuracy"}
-                        run["trainable_params"] = job.result.get("trainable_params")
-                        run["training_setup"] = job.result.get("training_setup")
-                        run["adapter_id"] = job.result.get("adapter_id")
+                        run.update(run_metrics(job, services.jobs.metrics(job.id)))
                         snaps = registry.rank_snapshots(job.id)
                         if snaps:
                             first, last = min(s.step for s in snaps), max(s.step for s in snaps)
@@ -555,10 +534,6 @@ def analyse(runs: list[dict[str, Any]], rank_checks: list[int]) -> dict[str, Any
     return {"summary": summary, "claims": claims, "seeds": seeds}
 
 
-def _fmt_curve(curve: dict[int, float]) -> str:
-    return " / ".join(f"{v:.3f}" for _, v in sorted(curve.items())) if curve else "—"
-
-
 def write_markdown(path: Path, out: dict[str, Any]) -> None:
     cfg, analysis, machine = out["config"], out["analysis"], out["machine"]
     summary, claims = analysis["summary"], analysis["claims"]
@@ -651,6 +626,8 @@ def write_markdown(path: Path, out: dict[str, Any]) -> None:
             ],
         ),
         "",
+        f"![Validation loss by step, one line per variant]({OVERLAY_SVG})",
+        "",
         *_variant_notes({s["variant"] for s in lm}),
     ]
     if cls:
@@ -736,6 +713,11 @@ def write_markdown(path: Path, out: dict[str, Any]) -> None:
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")
+    # The convergence overlay of the LM runs (the same chart a sweep in compare mode shows).
+    (path.parent / OVERLAY_SVG).write_text(overlay_svg(lm, title="Validation loss (Alpaca)"), encoding="utf-8")
+
+
+OVERLAY_SVG = "variant_comparison_overlay.svg"
 
 
 def _small_model_preset(cls: Any) -> str | None:

@@ -804,6 +804,8 @@ class Choices(StudioModel):
 SearchParam = Annotated[FloatRange | IntRange | Choices, Field(discriminator="type")]
 SWEEP_OBJECTIVES = {"eval_loss": "minimize", "eval_accuracy": "maximize"}
 SWEEP_PRUNERS = ("median", "hyperband", "none")
+# The space's key whose choices are variant names: the variant itself is searched (compare mode).
+SWEEP_VARIANT_KEY = "variant"
 
 
 class SweepRequest(StudioModel):
@@ -816,6 +818,12 @@ class SweepRequest(StudioModel):
     """
 
     kind: Literal["sweep"] = "sweep"
+    mode: Literal["search", "compare"] = Field(
+        "search",
+        description="search: Optuna searches the space; compare: one trial per variant of the space's `variant` "
+        "choices at the same budget (same data, seed, steps, validation split), no pruning; the sweep then shows "
+        "the variant comparison table and convergence overlay.",
+    )
     name: str | None = Field(
         None, max_length=200, description="Name of the sweep (its trials' adapters are named after it)."
     )
@@ -825,6 +833,12 @@ class SweepRequest(StudioModel):
     variant: str = Field("lora", description="Name of a registered LoRA variant.")
     space: dict[str, SearchParam] = Field(..., min_length=1, description="Settings searched, with their ranges.")
     variant_params: dict[str, Any] = Field(default_factory=dict, description="Fixed variant parameters.")
+    variant_preset: str | None = Field(
+        None,
+        max_length=100,
+        description="A named preset (e.g. small-model) applied to every trial's variant that declares it; the "
+        "others keep their defaults. Fixed variant parameters override it.",
+    )
     hyper: TrainingHyperParams = Field(default_factory=TrainingHyperParams, description="Fixed training settings.")
     first_trials: list[dict[str, Any]] = Field(
         default_factory=list,
@@ -867,6 +881,43 @@ class SweepRequest(StudioModel):
     )
     poll_seconds: float = Field(2.0, gt=0, le=600, description="How often running trials are checked.")
     seed: int = Field(42, ge=0, description="Seed of the TPE sampler and of every trial's training.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compare_defaults(cls, data: Any) -> Any:
+        """Compare mode: one trial per listed variant, each tried first, no pruning, unless given otherwise."""
+        if not isinstance(data, dict) or data.get("mode") != "compare":
+            return data
+        choices = (data.get("space") or {}).get(SWEEP_VARIANT_KEY)
+        names = getattr(choices, "choices", None)
+        if names is None and isinstance(choices, dict):
+            names = choices.get("choices")
+        if not isinstance(names, list) or not names:
+            return data  # the after-validator names what is missing
+        data = dict(data)
+        data.setdefault("variant", names[0])
+        data.setdefault("n_trials", len(names))
+        data.setdefault("pruner", "none")
+        data.setdefault("first_trials", [{SWEEP_VARIANT_KEY: name} for name in names])
+        return data
+
+    @model_validator(mode="after")
+    def _check_compare(self) -> SweepRequest:
+        if self.mode != "compare":
+            return self
+        choices = self.space.get(SWEEP_VARIANT_KEY)
+        if not isinstance(choices, Choices) or set(self.space) != {SWEEP_VARIANT_KEY}:
+            raise ValueError("space: a comparison searches only `variant`, with the variants as its choices")
+        names = list(choices.choices)
+        if len(names) < 2:
+            raise ValueError("space: a comparison needs at least two variants")
+        if self.pruner != "none":
+            raise ValueError("pruner: a comparison runs every variant to the same budget, so it prunes nothing")
+        if self.n_trials != len(names):
+            raise ValueError(f"n_trials: a comparison of {len(names)} variants runs {len(names)} trials")
+        if sorted(map(repr, (p.get(SWEEP_VARIANT_KEY) for p in self.first_trials))) != sorted(map(repr, names)):
+            raise ValueError("first_trials: a comparison tries each variant once (leave first_trials empty)")
+        return self
 
     @model_validator(mode="after")
     def _check_objective(self) -> SweepRequest:

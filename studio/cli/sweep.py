@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from pydantic import ValidationError
 
@@ -32,9 +34,22 @@ class TrialEventPrinter:
     "--param",
     "params",
     multiple=True,
-    required=True,
     help="A searched setting: NAME=log:LOW:HIGH, float:LOW:HIGH, int:LOW:HIGH, logint:LOW:HIGH or cat:A,B,C "
     "(repeatable), e.g. learning_rate=log:1e-5:1e-3 r=int:4:32 lora_dropout=cat:0,0.05,0.1.",
+)
+@click.option(
+    "--compare",
+    "compare",
+    default=None,
+    help="Compare variants instead of searching: comma-separated names (lora,dora,pissa), one trial each at the "
+    "same budget (data, seed, steps, validation split), no pruning; prints the comparison table.",
+)
+@click.option("--steps", "max_steps", default=None, type=int, help="Training steps of every trial (max_steps).")
+@click.option(
+    "--preset",
+    "variant_preset",
+    default=None,
+    help="A variant preset (e.g. small-model) for each variant that declares it.",
 )
 @click.option("--set", "assignments", multiple=True, help="key=value fixed for every trial (as `studio train --set`).")
 @click.option("--trials", "n_trials", default=20, show_default=True, type=int, help="Trials in all.")
@@ -46,42 +61,59 @@ class TrialEventPrinter:
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--wait", is_flag=True, help="Wait for the sweep, printing each trial event.")
 @inline_option
-def sweep(dataset_id, variant, base_model, params, assignments, n_trials, parallel, max_hours, pruner, objective, name, seed, wait, inline) -> None:  # fmt: skip
-    """Search a variant's and the training's settings (Optuna TPE, with pruning); prints the best trial."""
+def sweep(dataset_id, variant, base_model, params, compare, max_steps, variant_preset, assignments, n_trials, parallel, max_hours, pruner, objective, name, seed, wait, inline) -> None:  # fmt: skip
+    """Search a variant's and the training's settings (Optuna TPE, with pruning); prints the best trial.
+
+    With --compare, run each listed variant once at the same budget and print the comparison table.
+    """
     from studio.cli.train import parse_assignments
+    from studio.schema import Choices
     from studio.sweeps.space import parse_param
     from studio.variants.registry import get_variant
 
+    compared = [v.strip() for v in (compare or "").split(",") if v.strip()]
+    if bool(compared) == bool(params):
+        raise StudioError("give the settings to search (--param ...) or the variants to compare (--compare a,b), one")
     svc = services()
     if inline:
         from studio.jobs.inline import check_inline_allowed
 
         check_inline_allowed(svc.settings)
-    hyper, variant_params = parse_assignments(assignments, set(get_variant(variant).Params.model_fields))
+    names = compared or [variant]
+    # A fixed variant parameter must be one every compared variant has.
+    shared = set.intersection(*(set(get_variant(v).Params.model_fields) for v in names))
+    hyper, variant_params = parse_assignments(assignments, shared)
     hyper.setdefault("validation_fraction", 0.1)  # trials are compared on validation
+    if max_steps is not None:
+        hyper["max_steps"] = max_steps
     task = svc.datasets.get(dataset_id).report.get("task", "causal-lm")
+    fields: dict[str, Any] = dict(
+        name=name,
+        dataset_id=dataset_id,
+        base_model=base_model or svc.settings.default_base_model,
+        task=task,
+        variant_params=variant_params,
+        variant_preset=variant_preset,
+        hyper=TrainingHyperParams(**hyper),
+        parallel=parallel,
+        max_hours=max_hours,
+        objective=objective,
+        trials_on="here" if inline else "workers",
+        seed=seed,
+    )
     try:
-        request = SweepRequest(
-            name=name,
-            dataset_id=dataset_id,
-            base_model=base_model or svc.settings.default_base_model,
-            task=task,
-            variant=variant,
-            space=dict(parse_param(p) for p in params),
-            variant_params=variant_params,
-            hyper=TrainingHyperParams(**hyper),
-            n_trials=n_trials,
-            parallel=parallel,
-            max_hours=max_hours,
-            pruner=pruner,
-            objective=objective,
-            trials_on="here" if inline else "workers",
-            seed=seed,
-        )
+        if compared:
+            request = SweepRequest(mode="compare", space={"variant": Choices(choices=compared)}, **fields)
+        else:
+            space = dict(parse_param(p) for p in params)
+            request = SweepRequest(variant=variant, space=space, n_trials=n_trials, pruner=pruner, **fields)
     except ValidationError as exc:
         raise StudioError(format_validation_error(exc)) from None
     job = svc.jobs.submit(request)
-    click.echo(f"queued sweep job {job.id}: {n_trials} trials of {variant}, {parallel} at a time, pruner {pruner}")
+    if compared:
+        click.echo(f"queued comparison sweep job {job.id}: {', '.join(compared)}, {parallel} at a time")
+    else:
+        click.echo(f"queued sweep job {job.id}: {n_trials} trials of {variant}, {parallel} at a time, pruner {pruner}")
     echo_queue_notice(job)
     if not (wait or inline):
         return
@@ -96,6 +128,13 @@ def sweep(dataset_id, variant, base_model, params, assignments, n_trials, parall
     if job.status != "succeeded":
         raise StudioError(f"sweep job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
     result = job.result
+    if compared:
+        from studio.comparison import markdown_table
+        from studio.sweeps.compare import comparison_report
+
+        report = comparison_report(svc.registry, job.id)
+        click.echo(markdown_table(report["headers"], report["rows"]))
+        return
     click.echo(
         f"best trial {result.get('best_trial')}: {objective} {result.get('best_value')} with {result.get('best_params')}; "
         f"adapter {result.get('best_adapter_id')} (job {result.get('best_job_id')})"

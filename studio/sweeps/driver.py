@@ -142,6 +142,7 @@ def open_study(request: SweepRequest, registry: Registry, sweep_job_id: int) -> 
             study.enqueue_trial(first_trial_point(point, settings), skip_if_exists=False)
         study.set_user_attr("sweep_job_id", sweep_job_id)
         study.set_user_attr("variant", request.variant)
+        study.set_user_attr("mode", request.mode)
         study.set_user_attr(STARTED_AT_ATTR, time.time())
     return study
 

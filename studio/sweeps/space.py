@@ -1,7 +1,8 @@
 """A sweep's search space, checked against the training and variant schemas, and turned into trials.
 
 Every searched name is resolved to a field of :class:`~studio.schema.TrainingHyperParams`
-(``hyper.``) or of the variant's ``Params`` (``variant.``); a range must match the field's
+(``hyper.``) or of the variant's ``Params`` (``variant.``), or is ``variant`` itself: a categorical over
+variant names (a comparison of variants); a range must match the field's
 type (a float range for a float, an int range for an integer) and every value the sampler
 can draw must pass the field's own bounds, which is checked on the range's ends and on
 every choice by validating a real request. Errors name the setting and say what to do.
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from studio.errors import ValidationFailed
 from studio.schema import (
+    SWEEP_VARIANT_KEY,
     Choices,
     FloatRange,
     IntRange,
@@ -43,8 +45,8 @@ class SearchedSetting:
 
     @property
     def key(self) -> str:
-        """The name Optuna records: ``hyper.learning_rate``, ``variant.r``."""
-        return f"{self.scope}.{self.field}"
+        """The name Optuna records: ``hyper.learning_rate``, ``variant.r``, or ``variant`` (the variant itself)."""
+        return f"{self.scope}.{self.field}" if self.scope else self.field
 
 
 def _variant_fields(variant: str) -> type[BaseModel]:
@@ -54,7 +56,12 @@ def _variant_fields(variant: str) -> type[BaseModel]:
 
 
 def _resolve(name: str, hyper_fields: set[str], variant_fields: set[str]) -> tuple[str, str]:
-    """(scope, field) of a searched name, or ValidationFailed listing what can be searched."""
+    """(scope, field) of a searched name, or ValidationFailed listing what can be searched.
+
+    ``variant`` alone is the variant itself (scope ``""``); ``variant.variant`` would be a parameter.
+    """
+    if name == SWEEP_VARIANT_KEY:
+        return "", SWEEP_VARIANT_KEY
     scope, _, field = name.rpartition(".")
     if scope and scope not in (HYPER, VARIANT):
         raise ValidationFailed(f"space: {name!r}: prefix a setting with hyper. or variant., not {scope}.")
@@ -102,27 +109,63 @@ def sample_values(param: FloatRange | IntRange | Choices) -> list[Any]:
     return [param.low, param.high]
 
 
+def searched_variants(request: SweepRequest) -> list[str]:
+    """The variants a sweep's trials train: the ``variant`` choices when the variant is searched, else its one."""
+    choices = request.space.get(SWEEP_VARIANT_KEY)
+    if isinstance(choices, Choices):
+        return [str(c) for c in choices.choices]
+    return [request.variant]
+
+
+def _check_variant_choices(request: SweepRequest) -> list[type[BaseModel]]:
+    """Every searched variant's ``Params``; ValidationFailed for a choice that is no registered variant."""
+    from studio.variants.registry import variant_names
+
+    param = request.space.get(SWEEP_VARIANT_KEY)
+    if param is not None and not isinstance(param, Choices):
+        raise ValidationFailed("space: variant takes the variants' names as choices (cat:lora,dora), not a range")
+    known = variant_names()
+    for name in searched_variants(request):
+        if name not in known:
+            raise ValidationFailed(f"space: variant {name!r} is not a registered variant; known: {', '.join(known)}")
+    preset = request.variant_preset
+    if preset and not any(_declares(name, preset) for name in searched_variants(request)):
+        raise ValidationFailed(f"variant_preset: no variant of this sweep declares a preset {preset!r}")
+    return [_variant_fields(name) for name in searched_variants(request)]
+
+
+def _declares(variant: str, preset: str) -> bool:
+    from studio.variants.registry import get_variant
+
+    return any(p.name == preset for p in get_variant(variant).presets)
+
+
 def check_space(request: SweepRequest) -> list[SearchedSetting]:
     """The searched settings of ``request``, or ValidationFailed naming the first bad one.
 
     Every value the sampler may draw is validated by building the trial's real request,
     so the fields' own bounds (``gt``, ``le``, literals) and the variant's checks apply.
+    When the variant itself is searched, a variant parameter must exist in every chosen
+    variant, and each variant is checked with the fixed settings.
     """
     hyper_fields = set(TrainingHyperParams.model_fields)
-    params_model = _variant_fields(request.variant)
-    variant_fields = set(params_model.model_fields)
+    models = _check_variant_choices(request)
+    variant_fields = set.intersection(*(set(m.model_fields) for m in models))
     settings: list[SearchedSetting] = []
     for name, param in request.space.items():
         scope, field = _resolve(name, hyper_fields, variant_fields)
         setting = SearchedSetting(scope, field, param)
         if any(s.key == setting.key for s in settings):
             raise ValidationFailed(f"space: {setting.key} is given twice")
-        _check_type(setting.key, param, TrainingHyperParams if scope == HYPER else params_model, field)
+        for model in [TrainingHyperParams] if scope == HYPER else models if scope == VARIANT else []:
+            _check_type(setting.key, param, model, field)
         for value in sample_values(param):
-            try:
-                trial_request(request, {setting.key: value}, trial_number=0)
-            except ValidationFailed as exc:
-                raise ValidationFailed(f"space: {setting.key} = {value!r} is not allowed: {exc}") from None
+            for variant in [None] if scope == "" else searched_variants(request):
+                point = {setting.key: value} | ({} if variant is None else {SWEEP_VARIANT_KEY: variant})
+                try:
+                    trial_request(request, point, trial_number=0)
+                except ValidationFailed as exc:
+                    raise ValidationFailed(f"space: {setting.key} = {value!r} is not allowed: {exc}") from None
         settings.append(setting)
     trial_request(request, {}, trial_number=0)  # the fixed settings alone must make a valid trial
     for point in request.first_trials:
@@ -143,13 +186,28 @@ def first_trial_point(point: dict[str, Any], settings: list[SearchedSetting]) ->
 
 
 def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Optuna's ``{"hyper.x": .., "variant.y": ..}`` as (training settings, variant parameters)."""
+    """Optuna's ``{"hyper.x": .., "variant.y": ..}`` as (training settings, variant parameters).
+
+    The searched variant itself (key ``variant``) is in neither: :func:`trial_request` reads it.
+    """
     hyper: dict[str, Any] = {}
     variant: dict[str, Any] = {}
     for key, value in params.items():
+        if key == SWEEP_VARIANT_KEY:
+            continue
         scope, _, field = key.partition(".")
         (hyper if scope == HYPER else variant)[field] = value
     return hyper, variant
+
+
+def preset_values(variant: str, preset: str | None) -> dict[str, Any]:
+    """The values of ``preset`` for ``variant`` where it declares that preset, else none (its own defaults)."""
+    from studio.variants.registry import get_variant
+
+    if not preset:
+        return {}
+    cls = get_variant(variant)
+    return dict(cls.preset(preset).values) if any(p.name == preset for p in cls.presets) else {}
 
 
 def trial_request(request: SweepRequest, params: dict[str, Any], trial_number: int) -> TrainRequest:
@@ -157,15 +215,23 @@ def trial_request(request: SweepRequest, params: dict[str, Any], trial_number: i
     from studio.variants.registry import create_variant
 
     hyper, variant = split_params(params)
-    sweep_name = request.name or f"sweep of {request.variant}"
+    name = str(params.get(SWEEP_VARIANT_KEY, request.variant))
+    compared = request.space.get(SWEEP_VARIANT_KEY)
+    if request.name:
+        sweep_name = request.name
+    elif isinstance(compared, Choices):
+        sweep_name = "comparison of " + ", ".join(str(c) for c in compared.choices)
+    else:
+        sweep_name = f"sweep of {request.variant}"
+    label = f"{sweep_name} · trial {trial_number}" + (f" · {name}" if isinstance(compared, Choices) else "")
     try:
         train = TrainRequest(
-            name=f"{sweep_name} · trial {trial_number}"[:200],
+            name=label[:200],
             dataset_id=request.dataset_id,
             base_model=request.base_model,
             task=request.task,
-            variant=request.variant,
-            variant_params={**request.variant_params, **variant},
+            variant=name,
+            variant_params={**preset_values(name, request.variant_preset), **request.variant_params, **variant},
             hyper=TrainingHyperParams(**{**request.hyper.model_dump(), **hyper}),
             seed=request.seed,
         )

@@ -217,6 +217,10 @@ def test_compare_variants_through_the_registry(tiny_dir, chat_file, studio_env, 
     }
     cv.write_markdown(tmp_path / "cv.md", out)
     assert "FFA-LoRA" in (tmp_path / "cv.md").read_text()
+    # The convergence overlay beside it (studio.comparison, shared with comparison sweeps): a line per variant.
+    svg = (tmp_path / cv.OVERLAY_SVG).read_text()
+    assert f"]({cv.OVERLAY_SVG})" in (tmp_path / "cv.md").read_text()
+    assert sorted(svg.split('data-variant="')[i].split('"')[0] for i in (1, 2, 3)) == ["dylora", "ffa_lora", "lora"]
 
 
 def test_loraprune_pruned_bench_runs_on_a_tiny_model(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ charts, trials and best adapter."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,55 @@ def test_a_finished_sweeps_view_has_optunas_charts_the_trials_and_the_best_adapt
     assert [r["state"] for r in view["trials"]] == ["complete", "complete", "pruned"]
     assert view["best_adapter"] == 201 and "Best: trial 1" in view["best"] and "adapter **#201**" in view["best"]
     assert "2 complete, 1 pruned" in view["best"]
+
+
+def test_compare_variants_queues_a_comparison_at_the_fixed_budget(services, dataset):
+    options = {"parallel": 2, "n_trials": 9, "pruner": "median", "seed": 7}  # trials and pruner follow the variants
+    request = tab_sweep.make_compare_request(
+        dataset.id, "tiny", ["lora", "dora", "nlora"], "small-model", options, HYPER
+    )
+    assert request.mode == "compare" and (request.n_trials, request.pruner, request.parallel) == (3, "none", 2)
+    assert request.variant_preset == "small-model" and request.seed == 7 and request.hyper.max_steps == 4
+    line = tab_sweep.submit(services, request, "token-c")
+    job = services.jobs.list(kind="sweep")[0]
+    assert f"Queued comparison #{job.id}: lora, dora, nlora" in line
+    assert tab_sweep.job_choices(services)[0][0].startswith(f"#{job.id} compare lora, dora, nlora")
+    assert tab_sweep.compare_view(services, job.id) == {"visible": False}  # no study yet
+    with pytest.raises(ValidationFailed, match="at least two variants"):
+        tab_sweep.make_compare_request(dataset.id, "tiny", ["lora"], None, {}, HYPER)
+    nothing = tab_sweep.make_compare_request(dataset.id, "tiny", ["lora", "dora"], tab_sweep.NO_PRESET, {}, HYPER)
+    assert nothing.variant_preset is None
+
+
+def test_a_comparisons_view_has_a_row_and_a_line_per_variant_and_a_markdown_download(services, dataset):
+    import plotly.graph_objects as go
+
+    from studio.sweeps.driver import JOB_ID_ATTR, open_study
+
+    request = tab_sweep.make_compare_request(dataset.id, "tiny", ["lora", "dora"], None, {}, HYPER)
+    tab_sweep.submit(services, request)
+    sweep = services.jobs.list(kind="sweep")[0]
+    study = open_study(request, services.registry, sweep.id)
+    registry = services.registry
+    for variant, losses in (("lora", [2.0, 1.5]), ("dora", [2.2, 1.4])):
+        trial = study.ask()  # the enqueued points: each variant once
+        assert trial.suggest_categorical("variant", ["lora", "dora"]) == variant
+        job = registry.create_job(kind="train", request={"variant": variant}, schema_version=1)
+        for step, value in zip((2, 4), losses, strict=True):  # as the job's RegistryReporter writes them
+            registry.add_metrics(job.id, step, {"loss": value + 0.1, "eval_loss": value})
+        timings = {"train_s": 2.0, "steps": 4}
+        registry.finish_job(job.id, "succeeded", result={"trainable_params": 100, "steps": 4, "timings": timings})
+        trial.set_user_attr(JOB_ID_ATTR, job.id)
+        study.tell(trial, losses[-1])
+
+    view = tab_sweep.compare_view(services, sweep.id)
+    assert view["visible"] and list(view["table"]["variant"]) == ["`lora`", "`dora`"]
+    assert list(view["table"]["eval loss"]) == [1.5, 1.4] and list(view["table"]["s / step"]) == [0.5, 0.5]
+    assert isinstance(view["overlay"], go.Figure) and [t.name for t in view["overlay"].data] == ["lora", "dora"]
+    markdown = Path(view["markdown_path"]).read_text(encoding="utf-8")
+    assert "| `dora` | 100 |" in markdown and "4 steps × batch" in markdown and "svg+xml" in markdown
+    plain = tab_sweep.make_request(
+        dataset.id, "tiny", "lora", tick(tab_sweep.space_rows("lora"), "variant.r", low=4, high=8), {}, HYPER
+    )
+    tab_sweep.submit(services, plain)
+    assert tab_sweep.compare_view(services, services.jobs.list(kind="sweep")[0].id) == {"visible": False}
