@@ -38,7 +38,7 @@ worker: $(RUN_STAMP)
 test: $(TEST_STAMP)
 	sh scripts/ensure_chromium.sh
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=30 $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
