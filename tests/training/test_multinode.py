@@ -158,3 +158,43 @@ def test_endpoints_are_parsed_with_the_default_port():
     assert parse_endpoint("head", 29400) == ("head", 29400)
     with pytest.raises(StudioError, match="not a number"):
         parse_endpoint("head:x", 29400)
+
+
+class KillTheOtherNodesRank(MemoryReporter):
+    """SIGKILLs the joined node's rank (as an OOM killer on that host would) once rank 0 reports a step."""
+
+    def __init__(self, joiner):
+        super().__init__()
+        self.joiner, self.killed_at = joiner, None
+
+    def progress(self, step, total=None, message=None):
+        import psutil
+
+        super().progress(step, total, message)
+        if self.killed_at is None:
+            ranks = psutil.Process(self.joiner.pid).children()
+            assert len(ranks) == 1, "the joiner runs one rank (processes=1)"
+            ranks[0].kill()
+            self.killed_at = time.monotonic()
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_on_the_other_node_fails_the_job_within_seconds(
+    registry, host_settings, dataset_id, tiny_llama_dir
+):
+    from studio.training.job import run_train_job
+
+    request = job_request(tiny_llama_dir, dataset_id, 2, max_steps=5000, validation_fraction=0.0)
+    _, ctx = start(registry, host_settings, request)
+    joiner = start_joiner(host_settings)
+    reporter = KillTheOtherNodesRank(joiner)
+    try:
+        with pytest.raises(StudioError, match="rank 1 of 2 failed|node 1: "):
+            run_train_job(request, reporter, ctx)
+        assert reporter.killed_at is not None and time.monotonic() - reporter.killed_at < 15
+        joiner.join(timeout=30)
+        assert joiner.exitcode == 0, "the joiner survives its rank and returns to waiting (max_jobs=1: it exits)"
+    finally:
+        if joiner.is_alive():
+            joiner.kill()
+    assert not multiprocessing.active_children()
