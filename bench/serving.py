@@ -359,10 +359,9 @@ def scale_case(spec: dict[str, Any]) -> dict[str, Any]:
     # What paging costs on its own: reading the next round's adapters from disk into host RAM (a miss
     # whenever more are registered than the host cache holds) and writing them into the slots.
     page_start, page_cpu = time.perf_counter(), time.process_time()
-    with torch.inference_mode():
-        paged = engine.bank.acquire(
-            (ref.key, ref.path) for ref in (r.adapter_ref() for r in round_requests(spec["rounds"] + 1)) if ref
-        )
+    refs = {ref.key: ref.path for ref in (r.adapter_ref() for r in round_requests(spec["rounds"] + 1)) if ref}
+    with torch.inference_mode():  # each distinct adapter once, no more than there are slots
+        paged = engine.bank.acquire(list(refs.items())[: engine.bank.slots])
     engine.bank.release(paged)
     page_seconds, page_cpu_seconds = time.perf_counter() - page_start, time.process_time() - page_cpu
     bank_bytes = sum(b.A.nbytes + b.B.nbytes + b.scale.nbytes for b in engine.bank.layers.values())
