@@ -316,6 +316,7 @@ def scale_case(spec: dict[str, Any]) -> dict[str, Any]:
 
     from studio.serving.engine import EngineRequest, ServingEngine
 
+    case_start, load_before = time.perf_counter(), common.loadavg()
     engine = ServingEngine(
         load_base(Path(spec["model_dir"])), slots=spec["slots"], max_batch=SCALE_ACTIVE,
         host_capacity=spec.get("host_capacity"),
@@ -342,6 +343,7 @@ def scale_case(spec: dict[str, Any]) -> dict[str, Any]:
             for j in range(SCALE_ACTIVE)
         ]
 
+    setup_seconds = time.perf_counter() - case_start
     seconds, cpu, paged_in, rss_after = [], [], [], []
     with torch.inference_mode():
         engine.generate(round_requests(0))  # warm-up: first-call costs, the first adapters paged in
@@ -354,6 +356,14 @@ def scale_case(spec: dict[str, Any]) -> dict[str, Any]:
             seconds.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
             rss_after.append(rss_mb())
+    # What paging costs on its own: reading the next round's adapters from disk into host RAM (a miss
+    # whenever more are registered than the host cache holds) and writing them into the slots.
+    page_start, page_cpu = time.perf_counter(), time.process_time()
+    refs = {ref.key: ref.path for ref in (r.adapter_ref() for r in round_requests(spec["rounds"] + 1)) if ref}
+    with torch.inference_mode():  # each distinct adapter once, no more than there are slots
+        paged = engine.bank.acquire(list(refs.items())[: engine.bank.slots])
+    engine.bank.release(paged)
+    page_seconds, page_cpu_seconds = time.perf_counter() - page_start, time.process_time() - page_cpu
     bank_bytes = sum(b.A.nbytes + b.B.nbytes + b.scale.nbytes for b in engine.bank.layers.values())
     host = engine.bank._host  # noqa: SLF001 - the bench reports what the host cache holds
     total = sum(seconds)
@@ -372,6 +382,12 @@ def scale_case(spec: dict[str, Any]) -> dict[str, Any]:
         "host_cache_adapters": len(host),
         "host_cache_capacity": engine.bank.host_capacity,
         "host_cache_mb": sum(a.nbytes() for a in host.values()) / 2**20,
+        "setup_seconds": setup_seconds,  # model load + the bare-base warm-up round
+        "page_round_seconds": page_seconds,  # paging one round's adapters alone (after the timed rounds)
+        "page_round_cpu_seconds": page_cpu_seconds,
+        "case_seconds": time.perf_counter() - case_start,
+        "loadavg_before": load_before,
+        "loadavg_after": common.loadavg(),
     }
 
 
@@ -398,9 +414,13 @@ def run_scale(args: argparse.Namespace, model_dir: Path, prompts: list[list[int]
                 continue
             spec_file = root / f"spec{count}.json"
             spec_file.write_text(json.dumps(spec))
-            result = run_child([str(Path(__file__).resolve()), "--scale-child", str(spec_file)], timeout=900)
+            child_start = time.perf_counter()
+            result = run_child([str(Path(__file__).resolve()), "--scale-child", str(spec_file)], timeout=1800)
             if "error" in result:
                 raise SystemExit(f"scale case {count} failed: {result}")
+            result["process_seconds"] = time.perf_counter() - child_start  # imports + load + rounds
+            print(f"count {count}: {result['process_seconds']:.0f} s in its process, "
+                  f"{result['tokens_per_cpu_s']:.1f} tokens/CPU-s, load {result['loadavg_after']}", flush=True)
             runs[count].append(result)
     summary = {}
     for count, results in runs.items():

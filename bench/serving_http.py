@@ -161,6 +161,8 @@ def summarise(results: list[StreamResult], concurrency: int, wall: float) -> dic
         "requests": len(results),
         "completed": len(ok),
         "errors": len(errors),
+        # 429 = the server's queue (STUDIO_SERVING_QUEUE) was full: refused at once, not a failure mid-stream.
+        "rejected_429": sum(1 for e in errors if e.startswith("HTTP 429")),
         "error_samples": sorted(set(errors))[:5],
         "wall_seconds": wall,
         "tokens": sum(r.tokens for r in ok),
@@ -241,6 +243,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--usage", action="store_true", help="ask for usage in the stream (stream_options)")
     parser.add_argument("--api-key", default=os.environ.get("STUDIO_BENCH_API_KEY"), help="Bearer key, if required")
     parser.add_argument("--serve-command", default=DEFAULT_SERVE_COMMAND, help="started when --url is not given")
+    parser.add_argument("--server-pid", type=int, default=None, help="with --url: the server's pid, for its CPU time")
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one stream may take")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "serving_http.json")
@@ -274,15 +277,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             models = listed[:1]
         if not models:
             raise SystemExit("error: /v1/models lists no model; pass --model")
+        # The server loads a base model on its first request: one untimed stream per model first, so
+        # the first level's time to first token is the engine's, not the model load's.
+        warm = asyncio.run(run_level(url, models, prompts, len(models), len(models), 2, args.api_key, args.usage,
+                                     args.timeout))
+        if warm["errors"]:  # measured all the same: every level counts its own errors
+            print(f"warning: warm-up errors: {warm['error_samples']}", file=sys.stderr)
+        pid = process.pid if process is not None else args.server_pid
         levels = []
         for concurrency in args.concurrency:
             requests = args.requests or 2 * concurrency
-            levels.append(
-                asyncio.run(
-                    run_level(url, models, prompts, concurrency, requests, args.max_tokens, args.api_key, args.usage,
-                              args.timeout)
-                )
-            )
+            level = measured(pid, lambda c=concurrency, n=requests: asyncio.run(
+                run_level(url, models, prompts, c, n, args.max_tokens, args.api_key, args.usage, args.timeout)))
+            levels.append(level)
+            print(_row_text(level), flush=True)
     finally:
         if process is not None:
             stop_server(process)
@@ -290,22 +298,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "url": url,
         "started_server": process is not None,
         "server_startup_seconds": startup,
+        "warmup_seconds": warm["wall_seconds"],
+        "warmup_errors": warm["errors"],
+        "server_env": {k: os.environ[k] for k in ("STUDIO_SERVING_QUEUE", "STUDIO_SERVING_SLOTS", "OMP_NUM_THREADS")
+                       if k in os.environ},
         "models": models,
         "max_tokens": args.max_tokens,
         "machine": common.machine_info(),
         "levels": levels,
     }
     write_json(args.out, result)
-    rows = [
-        [lv["concurrency"], f"{lv['completed']}/{lv['requests']}", lv["errors"], _ms(lv["ttft_p50_s"]),
-         _ms(lv["ttft_p95_s"]), f"{lv['tokens_per_s']:.1f}" if lv["tokens_per_s"] else "-",
-         f"{lv['stream_tokens_per_s_p50']:.1f}" if lv["stream_tokens_per_s_p50"] else "-"]
-        for lv in levels
-    ]
-    headers = ["streams", "completed", "errors", "TTFT p50 ms", "TTFT p95 ms", "tokens/s", "per stream tok/s"]
-    print(text_table(headers, rows))
+    print(text_table(HEADERS, [_row(lv) for lv in levels]))
     print(f"-> {args.out}")
     return result
+
+
+def measured(pid: int | None, run: Any) -> dict[str, Any]:
+    """Run one level, adding the load average before and after and the server's CPU seconds (when its pid is known).
+
+    On a shared machine tokens/s moves with other people's load; tokens per server
+    CPU-second moves much less, so both are kept.
+    """
+    load_before = common.loadavg()
+    cpu_before = common.cpu_seconds(pid) if pid else None
+    level = run()
+    cpu_after = common.cpu_seconds(pid) if pid else None
+    level["loadavg_before"], level["loadavg_after"] = load_before, common.loadavg()
+    if cpu_before is not None and cpu_after is not None:
+        level["server_cpu_seconds"] = cpu_after - cpu_before
+        level["tokens_per_server_cpu_s"] = level["tokens"] / level["server_cpu_seconds"] if cpu_after > cpu_before \
+            else None
+    return level
+
+
+HEADERS = ["streams", "completed", "errors", "429", "TTFT p50 ms", "TTFT p95 ms", "tokens/s", "per stream tok/s",
+           "tok/server CPU-s", "load 1-min"]
+
+
+def _row(lv: dict[str, Any]) -> list[Any]:
+    per_cpu = lv.get("tokens_per_server_cpu_s")
+    return [lv["concurrency"], f"{lv['completed']}/{lv['requests']}", lv["errors"], lv.get("rejected_429", 0),
+            _ms(lv["ttft_p50_s"]), _ms(lv["ttft_p95_s"]), f"{lv['tokens_per_s']:.1f}" if lv["tokens_per_s"] else "-",
+            f"{lv['stream_tokens_per_s_p50']:.1f}" if lv["stream_tokens_per_s_p50"] else "-",
+            f"{per_cpu:.1f}" if per_cpu else "-",
+            "/".join(f"{x:.1f}" for x in (lv.get("loadavg_before", [None])[:1] + lv.get("loadavg_after", [None])[:1])
+                     if x is not None)]
+
+
+def _row_text(level: dict[str, Any]) -> str:
+    return text_table(HEADERS, [_row(level)])
 
 
 def _ms(seconds: float | None) -> str:

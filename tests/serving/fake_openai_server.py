@@ -3,8 +3,8 @@
 Speaks the same wire format as ``/v1``: ``GET /v1/models`` and streaming ``POST
 /v1/chat/completions`` (SSE ``data: {json}`` chunks, ``choices[0].delta.content``, then
 ``data: [DONE]``), one chunk per "token" after ``token_delay`` seconds. Models: ``base``
-and ``adapter-1`` answer; ``truncated`` ends its stream without ``[DONE]``; any other name
-gets OpenAI's 404 error. ``stats`` counts requests and the most streams open at once.
+and ``adapter-1`` answer; ``truncated`` ends its stream without ``[DONE]``; ``busy`` (not
+listed) gets the 429 of a full queue; any other name gets OpenAI's 404 error. ``stats`` counts requests and the most streams open at once.
 
 Run standalone (what the load generator's --serve-command starts in the tests):
 ``python tests/serving/fake_openai_server.py --port P``.
@@ -37,6 +37,9 @@ def make_app(first_delay: float = 0.02, token_delay: float = 0.002) -> tuple[Any
     async def chat(request: Request) -> Any:
         body = await request.json()
         stats["requests"] += 1
+        if body["model"] == "busy":
+            error = {"message": "queue full", "type": "server_error", "code": "queue_full"}
+            return JSONResponse({"error": error}, status_code=429)
         if body["model"] not in MODELS:
             error = {"message": f"model {body['model']} not found", "type": "invalid_request_error",
                      "code": "model_not_found"}

@@ -51,12 +51,13 @@ def test_usage_counts_are_used_when_sent(fake):
 
 def test_errors_are_counted_not_raised(fake):
     level = asyncio.run(
-        run_level(fake.url, ["nope", "truncated", "base"], CHATS, concurrency=3, requests=3, max_tokens=3)
+        run_level(fake.url, ["nope", "truncated", "base", "busy"], CHATS, concurrency=4, requests=4, max_tokens=3)
     )
-    assert (level["completed"], level["errors"]) == (1, 2)
+    assert (level["completed"], level["errors"]) == (1, 3)
     errors = {s["model"]: s["error"] for s in level["streams"]}
     assert errors["nope"].startswith("HTTP 404") and "model_not_found" in errors["nope"]
     assert "without data: [DONE]" in errors["truncated"]
+    assert errors["busy"].startswith("HTTP 429") and level["rejected_429"] == 1  # a full queue, counted apart
     assert errors["base"] is None
     # Nothing listens on a fresh port: a connection error per request, still counted.
     down = asyncio.run(run_level(f"http://127.0.0.1:{free_port()}", ["base"], CHATS, 2, 2, 3, timeout=5))
@@ -78,11 +79,16 @@ def test_main_starts_the_server_waits_for_models_and_stops_it(tmp_path):
          "--model", "all", "--startup-timeout", "60", "--threads", "0", "--out", str(out)]
     )
     assert result["started_server"] and result["models"] == ["base", "adapter-1", "truncated"]
+    # One untimed warm-up stream per model first ('truncated' fails there too, and is only counted).
+    assert result["warmup_errors"] == 1
     saved = json.loads(out.read_text())
     assert [lv["concurrency"] for lv in saved["levels"]] == [2, 4]
     for level in saved["levels"]:
         # 'all' rotates through the listed models: 2 of every 6 requests go to 'truncated' and fail.
         assert (level["requests"], level["completed"], level["errors"]) == (6, 4, 2)
+        assert level["rejected_429"] == 0 and len(level["loadavg_before"]) == len(level["loadavg_after"]) == 3
+        # The started server's CPU time over the level is read from /proc (the fake server does use some).
+        assert level["server_cpu_seconds"] >= 0
     assert out.with_suffix(".server.log").exists()
     # The server was stopped: its port no longer answers.
     down = asyncio.run(run_level(saved["url"], ["base"], CHATS, 1, 1, 1, timeout=5))

@@ -62,3 +62,7 @@ def test_scale_set_is_real_peft_and_the_child_entry_prints_json(base_dir, tmp_pa
     child = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert child["registered"] == 3 and child["rounds"] == 2 and len(child["round_seconds"]) == 2
     assert child["host_cache_capacity"] == 8 and child["bank_slot_mb"] > 0
+    # Where a count's time goes: setup (load + bare-base round), paging one round alone, the whole case.
+    assert 0 < child["setup_seconds"] < child["case_seconds"]
+    assert child["page_round_cpu_seconds"] >= 0 and 0 < child["page_round_seconds"] < child["case_seconds"]
+    assert len(child["loadavg_before"]) == len(child["loadavg_after"]) == 3
