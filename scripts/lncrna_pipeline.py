@@ -43,20 +43,23 @@ RESULTS_DIR = REPO_ROOT / "bench" / "results"
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "pretrain": dict(
+            tokenizer="nucleotide",
             hidden_size=64,
             num_layers=2,
             num_heads=4,
             max_length=256,
             window_overlap=32,
-            max_steps=350,
+            max_steps=450,
             batch_size=16,
-            learning_rate=1e-3,
+            learning_rate=3e-3,
+            warmup_ratio=0.1,
         ),
         "lora": dict(max_steps=350, batch_size=16, learning_rate=2e-3, rank=16),
         "full_ft": dict(max_steps=350, batch_size=16, learning_rate=5e-4),
     },
     "quick": {
         "pretrain": dict(
+            tokenizer="nucleotide",
             hidden_size=32,
             num_layers=1,
             num_heads=2,
@@ -64,7 +67,8 @@ SIZES: dict[str, dict[str, Any]] = {
             window_overlap=16,
             max_steps=60,
             batch_size=16,
-            learning_rate=2e-3,
+            learning_rate=3e-3,
+            warmup_ratio=0.1,
         ),
         "lora": dict(max_steps=100, batch_size=16, learning_rate=2e-3, rank=8),
         "full_ft": dict(max_steps=100, batch_size=16, learning_rate=1e-3),
@@ -160,7 +164,10 @@ def full_fine_tune(encoder_dir: Path, train_rows: list, test_rows: list, labels:
             order += fresh
         chosen, order = order[: cfg["batch_size"]], order[cfg["batch_size"] :]
         batch = collate([train[i] for i in chosen], tokenizer.pad_token_id)
-        loss = model(**batch).loss
+        logits_b = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # the studio's loss: each window weighted 1 / (windows of its sequence), weights averaging 1
+        per_row = torch.nn.functional.cross_entropy(logits_b, batch["labels"], reduction="none")
+        loss = (per_row * batch["weight"]).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -238,7 +245,6 @@ def main() -> None:
             dataset_id=train_ds.id,
             name="lnc-bert",
             size="tiny",
-            warmup_ratio=0.06,
             validation_fraction=0.05,
             log_every=20,
             eval_every=pre["max_steps"],
