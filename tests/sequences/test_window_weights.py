@@ -73,8 +73,8 @@ def test_a_long_sequence_does_not_outweigh_a_short_one():
 
 
 def test_plain_classification_rows_carry_no_weight():
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     raw = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
