@@ -4,7 +4,8 @@ Issue #19 item 5. Everything runs through the studio's own job handlers (no brok
 embedded SQLite registry in a temporary data dir), on one CPU thread by default:
 
 (a) ``pretrain`` job: a BERT-style encoder pre-trained from scratch with masked-LM on the TRAIN
-    sequences (overlapping 3-mers, windows), then a ``train`` job: LoRA on attention and
+    sequences (single-nucleotide tokens: nothing leaks through overlapping k-mers and the loss
+    compares with ln 4; windows), then a ``train`` job: LoRA on attention and
     feed-forward layers + the classification head, on windows labelled with their sequence's label;
 (b) the same pre-trained encoder FULLY fine-tuned. The studio has no full fine-tuning option
     (every train job is a LoRA variant), so this is done here with transformers directly:
@@ -16,7 +17,7 @@ embedded SQLite registry in a temporary data dir), on one CPU thread by default:
 
 Test metrics per sequence: accuracy, F1, MCC, AUROC. Times are wall-clock on this machine.
 
-    python scripts/lncrna_pipeline.py --data DIR            # the documented run (~30 min on 1 thread)
+    python scripts/lncrna_pipeline.py --data DIR            # the documented run (~25 min on 1 thread, loaded CPU)
     python scripts/lncrna_pipeline.py --data DIR --quick    # a few minutes: smaller encoder, fewer steps
     python scripts/lncrna_pipeline.py --quick               # the in-repo sample (data/samples/lncrna_athaliana)
 
