@@ -18,8 +18,8 @@ What it does:
    dataset of unlabelled sequences is added to training (never a test set: the job trains on
    the dataset it is given, which is the training file);
 4. sizes the encoder (``auto``: from the training tokens and the device), estimates the time by
-   timing a real step, and trains masked-LM (15 % of tokens; for k-mers whole spans of k tokens,
-   so a masked k-mer cannot be read from its overlapping neighbours; 80/10/10 mask/random/keep);
+   timing a real step, and trains masked-LM (15 % of tokens; for k-mers whole spans of 2k - 1
+   tokens, so that k nucleotides are hidden from every unmasked neighbour; 80/10/10 mask/random/keep);
 5. saves encoder + tokenizer in ``<models_dir>/pretrained/<name>/`` and registers it as a base
    model, which ``studio train --base <name>`` then picks like a bundled one.
 
@@ -156,8 +156,12 @@ def mask_batch(batch: dict[str, Any], tokenizer: Any, mask_prob: float, k: int, 
     """Masked-LM inputs and labels for a padded batch (labels -100 where nothing is to be predicted).
 
     Nucleotide/protein tokens: each non-special token is chosen with ``mask_prob``. k-mers: span
-    starts are chosen with ``mask_prob / k`` and the k tokens from each start are masked together,
-    so about ``mask_prob`` of the tokens are chosen and none can be read off a neighbour.
+    starts are chosen with ``mask_prob / (2k - 1)`` and the 2k - 1 tokens from each start are masked
+    together, so about ``mask_prob`` of the tokens are chosen. Why 2k - 1 and not k: overlapping
+    k-mers share k - 1 letters with each neighbour, so a span of only k masked 3-mers hides a single
+    nucleotide (the unmasked tokens on both sides spell out the rest) and the task collapses to a
+    4-way guess; a span of 2k - 1 hides k consecutive nucleotides (a whole k-mer) from every
+    unmasked token.
     Chosen tokens become [MASK] (80 %), a random token (10 %) or stay (10 %), as in BERT.
     """
     import torch
@@ -167,9 +171,10 @@ def mask_batch(batch: dict[str, Any], tokenizer: Any, mask_prob: float, k: int, 
     for sid in tokenizer.all_special_ids:
         special |= ids == sid
     if k > 1:
-        starts = (torch.rand(ids.shape, generator=generator) < mask_prob / k) & ~special
+        span = 2 * k - 1
+        starts = (torch.rand(ids.shape, generator=generator) < mask_prob / span) & ~special
         chosen = starts.clone()
-        for shift in range(1, k):
+        for shift in range(1, span):
             chosen[:, shift:] |= starts[:, :-shift]
     else:
         chosen = torch.rand(ids.shape, generator=generator) < mask_prob

@@ -176,7 +176,10 @@ class BatchPlan:
 
 
 def collate(examples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Pad to the longest row of the batch (right padding): input_ids, attention_mask, labels."""
+    """Pad to the longest row of the batch (right padding): input_ids, attention_mask, labels.
+
+    Classification examples that carry a loss ``weight`` (windows of a sequence) also give ``weight``.
+    """
     import torch
 
     width = max(len(e["input_ids"]) for e in examples)
@@ -192,7 +195,11 @@ def collate(examples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
             labels[row, :n] = torch.tensor(example["labels"], dtype=torch.long)
     if not token_labels:
         labels = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if not token_labels and "weight" in examples[0]:
+        # windows of long sequences: each weighted so that every sequence counts once (tokenise.sequence_weights)
+        batch["weight"] = torch.tensor([float(e.get("weight", 1.0)) for e in examples], dtype=torch.float32)
+    return batch
 
 
 def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:

@@ -60,6 +60,9 @@ def loss_sum(model: Any, batch: dict[str, Any], task: str) -> tuple[Any, Any]:
     logits = out.logits.float()
     labels = batch["labels"]
     if task == "classification":
+        if "weight" in batch:  # windows weighted per sequence (tokenise.sequence_weights); weights average 1
+            per_row = F.cross_entropy(logits, labels, reduction="none")
+            return (per_row * batch["weight"].to(per_row.dtype)).sum(), logits
         return F.cross_entropy(logits, labels, reduction="sum"), logits
     shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
     return F.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"), logits

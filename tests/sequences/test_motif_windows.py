@@ -29,6 +29,9 @@ WINDOW = 130  # tokens: 128 overlapping 3-mers between [CLS] and [SEP]
 FIRST_WINDOW_NT = WINDOW - 2 + 2  # 128 3-mers span 130 nucleotides
 # Copies per positive sequence. With one copy in ~8 windows a window's label is right about the
 # motif one time in eight and the LoRA classifier learnt nothing in 600 steps (see the module doc).
+# Weighting each window by 1 / (windows of its sequence) (studio.training.tokenise) balances
+# sequences, not this label noise: with ONE copy and the weights the test still measured
+# accuracy 0.5 (200 steps). Only a loss on the pooled per-sequence logits would address it.
 COPIES = 3
 
 

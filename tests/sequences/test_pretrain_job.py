@@ -172,16 +172,24 @@ def test_kmer_masks_whole_spans():
     chosen = out["labels"] != MLM_IGNORE
     assert 0.08 < chosen.float().mean() < 0.2
     assert not chosen[:, 0].any() and not chosen[:, -1].any()  # never [CLS] or [SEP]
-    # every chosen run of positions is at least k long (spans of k, possibly merged), except at the edges
+    # every chosen run of positions is at least 2k - 1 long (spans, possibly merged), except at the end
     for row in chosen.tolist():
+        body = row[1:-1]
         runs, n = [], 0
-        for value in row[1:-1] + [False]:
+        for value in body + [False]:
             if value:
                 n += 1
             elif n:
                 runs.append(n)
                 n = 0
-        assert runs and min(runs[:-1] or [4]) >= 4
+        assert runs and min(runs[:-1] or [7]) >= 7
+        # ... so each run hides k whole nucleotides from every unmasked token. Token t spells nucleotides
+        # t .. t+3; a nucleotide is hidden when every token spelling it is chosen. (Spans of only k
+        # tokens would hide ONE nucleotide each: the neighbours on both sides spell the other three.)
+        hidden = [all(body[t] for t in range(max(0, j - 3), min(len(body) - 1, j) + 1)) for j in range(len(body) + 3)]
+        starts = [t for t in range(len(body)) if body[t] and (t == 0 or not body[t - 1])]
+        for start, length in list(zip(starts, runs, strict=True))[:-1]:
+            assert sum(hidden[start : start + length + 3]) >= 4
     assert (out["input_ids"][chosen] == tok.mask_token_id).float().mean() > 0.6
 
 
