@@ -28,7 +28,9 @@ def _parse_shares(ctx, param, value: str | None) -> list[list[float]] | None:
     try:
         return [[float(v) for v in client.split(",")] for client in value.split(";") if client.strip()]
     except ValueError:
-        raise click.BadParameter(f"{value!r}: numbers separated by ',' within a client and ';' between clients") from None
+        raise click.BadParameter(
+            f"{value!r}: numbers separated by ',' within a client and ';' between clients"
+        ) from None
 
 
 def split_options(fn):

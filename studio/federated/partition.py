@@ -55,9 +55,7 @@ def dirichlet_split(labels: Sequence[Any], clients: int, alpha: float, seed: int
 FFA_LABEL_SHARES = ((0.1, 0.9), (0.9, 0.1), (0.5, 0.5))  # FFA-LoRA's 3-client split of a binary task
 
 
-def label_share_split(
-    labels: Sequence[Any], shares: Sequence[Sequence[float]], seed: int = 0
-) -> list[list[int]]:
+def label_share_split(labels: Sequence[Any], shares: Sequence[Sequence[float]], seed: int = 0) -> list[list[int]]:
     """Client k's label mix follows ``shares[k]`` (one number per class, classes in sorted string order).
 
     Every row is still dealt exactly once: each class's shuffled rows are cut among the clients in
