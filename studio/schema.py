@@ -999,12 +999,17 @@ class FederatedRequest(StudioModel):
         "round). lora_fair: FedIT plus the server's correction of B towards the exact average.",
     )
     clients: int = Field(4, ge=1, le=100, description="Number of simulated clients K.")
-    split: Literal["iid", "dirichlet", "column"] = Field(
+    split: Literal["iid", "dirichlet", "label_shares", "column"] = Field(
         "iid",
         description="iid: rows dealt at random. dirichlet: each label's rows split by Dir(α) shares (non-IID). "
-        "column: a column names each row's client.",
+        "label_shares: each client's label mix fixed (default FFA-LoRA's 3 clients [0.1,0.9], [0.9,0.1], "
+        "[0.5,0.5]). column: a column names each row's client.",
     )
     alpha: float = Field(0.5, gt=0, le=1000, description="Dirichlet α: small (0.1) = each client sees few labels.")
+    label_shares: list[list[float]] = Field(
+        default_factory=lambda: [[0.1, 0.9], [0.9, 0.1], [0.5, 0.5]],
+        description="label_shares split: one row per client, one share per label (labels in sorted order).",
+    )
     label_column: str = Field("label", min_length=1, description="Column used as the label (Dirichlet split, chart).")
     client_column: str = Field("client", min_length=1, description="Column naming each row's client (column split).")
     rounds: int = Field(3, ge=1, le=1000, description="Federated rounds R.")
@@ -1031,6 +1036,10 @@ class FederatedRequest(StudioModel):
     def _check_federated(self) -> FederatedRequest:
         if self.split == "dirichlet" and self.clients < 2:
             raise ValueError("clients: a Dirichlet split needs at least 2 clients")
+        if self.split == "label_shares" and len(self.label_shares) != self.clients:
+            raise ValueError(
+                f"label_shares: {len(self.label_shares)} rows of shares for {self.clients} clients (one row per client)"
+            )
         return self
 
     def simulation_params(self) -> dict[str, Any]:

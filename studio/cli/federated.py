@@ -21,13 +21,37 @@ def federated() -> None:
     """Federated LoRA on Flower: K clients train on their own rows, a server aggregates."""
 
 
+def _parse_shares(ctx, param, value: str | None) -> list[list[float]] | None:
+    """'0.1,0.9;0.9,0.1' -> [[0.1, 0.9], [0.9, 0.1]] (None: the request's default)."""
+    if value is None:
+        return None
+    try:
+        return [[float(v) for v in client.split(",")] for client in value.split(";") if client.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: numbers separated by ',' within a client and ';' between clients"
+        ) from None
+
+
 def split_options(fn):
     """The options that fix the dataset and its split (shared by run and split-preview)."""
     options = [
         click.option("--dataset", "dataset_ref", required=True, help="A registered dataset id, or a file to import."),
         click.option("--clients", default=4, show_default=True, type=int, help="Number of simulated clients K."),
-        click.option("--split", type=click.Choice(["iid", "dirichlet", "column"]), default="iid", show_default=True),
+        click.option(
+            "--split",
+            type=click.Choice(["iid", "dirichlet", "label_shares", "column"]),
+            default="iid",
+            show_default=True,
+        ),
         click.option("--alpha", default=0.5, show_default=True, type=float, help="Dirichlet α (small = skewed)."),
+        click.option(
+            "--label-shares",
+            default=None,
+            callback=_parse_shares,
+            help="label_shares split: each client's label mix, clients separated by ';' "
+            "(default FFA-LoRA's 3 clients: '0.1,0.9;0.9,0.1;0.5,0.5').",
+        ),
         click.option("--label", "label_column", default="label", show_default=True, help="Label column."),
         click.option("--client-column", default="client", show_default=True, help="Column naming each row's client."),
         click.option("--validation-fraction", default=0.2, show_default=True, type=float),
@@ -42,6 +66,8 @@ def build_request(svc, dataset_ref: str, base_model: str | None, privacy: dict[s
     """The FederatedRequest of the command line; validation errors become one plain line."""
     from studio.cli.train import _dataset_id
 
+    if fields.get("label_shares", "") is None:
+        fields.pop("label_shares")  # not given: the request's default (FFA-LoRA's 3-client split)
     try:
         return FederatedRequest(
             dataset_id=_dataset_id(svc, dataset_ref),

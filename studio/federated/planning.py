@@ -24,7 +24,11 @@ def client_sample_rate(privacy: Any, batch_size: int, rows: int) -> float:
 
 def split_column(request: FederatedRequest) -> str | None:
     """The column the split needs from the original file (None for an IID split)."""
-    return {"dirichlet": request.label_column, "column": request.client_column}.get(request.split)
+    return {
+        "dirichlet": request.label_column,
+        "label_shares": request.label_column,
+        "column": request.client_column,
+    }.get(request.split)
 
 
 def load_rows(dataset_row: Any, request: FederatedRequest) -> list[dict[str, Any]]:

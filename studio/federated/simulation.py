@@ -53,8 +53,14 @@ class FederatedParams(BaseModel):
     rounds: int = Field(3, ge=1, le=1000, description="Federated rounds R.")
     fraction: float = Field(1.0, gt=0, le=1, description="Share of the clients sampled each round.")
     local_steps: int = Field(5, ge=1, le=100_000, description="Optimizer steps each sampled client runs per round.")
-    split: Literal["iid", "dirichlet", "column"] = Field("iid", description="How rows are dealt to clients.")
+    split: Literal["iid", "dirichlet", "label_shares", "column"] = Field(
+        "iid", description="How rows are dealt to clients."
+    )
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (small = skewed).")
+    label_shares: list[list[float]] = Field(
+        default_factory=lambda: [[0.1, 0.9], [0.9, 0.1], [0.5, 0.5]],
+        description="label_shares split: each client's share of every label (labels in sorted order).",
+    )
     label_column: str = Field("label", description="Row field used as the label (Dirichlet split, mix chart).")
     client_column: str = Field("client", description="Row field naming each row's client (column split).")
     validation_fraction: float = Field(0.2, gt=0, lt=1, description="Rows held out for the global validation loss.")

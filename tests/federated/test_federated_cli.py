@@ -61,6 +61,18 @@ def test_split_preview_prints_each_clients_label_mix(settings, registry, data_fi
     assert total == 29 and all("cool" in line or "warm" in line for line in lines[1:])
 
 
+def test_split_preview_with_label_shares(settings, registry, data_file):
+    args = ["federated", "split-preview", "--dataset", str(data_file), "--clients", "2", "--split", "label_shares"]
+    result = invoke([*args, "--label-shares", "1,0;0,1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()[2:]
+    # labels sorted (cool, warm): client 1 holds only cool rows, client 2 only warm ones
+    assert "cool" in lines[0] and "warm" not in lines[0]
+    assert "warm" in lines[1] and "cool" not in lines[1]
+    refused = invoke([*args, "--label-shares", "1,x"])
+    assert refused.exit_code != 0 and "label-shares" in refused.output
+
+
 @pytest.mark.slow
 def test_run_inline_trains_and_registers(settings, registry, data_file, tiny_llama_dir):
     args = ["federated", "run", "--dataset", str(data_file), "--base", str(tiny_llama_dir), "--clients", "2"]

@@ -74,3 +74,54 @@ def test_mix_chart_shows_each_clients_labels():
     assert {trace.name for trace in fig.data} == {"pos", "neg", "neutral"}
     by_label = {trace.name: list(trace.y) for trace in fig.data}
     assert by_label["pos"] == [mix[c]["pos"] for c in mix]
+
+
+def test_label_share_split_gives_ffa_loras_three_client_mix():
+    from studio.federated.partition import FFA_LABEL_SHARES, label_share_split
+
+    labels = ["neg"] * 300 + ["pos"] * 300  # balanced binary task: the stated mixes hold exactly
+    parts = label_share_split(labels, FFA_LABEL_SHARES, seed=2)
+    assert covers_once(parts, len(labels))
+    assert [len(p) for p in parts] == [200, 200, 200]
+    mix = label_mix(labels, parts)
+    assert [mix[f"client {k}"] for k in (1, 2, 3)] == [
+        {"neg": 20, "pos": 180},
+        {"neg": 180, "pos": 20},
+        {"neg": 100, "pos": 100},
+    ]
+    assert parts == label_share_split(labels, FFA_LABEL_SHARES, seed=2)
+    assert parts != label_share_split(labels, FFA_LABEL_SHARES, seed=3)
+
+
+def test_label_share_split_keeps_every_row_of_unbalanced_classes():
+    from studio.federated.partition import label_share_split
+
+    labels = ["a"] * 70 + ["b"] * 30
+    parts = label_share_split(labels, [[1, 0], [1, 3]], seed=0)
+    assert covers_once(parts, 100)
+    mix = label_mix(labels, parts)
+    assert mix["client 1"] == {"a": 35, "b": 0} and mix["client 2"] == {"a": 35, "b": 30}
+
+
+def test_label_share_split_refuses_shares_that_do_not_fit():
+    from studio.federated.partition import label_share_split
+
+    with pytest.raises(ValueError, match="3 classes"):
+        label_share_split(LABELS, [[0.5, 0.5], [0.5, 0.5]])
+    with pytest.raises(ValueError, match="share is 0 everywhere"):
+        label_share_split(["a", "b"] * 5, [[1, 0], [1, 0]])
+
+
+def test_split_rows_with_label_shares_follows_the_request():
+    from studio.federated.partition import split_rows
+    from studio.schema import FederatedRequest
+
+    rows = [{"text": f"row {i}", "label": "neg" if i % 2 else "pos"} for i in range(200)]
+    request = FederatedRequest(dataset_id=1, base_model="m", clients=3, split="label_shares", seed=4)
+    val, parts = split_rows(rows, request)
+    assert sorted(val + [i for p in parts for i in p]) == list(range(200))
+    positive = [sum(rows[i]["label"] == "pos" for i in p) / len(p) for p in parts]
+    # FFA-LoRA's default mixes, up to the held-out rows tilting the balance a little
+    assert positive[0] > 0.8 and positive[1] < 0.2 and 0.4 < positive[2] < 0.6
+    with pytest.raises(ValueError, match="one row per client"):
+        FederatedRequest(dataset_id=1, base_model="m", clients=4, split="label_shares")
