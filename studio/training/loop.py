@@ -260,7 +260,8 @@ def run_training(
         loss_fn.verify(model, setup.micro_batch(0, torch_device))
     # After the probe above (it runs the model outside autocast, on the fp32 weights).
     frozen = None
-    if precision.dtype is not None and device.type in LOW_PRECISION_STORAGE_DEVICES:
+    # not under FSDP: the conversion swaps plain tensors, and FSDP already owns (and shards) the layers' weights
+    if precision.dtype is not None and device.type in LOW_PRECISION_STORAGE_DEVICES and not sharded:
         frozen = FrozenLinearStorage.convert(model, precision.dtype, base_ids)
         if frozen.converted:
             reporter.log(
