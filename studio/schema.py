@@ -133,8 +133,9 @@ class TrainingHyperParams(StudioModel):
     )
     fsdp: bool = Field(
         False,
-        description="Shard the frozen base across the processes (FSDP), for a base that does not fit one device. "
-        "Not available yet: requests that set it are refused.",
+        description="Shard the base's decoder layers across the processes (FSDP2) while training, for a base "
+        "that does not fit one device. Plain LoRA only; no mid-run validation or checkpoints; rank 0 holds "
+        "the whole base again after the last step to validate and save.",
     )
 
     @model_validator(mode="after")
@@ -172,7 +173,7 @@ class TrainRequest(StudioModel):
     def _check_variant_across_processes(self) -> TrainRequest:
         from studio.training.distributed_rules import variant_refusal
 
-        reason = variant_refusal(self.variant, self.hyper.processes * self.hyper.nodes)
+        reason = variant_refusal(self.variant, self.hyper.processes * self.hyper.nodes, self.hyper.fsdp)
         if reason:
             raise ValueError(reason)
         return self

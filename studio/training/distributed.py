@@ -41,7 +41,8 @@ Cancel and failures
 
 Devices: CPU ranks use the gloo backend and share the cores (``torch_threads`` or the host's
 cores divided by the number of ranks); CUDA ranks use NCCL, one GPU each (``cuda:<rank>``).
-FSDP (sharding the frozen base) is not implemented; requests asking for it are refused.
+With ``hyper.fsdp`` the decoder layers are sharded (FSDP2, :mod:`studio.training.fsdp`) and FSDP sums
+those gradients; the all-reduce here then carries only the loss and any unsharded trainable tensors.
 """
 
 from __future__ import annotations

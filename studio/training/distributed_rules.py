@@ -24,17 +24,16 @@ AGREEMENT: dict[str, str] = {
 # Variants refused with more than one process, with the reason shown at submit time.
 REFUSED: dict[str, str] = {}
 
-FSDP_REFUSAL = (
-    "fsdp: sharding the frozen base (FSDP) is not available yet; train with processes > 1 and fsdp off "
-    "(data parallel, each process holds the whole base), or pick a smaller base"
-)
+# FSDP shards the base's decoder layers (studio.training.fsdp); what it does not support yet.
+FSDP_VARIANTS = frozenset({"lora"})  # variants that reach into the model mid-run would see sharded tensors
+FSDP_NEEDS_PROCESSES = "fsdp: sharding the base (FSDP) needs more than one process (processes × nodes > 1)"
 
 
 def hyper_refusal(hyper: Any) -> str | None:
     """Why these training settings cannot run (over several processes), or None."""
-    if hyper.fsdp:
-        return FSDP_REFUSAL
     world = hyper.processes * getattr(hyper, "nodes", 1)
+    if hyper.fsdp and world < 2:
+        return FSDP_NEEDS_PROCESSES
     if world > 1 and hyper.batch_size * hyper.grad_accum < world:
         where = (
             f"{hyper.processes} processes" if world == hyper.processes else f"{world} processes ({hyper.nodes} nodes)"
@@ -46,8 +45,13 @@ def hyper_refusal(hyper: Any) -> str | None:
     return None
 
 
-def variant_refusal(variant: str, processes: int) -> str | None:
-    """Why ``variant`` cannot train over ``processes`` processes, or None."""
+def variant_refusal(variant: str, processes: int, fsdp: bool = False) -> str | None:
+    """Why ``variant`` cannot train over ``processes`` processes (sharded with FSDP when ``fsdp``), or None."""
     if processes > 1 and variant in REFUSED:
         return f"variant {variant} cannot train over several processes: {REFUSED[variant]}"
+    if fsdp and variant not in FSDP_VARIANTS:
+        return (
+            f"variant {variant} cannot train with fsdp (FSDP) yet: only {', '.join(sorted(FSDP_VARIANTS))}; "
+            "its hooks read whole adapter tensors, which FSDP shards across the processes"
+        )
     return None

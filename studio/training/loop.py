@@ -211,6 +211,14 @@ def run_training(
     if init_model is not None:
         init_model(model)
     model.train()
+    sharded = group is not None and hyper.fsdp
+    if sharded:
+        from studio.training import fsdp
+
+        if resumed is not None:
+            raise StudioError("fsdp: resuming a sharded run is not supported (it writes no checkpoints)")
+        # before the optimizer: it must hold the sharded tensors
+        reporter.log(f"fsdp: {fsdp.shard(model)} decoder layers sharded over {group.world} processes")
 
     start = 0
     if resumed is not None:
@@ -252,7 +260,8 @@ def run_training(
         loss_fn.verify(model, setup.micro_batch(0, torch_device))
     # After the probe above (it runs the model outside autocast, on the fp32 weights).
     frozen = None
-    if precision.dtype is not None and device.type in LOW_PRECISION_STORAGE_DEVICES:
+    # not under FSDP: the conversion swaps plain tensors, and FSDP already owns (and shards) the layers' weights
+    if precision.dtype is not None and device.type in LOW_PRECISION_STORAGE_DEVICES and not sharded:
         frozen = FrozenLinearStorage.convert(model, precision.dtype, base_ids)
         if frozen.converted:
             reporter.log(
@@ -306,6 +315,7 @@ def run_training(
     }
     loop = _Loop(request, reporter, setup, variant, model, optimization, work_dir, meta, result, torch_device)
     loop.group, loop.main = group, group is None or group.rank == 0
+    loop.sharded = sharded
     loop.precision, loop.loss_fn, loop.frozen = precision, loss_fn, frozen
     loop.scaler = precision.grad_scaler()
     if resumed is not None and loop.scaler is not None:
@@ -404,6 +414,7 @@ class _Loop:
         self.window_start = time.monotonic()
         self.group: Any = None  # a RankGroup when this is one rank of a job over several processes
         self.main = True  # rank 0 (or the only process): validates, saves and reports
+        self.sharded = False  # FSDP: the decoder layers are split across the ranks until _finish
 
     def run(self, start: int) -> None:
         total = self.setup.total_steps
@@ -425,7 +436,7 @@ class _Loop:
                 self._after_step(step, total)
         except JobCancelled:
             done = step - 1
-            if done > self.last_saved and self.main:
+            if done > self.last_saved and self.main and not self.sharded:  # fsdp writes no checkpoints
                 self._save(done)
             raise
         finally:
@@ -463,7 +474,10 @@ class _Loop:
         self.result.padded_tokens += counts_sum[2]
         if group is not None:
             # before unscaling and clipping: the clip norm and every variant decision see the whole step
-            grads = [p.grad for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+            # FSDP already summed the sharded tensors' gradients (reduce-scatter in backward)
+            grads = [
+                p.grad for p in self.model.parameters() if p.requires_grad and p.grad is not None and not _dtensor(p)
+            ]
             began = time.monotonic()
             step_loss = group.sum_tensors([*grads, *self.variant.summed_across_ranks(self.model)], step_loss)
             self.result.allreduce_seconds += time.monotonic() - began
@@ -510,6 +524,8 @@ class _Loop:
         self.reporter.progress(step, total)
         if step % self.hyper.log_every == 0 or step == total:
             self._log(step)
+        if self.sharded:  # rank 0 alone cannot run a sharded model: validation and saves wait for _finish
+            return
         if step % self.hyper.eval_every == 0 and step != total:
             self._eval(step)
         if step in self.stage_ends:
@@ -593,6 +609,11 @@ class _Loop:
         self.reporter.checkpoint(str(path), step)
 
     def _finish(self, total: int) -> None:
+        if self.sharded:
+            from studio.training import fsdp
+
+            fsdp.release(self.model)  # every rank: the whole model again, so rank 0 validates and saves alone
+            self.sharded = False
         if not self.main:
             self.model.eval()
             return
@@ -610,3 +631,8 @@ class _Loop:
             )
         self.model.eval()
         release_memory()  # the activations' heap: give it back before the export loads a fresh base
+
+
+def _dtensor(tensor: Any) -> bool:
+    """Whether ``tensor`` is an FSDP shard (only a sharded run imports the distributed tensor module)."""
+    return type(tensor).__name__ == "DTensor"

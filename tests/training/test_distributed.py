@@ -141,9 +141,53 @@ def test_cancel_stops_every_rank_after_a_checkpoint(registry, settings, dataset_
     assert not multiprocessing.active_children()
 
 
+@pytest.mark.slow
+def test_fsdp_matches_one_process_and_saves_a_plain_peft_adapter(registry, settings, dataset_id, tiny_llama_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from studio.training.job import run_train_job
+
+    results = {}
+    for processes, fsdp in ((1, False), (2, True)):
+        request = job_request(tiny_llama_dir, dataset_id, processes, fsdp=fsdp)
+        job_id, ctx = start(registry, settings, request)
+        results[processes] = (job_id, run_train_job(request, RegistryReporter(registry, job_id, 0.0), ctx))
+    (one_id, one), (two_id, two) = results[1], results[2]
+    assert sorted(losses(registry, two_id)) == [1, 2, 3, 4]
+    # the same sums as without FSDP: each rank's share of the loss, gradients summed (reduce-scatter)
+    for step, loss in losses(registry, one_id).items():
+        assert losses(registry, two_id)[step] == pytest.approx(loss, abs=1e-5)
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], abs=1e-5)
+    # AdamW hides a gradient off by a constant factor from the losses; the logged norm does not
+    norms = [{m.step: m.value for m in registry.metrics(j) if m.name == "grad_norm"} for j in (one_id, two_id)]
+    assert sorted(norms[1]) == sorted(norms[0]) == [1, 2, 3, 4]
+    assert norms[1] == pytest.approx(norms[0], rel=1e-5)
+    assert two["distributed"]["world_size"] == 2
+    assert any("2 decoder layers sharded over 2 processes" in row.message for row in registry.job_logs(two_id))
+    path = registry.get_adapter(two["adapter_id"]).path
+    reference = registry.get_adapter(one["adapter_id"]).path
+    tokens = torch.tensor([[1, 5, 9, 13, 2]])
+    outputs = []
+    for folder in (path, reference):
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), folder).eval()
+        with torch.no_grad():
+            outputs.append(model(input_ids=tokens).logits)
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=0)
+    with torch.no_grad():
+        untrained = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()(input_ids=tokens).logits
+    assert (outputs[0] - untrained).abs().max() > 1e-3  # the saved adapter carries the training
+
+
 def test_what_cannot_run_over_several_processes_is_refused_at_submit():
-    with pytest.raises(ValidationError, match="FSDP"):
-        TrainingHyperParams(processes=2, fsdp=True)
+    with pytest.raises(ValidationError, match="FSDP.* needs more than one process"):
+        TrainingHyperParams(processes=1, fsdp=True)
+    assert TrainingHyperParams(processes=2, fsdp=True).fsdp
+    with pytest.raises(ValidationError, match="variant adalora cannot train with fsdp"):
+        TrainRequest(
+            dataset_id=1, base_model="tiny", variant="adalora", hyper=TrainingHyperParams(processes=2, fsdp=True)
+        )
     with pytest.raises(ValidationError, match="need at least 4 examples per step"):
         TrainingHyperParams(processes=4, batch_size=1, grad_accum=3)
     assert TrainingHyperParams(processes=2, batch_size=1, grad_accum=2).processes == 2

@@ -1,0 +1,77 @@
+"""FSDP for a training job over several processes: shard the base's decoder layers while training.
+
+With ``hyper.fsdp`` every rank shards each decoder layer of the model with torch's FSDP2
+(``fully_shard``) before the optimizer is built: a layer's weights (frozen base and LoRA
+tensors alike) live split across the ranks and are all-gathered for its forward and backward
+only. The LoRA gradients are reduce-scattered by FSDP as *sums* (divide factor 1, sum-only
+collectives, since gloo has no PREMUL_SUM), which is what the per-step target normalisation of
+:mod:`studio.training.loop` needs, so the manual all-reduce of :mod:`studio.training.distributed`
+skips those tensors. Embeddings, the final norm and the output head stay whole on every rank
+(sharding them would hand the chunked loss a split head); they are frozen, so they need no
+gradient reduction.
+
+After the last step :func:`release` gathers every sharded tensor back (a collective: every rank
+calls it) and removes FSDP from the model, so rank 0 validates and saves a plain PEFT model,
+which then holds the whole base again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The model's repeated blocks: the longest ``ModuleList`` in it (``model.layers`` for Llama-like bases)."""
+    import torch.nn as nn
+
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if not lists:
+        raise ValueError("fsdp: this model has no list of decoder layers to shard")
+    return list(max(lists, key=len))
+
+
+def shard(model: Any) -> int:
+    """Shard every decoder layer of ``model`` across the default process group; returns how many."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = decoder_layers(model)
+    for layer in layers:
+        fully_shard(layer)
+        # sums, not means: the loop normalises each step's loss by the whole step's targets
+        layer.set_gradient_divide_factor(1.0)
+        layer.set_force_sum_reduction_for_comms(True)  # gloo cannot PREMUL_SUM
+    return len(layers)
+
+
+def is_sharded(tensor: Any) -> bool:
+    """Whether ``tensor`` is an FSDP shard (a DTensor): FSDP already reduced its gradient."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def release(model: Any) -> None:
+    """Gather every sharded parameter back into a plain one and take FSDP off ``model`` (every rank calls it)."""
+    import torch.nn as nn
+    from torch.distributed.fsdp import FSDPModule
+
+    # FSDP2 has no public "unshard for good": this uses its private state (the hook handles it registered,
+    # torch 2.13), checked by tests/training/test_distributed.py, which loads the saved adapter in plain PEFT.
+    for module in [m for m in model.modules() if isinstance(m, FSDPModule)]:
+        state = module._get_fsdp_state()
+        # same order on every rank: each full_tensor() is an all-gather
+        full = {name: (p, p.full_tensor()) for name, p in module.named_parameters() if is_sharded(p)}
+        for group in state._fsdp_param_groups:
+            for handles in (
+                group._module_to_pre_save_state_dict_hook_handle,
+                group._module_to_pre_load_state_dict_hook_handle,
+            ):
+                for handle in handles.values():
+                    handle.remove()
+        state._pre_forward_hook_handle.remove()
+        state._post_forward_hook_handle.remove()
+        for name, (old, tensor) in full.items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            owner._parameters[leaf] = nn.Parameter(tensor.detach().clone(), requires_grad=old.requires_grad)
+        module.__class__ = next(c for c in type(module).__mro__[1:] if not issubclass(c, FSDPModule))
