@@ -20,7 +20,7 @@ worker runs), no queue in between.
     python scripts/merge_skills.py                 # the documented run (docs/results/merging.md)
     python scripts/merge_skills.py --steps 5 --eval-rows 8 --doc /tmp/m.md --out /tmp/m.json   # a quick look
     python scripts/merge_skills.py --render        # rewrite the doc from bench/results/merge_skills.json
-    python scripts/merge_skills.py --steps 40 --train-rows 160 --eval-rows 20 --data /path/to/data   # the 2-core run
+    python scripts/merge_skills.py --steps 16 --train-rows 64 --lr 1e-3 --max-length 256 --eval-rows 12 --data DIR   # the 2-core run
 """
 
 from __future__ import annotations

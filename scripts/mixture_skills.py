@@ -14,7 +14,7 @@ the per-module routers (experts frozen). Then, on HELD-OUT rows of both tasks:
 Specialists, merges and scores come from the cache that merge_skills.py keeps in ``--work``
 (same set-up arguments = same specialists); whatever is missing is made here.
 
-    python scripts/mixture_skills.py --steps 40 --train-rows 160 --eval-rows 20 --data DIR   # the documented run
+    python scripts/mixture_skills.py --steps 16 --train-rows 64 --lr 1e-3 --max-length 256 --eval-rows 12 --data DIR   # the documented run
     python scripts/mixture_skills.py ... --render    # rewrite docs/results/mixture.md from the JSON
 """
 
