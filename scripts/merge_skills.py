@@ -132,10 +132,14 @@ def setup_key(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class Cache:
-    """``work/state.json``: datasets, specialists, merges and scores of one set-up, by label."""
+    """``work/state.json``: datasets, specialists, merges and scores of one set-up, by label.
 
-    def __init__(self, work: Path, key: dict[str, Any]):
-        self.path = work / "state.json"
+    Another ``name`` gives a script its own file, so two scripts can run side by side on one
+    set-up without overwriting each other's state (the registry itself is shared).
+    """
+
+    def __init__(self, work: Path, key: dict[str, Any], name: str = "state.json"):
+        self.path = work / name
         state = json.loads(self.path.read_text()) if self.path.is_file() else {}
         if state.get("key") != key:  # another set-up: start over (the old adapters stay in the registry)
             state = {"key": key}

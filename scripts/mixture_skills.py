@@ -33,10 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from merge_skills import (  # noqa: E402
     E2E_PROMPT,
     SPECIALISTS,
+    Cache,
     _keep,
     add_setup_arguments,
     prepare_specialists,
     score,
+    setup_key,
 )
 
 from bench.common import (  # noqa: E402
@@ -128,6 +130,9 @@ def main() -> None:
     add_setup_arguments(parser)
     parser.add_argument("--mixture-steps", type=int, default=60, help="router training steps (batch 8)")
     parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument(
+        "--wait", type=float, default=0, help="seconds to wait for merge_skills.py (running beside) to score the rest"
+    )
     parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "mixture.md"))
     parser.add_argument("--out", default=str(RESULTS_DIR / "mixture_skills.json"))
     parser.add_argument("--render", action="store_true", help="only rewrite --doc from the JSON of --out")
@@ -140,12 +145,9 @@ def main() -> None:
     began = time.perf_counter()
     load_before = machine_info()["loadavg_1_5_15"]
 
-    studio, cache, data, trained = prepare_specialists(args)
+    studio, shared, data, trained = prepare_specialists(args)
     a, b = trained["gsm8k"]["adapter_id"], trained["e2e"]["adapter_id"]
-    for label, fields in LINEAR.items():
-        if not cache.get("merges", label):
-            result = studio.run({"kind": "merge", "adapter_ids": [a, b], "name": label, **fields})
-            cache.put("merges", label, _keep(result, ("adapter_id", "method", "weights", "rank_max", "seconds")))
+    cache = Cache(Path(args.work), setup_key(args), name="mixture_state.json")  # merge_skills.py may run beside
 
     label = f"mixture, top-{args.top_k}, {args.mixture_steps} steps"
     mixture = cache.get("mixtures", label)
@@ -167,23 +169,18 @@ def main() -> None:
             | {k: v for k, v in result.items() if k.startswith("gate_accuracy_task")},
         )
     row = studio.services.registry.get_adapter(mixture["adapter_id"])
-    held_out_routing = routing_on_test_rows(studio, row, data, args)
-
-    models = {
-        "base model": {"base_model": args.base},
-        SPECIALISTS["gsm8k"]: {"adapter_id": a},
-        SPECIALISTS["e2e"]: {"adapter_id": b},
-        **{f"merge of A and B: {m}": {"adapter_id": cache.get("merges", m)["adapter_id"]} for m in LINEAR},
-        label: {"adapter_id": mixture["adapter_id"]},
-    }
-    scores = {name: score(studio, cache, data, name, target, args.eval_rows) for name, target in models.items()}
-
-    text, maths, restaurant = composite_prompt(args.eval_rows)
+    held_out_routing = cache.get("routing", label) or cache.put(
+        "routing", label, routing_on_test_rows(studio, row, data, args)
+    )
+    text, maths, _ = composite_prompt(args.eval_rows)
     routed = route_composite(row.path, args.base, studio.settings, text, maths)
     shown = heatmap_rows(routed["choices"])
     png = save_png(shown, routed["maths_tokens"], Path(args.doc).parent / "mixture_routing.png")
     figure_json = Path(args.doc).parent / "mixture_routing.json"
     save_figure_json(shown, routed, figure_json)
+    scores = {label: score(studio, cache, data, label, {"adapter_id": mixture["adapter_id"]}, args.eval_rows)}
+    scores.update(reference_scores(studio, shared, cache, data, args, (a, b)))
+
 
     record = {
         "args": {k: v for k, v in vars(args).items() if k != "render"},
@@ -207,6 +204,32 @@ def main() -> None:
     write_json(args.out, record)
     Path(args.doc).write_text(render(record), encoding="utf-8")
     print(Path(args.doc).read_text())
+
+
+def reference_scores(
+    studio: Any, shared: Cache, cache: Cache, data: dict[str, int], args: argparse.Namespace, experts: tuple[int, int]
+) -> dict[str, dict[str, float]]:
+    """Base, specialists and linear merges: merge_skills.py's scores when it has them (waits up to --wait s)."""
+    labels = ["base model", *SPECIALISTS.values(), *(f"merge of A and B: {m}" for m in LINEAR)]
+    deadline = time.monotonic() + args.wait
+    while True:
+        done = Cache(Path(args.work), setup_key(args)).state.get("scores", {})
+        if all(label in done for label in labels) or time.monotonic() > deadline:
+            break
+        time.sleep(20)
+    a, b = experts
+    targets = {"base model": {"base_model": args.base}, SPECIALISTS["gsm8k"]: {"adapter_id": a}}
+    targets[SPECIALISTS["e2e"]] = {"adapter_id": b}
+    for merge, fields in LINEAR.items():
+        found = shared.get("merges", merge) or Cache(Path(args.work), setup_key(args)).get("merges", merge)
+        found = found or cache.get("merges", merge)
+        if not found:
+            result = studio.run({"kind": "merge", "adapter_ids": [a, b], "name": merge, **fields})
+            found = cache.put("merges", merge, _keep(result, ("adapter_id", "method", "weights", "seconds")))
+        targets[f"merge of A and B: {merge}"] = {"adapter_id": found["adapter_id"]}
+    return {
+        label: done.get(label) or score(studio, cache, data, label, targets[label], args.eval_rows) for label in labels
+    }
 
 
 def routing_on_test_rows(studio: Any, row: Any, data: dict[str, int], args: argparse.Namespace) -> dict[str, Any]:
