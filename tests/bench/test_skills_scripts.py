@@ -115,3 +115,35 @@ def test_peft_cat_is_the_sum_of_its_parents(tmp_path, monkeypatch):
         got = merged(input_ids=ids_in).logits
         assert not torch.allclose(plain(input_ids=ids_in).logits, got, atol=1e-4)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_route_composite_marks_the_maths_part(tmp_path, monkeypatch):
+    """The composite prompt's routing: every gated module has one choice per token; the cut is inside the prompt."""
+    from composition.experts import load_base, save_expert
+    from conftest_training import make_tokenizer
+
+    from studio.composition.meteora import MeteoRAModel
+    from studio.composition.meteora_bundle import save_bundle
+
+    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "STUDIO_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    base_dir = make_llama_dir(tmp_path / "base")
+    experts = [save_expert(base_dir, tmp_path / f"e{j}", seed=j, r=2, lora_alpha=4) for j in range(2)]
+    bundle = tmp_path / "bundle"
+    save_bundle(MeteoRAModel.from_adapters(load_base(base_dir), experts, top_k=1), bundle)
+    make_tokenizer().save_pretrained(bundle)
+    studio = merge_skills.Studio(tmp_path / "studio")
+
+    maths = "two plus two"
+    routed = mixture_skills.route_composite(
+        str(bundle), str(base_dir), studio.settings, f"{maths}\nAlso: describe a cafe", maths
+    )
+    n = len(routed["tokens"])
+    assert routed["choices"] and all(len(row) == n for row in routed["choices"].values())
+    assert 0 < routed["maths_tokens"] < n
+    assert all(set(row) <= {0, 1} for row in routed["choices"].values())
+    shown = mixture_skills.heatmap_rows(routed["choices"])
+    assert shown and set(shown) < set(routed["choices"])  # q_proj/down_proj rows only (the experts adapt q_proj)
+    figure = tmp_path / "fig.json"
+    mixture_skills.save_figure_json(shown, routed, figure)
+    assert '"heatmap"' in figure.read_text()
