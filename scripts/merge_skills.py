@@ -310,10 +310,16 @@ def main() -> None:
     parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "merging.md"))
     parser.add_argument("--out", default=str(RESULTS_DIR / "merge_skills.json"))
     parser.add_argument("--render", action="store_true", help="only rewrite --doc from the JSON of --out")
+    parser.add_argument(
+        "--earlier",
+        default=str(RESULTS_DIR / "merge_skills_100steps.json"),
+        help="an earlier run's JSON whose held-out table the doc keeps below this run's ('' for none)",
+    )
     args = parser.parse_args()
     use_data(args.data)
     if args.render:
-        Path(args.doc).write_text(render(json.loads(Path(args.out).read_text())), encoding="utf-8")
+        record = json.loads(Path(args.out).read_text())
+        Path(args.doc).write_text(render(record) + earlier_section(args.earlier), encoding="utf-8")
         return
     prepare_env(threads=args.threads)
     began = time.perf_counter()
@@ -358,8 +364,18 @@ def main() -> None:
         "eval_loss": scores,
     }
     write_json(args.out, record)
-    Path(args.doc).write_text(render(record), encoding="utf-8")
+    Path(args.doc).write_text(render(record) + earlier_section(args.earlier), encoding="utf-8")
     print(Path(args.doc).read_text())
+
+
+def earlier_section(path: str) -> str:
+    """The held-out tables of an earlier (longer) run, so a shorter rerun does not hide its numbers."""
+    if not path or not Path(path).is_file():
+        return ""
+    text = render(json.loads(Path(path).read_text()))
+    body = text[text.index("## Set-up") :]
+    head = f"\n## Earlier run: longer training, three merges\n\nRaw numbers in `bench/results/{Path(path).name}`.\n\n"
+    return head + body.replace("## ", "### ")
 
 
 def share(scores: dict[str, dict[str, float]], label: str, task: str) -> float:
@@ -422,16 +438,20 @@ def render(record: dict[str, Any]) -> str:
             f"  - **B** on the first {args['train_rows']} rows of `e2e_nlg/train.jsonl` (attributes → one sentence,"
             f' prompt "{E2E_PROMPT.format(mr="…")}").',
             "- Merges by the studio's merge job (A first, B second); ranks default to the sum of the parents' (16)."
-            " LoRA-LEGO's k is its rank; with two rank-8 parents mean r and Σr/2 are both 8, so it ran at k 8 and 16."
-            " `PEFT cat` is not a studio method: the script builds it with PEFT's"
-            ' `add_weighted_adapter(combination_type="cat")` (weights 1, 1) and registers it as a merge.',
+            + (
+                " LoRA-LEGO's k is its rank; with two rank-8 parents mean r and Σr/2 are both 8, so it ran at k 8"
+                " and 16. `PEFT cat` is not a studio method: the script builds it with PEFT's"
+                ' `add_weighted_adapter(combination_type="cat")` (weights 1, 1) and registers it as a merge.'
+                if any(label.startswith("LEGO") for label in record["merges"])
+                else ""
+            ),
             f"- Scores: mean response-token loss of the eval job on the first {args['eval_rows']} rows of"
             " `gsm8k/test.jsonl` and of `e2e_nlg/dev.jsonl` (held out from training). Lower is better; the"
             " percentage is the change from the base model.",
             "- Everything ran through `JobService.submit` + `execute_job` on an embedded registry.",
             f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch thread(s),"
             f" torch {machine['versions']['torch']}; wall time {record['wall_seconds'] / 60:.1f} min of this run"
-            f" (specialists reused from the cache are not in it); {load_text}.",
+            f" (specialists reused from the cache are not in it){'; ' + load_text if load_text else ''}.",
             "",
             "## Held-out loss",
             "",
