@@ -286,20 +286,20 @@ def merge_plan(args: argparse.Namespace, ranks: list[int]) -> dict[str, dict[str
     plan: dict[str, dict[str, Any]] = {
         "linear, 0.5 + 0.5": {"method": "linear"},
         "linear, 1 + 1": {"method": "linear", "weights": [1.0, 1.0]},
-        "PEFT cat, 1 + 1": {"method": "peft cat"},
-        f"TIES, density {args.density:g}": {"method": "ties", "density": args.density},
-        f"DARE-TIES, density {args.density:g}": {"method": "dare_ties", "density": args.density, "seed": 0},
-        f"DARE-linear, density {args.density:g}, 1 + 1": {
-            "method": "dare_linear",
-            "density": args.density,
-            "weights": [1.0, 1.0],
-            "seed": 0,
-        },
     }
     ks = {"mean r": round(sum(ranks) / len(ranks)), "Σr/2": round(sum(ranks) / 2), "Σr": sum(ranks)}
     for k in sorted(set(ks.values())):
         names = " = ".join(n for n, v in ks.items() if v == k)
         plan[f"LEGO, k {k} ({names})"] = {"method": "lego", "rank": k}
+    plan[f"TIES, density {args.density:g}"] = {"method": "ties", "density": args.density}
+    plan["PEFT cat, 1 + 1"] = {"method": "peft cat"}
+    plan[f"DARE-TIES, density {args.density:g}"] = {"method": "dare_ties", "density": args.density, "seed": 0}
+    plan[f"DARE-linear, density {args.density:g}, 1 + 1"] = {
+        "method": "dare_linear",
+        "density": args.density,
+        "weights": [1.0, 1.0],
+        "seed": 0,
+    }
     return plan
 
 
@@ -329,42 +329,41 @@ def main() -> None:
     a, b = trained["gsm8k"]["adapter_id"], trained["e2e"]["adapter_id"]
     registry = studio.services.registry
     ranks = [max(registry.get_adapter(i).ranks.values()) for i in (a, b)]
-    merged = {}
-    for label, fields in merge_plan(args, ranks).items():
-        if cache.get("merges", label):
-            merged[label] = cache.get("merges", label)
-            continue
-        if fields["method"] == "peft cat":
-            result = peft_cat(studio, [a, b], label)
-        else:
-            result = studio.run({"kind": "merge", "adapter_ids": [a, b], "name": label, **fields})
-        merged[label] = cache.put(
-            "merges",
-            label,
-            _keep(result, ("adapter_id", "method", "weights", "rank_max", "merge_max_error", "seconds")),
-        )
-        print(f"merged {label}", flush=True)
-
-    models: dict[str, dict[str, Any]] = {
+    references = {
         "base model": {"base_model": args.base},
         SPECIALISTS["gsm8k"]: {"adapter_id": a},
         SPECIALISTS["e2e"]: {"adapter_id": b},
-        **{f"merge of A and B: {label}": {"adapter_id": r["adapter_id"]} for label, r in merged.items()},
     }
-    scores = {label: score(studio, cache, data, label, target, args.eval_rows) for label, target in models.items()}
-
-    record = {
-        "args": {k: v for k, v in vars(args).items() if k != "render"},
-        "machine": machine_info(),
-        "loadavg_at_start": load_before,
-        "wall_seconds": time.perf_counter() - began,
-        "ranks": ranks,
-        "trained": trained,
-        "merges": merged,
-        "eval_loss": scores,
-    }
-    write_json(args.out, record)
-    Path(args.doc).write_text(render(record) + earlier_section(args.earlier), encoding="utf-8")
+    scores = {label: score(studio, cache, data, label, target, args.eval_rows) for label, target in references.items()}
+    plan = merge_plan(args, ranks)
+    merged: dict[str, dict[str, Any]] = {}
+    # One merge at a time, scored at once, the doc rewritten after each: a run cut short still documents what it
+    # measured (labelled partial).
+    for label, fields in plan.items():
+        if not cache.get("merges", label):
+            if fields["method"] == "peft cat":
+                result = peft_cat(studio, [a, b], label)
+            else:
+                result = studio.run({"kind": "merge", "adapter_ids": [a, b], "name": label, **fields})
+            keys = ("adapter_id", "method", "weights", "rank_max", "merge_max_error", "seconds")
+            cache.put("merges", label, _keep(result, keys))
+        merged[label] = cache.get("merges", label)
+        name = f"merge of A and B: {label}"
+        scores[name] = score(studio, cache, data, name, {"adapter_id": merged[label]["adapter_id"]}, args.eval_rows)
+        record = {
+            "args": {k: v for k, v in vars(args).items() if k not in ("render", "earlier")},
+            "machine": machine_info(),
+            "loadavg_at_start": load_before,
+            "wall_seconds": time.perf_counter() - began,
+            "partial": [m for m in plan if m not in merged],
+            "ranks": ranks,
+            "trained": trained,
+            "merges": merged,
+            "eval_loss": scores,
+        }
+        write_json(args.out, record)
+        Path(args.doc).write_text(render(record) + earlier_section(args.earlier), encoding="utf-8")
+        print(f"merged and scored {label}", flush=True)
     print(Path(args.doc).read_text())
 
 
@@ -427,6 +426,11 @@ def render(record: dict[str, Any]) -> str:
         [
             "# Merging adapters on real data: one skill each, then both",
             "",
+            *(
+                [f"**Partial run**: not measured (the run was stopped first): {', '.join(record['partial'])}.", ""]
+                if record.get("partial")
+                else []
+            ),
             "Generated by `scripts/merge_skills.py`; raw numbers in `bench/results/merge_skills.json`.",
             "",
             "## Set-up",
