@@ -14,7 +14,8 @@ the per-module routers (experts frozen). Then, on HELD-OUT rows of both tasks:
 Specialists, merges and scores come from the cache that merge_skills.py keeps in ``--work``
 (same set-up arguments = same specialists); whatever is missing is made here.
 
-    python scripts/mixture_skills.py --steps 16 --train-rows 64 --lr 1e-3 --max-length 256 --eval-rows 12 --data DIR   # the documented run
+    python scripts/mixture_skills.py --steps 16 --train-rows 64 --lr 1e-3 --max-length 256 --eval-rows 12 \
+        --mixture-steps 10 --mixture-batch 4 --mixture-lr 5e-3 --data DIR   # the documented run
     python scripts/mixture_skills.py ... --render    # rewrite docs/results/mixture.md from the JSON
 """
 
@@ -128,7 +129,9 @@ def save_png(choices: dict[str, list[int]], cut: int, path: Path, cell: tuple[in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_setup_arguments(parser)
-    parser.add_argument("--mixture-steps", type=int, default=60, help="router training steps (batch 8)")
+    parser.add_argument("--mixture-steps", type=int, default=60, help="router training steps")
+    parser.add_argument("--mixture-batch", type=int, default=8, help="rows per router step, drawn from both tasks")
+    parser.add_argument("--mixture-lr", type=float, default=5e-4, help="the routers' peak learning rate")
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument(
         "--wait", type=float, default=0, help="seconds to wait for merge_skills.py (running beside) to score the rest"
@@ -149,7 +152,7 @@ def main() -> None:
     a, b = trained["gsm8k"]["adapter_id"], trained["e2e"]["adapter_id"]
     cache = Cache(Path(args.work), setup_key(args), name="mixture_state.json")  # merge_skills.py may run beside
 
-    label = f"mixture, top-{args.top_k}, {args.mixture_steps} steps"
+    label = f"mixture, top-{args.top_k}, {args.mixture_steps} steps × {args.mixture_batch}, lr {args.mixture_lr:g}"
     mixture = cache.get("mixtures", label)
     if not mixture:
         result = studio.run(
@@ -159,7 +162,12 @@ def main() -> None:
                 "adapter_ids": [a, b],
                 "dataset_ids": [data["gsm8k-train"], data["e2e-train"]],
                 "steps": args.mixture_steps,
-                "settings": {"top_k": args.top_k, "batch_size": 8, "max_length": args.max_length},
+                "settings": {
+                    "top_k": args.top_k,
+                    "batch_size": args.mixture_batch,
+                    "learning_rate": args.mixture_lr,
+                    "max_length": args.max_length,
+                },
             }
         )
         mixture = cache.put(
@@ -180,7 +188,6 @@ def main() -> None:
     save_figure_json(shown, routed, figure_json)
     scores = {label: score(studio, cache, data, label, {"adapter_id": mixture["adapter_id"]}, args.eval_rows)}
     scores.update(reference_scores(studio, shared, cache, data, args, (a, b)))
-
 
     record = {
         "args": {k: v for k, v in vars(args).items() if k != "render"},
@@ -290,7 +297,8 @@ def render(record: dict[str, Any]) -> str:
             f" {args['steps']} steps × batch 4 on the first {args['train_rows']} rows of GSM8K train / E2E train),"
             " reused from the same embedded studio.",
             f"- The studio's `mixture` job: top-{args['top_k']} routing, temperature 1, gate loss weight 50,"
-            f" experts frozen, {mixture['steps']} router steps × batch 8 over both training sets (90 %; the job"
+            f" experts frozen, {mixture['steps']} router steps × batch {args['mixture_batch']} (lr"
+            f" {args['mixture_lr']:g}) over both training sets (90 %; the job"
             f" holds out 10 % for its own gate accuracy), max_length {args['max_length']}.",
             f"- Scores on the first {args['eval_rows']} rows of `gsm8k/test.jsonl` and `e2e_nlg/dev.jsonl`"
             " (never trained on): the eval job's response-token loss; routing accuracy = share of (token, gated"
