@@ -195,6 +195,7 @@ def prepare_specialists(args: argparse.Namespace) -> tuple[Studio, Cache, dict[s
                         "variant": "lora",
                         "hyper": hyper,
                         "seed": 42,
+                        "transfer_kit": False,  # minutes of discriminator training this comparison does not use
                     }
                 ),
                 ("adapter_id", "final_loss", "steps", "seconds"),
