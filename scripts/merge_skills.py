@@ -454,6 +454,11 @@ def render(record: dict[str, Any]) -> str:
             " `gsm8k/test.jsonl` and of `e2e_nlg/dev.jsonl` (held out from training). Lower is better; the"
             " percentage is the change from the base model.",
             "- Everything ran through `JobService.submit` + `execute_job` on an embedded registry.",
+            *(
+                f"  - {skill}: {info['note']}."
+                for skill, info in record.get("trained", {}).items()
+                if isinstance(info, dict) and info.get("note")
+            ),
             f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch thread(s),"
             f" torch {machine['versions']['torch']}; wall time {record['wall_seconds'] / 60:.1f} min of this run"
             f" (specialists reused from the cache are not in it){'; ' + load_text if load_text else ''}.",
