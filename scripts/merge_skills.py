@@ -428,7 +428,7 @@ def render(record: dict[str, Any]) -> str:
             "# Merging adapters on real data: one skill each, then both",
             "",
             *(
-                [f"**Partial run**: not measured (the run was stopped first): {', '.join(record['partial'])}.", ""]
+                [f"**Partial run**: not measured (the run was stopped first): {'; '.join(record['partial'])}.", ""]
                 if record.get("partial")
                 else []
             ),
@@ -461,7 +461,7 @@ def render(record: dict[str, Any]) -> str:
             ),
             f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch thread(s),"
             f" torch {machine['versions']['torch']}; wall time {record['wall_seconds'] / 60:.1f} min of this run"
-            f" (specialists reused from the cache are not in it){'; ' + load_text if load_text else ''}.",
+            f" (training a specialist reused from the cache is not in it){'; ' + load_text if load_text else ''}.",
             "",
             "## Held-out loss",
             "",
