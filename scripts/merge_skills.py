@@ -474,6 +474,18 @@ def render(record: dict[str, Any]) -> str:
             "",
             lego_verdict(scores),
             "",
+            *(
+                [
+                    "PEFT `cat` with weights 1, 1 is the exact sum of the two changes, so it scores the same as the"
+                    " 1 + 1 linear merge (a check of both). LoRA-LEGO at k = Σr keeps every rank unit as its own"
+                    " cluster, so its change is the sum scaled by the output reweighting √(mean r / k) = √(8/16) ≈"
+                    " 0.71 (between the 0.5 + 0.5 and 1 + 1 linear merges); at k = mean r it prunes half the units"
+                    " and loses more of both gains.",
+                    "",
+                ]
+                if any("LEGO" in label for label in scores) and any("PEFT cat" in label for label in scores)
+                else []
+            ),
             "## Merges",
             "",
             markdown_table(["merge", "method", "weights", "rank", "largest relative error", "time"], merge_rows),
