@@ -1,10 +1,17 @@
-"""Merging on real data: two LoRAs of SmolLM2-135M-Instruct, one per skill, merged three ways.
+"""Merging on real data: two LoRAs of SmolLM2-135M-Instruct, one per skill, merged every way the studio knows.
 
 Adapter A learns GSM8K (grade-school maths with worked answers), adapter B learns E2E NLG
 (restaurant attributes -> one-sentence description). Each is then merged with the other by
-the studio's merge job (linear average, linear sum, TIES), and every model is scored on
-HELD-OUT rows of both tasks: the response-token loss of the eval job. The question a user
-asks is whether one merged adapter keeps both skills; the table answers it with numbers.
+the studio's merge job (linear average and sum, TIES, DARE, LoRA-LEGO at k = mean r, Σr/2 and
+Σr) and by PEFT's ``add_weighted_adapter(combination_type="cat")`` (the studio has no ``cat``
+method: the script builds it with PEFT and registers it like a merge), and every model is
+scored on HELD-OUT rows of both tasks: the response-token loss of the eval job. The question
+a user asks is whether one merged adapter keeps both skills; the table answers it with
+numbers, as each task's share of its specialist's gain over the base.
+
+The embedded studio lives in ``--work`` (kept between runs): specialists, merges and scores
+of an identical set-up are reused, so a rerun only does what is missing, and
+``scripts/mixture_skills.py`` builds its mixture from the same specialists.
 
 Everything goes through the studio's own path on an embedded registry: datasets imported
 by ``DatasetService``, jobs submitted by ``JobService`` and run by ``execute_job`` (what a
@@ -13,6 +20,7 @@ worker runs), no queue in between.
     python scripts/merge_skills.py                 # the documented run (docs/results/merging.md)
     python scripts/merge_skills.py --steps 5 --eval-rows 8 --doc /tmp/m.md --out /tmp/m.json   # a quick look
     python scripts/merge_skills.py --render        # rewrite the doc from bench/results/merge_skills.json
+    python scripts/merge_skills.py --steps 16 --train-rows 64 --lr 1e-3 --max-length 256 --eval-rows 12 --data DIR   # the 2-core run
 """
 
 from __future__ import annotations
@@ -97,108 +105,283 @@ class _NoQueue:
         pass
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+DEFAULT_WORK = Path(tempfile.gettempdir()) / "merge-skills-work"
+SPECIALISTS = {"gsm8k": "A: LoRA on GSM8K", "e2e": "B: LoRA on E2E"}
+TASKS = (("gsm8k", "gsm8k-test"), ("e2e", "e2e-dev"))
+
+
+def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
+    """The specialists' set-up (shared with scripts/mixture_skills.py, which reuses the same specialists)."""
     parser.add_argument("--base", default=DEFAULT_BASE)
     parser.add_argument("--train-rows", type=int, default=400)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--eval-rows", type=int, default=40)
+    parser.add_argument("--max-length", type=int, default=320)
+    parser.add_argument(
+        "--work", default=str(DEFAULT_WORK), help="the embedded studio, kept: same set-up = reuse what is there"
+    )
+    add_threads_argument(parser)
+    add_data_argument(parser)
+
+
+def setup_key(args: argparse.Namespace) -> dict[str, Any]:
+    """What decides the specialists and the held-out rows: a cache made with another key is not reused."""
+    keys = ("base", "train_rows", "steps", "lr", "eval_rows", "max_length", "data")
+    return {k: str(getattr(args, k)) for k in keys}
+
+
+class Cache:
+    """``work/state.json``: datasets, specialists, merges and scores of one set-up, by label.
+
+    Another ``name`` gives a script its own file, so two scripts can run side by side on one
+    set-up without overwriting each other's state (the registry itself is shared).
+    """
+
+    def __init__(self, work: Path, key: dict[str, Any], name: str = "state.json"):
+        self.path = work / name
+        state = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        if state.get("key") != key:  # another set-up: start over (the old adapters stay in the registry)
+            state = {"key": key}
+        self.state = state
+
+    def get(self, section: str, label: str) -> Any:
+        return self.state.get(section, {}).get(label)
+
+    def put(self, section: str, label: str, value: Any) -> Any:
+        self.state.setdefault(section, {})[label] = value
+        self.path.write_text(json.dumps(self.state, indent=2))
+        return value
+
+
+def prepare_specialists(args: argparse.Namespace) -> tuple[Studio, Cache, dict[str, int], dict[str, dict[str, Any]]]:
+    """(studio, cache, dataset ids by name, trained specialist results by skill): trained once per set-up."""
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    studio = Studio(work / "studio")
+    cache = Cache(work, setup_key(args))
+    makers = {
+        "gsm8k-train": lambda: gsm8k_rows("train.jsonl", 0, args.train_rows),
+        "e2e-train": lambda: e2e_rows("train.jsonl", 0, args.train_rows),
+        "gsm8k-test": lambda: gsm8k_rows("test.jsonl", 0, args.eval_rows),
+        "e2e-dev": lambda: e2e_rows("dev.jsonl", 0, args.eval_rows),
+    }
+    data = {}
+    for name, rows in makers.items():
+        data[name] = cache.get("datasets", name) or cache.put(
+            "datasets", name, studio.dataset(write_jsonl(work / f"{name}.jsonl", rows()))
+        )
+    hyper = {
+        "max_steps": args.steps,
+        "batch_size": 4,
+        "max_length": args.max_length,
+        "learning_rate": args.lr,
+        "validation_fraction": 0.0,
+        "save_every": 100_000,
+        "eval_every": 100_000,
+    }
+    trained = {}
+    for skill in ("gsm8k", "e2e"):
+        trained[skill] = cache.get("trained", skill) or cache.put(
+            "trained",
+            skill,
+            _keep(
+                studio.run(
+                    {
+                        "kind": "train",
+                        "name": f"lora on {skill}",
+                        "dataset_id": data[f"{skill}-train"],
+                        "base_model": args.base,
+                        "variant": "lora",
+                        "hyper": hyper,
+                        "seed": 42,
+                        "transfer_kit": False,  # minutes of discriminator training this comparison does not use
+                    }
+                ),
+                ("adapter_id", "final_loss", "steps", "seconds"),
+            ),
+        )
+    return studio, cache, data, trained
+
+
+def score(studio: Studio, cache: Cache, data: dict[str, int], label: str, target: dict[str, Any], rows: int) -> dict:
+    """Held-out response-token loss of ``target`` (an adapter or the base) on both tasks, cached by label."""
+    cached = cache.get("scores", label)
+    if cached:
+        return cached
+    losses = {}
+    for task, dataset in TASKS:
+        result = studio.run(
+            {"kind": "eval", "dataset_id": data[dataset], "metrics": ["loss"], "max_examples": rows, **target}
+        )
+        losses[task] = result["metrics"]["eval_loss"]
+    return cache.put("scores", label, losses)
+
+
+def _keep(result: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: result.get(k) for k in keys}
+
+
+def peft_cat(studio: Studio, adapter_ids: list[int], name: str) -> dict[str, Any]:
+    """PEFT's ``add_weighted_adapter(combination_type="cat")`` of the adapters (weights 1), registered as a merge.
+
+    The studio has no ``cat`` merge method; this builds it with PEFT itself on the bundled
+    base and registers the directory the way the merge job registers its results, so it is
+    scored by the same eval job. Mathematically it is the exact sum of the parents' changes
+    (the same change as ``linear`` with weights 1 + 1), with the parents' ranks concatenated.
+    """
+    import uuid
+
+    from peft import PeftModel
+
+    from studio.models.base_models import resolve_base_model
+    from studio.training.job import dir_size, sha256_file
+    from studio.training.models import load_base_model
+
+    started = time.perf_counter()
+    registry = studio.services.registry
+    parents = [registry.get_adapter(i) for i in adapter_ids]
+    base_path = resolve_base_model(parents[0].base_model, studio.settings).path
+    model = PeftModel.from_pretrained(load_base_model(base_path, "causal-lm"), parents[0].path, adapter_name="p0")
+    for j, parent in enumerate(parents[1:], start=1):
+        model.load_adapter(parent.path, adapter_name=f"p{j}")
+    names = [f"p{j}" for j in range(len(parents))]
+    model.add_weighted_adapter(names, [1.0] * len(parents), "cat", combination_type="cat")
+    for adapter in names:
+        model.delete_adapter(adapter)
+    out_dir = Path(studio.settings.adapters_dir) / uuid.uuid4().hex
+    model.save_pretrained(str(out_dir), selected_adapters=["cat"])
+    nested = out_dir / "cat"  # PEFT saves a non-default adapter in a sub-folder
+    if nested.is_dir():
+        for item in nested.iterdir():
+            item.rename(out_dir / item.name)
+        nested.rmdir()
+    config = model.peft_config["cat"]
+    rank = int(config.r)
+    row = registry.add_adapter(
+        name=name,
+        variant="merge",
+        base_model=parents[0].base_model,
+        dataset_id=None,
+        ranks={m: rank for m in sorted(config.target_modules)},
+        trainable_params=sum(p.numel() for n, p in model.named_parameters() if ".cat." in n),
+        size_bytes=dir_size(out_dir),
+        path=str(out_dir),
+        sha256=sha256_file(out_dir / "adapter_model.safetensors"),
+        source_job_id=None,
+        parents=[p.id for p in parents],
+        metrics={"merge_max_error": 0.0},
+    )
+    return {
+        "adapter_id": row.id,
+        "method": "peft cat",
+        "weights": [1.0] * len(parents),
+        "rank_max": rank,
+        "merge_max_error": 0.0,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def merge_plan(args: argparse.Namespace, ranks: list[int]) -> dict[str, dict[str, Any]]:
+    """Label -> merge request fields: linear, TIES, DARE and LEGO at k = mean r, Σr/2, Σr (equal ks run once)."""
+    plan: dict[str, dict[str, Any]] = {
+        "linear, 0.5 + 0.5": {"method": "linear"},
+        "linear, 1 + 1": {"method": "linear", "weights": [1.0, 1.0]},
+    }
+    ks = {"mean r": round(sum(ranks) / len(ranks)), "Σr/2": round(sum(ranks) / 2), "Σr": sum(ranks)}
+    for k in sorted(set(ks.values())):
+        names = " = ".join(n for n, v in ks.items() if v == k)
+        plan[f"LEGO, k {k} ({names})"] = {"method": "lego", "rank": k}
+    plan[f"TIES, density {args.density:g}"] = {"method": "ties", "density": args.density}
+    plan["PEFT cat, 1 + 1"] = {"method": "peft cat"}
+    plan[f"DARE-TIES, density {args.density:g}"] = {"method": "dare_ties", "density": args.density, "seed": 0}
+    plan[f"DARE-linear, density {args.density:g}, 1 + 1"] = {
+        "method": "dare_linear",
+        "density": args.density,
+        "weights": [1.0, 1.0],
+        "seed": 0,
+    }
+    return plan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_setup_arguments(parser)
     parser.add_argument("--density", type=float, default=0.5)
     parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "merging.md"))
     parser.add_argument("--out", default=str(RESULTS_DIR / "merge_skills.json"))
     parser.add_argument("--render", action="store_true", help="only rewrite --doc from the JSON of --out")
-    add_threads_argument(parser)
-    add_data_argument(parser)
+    parser.add_argument(
+        "--earlier",
+        default=str(RESULTS_DIR / "merge_skills_100steps.json"),
+        help="an earlier run's JSON whose held-out table the doc keeps below this run's ('' for none)",
+    )
     args = parser.parse_args()
     use_data(args.data)
     if args.render:
-        Path(args.doc).write_text(render(json.loads(Path(args.out).read_text())), encoding="utf-8")
+        record = json.loads(Path(args.out).read_text())
+        Path(args.doc).write_text(render(record) + earlier_section(args.earlier), encoding="utf-8")
         return
     prepare_env(threads=args.threads)
     began = time.perf_counter()
+    load_before = machine_info()["loadavg_1_5_15"]
 
-    with tempfile.TemporaryDirectory(prefix="merge-skills-") as tmp:
-        root = Path(tmp)
-        studio = Studio(root / "studio")
-        files = {
-            "gsm8k-train": write_jsonl(root / "gsm8k-train.jsonl", gsm8k_rows("train.jsonl", 0, args.train_rows)),
-            "e2e-train": write_jsonl(root / "e2e-train.jsonl", e2e_rows("train.jsonl", 0, args.train_rows)),
-            "gsm8k-test": write_jsonl(root / "gsm8k-test.jsonl", gsm8k_rows("test.jsonl", 0, args.eval_rows)),
-            "e2e-dev": write_jsonl(root / "e2e-dev.jsonl", e2e_rows("dev.jsonl", 0, args.eval_rows)),
-        }
-        data = {name: studio.dataset(path) for name, path in files.items()}
-        hyper = {
-            "max_steps": args.steps,
-            "batch_size": 4,
-            "max_length": 320,
-            "learning_rate": args.lr,
-            "validation_fraction": 0.0,
-            "save_every": 100_000,
-            "eval_every": 100_000,
-        }
-        trained = {}
-        for skill in ("gsm8k", "e2e"):
-            result = studio.run(
-                {
-                    "kind": "train",
-                    "name": f"lora on {skill}",
-                    "dataset_id": data[f"{skill}-train"],
-                    "base_model": args.base,
-                    "variant": "lora",
-                    "hyper": hyper,
-                    "seed": 42,
-                }
-            )
-            trained[skill] = result
-        a, b = trained["gsm8k"]["adapter_id"], trained["e2e"]["adapter_id"]
-        merges = {
-            "linear, 0.5 + 0.5": {"method": "linear"},
-            "linear, 1 + 1": {"method": "linear", "weights": [1.0, 1.0]},
-            f"TIES, density {args.density:g}": {"method": "ties", "density": args.density},
-        }
-        merged = {
-            label: studio.run({"kind": "merge", "adapter_ids": [a, b], "name": label, **fields})
-            for label, fields in merges.items()
-        }
-
-        models: dict[str, dict[str, Any]] = {
-            "base model": {"base_model": args.base},
-            "A: LoRA on GSM8K": {"adapter_id": a},
-            "B: LoRA on E2E": {"adapter_id": b},
-            **{f"merge of A and B: {label}": {"adapter_id": r["adapter_id"]} for label, r in merged.items()},
-        }
-        scores: dict[str, dict[str, float]] = {}
-        for label, target in models.items():
-            scores[label] = {}
-            for task, dataset in (("gsm8k", "gsm8k-test"), ("e2e", "e2e-dev")):
-                result = studio.run(
-                    {
-                        "kind": "eval",
-                        "dataset_id": data[dataset],
-                        "metrics": ["loss"],
-                        "max_examples": args.eval_rows,
-                        **target,
-                    }
-                )
-                scores[label][task] = result["metrics"]["eval_loss"]
-
-    record = {
-        "args": vars(args),
-        "machine": machine_info(),
-        "wall_seconds": time.perf_counter() - began,
-        "trained": {
-            k: {key: v[key] for key in ("adapter_id", "final_loss", "steps", "seconds")} for k, v in trained.items()
-        },
-        "merges": {
-            k: {key: v[key] for key in ("method", "weights", "rank_max", "merge_max_error", "seconds")}
-            for k, v in merged.items()
-        },
-        "eval_loss": scores,
+    studio, cache, data, trained = prepare_specialists(args)
+    a, b = trained["gsm8k"]["adapter_id"], trained["e2e"]["adapter_id"]
+    registry = studio.services.registry
+    ranks = [max(registry.get_adapter(i).ranks.values()) for i in (a, b)]
+    references = {
+        "base model": {"base_model": args.base},
+        SPECIALISTS["gsm8k"]: {"adapter_id": a},
+        SPECIALISTS["e2e"]: {"adapter_id": b},
     }
-    write_json(args.out, record)
-    Path(args.doc).write_text(render(record), encoding="utf-8")
+    scores = {label: score(studio, cache, data, label, target, args.eval_rows) for label, target in references.items()}
+    plan = merge_plan(args, ranks)
+    merged: dict[str, dict[str, Any]] = {}
+    # One merge at a time, scored at once, the doc rewritten after each: a run cut short still documents what it
+    # measured (labelled partial).
+    for label, fields in plan.items():
+        if not cache.get("merges", label):
+            if fields["method"] == "peft cat":
+                result = peft_cat(studio, [a, b], label)
+            else:
+                result = studio.run({"kind": "merge", "adapter_ids": [a, b], "name": label, **fields})
+            keys = ("adapter_id", "method", "weights", "rank_max", "merge_max_error", "seconds")
+            cache.put("merges", label, _keep(result, keys))
+        merged[label] = cache.get("merges", label)
+        name = f"merge of A and B: {label}"
+        scores[name] = score(studio, cache, data, name, {"adapter_id": merged[label]["adapter_id"]}, args.eval_rows)
+        record = {
+            "args": {k: v for k, v in vars(args).items() if k not in ("render", "earlier")},
+            "machine": machine_info(),
+            "loadavg_at_start": load_before,
+            "wall_seconds": time.perf_counter() - began,
+            "partial": [m for m in plan if m not in merged],
+            "ranks": ranks,
+            "trained": trained,
+            "merges": merged,
+            "eval_loss": scores,
+        }
+        write_json(args.out, record)
+        Path(args.doc).write_text(render(record) + earlier_section(args.earlier), encoding="utf-8")
+        print(f"merged and scored {label}", flush=True)
     print(Path(args.doc).read_text())
+
+
+def earlier_section(path: str) -> str:
+    """The held-out tables of an earlier (longer) run, so a shorter rerun does not hide its numbers."""
+    if not path or not Path(path).is_file():
+        return ""
+    text = render(json.loads(Path(path).read_text()))
+    body = text[text.index("## Set-up") :]
+    head = f"\n## Earlier run: longer training, three merges\n\nRaw numbers in `bench/results/{Path(path).name}`.\n\n"
+    return head + body.replace("## ", "### ")
+
+
+def share(scores: dict[str, dict[str, float]], label: str, task: str) -> float:
+    """(base − model) / (base − specialist) of ``task``'s held-out loss: 1 = the specialist's whole gain."""
+    base, specialist = scores["base model"][task], scores[SPECIALISTS[task]][task]
+    return (base - scores[label][task]) / (base - specialist)
 
 
 def render(record: dict[str, Any]) -> str:
@@ -213,12 +396,17 @@ def render(record: dict[str, Any]) -> str:
             cells.append(f"{loss[task]:.3f} ({change:+.1f} %)" if label != "base model" else f"{loss[task]:.3f}")
         rows.append(cells)
     gains = []
-    specialists = {"gsm8k": "A: LoRA on GSM8K", "e2e": "B: LoRA on E2E"}
-    for label, loss in scores.items():
-        if not label.startswith("merge"):
-            continue
-        kept = [(base[t] - loss[t]) / (base[t] - scores[specialists[t]][t]) * 100 for t in ("gsm8k", "e2e")]
-        gains.append([label.removeprefix("merge of A and B: "), f"{kept[0]:.0f} %", f"{kept[1]:.0f} %"])
+    for label in scores:
+        if label.startswith("merge"):
+            kept = [share(scores, label, t) * 100 for t in ("gsm8k", "e2e")]
+            gains.append(
+                [
+                    label.removeprefix("merge of A and B: "),
+                    f"{kept[0]:.0f} %",
+                    f"{kept[1]:.0f} %",
+                    f"{sum(kept) / 2:.0f} %",
+                ]
+            )
     merge_rows = [
         [
             label,
@@ -231,26 +419,49 @@ def render(record: dict[str, Any]) -> str:
         for label, m in record["merges"].items()
     ]
     machine = record["machine"]
+    load = record.get("loadavg_at_start")
+    load_text = (
+        f"load average {load[0]:.1f} at the start, {machine['loadavg_1_5_15'][0]:.1f} at the end" if load else ""
+    )
     return "\n".join(
         [
             "# Merging adapters on real data: one skill each, then both",
             "",
+            *(
+                [f"**Partial run**: not measured (the run was stopped first): {'; '.join(record['partial'])}.", ""]
+                if record.get("partial")
+                else []
+            ),
             "Generated by `scripts/merge_skills.py`; raw numbers in `bench/results/merge_skills.json`.",
             "",
             "## Set-up",
             "",
             f"- Base: `{args['base']}` (bundled). Two LoRA adapters (studio defaults: r 8, alpha 16, all attention"
-            f" + MLP linears), {args['steps']} steps × batch 4, lr {args['lr']:g}, max_length 320, seed 42:",
+            f" + MLP linears), {args['steps']} steps × batch 4, lr {args['lr']:g}, max_length"
+            f" {args.get('max_length', 320)}, seed 42:",
             f"  - **A** on the first {args['train_rows']} rows of `gsm8k/train.jsonl` (question → worked answer);",
             f"  - **B** on the first {args['train_rows']} rows of `e2e_nlg/train.jsonl` (attributes → one sentence,"
             f' prompt "{E2E_PROMPT.format(mr="…")}").',
-            "- Merges by the studio's merge job (A first, B second); ranks default to the sum of the parents' (16).",
+            "- Merges by the studio's merge job (A first, B second); ranks default to the sum of the parents' (16)."
+            + (
+                " LoRA-LEGO's k is its rank; with two rank-8 parents mean r and Σr/2 are both 8, so it ran at k 8"
+                " and 16. `PEFT cat` is not a studio method: the script builds it with PEFT's"
+                ' `add_weighted_adapter(combination_type="cat")` (weights 1, 1) and registers it as a merge.'
+                if any(label.startswith("LEGO") for label in record["merges"])
+                else ""
+            ),
             f"- Scores: mean response-token loss of the eval job on the first {args['eval_rows']} rows of"
             " `gsm8k/test.jsonl` and of `e2e_nlg/dev.jsonl` (held out from training). Lower is better; the"
             " percentage is the change from the base model.",
             "- Everything ran through `JobService.submit` + `execute_job` on an embedded registry.",
+            *(
+                f"  - {skill}: {info['note']}."
+                for skill, info in record.get("trained", {}).items()
+                if isinstance(info, dict) and info.get("note")
+            ),
             f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch thread(s),"
-            f" torch {machine['versions']['torch']}; wall time {record['wall_seconds'] / 60:.1f} min.",
+            f" torch {machine['versions']['torch']}; wall time {record['wall_seconds'] / 60:.1f} min of this run"
+            f" (training a specialist reused from the cache is not in it){'; ' + load_text if load_text else ''}.",
             "",
             "## Held-out loss",
             "",
@@ -259,18 +470,58 @@ def render(record: dict[str, Any]) -> str:
             "Share of each specialist's loss reduction that the merged adapter keeps (100 % = as good as the"
             " adapter trained on that task alone):",
             "",
-            markdown_table(["merge", "GSM8K (A's gain)", "E2E (B's gain)"], gains),
+            markdown_table(["merge", "GSM8K (A's gain)", "E2E (B's gain)", "mean"], gains),
             "",
+            lego_verdict(scores),
+            "",
+            *(
+                [
+                    "PEFT `cat` with weights 1, 1 is the exact sum of the two changes, so it scores the same as the"
+                    " 1 + 1 linear merge (a check of both). LoRA-LEGO at k = Σr keeps every rank unit as its own"
+                    " cluster, so its change is the sum scaled by the output reweighting √(mean r / k) = √(8/16) ≈"
+                    " 0.71 (between the 0.5 + 0.5 and 1 + 1 linear merges); at k = mean r it prunes half the units"
+                    " and loses more of both gains.",
+                    "",
+                ]
+                if any("LEGO" in label for label in scores) and any("PEFT cat" in label for label in scores)
+                else []
+            ),
             "## Merges",
             "",
             markdown_table(["merge", "method", "weights", "rank", "largest relative error", "time"], merge_rows),
             "",
             "The linear merges are exact (their LoRA equals the weighted sum of the parents' changes to fp32"
             " rounding) and found by the range finder without a full SVD. A TIES result is not low-rank: its"
-            " error column is the share of the TIES change that the best LoRA of that rank cannot hold. One seed"
-            " and 40 held-out rows per task: differences of a few per cent between merges are within noise.",
+            " error column is the share of the TIES (or DARE) change that the best LoRA of that rank cannot hold."
+            " LoRA-LEGO's result IS its factors (error 0). One seed and"
+            f" {args['eval_rows']} held-out rows per task: differences of a few per cent between merges are within"
+            " noise.",
             "",
         ]
+    )
+
+
+def lego_verdict(scores: dict[str, dict[str, float]]) -> str:
+    """One plain sentence: did the best LoRA-LEGO merge keep more of both gains than every other training-free merge?"""
+    means = {
+        label.removeprefix("merge of A and B: "): (share(scores, label, "gsm8k") + share(scores, label, "e2e")) / 2
+        for label in scores
+        if label.startswith("merge")
+    }
+    lego = {k: v for k, v in means.items() if k.startswith("LEGO")}
+    others = {k: v for k, v in means.items() if not k.startswith("LEGO")}
+    if not lego or not others:
+        return ""
+    best_lego, best_other = max(lego, key=lego.get), max(others, key=others.get)
+    gap = (lego[best_lego] - others[best_other]) * 100
+    if gap > 0:
+        verdict = "Yes, here LoRA-LEGO beat the other training-free merges"
+    else:
+        verdict = "No, here LoRA-LEGO did not beat the other training-free merges (the paper claims it does)"
+    return (
+        f"**Did LoRA-LEGO beat the other training-free merges?** {verdict}: its best ({best_lego}) keeps"
+        f" {lego[best_lego]:.0%} of the two specialists' gains on average, the best other merge ({best_other})"
+        f" {others[best_other]:.0%} ({gap:+.0f} points; one seed, so a gap of a few points is within noise)."
     )
 
 
