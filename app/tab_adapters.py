@@ -197,7 +197,7 @@ MADE_BY_KIND = {
     "generate": "Generated",
     "generator": "Built",
     "personalise": "Personalised",
-    "federated": "Trained by federated",
+    "federated": "Trained across federated clients",
 }
 
 
