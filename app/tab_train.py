@@ -14,6 +14,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from app.forms import SchemaForm, errors_by_field
+from app.pretrain_section import build_pretrain_section
 from app.tab_datasets import dataset_choices
 from app.train_presets import PRESET_HELP, PRESETS, estimate_seconds, total_steps
 from app.ui import bind, bind_submit, human_seconds, new_submission_token, queue_wait_sentence
@@ -56,6 +57,18 @@ def base_model_choices(services: Services) -> list[str]:
     names = [services.settings.default_base_model]
     names += [m.name for m in services.base_models("causal-lm")]
     return list(dict.fromkeys(names))
+
+
+def train_base_choices(services: Services) -> list[tuple[str, str]]:
+    """``(label, name)`` of every base the Train tab offers: the causal LMs, then the encoders (classifiers only).
+
+    Encoders include those a pre-train job registered, so a freshly pre-trained sequence encoder is
+    one click away after its job.
+    """
+    labels = {name: name for name in base_model_choices(services)}
+    for model in services.base_models("encoder"):
+        labels.setdefault(model.name, f"{model.name} (encoder: classification only)")
+    return [(label, name) for name, label in labels.items()]
 
 
 def variant_markdown(variant: str) -> str:
@@ -200,7 +213,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
             )
             c["base_model"] = gr.Dropdown(
                 label="Base model",
-                choices=base_model_choices(services),
+                choices=train_base_choices(services),
                 value=services.settings.default_base_model,
                 elem_id="train-base",
                 info=TOP_INFO["base_model"],
@@ -259,6 +272,8 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         gr.Markdown("**Method parameters**")
         with gr.Row(elem_classes=["form-grid"]):
             variants = VariantForms(catalog, default_variant, initial=PRESETS[QUICK]["variant"])
+    with gr.Accordion("Pre-train an encoder on your sequences (DNA, RNA, proteins)", open=False, elem_id="pretrain"):
+        build_pretrain_section(services, tab)
 
     hyper_in = {f"hyper.{n}": w for n, w in hyper.widgets.items()}
     variant_in = variants.inputs()
@@ -390,7 +405,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     def on_tab() -> dict[str, Any]:
         return {
             "dataset_id": gr.update(choices=dataset_choices(services)),
-            "base_model": gr.update(choices=base_model_choices(services)),
+            "base_model": gr.update(choices=train_base_choices(services)),
         }
 
     bind(tab.select, on_tab, {}, {k: c[k] for k in ("dataset_id", "base_model")})
