@@ -106,6 +106,14 @@ class TrainingHyperParams(StudioModel):
         description="Recompute activations in the backward pass to save memory; auto turns it on when the "
         "memory estimate says memory is tight.",
     )
+    window_loss: Literal["per_window", "pooled_mean", "pooled_max"] = Field(
+        "per_window",
+        description="Classifiers reading long sequences as windows: per_window trains every window on its "
+        "sequence's label (weighted so that each sequence counts once) and predicts with the mean of the "
+        "windows' logits; pooled_mean / pooled_max put a sequence's windows in one batch, pool their logits "
+        "(mean, or a smooth max for a label that one window anywhere decides, like a motif) and apply the "
+        "loss once per sequence; evaluation pools the same way. With pooling, batch_size counts sequences.",
+    )
     loss_chunk_tokens: int = Field(
         1024,
         ge=0,

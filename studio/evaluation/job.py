@@ -384,10 +384,10 @@ def _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick) -> 
         if kind != "classification":  # perplexity of a class distribution means nothing
             values["perplexity"] = M.perplexity(result.mean_loss)
     predicted, expected, logits = result.predicted, result.expected, result.logits
-    pooled = result.per_sequence() if kind == "classification" else None
+    pooled = result.per_sequence(evaluated.window_pooling) if kind == "classification" else None
     if pooled is not None:
-        # Long sequences were read as windows: accuracy is per sequence (mean of its windows'
-        # logits), the per-window accuracy is reported beside it.
+        # Long sequences were read as windows: accuracy is per sequence (its windows' logits pooled
+        # as the adapter was trained: mean, or max), the per-window accuracy is reported beside it.
         if "accuracy" in wanted:
             values["window_accuracy"] = M.accuracy(predicted, expected)
         logits, expected = pooled

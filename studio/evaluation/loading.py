@@ -39,6 +39,7 @@ class EvalModel:
     pad_id: int
     description: str  # "adapter 3 (lora on smollm2-135m-instruct)" / "base model X"
     base_model: str = ""  # the base's name as the registry knows it
+    window_pooling: str = "mean"  # how windows' logits make a sequence's (as the adapter was trained)
 
 
 def adapter_task(adapter_dir: Path) -> str:
@@ -156,7 +157,10 @@ def load_adapter(
         zero_pruned_rows(model, masks)
     model.to(device).eval()
     description = f"adapter {adapter.id} ({adapter.variant} on {adapter.base_model})"
-    return EvalModel(model, tokenizer, task, labels, pad_id, description, adapter.base_model)
+    from studio.sequences.windows import saved_pooling
+
+    pooling = saved_pooling(adapter_dir)
+    return EvalModel(model, tokenizer, task, labels, pad_id, description, adapter.base_model, pooling)
 
 
 def load_mixture(adapter: Any, settings: Any, device: str, log: Log) -> EvalModel:

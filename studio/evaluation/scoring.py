@@ -29,13 +29,13 @@ class LossResult:
     logits: list[list[float]] = field(default_factory=list)  # classifiers: one row per example
     sequences: list[int] = field(default_factory=list)  # windowed sequences: the row each window came from
 
-    def per_sequence(self) -> tuple[list[list[float]], list[int]] | None:
-        """(logits, expected) per sequence, the windows' logits pooled by their mean; None unless windowed."""
+    def per_sequence(self, pooling: str = "mean") -> tuple[list[list[float]], list[int]] | None:
+        """(logits, expected) per sequence, the windows' logits pooled (mean or max); None unless windowed."""
         from studio.sequences.windows import pool_logits
 
         if not self.sequences or len(self.sequences) != len(self.logits):
             return None
-        order, pooled = pool_logits(self.logits, self.sequences)
+        order, pooled = pool_logits(self.logits, self.sequences, pooling)
         label_of = dict(zip(self.sequences, self.expected, strict=True))
         return pooled.tolist(), [label_of[s] for s in order]
 

@@ -7,10 +7,14 @@ to the end so that nothing is left out; each window gets its own ``[CLS] … [SE
 (hence, for overlapping k-mers, every nucleotide) lies in at least one window; neighbouring windows
 share ``overlap`` tokens (the last pair may share more, since the last window is end-aligned).
 
-Classification trains on the windows, each labelled with its sequence's label. A sequence's
-prediction is the **mean of its windows' logits** (:func:`pool_logits`): every window votes with
-its confidence, no window is privileged, and a single window reduces to the plain classifier.
-Evaluation reports both levels: accuracy per window and per sequence.
+Classification trains on the windows. By default (``window_loss="per_window"``) each window is
+labelled with its sequence's label, and a sequence's prediction is the **mean of its windows'
+logits** (:func:`pool_logits`): every window votes with its confidence, no window is privileged,
+and a single window reduces to the plain classifier. With ``window_loss="pooled_mean"`` or
+``"pooled_max"`` the windows of a sequence travel in one micro-batch, their logits are pooled (mean,
+or a smooth max: log-sum-exp) and the loss is applied once per sequence, so a label that only one
+window supports is learnt (multiple-instance learning); evaluation pools the same way
+(:func:`saved_pooling`). Evaluation reports both levels: accuracy per window and per sequence.
 """
 
 from __future__ import annotations
@@ -75,10 +79,40 @@ def encode_windows(tokenizer: Any, sequence: str, max_length: int, overlap: int 
     return [[cls, *ids[start:end], sep] for start, end in window_spans(len(ids), body, shared)]
 
 
-def pool_logits(logits: Any, sequence_ids: Sequence[int]) -> tuple[list[int], Any]:
-    """``(sequence ids in first-seen order, their mean logits)`` from per-window ``logits`` (n × classes).
+POOLINGS = ("mean", "max")  # how a sequence's windows' logits become its logits
 
-    ``sequence_ids[i]`` names the sequence window ``i`` belongs to.
+
+def pool_rows(logits: Any, index: Any, n_groups: int, how: str = "mean") -> Any:
+    """Per-group logits (``n_groups`` × classes) from per-row ``logits``; row ``i`` belongs to group ``index[i]``.
+
+    ``mean``: the mean of the rows' logits. ``max``: a smooth maximum per class, the log-sum-exp of
+    the rows' logits (a constant ``log n`` apart from it, which a softmax over the classes ignores), so a
+    class that one window supports strongly wins even if the other windows do not see it. Differentiable:
+    the training loss on pooled logits goes through here.
+    """
+    import torch
+
+    if how not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {how!r}")
+    index = torch.as_tensor(index, dtype=torch.long, device=logits.device)
+    classes = logits.shape[-1]
+    rows = index.unsqueeze(-1).expand(-1, classes)
+    if how == "mean":
+        sums = logits.new_zeros(n_groups, classes).index_add(0, index, logits)
+        counts = torch.bincount(index, minlength=n_groups).clamp(min=1).unsqueeze(-1)
+        return sums / counts.to(logits.dtype)
+    # log Σ exp(z) = m + log Σ exp(z − m), with m each group's maximum (held constant: no gradient needed)
+    top = logits.new_full((n_groups, classes), float("-inf"))
+    top = top.scatter_reduce(0, rows, logits.detach(), reduce="amax", include_self=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    sums = logits.new_zeros(n_groups, classes).index_add(0, index, torch.exp(logits - top[index]))
+    return top + torch.log(sums.clamp(min=torch.finfo(logits.dtype).tiny))
+
+
+def pool_logits(logits: Any, sequence_ids: Sequence[int], how: str = "mean") -> tuple[list[int], Any]:
+    """``(sequence ids in first-seen order, their pooled logits)`` from per-window ``logits`` (n × classes).
+
+    ``sequence_ids[i]`` names the sequence window ``i`` belongs to; ``how`` is a :data:`POOLINGS` name.
     """
     import torch
 
@@ -86,6 +120,22 @@ def pool_logits(logits: Any, sequence_ids: Sequence[int]) -> tuple[list[int], An
     order = list(dict.fromkeys(int(s) for s in sequence_ids))
     position = {s: i for i, s in enumerate(order)}
     index = torch.tensor([position[int(s)] for s in sequence_ids], dtype=torch.long)
-    sums = torch.zeros(len(order), logits.shape[-1]).index_add_(0, index, logits)
-    counts = torch.bincount(index, minlength=len(order)).clamp(min=1).unsqueeze(-1)
-    return order, sums / counts
+    return order, pool_rows(logits, index, len(order), how)
+
+
+def pooling_for(window_loss: str | None) -> str:
+    """The pooling of a training's ``window_loss`` setting (``pooled_max`` → max; else mean, today's rule)."""
+    return "max" if window_loss == "pooled_max" else "mean"
+
+
+def saved_pooling(adapter_dir: Any) -> str:
+    """How an adapter's windows are pooled at evaluation: as it was trained (its reproducibility.json), else mean."""
+    import json
+    from pathlib import Path
+
+    path = Path(adapter_dir) / "reproducibility.json"
+    try:
+        hyper = json.loads(path.read_text())["request"]["hyper"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "mean"
+    return pooling_for(hyper.get("window_loss") if isinstance(hyper, dict) else None)

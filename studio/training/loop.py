@@ -29,6 +29,7 @@ from studio.device import DeviceInfo
 from studio.errors import JobCancelled, StudioError, ValidationFailed
 from studio.progress import Reporter
 from studio.schema import TrainRequest
+from studio.sequences.windows import pooling_for
 from studio.training import checkpoint as ckpt
 from studio.training.data import eval_batches
 from studio.training.frozen_weights import FrozenLinearStorage
@@ -255,7 +256,9 @@ def run_training(
     if memory.gradient_checkpointing and not enable_gradient_checkpointing(model):
         reporter.log("this model does not support gradient checkpointing; training without it", "warning")
         memory.gradient_checkpointing = False
-    loss_fn = LossFunction.for_model(model, setup.task, hyper.loss_chunk_tokens, precision.dtype, variant)
+    loss_fn = LossFunction.for_model(
+        model, setup.task, hyper.loss_chunk_tokens, precision.dtype, variant, pooling_for(hyper.window_loss)
+    )
     if loss_fn.chunked:
         loss_fn.verify(model, setup.micro_batch(0, torch_device))
     # After the probe above (it runs the model outside autocast, on the fp32 weights).

@@ -36,6 +36,8 @@ def target_count(batch: dict[str, Any], task: str) -> int:
     """How many targets a micro-batch contributes to the loss (tokens, or rows for classification)."""
     labels = batch["labels"]
     if task == "classification":
+        if "sequence_labels" in batch:  # pooled window loss: one target per sequence
+            return int(batch["sequence_labels"].shape[0])
         return int(labels.shape[0])
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
@@ -51,15 +53,26 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     return inputs
 
 
-def loss_sum(model: Any, batch: dict[str, Any], task: str) -> tuple[Any, Any]:
-    """(summed cross-entropy over the batch's targets, logits) of one forward pass (full logits)."""
+def loss_sum(model: Any, batch: dict[str, Any], task: str, pooling: str = "mean") -> tuple[Any, Any]:
+    """(summed cross-entropy over the batch's targets, logits) of one forward pass (full logits).
+
+    A classification batch with ``sequence``/``sequence_labels`` (pooled window loss) pools its
+    windows' logits per sequence (``pooling``: mean or max) and scores each sequence once; the
+    logits returned are still per window.
+    """
     import torch.nn.functional as F
+
+    from studio.sequences.windows import pool_rows
 
     extra = {"use_cache": False} if task != "classification" else {}
     out = model(**model_inputs(batch), **extra)
     logits = out.logits.float()
     labels = batch["labels"]
     if task == "classification":
+        if "sequence_labels" in batch:  # multiple-instance: one loss per sequence on its pooled logits
+            targets = batch["sequence_labels"]
+            pooled = pool_rows(logits, batch["sequence"], targets.shape[0], pooling)
+            return F.cross_entropy(pooled, targets, reduction="sum"), logits
         if "weight" in batch:  # windows weighted per sequence (tokenise.sequence_weights); weights average 1
             per_row = F.cross_entropy(logits, labels, reduction="none")
             return (per_row * batch["weight"].to(per_row.dtype)).sum(), logits
@@ -168,12 +181,21 @@ class LossFunction:
     decoder: Any = None
     head: Any = None
     reason: str = ""
+    pooling: str = "mean"  # classification batches of whole sequences (pooled window loss)
 
     @classmethod
-    def for_model(cls, model: Any, task: str, chunk_tokens: int, compute_dtype: Any = None, variant: Any = None):
+    def for_model(
+        cls,
+        model: Any,
+        task: str,
+        chunk_tokens: int,
+        compute_dtype: Any = None,
+        variant: Any = None,
+        pooling: str = "mean",
+    ):
         """The chunked loss when the model allows it, else full logits (``reason`` says why)."""
         if task != "causal-lm":
-            return cls(task, 0, compute_dtype, reason="classification uses the pooled logits")
+            return cls(task, 0, compute_dtype, reason="classification uses the pooled logits", pooling=pooling)
         if chunk_tokens <= 0:
             return cls(task, 0, compute_dtype, reason="loss_chunk_tokens = 0")
         if getattr(variant, "needs_full_logits", False):
@@ -224,7 +246,7 @@ class LossFunction:
     def __call__(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         """(summed loss over the batch's targets, logits or None) of one forward pass."""
         if not self.chunked:
-            return loss_sum(model, batch, self.task)
+            return loss_sum(model, batch, self.task, self.pooling)
         out = self.decoder(**model_inputs(batch), use_cache=False)
         hidden = out.last_hidden_state[:, :-1]
         labels = batch["labels"][:, 1:]

@@ -10,6 +10,7 @@ from typing import Any
 
 from studio.errors import ValidationFailed
 from studio.schema import TrainRequest
+from studio.sequences.windows import pooling_for
 from studio.training.data import BatchPlan, collate, collate_packed, read_jsonl, split_indices, to_device
 from studio.training.losses import target_count
 from studio.training.models import is_encoder_only, load_base_model, load_tokenizer_for
@@ -77,10 +78,44 @@ class RunSetup:
     max_length: int = 512
     packing: bool = False
     mask_style: str = "bool"  # how packed rows are kept apart (see collate_packed)
+    # Pooled window loss (hyper.window_loss): the plan's units are sequences, each the indices of its
+    # windows in ``train``, so a sequence's windows always share a micro-batch; None = units are examples.
+    units: list[list[int]] | None = None
+
+    def examples_of(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The training examples of the plan's ``indices`` (all windows of each sequence when pooling)."""
+        if self.units is None:
+            return [self.train[i] for i in indices]
+        return [self.train[w] for i in indices for w in self.units[i]]
+
+    def batch_of(self, indices: list[int]) -> dict[str, Any]:
+        """The padded (or packed) micro-batch of the plan's ``indices``, on the host.
+
+        When pooling, it also carries ``sequence`` (each row's sequence, 0..n-1 in the batch) and
+        ``sequence_labels`` (n): the loss pools per sequence (:func:`studio.training.losses.loss_sum`).
+        """
+        import torch
+
+        examples = self.examples_of(indices)
+        if self.packing:
+            return collate_packed(examples, self.pad_id, self.max_length, self.mask_style)
+        batch = collate(examples, self.pad_id)
+        if self.units is not None:
+            batch.pop("weight", None)  # every sequence counts once by construction
+            batch["sequence"] = torch.tensor(
+                [j for j, i in enumerate(indices) for _ in self.units[i]], dtype=torch.long
+            )
+            batch["sequence_labels"] = torch.tensor(
+                [self.train[self.units[i][0]]["labels"] for i in indices], dtype=torch.long
+            )
+        return batch
 
     def micro_batch(self, k: int, device: Any) -> dict[str, Any]:
-        """The k-th batch of ``batch_size`` examples of the run, padded (never packed)."""
-        return to_device(collate([self.train[i] for i in self.plan.micro_batch(k)], self.pad_id), device)
+        """The k-th batch of ``batch_size`` examples (sequences when pooling) of the run, padded (never packed)."""
+        indices = self.plan.micro_batch(k)
+        if self.units is not None:
+            return to_device(self.batch_of(indices), device)  # classification: never packed
+        return to_device(collate([self.train[i] for i in indices], self.pad_id), device)
 
     def memorisation_subset(self, n: int) -> list[dict[str, Any]]:
         """A fixed, seeded sample of ``n`` training examples (scored to measure memorisation)."""
@@ -102,11 +137,7 @@ class RunSetup:
         """
         out = []
         for indices in self.plan.step_batches(step, rank, world):
-            examples = [self.train[i] for i in indices]
-            if self.packing:
-                batch = collate_packed(examples, self.pad_id, self.max_length, self.mask_style)
-            else:
-                batch = collate(examples, self.pad_id)
+            batch = self.batch_of(indices)
             counts = MicroBatchCounts(
                 real_tokens=int(batch["attention_mask"].sum()),
                 padded_tokens=int(batch["input_ids"].numel()),
@@ -173,8 +204,16 @@ def prepare_run(request: TrainRequest, data: TrainingData, base_path: Path, devi
     train = encode_rows([rows[i] for i in train_idx], tokenizer, log=log, **common)
     val = encode_rows([rows[i] for i in val_idx], tokenizer, **common)
     lengths = [len(e["input_ids"]) for e in train.examples]
+    units = sequence_units(train.examples) if task == "classification" and hyper.window_loss != "per_window" else None
+    if units is not None:
+        lengths = [sum(lengths[w] for w in unit) for unit in units]  # tokens of a sequence's windows
+        log(
+            f"window loss {hyper.window_loss}: the windows of each of {len(units)} sequences share a micro-batch "
+            f"and their logits are pooled ({pooling_for(hyper.window_loss)}) before one loss per sequence; "
+            f"batch_size counts sequences ({len(train.examples) / len(units):.1f} windows each on average)"
+        )
     plan = BatchPlan(
-        len(train.examples),
+        len(units) if units is not None else len(train.examples),
         hyper.batch_size,
         hyper.grad_accum,
         request.seed,
@@ -212,4 +251,15 @@ def prepare_run(request: TrainRequest, data: TrainingData, base_path: Path, devi
         max_length=max_length,
         packing=packing,
         mask_style=mask_style_for(model),
+        units=units,
     )
+
+
+def sequence_units(examples: list[dict[str, Any]]) -> list[list[int]] | None:
+    """The window indices of each sequence (examples carry ``sequence``), in order; None when not windowed."""
+    if not examples or "sequence" not in examples[0]:
+        return None
+    units: dict[int, list[int]] = {}
+    for i, example in enumerate(examples):
+        units.setdefault(int(example["sequence"]), []).append(i)
+    return list(units.values())
