@@ -31,7 +31,11 @@ FIRST_WINDOW_NT = WINDOW - 2 + 2  # 128 3-mers span 130 nucleotides
 # motif one time in eight and the LoRA classifier learnt nothing in 600 steps (see the module doc).
 # Weighting each window by 1 / (windows of its sequence) (studio.training.tokenise) balances
 # sequences, not this label noise: with ONE copy and the weights the test still measured
-# accuracy 0.5 (200 steps). Only a loss on the pooled per-sequence logits would address it.
+# accuracy 0.5 (200 steps). The loss on pooled per-sequence logits (window_loss pooled_max /
+# pooled_mean, tests/sequences/test_pooled_window_loss.py) did not learn one copy at this budget
+# either (measured, 1 copy, 300-600 nt, batch 8 sequences, lr 1e-2: training loss flat at ln 2 for
+# 100-300 steps; one 150-step run broke out late, accuracy 0.68 / 0.75, AUROC 0.89 / 0.80): the tiny
+# encoder's first-token features barely see the motif, whatever the loss. So three copies stay.
 COPIES = 3
 
 
