@@ -21,8 +21,45 @@ def value(update):
     return update.get("value") if isinstance(update, dict) and "__type__" in update else update
 
 
+@pytest.fixture(scope="module")
+def world(tiny_llama, tmp_path_factory):
+    """Services on a data dir of this module's own, like the ``settings``/``registry``/``services`` fixtures
+    (tests/conftest.py, tests/ui/conftest.py) but shared by the module's tests: the training below is the
+    expensive part. Only the first test changes it, deleting the AdaLoRA adapter at its end; the others
+    use the LoRA one."""
+    from models_db.registry import Registry
+    from studio.cli.common import services as cli_services
+    from studio.services.container import Services
+    from studio.services.jobs import JobService
+    from studio.settings import Settings
+    from ui.conftest import RecordingDispatcher
+
+    root = tmp_path_factory.mktemp("train-flow")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "STUDIO_AUTH"):
+            patch.delenv(name, raising=False)
+        patch.setenv("STUDIO_DATA_DIR", str(root / "data"))
+        settings = Settings(data_dir=root / "data")
+        settings.ensure_dirs()
+        cli_services.cache_clear()  # as the settings fixture: CLI services are cached per process
+        registry = Registry.from_url(settings.database_url)
+        services = Services(settings=settings, registry=registry, jobs=JobService(registry, RecordingDispatcher()))
+        yield services, _train_two(services, settings, registry, tiny_llama, root)
+        registry.dispose()
+        cli_services.cache_clear()
+
+
 @pytest.fixture
-def trained(services, settings, registry, tiny_llama, tmp_path):
+def services(world):
+    return world[0]
+
+
+@pytest.fixture
+def trained(world):
+    return world[1]
+
+
+def _train_two(services, settings, registry, tiny_llama, tmp_path):
     """Two adapters of the tiny Llama, trained inline: plain LoRA and AdaLoRA (whose ranks move)."""
     path = tmp_path / "colors.jsonl"
     rows = [{"instruction": f"what color is the {k}?", "output": v} for k, v in COLORS.items()] * 4
