@@ -13,6 +13,7 @@ from app import tab_adapters, tab_datasets, tab_evaluate, tab_jobs, tab_playgrou
 from studio.device import detect_device
 from studio.jobs.runner import WorkerIdentity, execute_job
 from studio.services.playground import PlaygroundService
+from ui.shared_services import module_services
 
 COLORS = {"sky": "blue", "grass": "green", "sun": "yellow", "snow": "white"}
 
@@ -23,30 +24,12 @@ def value(update):
 
 @pytest.fixture(scope="module")
 def world(tiny_llama, tmp_path_factory):
-    """Services on a data dir of this module's own, like the ``settings``/``registry``/``services`` fixtures
-    (tests/conftest.py, tests/ui/conftest.py) but shared by the module's tests: the training below is the
-    expensive part. Only the first test changes it, deleting the AdaLoRA adapter at its end; the others
-    use the LoRA one."""
-    from models_db.registry import Registry
-    from studio.cli.common import services as cli_services
-    from studio.services.container import Services
-    from studio.services.jobs import JobService
-    from studio.settings import Settings
-    from ui.conftest import RecordingDispatcher
-
+    """Services and the two trained adapters, shared by the module's tests (the training is the expensive
+    part). Only the first test changes them, deleting the AdaLoRA adapter at its end; the others use the
+    LoRA one."""
     root = tmp_path_factory.mktemp("train-flow")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "STUDIO_AUTH"):
-            patch.delenv(name, raising=False)
-        patch.setenv("STUDIO_DATA_DIR", str(root / "data"))
-        settings = Settings(data_dir=root / "data")
-        settings.ensure_dirs()
-        cli_services.cache_clear()  # as the settings fixture: CLI services are cached per process
-        registry = Registry.from_url(settings.database_url)
-        services = Services(settings=settings, registry=registry, jobs=JobService(registry, RecordingDispatcher()))
-        yield services, _train_two(services, settings, registry, tiny_llama, root)
-        registry.dispose()
-        cli_services.cache_clear()
+    with module_services(root) as services:
+        yield services, _train_two(services, services.settings, services.registry, tiny_llama, root)
 
 
 @pytest.fixture
