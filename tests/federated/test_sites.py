@@ -24,6 +24,11 @@ MODULE = [sys.executable, "-m", "studio.cli.federated_sites"]
 # modes), which imports torch, and its SuperNode / ServerApp poll every 3 s: about 30 s a round on a
 # busy 2-core machine. Measured: two sites × two rounds 70-170 s; the killed site is only declared gone
 # after 2 missed 30 s heartbeats, so that test takes about 2 minutes.
+# None of these can be shortened from outside in flwr 1.42 (checked in its source): the SuperNode's heartbeat
+# is the constant HEARTBEAT_DEFAULT_INTERVAL = 30 (flwr/common/constant.py, read by
+# supernode/fleet_http_connection.py; no flag, env var or config) and the SuperLink refuses one under
+# HEARTBEAT_MIN_INTERVAL = 10 s; the SuperNode's 3 s poll is a literal (supernode/start_client_internal.py).
+# The only knob, FLWR_SUPEREXEC_TASK_POLL_INTERVAL, already defaults to 1 s.
 SERVER_LIMIT_S = 400
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from app.login import WRONG_CREDENTIALS, check_credentials, login_launch_options
 from app.theme import LOGO_PATH, header_html, theme
+from ui.shared_services import module_services
 
 
 def free_port() -> int:
@@ -21,29 +22,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def studio(settings, registry):
-    """The studio launched like `studio run` does with STUDIO_AUTH=alice:pw,bob:pw2; its base URL."""
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    """The studio launched like `studio run` does with STUDIO_AUTH=alice:pw,bob:pw2; its base URL.
+
+    One launch for the module: each test signs in with clients (cookie jars) of its own, and a
+    logout ends only the session it belongs to."""
     from app.auth import parse_auth
     from app.main import build_app
     from app.theme import launch_options
-    from studio.services.container import Services
-    from studio.services.jobs import JobService
-    from ui.conftest import RecordingDispatcher
 
-    with_auth = settings.model_copy(update={"auth": "alice:pw,bob:pw2"})
-    demo = build_app(Services(settings=with_auth, registry=registry, jobs=JobService(registry, RecordingDispatcher())))
-    port = free_port()
-    demo.queue().launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        **login_launch_options(parse_auth(with_auth.auth)),
-        **launch_options(),
-    )
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    with module_services(tmp_path_factory.mktemp("login"), auth="alice:pw,bob:pw2") as services:
+        demo = build_app(services)
+        port = free_port()
+        demo.queue().launch(
+            server_name="127.0.0.1",
+            server_port=port,
+            prevent_thread_lock=True,
+            quiet=True,
+            **login_launch_options(parse_auth(services.settings.auth)),
+            **launch_options(),
+        )
+        yield f"http://127.0.0.1:{port}/"
+        demo.close()
 
 
 def sign_in(client: httpx.Client, username: str, password: str) -> httpx.Response:

@@ -13,6 +13,7 @@ from app import tab_adapters, tab_datasets, tab_evaluate, tab_jobs, tab_playgrou
 from studio.device import detect_device
 from studio.jobs.runner import WorkerIdentity, execute_job
 from studio.services.playground import PlaygroundService
+from ui.shared_services import module_services
 
 COLORS = {"sky": "blue", "grass": "green", "sun": "yellow", "snow": "white"}
 
@@ -21,8 +22,27 @@ def value(update):
     return update.get("value") if isinstance(update, dict) and "__type__" in update else update
 
 
+@pytest.fixture(scope="module")
+def world(tiny_llama, tmp_path_factory):
+    """Services and the two trained adapters, shared by the module's tests (the training is the expensive
+    part). Only the first test changes them, deleting the AdaLoRA adapter at its end; the others use the
+    LoRA one."""
+    root = tmp_path_factory.mktemp("train-flow")
+    with module_services(root) as services:
+        yield services, _train_two(services, services.settings, services.registry, tiny_llama, root)
+
+
 @pytest.fixture
-def trained(services, settings, registry, tiny_llama, tmp_path):
+def services(world):
+    return world[0]
+
+
+@pytest.fixture
+def trained(world):
+    return world[1]
+
+
+def _train_two(services, settings, registry, tiny_llama, tmp_path):
     """Two adapters of the tiny Llama, trained inline: plain LoRA and AdaLoRA (whose ranks move)."""
     path = tmp_path / "colors.jsonl"
     rows = [{"instruction": f"what color is the {k}?", "output": v} for k, v in COLORS.items()] * 4

@@ -292,31 +292,42 @@ def test_resume_restores_masks_and_importance():
 PLAIN_LOAD = """
 import sys, torch
 from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=sys.argv[2] == "1").eval()
-ids = torch.load(sys.argv[3])
-with torch.no_grad():
-    out = {"logits": model(input_ids=ids).logits,
-           "tokens": model.generate(ids[:1], max_new_tokens=6, do_sample=False, pad_token_id=0),
-           "params": torch.tensor(sum(p.numel() for p in model.parameters()))}
-assert not [m for m in sys.modules if m == "studio" or m.startswith("studio.")], "studio code was imported"
-torch.save(out, sys.argv[4])
+# argv: (model_dir, trust_remote_code, ids.pt, out.pt) per model; one process loads them all (a start-up is ~5 s)
+for model_dir, remote_code, ids_path, out_path in zip(*[iter(sys.argv[1:])] * 4):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=remote_code == "1").eval()
+    ids = torch.load(ids_path)
+    with torch.no_grad():
+        out = {"logits": model(input_ids=ids).logits,
+               "tokens": model.generate(ids[:1], max_new_tokens=6, do_sample=False, pad_token_id=0),
+               "params": torch.tensor(sum(p.numel() for p in model.parameters()))}
+    assert not [m for m in sys.modules if m == "studio" or m.startswith("studio.")], "studio code was imported"
+    torch.save(out, out_path)
 """
 
 
-def load_plainly(tmp_path, model_dir, remote_code: bool, ids) -> dict:
+def load_plainly(tmp_path, models: dict[str, tuple]) -> dict[str, dict]:
+    """Load each ``name: (model_dir, remote_code, ids)`` with transformers alone, in one fresh process
+    without studio on the path; returns each one's logits, greedy tokens and parameter count."""
     import os
     import subprocess
     import sys
 
-    torch.save(ids, tmp_path / "ids.pt")
+    args = []
+    for name, (model_dir, remote_code, ids) in models.items():
+        torch.save(ids, tmp_path / f"ids-{name}.pt")
+        args += [
+            str(model_dir),
+            "1" if remote_code else "0",
+            str(tmp_path / f"ids-{name}.pt"),
+            str(tmp_path / f"out-{name}.pt"),
+        ]
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
-    args = [str(model_dir), "1" if remote_code else "0", str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")]
     done = subprocess.run(
         [sys.executable, "-c", PLAIN_LOAD, *args], env=env, cwd=tmp_path, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(tmp_path / "out.pt")
+    return {name: torch.load(tmp_path / f"out-{name}.pt") for name in models}
 
 
 def removed_params(variant, hidden: int = 32) -> int:
@@ -329,17 +340,42 @@ def removed_params(variant, hidden: int = 32) -> int:
     return total
 
 
-def test_pruned_model_loads_with_transformers_alone_and_matches_the_masked_model(tmp_path):
+@pytest.fixture(scope="module")
+def plain_loads(tmp_path_factory):
+    """Two pruned checkpoints, each loaded with transformers alone (one process for both):
+    "mixed" (trained; per-layer widths, so it ships its modeling file) and "uniform" (hand-set masks)."""
+    tmp_path = tmp_path_factory.mktemp("plain-loads")
     total = 12
-    variant, model = build(total=total, save_pruned=True)
-    train(variant, model, total, total)
+    mixed, mixed_model = build(total=total, save_pruned=True)
+    train(mixed, mixed_model, total, total)
     ectx = ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
-    variant.save_adapter(model, tmp_path / "out", ectx)
-    out = tmp_path / "out" / "pruned"
+    mixed.save_adapter(mixed_model, tmp_path / "out", ectx)
+
+    uniform, uniform_model = build()
+    randomise_lora(uniform)
+    with torch.no_grad():  # every layer keeps KV group 1 and the same 30 channels
+        for layer in uniform.decoder:
+            uniform.masks.get_buffer(f"attn_{layer.index}").copy_(torch.tensor([0.0, 1.0]))
+            uniform.masks.get_buffer(f"mlp_{layer.index}")[:18] = 0
+    layout = pruned_model.save_pruned_model(
+        uniform.dense_merged(uniform_model, ectx), uniform.row_masks(), tmp_path / "pruned", "causal-lm"
+    )
+
+    ids = {seed: torch.randint(1, 64, (2, 10), generator=torch.Generator().manual_seed(seed)) for seed in (5, 6)}
+    loaded = load_plainly(
+        tmp_path,
+        {"mixed": (tmp_path / "out" / "pruned", True, ids[5]), "uniform": (tmp_path / "pruned", False, ids[6])},
+    )
+    return {
+        "mixed": (mixed, mixed_model, tmp_path / "out" / "pruned", ids[5], loaded["mixed"]),
+        "uniform": (uniform, uniform_model, tmp_path / "pruned", layout, loaded["uniform"]),
+    }
+
+
+def test_pruned_model_loads_with_transformers_alone_and_matches_the_masked_model(plain_loads):
+    variant, model, out, ids, loaded = plain_loads["mixed"]
     # layer 0 lost one KV group and half its channels, the last layer is never pruned: widths differ per layer
     assert (out / pruned_model.MODELING_FILE).exists()
-    ids = torch.randint(1, 64, (2, 10), generator=torch.Generator().manual_seed(5))
-    loaded = load_plainly(tmp_path, out, True, ids)
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded["logits"], model(input_ids=ids).logits, atol=1e-5, rtol=0)
@@ -350,24 +386,13 @@ def test_pruned_model_loads_with_transformers_alone_and_matches_the_masked_model
     assert int(loaded["params"]) == base_params - removed_params(variant)
 
 
-def test_uniform_pruning_gives_a_plain_checkpoint(tmp_path):
-    variant, model = build()
-    randomise_lora(variant)
-    with torch.no_grad():  # every layer keeps KV group 1 and the same 30 channels
-        for layer in variant.decoder:
-            variant.masks.get_buffer(f"attn_{layer.index}").copy_(torch.tensor([0.0, 1.0]))
-            variant.masks.get_buffer(f"mlp_{layer.index}")[:18] = 0
-    ectx = ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
-    layout = pruned_model.save_pruned_model(
-        variant.dense_merged(model, ectx), variant.row_masks(), tmp_path / "pruned", "causal-lm"
-    )
-    assert layout.uniform and not (tmp_path / "pruned" / pruned_model.MODELING_FILE).exists()
-    ids = torch.randint(1, 64, (2, 10), generator=torch.Generator().manual_seed(6))
-    loaded = load_plainly(tmp_path, tmp_path / "pruned", False, ids)
+def test_uniform_pruning_gives_a_plain_checkpoint(plain_loads):
+    _, model, out, layout, loaded = plain_loads["uniform"]
+    assert layout.uniform and not (out / pruned_model.MODELING_FILE).exists()
     torch.testing.assert_close(loaded["logits"], logits(model, seed=6), atol=1e-5, rtol=0)
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(tmp_path / "pruned")
+    config = AutoConfig.from_pretrained(out)
     assert (config.num_attention_heads, config.num_key_value_heads, config.intermediate_size) == (2, 1, 30)
     assert config.head_dim == 8  # explicit: hidden_size // num_attention_heads would now say 16
 
