@@ -41,6 +41,7 @@ from bench.common import (  # noqa: E402
     DEFAULT_BASE,
     DOCS_RESULTS_DIR,
     RESULTS_DIR,
+    SAMPLES_DIR,
     add_data_argument,
     add_threads_argument,
     alpaca_canonical,
@@ -418,6 +419,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def dev_majority(n: int) -> float | None:
+    """The accuracy of always answering the commoner label on the first ``n`` SST-2 dev rows.
+
+    Read from the in-repo sample (its dev.jsonl is the whole GLUE dev file), so the page renders
+    without ``--data``.
+    """
+    path = SAMPLES_DIR / "sst2" / "dev.jsonl"
+    if not path.is_file():
+        return None
+    labels = [int(row["label"]) for row in read_jsonl(path)[:n]]
+    return max(sum(labels), len(labels) - sum(labels)) / len(labels) if labels else None
+
+
 def fmt_acc(acc: float | None) -> str:
     """Accuracy to 3 places, or a dash where the data set has no label (Alpaca)."""
     return "—" if acc is None else f"{acc:.3f}"
@@ -491,7 +505,8 @@ def render(state: dict[str, Any]) -> str:
         "review → `positive`/`negative`), registered through `DatasetService`; 20% held out (the same rows for every "
         "run) for the job's validation loss on the answer tokens. Accuracy: the first "
         f"{config['dev_rows']} rows of `sst2/dev.jsonl`, label word chosen by the first answer token's logit "
-        f"(base model without adapter: {fmt_acc(state['base_accuracy'])}).",
+        f"(base model without adapter: {fmt_acc(state['base_accuracy'])}; an adapter that always answers the "
+        f"same word scores {fmt_acc(dev_majority(config['dev_rows']))}, the share of the commoner label).",
         f"- Alpaca: the first {config['rows']} rows of `alpaca/train.jsonl` whose instruction + input + output has at "
         f"most {config.get('alpaca_max_chars', ALPACA_MAX_CHARS)} characters, each given a category from its "
         "instruction's leading verb or question word (after a leading 'Given …,' clause; "
@@ -501,6 +516,8 @@ def render(state: dict[str, Any]) -> str:
         "local steps, every client every round. Centralised = 1 client with all rows and K × "
         f"{config['local_steps']} steps per round for K clients (same total steps); its 'bytes sent' are what its one "
         "simulated client would have exchanged.",
+        "- Wall times depend on the shared machine's load at the time of each run (the first runs here ran under "
+        "a load of about 12, later ones nearer 4), so they are no speed comparison; bytes sent are exact.",
         "- Every run is a `federated` job submitted with `JobService.submit` and run by the studio's job runner in "
         "this process (`run_job_inline`, as `studio federated run --inline`).",
         f"- Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores shared with other engineers' work "

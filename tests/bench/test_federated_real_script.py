@@ -169,4 +169,5 @@ def test_render_every_group_and_the_verdict(tmp_path):
     assert "over the 4 splits: held on 2, a tie on 1, did not hold on 1" in claims
     assert "rises by +0.1000 (FFA-LoRA) vs +0.4000 (LoRA) → held" in claims
     assert "Caveat" in claims and "Partial" in page
+    assert "always answers the same word scores 0.562" in page  # 18 of the first 32 SST-2 dev rows
     assert "`python scripts/federated_real.py --rows 80`" in page  # an older file's single command
