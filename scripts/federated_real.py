@@ -531,7 +531,8 @@ def render(state: dict[str, Any]) -> str:
         "",
     ]
     for title, rows in sections(runs):
-        lines += [f"## {title}", "", table(rows), "", mixes(rows), ""]
+        mix = mixes(rows)
+        lines += [f"## {title}", "", table(rows), "", *([mix, ""] if mix else [])]
     dp = sorted((r for r in runs if r["group"] == "dp"), key=lambda r: (r["method"], -r["target_epsilon"]))
     if dp:
         lines += [
