@@ -341,6 +341,22 @@ def gap_closed(arms: dict[str, dict[str, Any]], arm: str, metric: str = "loss") 
     return (bare - value) / (bare - retrained)
 
 
+def ablation_holds(losses: list[float], ems: list[float]) -> str:
+    """Whether filtered ≥ unfiltered ≥ seeds only held, by loss (lower is better) and exact match (higher)."""
+    by_loss = losses[0] <= losses[1] <= losses[2]
+    by_em = ems[0] >= ems[1] >= ems[2]
+    em_flat = ems[0] == ems[1] == ems[2]
+    if by_loss and em_flat:
+        return f"held on loss; exact match did not separate them (all {ems[0]:.0%})"
+    if by_loss and by_em:
+        return "held"
+    if by_loss:
+        return "held on loss only"
+    if by_em and not em_flat:
+        return "held on exact match only"
+    return "did not hold"
+
+
 def verdict(arms: dict[str, dict[str, Any]]) -> list[str]:
     """Plain sentences: did filtered ≥ unfiltered ≥ seeds only hold, and how close did the transfer come to retraining."""
     lines = []
@@ -348,13 +364,9 @@ def verdict(arms: dict[str, dict[str, Any]]) -> list[str]:
     if all(a in arms for a in ablation):
         losses = [arms[a]["loss"] for a in ablation]
         ems = [arms[a]["exact_match"] for a in ablation]
-        by_loss = losses[0] <= losses[1] <= losses[2]
-        by_em = ems[0] >= ems[1] >= ems[2]
-        held = "held" if by_loss and by_em else ("held on loss only" if by_loss else "did not hold")
-        if not by_loss and by_em:
-            held = "held on exact match only"
+        held = ablation_holds(losses, ems)
         lines.append(
-            f"**Filtered ≥ unfiltered ≥ seeds only (the paper's ablation): {held} here.** Held-out loss"
+            f"**Filtered ≥ unfiltered ≥ seeds only (the paper's ablation), here: {held}.** Held-out loss"
             f" {losses[0]:.3f} / {losses[1]:.3f} / {losses[2]:.3f}, exact match"
             f" {ems[0]:.0%} / {ems[1]:.0%} / {ems[2]:.0%} (filtered / unfiltered / seeds only)."
         )
@@ -363,7 +375,8 @@ def verdict(arms: dict[str, dict[str, Any]]) -> list[str]:
         closed = f"{share:.0%}" if share is not None else "n/a"
         close = share is not None and share >= 0.8
         lines.append(
-            f"**Transfer close to retraining: {'yes' if close else 'no'} here.** The filtered transfer closes"
+            f"**Transfer close to retraining (at least 80 % of the gap closed), here: {'yes' if close else 'no'}.**"
+            " The filtered transfer closes"
             f" {closed} of the loss gap between the bare target ({arms[TARGET_ARM]['loss']:.3f}) and the adapter"
             f" retrained on the real rows ({arms[RETRAIN_ARM]['loss']:.3f}); exact match"
             f" {arms[FILTERED_ARM]['exact_match']:.0%} against {arms[RETRAIN_ARM]['exact_match']:.0%} retrained"

@@ -87,12 +87,15 @@ def test_the_page_of_a_full_run_says_whether_the_claim_held(tmp_path):
     page = tr.render(_record(FULL))
     assert "Partial run" not in page and "not run" not in page
     assert "| transferred, discriminator filter | 1.100 | 30% | 83% | 40 | 32 | 32 | 3.3 + 0.5 |" in page
-    assert "(the paper's ablation): held here" in page and "close to retraining: yes here" in page
+    assert "(the paper's ablation), here: held.**" in page and "gap closed), here: yes.**" in page
     assert "One seed" in page
     # the other ordering: unfiltered beats filtered on loss and exact match
     worse = {**FULL, tr.FILTERED_ARM: _arm(1.3, 0.1, generated=90, kept=32, trained=32, seconds=200.0)}
     page = tr.render(_record(worse))
-    assert "did not hold here" in page and "close to retraining: no here" in page
+    assert "here: did not hold.**" in page and "gap closed), here: no.**" in page
+    assert tr.ablation_holds([1.1, 1.2, 1.3], [0.0, 0.0, 0.0]).startswith("held on loss; exact match did not separate")
+    assert tr.ablation_holds([1.1, 1.2, 1.3], [0.1, 0.2, 0.0]) == "held on loss only"
+    assert tr.ablation_holds([1.3, 1.2, 1.3], [0.3, 0.2, 0.1]) == "held on exact match only"
 
 
 def test_a_partial_run_is_marked_and_render_only_rebuilds_the_page(tmp_path):
