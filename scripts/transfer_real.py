@@ -399,7 +399,7 @@ def render(record: dict[str, Any]) -> str:
     table = []
     for arm in ARMS:
         if arm not in arms:
-            table.append([arm, "not run", "", "", "", "", "", ""])
+            table.append([arm, "not run", "", "", "", "", "", "", ""])
             continue
         a = arms[arm]
         share = gap_closed(arms, arm) if arm not in (TARGET_ARM, RETRAIN_ARM) else None
@@ -408,6 +408,7 @@ def render(record: dict[str, Any]) -> str:
                 arm,
                 f"{a['loss']:.3f}",
                 f"{a['exact_match']:.0%}",
+                _cut(a),
                 f"{share:.0%}" if share is not None else "",
                 _count(a.get("generated")),
                 _count(a.get("kept")),
@@ -459,7 +460,8 @@ def render(record: dict[str, Any]) -> str:
         f"- Scores by the `eval` job on the {rows_n.get('gsm8k-test', '?')} held-out rows: mean response-token"
         f" loss (lower is better) and exact match of the final answer (greedy, at most"
         f" {int(config['max_answer_tokens']) + 8} new tokens; the reply's last number against the number after"
-        " `####`). *Gap closed*: share of the loss gap between the bare target and the retrained adapter that"
+        " `####`; *answers cut off*: replies that hit that budget before ending, so their final number is"
+        " likely missing). *Gap closed*: share of the loss gap between the bare target and the retrained adapter that"
         " an arm closes (100 % = as good as retraining).",
         "- Every step ran through `JobService.submit` and the studio's job runner in this process"
         " (`run_job_inline`), on an embedded registry.",
@@ -471,7 +473,17 @@ def render(record: dict[str, Any]) -> str:
         "## Results",
         "",
         markdown_table(
-            ["model", "held-out loss", "exact match", "gap closed", "generated", "kept", "trained", "train + eval min"],
+            [
+                "model",
+                "held-out loss",
+                "exact match",
+                "answers cut off",
+                "gap closed",
+                "generated",
+                "kept",
+                "trained",
+                "train + eval min",
+            ],
             table,
         ),  # fmt: skip
         "",
@@ -483,6 +495,13 @@ def render(record: dict[str, Any]) -> str:
         *[line + "\n" for line in verdict(arms)],
     ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _cut(arm: dict[str, Any]) -> str:
+    """'8 / 24': answers that hit the generation budget before ending (their exact match is likely 0)."""
+    if arm.get("truncated_answers") is None:
+        return ""
+    return f"{arm['truncated_answers']} / {arm.get('examples', '?')}"
 
 
 def _count(value: Any) -> str:

@@ -70,7 +70,7 @@ FULL = {
     tr.SOURCE_BASE_ARM: _arm(1.5, 0.1),
     tr.SOURCE_ARM: _arm(1.0, 0.3, trained=48, seconds=300.0),
     tr.TARGET_ARM: _arm(1.6, 0.1),
-    tr.FILTERED_ARM: _arm(1.1, 0.3, generated=40, kept=32, trained=32, seconds=200.0),
+    tr.FILTERED_ARM: _arm(1.1, 0.3, generated=40, kept=32, trained=32, seconds=200.0, truncated_answers=2, examples=30),
     tr.UNFILTERED_ARM: _arm(1.2, 0.2, generated=32, kept=32, trained=31, seconds=190.0),
     tr.SEEDS_ARM: _arm(1.4, 0.1, generated=0, kept=5, trained=5, seconds=120.0),
     tr.RETRAIN_ARM: _arm(1.0, 0.35, trained=48, seconds=250.0),
@@ -86,7 +86,7 @@ def test_gap_closed_is_the_share_of_the_bare_to_retrained_gap():
 def test_the_page_of_a_full_run_says_whether_the_claim_held(tmp_path):
     page = tr.render(_record(FULL))
     assert "Partial run" not in page and "not run" not in page
-    assert "| transferred, discriminator filter | 1.100 | 30% | 83% | 40 | 32 | 32 | 3.3 + 0.5 |" in page
+    assert "| transferred, discriminator filter | 1.100 | 30% | 2 / 30 | 83% | 40 | 32 | 32 | 3.3 + 0.5 |" in page
     assert "(the paper's ablation), here: held.**" in page and "gap closed), here: yes.**" in page
     assert "One seed" in page
     # the other ordering: unfiltered beats filtered on loss and exact match
