@@ -728,7 +728,13 @@ class TransferOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    samples: int = Field(64, ge=1, le=100_000, description="Synthetic inputs to keep (the paper keeps |D|).")
+    samples: int = Field(
+        64,
+        ge=0,
+        le=100_000,
+        description="Synthetic inputs to keep (the paper keeps |D|); 0 = none: the student learns the source's "
+        "answers to the kit's seeds only (the paper's seeds-only ablation).",
+    )
     max_attempts: int = Field(
         512, ge=1, le=1_000_000, description="Stop generating after this many inputs, kept or not."
     )

@@ -44,8 +44,15 @@ def require_kit(adapter: Any) -> None:
         raise ValidationFailed(NO_KIT.format(id=adapter.id))
 
 
+def wanted_inputs(options: Any, seeds: int) -> int:
+    """How many inputs the transfer trains on at most: ``samples``, or the seeds when samples is 0 (seeds only)."""
+    return options.samples or seeds
+
+
 def counts_text(counts: TransferCounts, options: Any) -> str:
     """'generating: 48 written, 20 of 64 kept, 0 trained' — the job's progress line."""
+    if not options.samples:
+        return f"{counts.stage}: seeds only, {counts.kept} seed inputs, {counts.trained} trained"
     return (
         f"{counts.stage}: {counts.generated} written, {counts.kept} of {options.samples} kept, {counts.trained} trained"
     )
@@ -66,9 +73,15 @@ def run_transfer_job(request: TransferRequest, reporter: Reporter, ctx: Any) -> 
     kit = _kit(Path(source.path), source_base)
     teacher = _teacher_dir(source, source_base, reporter)
     options = request.options
+    seeds = len(kit.seeds)
+    total = wanted_inputs(options, seeds)
+    plan = (
+        f"up to {options.samples} inputs kept of at most {options.max_attempts} written"
+        if options.samples
+        else "seeds only (no synthetic inputs)"
+    )
     reporter.log(
-        f"transfer of adapter #{source.id} ({source.base_model}) to {request.target_base}: "
-        f"{len(kit.seeds)} seeds, up to {options.samples} inputs kept of at most {options.max_attempts} written"
+        f"transfer of adapter #{source.id} ({source.base_model}) to {request.target_base}: {seeds} seeds, {plan}"
     )
 
     latest = TransferCounts()
@@ -77,9 +90,9 @@ def run_transfer_job(request: TransferRequest, reporter: Reporter, ctx: Any) -> 
     def on_progress(counts: TransferCounts) -> None:
         latest.__dict__.update(asdict(counts))
         if counts.stage == "generating":
-            reporter.progress(counts.kept, options.samples, counts_text(counts, options))
+            reporter.progress(counts.kept, total, counts_text(counts, options))
         elif counts.stage != "training":
-            reporter.progress(options.samples, options.samples, counts_text(counts, options))
+            reporter.progress(total, total, counts_text(counts, options))
         rounds[0] += 1
         reporter.metrics(rounds[0], {"generated": counts.generated, "kept": counts.kept, "trained": counts.trained})
 
@@ -137,7 +150,7 @@ def run_transfer_job(request: TransferRequest, reporter: Reporter, ctx: Any) -> 
         parents=[source.id],
         metrics=metrics,
     )
-    reporter.progress(options.samples, options.samples, counts_text(counts, options))
+    reporter.progress(total, total, counts_text(counts, options))
     reporter.log(
         f"adapter {row.id} saved to {out_dir}: trained on {counts.trained} synthetic examples "
         f"({counts.generated} written, {counts.kept} kept)"
@@ -257,8 +270,12 @@ def model_card(request: TransferRequest, source: Any, result: Any, ranks: dict[s
         f"A plain PEFT LoRA for `{base.portable_id}`, made by Adapter Studio with Trans-LoRA from adapter "
         f"#{source.id} {source.name} ({source.variant} on `{PortableBase.of(source.base_model).portable_id}`).",
         "",
-        f"- Synthetic inputs written by the new base: {counts.generated}; kept by the discriminator: {counts.kept} "
-        f"(threshold {request.options.threshold:g}{'' if request.options.use_filter else ', filter off'})",
+        (
+            f"- Synthetic inputs written by the new base: {counts.generated}; kept by the discriminator: {counts.kept} "
+            f"(threshold {request.options.threshold:g}{'' if request.options.use_filter else ', filter off'})"
+            if request.options.samples
+            else f"- Seeds only: no synthetic inputs, the source answered the kit's {counts.kept} seed inputs"
+        ),
         f"- Answered by the source adapter and trained on: {counts.trained} (prompt masked)",
         f"- Steps: {result.steps}; final loss: {result.final_loss:.4f}" if result.final_loss is not None else None,
         f"- Modules: {len(ranks)}; ranks {min(ranks.values(), default=0)}–{max(ranks.values(), default=0)}",

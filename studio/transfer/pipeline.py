@@ -4,7 +4,8 @@ Stage 1 of Trans-LoRA (composition spec §5): the target base writes task inputs
 from the kit's seeds (sampled); the kit's discriminator keeps those with P(real) above the
 threshold until ``samples`` are kept or ``max_attempts`` were written; the source base with
 its adapter answers them greedily; a LoRA is trained on the target base on those answers
-(prompt masked). The token-level KL the spec mentions for shared tokenizers is not done.
+(prompt masked). With ``samples`` 0 the student learns the teacher's answers to the seeds alone
+(the paper's seeds-only ablation). The token-level KL the spec mentions for shared tokenizers is not done.
 """
 
 from __future__ import annotations
@@ -82,13 +83,18 @@ def transfer(
         if on_progress is not None:
             on_progress(TransferCounts(**asdict(counts)))
 
-    # One engine per base: the discriminator shares the source's when both sit on the same base.
-    target = open_engine(target_base, device, slots=1, max_batch=options.generation_batch)
+    # samples = 0: no synthetic inputs, the student learns the teacher's answers to the kit's seeds alone
+    # (the paper's seeds-only ablation), so neither the target's writer nor the discriminator is loaded.
+    seeds_only = options.samples == 0
     source = open_engine(source_base, device, slots=2)
-    same_base = Path(kit.discriminator_base).resolve() == Path(source_base).resolve()
-    judge = source if same_base else open_engine(kit.discriminator_base, device, slots=1)
+    if not seeds_only:
+        # One engine per base: the discriminator shares the source's when both sit on the same base.
+        target = open_engine(target_base, device, slots=1, max_batch=options.generation_batch)
+        same_base = Path(kit.discriminator_base).resolve() == Path(source_base).resolve()
+        judge = source if same_base else open_engine(kit.discriminator_base, device, slots=1)
 
-    kept: list[str] = []
+    kept: list[str] = list(kit.seed_inputs) if seeds_only else []
+    counts.kept = len(kept)
     tell()
     round_no = 0
     while len(kept) < options.samples and counts.generated < options.max_attempts:
@@ -116,10 +122,13 @@ def transfer(
         kept.extend(candidates[i] for i in chosen)
         counts.kept = len(kept)
         tell()
-    say(f"transfer: the target wrote {counts.generated} inputs, {counts.kept} kept")
-    del target
-    if not same_base:
-        del judge
+    if seeds_only:
+        say(f"transfer: seeds only, the teacher answers the kit's {counts.kept} seed inputs")
+    else:
+        say(f"transfer: the target wrote {counts.generated} inputs, {counts.kept} kept")
+        del target
+        if not same_base:
+            del judge
     if not kept:
         raise ValidationFailed(
             f"the discriminator kept none of the {counts.generated} inputs the target wrote; "

@@ -90,3 +90,27 @@ def test_transfer_to_another_architecture_loads_in_plain_peft(kit, teacher, llam
     assert any("query_key_value" in name for name, _ in model.named_parameters() if "lora_A" in name)
     ids = torch.tensor([[2, 5, 6]])
     assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_seeds_only_trains_on_the_teachers_answers_to_the_kit_seeds(kit, teacher, llama_base, tmp_path):
+    """samples = 0: nothing is generated or filtered; the student learns the teacher's replies to the 5 seeds."""
+    adapter, _ = teacher
+    seen = []
+    result = transfer(
+        llama_base,
+        adapter,
+        kit,
+        llama_base,
+        tmp_path / "student",
+        options=_options(samples=0, hyper=fast_hyper(max_steps=5)),
+        device=cpu_device(),
+        work_dir=tmp_path / "work",
+        on_progress=seen.append,
+    )
+    counts = result.counts
+    assert (counts.generated, counts.kept, counts.trained) == (0, len(kit.seeds), len(kit.seeds))
+    assert [e["input"] for e in result.examples] == kit.seed_inputs
+    engine = open_engine(llama_base, cpu_device(), slots=2)
+    assert [e["output"] for e in result.examples] == answer(engine, adapter, kit.seed_inputs, 4)
+    assert all(c.generated == 0 for c in seen) and seen[-1].stage == "done"
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()

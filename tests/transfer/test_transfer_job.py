@@ -35,6 +35,18 @@ def test_request_round_trips_through_the_job_schema():
         parse_request({"kind": "transfer", "adapter_id": 3, "target_base": "x", "options": {"threshold": 1.5}})
 
 
+def test_samples_zero_means_seeds_only_and_reads_so_in_the_progress_line():
+    from studio.transfer.job import counts_text, wanted_inputs
+    from studio.transfer.pipeline import TransferCounts
+
+    seeds_only = TransferOptions(samples=0)
+    assert wanted_inputs(seeds_only, 5) == 5 and wanted_inputs(TransferOptions(samples=32), 5) == 32
+    line = counts_text(TransferCounts(stage="training", kept=5, trained=5), seeds_only)
+    assert line == "training: seeds only, 5 seed inputs, 5 trained"
+    with pytest.raises(ValueError):
+        TransferOptions(samples=-1)
+
+
 def test_an_adapter_without_a_kit_is_refused_saying_how_to_get_one(registry, settings, tmp_path):
     from studio.services.jobs import JobService
 
