@@ -292,25 +292,48 @@ def gate_figure(users: list[str], tasks: list[str], mixes: list[list[float]], ga
     return figure
 
 
-def save_gate_png(mixes: list[list[float]], gates: list[list[float]], path: Path, cell: int = 26) -> Path:
-    """The two heatmaps as a PNG drawn with Pillow (white 0 → dark blue 1), values printed in the cells."""
+def save_gate_png(
+    users: list[str], tasks: list[str], mixes: list[list[float]], gates: list[list[float]], path: Path, cell: int = 28
+) -> Path:
+    """The two heatmaps as a PNG drawn with Pillow (white 0 → dark blue 1), values printed in the cells.
+
+    Left: true mixes (columns: the tasks' first three letters); right: gates (columns m0, m1, ...).
+    """
     from PIL import Image, ImageDraw
 
     rows, left, right = len(mixes), len(mixes[0]), len(gates[0])
-    gap, margin = cell, 4
-    image = Image.new("RGB", (2 * margin + (left + right) * cell + gap, 2 * margin + rows * cell), "white")
+    gap, top, side, margin = cell, 14, 46, 4
+    image = Image.new("RGB", (side + (left + right) * cell + gap + margin, top + rows * cell + margin), "white")
     draw = ImageDraw.Draw(image)
-    for offset, matrix in ((margin, mixes), (margin + left * cell + gap, gates)):
+    for r, user in enumerate(users):
+        draw.text((margin, top + r * cell + 9), user, fill="black")
+    panels = (
+        (side, mixes, [t[:3] for t in tasks]),
+        (side + left * cell + gap, gates, [f"m{k}" for k in range(right)]),
+    )
+    for offset, matrix, heads in panels:
+        for c, head in enumerate(heads):
+            draw.text((offset + c * cell + 4, 1), head, fill="black")
         for r, row in enumerate(matrix):
             for c, value in enumerate(row):
                 v = max(0.0, min(1.0, float(value)))
                 colour = tuple(int(255 - v * (255 - t)) for t in (8, 48, 107))
-                x, y = offset + c * cell, margin + r * cell
+                x, y = offset + c * cell, top + r * cell
                 draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour, outline=(220, 220, 220))
                 label = "1" if v >= 0.995 else f"{v:.2f}"[1:]  # ".35": fits a cell in Pillow's default font
-                draw.text((x + 3, y + 8), label, fill="white" if v > 0.5 else "black")
+                draw.text((x + 4, y + 9), label, fill="white" if v > 0.5 else "black")
     image.save(path)
     return path
+
+
+def save_gate_charts(record: dict[str, Any], doc_dir: Path) -> None:
+    """personalisation_gates.png (Pillow; kaleido is not installed) and .json (the plotly figure) from the record."""
+    names = [u["user"] for u in record["users"]]
+    mixes = [[u["mix"][t] for t in record["tasks"]] for u in record["users"]]
+    tasks = [TASK_NAMES[t] for t in record["tasks"]]
+    save_gate_png(names, tasks, mixes, record["gates"], doc_dir / "personalisation_gates.png")
+    figure = gate_figure(names, tasks, mixes, record["gates"])
+    (doc_dir / "personalisation_gates.json").write_text(figure.to_json(), encoding="utf-8")
 
 
 def main() -> None:
@@ -340,7 +363,10 @@ def main() -> None:
         args.users, args.train_rows, args.eval_rows, args.steps, args.n_meta, args.rank = 4, 4, 2, 4, 4, 1
     use_data(args.data)
     if args.render:
-        Path(args.doc).write_text(render(json.loads(Path(args.out).read_text())), encoding="utf-8")
+        record = json.loads(Path(args.out).read_text())
+        if record.get("gates"):
+            save_gate_charts(record, Path(args.doc).parent)
+        Path(args.doc).write_text(render(record), encoding="utf-8")
         return
     prepare_env(threads=args.threads)
     run(args)
@@ -417,11 +443,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     record["gates"] = studio.services.personalised.gates(bundle, names)
     record["gate_agreement"] = gate_agreement([list(u["mix"].values()) for u in users], record["gates"])
     doc_dir = Path(args.doc).parent
-    save_gate_png([list(u["mix"].values()) for u in users], record["gates"], doc_dir / "personalisation_gates.png")
-    figure = gate_figure(
-        names, [TASK_NAMES[t] for t in TASK_FILES], [list(u["mix"].values()) for u in users], record["gates"]
-    )
-    (doc_dir / "personalisation_gates.json").write_text(figure.to_json(), encoding="utf-8")
+    save_gate_charts(record, doc_dir)
     save("RecLoRA trained")
     record["runs"]["shared"] = cache.get("runs", "shared") or cache.put(
         "runs",
