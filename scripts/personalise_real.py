@@ -498,6 +498,10 @@ def _tally(rows: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
+def _change(value: float, reference: float) -> str:
+    return f"{(value - reference) / reference * 100:+.1f} %"
+
+
 def _shown(value: float | None) -> str:
     return "undefined (a constant column)" if value is None else f"{value:.2f}"
 
@@ -517,8 +521,9 @@ def render(record: dict[str, Any]) -> str:
     if not complete:
         lines += [
             f"**Partial**: the run had reached “{record.get('stage', 'start')}” when this page was written"
-            f" ({len(scored)} of {len(users)} users scored). Rerun the script with the same arguments to finish"
-            " (finished runs are reused from `--work`), or `--render` once it is done.",
+            f" ({len(scored)} of {len(users)} users scored). While the run goes on, `--render` rewrites this page"
+            " from its JSON; a stopped run finishes when the script is run again with the same arguments (finished"
+            " runs are reused from `--work`).",
             "",
         ]
     units, tasks = sizes["units"], record["tasks"]
@@ -567,7 +572,9 @@ def render(record: dict[str, Any]) -> str:
         lines += [
             markdown_table(["user", "true mix (≥ 0.05)", "base", *ARMS.values()], rows),
             "",
-            f"Lowest loss per user: RecLoRA {wins['reclora']}, shared LoRA {wins['shared']}, per-user LoRA"
+            f"Mean over the users scored: RecLoRA {_change(mean['reclora'], mean['shared'])} against the shared"
+            f" LoRA and {_change(mean['reclora'], mean['per_user'])} against one LoRA per user (negative: RecLoRA"
+            f" lower). Lowest loss per user: RecLoRA {wins['reclora']}, shared LoRA {wins['shared']}, per-user LoRA"
             f" {wins['per_user']} of {len(scored)}. Each user's loss is the eval job's response-token loss over"
             f" that user's {args['eval_rows']} held-out rows.",
             "",
@@ -616,6 +623,19 @@ def render(record: dict[str, Any]) -> str:
             " does not show learning, the agreement with the mixes does). The interactive plotly figure is `personalisation_gates.json`"
             " (`plotly.io.read_json`); the PNG is drawn with Pillow because kaleido is not installed.",
             "",
+            *(
+                [
+                    "**At this budget the gate has not organised the users by what they want** (a distance"
+                    " correlation near or below 0): the gate starts from a random per-user embedding and trains at"
+                    f" the meta-LoRAs' learning rate, and {args['steps']} steps × {args['batch']} rows give each user"
+                    f" only about {args['steps'] * args['batch'] // len(users)} rows of gate signal. The trainer can"
+                    " give the gate its own learning rate (`gate_learning_rate` of `train_personalised`), which the"
+                    " `personalise` job does not expose yet; a larger gate rate or more steps is the next run.",
+                    "",
+                ]
+                if (agreement["distance_correlation"] or 0.0) < 0.3
+                else []
+            ),
         ]
     return "\n".join(lines)
 
