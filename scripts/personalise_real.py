@@ -27,7 +27,7 @@ the studio and a cache, so a rerun of the same set-up only does what is missing.
 written to ``--out`` after every finished run, and ``--render`` rewrites the page from them
 (marked partial until every arm and user is scored).
 
-    python scripts/personalise_real.py --data /work/shared/data    # the documented run (~30-40 min, 1 thread)
+    python scripts/personalise_real.py --data /work/shared/data    # the documented run (52 min at load 5-6, 1 thread)
     python scripts/personalise_real.py --render                     # rewrite docs/results/personalisation.md
     python scripts/personalise_real.py --quick --doc /tmp/p.md --out /tmp/p.json   # a few minutes, in-repo samples
 """
@@ -552,7 +552,8 @@ def render(record: dict[str, Any]) -> str:
         f" ({args['steps']} steps in total).",
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch thread(s); load"
         f" average {start['loadavg_1_5_15'][0]:.1f} at the start, {machine['loadavg_1_5_15'][0]:.1f} at the last"
-        f" write; wall time so far {record.get('wall_seconds', 0) / 60:.1f} min (shared machine).",
+        f" write; wall time {'' if complete else 'so far '}{record.get('wall_seconds', 0) / 60:.1f} min"
+        " (shared machine).",
         "",
         "## Per-user held-out loss",
         "",
@@ -597,7 +598,13 @@ def render(record: dict[str, Any]) -> str:
             ]
         )
     if timing:
-        lines += ["Training runs:", "", markdown_table(["arm", "job time", "final training loss"], timing), ""]
+        lines += [
+            "Training runs (final training loss as each job reports it, over batches of 4 rows: noisy, and not"
+            " the held-out comparison):",
+            "",
+            markdown_table(["arm", "job time", "final training loss"], timing),
+            "",
+        ]
     agreement = record.get("gate_agreement")
     if agreement:
         best = agreement.get("best_matching", {})
@@ -630,7 +637,10 @@ def render(record: dict[str, Any]) -> str:
                     f" the meta-LoRAs' learning rate, and {args['steps']} steps × {args['batch']} rows give each user"
                     f" only about {args['steps'] * args['batch'] // len(users)} rows of gate signal. The trainer can"
                     " give the gate its own learning rate (`gate_learning_rate` of `train_personalised`), which the"
-                    " `personalise` job does not expose yet; a larger gate rate or more steps is the next run.",
+                    " `personalise` job does not expose yet; a larger gate rate or more steps is the next run."
+                    " So RecLoRA's difference from the shared LoRA above is not personalisation at work: under"
+                    " gates this close to one another its K meta-LoRAs act much like one rank-K·r LoRA shared by"
+                    " everyone (each user scales the same units a little differently).",
                     "",
                 ]
                 if (agreement["distance_correlation"] or 0.0) < 0.3
