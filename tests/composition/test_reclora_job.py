@@ -217,3 +217,70 @@ def test_cli_exports_one_user_and_refuses_a_bundle_without_user(trained, tmp_pat
     assert (out / "tokenizer.json").is_file()
     refused = runner.invoke(cli, ["export", str(result["adapter_id"]), "--out", str(tmp_path / "x")])
     assert refused.exit_code != 0 and "--user" in str(refused.exception)
+
+
+def test_the_job_with_a_user_features_file_gates_from_the_features(env, tmp_path):
+    """Feature mode through the job: the gate is softmax(G f_u), so equal features give equal gates, and a
+    newcomer with features gets its features' gate (the mean gate only without them)."""
+    from safetensors.torch import load_file
+
+    from studio.composition.reclora_export import BUNDLE_TENSORS
+    from studio.composition.reclora_users import user_alpha, users_alpha
+
+    # ann and ben share a feature vector, cid has its own (CSV layout, columns in file order).
+    vectors = {"ann": [1.0, 0.0, 0.5], "ben": [1.0, 0.0, 0.5], "cid": [-1.0, 2.0, 0.0]}
+    path = tmp_path / "features.csv"
+    path.write_text(
+        "persona,f1,f2,f3\n" + "".join(f"{u},{','.join(map(str, v))}\n" for u, v in vectors.items()), encoding="utf-8"
+    )
+    result, _ = run_job(env, request(env, user_features_path=str(path)))
+    bundle = env.registry.get_adapter(result["adapter_id"]).path
+    meta = json.loads(Path(bundle, "reclora.json").read_text())
+    assert meta["config"]["feature_dim"] == 3 and result["users"] == 3
+    tensors = load_file(str(Path(bundle, BUNDLE_TENSORS)))
+    assert not any(k.startswith("gate.embedding") for k in tensors)  # no per-user embedding is learned
+    torch.testing.assert_close(tensors["gate.features"], torch.tensor([vectors[u] for u in meta["users"]]))
+
+    alphas = users_alpha(bundle, ["ann", "ben", "cid"])
+    torch.testing.assert_close(alphas[0], alphas[1])  # identical features, identical gates
+    assert (alphas[0] - alphas[2]).abs().max() > 1e-4  # different features, different gates
+    # The gate is exactly softmax(G f + b) of the saved projection.
+    want = torch.softmax(
+        torch.tensor([vectors[u] for u in ("ann", "ben", "cid")]) @ tensors["gate.proj.weight"].T
+        + tensors["gate.proj.bias"],
+        dim=-1,
+    )
+    torch.testing.assert_close(alphas, want)
+
+    pm = bundle_model(env, bundle)
+    with torch.no_grad():
+        twin = pm.alphas(["newcomer"], features={"newcomer": vectors["cid"]})[0]
+        mean = pm.gate.mean_alpha()
+        fresh = pm.alphas(["stranger"], features={"stranger": [0.0, 1.0, -2.0]})[0]
+    torch.testing.assert_close(twin, alphas[2])  # an unseen user with cid's features is gated like cid
+    assert (twin - mean).abs().max() > 1e-4
+    torch.testing.assert_close(
+        fresh,
+        torch.softmax(tensors["gate.proj.weight"] @ torch.tensor([0.0, 1.0, -2.0]) + tensors["gate.proj.bias"], dim=-1),
+    )
+    # Without features an unseen user falls back to the mean gate, from the bundle alone as from the model.
+    alpha, known = user_alpha(bundle, "stranger")
+    assert not known
+    torch.testing.assert_close(alpha, mean)
+
+    # Identical gates mean identical adapters: ann's and ben's PEFT exports have the same weights.
+    service = env.services.personalised
+    ann, ben = (
+        load_file(str(service.export_user(result["adapter_id"], u, tmp_path / u).path / "adapter_model.safetensors"))
+        for u in ("ann", "ben")
+    )
+    assert ann.keys() == ben.keys()
+    for key in ann:
+        torch.testing.assert_close(ann[key], ben[key])
+
+
+def test_the_job_refuses_a_features_file_missing_a_user(env, tmp_path):
+    path = tmp_path / "features.jsonl"
+    path.write_text("".join(json.dumps({"persona": u, "features": [1.0, 2.0]}) + "\n" for u in ("ann", "ben")))
+    with pytest.raises(ValidationFailed, match="1 users have no feature vector.*'cid'"):
+        run_job(env, request(env, user_features_path=str(path)))
