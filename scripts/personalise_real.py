@@ -348,6 +348,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=96, help="total steps of every arm (per-user: steps / users each)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--gate-lr", type=float, default=None, help="RecLoRA's gate learning rate; default: --lr")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--max-chars", type=int, default=360, help="keep rows with prompt + completion this short")
     parser.add_argument("--seed", type=int, default=0)
@@ -431,6 +432,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "steps": args.steps,
                     "batch_size": args.batch,
                     "learning_rate": args.lr,
+                    "gate_learning_rate": args.gate_lr,
                     "max_length": args.max_length,
                     "seed": args.seed,
                 }
@@ -636,8 +638,8 @@ def render(record: dict[str, Any]) -> str:
                     " correlation near or below 0): the gate starts from a random per-user embedding and trains at"
                     f" the meta-LoRAs' learning rate, and {args['steps']} steps × {args['batch']} rows give each user"
                     f" only about {args['steps'] * args['batch'] // len(users)} rows of gate signal. The trainer can"
-                    " give the gate its own learning rate (`gate_learning_rate` of `train_personalised`), which the"
-                    " `personalise` job does not expose yet; a larger gate rate or more steps is the next run."
+                    " give the gate its own learning rate (the `personalise` job's `gate_learning_rate`, added"
+                    " after this run); a larger gate rate or more steps is the next run."
                     " So RecLoRA's difference from the shared LoRA above is not personalisation at work: under"
                     " gates this close to one another its K meta-LoRAs act much like one rank-K·r LoRA shared by"
                     " everyone (each user scales the same units a little differently).",

@@ -439,6 +439,13 @@ class PersonaliseRequest(StudioModel):
     steps: int = Field(100, ge=1, le=1_000_000, description="Optimizer steps.")
     batch_size: int = Field(8, ge=1, le=512, description="Rows per step (users mixed within a batch).")
     learning_rate: float = Field(1e-3, gt=0, le=1.0, description="AdamW learning rate of meta-LoRAs and gate.")
+    gate_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1.0,
+        description="AdamW learning rate of the user gate alone; empty = the learning rate above. A larger one "
+        "helps the gate tell users apart when the run is short.",
+    )
     max_length: int = Field(512, ge=16, le=32_768, description="Longer rows are truncated to this many tokens.")
     loss_on: Literal["response", "full"] = Field("response", description="Loss on the response only, or everything.")
     log_every: int = Field(5, ge=1, le=10_000, description="Report the loss every N steps.")

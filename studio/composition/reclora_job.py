@@ -68,6 +68,7 @@ def run_personalise_job(request: PersonaliseRequest, reporter: Reporter, ctx: An
         steps=request.steps,
         batch_size=request.batch_size,
         learning_rate=request.learning_rate,
+        gate_learning_rate=request.gate_learning_rate,
         max_length=request.max_length,
         loss_on=request.loss_on,
         seed=request.seed,

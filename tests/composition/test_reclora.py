@@ -343,3 +343,40 @@ def test_training_with_activation_checkpointing_matches_plain_training():
     plain, checkpointed = run(False), run(True)
     assert plain[-1] < plain[0]
     assert checkpointed == pytest.approx(plain, rel=1e-5)
+
+
+def test_the_gate_learning_rate_moves_the_gate_alone():
+    """``gate_learning_rate`` is the gate's own step size: at a near-zero rate the gate stays put while
+    the meta-LoRAs learn; at the shared rate it moves."""
+    from conftest_training import chat_rows, make_tokenizer
+
+    tokenizer = make_tokenizer()
+    rows = [dict(row, persona=f"p{i % 3}") for i, row in enumerate(chat_rows(6))]
+
+    def gate_and_meta_change(gate_lr: float | None) -> tuple[float, float]:
+        torch.manual_seed(3)
+        base = fresh_base(vocab_size=len(tokenizer), init_range=0.3)
+        cfg = RecLoRAConfig(n_meta=2, rank=2, lora_alpha=4, target_modules=TARGETS)
+        pm = PersonalisedModel(base, users_of(rows, "persona"), cfg)
+        gate_before = [p.detach().clone() for p in pm.gate.parameters()]
+        meta_before = [p.detach().clone() for p in pm.trainable_parameters()[: -len(gate_before)]]
+        train_personalised(
+            pm,
+            tokenizer,
+            rows,
+            user_column="persona",
+            steps=4,
+            batch_size=3,
+            learning_rate=2e-2,
+            gate_learning_rate=gate_lr,
+        )
+        gate_after = list(pm.gate.parameters())
+        meta_after = pm.trainable_parameters()[: -len(gate_before)]
+        gate = max((a - b).abs().max().item() for a, b in zip(gate_after, gate_before, strict=True))
+        meta = max((a - b).abs().max().item() for a, b in zip(meta_after, meta_before, strict=True))
+        return gate, meta
+
+    frozen_gate, meta = gate_and_meta_change(1e-12)
+    shared_gate, _ = gate_and_meta_change(None)
+    assert frozen_gate < 1e-9 and meta > 1e-3
+    assert shared_gate > 1e-3
