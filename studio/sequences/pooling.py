@@ -5,7 +5,7 @@ encoders of :mod:`studio.sequences.pretrain` are pre-trained as masked LMs, whic
 its weights are new when the classifier is built, and a ``[CLS]`` state that was never trained to
 summarise the window says little about a short motif somewhere in it. With
 ``classifier_pooling="mean"`` (saved in the encoder's ``config.json``, so training, evaluation and
-serving read it alike) the pooler is replaced by the mean of the window's token states, padding
+exports read it alike) the pooler is replaced by the mean of the window's token states, padding
 left out: every token of the window reaches the head directly, and the pooler has no weights, so
 nothing random is left outside the trained adapter. ``"max"`` takes the largest value of each
 feature over the window's tokens instead (a motif that lights up a few tokens is not averaged away).
