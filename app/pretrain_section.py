@@ -27,6 +27,7 @@ FORM_FIELDS = (
     "size",
     "max_length",
     "window_overlap",
+    "classifier_pooling",
     "epochs",
     "max_steps",
     "batch_size",

@@ -114,6 +114,14 @@ class TrainingHyperParams(StudioModel):
         "(mean, or a smooth max for a label that one window anywhere decides, like a motif) and apply the "
         "loss once per sequence; evaluation pools the same way. With pooling, batch_size counts sequences.",
     )
+    head_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1.0,
+        description="Peak learning rate of a classifier's head (trained in full), when it should differ from "
+        "learning_rate: a new head on a small encoder's pooled features often needs a much larger one than the "
+        "LoRA factors. Empty: learning_rate. Variants with their own optimizer ignore it.",
+    )
     loss_chunk_tokens: int = Field(
         1024,
         ge=0,
@@ -520,6 +528,12 @@ class PretrainRequest(StudioModel):
         "overlapping windows.",
     )
     window_overlap: int = Field(64, ge=0, le=2048, description="Tokens shared by neighbouring windows.")
+    classifier_pooling: Literal["cls", "mean", "max"] = Field(
+        "cls",
+        description="How a classifier built on this encoder summarises a window, saved with the encoder: cls: "
+        "the [CLS] token through BERT's pooler; mean / max: the mean / max of all the window's token states "
+        "(no pooler weights), so a motif anywhere in the window reaches the head.",
+    )
     mask_prob: float = Field(
         0.15,
         gt=0.0,

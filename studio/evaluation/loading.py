@@ -203,6 +203,8 @@ def _base_classifier(base_path: Path, name: str) -> tuple[Any, list[Any]]:
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from studio.sequences.pooling import apply_classifier_pooling
+
     config = json.loads((Path(base_path) / "config.json").read_text())
     architectures = config.get("architectures") or []
     id2label = config.get("id2label") or {}
@@ -213,6 +215,7 @@ def _base_classifier(base_path: Path, name: str) -> tuple[Any, list[Any]]:
             "evaluate a classification adapter trained on it instead"
         )
     model = AutoModelForSequenceClassification.from_pretrained(str(base_path), dtype=torch.float32)
+    apply_classifier_pooling(model)
     names = [id2label[k] for k in sorted(id2label, key=int)]
     if names == [f"LABEL_{i}" for i in range(len(names))]:
         names = list(range(len(names)))  # transformers' placeholder names: datasets label by index

@@ -133,8 +133,14 @@ def encoder_shape(request: PretrainRequest, train_tokens: int, device_type: str)
     return size, hidden, layers, heads
 
 
-def build_encoder(tokenizer: Any, hidden: int, layers: int, heads: int, max_length: int, seed: int) -> Any:
-    """A fresh ``BertForMaskedLM`` for ``tokenizer``'s vocabulary, positions up to ``max_length``."""
+def build_encoder(
+    tokenizer: Any, hidden: int, layers: int, heads: int, max_length: int, seed: int, pooling: str = "cls"
+) -> Any:
+    """A fresh ``BertForMaskedLM`` for ``tokenizer``'s vocabulary, positions up to ``max_length``.
+
+    ``pooling`` is saved in its config (``classifier_pooling``): classifiers built on the encoder
+    read it (:mod:`studio.sequences.pooling`).
+    """
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
@@ -147,9 +153,19 @@ def build_encoder(tokenizer: Any, hidden: int, layers: int, heads: int, max_leng
         max_position_embeddings=max_length,
         type_vocab_size=1,
         pad_token_id=tokenizer.pad_token_id,
+        classifier_pooling=pooling,
     )
     torch.manual_seed(seed)
-    return BertForMaskedLM(config)
+    model = BertForMaskedLM(config)
+    if pooling == "cls":
+        # A masked LM has no pooler, so a classifier built on the saved encoder would draw a new
+        # random one each time it is loaded: training and evaluation would read [CLS] through
+        # different weights (the adapter saves only LoRA factors on it). A seeded pooler saved
+        # with the encoder (never trained by the MLM loss: it gets no gradient) makes them agree.
+        from transformers.models.bert.modeling_bert import BertPooler
+
+        model.bert.pooler = BertPooler(config)
+    return model
 
 
 def mask_batch(batch: dict[str, Any], tokenizer: Any, mask_prob: float, k: int, generator: Any) -> dict[str, Any]:
@@ -360,7 +376,9 @@ def plan_pretraining(request: PretrainRequest, registry: Any, device_type: str, 
     tokenizer.init_kwargs["window_overlap"] = request.window_overlap
     data = read_windows(request, registry, tokenizer, source, log)
     size, hidden, layers, heads = encoder_shape(request, data.train_tokens, device_type)
-    model = build_encoder(tokenizer, hidden, layers, heads, request.max_length, request.seed)
+    model = build_encoder(
+        tokenizer, hidden, layers, heads, request.max_length, request.seed, request.classifier_pooling
+    )
     return Plan(source, kind, k, tokenizer, data, size, (hidden, layers, heads), model)
 
 

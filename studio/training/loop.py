@@ -62,6 +62,22 @@ LOW_PRECISION_STORAGE_DEVICES = frozenset({"cuda"})
 SEEDED_INIT = threading.RLock()
 
 
+def head_param_groups(model: Any, heads: list[str], head_lr: float | None) -> list[Any]:
+    """The trainable tensors, or two AdamW groups when the heads get their own learning rate.
+
+    A head is a module trained in full (``modules_to_save``: ``classifier``/``score``); its
+    parameters are the trainable ones whose dotted name holds the head's name. The LambdaLR
+    schedule scales each group's own peak rate, so warm-up and decay apply to both.
+    """
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if head_lr is None or not heads:
+        return [p for _, p in trainable]
+    in_head = [any(f".{h}." in f".{n}" for h in heads) for n, _ in trainable]
+    body = [p for (_, p), h in zip(trainable, in_head, strict=True) if not h]
+    head = [p for (_, p), h in zip(trainable, in_head, strict=True) if h]
+    return [{"params": body}, {"params": head, "lr": head_lr}] if head else body
+
+
 @dataclass
 class TrainingResult:
     """A finished run: the trained model in memory plus what the job records about it."""
@@ -234,7 +250,7 @@ def run_training(
         warmup_steps=setup.warmup_steps,
         scheduler=hyper.lr_scheduler,
     )
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = head_param_groups(model, heads, hyper.head_learning_rate)
     optimization = variant.configure_optimization(model, cfg) or default_optimization(trainable, cfg)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -37,6 +37,8 @@ def load_base_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from studio.sequences.pooling import apply_classifier_pooling
+
     if task == "classification":
         if not labels or len(labels) < 2:
             raise ValidationFailed("classification needs a dataset with at least two labels")
@@ -48,6 +50,8 @@ def load_base_model(
             label2id={n: i for i, n in enumerate(names)},
             dtype=torch.float32,
         )
+        # A pre-trained encoder may ask for its windows to be pooled over all tokens, not [CLS].
+        apply_classifier_pooling(model)
         if pad_token_id is not None:
             # Llama-style classifiers pool the last non-pad token: they must know the pad id.
             model.config.pad_token_id = pad_token_id

@@ -1,0 +1,105 @@
+"""classifier_pooling: a pre-trained encoder's classifier reads all its window's tokens (mean / max)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from studio.sequences.pooling import apply_classifier_pooling, classifier_pooling, pool_tokens
+from studio.sequences.pretrain import build_encoder
+from studio.sequences.tokenizers import build_tokenizer
+
+
+def test_pool_tokens_by_hand():
+    hidden = torch.tensor(
+        [
+            [[1.0, -2.0], [3.0, 4.0], [100.0, 100.0]],  # last token is padding
+            [[0.0, 1.0], [2.0, -1.0], [4.0, 0.0]],
+        ]
+    )
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    mean = pool_tokens(hidden, mask, "mean")
+    assert mean.shape == (2, 2)
+    assert torch.allclose(mean, torch.tensor([[2.0, 1.0], [2.0, 0.0]]))
+    assert torch.equal(pool_tokens(hidden, mask, "max"), torch.tensor([[3.0, 4.0], [4.0, 1.0]]))
+    assert torch.allclose(pool_tokens(hidden, None, "mean")[0], torch.tensor([104 / 3, 34.0]))
+    with pytest.raises(ValueError):
+        pool_tokens(hidden, mask, "cls")
+
+
+@pytest.fixture
+def encoder_dir(tmp_path):
+    def make(pooling):
+        tokenizer = build_tokenizer("kmer", 3, model_max_length=32)
+        model = build_encoder(tokenizer, 16, 1, 2, 32, seed=0, pooling=pooling)
+        out = tmp_path / pooling
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        return out, tokenizer
+
+    return make
+
+
+@pytest.mark.parametrize("mode", ["mean", "max"])
+def test_a_saved_encoder_classifies_with_its_pooling(encoder_dir, mode):
+    from studio.training.models import load_base_model
+
+    path, tokenizer = encoder_dir(mode)
+    torch.manual_seed(0)
+    model = load_base_model(path, "classification", labels=[0, 1]).eval()
+    assert classifier_pooling(model.config) == mode
+    assert not any("pooler" in name for name, _ in model.named_parameters())  # nothing random left untrained
+    ids = torch.tensor([[2, 10, 11, 12, 3], [2, 13, 3, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        states = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        by_hand = model.classifier(pool_tokens(states, mask, mode))
+        alone = model(input_ids=ids[1:, :3], attention_mask=mask[1:, :3]).logits
+    assert logits.shape == (2, 2)
+    assert torch.allclose(logits, by_hand, atol=1e-6)
+    assert torch.allclose(logits[1:], alone, atol=1e-5)  # padding does not change a window's logits
+
+    # Saved and reloaded (as evaluation loads a base + adapter): the same pooling, the same logits.
+    model.save_pretrained(path / "reloaded")
+    again = load_base_model(path / "reloaded", "classification", labels=[0, 1]).eval()
+    assert classifier_pooling(again.config) == mode
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=ids, attention_mask=mask).logits, logits, atol=1e-6)
+
+
+def test_cls_pooling_is_the_default_and_leaves_bert_alone(encoder_dir):
+    from studio.training.models import load_base_model
+
+    path, _ = encoder_dir("cls")
+    model = load_base_model(path, "classification", labels=[0, 1])
+    assert classifier_pooling(model.config) == "cls"
+    assert type(model.bert.pooler).__name__ == "BertPooler"
+    from studio.schema import PretrainRequest
+
+    assert PretrainRequest(dataset_id=1).classifier_pooling == "cls"
+
+
+def test_cls_encoders_save_the_pooler_so_every_load_reads_cls_alike(encoder_dir):
+    from studio.training.models import load_base_model
+
+    path, _ = encoder_dir("cls")
+    poolers = []
+    for seed in (1, 2):  # the seed training sets before loading; evaluation sets none
+        torch.manual_seed(seed)
+        poolers.append(load_base_model(path, "classification", labels=[0, 1]).bert.pooler.dense.weight)
+    assert torch.equal(poolers[0], poolers[1])
+
+
+def test_token_pooling_refuses_a_model_without_a_bert_pooler():
+    from types import SimpleNamespace
+
+    model = torch.nn.Linear(2, 2)
+    model.config = SimpleNamespace(classifier_pooling="mean")
+    with pytest.raises(ValueError, match="BERT-like"):
+        apply_classifier_pooling(model)
+    model.config = SimpleNamespace(classifier_pooling="first")
+    with pytest.raises(ValueError, match="one of"):
+        apply_classifier_pooling(model)
+    model.config = SimpleNamespace()
+    assert apply_classifier_pooling(model) == "cls"
