@@ -63,8 +63,8 @@ def run(env, request, reporter=None):
     return get_handler(request.kind)(request, reporter, env.ctx(job.id)), reporter
 
 
-def train(env, task: str, keep: int = KEEP, seed: int = 7, r: int = 2):
-    request = make_request("lora", {"r": r, "lora_alpha": 2 * r}, seed=seed, max_steps=STEPS, keep_checkpoints=keep)
+def train(env, task: str, keep: int = KEEP, seed: int = 7, r: int = 2, steps: int = STEPS):
+    request = make_request("lora", {"r": r, "lora_alpha": 2 * r}, seed=seed, max_steps=steps, keep_checkpoints=keep)
     request = request.model_copy(
         update={"base_model": str(env.base), "dataset_id": env.datasets[task].id, "name": task}
     )
@@ -138,15 +138,16 @@ def test_keep_generator_generate_end_to_end(env):
     assert f"adapter:{made.id}" in targets and f"adapter:{gen.id}" not in targets
 
     # 5. A generator over adapters that kept no checkpoints says so and uses the final adapters.
-    plain_a, _ = train(env, "colours", keep=0)
-    plain_b, _ = train(env, "numbers", keep=0, seed=8)
+    # (one step each: only their shapes and missing checkpoints matter from here on)
+    plain_a, _ = train(env, "colours", keep=0, steps=1)
+    plain_b, _ = train(env, "numbers", keep=0, seed=8, steps=1)
     request = GeneratorRequest(adapter_ids=[plain_a.id, plain_b.id], preset="tiny", epochs=2, examples=5)
     result, reporter = run(env, request)
     assert result["checkpoints"] == 2
     assert any(level == "warning" and "kept no checkpoints" in m for level, m in reporter.logs)
 
     # Refusals: another shape, a generator as a source, a plain adapter as a generator.
-    other_rank, _ = train(env, "numbers", keep=0, r=4)
+    other_rank, _ = train(env, "numbers", keep=0, r=4, steps=1)
     with pytest.raises(ValidationFailed, match="same LoRA tensors"):
         env.jobs._check_references(GeneratorRequest(adapter_ids=[plain_a.id, other_rank.id]))
     with pytest.raises(ValidationFailed, match="is a generator"):

@@ -28,14 +28,27 @@ def simulate(tmp_path, tiny_llama_dir, name, **overrides):
     return result, rounds
 
 
+@pytest.fixture(scope="module")
+def run_method(tmp_path_factory, tiny_llama_dir):
+    """The default simulation of a method, run once per module: its tests read the same run."""
+    runs = {}
+
+    def run(method):
+        if method not in runs:
+            runs[method] = simulate(tmp_path_factory.mktemp(f"sim-{method}"), tiny_llama_dir, method, method=method)
+        return runs[method]
+
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["fedit", "ffa", "flora", "lora_fair"])
-def test_federated_rounds_lower_validation_loss_and_export_peft(tmp_path, tiny_llama_dir, method):
+def test_federated_rounds_lower_validation_loss_and_export_peft(run_method, tiny_llama_dir, method):
     from peft import PeftModel
 
     from studio.training.models import load_base_model
 
-    result, rounds = simulate(tmp_path, tiny_llama_dir, method, method=method)
+    result, rounds = run_method(method)
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert result.val_loss[2] < result.val_loss[0] - 0.05
     assert set(result.client_loss[1]) == {0, 1, 2} and all(v > 0 for v in result.client_loss[1].values())
@@ -54,9 +67,9 @@ def test_federated_rounds_lower_validation_loss_and_export_peft(tmp_path, tiny_l
 
 
 @pytest.mark.slow
-def test_ffa_sends_half_the_bytes_of_fedit(tmp_path, tiny_llama_dir):
-    fedit, _ = simulate(tmp_path, tiny_llama_dir, "fedit", method="fedit", rounds=1)
-    ffa, _ = simulate(tmp_path, tiny_llama_dir, "ffa", method="ffa", rounds=1)
+def test_ffa_sends_half_the_bytes_of_fedit(run_method):
+    fedit, _ = run_method("fedit")  # the same runs as above: same clients, rounds and LoRA shapes
+    ffa, _ = run_method("ffa")
     assert fedit.bytes_up[1] > 0
     assert ffa.bytes_up[1] * 2 == fedit.bytes_up[1]
     assert ffa.bytes_down[1] * 2 == fedit.bytes_down[1]

@@ -44,9 +44,9 @@ def dataset_id(registry, tmp_path):
     return register_chat_dataset(registry, write_jsonl(tmp_path / "data.jsonl", chat_rows(12))).id
 
 
-def make_sweep(base_dir, dataset_id, **fields) -> SweepRequest:
+def make_sweep(base_dir, dataset_id, max_steps=12, **fields) -> SweepRequest:
     hyper = TrainingHyperParams(
-        max_steps=12, batch_size=4, max_length=64, warmup_ratio=0.0, validation_fraction=0.25,
+        max_steps=max_steps, batch_size=4, max_length=64, warmup_ratio=0.0, validation_fraction=0.25,
         log_every=1, eval_every=1, save_every=1000, learning_rate=GOOD, precision="fp32",
     )  # fmt: skip
     # No dropout: trials running side by side share torch's global RNG, and equal settings must give equal curves.
@@ -119,7 +119,8 @@ def test_a_six_trial_sweep_runs_two_at_a_time_and_prunes_the_bad_trials(registry
 def test_a_restarted_sweep_reattaches_its_running_trials(registry, settings, dataset_id, tiny_llama_dir):
     from optuna.trial import TrialState
 
-    request = make_sweep(tiny_llama_dir, dataset_id, n_trials=3, pruner="none")
+    # 3 steps: the trials' study states, not their jobs' progress, make them 'running' at the crash
+    request = make_sweep(tiny_llama_dir, dataset_id, max_steps=3, n_trials=3, pruner="none")
     job_id = sweep_job(registry, request)
     with pytest.raises(RuntimeError, match="died"):  # dies at its second loop, with trials 0 and 1 running
         run_sweep(request, CrashAfter(1), registry, job_id, launcher(registry, settings))
@@ -143,7 +144,7 @@ def test_the_charts_are_optunas_plotly_figures(registry, settings, dataset_id, t
     from studio.sweeps.charts import sweep_figures, trials_table
 
     first = [{"learning_rate": GOOD}, {"learning_rate": BAD}]
-    request = make_sweep(tiny_llama_dir, dataset_id, n_trials=2, pruner="none", first_trials=first)
+    request = make_sweep(tiny_llama_dir, dataset_id, max_steps=3, n_trials=2, pruner="none", first_trials=first)
     job_id = sweep_job(registry, request)
     run_sweep(request, MemoryReporter(), registry, job_id, launcher(registry, settings))
 
