@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -164,6 +165,48 @@ def alpaca_canonical(row: dict[str, Any]) -> dict[str, Any]:
     return to_canonical(
         "alpaca", {"instruction": row["instruction"], "input": row.get("input", ""), "output": row["output"]}
     )
+
+
+# Alpaca has no label, so its tasks differ by kind of instruction: the leading verb (or question
+# word) mapped to five categories (federated_real.py's client split, generate_real.py's tasks).
+# Hand-made from the verbs of the first 2,000 rows; an unknown verb is "other". Deterministic: a
+# pure function of the instruction text.
+CATEGORY_VERBS = {
+    "write": (
+        "write", "generate", "create", "compose", "design", "construct", "make", "come", "brainstorm", "develop",
+        "suggest", "produce", "imagine", "formulate", "invent", "draft", "propose", "give", "provide", "offer",
+        "compile", "build", "recommend",
+    ),
+    "explain": (
+        "explain", "describe", "what", "how", "why", "who", "when", "where", "which", "summarize", "summarise",
+        "tell", "discuss", "compare", "analyze", "analyse", "evaluate", "is", "are", "does", "do", "can", "outline",
+        "define", "answer",
+    ),
+    "classify": (
+        "classify", "identify", "categorize", "categorise", "label", "name", "list", "find", "select", "determine",
+        "detect", "choose", "pick", "rank", "calculate", "compute", "predict", "match", "group", "sort", "extract",
+        "estimate", "infer", "solve",
+    ),
+    "rewrite": (
+        "rewrite", "edit", "change", "convert", "translate", "paraphrase", "transform", "rearrange", "reorder",
+        "replace", "correct", "modify", "improve", "shorten", "simplify", "reword", "rephrase", "insert", "add",
+        "remove", "delete", "arrange", "complete", "fill", "reverse", "format",
+    ),
+}  # fmt: skip
+CATEGORY_OF_VERB = {verb: cat for cat, verbs in CATEGORY_VERBS.items() for verb in verbs}
+# "Given a list of numbers, sort them": the verb comes after a leading clause, which is skipped
+LEADING_CLAUSE = re.compile(r"^\s*(given|based on|using|in|for|from|with)\b[^,]*,\s*", re.IGNORECASE)
+
+
+def instruction_category(instruction: str) -> str:
+    """The kind of an Alpaca instruction: write, explain, classify, rewrite or other (see CATEGORY_VERBS).
+
+    The first word after an optional leading clause ("Given ..., ") and an optional "please" decides.
+    """
+    words = re.findall(r"[a-z]+", LEADING_CLAUSE.sub("", instruction).lower())
+    if words and words[0] == "please":
+        words = words[1:]
+    return CATEGORY_OF_VERB.get(words[0], "other") if words else "other"
 
 
 # --- memory and machine --------------------------------------------------------------------------------------------

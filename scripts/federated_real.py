@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
+    CATEGORY_VERBS,
     DEFAULT_BASE,
     DOCS_RESULTS_DIR,
     RESULTS_DIR,
@@ -48,6 +48,7 @@ from bench.common import (  # noqa: E402
     alpaca_rows,
     data_file,
     embedded_settings,
+    instruction_category,
     loadavg,
     machine_info,
     markdown_table,
@@ -66,46 +67,6 @@ DP_EPSILONS = (6.0, 1.0, 3.0)  # the extremes first: the claim compares ε 6 wit
 ALPACA_MAX_CHARS = 500  # instruction + input + output; most such rows fit max_length 128 untruncated
 # a run's settings that must match for --resume to reuse it (the rest is bookkeeping)
 TRAINING_KEYS = ("rows", "dev_rows", "rounds", "local_steps", "learning_rate", "base_model")
-
-# Alpaca has no label, so its clients differ by kind of task: the instruction's leading verb (or
-# question word) mapped to five categories. Hand-made from the verbs of the first 2,000 rows; an
-# unknown verb is "other". Deterministic: a pure function of the instruction text.
-CATEGORY_VERBS = {
-    "write": (
-        "write", "generate", "create", "compose", "design", "construct", "make", "come", "brainstorm", "develop",
-        "suggest", "produce", "imagine", "formulate", "invent", "draft", "propose", "give", "provide", "offer",
-        "compile", "build", "recommend",
-    ),
-    "explain": (
-        "explain", "describe", "what", "how", "why", "who", "when", "where", "which", "summarize", "summarise",
-        "tell", "discuss", "compare", "analyze", "analyse", "evaluate", "is", "are", "does", "do", "can", "outline",
-        "define", "answer",
-    ),
-    "classify": (
-        "classify", "identify", "categorize", "categorise", "label", "name", "list", "find", "select", "determine",
-        "detect", "choose", "pick", "rank", "calculate", "compute", "predict", "match", "group", "sort", "extract",
-        "estimate", "infer", "solve",
-    ),
-    "rewrite": (
-        "rewrite", "edit", "change", "convert", "translate", "paraphrase", "transform", "rearrange", "reorder",
-        "replace", "correct", "modify", "improve", "shorten", "simplify", "reword", "rephrase", "insert", "add",
-        "remove", "delete", "arrange", "complete", "fill", "reverse", "format",
-    ),
-}  # fmt: skip
-CATEGORY_OF_VERB = {verb: cat for cat, verbs in CATEGORY_VERBS.items() for verb in verbs}
-# "Given a list of numbers, sort them": the verb comes after a leading clause, which is skipped
-LEADING_CLAUSE = re.compile(r"^\s*(given|based on|using|in|for|from|with)\b[^,]*,\s*", re.IGNORECASE)
-
-
-def instruction_category(instruction: str) -> str:
-    """The kind of an Alpaca instruction: write, explain, classify, rewrite or other (see CATEGORY_VERBS).
-
-    The first word after an optional leading clause ("Given ..., ") and an optional "please" decides.
-    """
-    words = re.findall(r"[a-z]+", LEADING_CLAUSE.sub("", instruction).lower())
-    if words and words[0] == "please":
-        words = words[1:]
-    return CATEGORY_OF_VERB.get(words[0], "other") if words else "other"
 
 
 def alpaca_category_rows(n: int) -> list[dict[str, Any]]:

@@ -49,7 +49,6 @@ from bench.common import (  # noqa: E402
     add_data_argument,
     add_threads_argument,
     data_file,
-    embedded_settings,
     loadavg,
     machine_info,
     markdown_table,
@@ -59,6 +58,7 @@ from bench.common import (  # noqa: E402
     write_json,
     write_jsonl,
 )
+from bench.inline_studio import Studio  # noqa: E402
 
 E2E_PROMPT = "Write one sentence describing this restaurant: {mr}"
 DEFAULT_WORK = Path("/tmp/transfer-real-work")
@@ -121,43 +121,6 @@ def token_lengths(base_path: Path) -> Callable[[str, str], tuple[int, int]]:
         return len(tokenizer(answer, add_special_tokens=False)["input_ids"]), len(whole)
 
     return lengths
-
-
-# --- the studio ---------------------------------------------------------------------------------------------------
-
-
-class Studio:
-    """The studio's services on an embedded registry in ``work``; each job runs here through ``run_job_inline``."""
-
-    def __init__(self, work: Path):
-        from studio.models.base_models import register_bundled_models
-        from studio.services.container import build_services
-
-        self.svc = build_services(embedded_settings(work / "studio"))
-        register_bundled_models(self.svc.registry)
-
-    def base_path(self, name: str) -> Path:
-        from studio.models.base_models import resolve_base_model
-
-        return resolve_base_model(name, self.svc.settings).path
-
-    def dataset(self, path: Path) -> int:
-        return self.svc.datasets.add(path).id
-
-    def run(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Submit ``request``, run it here; its result plus ``job_id`` and ``seconds`` (wall time)."""
-        from studio.jobs.inline import run_job_inline
-
-        job = self.svc.jobs.submit(request)
-        started = time.perf_counter()
-        done = run_job_inline(
-            job.id, self.svc.registry, self.svc.settings, lambda i: self.svc.jobs.wait(i, poll_seconds=2.0)
-        )
-        seconds = time.perf_counter() - started
-        if done.status != "succeeded":
-            raise SystemExit(f"job {job.id} ({request['kind']}) ended {done.status}: {done.error}")
-        print(f"job {job.id} {request['kind']} done in {seconds:.0f} s", flush=True)
-        return {**(done.result or {}), "job_id": job.id, "seconds": seconds}
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
