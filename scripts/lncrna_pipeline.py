@@ -17,11 +17,23 @@ embedded SQLite registry in a temporary data dir), on one CPU thread by default:
 
 Test metrics per sequence: accuracy, F1, MCC, AUROC. Times are wall-clock on this machine.
 
-    python scripts/lncrna_pipeline.py --data DIR            # the documented run (~25 min on 1 thread, loaded CPU)
-    python scripts/lncrna_pipeline.py --data DIR --quick    # a few minutes: smaller encoder, fewer steps
-    python scripts/lncrna_pipeline.py --quick               # the in-repo sample (data/samples/lncrna_athaliana)
+Two recipes (``--recipe``):
 
-Writes bench/results/lncrna_pipeline[_quick].json and prints a Markdown table.
+- ``windows`` (the default, the documented run): single-nucleotide tokens, 256-token windows, [CLS]
+  pooling, every window trained on its sequence's label (weighted 1 / windows of its sequence);
+- ``pooled``: the settings that made the synthetic "motif anywhere" test learnable
+  (tests/sequences/test_motif_windows.py): overlapping 3-mers in short windows (66 tokens), the
+  classifier reads the MEAN of a window's token states (``classifier_pooling="mean"``), one loss per
+  sequence on the smooth max (log-sum-exp) of its windows' logits (``window_loss="pooled_max"``,
+  batches count sequences), and the new head learns at its own, larger rate (``head_learning_rate``).
+  (b) uses the same pooling, loss and head rate. Steps are sized for ~30 min on one loaded thread.
+
+    python scripts/lncrna_pipeline.py --data DIR                    # the documented run (~25 min on 1 thread, loaded CPU)
+    python scripts/lncrna_pipeline.py --data DIR --recipe pooled    # mean pooling + pooled_max loss (~30 min)
+    python scripts/lncrna_pipeline.py --data DIR --quick            # a few minutes: smaller encoder, fewer steps
+    python scripts/lncrna_pipeline.py --quick                       # the in-repo sample (data/samples/lncrna_athaliana)
+
+Writes bench/results/lncrna_pipeline[_pooled][_quick].json and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ sys.path.insert(0, str(REPO_ROOT))
 DEFAULT_DATA = REPO_ROOT / "data" / "samples" / "lncrna_athaliana"
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
-# (encoder, LoRA, full fine-tuning) settings; "full" is the documented run.
+# (encoder, LoRA, full fine-tuning) settings of the "windows" recipe; "full" is the documented run.
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "pretrain": dict(
@@ -77,6 +89,80 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+# The "pooled" recipe: the motif test's three settings on short 3-mer windows. Steps were sized from
+# a probe on the full data (``--steps 20,10,10``, 1 thread, load average 4.4 on the 2 shared cores):
+# pre-training 0.14 s a step of 32 windows, LoRA 1.2 s and full fine-tuning 0.6 s a step of 8
+# sequences (~180 windows), evaluation 42 s with the baseline: ~20 min in all at that load.
+POOLED_SIZES: dict[str, dict[str, Any]] = {
+    "full": {
+        "pretrain": dict(
+            tokenizer="kmer",
+            k=3,
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            max_length=66,  # 64 3-mers: short windows, so local evidence is not diluted by the mean
+            window_overlap=8,
+            classifier_pooling="mean",
+            max_steps=2000,  # 64 k windows, ~1.4 passes over the 44.9 k training windows
+            batch_size=32,
+            learning_rate=3e-3,
+            warmup_ratio=0.1,
+        ),
+        # batch_size counts SEQUENCES here (all their windows in one micro-batch)
+        # 400 steps × 8 sequences: ~1.6 passes over the 1,995 training sequences (~22 windows each)
+        "lora": dict(max_steps=400, batch_size=8, learning_rate=5e-3, head_learning_rate=0.2, rank=16),
+        "full_ft": dict(max_steps=400, batch_size=8, learning_rate=5e-4, head_learning_rate=0.2),
+    },
+    "quick": {
+        "pretrain": dict(
+            tokenizer="kmer",
+            k=3,
+            hidden_size=32,
+            num_layers=1,
+            num_heads=2,
+            max_length=66,
+            window_overlap=8,
+            classifier_pooling="mean",
+            max_steps=40,
+            batch_size=32,
+            learning_rate=3e-3,
+            warmup_ratio=0.1,
+        ),
+        "lora": dict(max_steps=30, batch_size=8, learning_rate=5e-3, head_learning_rate=0.2, rank=8),
+        "full_ft": dict(max_steps=30, batch_size=8, learning_rate=1e-3, head_learning_rate=0.2),
+    },
+}
+RECIPES = {"windows": SIZES, "pooled": POOLED_SIZES}
+
+
+def recipe_sizes(recipe: str, quick: bool) -> dict[str, dict[str, Any]]:
+    """The (pretrain, lora, full_ft) settings of ``recipe`` (``windows`` or ``pooled``), quick or full."""
+    return RECIPES[recipe]["quick" if quick else "full"]
+
+
+def results_path(recipe: str, quick: bool) -> Path:
+    """bench/results/lncrna_pipeline[_pooled][_quick].json: each recipe keeps its own results."""
+    suffix = ("" if recipe == "windows" else f"_{recipe}") + ("_quick" if quick else "")
+    return RESULTS_DIR / f"lncrna_pipeline{suffix}.json"
+
+
+def lora_hyper(lora: dict[str, Any]) -> dict[str, Any]:
+    """TrainingHyperParams fields of a LoRA setting: the pooled recipe adds its window loss and head rate."""
+    hyper = dict(
+        max_steps=lora["max_steps"],
+        batch_size=lora["batch_size"],
+        learning_rate=lora["learning_rate"],
+        validation_fraction=0.05,
+        eval_every=100_000,
+        log_every=20,
+        save_every=100_000,
+    )
+    if "head_learning_rate" in lora:
+        hyper.update(window_loss="pooled_max", head_learning_rate=lora["head_learning_rate"], warmup_ratio=0.05)
+    return hyper
+
+
 class Reporter:
     """The handlers' reporter: logs to stdout with a timestamp, keeps metrics, never cancels."""
 
@@ -94,8 +180,9 @@ class Reporter:
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self.inner.metrics(step, values)
-        if "loss" in values and step % 100 == 0:
-            print(f"[{self.name}] step {step}: loss {values['loss']:.4f}", flush=True)
+        if "loss" in values and step % 20 == 0:
+            elapsed = time.monotonic() - self.began
+            print(f"[{self.name} {elapsed:7.1f}s] step {step}: loss {values['loss']:.4f}", flush=True)
 
 
 def studio_env(data_dir: Path) -> Any:
@@ -134,47 +221,74 @@ def run_job(env: Any, request: Any, name: str) -> tuple[dict[str, Any], float]:
 
 
 def full_fine_tune(encoder_dir: Path, train_rows: list, test_rows: list, labels: list, cfg: dict, seed: int) -> dict:
-    """(b): every weight of the pre-trained encoder + a new head trained on the windows; scored per sequence."""
+    """(b): every weight of the pre-trained encoder + a new head trained on the windows; scored per sequence.
+
+    With ``head_learning_rate`` in ``cfg`` (the pooled recipe) it trains like ``window_loss="pooled_max"``:
+    ``batch_size`` sequences a step, all their windows, one cross-entropy per sequence on the log-sum-exp
+    of its windows' logits, the head in its own AdamW group; scoring then pools by max too. The
+    encoder's ``classifier_pooling`` (mean for the pooled recipe) is applied as the studio does.
+    """
     import random
 
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
 
     from studio.evaluation.classification import classification_report, softmax
-    from studio.sequences.windows import pool_logits
+    from studio.sequences.pooling import apply_classifier_pooling
+    from studio.sequences.windows import pool_logits, pool_rows
     from studio.training.data import collate
     from studio.training.tokenise import encode_rows
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
     model = BertForSequenceClassification.from_pretrained(encoder_dir, num_labels=len(labels))
+    pooling = apply_classifier_pooling(model)
     limit = model.config.max_position_embeddings
     train = encode_rows(train_rows, tokenizer, task="classification", max_length=limit, labels=labels).examples
     test = encode_rows(test_rows, tokenizer, task="classification", max_length=limit, labels=labels).examples
     steps = cfg["max_steps"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=0.01)
+    pooled = "head_learning_rate" in cfg
+    if pooled:
+        head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
+        body = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
+        groups = [{"params": body, "lr": cfg["learning_rate"]}, {"params": head, "lr": cfg["head_learning_rate"]}]
+        optimizer = torch.optim.AdamW(groups, lr=cfg["learning_rate"], weight_decay=0.01)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=0.01)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)
+    windows_of: dict[int, list[int]] = {}
+    for i, e in enumerate(train):
+        windows_of.setdefault(e["sequence"], []).append(i)
+    units = list(windows_of.values()) if pooled else [[i] for i in range(len(train))]
     rng = random.Random(seed)
     order: list[int] = []
     began = time.monotonic()
     model.train()
     for step in range(steps):
         if len(order) < cfg["batch_size"]:
-            fresh = list(range(len(train)))
+            fresh = list(range(len(units)))
             rng.shuffle(fresh)
             order += fresh
         chosen, order = order[: cfg["batch_size"]], order[cfg["batch_size"] :]
-        batch = collate([train[i] for i in chosen], tokenizer.pad_token_id)
+        rows = [i for u in chosen for i in units[u]]
+        batch = collate([train[i] for i in rows], tokenizer.pad_token_id)
         logits_b = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        # the studio's loss: each window weighted 1 / (windows of its sequence), weights averaging 1
-        per_row = torch.nn.functional.cross_entropy(logits_b, batch["labels"], reduction="none")
-        loss = (per_row * batch["weight"]).mean()
+        if pooled:
+            # one loss per sequence: smooth max of its windows' logits (as window_loss="pooled_max")
+            index = torch.tensor([k for k, u in enumerate(chosen) for _ in units[u]], dtype=torch.long)
+            per_sequence = pool_rows(logits_b, index, len(chosen), "max")
+            targets = torch.tensor([train[units[u][0]]["labels"] for u in chosen], dtype=torch.long)
+            loss = torch.nn.functional.cross_entropy(per_sequence, targets)
+        else:
+            # the studio's loss: each window weighted 1 / (windows of its sequence), weights averaging 1
+            per_row = torch.nn.functional.cross_entropy(logits_b, batch["labels"], reduction="none")
+            loss = (per_row * batch["weight"]).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-        if step % 100 == 0:
+        if step % (20 if pooled else 100) == 0:
             print(f"[full-ft {time.monotonic() - began:7.1f}s] step {step}/{steps}: loss {loss.item():.4f}", flush=True)
     tuning_s = time.monotonic() - began
     model.eval()
@@ -184,11 +298,11 @@ def full_fine_tune(encoder_dir: Path, train_rows: list, test_rows: list, labels:
             batch = collate(test[start : start + 32], tokenizer.pad_token_id)
             logits += model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.tolist()
     window_hits = [max(range(len(r)), key=r.__getitem__) == e["labels"] for r, e in zip(logits, test, strict=True)]
-    order_ids, pooled = pool_logits(logits, [e["sequence"] for e in test])
+    order_ids, pooled_logits = pool_logits(logits, [e["sequence"] for e in test], "max" if pooled else "mean")
     label_of = {e["sequence"]: e["labels"] for e in test}
     expected = [label_of[s] for s in order_ids]
-    predicted = pooled.argmax(-1).tolist()
-    report = classification_report(expected, softmax(pooled), labels)
+    predicted = pooled_logits.argmax(-1).tolist()
+    report = classification_report(expected, softmax(pooled_logits), labels)
     accuracy = sum(p == e for p, e in zip(predicted, expected, strict=True)) / len(expected)
     return {
         "metrics": {"accuracy": accuracy, "window_accuracy": sum(window_hits) / len(window_hits), **report["metrics"]},
@@ -196,6 +310,8 @@ def full_fine_tune(encoder_dir: Path, train_rows: list, test_rows: list, labels:
         "tuning_s": tuning_s,
         "scoring_s": time.monotonic() - began - tuning_s,
         "steps": steps,
+        "classifier_pooling": pooling,
+        "window_pooling": "max" if pooled else "mean",
         "train_windows": len(train),
         "test_windows": len(test),
         "trainable_parameters": sum(p.numel() for p in model.parameters()),
@@ -220,6 +336,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with train.jsonl and test.jsonl")
     parser.add_argument("--quick", action="store_true", help="a small encoder and few steps (minutes)")
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="windows",
+        help="windows: the documented run; pooled: 3-mer windows of 66, mean pooling, pooled_max loss, head rate",
+    )
+    parser.add_argument(
+        "--steps",
+        default=None,
+        help="PRETRAIN,LORA,FULL_FT: override the recipe's max_steps (a short probe to time steps before a run)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench/results/...)")
@@ -230,8 +357,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from studio.schema import EvalRequest, PretrainRequest, TrainingHyperParams, TrainRequest
 
-    sizes = SIZES["quick" if args.quick else "full"]
-    out = args.out or RESULTS_DIR / f"lncrna_pipeline{'_quick' if args.quick else ''}.json"
+    sizes = recipe_sizes(args.recipe, args.quick)
+    if args.steps:
+        sizes = {stage: dict(cfg) for stage, cfg in sizes.items()}
+        for stage, n in zip(("pretrain", "lora", "full_ft"), args.steps.split(","), strict=True):
+            sizes[stage]["max_steps"] = int(n)
+    out = args.out or results_path(args.recipe, args.quick)
     began = time.monotonic()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="lncrna-") as tmp:
@@ -262,15 +393,7 @@ def main() -> None:
             variant="lora",
             seed=args.seed,
             variant_params={"r": lora["rank"], "lora_alpha": 2 * lora["rank"]},
-            hyper=TrainingHyperParams(
-                max_steps=lora["max_steps"],
-                batch_size=lora["batch_size"],
-                learning_rate=lora["learning_rate"],
-                validation_fraction=0.05,
-                eval_every=100_000,
-                log_every=20,
-                save_every=100_000,
-            ),
+            hyper=TrainingHyperParams(**lora_hyper(lora)),
         )
         train_result, lora_s = run_job(env, train, "lora")
         evaluation = EvalRequest(
@@ -298,6 +421,7 @@ def main() -> None:
     result = {
         "data": str(args.data.name),
         "quick": args.quick,
+        "recipe": args.recipe,
         "threads": args.threads,
         "load_average_at_start": [round(x, 2) for x in load],
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
