@@ -225,8 +225,9 @@ def _encode_windowed(
         log(
             f"{long_rows} of {len(rows)} sequences are longer than {max_length} tokens: read whole as "
             f"{len(out.examples)} overlapping windows in all (overlap {overlap_of(tokenizer)} tokens), "
-            "predictions pooled per sequence (mean of the windows' logits); each window's loss weighted "
-            "by 1 / (windows of its sequence), so that every sequence counts once"
+            "predictions pooled per sequence (the windows' logits averaged, or log-sum-exp pooled with "
+            "window_loss pooled_max); with the per-window loss each window's loss is weighted by "
+            "1 / (windows of its sequence), so that every sequence counts once"
         )
     return out
 
