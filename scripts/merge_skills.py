@@ -9,6 +9,10 @@ scored on HELD-OUT rows of both tasks: the response-token loss of the eval job. 
 a user asks is whether one merged adapter keeps both skills; the table answers it with
 numbers, as each task's share of its specialist's gain over the base.
 
+``--skills gsm8k,e2e,alpaca`` adds adapter C, trained on Alpaca (instruction + input -> output),
+and merges all three (LEGO at k = mean r, Σr/2 and Σr = 8, 12 and 24); that run writes
+``bench/results/merge_skills_three.json`` and its own section of the doc, below the two-skill one.
+
 The embedded studio lives in ``--work`` (kept between runs): specialists, merges and scores
 of an identical set-up are reused, so a rerun only does what is missing, and
 ``scripts/mixture_skills.py`` builds its mixture from the same specialists.
@@ -21,6 +25,8 @@ worker runs), no queue in between.
     python scripts/merge_skills.py --steps 5 --eval-rows 8 --doc /tmp/m.md --out /tmp/m.json   # a quick look
     python scripts/merge_skills.py --render        # rewrite the doc from bench/results/merge_skills.json
     python scripts/merge_skills.py --steps 16 --train-rows 64 --lr 1e-3 --max-length 256 --eval-rows 12 --data DIR   # the 2-core run
+    python scripts/merge_skills.py --steps 16 --train-rows 64 --lr 1e-3 --max-length 256 --eval-rows 12 --data DIR \
+        --skills gsm8k,e2e,alpaca   # the three-skill run (reuses A and B from --work)
 """
 
 from __future__ import annotations

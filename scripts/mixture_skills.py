@@ -1,4 +1,4 @@
-"""A MeteoRA mixture on real data: the GSM8K and E2E specialists of scripts/merge_skills.py as two routed experts.
+"""A MeteoRA mixture on real data: the specialists of scripts/merge_skills.py (GSM8K, E2E, Alpaca) as routed experts.
 
 The ``mixture`` job (the studio's own path: ``JobService.submit`` + ``execute_job`` on the
 embedded registry of ``--work``) gets the two specialists and their training sets and trains
@@ -16,7 +16,10 @@ Specialists, merges and scores come from the cache that merge_skills.py keeps in
 
     python scripts/mixture_skills.py --steps 16 --train-rows 64 --lr 1e-3 --max-length 256 --eval-rows 12 \
         --mixture-steps 10 --mixture-batch 4 --mixture-lr 5e-3 --data DIR   # the documented run
-    python scripts/mixture_skills.py ... --render    # rewrite docs/results/mixture.md from the JSON
+    python scripts/mixture_skills.py --steps 16 --train-rows 64 --lr 1e-3 --max-length 256 --eval-rows 12 \
+        --skills gsm8k,e2e,alpaca --mixture-steps 60 --mixture-batch 4 --mixture-lr 5e-3 \
+        --mixture-max-length 128 --data DIR   # three experts (+ the Alpaca specialist): mixture_skills_three.json
+    python scripts/mixture_skills.py ... --render    # rewrite docs/results/mixture.md from both JSONs
 """
 
 from __future__ import annotations
