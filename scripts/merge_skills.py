@@ -635,8 +635,9 @@ def render_three(record: dict[str, Any], json_name: str) -> str:
             f"- **C** on the first {args['train_rows']} rows of `alpaca/train.jsonl` (instruction + input → output, the"
             " studio's Alpaca importer), scored on the first"
             f" {args['eval_rows']} rows of `alpaca/test.jsonl`. A and B were trained again from the same rows and"
-            " seed (the cache of the two-skill run was gone), so their losses can differ from the table above in the"
-            " last digit.",
+            " seed (the two-skill run's cache was gone) and came out the same (identical final training loss to the"
+            " last digit), so the base model's and their GSM8K and E2E scores are the two-skill run's; every other"
+            " number was measured in this run.",
             f"- Merges of A, B and C (in that order): ranks default to Σr = {sum(record['ranks'])}; LoRA-LEGO at k ="
             f" mean r, Σr/2 and Σr ({', '.join(str(k) for k in ks) or 'not run'}); linear at 1/3 each and 1 + 1 + 1;"
             " PEFT `cat` with weights 1, 1, 1.",
