@@ -339,9 +339,17 @@ MERGE_KEYS = ("adapter_id", "method", "weights", "rank_max", "merge_max_error", 
 
 
 def adopt(cache: Cache, other: Cache, section: str, label: str) -> None:
-    """Copy ``label`` of ``section`` from ``other`` (the mixture script's cache) when only it has it: no rework."""
-    if not cache.get(section, label) and other.get(section, label):
-        cache.put(section, label, other.get(section, label))
+    """Take ``label`` of ``section`` from ``other`` (the mixture script's cache) where only it has it: no rework.
+
+    Scores are merged task by task (one cache may hold a label's GSM8K and E2E losses, the other its Alpaca one).
+    """
+    mine, theirs = cache.get(section, label), other.get(section, label)
+    if not theirs:
+        return
+    if not mine:
+        cache.put(section, label, theirs)
+    elif section == "scores" and set(theirs) - set(mine):
+        cache.put(section, label, theirs | mine)
 
 
 def merge_plan(args: argparse.Namespace, ranks: list[int]) -> dict[str, dict[str, Any]]:

@@ -286,3 +286,15 @@ def test_mixture_doc_puts_three_experts_first(tmp_path):
     assert "Below the 90 % target" not in head and "Below the 90 % target on E2E rows" in earlier
     assert "| Alpaca | 2.000 | 1.000 | 1.020 | +2.0 % | yes | 1.500 | 1.500 |" in head
     assert "linear, 1/3 each" in head and "rows truncated to 128 tokens" in head
+
+
+def test_adopt_merges_scores_task_by_task(tmp_path):
+    mine = merge_skills.Cache(tmp_path, {"k": "1"})
+    theirs = merge_skills.Cache(tmp_path, {"k": "1"}, name="mixture_state.json")
+    mine.put("scores", "base model", {"gsm8k": 1.0, "e2e": 2.0})
+    theirs.put("scores", "base model", {"gsm8k": 9.0, "alpaca": 3.0})
+    theirs.put("merges", "m", {"adapter_id": 7})
+    merge_skills.adopt(mine, theirs, "scores", "base model")
+    merge_skills.adopt(mine, theirs, "merges", "m")
+    assert mine.get("scores", "base model") == {"gsm8k": 1.0, "e2e": 2.0, "alpaca": 3.0}  # its own values win
+    assert merge_skills.Cache(tmp_path, {"k": "1"}).get("merges", "m") == {"adapter_id": 7}
