@@ -202,6 +202,12 @@ def main() -> None:
         "--three", default=str(RESULTS_DIR / "mixture_skills_three.json"), help="the three-expert run's JSON"
     )
     parser.add_argument("--out", default=None, help="this run's JSON (default: --two or --three by --skills)")
+    parser.add_argument(
+        "--earlier",
+        nargs="*",
+        default=[str(RESULTS_DIR / "mixture_skills_three_60steps.json")],
+        help="earlier three-expert runs' JSONs, shown below the latest (missing files are skipped)",
+    )
     parser.add_argument("--render", action="store_true", help="only rewrite --doc from the JSONs of --two and --three")
     args = parser.parse_args()
     use_data(args.data)
@@ -213,7 +219,7 @@ def main() -> None:
     else:
         args.three = args.out
     if args.render:
-        Path(args.doc).write_text(render_doc(args.two, args.three), encoding="utf-8")
+        Path(args.doc).write_text(render_doc(args.two, args.three, tuple(args.earlier)), encoding="utf-8")
         return
     prepare_env(threads=args.threads)
     began = time.perf_counter()
@@ -288,7 +294,7 @@ def main() -> None:
     scores.update(reference_scores(studio, shared, cache, data, args, experts))
     record["wall_seconds"] = time.perf_counter() - began
     write_json(args.out, record)
-    Path(args.doc).write_text(render_doc(args.two, args.three), encoding="utf-8")
+    Path(args.doc).write_text(render_doc(args.two, args.three, tuple(args.earlier)), encoding="utf-8")
     print(Path(args.doc).read_text())
 
 
@@ -354,10 +360,12 @@ def save_figure_json(
     return path
 
 
-def render_doc(two: str, three: str) -> str:
-    """docs/results/mixture.md: the three-expert run first (when its JSON is there), then the two-expert run."""
-    runs = [json.loads(Path(path).read_text()) for path in (three, two) if path and Path(path).is_file()]
-    names = [Path(path).name for path in (three, two) if path and Path(path).is_file()]
+def render_doc(two: str, three: str, earlier: tuple[str, ...] = ()) -> str:
+    """docs/results/mixture.md: the three-expert run first (when its JSON is there), then ``earlier`` runs, then the
+    two-expert run."""
+    paths = [path for path in (three, *earlier, two) if path and Path(path).is_file()]
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    names = [Path(path).name for path in paths]
     if not runs:
         return ""
     text = render(runs[0], names[0])
@@ -365,7 +373,8 @@ def render_doc(two: str, three: str) -> str:
         body = render(record, name)
         body = body[body.index("## Set-up") :].replace("## ", "### ")
         n = NUMBERS[len(skills_of(record["args"]))]
-        text += f"\n## Earlier run: {n} experts ({' and '.join(_names(record))})\n\n{body}"
+        steps = record["mixture"]["steps"]
+        text += f"\n## Earlier run: {n} experts ({', '.join(_names(record))}), {steps} router steps\n\n{body}"
     return text
 
 

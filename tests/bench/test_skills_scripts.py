@@ -282,7 +282,7 @@ def test_mixture_doc_puts_three_experts_first(tmp_path):
     (tmp_path / "two.json").write_text(json.dumps(run(("gsm8k", "e2e"), [0.97, 0.23])))
     text = mixture_skills.render_doc(str(tmp_path / "two.json"), str(tmp_path / "three.json"))
     assert text.startswith("# A MeteoRA mixture on real data: the GSM8K, E2E and Alpaca specialists")
-    head, earlier = text.split("## Earlier run: two experts (GSM8K and E2E)")
+    head, earlier = text.split("## Earlier run: two experts (GSM8K, E2E), 60 router steps")
     assert "Below the 90 % target" not in head and "Below the 90 % target on E2E rows" in earlier
     assert "| Alpaca | 2.000 | 1.000 | 1.020 | +2.0 % | yes | 1.500 | 1.500 |" in head
     assert "linear, 1/3 each" in head and "rows truncated to 128 tokens" in head
