@@ -621,6 +621,21 @@ def render(record: dict[str, Any]) -> str:
 NUMBERS = {2: "two", 3: "three"}
 
 
+def small_gain_note(scores: dict[str, dict[str, float]], skills: tuple[str, ...]) -> list[str]:
+    """A warning (and a blank line) for a specialist that gained under 10 % on its task: its share is noisy."""
+    notes = []
+    for skill in skills:
+        base, own = scores["base model"][skill], scores[SPECIALISTS[skill]][skill]
+        if (base - own) / base < 0.10:
+            notes.append(
+                f"{SPECIALISTS[skill].split(':')[0]} gained only {(base - own) / base:.1%} on {TASK_NAMES[skill]}"
+                f" ({base:.3f} → {own:.3f}), so its share column divides by a small gain: a difference of 0.01 in"
+                " loss moves it"
+                f" by {0.01 / (base - own):.0%}."
+            )
+    return [" ".join(notes), ""] if notes else []
+
+
 def render_three(record: dict[str, Any], json_name: str) -> str:
     """The three-skill section of docs/results/merging.md (the set-up of the two-skill run plus an Alpaca specialist)."""
     args, scores, machine = record["args"], record["eval_loss"], record["machine"]
@@ -660,6 +675,7 @@ def render_three(record: dict[str, Any], json_name: str) -> str:
             "",
             gains_table(record),
             "",
+            *small_gain_note(scores, skills),
             lego_verdict(scores, skills),
             "",
             "### Merges",

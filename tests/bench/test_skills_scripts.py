@@ -298,3 +298,14 @@ def test_adopt_merges_scores_task_by_task(tmp_path):
     merge_skills.adopt(mine, theirs, "merges", "m")
     assert mine.get("scores", "base model") == {"gsm8k": 1.0, "e2e": 2.0, "alpaca": 3.0}  # its own values win
     assert merge_skills.Cache(tmp_path, {"k": "1"}).get("merges", "m") == {"adapter_id": 7}
+
+
+def test_small_gain_note_names_a_weak_specialist():
+    scores = {
+        "base model": {"gsm8k": 2.0, "alpaca": 2.0},
+        "A: LoRA on GSM8K": {"gsm8k": 1.0},
+        "C: LoRA on Alpaca": {"alpaca": 1.9},
+    }
+    note = merge_skills.small_gain_note(scores, ("gsm8k", "alpaca"))
+    assert len(note) == 2 and note[0].startswith("C gained only 5.0% on Alpaca") and "by 10%" in note[0]
+    assert merge_skills.small_gain_note(scores, ("gsm8k",)) == []
