@@ -9,6 +9,10 @@ scored on HELD-OUT rows of both tasks: the response-token loss of the eval job. 
 a user asks is whether one merged adapter keeps both skills; the table answers it with
 numbers, as each task's share of its specialist's gain over the base.
 
+``--skills gsm8k,e2e,alpaca`` adds adapter C, trained on Alpaca (instruction + input -> output),
+and merges all three (LEGO at k = mean r, Σr/2 and Σr = 8, 12 and 24); that run writes
+``bench/results/merge_skills_three.json`` and its own section of the doc, below the two-skill one.
+
 The embedded studio lives in ``--work`` (kept between runs): specialists, merges and scores
 of an identical set-up are reused, so a rerun only does what is missing, and
 ``scripts/mixture_skills.py`` builds its mixture from the same specialists.
@@ -21,6 +25,8 @@ worker runs), no queue in between.
     python scripts/merge_skills.py --steps 5 --eval-rows 8 --doc /tmp/m.md --out /tmp/m.json   # a quick look
     python scripts/merge_skills.py --render        # rewrite the doc from bench/results/merge_skills.json
     python scripts/merge_skills.py --steps 16 --train-rows 64 --lr 1e-3 --max-length 256 --eval-rows 12 --data DIR   # the 2-core run
+    python scripts/merge_skills.py --steps 16 --train-rows 64 --lr 1e-3 --max-length 256 --eval-rows 12 --data DIR \
+        --skills gsm8k,e2e,alpaca   # the three-skill run (reuses A and B from --work)
 """
 
 from __future__ import annotations
@@ -67,6 +73,12 @@ def e2e_rows(name: str, start: int, count: int) -> list[dict[str, str]]:
     return [{"prompt": E2E_PROMPT.format(mr=r["mr"]), "completion": r["ref"]} for r in rows]
 
 
+def alpaca_rows(name: str, start: int, count: int) -> list[dict[str, str]]:
+    """Alpaca rows as they are (instruction/input/output): the studio's importer knows the format."""
+    rows = take_rows(read_jsonl(data_file("alpaca", name))[start:], count, f"alpaca/{name}")
+    return [{"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]} for r in rows]
+
+
 class Studio:
     """Services on an embedded registry; each submitted job runs here at once, as a worker would run it."""
 
@@ -106,8 +118,26 @@ class _NoQueue:
 
 
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "merge-skills-work"
-SPECIALISTS = {"gsm8k": "A: LoRA on GSM8K", "e2e": "B: LoRA on E2E"}
-TASKS = (("gsm8k", "gsm8k-test"), ("e2e", "e2e-dev"))
+SPECIALISTS = {"gsm8k": "A: LoRA on GSM8K", "e2e": "B: LoRA on E2E", "alpaca": "C: LoRA on Alpaca"}
+# skill -> its held-out data set (the scored rows)
+HELD_OUT = {"gsm8k": "gsm8k-test", "e2e": "e2e-dev", "alpaca": "alpaca-test"}
+TASK_NAMES = {"gsm8k": "GSM8K", "e2e": "E2E", "alpaca": "Alpaca"}
+TWO_SKILLS = ("gsm8k", "e2e")
+TASKS = tuple((skill, HELD_OUT[skill]) for skill in TWO_SKILLS)
+
+
+def skills_of(args: Any) -> tuple[str, ...]:
+    """The run's skills, in expert order (an args namespace or a record's args dict; two skills when unsaid)."""
+    value = args.get("skills") if isinstance(args, dict) else getattr(args, "skills", None)
+    if not value:
+        return TWO_SKILLS
+    return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+
+
+def merge_prefix(skills: tuple[str, ...]) -> str:
+    """``merge of A and B: `` / ``merge of A, B and C: ``: the score label of a merge of these specialists."""
+    letters = [SPECIALISTS[s].split(":")[0] for s in skills]
+    return f"merge of {', '.join(letters[:-1])} and {letters[-1]}: "
 
 
 def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +150,12 @@ def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=320)
     parser.add_argument(
         "--work", default=str(DEFAULT_WORK), help="the embedded studio, kept: same set-up = reuse what is there"
+    )
+    parser.add_argument(
+        "--skills",
+        default=",".join(TWO_SKILLS),
+        help="comma-separated specialists to train and combine, in order: gsm8k, e2e, alpaca (not part of the"
+        " cache key: a third skill reuses the other two)",
     )
     add_threads_argument(parser)
     add_data_argument(parser)
@@ -165,9 +201,14 @@ def prepare_specialists(args: argparse.Namespace) -> tuple[Studio, Cache, dict[s
         "e2e-train": lambda: e2e_rows("train.jsonl", 0, args.train_rows),
         "gsm8k-test": lambda: gsm8k_rows("test.jsonl", 0, args.eval_rows),
         "e2e-dev": lambda: e2e_rows("dev.jsonl", 0, args.eval_rows),
+        "alpaca-train": lambda: alpaca_rows("train.jsonl", 0, args.train_rows),
+        "alpaca-test": lambda: alpaca_rows("test.jsonl", 0, args.eval_rows),
     }
+    skills = skills_of(args)
     data = {}
     for name, rows in makers.items():
+        if name.split("-")[0] not in skills:
+            continue  # a data set of a skill this run does not use: not made (the two-skill cache stays as it was)
         data[name] = cache.get("datasets", name) or cache.put(
             "datasets", name, studio.dataset(write_jsonl(work / f"{name}.jsonl", rows()))
         )
@@ -181,7 +222,7 @@ def prepare_specialists(args: argparse.Namespace) -> tuple[Studio, Cache, dict[s
         "eval_every": 100_000,
     }
     trained = {}
-    for skill in ("gsm8k", "e2e"):
+    for skill in skills:
         trained[skill] = cache.get("trained", skill) or cache.put(
             "trained",
             skill,
@@ -204,18 +245,30 @@ def prepare_specialists(args: argparse.Namespace) -> tuple[Studio, Cache, dict[s
     return studio, cache, data, trained
 
 
-def score(studio: Studio, cache: Cache, data: dict[str, int], label: str, target: dict[str, Any], rows: int) -> dict:
-    """Held-out response-token loss of ``target`` (an adapter or the base) on both tasks, cached by label."""
-    cached = cache.get("scores", label)
-    if cached:
-        return cached
-    losses = {}
-    for task, dataset in TASKS:
+def score(
+    studio: Studio,
+    cache: Cache,
+    data: dict[str, int],
+    label: str,
+    target: dict[str, Any],
+    rows: int,
+    skills: tuple[str, ...] = TWO_SKILLS,
+) -> dict:
+    """Held-out response-token loss of ``target`` (an adapter or the base) on every skill's task, cached by label.
+
+    A label scored before on fewer tasks (the two-skill run) is only scored on the missing ones.
+    """
+    losses = dict(cache.get("scores", label) or {})
+    missing = [skill for skill in skills if skill not in losses]
+    if not missing:
+        return losses
+    for task in missing:
         result = studio.run(
-            {"kind": "eval", "dataset_id": data[dataset], "metrics": ["loss"], "max_examples": rows, **target}
+            {"kind": "eval", "dataset_id": data[HELD_OUT[task]], "metrics": ["loss"], "max_examples": rows, **target}
         )
         losses[task] = result["metrics"]["eval_loss"]
-    return cache.put("scores", label, losses)
+        cache.put("scores", label, losses)  # each task as it is scored: a stopped run keeps what it measured
+    return losses
 
 
 def _keep(result: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -282,23 +335,47 @@ def peft_cat(studio: Studio, adapter_ids: list[int], name: str) -> dict[str, Any
     }
 
 
+MERGE_KEYS = ("adapter_id", "method", "weights", "rank_max", "merge_max_error", "seconds")
+
+
+def adopt(cache: Cache, other: Cache, section: str, label: str) -> None:
+    """Take ``label`` of ``section`` from ``other`` (the mixture script's cache) where only it has it: no rework.
+
+    Scores are merged task by task (one cache may hold a label's GSM8K and E2E losses, the other its Alpaca one).
+    """
+    mine, theirs = cache.get(section, label), other.get(section, label)
+    if not theirs:
+        return
+    if not mine:
+        cache.put(section, label, theirs)
+    elif section == "scores" and set(theirs) - set(mine):
+        cache.put(section, label, theirs | mine)
+
+
 def merge_plan(args: argparse.Namespace, ranks: list[int]) -> dict[str, dict[str, Any]]:
-    """Label -> merge request fields: linear, TIES, DARE and LEGO at k = mean r, Σr/2, Σr (equal ks run once)."""
+    """Label -> merge request fields: linear, TIES, DARE and LEGO at k = mean r, Σr/2, Σr (equal ks run once).
+
+    One rank per parent: two parents give the two-skill labels (``linear, 0.5 + 0.5``), three the
+    three-skill ones (``linear, 1/3 each``, ``1 + 1 + 1``).
+    """
+    n = len(ranks)
+    ones = " + ".join(["1"] * n)
+    mean = "0.5 + 0.5" if n == 2 else f"1/{n} each"
     plan: dict[str, dict[str, Any]] = {
-        "linear, 0.5 + 0.5": {"method": "linear"},
-        "linear, 1 + 1": {"method": "linear", "weights": [1.0, 1.0]},
+        f"linear, {mean}": {"method": "linear"},
+        f"linear, {ones}": {"method": "linear", "weights": [1.0] * n},
     }
     ks = {"mean r": round(sum(ranks) / len(ranks)), "Σr/2": round(sum(ranks) / 2), "Σr": sum(ranks)}
     for k in sorted(set(ks.values())):
         names = " = ".join(n for n, v in ks.items() if v == k)
         plan[f"LEGO, k {k} ({names})"] = {"method": "lego", "rank": k}
     plan[f"TIES, density {args.density:g}"] = {"method": "ties", "density": args.density}
-    plan["PEFT cat, 1 + 1"] = {"method": "peft cat"}
+    plan[f"PEFT cat, {ones}"] = {"method": "peft cat"}
     plan[f"DARE-TIES, density {args.density:g}"] = {"method": "dare_ties", "density": args.density, "seed": 0}
-    plan[f"DARE-linear, density {args.density:g}, 1 + 1"] = {
+    plan[f"DARE-linear, density {args.density:g}, {ones}"] = {
         "method": "dare_linear",
         "density": args.density,
-        "weights": [1.0, 1.0],
+        "weights": [1.0] * n,
         "seed": 0,
     }
     return plan
@@ -309,8 +386,14 @@ def main() -> None:
     add_setup_arguments(parser)
     parser.add_argument("--density", type=float, default=0.5)
     parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "merging.md"))
-    parser.add_argument("--out", default=str(RESULTS_DIR / "merge_skills.json"))
-    parser.add_argument("--render", action="store_true", help="only rewrite --doc from the JSON of --out")
+    parser.add_argument("--two", default=str(RESULTS_DIR / "merge_skills.json"), help="the two-skill run's JSON")
+    parser.add_argument(
+        "--three", default=str(RESULTS_DIR / "merge_skills_three.json"), help="the three-skill run's JSON"
+    )
+    parser.add_argument("--out", default=None, help="this run's JSON (default: --two or --three by --skills)")
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite --doc from the JSONs of --two, --three and --earlier"
+    )
     parser.add_argument(
         "--earlier",
         default=str(RESULTS_DIR / "merge_skills_100steps.json"),
@@ -318,41 +401,52 @@ def main() -> None:
     )
     args = parser.parse_args()
     use_data(args.data)
+    skills = skills_of(args)
+    if args.out is None:
+        args.out = args.two if len(skills) == 2 else args.three
+    elif len(skills) == 2:
+        args.two = args.out
+    else:
+        args.three = args.out
     if args.render:
-        record = json.loads(Path(args.out).read_text())
-        Path(args.doc).write_text(render(record) + earlier_section(args.earlier), encoding="utf-8")
+        Path(args.doc).write_text(render_doc(args.two, args.three, args.earlier), encoding="utf-8")
         return
     prepare_env(threads=args.threads)
     began = time.perf_counter()
     load_before = machine_info()["loadavg_1_5_15"]
 
     studio, cache, data, trained = prepare_specialists(args)
-    a, b = trained["gsm8k"]["adapter_id"], trained["e2e"]["adapter_id"]
+    ids = [trained[skill]["adapter_id"] for skill in skills]
     registry = studio.services.registry
-    ranks = [max(registry.get_adapter(i).ranks.values()) for i in (a, b)]
-    references = {
-        "base model": {"base_model": args.base},
-        SPECIALISTS["gsm8k"]: {"adapter_id": a},
-        SPECIALISTS["e2e"]: {"adapter_id": b},
+    ranks = [max(registry.get_adapter(i).ranks.values()) for i in ids]
+    references = {"base model": {"base_model": args.base}}
+    references.update({SPECIALISTS[skill]: {"adapter_id": trained[skill]["adapter_id"]} for skill in skills})
+    other = Cache(Path(args.work), setup_key(args), name="mixture_state.json")  # its linear merges and scores
+    for label in references:
+        adopt(cache, other, "scores", label)
+    scores = {
+        label: score(studio, cache, data, label, target, args.eval_rows, skills) for label, target in references.items()
     }
-    scores = {label: score(studio, cache, data, label, target, args.eval_rows) for label, target in references.items()}
     plan = merge_plan(args, ranks)
+    prefix = merge_prefix(skills)
     merged: dict[str, dict[str, Any]] = {}
     # One merge at a time, scored at once, the doc rewritten after each: a run cut short still documents what it
     # measured (labelled partial).
     for label, fields in plan.items():
-        if not cache.get("merges", label):
+        name = f"{prefix}{label}"  # the cache key too: "TIES, density 0.5" of two and of three skills differ
+        adopt(cache, other, "merges", name)
+        adopt(cache, other, "scores", name)
+        if not cache.get("merges", name):
             if fields["method"] == "peft cat":
-                result = peft_cat(studio, [a, b], label)
+                result = peft_cat(studio, ids, label)
             else:
-                result = studio.run({"kind": "merge", "adapter_ids": [a, b], "name": label, **fields})
-            keys = ("adapter_id", "method", "weights", "rank_max", "merge_max_error", "seconds")
-            cache.put("merges", label, _keep(result, keys))
-        merged[label] = cache.get("merges", label)
-        name = f"merge of A and B: {label}"
-        scores[name] = score(studio, cache, data, name, {"adapter_id": merged[label]["adapter_id"]}, args.eval_rows)
+                result = studio.run({"kind": "merge", "adapter_ids": ids, "name": label, **fields})
+            cache.put("merges", name, _keep(result, MERGE_KEYS))
+        merged[label] = cache.get("merges", name)
+        target = {"adapter_id": merged[label]["adapter_id"]}
+        scores[name] = score(studio, cache, data, name, target, args.eval_rows, skills)
         record = {
-            "args": {k: v for k, v in vars(args).items() if k not in ("render", "earlier")},
+            "args": {k: v for k, v in vars(args).items() if k not in ("render", "earlier", "two", "three")},
             "machine": machine_info(),
             "loadavg_at_start": load_before,
             "wall_seconds": time.perf_counter() - began,
@@ -363,9 +457,17 @@ def main() -> None:
             "eval_loss": scores,
         }
         write_json(args.out, record)
-        Path(args.doc).write_text(render(record) + earlier_section(args.earlier), encoding="utf-8")
+        Path(args.doc).write_text(render_doc(args.two, args.three, args.earlier), encoding="utf-8")
         print(f"merged and scored {label}", flush=True)
     print(Path(args.doc).read_text())
+
+
+def render_doc(two: str, three: str, earlier: str) -> str:
+    """docs/results/merging.md: the two-skill run, the three-skill run (when its JSON is there), the earlier run."""
+    parts = [render(json.loads(Path(two).read_text()))] if Path(two).is_file() else []
+    if three and Path(three).is_file():
+        parts.append(render_three(json.loads(Path(three).read_text()), Path(three).name))
+    return "".join(parts) + earlier_section(earlier)
 
 
 def earlier_section(path: str) -> str:
@@ -384,29 +486,38 @@ def share(scores: dict[str, dict[str, float]], label: str, task: str) -> float:
     return (base - scores[label][task]) / (base - specialist)
 
 
-def render(record: dict[str, Any]) -> str:
-    """docs/results/merging.md from the run's record."""
-    args, scores = record["args"], record["eval_loss"]
+LOSS_HEADERS = {"gsm8k": "GSM8K test loss", "e2e": "E2E dev loss", "alpaca": "Alpaca test loss"}
+
+
+def loss_table(record: dict[str, Any]) -> str:
+    """Held-out loss of every scored model on every task (change from the base in brackets)."""
+    skills, scores = skills_of(record["args"]), record["eval_loss"]
     base = scores["base model"]
     rows = []
     for label, loss in scores.items():
         cells = [label]
-        for task in ("gsm8k", "e2e"):
+        for task in skills:
             change = (loss[task] - base[task]) / base[task] * 100
             cells.append(f"{loss[task]:.3f} ({change:+.1f} %)" if label != "base model" else f"{loss[task]:.3f}")
         rows.append(cells)
+    return markdown_table(["model", *(LOSS_HEADERS[t] for t in skills)], rows)
+
+
+def gains_table(record: dict[str, Any]) -> str:
+    """Each merge's share of every specialist's gain, and their mean."""
+    skills, scores = skills_of(record["args"]), record["eval_loss"]
+    prefix = merge_prefix(skills)
     gains = []
     for label in scores:
         if label.startswith("merge"):
-            kept = [share(scores, label, t) * 100 for t in ("gsm8k", "e2e")]
-            gains.append(
-                [
-                    label.removeprefix("merge of A and B: "),
-                    f"{kept[0]:.0f} %",
-                    f"{kept[1]:.0f} %",
-                    f"{sum(kept) / 2:.0f} %",
-                ]
-            )
+            kept = [share(scores, label, t) * 100 for t in skills]
+            gains.append([label.removeprefix(prefix), *(f"{k:.0f} %" for k in kept), f"{sum(kept) / len(kept):.0f} %"])
+    headers = [f"{TASK_NAMES[t]} ({SPECIALISTS[t][0]}'s gain)" for t in skills]
+    return markdown_table(["merge", *headers, "mean"], gains)
+
+
+def merges_table(record: dict[str, Any]) -> str:
+    """How each merge was made and what it cost."""
     merge_rows = [
         [
             label,
@@ -418,6 +529,12 @@ def render(record: dict[str, Any]) -> str:
         ]
         for label, m in record["merges"].items()
     ]
+    return markdown_table(["merge", "method", "weights", "rank", "largest relative error", "time"], merge_rows)
+
+
+def render(record: dict[str, Any]) -> str:
+    """docs/results/merging.md's two-skill part from the run's record."""
+    args, scores = record["args"], record["eval_loss"]
     machine = record["machine"]
     load = record.get("loadavg_at_start")
     load_text = (
@@ -465,14 +582,14 @@ def render(record: dict[str, Any]) -> str:
             "",
             "## Held-out loss",
             "",
-            markdown_table(["model", "GSM8K test loss", "E2E dev loss"], rows),
+            loss_table(record),
             "",
             "Share of each specialist's loss reduction that the merged adapter keeps (100 % = as good as the"
             " adapter trained on that task alone):",
             "",
-            markdown_table(["merge", "GSM8K (A's gain)", "E2E (B's gain)", "mean"], gains),
+            gains_table(record),
             "",
-            lego_verdict(scores),
+            lego_verdict(scores, TWO_SKILLS),
             "",
             *(
                 [
@@ -488,7 +605,7 @@ def render(record: dict[str, Any]) -> str:
             ),
             "## Merges",
             "",
-            markdown_table(["merge", "method", "weights", "rank", "largest relative error", "time"], merge_rows),
+            merges_table(record),
             "",
             "The linear merges are exact (their LoRA equals the weighted sum of the parents' changes to fp32"
             " rounding) and found by the range finder without a full SVD. A TIES result is not low-rank: its"
@@ -501,10 +618,79 @@ def render(record: dict[str, Any]) -> str:
     )
 
 
-def lego_verdict(scores: dict[str, dict[str, float]]) -> str:
-    """One plain sentence: did the best LoRA-LEGO merge keep more of both gains than every other training-free merge?"""
+NUMBERS = {2: "two", 3: "three"}
+
+
+def small_gain_note(scores: dict[str, dict[str, float]], skills: tuple[str, ...]) -> list[str]:
+    """A warning (and a blank line) for a specialist that gained under 10 % on its task: its share is noisy."""
+    notes = []
+    for skill in skills:
+        base, own = scores["base model"][skill], scores[SPECIALISTS[skill]][skill]
+        if (base - own) / base < 0.10:
+            notes.append(
+                f"{SPECIALISTS[skill].split(':')[0]} gained only {(base - own) / base:.1%} on {TASK_NAMES[skill]}"
+                f" ({base:.3f} → {own:.3f}), so its share column divides by a small gain: a difference of 0.01 in"
+                " loss moves it"
+                f" by {0.01 / (base - own):.0%}."
+            )
+    return [" ".join(notes), ""] if notes else []
+
+
+def render_three(record: dict[str, Any], json_name: str) -> str:
+    """The three-skill section of docs/results/merging.md (the set-up of the two-skill run plus an Alpaca specialist)."""
+    args, scores, machine = record["args"], record["eval_loss"], record["machine"]
+    skills = skills_of(args)
+    ks = sorted(m.get("rank_max") for label, m in record["merges"].items() if label.startswith("LEGO"))
+    return "\n".join(
+        [
+            "",
+            "## Three skills: GSM8K, E2E and Alpaca",
+            "",
+            *(
+                [f"**Partial run**: not measured (the run was stopped first): {'; '.join(record['partial'])}.", ""]
+                if record.get("partial")
+                else []
+            ),
+            f"Raw numbers in `bench/results/{json_name}`. The same set-up as above ({args['steps']} steps × batch 4,"
+            f" lr {args['lr']:g}, max_length {args['max_length']}, seed 42, {args['eval_rows']} held-out rows per"
+            " task) with a third specialist:",
+            "",
+            f"- **C** on the first {args['train_rows']} rows of `alpaca/train.jsonl` (instruction + input → output, the"
+            " studio's Alpaca importer), scored on the first"
+            f" {args['eval_rows']} rows of `alpaca/test.jsonl`. A and B were trained again from the same rows and"
+            " seed (the two-skill run's cache was gone) and came out the same (identical final training loss to the"
+            " last digit), so the base model's and their GSM8K and E2E scores are the two-skill run's; every other"
+            " number was measured in this run.",
+            f"- Merges of A, B and C (in that order): ranks default to Σr = {sum(record['ranks'])}; LoRA-LEGO at k ="
+            f" mean r, Σr/2 and Σr ({', '.join(str(k) for k in ks) or 'not run'}); linear at 1/3 each and 1 + 1 + 1;"
+            " PEFT `cat` with weights 1, 1, 1.",
+            f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch thread(s);"
+            f" wall time {record['wall_seconds'] / 60:.1f} min (specialists reused from the cache not counted).",
+            "",
+            "### Held-out loss",
+            "",
+            loss_table(record),
+            "",
+            "Share of each specialist's loss reduction that the merged adapter keeps:",
+            "",
+            gains_table(record),
+            "",
+            *small_gain_note(scores, skills),
+            lego_verdict(scores, skills),
+            "",
+            "### Merges",
+            "",
+            merges_table(record),
+            "",
+        ]
+    )
+
+
+def lego_verdict(scores: dict[str, dict[str, float]], skills: tuple[str, ...] = TWO_SKILLS) -> str:
+    """One plain sentence: did the best LoRA-LEGO merge keep more of the gains than every other training-free merge?"""
+    prefix = merge_prefix(skills)
     means = {
-        label.removeprefix("merge of A and B: "): (share(scores, label, "gsm8k") + share(scores, label, "e2e")) / 2
+        label.removeprefix(prefix): sum(share(scores, label, t) for t in skills) / len(skills)
         for label in scores
         if label.startswith("merge")
     }
@@ -520,7 +706,7 @@ def lego_verdict(scores: dict[str, dict[str, float]]) -> str:
         verdict = "No, here LoRA-LEGO did not beat the other training-free merges (the paper claims it does)"
     return (
         f"**Did LoRA-LEGO beat the other training-free merges?** {verdict}: its best ({best_lego}) keeps"
-        f" {lego[best_lego]:.0%} of the two specialists' gains on average, the best other merge ({best_other})"
+        f" {lego[best_lego]:.0%} of the {NUMBERS.get(len(skills), len(skills))} specialists' gains on average, the best other merge ({best_other})"
         f" {others[best_other]:.0%} ({gap:+.0f} points; one seed, so a gap of a few points is within noise)."
     )
 

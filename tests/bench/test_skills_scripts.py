@@ -147,3 +147,165 @@ def test_route_composite_marks_the_maths_part(tmp_path, monkeypatch):
     figure = tmp_path / "fig.json"
     mixture_skills.save_figure_json(shown, routed, figure)
     assert '"heatmap"' in figure.read_text()
+
+
+# --- three skills (GSM8K, E2E, Alpaca) ---------------------------------------------------------------------------
+
+THREE = ("gsm8k", "e2e", "alpaca")
+
+
+def test_three_skill_merge_plan_and_labels():
+    args = argparse.Namespace(density=0.5)
+    plan = merge_skills.merge_plan(args, [8, 8, 8])
+    ks = {fields["rank"] for fields in plan.values() if fields["method"] == "lego"}
+    assert ks == {8, 12, 24}  # mean r, Σr/2, Σr of three rank-8 parents: all three run
+    assert plan["linear, 1/3 each"] == {"method": "linear"}
+    assert plan["linear, 1 + 1 + 1"]["weights"] == [1.0, 1.0, 1.0]
+    assert plan["DARE-linear, density 0.5, 1 + 1 + 1"]["weights"] == [1.0, 1.0, 1.0]
+    assert "PEFT cat, 1 + 1 + 1" in plan
+    assert merge_skills.skills_of(argparse.Namespace(skills="gsm8k,e2e,alpaca")) == THREE
+    assert merge_skills.skills_of({"base": "x"}) == ("gsm8k", "e2e")  # a two-skill record saved before --skills
+    assert merge_skills.merge_prefix(THREE) == "merge of A, B and C: "
+    assert merge_skills.merge_prefix(("gsm8k", "e2e")) == "merge of A and B: "
+
+
+def test_score_runs_only_the_missing_tasks(tmp_path):
+    class FakeStudio:
+        def __init__(self):
+            self.requests = []
+
+        def run(self, request):
+            self.requests.append(request)
+            return {"metrics": {"eval_loss": 0.5 + request["dataset_id"]}}
+
+    cache = merge_skills.Cache(tmp_path, {"k": "1"})
+    cache.put("scores", "base model", {"gsm8k": 1.0, "e2e": 2.0})  # scored by the two-skill run
+    studio = FakeStudio()
+    data = {"gsm8k-test": 1, "e2e-dev": 2, "alpaca-test": 3}
+    losses = merge_skills.score(studio, cache, data, "base model", {"base_model": "b"}, 12, THREE)
+    assert losses == {"gsm8k": 1.0, "e2e": 2.0, "alpaca": 3.5}
+    assert [r["dataset_id"] for r in studio.requests] == [3]
+    assert merge_skills.score(studio, cache, data, "base model", {}, 12, THREE) == losses
+    assert len(studio.requests) == 1  # all cached now
+
+
+def test_alpaca_rows_from_the_in_repo_sample_import_as_chat(tmp_path, monkeypatch):
+    from bench import common
+
+    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "STUDIO_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(common, "SHARED_DATA", common.SAMPLES_DIR)
+    rows = merge_skills.alpaca_rows("test.jsonl", 0, 3)
+    assert len(rows) == 3 and set(rows[0]) == {"instruction", "input", "output"}
+    studio = merge_skills.Studio(tmp_path / "studio")
+    dataset = studio.services.registry.get_dataset(studio.dataset(common.write_jsonl(tmp_path / "a.jsonl", rows)))
+    assert dataset.rows == 3
+
+
+def test_switch_summary_of_three_parts():
+    routed = {"maths_tokens": 2, "cuts": [2, 4], "choices": {"m0": [0, 0, 1, 2, 2, 2], "m1": [0, 1, 1, 1, 2, 0]}}
+    summary = mixture_skills.switch_summary(routed, THREE)
+    assert summary == {
+        "maths_part_to_gsm8k": 0.75,
+        "restaurant_part_to_e2e": 0.75,
+        "instruction_part_to_alpaca": 0.75,
+    }
+
+
+def _record(skills, eval_loss):
+    machine = {"cpu": "cpu", "cores": 2, "torch_threads": 1, "loadavg_1_5_15": [1.0, 1.0, 1.0]}
+    machine["versions"] = {"torch": "2"}
+    args = {"base": "b", "steps": 16, "train_rows": 64, "lr": 1e-3, "max_length": 256, "eval_rows": 12}
+    args["skills"] = ",".join(skills)
+    return {"args": args, "machine": machine, "loadavg_at_start": [1.0], "wall_seconds": 60, "eval_loss": eval_loss}
+
+
+def test_merging_doc_has_the_three_skill_section(tmp_path):
+    import json
+
+    scores = {
+        "base model": {"gsm8k": 2.0, "e2e": 2.0, "alpaca": 2.0},
+        "A: LoRA on GSM8K": {"gsm8k": 1.0, "e2e": 2.0, "alpaca": 2.0},
+        "B: LoRA on E2E": {"gsm8k": 2.0, "e2e": 1.0, "alpaca": 2.0},
+        "C: LoRA on Alpaca": {"gsm8k": 2.0, "e2e": 2.0, "alpaca": 1.0},
+        "merge of A, B and C: linear, 1/3 each": {"gsm8k": 1.5, "e2e": 1.5, "alpaca": 1.5},
+        "merge of A, B and C: LEGO, k 24 (Σr)": {"gsm8k": 1.2, "e2e": 1.2, "alpaca": 1.2},
+    }
+    merges = {
+        "linear, 1/3 each": {"method": "linear", "weights": [1 / 3] * 3, "rank_max": 24, "merge_max_error": 0.0},
+        "LEGO, k 24 (Σr)": {"method": "lego", "weights": [1.0] * 3, "rank_max": 24, "merge_max_error": 0.0},
+    }
+    for m in merges.values():
+        m["seconds"] = 1.0
+    three = _record(THREE, scores)
+    three.update(ranks=[8, 8, 8], merges=merges, partial=["TIES, density 0.5"])
+    path = tmp_path / "three.json"
+    path.write_text(json.dumps(three))
+    text = merge_skills.render_doc(str(tmp_path / "missing.json"), str(path), "")
+    assert "## Three skills: GSM8K, E2E and Alpaca" in text
+    assert "| Alpaca test loss |" in text and "Alpaca (C's gain)" in text
+    assert "| LEGO, k 24 (Σr) | 80 % | 80 % | 80 % | 80 % |" in text
+    assert "Yes, here LoRA-LEGO beat" in text and "three specialists' gains" in text
+    assert "**Partial run**" in text and "TIES, density 0.5" in text
+
+
+def test_mixture_doc_puts_three_experts_first(tmp_path):
+    import json
+
+    def run(skills, per_task):
+        prefix = merge_skills.merge_prefix(skills)
+        label = "mix"
+        scores = {"base model": dict.fromkeys(skills, 2.0), label: dict.fromkeys(skills, 1.02)}
+        for skill in skills:
+            scores[merge_skills.SPECIALISTS[skill]] = dict.fromkeys(skills, 1.0)
+        for merge in mixture_skills.linear_merges(len(skills)):
+            scores[prefix + merge] = dict.fromkeys(skills, 1.5)
+        record = _record(skills, scores)
+        record["args"].update(top_k=2, mixture_batch=4, mixture_lr=5e-3, mixture_max_length=128)
+        record.update(
+            label=label,
+            mixture={"steps": 60, "seconds": 100.0, "gate_accuracy": 0.9},
+            routing_test_rows={"accuracy": sum(per_task) / len(per_task), "per_task": per_task},
+            composite={
+                "prompt": "p",
+                "tokens": 10,
+                "maths_tokens": 3,
+                "cuts": [3, 6][: len(skills) - 1],
+                "modules": 210,
+                "png": "h.png",
+                "figure_json": "h.json",
+            },
+        )
+        return record
+
+    (tmp_path / "three.json").write_text(json.dumps(run(THREE, [0.95, 0.92, 0.91])))
+    (tmp_path / "two.json").write_text(json.dumps(run(("gsm8k", "e2e"), [0.97, 0.23])))
+    text = mixture_skills.render_doc(str(tmp_path / "two.json"), str(tmp_path / "three.json"))
+    assert text.startswith("# A MeteoRA mixture on real data: the GSM8K, E2E and Alpaca specialists")
+    head, earlier = text.split("## Earlier run: two experts (GSM8K, E2E), 60 router steps")
+    assert "Below the 90 % target" not in head and "Below the 90 % target on E2E rows" in earlier
+    assert "| Alpaca | 2.000 | 1.000 | 1.020 | +2.0 % | yes | 1.500 | 1.500 |" in head
+    assert "linear, 1/3 each" in head and "rows truncated to 128 tokens" in head
+
+
+def test_adopt_merges_scores_task_by_task(tmp_path):
+    mine = merge_skills.Cache(tmp_path, {"k": "1"})
+    theirs = merge_skills.Cache(tmp_path, {"k": "1"}, name="mixture_state.json")
+    mine.put("scores", "base model", {"gsm8k": 1.0, "e2e": 2.0})
+    theirs.put("scores", "base model", {"gsm8k": 9.0, "alpaca": 3.0})
+    theirs.put("merges", "m", {"adapter_id": 7})
+    merge_skills.adopt(mine, theirs, "scores", "base model")
+    merge_skills.adopt(mine, theirs, "merges", "m")
+    assert mine.get("scores", "base model") == {"gsm8k": 1.0, "e2e": 2.0, "alpaca": 3.0}  # its own values win
+    assert merge_skills.Cache(tmp_path, {"k": "1"}).get("merges", "m") == {"adapter_id": 7}
+
+
+def test_small_gain_note_names_a_weak_specialist():
+    scores = {
+        "base model": {"gsm8k": 2.0, "alpaca": 2.0},
+        "A: LoRA on GSM8K": {"gsm8k": 1.0},
+        "C: LoRA on Alpaca": {"alpaca": 1.9},
+    }
+    note = merge_skills.small_gain_note(scores, ("gsm8k", "alpaca"))
+    assert len(note) == 2 and note[0].startswith("C gained only 5.0% on Alpaca") and "by 10%" in note[0]
+    assert merge_skills.small_gain_note(scores, ("gsm8k",)) == []
