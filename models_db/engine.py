@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -30,13 +32,39 @@ def create_registry_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
+# How long a new connection keeps trying to switch a busy database file to WAL.
+WAL_SWITCH_DEADLINE_S = 30.0
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _switch_to_wal(cursor) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another process holds the file.
+
+    Switching a fresh (rollback-journal) file to WAL needs an exclusive lock, and SQLite may answer
+    "database is locked" at once instead of waiting in its busy handler (it refuses to wait where
+    waiting could deadlock). Several processes opening a new registry together (a worker and a CLI
+    started at the same moment, on a loaded machine) hit exactly that, so the switch is retried with
+    back-off until ``WAL_SWITCH_DEADLINE_S``; any other error, or the deadline, is raised.
+    """
+    deadline = time.monotonic() + WAL_SWITCH_DEADLINE_S
+    pause = 0.02
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def create_session_factory(engine: Engine) -> sessionmaker:
