@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,31 +129,57 @@ def write_archive(
 
     ``replaced`` gives new contents for some files (relative paths), which may also be new files.
     ``skip_top`` leaves out top-level entries by name (the serving engine's cached exports).
-    Written aside, then renamed into place, so a half-written zip is never offered.
+    The archive is reproducible: the same files give the same bytes (fixed entry times and modes),
+    so a checksum shown for one build matches the zip of any later build of the same adapter.
+    Written to a file of its own, then renamed into place, so a half-written zip is never offered
+    and two requests building the same download at once cannot interleave.
     """
     replaced = dict(replaced or {})
-    tmp = target.with_suffix(".zip.partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
     sums: list[str] = []
-    with zipfile.ZipFile(tmp, "w", compression=compression) as archive:
-        files = {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()}
-        if skip_top is not None:
-            files = {rel: p for rel, p in files.items() if not skip_top(Path(rel).parts[0])}
-            replaced = {rel: c for rel, c in replaced.items() if not skip_top(Path(rel).parts[0])}
-        for relative in sorted(set(files) | set(replaced)):
-            if relative == SUMS_FILE:
-                continue  # a stale list from an earlier export; rewritten below
-            content = replaced.get(relative)
-            if content is None:
-                archive.write(files[relative], f"{name}/{relative}")
-                digest = sha256_file(files[relative])
-            else:
-                archive.writestr(f"{name}/{relative}", content)
-                digest = hashlib.sha256(content).hexdigest()
-            sums.append(f"{digest}  {relative}\n")
-        archive.writestr(f"{name}/{SUMS_FILE}", "".join(sums))
-    tmp.replace(target)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=compression) as archive:
+            files = {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()}
+            if skip_top is not None:
+                files = {rel: p for rel, p in files.items() if not skip_top(Path(rel).parts[0])}
+                replaced = {rel: c for rel, c in replaced.items() if not skip_top(Path(rel).parts[0])}
+            for relative in sorted(set(files) | set(replaced)):
+                if relative == SUMS_FILE:
+                    continue  # a stale list from an earlier export; rewritten below
+                entry = _fixed_entry(f"{name}/{relative}", compression)
+                content = replaced.get(relative)
+                if content is None:
+                    entry.file_size = files[relative].stat().st_size  # zipfile picks ZIP64 from it (files > 2 GiB)
+                    with open(files[relative], "rb") as source, archive.open(entry, "w") as sink:
+                        shutil.copyfileobj(source, sink, _COPY_CHUNK)
+                    digest = sha256_file(files[relative])
+                else:
+                    archive.writestr(entry, content)
+                    digest = hashlib.sha256(content).hexdigest()
+                sums.append(f"{digest}  {relative}\n")
+            archive.writestr(_fixed_entry(f"{name}/{SUMS_FILE}", compression), "".join(sums))
+        tmp.chmod(0o644)  # mkstemp's file is private; the download is not
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
     target.with_name(target.name + ".sha256").write_text(f"{sha256_file(target)}  {target.name}\n")
     return target
+
+
+# Zip's earliest representable time: entries carry it instead of the files' mtimes.
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+_COPY_CHUNK = 1 << 20
+
+
+def _fixed_entry(arcname: str, compression: int) -> zipfile.ZipInfo:
+    """A zip entry with a fixed time and ``rw-r--r--`` mode, so archives are reproducible."""
+    entry = zipfile.ZipInfo(arcname, date_time=_FIXED_TIME)
+    entry.compress_type = compression
+    entry.external_attr = 0o100644 << 16
+    return entry
 
 
 def archive_sha256(path: Path) -> str:
