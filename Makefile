@@ -11,6 +11,8 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.stamp-run
 TEST_STAMP := $(VENV)/.stamp-test
+# Test processes (pytest-xdist); tests that start services or browsers run one at a time on one of them.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint worker clean-venv
 
@@ -38,7 +40,7 @@ worker: $(RUN_STAMP)
 test: $(TEST_STAMP)
 	sh scripts/ensure_chromium.sh
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest --durations=30 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

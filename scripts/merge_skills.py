@@ -134,6 +134,17 @@ def skills_of(args: Any) -> tuple[str, ...]:
     return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
 
 
+def settle_run_json(args: Any, skills: tuple[str, ...]) -> None:
+    """Point ``args.out`` at this run's JSON: ``--two`` or ``--three`` by the number of skills, or ``--out``
+    when given, which then also stands for that run in the page (``args.two`` / ``args.three``)."""
+    if args.out is None:
+        args.out = args.two if len(skills) == 2 else args.three
+    elif len(skills) == 2:
+        args.two = args.out
+    else:
+        args.three = args.out
+
+
 def merge_prefix(skills: tuple[str, ...]) -> str:
     """``merge of A and B: `` / ``merge of A, B and C: ``: the score label of a merge of these specialists."""
     letters = [SPECIALISTS[s].split(":")[0] for s in skills]
@@ -402,12 +413,7 @@ def main() -> None:
     args = parser.parse_args()
     use_data(args.data)
     skills = skills_of(args)
-    if args.out is None:
-        args.out = args.two if len(skills) == 2 else args.three
-    elif len(skills) == 2:
-        args.two = args.out
-    else:
-        args.three = args.out
+    settle_run_json(args, skills)
     if args.render:
         Path(args.doc).write_text(render_doc(args.two, args.three, args.earlier), encoding="utf-8")
         return

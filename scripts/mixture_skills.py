@@ -47,6 +47,7 @@ from merge_skills import (  # noqa: E402
     merge_prefix,
     prepare_specialists,
     score,
+    settle_run_json,
     setup_key,
     skills_of,
 )
@@ -212,12 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     use_data(args.data)
     skills = skills_of(args)
-    if args.out is None:
-        args.out = args.two if len(skills) == 2 else args.three
-    elif len(skills) == 2:
-        args.two = args.out
-    else:
-        args.three = args.out
+    settle_run_json(args, skills)
     if args.render:
         Path(args.doc).write_text(render_doc(args.two, args.three, tuple(args.earlier)), encoding="utf-8")
         return

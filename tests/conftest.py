@@ -12,9 +12,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# `make test` runs two pytest-xdist processes on a 2-core machine: one torch thread each (and in the
+# processes they start), so they share the cores instead of oversubscribing them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# Tests that start services, worker processes or browsers share ports, the Redis database and the CPU
+# with the processes they start: they run one after another on one xdist process (`--dist loadgroup`),
+# beside the rest of the suite on the other.
+SERIAL_MARKERS = ("integration", "e2e")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Real data the tests read: the samples shipped in the repository (data/samples), nothing outside it.
 SAMPLES_DIR = REPO_ROOT / "data" / "samples"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Put every test marked with one of :data:`SERIAL_MARKERS` in one xdist group."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in SERIAL_MARKERS):
+            item.add_marker(pytest.mark.xdist_group("services"))
 
 
 @pytest.fixture(scope="session")
