@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from conftest_training import chat_rows, cpu_device, make_request, register_chat_dataset, write_jsonl
@@ -126,11 +127,12 @@ class CancelAtStep(MemoryReporter):
 
 
 @pytest.mark.slow
-def test_cancel_stops_every_rank_after_a_checkpoint(registry, settings, dataset_id, tiny_llama_dir):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "sharded"])
+def test_cancel_stops_every_rank_after_a_checkpoint(registry, settings, dataset_id, tiny_llama_dir, fsdp):
     from studio.training.checkpoint import read_checkpoint
     from studio.training.job import run_train_job
 
-    request = job_request(tiny_llama_dir, dataset_id, 2, max_steps=5000, validation_fraction=0.0)
+    request = job_request(tiny_llama_dir, dataset_id, 2, max_steps=5000, validation_fraction=0.0, fsdp=fsdp)
     _, ctx = start(registry, settings, request)
     reporter = CancelAtStep()
     with pytest.raises(JobCancelled):
@@ -178,6 +180,53 @@ def test_fsdp_matches_one_process_and_saves_a_plain_peft_adapter(registry, setti
     with torch.no_grad():
         untrained = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()(input_ids=tokens).logits
     assert (outputs[0] - untrained).abs().max() > 1e-3  # the saved adapter carries the training
+
+
+def adapter_tensors(registry, adapter_id):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(registry.get_adapter(adapter_id).path) / "adapter_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_a_sharded_run_writes_ordinary_checkpoints_and_resumes_exactly(registry, settings, dataset_id, tiny_llama_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    from studio.training.job import run_train_job
+
+    def train(request):
+        job_id, ctx = start(registry, settings, request)
+        return job_id, run_train_job(request, RegistryReporter(registry, job_id, 0.0), ctx)
+
+    one_id, _ = train(job_request(tiny_llama_dir, dataset_id, 1, save_every=2))
+    fsdp_request = job_request(tiny_llama_dir, dataset_id, 2, fsdp=True, save_every=2)
+    fsdp_id, straight = train(fsdp_request)
+    # the same checkpoint at the same step as one process: rank 0 wrote the gathered, whole tensors
+    paths = [Path(registry.get_job(j).checkpoint_path) for j in (one_id, fsdp_id)]
+    assert [p.name for p in paths] == ["step-000002", "step-000002"]
+    assert {f.name for f in paths[1].iterdir()} == {f.name for f in paths[0].iterdir()}
+    weights = [load_file(str(p / "trainable.safetensors")) for p in paths]
+    assert sorted(weights[1]) == sorted(weights[0]) and any("lora_A" in n for n in weights[0])
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, atol=1e-5, rtol=0)
+    states = [torch.load(p / "trainer_state.pt", weights_only=True)["optimizers"][0] for p in paths]
+    assert sorted(states[1]["state"]) == sorted(states[0]["state"]) == list(range(len(weights[0])))
+    assert [g["params"] for g in states[1]["param_groups"]] == [g["params"] for g in states[0]["param_groups"]]
+    for index, moments in states[0]["state"].items():
+        for key, value in moments.items():  # step, exp_avg, exp_avg_sq: whole, not rank 0's shard
+            torch.testing.assert_close(states[1]["state"][index][key], value, atol=1e-6, rtol=1e-4)
+
+    # a second sharded job resumes from that checkpoint: steps 3-4 and the adapter as if never interrupted
+    resumed_id, resumed = train(fsdp_request.model_copy(update={"resume_from_job": fsdp_id}))
+    assert sorted(losses(registry, resumed_id)) == [3, 4]
+    assert any("resumed from" in row.message and "step 2" in row.message for row in registry.job_logs(resumed_id))
+    for step in (3, 4):
+        assert losses(registry, resumed_id)[step] == pytest.approx(losses(registry, fsdp_id)[step], abs=1e-5)
+    final, reference = (adapter_tensors(registry, r["adapter_id"]) for r in (resumed, straight))
+    assert sorted(final) == sorted(reference)
+    for name, tensor in reference.items():
+        torch.testing.assert_close(final[name], tensor, atol=1e-5, rtol=0)
 
 
 def test_what_cannot_run_over_several_processes_is_refused_at_submit():
