@@ -17,6 +17,8 @@ which then holds the whole base again.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -88,6 +90,25 @@ def reshard(model: Any) -> None:
 
     for module in model.modules():
         if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+@contextmanager
+def whole(model: Any) -> Iterator[None]:
+    """Every layer's whole weights registered while inside (every rank enters it: all-gathers), for reading.
+
+    Rank 0 reads them for the rank chart (a variant's ``snapshot_ranks`` / ``rank_extra``); writes
+    to them are lost, and gradients stay on the shards.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for module in modules:
+        module.unshard()
+    try:
+        yield
+    finally:
+        for module in modules:
             module.reshard()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -440,7 +441,9 @@ class _Loop:
         # The final step's kept adapter is the saved adapter itself (copied by the train job).
         self.kept_steps = set(kept_steps(total, self.hyper.keep_checkpoints)) - {total}
         if self.variant.records_snapshots() and start == 0:
-            self._report_ranks(0)
+            with self._whole_view():
+                if self.main:
+                    self._report_ranks(0)
         self.last_saved = start
         step = start
         try:
@@ -537,15 +540,18 @@ class _Loop:
 
     def _after_step(self, step: int, total: int) -> None:
         saves = step % self.hyper.save_every == 0 and step != total
-        if not self.main:  # the other ranks only train (and gather a sharded checkpoint); rank 0 reports
-            if step % self.hyper.log_every == 0:
+        logs = step % self.hyper.log_every == 0 or step == total
+        with self._whole_view() if logs and self.variant.records_snapshots() else nullcontext():
+            if self.main:
+                self.reporter.progress(step, total)
+                if logs:
+                    self._log(step)
+            elif step % self.hyper.log_every == 0:
                 self._read_losses()
+        if not self.main:  # the other ranks only train (and gather a sharded checkpoint); rank 0 reports
             if saves and self.sharded:
                 self._save(step)
             return
-        self.reporter.progress(step, total)
-        if step % self.hyper.log_every == 0 or step == total:
-            self._log(step)
         if self.sharded:  # rank 0 alone cannot run a sharded model: validation waits for _finish
             if saves:
                 self._save(step)  # a collective: the other ranks gather with it
@@ -558,6 +564,14 @@ class _Loop:
             self._save(step)
         if step in self.kept_steps:
             save_kept_adapter(self.work_dir, step, self.model, self.variant, self.result.export_context())
+
+    def _whole_view(self) -> Any:
+        """Sharded: every rank gathers the whole weights, so rank 0 can read them for the rank chart."""
+        if not self.sharded:
+            return nullcontext()
+        from studio.training import fsdp
+
+        return fsdp.whole(self.model)
 
     def _log(self, step: int) -> None:
         self._read_losses()

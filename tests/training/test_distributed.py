@@ -51,6 +51,63 @@ def test_two_processes_match_one_for_the_variant_matrix(tiny_llama_dir, chat_dat
         assert 0 < group["allreduce_seconds"] < group["train_seconds"]
 
 
+def sharded_variants() -> list[str]:
+    """Every registered variant FSDP does not refuse (studio.training.distributed_rules.FSDP_REFUSED)."""
+    from studio.training.distributed_rules import FSDP_REFUSED
+    from studio.variants.registry import variant_names
+
+    return [v for v in variant_names() if v not in FSDP_REFUSED]
+
+
+@pytest.fixture(scope="module")
+def fsdp_matrix(tiny_llama_dir, tmp_path_factory):
+    """Each variant FSDP accepts, trained alone and sharded over two ranks (one group for them all)."""
+    from studio.training.distributed import run_training_for_group, train_in_group
+    from studio.training.setup import TrainingData
+
+    root = tmp_path_factory.mktemp("fsdp-matrix")
+    data = TrainingData(path=write_jsonl(root / "chat.jsonl", chat_rows(12)), sha256="test", name="chat")
+    # validated as a user's request is: processes=2 with fsdp (alone, the same request trains unsharded)
+    requests = [
+        make_request(v, no_dropout(v), max_steps=6, batch_size=4, precision="fp32", processes=2, fsdp=True)
+        for v in sharded_variants()
+    ]
+    one = [run_training_for_group(r, data, tiny_llama_dir, root / f"one-{i}", None) for i, r in enumerate(requests)]
+    two = train_in_group(requests, data, tiny_llama_dir, root / "two", world=2)
+    return {r.variant: (alone, group) for r, alone, group in zip(requests, one, two, strict=True)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sharded_variants())
+def test_fsdp_over_two_processes_matches_one_for_the_variant(variant, fsdp_matrix):
+    alone, group = fsdp_matrix[variant]
+    assert group["variant"] == variant and group["sharded"] and not alone["sharded"]
+    assert sorted(group["losses"]) == sorted(alone["losses"]) == list(range(1, 7))
+    for step, loss in alone["losses"].items():
+        assert group["losses"][step] == pytest.approx(loss, abs=1e-5), step
+    # a gradient off by a constant factor hides from AdamW's losses, not from the norm
+    assert group["grad_norms"] == pytest.approx(alone["grad_norms"], rel=1e-5)
+    assert group["real_tokens"] == alone["real_tokens"]
+
+
+def test_fsdp_refuses_the_other_variants_each_with_its_reason():
+    from studio.training.distributed_rules import FSDP_REFUSED
+    from studio.variants.registry import variant_names
+
+    assert set(FSDP_REFUSED) <= set(variant_names())  # no stale names
+    assert len(set(FSDP_REFUSED.values())) == len(FSDP_REFUSED)
+    for variant, reason in FSDP_REFUSED.items():
+        hyper = TrainingHyperParams(processes=2, fsdp=True)
+        with pytest.raises(ValidationError, match=f"variant {variant} cannot train with fsdp") as caught:
+            TrainRequest(dataset_id=1, base_model="tiny", variant=variant, hyper=hyper)
+        assert reason in str(caught.value)
+        # the same variant still trains over several processes without sharding
+        assert TrainRequest(dataset_id=1, base_model="tiny", variant=variant, hyper=TrainingHyperParams(processes=2))
+    for variant in sharded_variants():
+        hyper = TrainingHyperParams(processes=2, fsdp=True)
+        assert TrainRequest(dataset_id=1, base_model="tiny", variant=variant, hyper=hyper).hyper.fsdp
+
+
 @pytest.fixture
 def dataset_id(registry, tmp_path):
     return register_chat_dataset(registry, write_jsonl(tmp_path / "data.jsonl", chat_rows(12))).id
