@@ -10,6 +10,21 @@ skips those tensors. Embeddings, the final norm and the output head stay whole o
 (sharding them would hand the chunked loss a split head); they are frozen, so they need no
 gradient reduction.
 
+Checkpoints: at the loop's save steps (and on cancel) every rank calls :func:`gather_checkpoint`,
+which gathers the whole trainable tensors and optimizer states with torch's state-dict engine
+(``get_model_state_dict`` / ``get_optimizer_state_dict`` with ``full_state_dict`` and
+``cpu_offload``) onto rank 0, which writes the ordinary checkpoint of
+:mod:`studio.training.checkpoint` (an unsharded run can resume from it, and the other way round).
+On resume every rank loads the whole adapter tensors before sharding, and
+:func:`load_optimizer_state` slices the whole optimizer state into each rank's shards
+(``set_optimizer_state_dict``).
+
+Variants: every registered variant trains sharded (each checked against one process by
+tests/training/test_distributed.py) except those whose hooks read whole adapter tensors or their
+gradients between steps, refused at submit (``FSDP_REFUSED`` in
+:mod:`studio.training.distributed_rules`, one reason each). The rank chart reads whole weights
+inside :func:`whole` (every rank gathers them).
+
 After the last step :func:`release` gathers every sharded tensor back (a collective: every rank
 calls it) and removes FSDP from the model, so rank 0 validates and saves a plain PEFT model,
 which then holds the whole base again.

@@ -3,7 +3,8 @@
 Two processes give the losses of one process at the same effective batch (the variant matrix
 trains in one group of ranks, so it pays the start-up once); killing a rank ends the job within
 seconds; cancelling stops every rank after rank 0 wrote a checkpoint; what cannot run is refused
-at submit time.
+at submit time. Sharded (FSDP), every variant it accepts gives the losses of one process, and a
+sharded run checkpoints and resumes as an unsharded one does.
 """
 
 from __future__ import annotations
