@@ -150,8 +150,8 @@ class TrainingHyperParams(StudioModel):
     fsdp: bool = Field(
         False,
         description="Shard the base's decoder layers across the processes (FSDP2) while training, for a base "
-        "that does not fit one device. Plain LoRA only; no mid-run validation or checkpoints; rank 0 holds "
-        "the whole base again after the last step to validate and save.",
+        "that does not fit one device. Most variants (those that refuse say why); checkpoints and resume as "
+        "usual; no mid-run validation; rank 0 holds the whole base again after the last step to validate and save.",
     )
 
     @model_validator(mode="after")

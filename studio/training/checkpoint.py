@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,15 @@ class Checkpoint:
     path: Path
     step: int
     meta: dict[str, Any]
+
+
+@dataclass
+class Gathered:
+    """What a checkpoint writes of the model and the optimizers (whole tensors)."""
+
+    trainable: dict[str, Any]  # every requires_grad tensor by parameter name
+    extra: dict[str, Any]  # the variant's state_dict_extra
+    optimizers: list[dict[str, Any]]  # each optimizer's state_dict()
 
 
 def rng_state() -> dict[str, Any]:
@@ -60,8 +70,12 @@ def save_checkpoint(
     meta: dict[str, Any],
     keep: int = 2,
     scaler: Any = None,
+    gathered: Gathered | None = None,
 ) -> Path:
-    """Write a checkpoint for ``step`` atomically; returns its directory."""
+    """Write a checkpoint for ``step`` atomically; returns its directory.
+
+    ``gathered`` holds the state a sharded (FSDP) run gathered from its ranks; the files are the same.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -70,10 +84,16 @@ def save_checkpoint(
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    if gathered is None:
+        gathered = Gathered(
+            trainable={n: p for n, p in model.named_parameters() if p.requires_grad},
+            extra=variant.state_dict_extra(model),
+            optimizers=[o.state_dict() for o in optimization.optimizers],
+        )
+    trainable = {n: p.detach().cpu().contiguous() for n, p in gathered.trainable.items()}
     save_file(trainable, str(tmp / "trainable.safetensors"))
     tensors, plain = {}, {}
-    for key, value in variant.state_dict_extra(model).items():
+    for key, value in gathered.extra.items():
         if isinstance(value, torch.Tensor):
             tensors[key] = value.detach().cpu().contiguous()
         else:
@@ -82,7 +102,7 @@ def save_checkpoint(
     (tmp / "extra.json").write_text(json.dumps(plain))
     torch.save(
         {
-            "optimizers": [o.state_dict() for o in optimization.optimizers],
+            "optimizers": gathered.optimizers,
             "schedulers": [s.state_dict() for s in optimization.schedulers],
             "rng": rng_state(),
             **({"scaler": scaler.state_dict()} if scaler is not None else {}),
@@ -134,15 +154,24 @@ def load_trainable(checkpoint: Checkpoint, model: Any) -> None:
             params[name].copy_(tensor.to(params[name].device))
 
 
-def load_trainer_state(checkpoint: Checkpoint, optimization: Any) -> dict[str, Any]:
-    """Restore optimizer and scheduler states; returns the RNG state to apply just before step ``k+1``."""
+def load_trainer_state(
+    checkpoint: Checkpoint, optimization: Any, load_optimizer: Callable[[Any, dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Restore optimizer and scheduler states; returns the RNG state to apply just before step ``k+1``.
+
+    ``load_optimizer(optimizer, saved)`` loads one optimizer's saved state instead of its own
+    ``load_state_dict`` (a sharded run: :func:`studio.training.fsdp.load_optimizer_state`).
+    """
     import torch
 
     state = torch.load(checkpoint.path / "trainer_state.pt", map_location="cpu", weights_only=True)
     if len(state["optimizers"]) != len(optimization.optimizers):
         raise StudioError(f"checkpoint {checkpoint.path} has a different number of optimizers")
     for optimizer, saved in zip(optimization.optimizers, state["optimizers"], strict=True):
-        optimizer.load_state_dict(saved)
+        if load_optimizer is not None:
+            load_optimizer(optimizer, saved)
+        else:
+            optimizer.load_state_dict(saved)
     for scheduler, saved in zip(optimization.schedulers, state["schedulers"], strict=True):
         scheduler.load_state_dict(saved)
     return state["rng"]

@@ -518,9 +518,10 @@ def run_training_for_group(request: Any, data: Any, base_path: Path, work_dir: P
     from studio.progress import MemoryReporter
     from studio.training.loop import run_training
 
+    reporter = MemoryReporter()
     result = run_training(
         request,
-        MemoryReporter(),
+        reporter,
         settings=None,
         device=DeviceInfo("cpu", "CPU"),
         work_dir=work_dir,
@@ -535,6 +536,8 @@ def run_training_for_group(request: Any, data: Any, base_path: Path, work_dir: P
         "allreduce_seconds": result.allreduce_seconds,
         "real_tokens": result.real_tokens,
         "steps": result.total_steps,
+        "grad_norms": {step: value for step, name, value in reporter.metric_rows if name == "grad_norm"},
+        "sharded": any(message.startswith("fsdp: ") for _, message in reporter.logs),
     }
 
 

@@ -24,8 +24,33 @@ AGREEMENT: dict[str, str] = {
 # Variants refused with more than one process, with the reason shown at submit time.
 REFUSED: dict[str, str] = {}
 
-# FSDP shards the base's decoder layers (studio.training.fsdp); what it does not support yet.
-FSDP_VARIANTS = frozenset({"lora"})  # variants that reach into the model mid-run would see sharded tensors
+# FSDP shards the base's decoder layers (studio.training.fsdp), adapter tensors included. Every
+# registered variant trains sharded except these, whose hooks read whole adapter tensors (or their
+# gradients) outside the forward pass, where FSDP holds only this rank's shard. The one place to say
+# it: tests/training/test_distributed.py trains every other variant sharded over two processes
+# against one process.
+FSDP_REFUSED: dict[str, str] = {
+    "adalora": (
+        "PEFT's rank allocator reads each adapter's whole importance scores after every optimizer step "
+        "(to rank and mask singular values across all modules)"
+    ),
+    "sora": (
+        "its L1 penalty on the gates is computed outside the forward pass, so its gradient lands on the "
+        "gathered gates instead of FSDP's shards"
+    ),
+    "s2_lora": (
+        "its L1 penalty on the coefficients λ is computed outside the forward pass, so its gradient lands on "
+        "the gathered coefficients instead of FSDP's shards"
+    ),
+    "increlora": (
+        "its importance multiplies each whole ΔW by the ∂L/∂ΔW collected in backward, and it adds adapter "
+        "components mid-run (tensors FSDP never sharded)"
+    ),
+    "loraprune": (
+        "its head/channel importance normalises whole LoRA weights times their gradients before pruning "
+        "whole rows and columns"
+    ),
+}
 FSDP_NEEDS_PROCESSES = "fsdp: sharding the base (FSDP) needs more than one process (processes × nodes > 1)"
 
 
@@ -49,9 +74,7 @@ def variant_refusal(variant: str, processes: int, fsdp: bool = False) -> str | N
     """Why ``variant`` cannot train over ``processes`` processes (sharded with FSDP when ``fsdp``), or None."""
     if processes > 1 and variant in REFUSED:
         return f"variant {variant} cannot train over several processes: {REFUSED[variant]}"
-    if fsdp and variant not in FSDP_VARIANTS:
-        return (
-            f"variant {variant} cannot train with fsdp (FSDP) yet: only {', '.join(sorted(FSDP_VARIANTS))}; "
-            "its hooks read whole adapter tensors, which FSDP shards across the processes"
-        )
+    if fsdp and variant in FSDP_REFUSED:
+        reason = FSDP_REFUSED[variant]
+        return f"variant {variant} cannot train with fsdp (FSDP shards its tensors across the processes): {reason}"
     return None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -228,21 +229,18 @@ def run_training(
     if init_model is not None:
         init_model(model)
     model.train()
-    sharded = group is not None and hyper.fsdp
-    if sharded:
-        from studio.training import fsdp
-
-        if resumed is not None:
-            raise StudioError("fsdp: resuming a sharded run is not supported (it writes no checkpoints)")
-        # before the optimizer: it must hold the sharded tensors
-        reporter.log(f"fsdp: {fsdp.shard(model)} decoder layers sharded over {group.world} processes")
-
     start = 0
     if resumed is not None:
         _check_compatible(resumed, request, setup)
         variant.load_state_dict_extra(model, ckpt.load_variant_extra(resumed))
-        ckpt.load_trainable(resumed, model)
+        ckpt.load_trainable(resumed, model)  # before sharding (FSDP): every rank loads the whole tensors
         start = resumed.step
+    sharded = group is not None and hyper.fsdp
+    if sharded:
+        from studio.training import fsdp
+
+        # before the optimizer: it must hold the sharded tensors
+        reporter.log(f"fsdp: {fsdp.shard(model)} decoder layers sharded over {group.world} processes")
     cfg = OptimConfig(
         learning_rate=hyper.learning_rate,
         weight_decay=hyper.weight_decay,
@@ -295,7 +293,9 @@ def run_training(
     )
 
     if resumed is not None:
-        rng = ckpt.load_trainer_state(resumed, optimization)
+        # sharded: torch's engine slices the saved (whole) optimizer state like the parameters, on every rank
+        load = (lambda optimizer, saved: fsdp.load_optimizer_state(model, optimizer, saved)) if sharded else None
+        rng = ckpt.load_trainer_state(resumed, optimization, load)
         ckpt.set_rng_state(rng)
         reporter.log(f"resumed from {resumed.path} at step {start}")
     reporter.log(
@@ -441,7 +441,9 @@ class _Loop:
         # The final step's kept adapter is the saved adapter itself (copied by the train job).
         self.kept_steps = set(kept_steps(total, self.hyper.keep_checkpoints)) - {total}
         if self.variant.records_snapshots() and start == 0:
-            self._report_ranks(0)
+            with self._whole_view():
+                if self.main:
+                    self._report_ranks(0)
         self.last_saved = start
         step = start
         try:
@@ -455,7 +457,8 @@ class _Loop:
                 self._after_step(step, total)
         except JobCancelled:
             done = step - 1
-            if done > self.last_saved and self.main and not self.sharded:  # fsdp writes no checkpoints
+            # every rank stops here together (RankGroup.agree); sharded, every rank takes part in the save
+            if done > self.last_saved and (self.main or self.sharded):
                 self._save(done)
             raise
         finally:
@@ -536,23 +539,39 @@ class _Loop:
         self.pending = []
 
     def _after_step(self, step: int, total: int) -> None:
-        if not self.main:  # the other ranks only train; rank 0 reports, validates and saves
-            if step % self.hyper.log_every == 0:
+        saves = step % self.hyper.save_every == 0 and step != total
+        logs = step % self.hyper.log_every == 0 or step == total
+        with self._whole_view() if logs and self.variant.records_snapshots() else nullcontext():
+            if self.main:
+                self.reporter.progress(step, total)
+                if logs:
+                    self._log(step)
+            elif step % self.hyper.log_every == 0:
                 self._read_losses()
+        if not self.main:  # the other ranks only train (and gather a sharded checkpoint); rank 0 reports
+            if saves and self.sharded:
+                self._save(step)
             return
-        self.reporter.progress(step, total)
-        if step % self.hyper.log_every == 0 or step == total:
-            self._log(step)
-        if self.sharded:  # rank 0 alone cannot run a sharded model: validation and saves wait for _finish
+        if self.sharded:  # rank 0 alone cannot run a sharded model: validation waits for _finish
+            if saves:
+                self._save(step)  # a collective: the other ranks gather with it
             return
         if step % self.hyper.eval_every == 0 and step != total:
             self._eval(step)
         if step in self.stage_ends:
             self._stage_eval(step)
-        if step % self.hyper.save_every == 0 and step != total:
+        if saves:
             self._save(step)
         if step in self.kept_steps:
             save_kept_adapter(self.work_dir, step, self.model, self.variant, self.result.export_context())
+
+    def _whole_view(self) -> Any:
+        """Sharded: every rank gathers the whole weights, so rank 0 can read them for the rank chart."""
+        if not self.sharded:
+            return nullcontext()
+        from studio.training import fsdp
+
+        return fsdp.whole(self.model)
 
     def _log(self, step: int) -> None:
         self._read_losses()
@@ -621,8 +640,17 @@ class _Loop:
         return result
 
     def _save(self, step: int) -> None:
+        """Write the checkpoint of ``step`` (rank 0); a sharded run's ranks all call it, to gather the state."""
+        gathered = None
+        if self.sharded:
+            from studio.training import fsdp
+
+            gathered = fsdp.gather_checkpoint(self.model, self.variant, self.opt.optimizers, self.main)
+            if not self.main:
+                self.last_saved = step
+                return
         path = ckpt.save_checkpoint(
-            self.work_dir, step, self.model, self.variant, self.opt, self.meta, scaler=self.scaler
+            self.work_dir, step, self.model, self.variant, self.opt, self.meta, scaler=self.scaler, gathered=gathered
         )
         self.last_saved = step
         self.reporter.checkpoint(str(path), step)

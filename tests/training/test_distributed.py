@@ -3,7 +3,8 @@
 Two processes give the losses of one process at the same effective batch (the variant matrix
 trains in one group of ranks, so it pays the start-up once); killing a rank ends the job within
 seconds; cancelling stops every rank after rank 0 wrote a checkpoint; what cannot run is refused
-at submit time.
+at submit time. Sharded (FSDP), every variant it accepts gives the losses of one process, and a
+sharded run checkpoints and resumes as an unsharded one does.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from conftest_training import chat_rows, cpu_device, make_request, register_chat_dataset, write_jsonl
@@ -48,6 +50,63 @@ def test_two_processes_match_one_for_the_variant_matrix(tiny_llama_dir, chat_dat
             assert group["losses"][step] == pytest.approx(loss, abs=1e-5), (request.variant, step)
         assert group["real_tokens"] == alone["real_tokens"]  # the ranks together saw every example once
         assert 0 < group["allreduce_seconds"] < group["train_seconds"]
+
+
+def sharded_variants() -> list[str]:
+    """Every registered variant FSDP does not refuse (studio.training.distributed_rules.FSDP_REFUSED)."""
+    from studio.training.distributed_rules import FSDP_REFUSED
+    from studio.variants.registry import variant_names
+
+    return [v for v in variant_names() if v not in FSDP_REFUSED]
+
+
+@pytest.fixture(scope="module")
+def fsdp_matrix(tiny_llama_dir, tmp_path_factory):
+    """Each variant FSDP accepts, trained alone and sharded over two ranks (one group for them all)."""
+    from studio.training.distributed import run_training_for_group, train_in_group
+    from studio.training.setup import TrainingData
+
+    root = tmp_path_factory.mktemp("fsdp-matrix")
+    data = TrainingData(path=write_jsonl(root / "chat.jsonl", chat_rows(12)), sha256="test", name="chat")
+    # validated as a user's request is: processes=2 with fsdp (alone, the same request trains unsharded)
+    requests = [
+        make_request(v, no_dropout(v), max_steps=6, batch_size=4, precision="fp32", processes=2, fsdp=True)
+        for v in sharded_variants()
+    ]
+    one = [run_training_for_group(r, data, tiny_llama_dir, root / f"one-{i}", None) for i, r in enumerate(requests)]
+    two = train_in_group(requests, data, tiny_llama_dir, root / "two", world=2)
+    return {r.variant: (alone, group) for r, alone, group in zip(requests, one, two, strict=True)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sharded_variants())
+def test_fsdp_over_two_processes_matches_one_for_the_variant(variant, fsdp_matrix):
+    alone, group = fsdp_matrix[variant]
+    assert group["variant"] == variant and group["sharded"] and not alone["sharded"]
+    assert sorted(group["losses"]) == sorted(alone["losses"]) == list(range(1, 7))
+    for step, loss in alone["losses"].items():
+        assert group["losses"][step] == pytest.approx(loss, abs=1e-5), step
+    # a gradient off by a constant factor hides from AdamW's losses, not from the norm
+    assert group["grad_norms"] == pytest.approx(alone["grad_norms"], rel=1e-5)
+    assert group["real_tokens"] == alone["real_tokens"]
+
+
+def test_fsdp_refuses_the_other_variants_each_with_its_reason():
+    from studio.training.distributed_rules import FSDP_REFUSED
+    from studio.variants.registry import variant_names
+
+    assert set(FSDP_REFUSED) <= set(variant_names())  # no stale names
+    assert len(set(FSDP_REFUSED.values())) == len(FSDP_REFUSED)
+    for variant, reason in FSDP_REFUSED.items():
+        hyper = TrainingHyperParams(processes=2, fsdp=True)
+        with pytest.raises(ValidationError, match=f"variant {variant} cannot train with fsdp") as caught:
+            TrainRequest(dataset_id=1, base_model="tiny", variant=variant, hyper=hyper)
+        assert reason in str(caught.value)
+        # the same variant still trains over several processes without sharding
+        assert TrainRequest(dataset_id=1, base_model="tiny", variant=variant, hyper=TrainingHyperParams(processes=2))
+    for variant in sharded_variants():
+        hyper = TrainingHyperParams(processes=2, fsdp=True)
+        assert TrainRequest(dataset_id=1, base_model="tiny", variant=variant, hyper=hyper).hyper.fsdp
 
 
 @pytest.fixture
@@ -126,11 +185,12 @@ class CancelAtStep(MemoryReporter):
 
 
 @pytest.mark.slow
-def test_cancel_stops_every_rank_after_a_checkpoint(registry, settings, dataset_id, tiny_llama_dir):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "sharded"])
+def test_cancel_stops_every_rank_after_a_checkpoint(registry, settings, dataset_id, tiny_llama_dir, fsdp):
     from studio.training.checkpoint import read_checkpoint
     from studio.training.job import run_train_job
 
-    request = job_request(tiny_llama_dir, dataset_id, 2, max_steps=5000, validation_fraction=0.0)
+    request = job_request(tiny_llama_dir, dataset_id, 2, max_steps=5000, validation_fraction=0.0, fsdp=fsdp)
     _, ctx = start(registry, settings, request)
     reporter = CancelAtStep()
     with pytest.raises(JobCancelled):
@@ -178,6 +238,53 @@ def test_fsdp_matches_one_process_and_saves_a_plain_peft_adapter(registry, setti
     with torch.no_grad():
         untrained = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()(input_ids=tokens).logits
     assert (outputs[0] - untrained).abs().max() > 1e-3  # the saved adapter carries the training
+
+
+def adapter_tensors(registry, adapter_id):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(registry.get_adapter(adapter_id).path) / "adapter_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_a_sharded_run_writes_ordinary_checkpoints_and_resumes_exactly(registry, settings, dataset_id, tiny_llama_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    from studio.training.job import run_train_job
+
+    def train(request):
+        job_id, ctx = start(registry, settings, request)
+        return job_id, run_train_job(request, RegistryReporter(registry, job_id, 0.0), ctx)
+
+    one_id, _ = train(job_request(tiny_llama_dir, dataset_id, 1, save_every=2))
+    fsdp_request = job_request(tiny_llama_dir, dataset_id, 2, fsdp=True, save_every=2)
+    fsdp_id, straight = train(fsdp_request)
+    # the same checkpoint at the same step as one process: rank 0 wrote the gathered, whole tensors
+    paths = [Path(registry.get_job(j).checkpoint_path) for j in (one_id, fsdp_id)]
+    assert [p.name for p in paths] == ["step-000002", "step-000002"]
+    assert {f.name for f in paths[1].iterdir()} == {f.name for f in paths[0].iterdir()}
+    weights = [load_file(str(p / "trainable.safetensors")) for p in paths]
+    assert sorted(weights[1]) == sorted(weights[0]) and any("lora_A" in n for n in weights[0])
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, atol=1e-5, rtol=0)
+    states = [torch.load(p / "trainer_state.pt", weights_only=True)["optimizers"][0] for p in paths]
+    assert sorted(states[1]["state"]) == sorted(states[0]["state"]) == list(range(len(weights[0])))
+    assert [g["params"] for g in states[1]["param_groups"]] == [g["params"] for g in states[0]["param_groups"]]
+    for index, moments in states[0]["state"].items():
+        for key, value in moments.items():  # step, exp_avg, exp_avg_sq: whole, not rank 0's shard
+            torch.testing.assert_close(states[1]["state"][index][key], value, atol=1e-6, rtol=1e-4)
+
+    # a second sharded job resumes from that checkpoint: steps 3-4 and the adapter as if never interrupted
+    resumed_id, resumed = train(fsdp_request.model_copy(update={"resume_from_job": fsdp_id}))
+    assert sorted(losses(registry, resumed_id)) == [3, 4]
+    assert any("resumed from" in row.message and "step 2" in row.message for row in registry.job_logs(resumed_id))
+    for step in (3, 4):
+        assert losses(registry, resumed_id)[step] == pytest.approx(losses(registry, fsdp_id)[step], abs=1e-5)
+    final, reference = (adapter_tensors(registry, r["adapter_id"]) for r in (resumed, straight))
+    assert sorted(final) == sorted(reference)
+    for name, tensor in reference.items():
+        torch.testing.assert_close(final[name], tensor, atol=1e-5, rtol=0)
 
 
 def test_what_cannot_run_over_several_processes_is_refused_at_submit():
