@@ -151,7 +151,8 @@ class TrainingHyperParams(StudioModel):
         False,
         description="Shard the base's decoder layers across the processes (FSDP2) while training, for a base "
         "that does not fit one device. Most variants (those that refuse say why); checkpoints and resume as "
-        "usual; no mid-run validation; rank 0 holds the whole base again after the last step to validate and save.",
+        "usual; every rank validates mid-run; no kept adapters (keep_checkpoints); rank 0 holds the whole base "
+        "again after the last step to validate and save.",
     )
 
     @model_validator(mode="after")

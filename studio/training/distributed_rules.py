@@ -52,6 +52,12 @@ FSDP_REFUSED: dict[str, str] = {
     ),
 }
 FSDP_NEEDS_PROCESSES = "fsdp: sharding the base (FSDP) needs more than one process (processes × nodes > 1)"
+# A kept adapter is a PEFT export mid-run, and PEFT's save reads the layers' state dicts, which FSDP
+# returns as shards: refused rather than silently keeping none.
+FSDP_NO_KEPT_ADAPTERS = (
+    "keep_checkpoints: adapters kept along training cannot be written from a sharded (fsdp) run yet; "
+    "set keep_checkpoints to 0 or turn fsdp off"
+)
 
 
 def hyper_refusal(hyper: Any) -> str | None:
@@ -59,6 +65,8 @@ def hyper_refusal(hyper: Any) -> str | None:
     world = hyper.processes * getattr(hyper, "nodes", 1)
     if hyper.fsdp and world < 2:
         return FSDP_NEEDS_PROCESSES
+    if hyper.fsdp and getattr(hyper, "keep_checkpoints", 0):
+        return FSDP_NO_KEPT_ADAPTERS
     if world > 1 and hyper.batch_size * hyper.grad_accum < world:
         where = (
             f"{hyper.processes} processes" if world == hyper.processes else f"{world} processes ({hyper.nodes} nodes)"

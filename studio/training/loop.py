@@ -548,16 +548,16 @@ class _Loop:
                     self._log(step)
             elif step % self.hyper.log_every == 0:
                 self._read_losses()
-        if not self.main:  # the other ranks only train (and gather a sharded checkpoint); rank 0 reports
-            if saves and self.sharded:
-                self._save(step)
+        if not self.main and not self.sharded:  # the other ranks only train; rank 0 reports
             return
-        if self.sharded:  # rank 0 alone cannot run a sharded model: validation waits for _finish
-            if saves:
-                self._save(step)  # a collective: the other ranks gather with it
-            return
+        # Sharded, rank 0 alone cannot run the model: every rank validates (the same rows, so the same
+        # all-gathers) and takes part in a checkpoint's gathers; only rank 0's reporter records them.
         if step % self.hyper.eval_every == 0 and step != total:
             self._eval(step)
+        if self.sharded:
+            if saves:
+                self._save(step)
+            return  # no stage ends (SoRA) nor kept adapters: refused with FSDP at submit
         if step in self.stage_ends:
             self._stage_eval(step)
         if saves:

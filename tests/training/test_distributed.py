@@ -211,7 +211,7 @@ def test_fsdp_matches_one_process_and_saves_a_plain_peft_adapter(registry, setti
 
     results = {}
     for processes, fsdp in ((1, False), (2, True)):
-        request = job_request(tiny_llama_dir, dataset_id, processes, fsdp=fsdp)
+        request = job_request(tiny_llama_dir, dataset_id, processes, fsdp=fsdp, eval_every=2)
         job_id, ctx = start(registry, settings, request)
         results[processes] = (job_id, run_train_job(request, RegistryReporter(registry, job_id, 0.0), ctx))
     (one_id, one), (two_id, two) = results[1], results[2]
@@ -220,6 +220,10 @@ def test_fsdp_matches_one_process_and_saves_a_plain_peft_adapter(registry, setti
     for step, loss in losses(registry, one_id).items():
         assert losses(registry, two_id)[step] == pytest.approx(loss, abs=1e-5)
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], abs=1e-5)
+    # validation mid-run too: every rank runs the sharded model on the validation rows, rank 0 reports
+    mid = [{m.step: m.value for m in registry.metrics(j) if m.name == "eval_loss"} for j in (one_id, two_id)]
+    assert 2 in mid[0] and sorted(mid[1]) == sorted(mid[0])
+    assert mid[1][2] == pytest.approx(mid[0][2], abs=1e-5)
     # AdamW hides a gradient off by a constant factor from the losses; the logged norm does not
     norms = [{m.step: m.value for m in registry.metrics(j) if m.name == "grad_norm"} for j in (one_id, two_id)]
     assert sorted(norms[1]) == sorted(norms[0]) == [1, 2, 3, 4]
@@ -291,6 +295,8 @@ def test_what_cannot_run_over_several_processes_is_refused_at_submit():
     with pytest.raises(ValidationError, match="FSDP.* needs more than one process"):
         TrainingHyperParams(processes=1, fsdp=True)
     assert TrainingHyperParams(processes=2, fsdp=True).fsdp
+    with pytest.raises(ValidationError, match="keep_checkpoints: adapters kept along training cannot be written"):
+        TrainingHyperParams(processes=2, fsdp=True, keep_checkpoints=4)
     with pytest.raises(ValidationError, match="variant adalora cannot train with fsdp"):
         TrainRequest(
             dataset_id=1, base_model="tiny", variant="adalora", hyper=TrainingHyperParams(processes=2, fsdp=True)
