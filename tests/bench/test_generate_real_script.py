@@ -100,7 +100,7 @@ def test_options_quick_held_out_and_the_adapter_cache_key():
     assert gr.hyper(base)["keep_checkpoints"] == 8
 
 
-def _result(bare: float, generated: float, trained: float) -> dict:
+def _result(bare: float, generated: float, trained: float, nearest: float | None = None) -> dict:
     gen = {
         "id": 9, "tasks": [], "parameters": 40_000, "checkpoints": 48, "vs_one_adapter": 0.35, "vs_checkpoints": 0.0073,
         "bytes_vs_checkpoints": 0.0075, "final_loss": 0.1, "final_mse": 0.05, "seconds": 120.0,
@@ -109,6 +109,7 @@ def _result(bare: float, generated: float, trained: float) -> dict:
         "bare": {"loss": bare, "eval_seconds": 5.0},
         "generated": {"loss": generated, "reference_task": "sst2", "generator": gen, "eval_seconds": 5.0},
         "trained": {"loss": trained, "eval_seconds": 5.0},
+        "nearest": {"loss": bare if nearest is None else nearest, "task": "sst2", "eval_seconds": 5.0},
     }
 
 
@@ -131,21 +132,24 @@ def test_gap_closed_and_verdict():
     assert gr.gap_closed(_result(2.0, 2.5, 1.0)) == pytest.approx(-0.5)
     assert gr.gap_closed(_result(2.0, 1.5, 2.0)) is None
     assert gr.gap_closed({"bare": {"loss": 2.0}}) is None
-    lines = gr.verdict({"a": _result(2.0, 1.5, 1.0), "b": _result(2.0, 2.5, 1.0)})
+    assert gr.gap_closed(_result(2.0, 1.5, 1.0, nearest=1.75), "nearest") == pytest.approx(0.25)
+    lines = gr.verdict({"a": _result(2.0, 1.5, 1.0, nearest=1.75), "b": _result(2.0, 2.5, 1.0, nearest=1.25)})
     assert "1 of 2" in lines[0] and "(a)" in lines[0]
     assert "0%" in lines[1]  # mean of +50 % and -50 %
+    # against reusing the nearest task's adapter: a wins (1.5 < 1.75), b loses (2.5 > 1.25); it closes 25 % and 75 %
+    assert "nearest task's trained adapter: 1 of 2** (a)" in lines[2] and "closes 50% of the gap" in lines[2]
 
 
 def test_the_page_of_a_full_and_of_a_partial_run():
     full = gr.render(_record({"gsm8k": _result(2.0, 1.5, 1.0), "e2e_nlg": _result(3.0, 2.0, 1.0)}))
     assert "Partial" not in full and "Not yet run" not in full
-    assert "| gsm8k | 2.000 | 1.500 | 1.000 | 50% | sst2 | 2.0 |" in full
+    assert "| gsm8k | 2.000 | 1.500 | 1.000 | 50% | 2.000 (0%) | sst2 | 2.0 |" in full
     assert "| e2e_nlg | 3.000 | 2.000 | 1.000 | 50% |" in full
     assert "2 of 2" in full and "40,000" in full and "0.7%" in full  # the generator against its checkpoints
     assert "D = 115,200" in full and "`small` 60,000" in full
     partial = gr.render(_record({"gsm8k": _result(2.0, 1.5, 1.0)}))
     assert "**Partial run**: not yet scored for the left-out task(s) e2e_nlg" in partial
-    assert "| e2e_nlg | not run | not run | not run |" in partial
+    assert "| e2e_nlg | not run | not run | not run |  | not run |" in partial
 
 
 def test_render_only_without_results_writes_a_not_yet_run_page(tmp_path):
