@@ -54,3 +54,19 @@ def test_ablation_reproduces_the_baseline_and_finds_the_orf_signal(capsys, monke
     table = capsys.readouterr().out.strip().splitlines()
     assert table[0].startswith("| features |") and len(table) == 2 + len(results)
     assert f"| {results['log length only']['accuracy']:.3f} |" in table[5]
+    assert any("514-nt window" in name for name in results) and any("66-nt window" in name for name in results)
+
+
+def test_a_window_sees_at_most_its_own_length_of_an_open_frame():
+    filler = "TAAA" * 60  # TAA every 4 nt: a stop in every frame within 12 nt
+    orf = "GCT" * 100  # 300 nt without a stop in frame 0
+    sequence = filler + orf + filler
+    assert sequence_baseline.longest_stop_free(filler) < 12
+    assert sequence_baseline.longest_stop_free(sequence) >= 300
+    short = sequence_baseline.window_stop_free(sequence, 66, 56)
+    assert 60 <= short <= 66  # some 66-nt window lies inside the ORF, none can hold more of it
+    assert sequence_baseline.window_stop_free(filler[:100] + orf + filler, 514, 448) >= 300  # inside window 1
+    assert sequence_baseline.window_stop_free(sequence, 514, 448) < 300  # 240-540 nt: split by both windows
+    assert sequence_baseline.window_stop_free(filler + filler, 514, 448) < 12
+    # the last window is flush with the end: an ORF at the very end is seen
+    assert sequence_baseline.window_stop_free(filler * 3 + orf, 514, 448) >= 300
