@@ -81,3 +81,18 @@ def test_pooled_full_fine_tuning_batches_whole_sequences(tmp_path, monkeypatch):
     assert result["classifier_pooling"] == "mean" and result["window_pooling"] == "max"
     assert sum(map(sum, result["confusion"]["matrix"])) == len(test_rows)  # one prediction per sequence
     assert result["test_windows"] > len(test_rows)
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_the_orf_recipe_reads_long_3mer_windows_with_the_pooled_options(quick):
+    sizes = lncrna_pipeline.recipe_sizes("orf", quick)
+    pretrain = PretrainRequest(dataset_id=1, name="lnc-bert", size="tiny", **sizes["pretrain"])
+    assert (pretrain.tokenizer, pretrain.k, pretrain.classifier_pooling) == ("kmer", 3, "mean")
+    if not quick:  # ~170 codons a window: long enough to hold a stop-free reading frame of a coding sequence
+        assert pretrain.max_length >= 510 and pretrain.window_overlap == 64
+        assert (pretrain.hidden_size, pretrain.num_layers, pretrain.num_heads) == (64, 2, 4)
+    hyper = TrainingHyperParams(**lncrna_pipeline.lora_hyper(sizes["lora"]))
+    assert hyper.window_loss == "pooled_max" and hyper.head_learning_rate == 0.2
+    assert sizes["full_ft"]["head_learning_rate"] == 0.2
+    name = lncrna_pipeline.results_path("orf", quick).name
+    assert name == ("lncrna_pipeline_orf_quick.json" if quick else "lncrna_pipeline_orf.json")
