@@ -279,6 +279,20 @@ def network_sizes(adapter_dir: Path, cond_dim: int) -> dict[str, Any]:
     }
 
 
+def update_norm(adapter_dir: Path) -> float:
+    """‖ΔW‖ of a LoRA directory: the Frobenius norm of every module's B·A together (scaling left out: one shape)."""
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    total = 0.0
+    for key, a in tensors.items():
+        if "lora_A" in key:
+            b = tensors[key.replace("lora_A", "lora_B")]
+            total += float(torch.linalg.matrix_norm(b.float() @ a.float()) ** 2)
+    return total**0.5
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Everything not yet in ``args.out`` (with ``--resume``), writing the JSON and the page after each result."""
     out = Path(args.out)
@@ -353,6 +367,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 done[arm] = generated_arm(studio, task, setup, args)
             save()
+    # How far each adapter moves the base: a generator that regressed to the mean writes a small update.
+    registry = studio.svc.registry
+    for entry in adapters.values():
+        entry.setdefault("update_norm", update_norm(Path(registry.get_adapter(entry["adapter_id"]).path)))
+    for task in record["held_out"]:
+        generated = results.get(task, {}).get("generated")
+        if generated is not None and "update_norm" not in generated:
+            generated["update_norm"] = update_norm(Path(registry.get_adapter(generated["adapter_id"]).path))
+    record["extra"] = list(args.extra)
     record["finished"] = True
     save()
     return record
@@ -436,6 +459,7 @@ def render(record: dict[str, Any]) -> str:
                 *(f"{r[a]['loss']:.3f}" if a in r else "not run" for a in ("bare", "generated", "trained")),
                 _share(share),
                 f"{r['nearest']['loss']:.3f} ({_share(gap_closed(r, 'nearest'))})" if "nearest" in r else "not run",
+                _norm_ratio(gen, setup.get("adapters", {}).get(task, {})),
                 gen.get("reference_task", ""),
                 f"{gen['generator']['seconds'] / 60:.1f}" if gen else "",
             ]
@@ -538,6 +562,7 @@ def render(record: dict[str, Any]) -> str:
                 "trained",
                 "gap closed",
                 "nearest task's adapter (gap closed)",
+                "‖ΔW‖ generated / trained",
                 "reference (nearest task)",
                 "generator min",
             ],
@@ -545,6 +570,7 @@ def render(record: dict[str, Any]) -> str:
         ),
         "",
         *[line + "\n" for line in verdict(results)],
+        *extra_section(record.get("extra", [])),
         "## The generator's size against the adapters it stands for",
         "",
         (
@@ -581,6 +607,51 @@ def render(record: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _norm_ratio(generated: dict[str, Any], trained: dict[str, Any]) -> str:
+    """'0.12' (the generated adapter's update norm over the task's trained adapter's); '' when unknown."""
+    if "update_norm" not in generated or not trained.get("update_norm"):
+        return ""
+    return f"{generated['update_norm'] / trained['update_norm']:.2f}"
+
+
+def extra_section(paths: list[str]) -> list[str]:
+    """Runs with other generator settings (``--extra``): one row per left-out task they scored."""
+    rows = []
+    for path in paths:
+        file = Path(path) if Path(path).is_file() else RESULTS_DIR / Path(path).name  # a name in bench/results
+        if not file.is_file():
+            continue
+        extra = json.loads(file.read_text())
+        config, adapters = extra["config"], extra.get("setup", {}).get("adapters", {})
+        for task, r in extra.get("results", {}).items():
+            if not all(a in r for a in ARMS):
+                continue
+            gen = r["generated"]
+            rows.append(
+                [
+                    task, f"{config['preset']}, {config['epochs']} epochs, lr {float(config['gen_lr']):g}",
+                    _num(gen["generator"].get("final_mse")), f"{gen['generator']['seconds'] / 60:.1f}",
+                    *(f"{r[a]['loss']:.3f}" for a in ("bare", "generated", "nearest", "trained")),
+                    _share(gap_closed(r)), _norm_ratio(gen, adapters.get(task, {})), f"`{file.name}`",
+                ]
+            )  # fmt: skip
+    if not rows:
+        return []
+    header = [
+        "left-out task", "generator", "final reconstruction MSE", "generator min", "bare base", "generated",
+        "nearest task's adapter", "trained", "gap closed", "‖ΔW‖ generated / trained", "run",
+    ]  # fmt: skip
+    return [
+        "## Other generator settings",
+        "",
+        "The same left-out task with a generator trained longer and at a larger rate (`--extra`; raw numbers in"
+        " the JSON named in the last column, in `bench/results/`).",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
 
 
 def _share(value: float | None) -> str:
@@ -627,6 +698,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(RESULTS_DIR / "generate_real.json"))
     parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "generation.md"))
     parser.add_argument("--resume", action="store_true", help="Skip the set-up and results already in --out.")
+    parser.add_argument(
+        "--extra", nargs="*", default=[], help="Other runs' JSONs (other generator settings) shown on the page."
+    )
     parser.add_argument("--render-only", action="store_true", help="Rewrite --doc from --out; no runs.")
     parser.add_argument("--quick", action="store_true", help="Tiny scale: a check of the whole path in minutes.")
     args = parser.parse_args(argv)
@@ -647,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_only:
         out = Path(args.out)
         record = json.loads(out.read_text()) if out.is_file() else placeholder(args)
+        if args.extra:
+            record["extra"] = list(args.extra)
         Path(args.doc).write_text(render(record), encoding="utf-8")
         print(f"wrote {args.doc} from {out if out.is_file() else 'the default set-up (not yet run)'}")
         return 0

@@ -143,7 +143,7 @@ def test_gap_closed_and_verdict():
 def test_the_page_of_a_full_and_of_a_partial_run():
     full = gr.render(_record({"gsm8k": _result(2.0, 1.5, 1.0), "e2e_nlg": _result(3.0, 2.0, 1.0)}))
     assert "Partial" not in full and "Not yet run" not in full
-    assert "| gsm8k | 2.000 | 1.500 | 1.000 | 50% | 2.000 (0%) | sst2 | 2.0 |" in full
+    assert "| gsm8k | 2.000 | 1.500 | 1.000 | 50% | 2.000 (0%) |  | sst2 | 2.0 |" in full  # no norms recorded
     assert "| e2e_nlg | 3.000 | 2.000 | 1.000 | 50% |" in full
     assert "2 of 2" in full and "40,000" in full and "0.7%" in full  # the generator against its checkpoints
     assert "D = 115,200" in full and "`small` 60,000" in full
@@ -161,3 +161,40 @@ def test_render_only_without_results_writes_a_not_yet_run_page(tmp_path):
     out.write_text(json.dumps(_record({"gsm8k": _result(2.0, 1.5, 1.0)})))
     assert gr.main(["--render-only", "--out", str(out), "--doc", str(doc)]) == 0
     assert "| gsm8k | 2.000 | 1.500 | 1.000 |" in doc.read_text()
+
+
+def test_update_norm_is_the_norm_of_every_b_times_a(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    a1, b1 = torch.randn(2, 6), torch.randn(5, 2)
+    a2, b2 = torch.randn(2, 4), torch.randn(3, 2)
+    save_file(
+        {
+            "m.q.lora_A.weight": a1, "m.q.lora_B.weight": b1,
+            "m.v.lora_A.weight": a2, "m.v.lora_B.weight": b2,
+        },
+        str(tmp_path / "adapter_model.safetensors"),
+    )  # fmt: skip
+    expected = ((b1 @ a1).norm() ** 2 + (b2 @ a2).norm() ** 2) ** 0.5
+    assert gr.update_norm(tmp_path) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_other_generator_settings_are_shown_from_their_json(tmp_path):
+    result = _result(2.0, 1.9, 1.0, nearest=1.5)
+    result["generated"]["update_norm"] = 0.25
+    extra = _record({"gsm8k": result})
+    extra["config"].update(epochs="300", gen_lr="0.001")
+    extra["setup"]["adapters"]["gsm8k"]["update_norm"] = 1.0
+    path = tmp_path / "strong.json"
+    path.write_text(json.dumps(extra))
+    lines = gr.extra_section([str(path), str(tmp_path / "missing.json")])
+    table = "\n".join(lines)
+    assert "## Other generator settings" in table
+    assert (
+        "| gsm8k | small, 300 epochs, lr 0.001 | 0.05 | 2.0 | 2.000 | 1.900 | 1.500 | 1.000 | 10% | 0.25 | `strong.json` |"
+        in table
+    )
+    assert gr.extra_section([str(tmp_path / "missing.json")]) == []
+    page = gr.render({**_record({"gsm8k": result}), "extra": [str(path)]})
+    assert "## Other generator settings" in page and "| 0.25 |" in page
