@@ -403,7 +403,7 @@ def gap_closed(result: dict[str, Any], arm: str = "generated") -> float | None:
     return None if bare == trained else (bare - scored) / (bare - trained)
 
 
-def verdict(results: dict[str, dict[str, Any]]) -> list[str]:
+def verdict(results: dict[str, dict[str, Any]], adapters: dict[str, Any] | None = None) -> list[str]:
     """Plain sentences: does the generated adapter beat the bare base, and how much of training's gain does it get."""
     complete = {t: r for t, r in results.items() if all(a in r for a in ARMS)}
     if not complete:
@@ -427,6 +427,17 @@ def verdict(results: dict[str, dict[str, Any]]) -> list[str]:
         "One seed, a few dozen held-out rows per task and short training runs: differences of a few hundredths"
         " of loss are within noise; read the pattern over tasks, not one task's number.",
     ]
+    ratios = [
+        float(_norm_ratio(r["generated"], (adapters or {}).get(t, {})))
+        for t, r in complete.items()
+        if _norm_ratio(r["generated"], (adapters or {}).get(t, {}))
+    ]
+    if ratios:
+        lines.insert(
+            2,
+            f"**The generated adapters move the base far less than trained ones: ‖ΔW‖ {min(ratios):.2f}–"
+            f"{max(ratios):.2f} of the left-out task's trained adapter's** (‖ΔW‖: the norm of every module's B·A).",
+        )
     return lines
 
 
@@ -569,7 +580,7 @@ def render(record: dict[str, Any]) -> str:
             table,
         ),
         "",
-        *[line + "\n" for line in verdict(results)],
+        *[line + "\n" for line in verdict(results, setup.get("adapters", {}))],
         *extra_section(record.get("extra", [])),
         "## The generator's size against the adapters it stands for",
         "",
@@ -646,8 +657,9 @@ def extra_section(paths: list[str]) -> list[str]:
     return [
         "## Other generator settings",
         "",
-        "The same left-out task with a generator trained longer and at a larger rate (`--extra`; raw numbers in"
-        " the JSON named in the last column, in `bench/results/`).",
+        "The same left-out task with a generator trained longer and at a larger rate, everything else as above"
+        " (made with `--held-out TASK --epochs N --gen-lr LR --out bench/results/NAME.json`, the task adapters"
+        " reused from `--work`; shown here with `--extra NAME.json`; raw numbers in the JSON of the last column).",
         "",
         markdown_table(header, rows),
         "",

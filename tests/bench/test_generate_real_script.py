@@ -198,3 +198,12 @@ def test_other_generator_settings_are_shown_from_their_json(tmp_path):
     assert gr.extra_section([str(tmp_path / "missing.json")]) == []
     page = gr.render({**_record({"gsm8k": result}), "extra": [str(path)]})
     assert "## Other generator settings" in page and "| 0.25 |" in page
+
+
+def test_the_verdict_reports_how_far_generated_adapters_move_the_base():
+    a, b = _result(2.0, 1.9, 1.0), _result(2.0, 1.8, 1.0)
+    a["generated"]["update_norm"], b["generated"]["update_norm"] = 0.1, 0.6
+    adapters = {"a": {"update_norm": 1.0}, "b": {"update_norm": 2.0}}
+    lines = gr.verdict({"a": a, "b": b}, adapters)
+    assert "‖ΔW‖ 0.10–0.30 of the left-out task's trained adapter's" in lines[2]
+    assert not any("‖ΔW‖" in line for line in gr.verdict({"a": a, "b": b}))  # no norms recorded: no sentence
