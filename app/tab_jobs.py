@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from app.job_pages import STATUS_ICONS, detail_markdown, percent, step_cell, view_of, when
+from app.latest_view import LatestView, newest_read_wins
 from app.ui import ago, bind, human_seconds, new_submission_token, queue_wait_sentence
 from models_db.registry import ACTIVE_STATUSES, FINAL_STATUSES
 from studio.charts import empty_figure
@@ -245,31 +246,40 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
                 label="Log", lines=18, max_lines=18, autoscroll=True, interactive=False, elem_id="jobs-logs"
             )
     timer = gr.Timer(REFRESH_SECONDS)
+    # Every event below renders the same panes and may run beside another: the newest read wins.
+    clock = {"view": gr.State(LatestView)}
 
     view = {k: c[k] for k in ("search", "status", "page")}
     detail_out = {k: c[k] for k in ("detail", "chart", "logs", "signature", "cancel_btn", "retry_btn")}
     everything = detail_out | {k: c[k] for k in ("workers", "queue", "selected", "page")}
-    refresh_in = {"selected": c["selected"], "signature": c["signature"]} | view
-    bind(timer.tick, partial(refresh, services), refresh_in, everything, show_progress="hidden")
-    bind(tab.select, partial(refresh, services), refresh_in, everything)
+    refresh_in = clock | {"selected": c["selected"], "signature": c["signature"]} | view
+    newest_refresh = newest_read_wins(partial(refresh, services))
+    bind(timer.tick, newest_refresh, refresh_in, everything, show_progress="hidden")
+    bind(tab.select, newest_refresh, refresh_in, everything)
     # A new search or status starts again at page 1.
-    new_view = {"selected": c["selected"], "signature": c["signature"], "search": c["search"], "status": c["status"]}
-    bind(c["search"].submit, partial(refresh, services), new_view, everything)
-    bind(c["status"].input, partial(refresh, services), new_view, everything)
-    bind(c["page"].submit, partial(refresh, services), refresh_in, everything)
+    new_view = clock | {"selected": c["selected"], "signature": c["signature"]}
+    new_view |= {"search": c["search"], "status": c["status"]}
+    bind(c["search"].submit, newest_refresh, new_view, everything)
+    bind(c["status"].input, newest_refresh, new_view, everything)
+    bind(c["page"].submit, newest_refresh, refresh_in, everything)
     for button, step in ((c["prev_btn"], -1), (c["next_btn"], 1)):
-        bind(button.click, partial(turn_page, services, step), refresh_in, everything)
-    bind(c["selected"].input, partial(job_detail, services), {"selected": c["selected"]}, detail_out)
+        bind(button.click, newest_read_wins(partial(turn_page, services, step)), refresh_in, everything)
+    bind(
+        c["selected"].input,
+        newest_read_wins(partial(job_detail, services)),
+        clock | {"selected": c["selected"]},
+        detail_out,
+    )
     bind(
         c["cancel_btn"].click,
-        partial(cancel_job, services),
-        {"selected": c["selected"]} | view,
+        newest_read_wins(partial(cancel_job, services)),
+        clock | {"selected": c["selected"]} | view,
         detail_out | {"queue": c["queue"]},
     )
     c["retry_token"] = gr.State(new_submission_token)  # renewed after each retry: a double click retries once
     bind(
         c["retry_btn"].click,
-        partial(retry_job, services),
-        {"selected": c["selected"], "submission_token": c["retry_token"]} | view,
+        newest_read_wins(partial(retry_job, services), always=("retry_token",)),
+        clock | {"selected": c["selected"], "submission_token": c["retry_token"]} | view,
         everything | {"retry_token": c["retry_token"]},
     )

@@ -58,12 +58,23 @@ def label_summary(rows: Iterable[dict[str, Any]]) -> tuple[list[Any], list[dict[
     return labels, [{"label": label, "count": counts[label]} for label in labels]
 
 
+# Characters that JSON leaves raw in a string but that str.splitlines() (and JavaScript) take for line
+# breaks: written as escapes so that every reader sees one row per line. json.dumps already escapes the
+# other splitlines() breaks (all below U+0020).
+_LINE_BREAK_ESCAPES = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def jsonl_line(row: dict[str, Any]) -> str:
+    """One row as a line of canonical JSONL (UTF-8 text kept readable, line-break characters escaped)."""
+    return json.dumps(row, ensure_ascii=False).translate(_LINE_BREAK_ESCAPES) + "\n"
+
+
 def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> int:
     """Write rows as canonical JSONL; returns how many were written."""
     count = 0
     with Path(path).open("w", encoding="utf-8", newline="\n") as handle:
         for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.write(jsonl_line(row))
             count += 1
     return count
 
