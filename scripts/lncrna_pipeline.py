@@ -138,51 +138,40 @@ POOLED_SIZES: dict[str, dict[str, Any]] = {
         "full_ft": dict(max_steps=30, batch_size=8, learning_rate=1e-3, head_learning_rate=0.2),
     },
 }
+
+
 # The "orf" recipe: the pooled recipe's pooling, loss and head rate on LONG 3-mer windows. The baseline's
 # signal is the longest open reading frame (docs/results/classification_lncrna.md, feature ablation), and a
 # 512-token window (~510 nt, ~170 codons) inside a coding sequence has one frame with no stop codon across
 # it, which a 66-token window cannot show. Steps were sized from a probe on the full data (``--steps 20,10,10``,
 # 1 thread, load average ~2): pre-training 1.3 s a step of 16 windows, LoRA 1.7 s and full fine-tuning 1.8 s a
 # step of 8 sequences (~26 windows), evaluation 20 s with the baseline: ~25 min in all at that load.
+def _pooled_with(which: str, pretrain: dict[str, Any], lora: dict[str, Any], full_ft: dict[str, Any]) -> dict:
+    """The pooled recipe's ``which`` ("full"/"quick") settings with these changes (the orf recipe below)."""
+    base = POOLED_SIZES[which]
+    return {
+        "pretrain": {**base["pretrain"], **pretrain},
+        "lora": {**base["lora"], **lora},
+        "full_ft": {**base["full_ft"], **full_ft},
+    }
+
+
 ORF_SIZES: dict[str, dict[str, Any]] = {
-    "full": {
-        "pretrain": dict(
-            tokenizer="kmer",
-            k=3,
-            hidden_size=64,
-            num_layers=2,
-            num_heads=4,
-            max_length=514,  # 512 3-mers + [CLS] + [SEP]: a window spans ~170 codons
-            window_overlap=64,
-            classifier_pooling="mean",
-            max_steps=250,  # 4,000 windows, ~0.65 passes over the 6,261 pre-training windows
-            batch_size=16,
-            learning_rate=3e-3,
-            warmup_ratio=0.1,
-        ),
-        # batch_size counts SEQUENCES (all their windows, ~3.5 a sequence, in one micro-batch)
-        # 320 steps x 8 sequences: ~1.3 passes over the 1,995 training sequences
-        "lora": dict(max_steps=320, batch_size=8, learning_rate=5e-3, head_learning_rate=0.2, rank=16),
-        "full_ft": dict(max_steps=280, batch_size=8, learning_rate=5e-4, head_learning_rate=0.2),
-    },
-    "quick": {
-        "pretrain": dict(
-            tokenizer="kmer",
-            k=3,
-            hidden_size=32,
-            num_layers=1,
-            num_heads=2,
-            max_length=130,
-            window_overlap=16,
-            classifier_pooling="mean",
-            max_steps=30,
-            batch_size=16,
-            learning_rate=3e-3,
-            warmup_ratio=0.1,
-        ),
-        "lora": dict(max_steps=20, batch_size=8, learning_rate=5e-3, head_learning_rate=0.2, rank=8),
-        "full_ft": dict(max_steps=20, batch_size=8, learning_rate=1e-3, head_learning_rate=0.2),
-    },
+    # 512 3-mers + [CLS] + [SEP]: a window spans ~170 codons; 250 steps x 16 = 4,000 windows, ~0.65 passes
+    # over the 6,261 pre-training windows. batch_size counts SEQUENCES in tuning (all their windows, ~3.5
+    # a sequence, in one micro-batch): 320 steps x 8 sequences, ~1.3 passes over the 1,995 training sequences.
+    "full": _pooled_with(
+        "full",
+        pretrain=dict(max_length=514, window_overlap=64, max_steps=250, batch_size=16),
+        lora=dict(max_steps=320),
+        full_ft=dict(max_steps=280),
+    ),
+    "quick": _pooled_with(
+        "quick",
+        pretrain=dict(max_length=130, window_overlap=16, max_steps=30, batch_size=16),
+        lora=dict(max_steps=20),
+        full_ft=dict(max_steps=20),
+    ),
 }
 RECIPES = {"windows": SIZES, "pooled": POOLED_SIZES, "orf": ORF_SIZES}
 
