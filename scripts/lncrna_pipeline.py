@@ -181,6 +181,24 @@ def recipe_sizes(recipe: str, quick: bool) -> dict[str, dict[str, Any]]:
     return RECIPES[recipe]["quick" if quick else "full"]
 
 
+def with_overrides(sizes: dict[str, dict[str, Any]], steps: str | None, sets: list[str]) -> dict[str, dict[str, Any]]:
+    """A recipe's settings with ``--steps PRETRAIN,LORA,FULL_FT`` and ``--set STAGE.FIELD=VALUE`` applied (a copy)."""
+    sizes = {stage: dict(cfg) for stage, cfg in sizes.items()}
+    if steps:
+        for stage, n in zip(("pretrain", "lora", "full_ft"), steps.split(","), strict=True):
+            sizes[stage]["max_steps"] = int(n)
+    for item in sets:
+        key, _, value = item.partition("=")
+        stage, _, field = key.partition(".")
+        if stage not in sizes or not field or not value:
+            raise SystemExit(f"--set {item}: write STAGE.FIELD=VALUE with STAGE one of {', '.join(sizes)}")
+        try:
+            sizes[stage][field] = json.loads(value)  # numbers, true/false, lists
+        except ValueError:
+            sizes[stage][field] = value  # a word, e.g. tokenizer=nucleotide
+    return sizes
+
+
 def results_path(recipe: str, quick: bool) -> Path:
     """bench/results/lncrna_pipeline[_pooled|_orf][_quick].json: each recipe keeps its own results."""
     suffix = ("" if recipe == "windows" else f"_{recipe}") + ("_quick" if quick else "")
@@ -391,6 +409,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench/results/...)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="STAGE.FIELD=VALUE",
+        help="change one setting of the recipe, e.g. --set lora.learning_rate=0.001 (repeatable)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -398,11 +423,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from studio.schema import EvalRequest, PretrainRequest, TrainingHyperParams, TrainRequest
 
-    sizes = recipe_sizes(args.recipe, args.quick)
-    if args.steps:
-        sizes = {stage: dict(cfg) for stage, cfg in sizes.items()}
-        for stage, n in zip(("pretrain", "lora", "full_ft"), args.steps.split(","), strict=True):
-            sizes[stage]["max_steps"] = int(n)
+    sizes = with_overrides(recipe_sizes(args.recipe, args.quick), args.steps, args.set)
     out = args.out or results_path(args.recipe, args.quick)
     began = time.monotonic()
     load = os.getloadavg()

@@ -96,3 +96,14 @@ def test_the_orf_recipe_reads_long_3mer_windows_with_the_pooled_options(quick):
     assert sizes["full_ft"]["head_learning_rate"] == 0.2
     name = lncrna_pipeline.results_path("orf", quick).name
     assert name == ("lncrna_pipeline_orf_quick.json" if quick else "lncrna_pipeline_orf.json")
+
+
+def test_set_and_steps_change_a_copy_of_the_recipe():
+    lp = lncrna_pipeline
+    recipe = lp.recipe_sizes("orf", quick=False)
+    changed = lp.with_overrides(recipe, "5,6,7", ["lora.learning_rate=0.001", "pretrain.tokenizer=nucleotide"])
+    assert [changed[s]["max_steps"] for s in ("pretrain", "lora", "full_ft")] == [5, 6, 7]
+    assert changed["lora"]["learning_rate"] == 0.001 and changed["pretrain"]["tokenizer"] == "nucleotide"
+    assert recipe["lora"]["learning_rate"] == 5e-3 and recipe["lora"]["max_steps"] == 320  # the recipe untouched
+    with pytest.raises(SystemExit, match="STAGE.FIELD=VALUE"):
+        lp.with_overrides(recipe, None, ["adapter.rank=4"])
