@@ -507,10 +507,11 @@ class PretrainRequest(StudioModel):
     sequence_column: str | None = Field(
         None, description="Column holding the sequences. Empty: the one the dataset import detected."
     )
-    tokenizer: Literal["auto", "nucleotide", "kmer", "protein"] = Field(
+    tokenizer: Literal["auto", "nucleotide", "kmer", "codon", "protein"] = Field(
         "auto",
         description="auto: what the import proposed (overlapping 3-mers for DNA/RNA, single letters for proteins); "
-        "nucleotide: one token per base; kmer: overlapping k-mers; protein: one token per amino acid.",
+        "nucleotide: one token per base; kmer: overlapping k-mers; codon: non-overlapping 3-mers read in each of "
+        "the three reading frames (a sequence becomes three token sequences); protein: one token per amino acid.",
     )
     k: int | None = Field(None, ge=3, le=6, description="k of a k-mer tokenizer (3 to 6). Empty: the proposed k.")
     size: Literal[ENCODER_SIZES] = Field(  # type: ignore[valid-type]

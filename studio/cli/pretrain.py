@@ -14,7 +14,7 @@ from studio.schema import PretrainRequest, format_validation_error
 @click.option("--dataset", "dataset_ref", required=True, help="A registered dataset id, or a file to import first.")
 @click.option("--name", default=None, help="Name of the new base model (default seq-encoder-<dataset>-<job>).")
 @click.option("--column", "sequence_column", default=None, help="Sequence column (default: the detected one).")
-@click.option("--tokenizer", type=click.Choice(["auto", "nucleotide", "kmer", "protein"]), default="auto")
+@click.option("--tokenizer", type=click.Choice(["auto", "nucleotide", "kmer", "codon", "protein"]), default="auto")
 @click.option("--k", type=int, default=None, help="k of a k-mer tokenizer (3 to 6).")
 @click.option("--size", type=click.Choice(["auto", "tiny", "small", "base"]), default="auto", show_default=True)
 @click.option("--extra-dataset", "extra_dataset_id", type=int, default=None, help="Unlabelled sequences to add.")

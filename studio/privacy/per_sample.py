@@ -79,7 +79,9 @@ def mask_style(model: Any, batch: dict[str, Any]) -> bool:
                     return causal
     finally:
         model.train(was_training)
-    raise ValueError("per-sample gradients: neither a causal nor a padding-only 4-D mask reproduces this model's logits")
+    raise ValueError(
+        "per-sample gradients: neither a causal nor a padding-only 4-D mask reproduces this model's logits"
+    )
 
 
 def per_sample_loss(model: Any, params: dict[str, Any], sample: dict[str, Any], task: str) -> Any:

@@ -102,12 +102,16 @@ def sequence_source(row: Any, column: str | None = None) -> SequenceSource:
 
 
 def tokenizer_choice(request: PretrainRequest, source: SequenceSource) -> tuple[str, int]:
-    """(kind, k) of the tokenizer: the request's, else the import's proposal; refuses mismatches."""
+    """(kind, k) of the tokenizer: the request's, else the import's proposal; refuses mismatches.
+
+    ``k`` is the overlap that masking must respect: the k of overlapping k-mers, 1 for every tokenizer
+    whose tokens share no letters (single letters, and codons: non-overlapping within their frame).
+    """
     kind = source.tokenizer if request.tokenizer == "auto" else request.tokenizer
     if (kind == "protein") != (source.kind == "protein"):
         raise ValidationFailed(
             f"a {kind} tokenizer cannot read {source.kind} sequences; pick "
-            + ("protein" if source.kind == "protein" else "nucleotide or kmer")
+            + ("protein" if source.kind == "protein" else "nucleotide, kmer or codon")
         )
     if kind == "kmer":
         return kind, request.k or (source.k if source.k > 1 else 3)
@@ -384,7 +388,10 @@ def plan_pretraining(request: PretrainRequest, registry: Any, device_type: str, 
 
 def describe_plan(plan: Plan) -> str:
     hidden, layers, heads = plan.shape
-    tok = f"overlapping {plan.k}-mers" if plan.kind == "kmer" else f"{plan.kind} (one token per letter)"
+    tok = {
+        "kmer": f"overlapping {plan.k}-mers",
+        "codon": "codons in each of the 3 reading frames",
+    }.get(plan.kind, f"{plan.kind} (one token per letter)")
     params = sum(p.numel() for p in plan.model.parameters())
     data = plan.data
     return (

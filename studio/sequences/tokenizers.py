@@ -14,10 +14,17 @@ reads ``U`` as ``T`` and maps every IUPAC ambiguity code to ``N``; other charact
   so, as in DNABERT, the saved tokenizer reads k-mers *separated by spaces*: turn a sequence into
   that text with :func:`prepare` (or :func:`kmer_text`). :func:`encode_sequences` does it for any
   of these tokenizers, reading ``kmer`` from the tokenizer's saved config.
+- ``codon``: non-overlapping 3-mers (codons) read in each of the three forward reading frames,
+  vocabulary the 64 codons; a codon holding ``N`` is ``[UNK]``. A sequence becomes three token
+  sequences, one a frame (:func:`reading_frame_texts`), so the frame a stop codon lies in is explicit:
+  "no TAA/TAG/TGA token in this window" is a fact about the tokens, not about their positions modulo 3,
+  which overlapping k-mers leave the encoder to work out. Why: coding potential (lncRNA against
+  mRNA) is decided by the longest open reading frame, a property of one frame.
 - ``protein``: one token per amino acid, the 20 plus ``X B Z U O``.
 
-The saved ``tokenizer_config.json`` records ``sequence_kind`` and ``kmer`` so that a later job
-(pre-training, classification) knows how to prepare text for a tokenizer it only loads.
+The saved ``tokenizer_config.json`` records ``sequence_kind``, ``kmer`` and ``reading_frames`` so
+that a later job (pre-training, classification) knows how to prepare text for a tokenizer it only
+loads.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from typing import Any
 from studio.sequences.alphabet import AMINO_ACIDS, BASES, IUPAC_AMBIGUOUS, PROTEIN_EXTRA, to_dna
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-TOKENIZER_KINDS = ("nucleotide", "kmer", "protein")
+TOKENIZER_KINDS = ("nucleotide", "kmer", "codon", "protein")
+CODON_FRAMES = 3  # the forward reading frames a codon tokenizer reads
 K_RANGE = range(3, 7)
 
 
@@ -56,9 +64,9 @@ def _protein_normalizer() -> Any:
 
 
 def build_tokenizer(kind: str = "nucleotide", k: int = 1, model_max_length: int = 512) -> Any:
-    """A fresh :class:`PreTrainedTokenizerFast` of ``kind`` (nucleotide, kmer or protein).
+    """A fresh :class:`PreTrainedTokenizerFast` of ``kind`` (nucleotide, kmer, codon or protein).
 
-    ``k`` is used by ``kmer`` only (3 to 6). ``model_max_length`` is what the tokenizer reports
+    ``k`` is used by ``kmer`` only (3 to 6); a codon is always 3 letters. ``model_max_length`` is what the tokenizer reports
     to truncation; the encoder that uses it sets the real limit.
     """
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -74,7 +82,8 @@ def build_tokenizer(kind: str = "nucleotide", k: int = 1, model_max_length: int 
         words = [*BASES, "N"]
         normalizer = normalizers.Sequence([normalizers.Replace(Regex(r"\s+"), ""), _nucleotide_normalizer()])
         pre = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    elif kind == "kmer":
+    elif kind in ("kmer", "codon"):
+        k = 3 if kind == "codon" else k
         words = ["".join(p) for p in itertools.product(BASES, repeat=k)]
         normalizer = _nucleotide_normalizer()
         pre = pre_tokenizers.WhitespaceSplit()
@@ -102,13 +111,20 @@ def build_tokenizer(kind: str = "nucleotide", k: int = 1, model_max_length: int 
         model_max_length=model_max_length,
         # Saved in tokenizer_config.json: what a later job needs to prepare text for this tokenizer.
         sequence_kind="protein" if kind == "protein" else "nucleotide",
-        kmer=k if kind == "kmer" else 1,
+        kmer=k if kind in ("kmer", "codon") else 1,
+        reading_frames=CODON_FRAMES if kind == "codon" else 1,
     )
 
 
 def kmer_of(tokenizer: Any) -> int:
     """The k a (possibly reloaded) sequence tokenizer was built for: 1 for single-letter ones."""
     value = getattr(tokenizer, "init_kwargs", {}).get("kmer", 1)
+    return int(value or 1)
+
+
+def reading_frames_of(tokenizer: Any) -> int:
+    """How many reading frames a (possibly reloaded) sequence tokenizer reads: 3 for codons, else 1."""
+    value = getattr(tokenizer, "init_kwargs", {}).get("reading_frames", 1)
     return int(value or 1)
 
 
@@ -130,10 +146,32 @@ def kmer_text(sequence: str, k: int) -> str:
     return " ".join(kmers(sequence, k))
 
 
+def codon_text(sequence: str, frame: int) -> str:
+    """The codons of ``sequence`` read from offset ``frame`` (0, 1 or 2), separated by spaces.
+
+    Letters after the last whole codon are left out (at most two: they belong to no codon of this frame).
+    """
+    dna = to_dna(sequence).translate(_TO_N)
+    return " ".join(dna[i : i + 3] for i in range(frame, len(dna) - 2, 3))
+
+
 def prepare(tokenizer: Any, sequence: str) -> str:
-    """The text to give ``tokenizer`` for ``sequence``: spaced k-mers for a k-mer tokenizer, else unchanged."""
+    """The text to give ``tokenizer`` for ``sequence``: spaced k-mers for a k-mer tokenizer, else unchanged.
+
+    A codon tokenizer gets the first reading frame; :func:`reading_frame_texts` gives all of them.
+    """
+    if reading_frames_of(tokenizer) > 1:
+        return codon_text(sequence, 0)
     k = kmer_of(tokenizer)
     return kmer_text(sequence, k) if k > 1 else sequence
+
+
+def reading_frame_texts(tokenizer: Any, sequence: str) -> list[str]:
+    """Every text ``tokenizer`` reads for ``sequence``: one a reading frame for codons, else one text."""
+    frames = reading_frames_of(tokenizer)
+    if frames > 1:
+        return [codon_text(sequence, frame) for frame in range(frames)]
+    return [prepare(tokenizer, sequence)]
 
 
 def encode_sequences(tokenizer: Any, sequences: Sequence[str], **kwargs: Any) -> Any:

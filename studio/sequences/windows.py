@@ -65,18 +65,23 @@ def is_sequence_tokenizer(tokenizer: Any) -> bool:
 def encode_windows(tokenizer: Any, sequence: str, max_length: int, overlap: int | None = None) -> list[list[int]]:
     """The token ids of each window of ``sequence``: ``[CLS] window [SEP]``, at most ``max_length`` each.
 
-    The sequence is prepared for the tokenizer first (spaced k-mers for a k-mer tokenizer).
+    The sequence is prepared for the tokenizer first (spaced k-mers for a k-mer tokenizer). A codon
+    tokenizer reads the sequence once per reading frame: the windows of frame 0, then of frame 1, then
+    of frame 2, all of them the sequence's (pooled together like any other windows of one sequence).
     ``overlap`` (tokens) defaults to the tokenizer's own; it is reduced when the window is too
     small to hold it.
     """
-    from studio.sequences.tokenizers import prepare
+    from studio.sequences.tokenizers import reading_frame_texts
 
     body = max(1, max_length - SPECIALS_PER_WINDOW)
     wanted = overlap_of(tokenizer) if overlap is None else overlap
     shared = min(wanted, body // 2)  # a stride of at least half a window
-    ids = list(tokenizer(prepare(tokenizer, sequence), add_special_tokens=False)["input_ids"])
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    return [[cls, *ids[start:end], sep] for start, end in window_spans(len(ids), body, shared)]
+    windows = []
+    for text in reading_frame_texts(tokenizer, sequence):
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        windows += [[cls, *ids[start:end], sep] for start, end in window_spans(len(ids), body, shared)]
+    return windows
 
 
 POOLINGS = ("mean", "max")  # how a sequence's windows' logits become its logits

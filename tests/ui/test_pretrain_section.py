@@ -92,7 +92,7 @@ def test_a_field_error_is_shown_beside_its_field_and_nothing_is_queued(demo, ser
     assert "no column of DNA, RNA or protein" in flagged(out)["pretrain-dataset"]
     out = call(submit, **{"pretrain-dataset": sequences.id, "pretrain-tokenizer": "protein"})
     assert flagged(out) == {
-        "pretrain-tokenizer": "⚠ a protein tokenizer cannot read dna sequences; pick nucleotide or kmer"
+        "pretrain-tokenizer": "⚠ a protein tokenizer cannot read dna sequences; pick nucleotide, kmer or codon"
     }
     out = call(submit)  # no dataset chosen
     assert set(flagged(out)) == {"pretrain-dataset"}
