@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -100,6 +101,38 @@ def add_data_argument(parser: Any) -> None:
         help=f"folder of the data sets, one sub-folder each (alpaca/, gsm8k/, ...); default {SHARED_DATA} "
         "(the samples shipped in the repository: the first rows of each file)",
     )
+
+
+def add_run_arguments(
+    parser: Any,
+    *,
+    out: str | None = None,
+    doc: str | None = None,
+    resume: str | None = None,
+    quick: str | None = None,
+) -> None:
+    """The options the real-data scripts share: ``--data`` and ``--threads``, then those a script asks for.
+
+    ``out`` / ``doc`` name the default files of ``--out`` (in bench/results) and ``--doc`` (in
+    docs/results); ``resume`` / ``quick`` are the help texts of those switches (each script says
+    what it skips or shrinks). Apply ``--data`` and ``--threads`` with :func:`start_run`.
+    """
+    add_data_argument(parser)
+    add_threads_argument(parser)
+    if out:
+        parser.add_argument("--out", default=str(RESULTS_DIR / out))
+    if doc:
+        parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / doc))
+    if resume:
+        parser.add_argument("--resume", action="store_true", help=resume)
+    if quick:
+        parser.add_argument("--quick", action="store_true", help=quick)
+
+
+def start_run(args: Any) -> None:
+    """The start-up of a run: the data sets from ``args.data`` (:func:`use_data`), then :func:`prepare_env` at ``args.threads``."""
+    use_data(args.data)
+    prepare_env(threads=args.threads)
 
 
 def use_data(path: str | Path) -> Path:
@@ -421,6 +454,42 @@ def write_json(path: str | Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def open_record(args: Any, config: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+    """The record of a resumable run: the JSON at ``args.out`` with ``args.resume``, else ``config`` + ``fresh``.
+
+    A saved record made with another ``config`` is refused (its numbers would not be this run's).
+    The record is stamped with this command, the machine, the load at the first start and
+    ``finished`` False; :func:`record_saver` writes it as the run goes.
+    """
+    out = Path(args.out)
+    record: dict[str, Any] = json.loads(out.read_text()) if args.resume and out.is_file() else {}
+    if record and record.get("config") != config:
+        raise SystemExit(f"{out} was made with another set-up; run without --resume (or with its options)")
+    record = record or {"config": config, **fresh, "elapsed_s": 0.0}
+    record["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    record["machine"] = machine_info()
+    record.setdefault("load_start", loadavg())
+    record["finished"] = False
+    return record
+
+
+def record_saver(record: dict[str, Any], out: str | Path, doc: str | Path, render: Any) -> Any:
+    """A ``save()`` that writes ``record`` to ``out`` and ``render(record)`` to ``doc``.
+
+    Each save sets ``elapsed_s`` (the time since this call plus what earlier, resumed runs spent)
+    and ``load_end``, so a run cut short still says how long it took and under what load.
+    """
+    began, spent_before = time.perf_counter(), float(record.get("elapsed_s") or 0.0)
+
+    def save() -> None:
+        record["elapsed_s"] = spent_before + time.perf_counter() - began
+        record["load_end"] = loadavg()
+        write_json(out, record)
+        Path(doc).write_text(render(record), encoding="utf-8")
+
+    return save
 
 
 def text_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -38,24 +38,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     DEFAULT_BASE,
-    DOCS_RESULTS_DIR,
-    RESULTS_DIR,
     TimingReporter,
-    add_data_argument,
-    add_threads_argument,
+    add_run_arguments,
     alpaca_canonical,
     alpaca_rows,
     loadavg,
     machine_info,
     markdown_table,
     peak_rss_mb,
-    prepare_env,
     resolve_base,
     rss_mb,
     run_child,
+    start_run,
     step_tokens_of,
     text_table,
-    use_data,
     worker_device,
     write_json,
     write_jsonl,
@@ -494,15 +490,11 @@ def main(argv: list[str] | None = None) -> int:
         "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="The request's precision."
     )
     parser.add_argument("--base-model", default=DEFAULT_BASE)
-    add_threads_argument(parser)
-    add_data_argument(parser)
+    add_run_arguments(parser, out="variant_throughput.json", doc="variant_throughput.md")
     parser.add_argument("--timeout", type=float, default=900, help="Seconds per variant subprocess.")
-    parser.add_argument("--out", default=str(RESULTS_DIR / "variant_throughput.json"))
-    parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "variant_throughput.md"))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    use_data(args.data)
-    prepare_env(threads=args.threads)
+    start_run(args)
     if args.child:
         _child(args.child)
         return 0

@@ -39,11 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (  # noqa: E402
     CATEGORY_VERBS,
     DEFAULT_BASE,
-    DOCS_RESULTS_DIR,
-    RESULTS_DIR,
     SAMPLES_DIR,
-    add_data_argument,
-    add_threads_argument,
+    add_run_arguments,
     alpaca_canonical,
     alpaca_rows,
     data_file,
@@ -52,9 +49,8 @@ from bench.common import (  # noqa: E402
     loadavg,
     machine_info,
     markdown_table,
-    prepare_env,
     read_jsonl,
-    use_data,
+    start_run,
     write_json,
     write_jsonl,
 )
@@ -241,9 +237,13 @@ def resume_state(path: str | Path, config: dict[str, Any]) -> dict[str, Any] | N
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_data_argument(parser)
-    add_threads_argument(parser)
-    parser.add_argument("--quick", action="store_true", help="Fewer rows, 2 rounds, Dirichlet only, DP at ε = 3 only.")
+    add_run_arguments(
+        parser,
+        out="federated_real.json",
+        doc="federated.md",
+        resume="Keep the runs in --out and skip them (same settings).",
+        quick="Fewer rows, 2 rounds, Dirichlet only, DP at ε = 3 only.",
+    )
     parser.add_argument(
         "--rows", type=int, default=240, help="Training rows per data set (20%% held out for the loss)."
     )
@@ -259,14 +259,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--base-model", default=DEFAULT_BASE)
     parser.add_argument("--no-dp", action="store_true", help="Skip the DP comparison.")
-    parser.add_argument("--out", default=str(RESULTS_DIR / "federated_real.json"))
-    parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "federated.md"))
     parser.add_argument(
         "--groups",
         default="centralised,dirichlet,label_shares,dp,alpaca",
         help="Which comparisons to run (comma-separated; e.g. two processes can run 'dp' and the rest).",
     )
-    parser.add_argument("--resume", action="store_true", help="Keep the runs in --out and skip them (same settings).")
     parser.add_argument("--also", nargs="*", default=[], help="--render-only: more JSON files whose runs to add.")
     parser.add_argument("--render-only", action="store_true", help="Rewrite --doc from the JSON at --out; no runs.")
     args = parser.parse_args(argv)
@@ -320,8 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = [item for item in plan if run_key(item) not in done]
     print(f"{len(plan)} runs planned, {len(plan) - len(todo)} already in {args.out}", flush=True)
 
-    use_data(args.data)
-    prepare_env(threads=args.threads)
+    start_run(args)
     began, earlier = time.perf_counter(), state["elapsed_s"]
 
     from studio.models.base_models import register_bundled_models, resolve_base_model

@@ -37,9 +37,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     DEFAULT_BASE,
-    DOCS_RESULTS_DIR,
     RESULTS_DIR,
-    add_data_argument,
-    add_threads_argument,
+    add_run_arguments,
     data_file,
     instruction_category,
-    loadavg,
-    machine_info,
     markdown_table,
-    prepare_env,
+    open_record,
     read_jsonl,
-    use_data,
+    record_saver,
+    start_run,
     write_json,
     write_jsonl,
 )
@@ -295,23 +290,9 @@ def update_norm(adapter_dir: Path) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Everything not yet in ``args.out`` (with ``--resume``), writing the JSON and the page after each result."""
-    out = Path(args.out)
-    record: dict[str, Any] = json.loads(out.read_text()) if args.resume and out.is_file() else {}
-    if record and record.get("config") != config_of(args):
-        raise SystemExit(f"{out} was made with another set-up; run without --resume (or with its options)")
-    record = record or {"config": config_of(args), "setup": {}, "results": {}, "elapsed_s": 0.0}
-    record["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    record["machine"] = machine_info()
-    record.setdefault("load_start", loadavg())
-    record["finished"] = False
+    record = open_record(args, config_of(args), {"setup": {}, "results": {}})
     record["held_out"] = held_out_tasks(args)
-    began, spent_before = time.perf_counter(), float(record.get("elapsed_s") or 0.0)
-
-    def save() -> None:
-        record["elapsed_s"] = spent_before + time.perf_counter() - began
-        record["load_end"] = loadavg()
-        write_json(out, record)
-        Path(args.doc).write_text(render(record), encoding="utf-8")
+    save = record_saver(record, args.out, args.doc, render)
 
     from bench.inline_studio import Studio
 
@@ -688,8 +669,13 @@ def _load(values: Any) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options (``--quick`` shrinks everything to a check of the whole path)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_argument(parser)
-    add_threads_argument(parser)
+    add_run_arguments(
+        parser,
+        out="generate_real.json",
+        doc="generation.md",
+        resume="Skip the set-up and results already in --out.",
+        quick="Tiny scale: a check of the whole path in minutes.",
+    )
     parser.add_argument("--base", default=DEFAULT_BASE)
     parser.add_argument("--tasks", default=",".join(TASKS), help="Comma-separated tasks (at least 3).")
     parser.add_argument("--held-out", default="", help="Comma-separated tasks to leave out in turn; default all.")
@@ -707,14 +693,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gen-lr", type=float, default=2e-4, help="Generator learning rate.")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--work", default=str(DEFAULT_WORK), help="The embedded studio and the adapter cache.")
-    parser.add_argument("--out", default=str(RESULTS_DIR / "generate_real.json"))
-    parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "generation.md"))
-    parser.add_argument("--resume", action="store_true", help="Skip the set-up and results already in --out.")
     parser.add_argument(
         "--extra", nargs="*", default=[], help="Other runs' JSONs (other generator settings) shown on the page."
     )
     parser.add_argument("--render-only", action="store_true", help="Rewrite --doc from --out; no runs.")
-    parser.add_argument("--quick", action="store_true", help="Tiny scale: a check of the whole path in minutes.")
     args = parser.parse_args(argv)
     unknown = [t for t in args.tasks.split(",") if t not in TASKS]
     if unknown:
@@ -738,8 +720,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.doc).write_text(render(record), encoding="utf-8")
         print(f"wrote {args.doc} from {out if out.is_file() else 'the default set-up (not yet run)'}")
         return 0
-    use_data(args.data)
-    prepare_env(threads=args.threads)
+    start_run(args)
     run(args)
     print(f"wrote {args.out} and {args.doc}")
     return 0

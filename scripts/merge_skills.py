@@ -45,8 +45,7 @@ from bench.common import (  # noqa: E402
     DEFAULT_BASE,
     DOCS_RESULTS_DIR,
     RESULTS_DIR,
-    add_data_argument,
-    add_threads_argument,
+    add_run_arguments,
     data_file,
     embedded_settings,
     machine_info,
@@ -168,8 +167,7 @@ def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated specialists to train and combine, in order: gsm8k, e2e, alpaca (not part of the"
         " cache key: a third skill reuses the other two)",
     )
-    add_threads_argument(parser)
-    add_data_argument(parser)
+    add_run_arguments(parser)
 
 
 def setup_key(args: argparse.Namespace) -> dict[str, Any]:

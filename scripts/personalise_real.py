@@ -52,10 +52,7 @@ from merge_skills import E2E_PROMPT, Cache, Studio, _keep  # noqa: E402
 
 from bench.common import (  # noqa: E402
     DEFAULT_BASE,
-    DOCS_RESULTS_DIR,
-    RESULTS_DIR,
-    add_data_argument,
-    add_threads_argument,
+    add_run_arguments,
     data_file,
     machine_info,
     markdown_table,
@@ -352,13 +349,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--max-chars", type=int, default=360, help="keep rows with prompt + completion this short")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="4 users, tiny rows and steps: a smoke run")
     parser.add_argument("--work", default=str(DEFAULT_WORK))
-    parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "personalisation.md"))
-    parser.add_argument("--out", default=str(RESULTS_DIR / "personalise_real.json"))
     parser.add_argument("--render", action="store_true", help="only rewrite --doc from the JSON of --out")
-    add_threads_argument(parser)
-    add_data_argument(parser)
+    add_run_arguments(
+        parser, out="personalise_real.json", doc="personalisation.md", quick="4 users, tiny rows and steps: a smoke run"
+    )
     args = parser.parse_args()
     if args.quick:
         args.users, args.train_rows, args.eval_rows, args.steps, args.n_meta, args.rank = 4, 4, 2, 4, 4, 1

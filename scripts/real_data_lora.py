@@ -31,20 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     DEFAULT_BASE,
-    DOCS_RESULTS_DIR,
-    RESULTS_DIR,
     TimingReporter,
-    add_data_argument,
-    add_threads_argument,
+    add_run_arguments,
     alpaca_canonical,
     alpaca_rows,
     loadavg,
     machine_info,
     markdown_table,
     peak_rss_mb,
-    prepare_env,
     resolve_base,
-    use_data,
+    start_run,
     worker_device,
     write_json,
     write_jsonl,
@@ -304,13 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--base-model", default=DEFAULT_BASE)
-    add_threads_argument(parser)
-    add_data_argument(parser)
-    parser.add_argument("--out", default=str(RESULTS_DIR / "real_data_lora.json"))
-    parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "real_data_lora.md"))
+    add_run_arguments(parser, out="real_data_lora.json", doc="real_data_lora.md")
     args = parser.parse_args(argv)
-    use_data(args.data)
-    prepare_env(threads=args.threads)
+    start_run(args)
     load_start = loadavg()
     base_path = resolve_base(args.base_model)
     train = [alpaca_canonical(r) for r in alpaca_rows("train", args.train_rows, max_chars=args.max_chars)]

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -44,18 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     DEFAULT_BASE,
-    DOCS_RESULTS_DIR,
-    RESULTS_DIR,
-    add_data_argument,
-    add_threads_argument,
+    add_run_arguments,
     data_file,
-    loadavg,
-    machine_info,
     markdown_table,
-    prepare_env,
+    open_record,
     read_jsonl,
-    use_data,
-    write_json,
+    record_saver,
+    start_run,
     write_jsonl,
 )
 from bench.inline_studio import Studio  # noqa: E402
@@ -173,22 +167,8 @@ def score(studio: Studio, dataset_id: int, args: argparse.Namespace, target: dic
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Everything not yet in ``args.out`` (with ``--resume``), writing the JSON and the page after each arm."""
-    out = Path(args.out)
-    record: dict[str, Any] = json.loads(out.read_text()) if args.resume and out.is_file() else {}
-    if record and record.get("config") != config_of(args):
-        raise SystemExit(f"{out} was made with another set-up; run without --resume (or with its options)")
-    record = record or {"config": config_of(args), "setup": {}, "arms": {}, "elapsed_s": 0.0}
-    record["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    record["machine"] = machine_info()
-    record.setdefault("load_start", loadavg())
-    record["finished"] = False
-    began, spent_before = time.perf_counter(), float(record.get("elapsed_s") or 0.0)
-
-    def save() -> None:
-        record["elapsed_s"] = spent_before + time.perf_counter() - began
-        record["load_end"] = loadavg()
-        write_json(out, record)
-        Path(args.doc).write_text(render(record), encoding="utf-8")
+    record = open_record(args, config_of(args), {"setup": {}, "arms": {}})
+    save = record_saver(record, args.out, args.doc, render)
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -481,8 +461,13 @@ def _load(values: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_argument(parser)
-    add_threads_argument(parser)
+    add_run_arguments(
+        parser,
+        out="transfer_real.json",
+        doc="transfer.md",
+        resume="Skip the set-up and arms already in --out.",
+        quick="Tiny scale: a check of the whole path in minutes.",
+    )
     parser.add_argument("--base", default=DEFAULT_BASE)
     parser.add_argument("--train-rows", type=int, default=32, help="GSM8K short-answer training rows.")
     parser.add_argument("--eval-rows", type=int, default=24, help="Held-out GSM8K test rows (short answers).")
@@ -495,11 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-rows", type=int, default=32)
     parser.add_argument("--e2e-steps", type=int, default=8, help="Steps of the E2E LoRA folded into the target.")
     parser.add_argument("--work", default=str(DEFAULT_WORK), help="The embedded studio (kept for --resume).")
-    parser.add_argument("--out", default=str(RESULTS_DIR / "transfer_real.json"))
-    parser.add_argument("--doc", default=str(DOCS_RESULTS_DIR / "transfer.md"))
-    parser.add_argument("--resume", action="store_true", help="Skip the set-up and arms already in --out.")
     parser.add_argument("--render-only", action="store_true", help="Rewrite --doc from --out; no runs.")
-    parser.add_argument("--quick", action="store_true", help="Tiny scale: a check of the whole path in minutes.")
     args = parser.parse_args(argv)
     if args.render_only:
         Path(args.doc).write_text(render(json.loads(Path(args.out).read_text())), encoding="utf-8")
@@ -508,8 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.train_rows, args.eval_rows, args.steps, args.samples, args.max_attempts = 8, 4, 2, 4, 16
         args.e2e_rows, args.e2e_steps, args.max_answer_tokens = 8, 2, 48
-    use_data(args.data)
-    prepare_env(threads=args.threads)
+    start_run(args)
     run(args)
     print(f"wrote {args.out} and {args.doc}")
     return 0

@@ -6,84 +6,22 @@ import math
 
 import pytest
 import torch
+from variant_helpers import build_variant, engine_step, optimization, tiny_llama, token_batches
 
 from studio.variants.allora import Allora, lora_matrices, norm_multiplier
-from studio.variants.base import BuildContext, ExportContext, OptimConfig, default_optimization
+from studio.variants.base import ExportContext, OptimConfig, default_optimization
 from studio.variants.peft_common import tuner_layers
-from studio.variants.targets import default_target_modules
 
-# -- tiny local helpers (the shared variant fixtures may not exist yet) -----------------------------
-
-
-def tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).float().train()
-
-
-def batches(count: int = 2, seed: int = 1) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        ids = torch.randint(1, 64, (2, 8), generator=g)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
-    return out
+# -- helpers (the shared set-up is in variant_helpers) ---------------------------------------------------
 
 
 def build(params: dict | None = None, seed: int = 0):
     variant = Allora(Allora.parse_params(params or {}))
-    model = tiny_llama()
-    ctx = BuildContext(
-        model=model,
-        tokenizer=None,
-        task="causal-lm",
-        target_modules=default_target_modules(model),
-        modules_to_save=[],
-        calibration_batches=lambda n: iter([]),
-        total_steps=10,
-        seed=seed,
-        device=torch.device("cpu"),
-        learning_rate=1e-2,
-        warmup_steps=0,
-        weight_decay=0.0,
-        work_dir=None,
-    )
-    torch.manual_seed(seed)
-    return variant, variant.build(ctx)
+    return variant, build_variant(variant, tiny_llama(), seed=seed)
 
 
 def config(lr: float = 1e-2, wd: float = 0.0, total: int = 10) -> OptimConfig:
     return OptimConfig(learning_rate=lr, weight_decay=wd, total_steps=total, warmup_steps=0, scheduler="constant")
-
-
-def one_step(variant, model, opt, batch, step: int) -> None:
-    """One optimizer step in the engine's hook order."""
-    variant.on_step_begin(model, step)
-    model(**batch).loss.backward()
-    variant.on_pre_optimizer_step(model, step)
-    for o in opt.optimizers:
-        o.step()
-    variant.on_optimizer_step(model, step)
-    for s in opt.schedulers:
-        s.step()
-    model.zero_grad(set_to_none=True)
-
-
-def optimization(variant, model, cfg: OptimConfig):
-    return variant.configure_optimization(model, cfg) or default_optimization(
-        [p for p in model.parameters() if p.requires_grad], cfg
-    )
 
 
 # -- tests -------------------------------------------------------------------------------------------
@@ -111,10 +49,10 @@ def test_step_at_zero_is_lr_eta_u_and_scaled_elsewhere(granularity):
         optimization(variant, model, cfg),
         default_optimization([p for p in reference.parameters() if p.requires_grad], cfg),
     )
-    batch = batches(1)[0]
+    batch = token_batches(1)[0]
     mats, ref_mats = lora_matrices(model), lora_matrices(reference)
     before = {n: {k: p.detach().clone() for k, p in m.items()} for n, m in mats.items()}
-    one_step(variant, model, opt, batch, 1)
+    engine_step(variant, model, opt, batch, 1)
     reference(**batch).loss.backward()
     ref_opt.optimizers[0].step()
     for name, m in mats.items():
@@ -142,7 +80,7 @@ def test_dropout_is_identity_and_there_is_no_scaling():
         assert layer.scaling["default"] == 1.0
         with torch.no_grad():
             layer.lora_B["default"].weight.normal_()
-    ids = batches(1)[0]["input_ids"]
+    ids = token_batches(1)[0]["input_ids"]
     model.train()
     train_logits = model(ids).logits
     model.eval()
@@ -159,8 +97,8 @@ def test_universal_export(tmp_path):
     variant, model = build({"r": 4, "eta": 2.0})
     cfg = config(lr=2e-2)
     opt = optimization(variant, model, cfg)
-    for step, batch in enumerate(batches(3), start=1):
-        one_step(variant, model, opt, batch, step)
+    for step, batch in enumerate(token_batches(3), start=1):
+        engine_step(variant, model, opt, batch, step)
     original = tiny_llama().state_dict()
     report = variant.save_adapter(
         model, tmp_path / "adapter", ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
@@ -173,6 +111,6 @@ def test_universal_export(tmp_path):
         w0 = original[f"{name}.weight"]
         assert (merged.get_submodule(name).weight - (w0 + deltas[name])).abs().max() <= 1e-5 * w0.abs().max()
     model.eval()
-    ids = batches(1, seed=9)[0]["input_ids"]
+    ids = token_batches(1, seed=9)[0]["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, model(ids).logits, rtol=0, atol=1e-4)

@@ -6,87 +6,22 @@ import copy
 
 import pytest
 import torch
+from variant_helpers import build_variant, run_steps, tiny_llama, token_batches
 
 from studio.variants._adapter_wrap import adapter_layers
-from studio.variants.base import BuildContext, ExportContext, OptimConfig, default_optimization
+from studio.variants.base import ExportContext, OptimConfig
 from studio.variants.dylora import DyLora, DyLoraLinear, evaluate_over_ranks, sample_rank
-from studio.variants.targets import default_target_modules
 
-# -- tiny local helpers (the shared variant fixtures may not exist yet) -----------------------------
-
-
-def tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).float().train()
-
-
-def batches(count: int = 2, seed: int = 1) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        ids = torch.randint(1, 64, (2, 8), generator=g)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
-    return out
+# -- helpers (the shared set-up is in variant_helpers) ---------------------------------------------------
 
 
 def build(params: dict | None = None, seed: int = 0, total: int = 10):
     variant = DyLora(DyLora.parse_params(params or {}))
-    model = tiny_llama()
-    ctx = BuildContext(
-        model=model,
-        tokenizer=None,
-        task="causal-lm",
-        target_modules=default_target_modules(model),
-        modules_to_save=[],
-        calibration_batches=lambda n: iter([]),
-        total_steps=total,
-        seed=seed,
-        device=torch.device("cpu"),
-        learning_rate=1e-2,
-        warmup_steps=0,
-        weight_decay=0.1,
-        work_dir=None,
-    )
-    torch.manual_seed(seed)
-    return variant, variant.build(ctx)
+    return variant, build_variant(variant, tiny_llama(), seed=seed, total_steps=total, weight_decay=0.1)
 
 
 def cfg(lr: float = 1e-2, wd: float = 0.1, total: int = 10) -> OptimConfig:
     return OptimConfig(learning_rate=lr, weight_decay=wd, total_steps=total, warmup_steps=0, scheduler="constant")
-
-
-def run_steps(variant, model, data, steps: int, config: OptimConfig):
-    """The engine's hook order (studio.training.loop._Loop._step), one micro-batch per step."""
-    opt = variant.configure_optimization(model, config) or default_optimization(
-        [p for p in model.parameters() if p.requires_grad], config
-    )
-    for step in range(1, steps + 1):
-        variant.on_step_begin(model, step)
-        loss = model(**data[(step - 1) % len(data)]).loss
-        extra = variant.extra_loss(model)
-        (loss if extra is None else loss + extra).backward()
-        params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, opt.max_grad_norm or 1.0)
-        variant.on_pre_optimizer_step(model, step)
-        for o in opt.optimizers:
-            o.step()
-        variant.on_optimizer_step(model, step)
-        for s in opt.schedulers:
-            s.step()
-        model.zero_grad(set_to_none=True)
-    return opt
 
 
 def randomise_b(model, seed: int = 3) -> None:
@@ -123,7 +58,7 @@ def test_gradients_only_in_trained_components(mode):
     b = 4
     for layer in adapter_layers(model, DyLoraLinear).values():
         layer.train_rank = b
-    model(**batches(1)[0]).loss.backward()
+    model(**token_batches(1)[0]).loss.backward()
     trained = [b - 1] if mode == "frozen" else list(range(b))
     for name, layer in adapter_layers(model, DyLoraLinear).items():
         for i in range(6):
@@ -155,7 +90,7 @@ def test_at_r_max_equals_plain_lora_with_scale_alpha_over_r():
             assert peft_layer.scaling["default"] == 12 / 4
             peft_layer.lora_A["default"].weight.copy_(layer.lora_A)
             peft_layer.lora_B["default"].weight.copy_(layer.lora_B)
-    ids = batches(1)[0]["input_ids"]
+    ids = token_batches(1)[0]["input_ids"]
     model.train()
     peft_model.train()
     for layer in adapter_layers(model, DyLoraLinear).values():
@@ -187,7 +122,7 @@ def test_sampled_rank_is_uniform_deterministic_and_fixed_for_the_step():
 def test_strict_freeze_keeps_untrained_components(strict):
     variant, model = build({"r": 4, "strict_freeze": strict})
     randomise_b(model)
-    data = batches(2)
+    data = token_batches(2)
     opt = run_steps(variant, model, data, 3, cfg())  # builds up momentum on several components
     layers = adapter_layers(model, DyLoraLinear)
     before = {n: (ly.lora_A.detach().clone(), ly.lora_B.detach().clone()) for n, ly in layers.items()}
@@ -218,7 +153,7 @@ def test_export_at_every_rank_equals_evaluation_at_that_rank(tmp_path):
     from peft import PeftModel
 
     variant, model = build({"r": 4})
-    data = batches(2)
+    data = token_batches(2)
     run_steps(variant, model, data, 6, cfg(lr=5e-2, wd=0.0))
     original = tiny_llama().state_dict()
     ectx = ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
@@ -244,7 +179,7 @@ def test_universal_export_at_the_inference_rank(tmp_path):
     from peft import PeftModel
 
     variant, model = build({"r": 4, "inference_rank": 3})
-    run_steps(variant, model, batches(2), 4, cfg(lr=5e-2, wd=0.0))
+    run_steps(variant, model, token_batches(2), 4, cfg(lr=5e-2, wd=0.0))
     original = tiny_llama().state_dict()
     report = variant.save_adapter(
         model, tmp_path / "adapter", ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
@@ -255,7 +190,7 @@ def test_universal_export_at_the_inference_rank(tmp_path):
         w0 = original[f"{name}.weight"]
         assert (merged.get_submodule(name).weight - (w0 + delta)).abs().max() <= 1e-5 * w0.abs().max()
     model.eval()
-    ids = batches(1, seed=9)[0]["input_ids"]
+    ids = token_batches(1, seed=9)[0]["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, model(ids).logits, rtol=0, atol=1e-4)
 

@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
+from variant_helpers import build_variant, tiny_llama, token_batches
+from variant_helpers import run_steps as shared_run_steps
 
-from studio.variants.base import BuildContext, ExportContext, OptimConfig, default_optimization
+from studio.variants.base import ExportContext, OptimConfig
 from studio.variants.ffa_lora import (
     FfaLora,
     client_payload,
@@ -18,77 +20,19 @@ from studio.variants.ffa_lora import (
     traffic_per_round,
 )
 from studio.variants.peft_common import tuner_layers
-from studio.variants.targets import default_target_modules
 
-# -- tiny local helpers (the shared variant fixtures may not exist yet) -----------------------------
-
-
-def tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).float().train()
-
-
-def batches(count: int = 2, seed: int = 1) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        ids = torch.randint(1, 64, (2, 8), generator=g)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
-    return out
+# -- helpers (the shared set-up is in variant_helpers) ---------------------------------------------------
 
 
 def build(params: dict | None = None, seed: int = 0):
     variant = FfaLora(FfaLora.parse_params(params or {}))
-    model = tiny_llama()
-    ctx = BuildContext(
-        model=model,
-        tokenizer=None,
-        task="causal-lm",
-        target_modules=default_target_modules(model),
-        modules_to_save=[],
-        calibration_batches=lambda n: iter([]),
-        total_steps=10,
-        seed=seed,
-        device=torch.device("cpu"),
-        learning_rate=1e-2,
-        warmup_steps=0,
-        weight_decay=0.0,
-        work_dir=None,
-    )
-    torch.manual_seed(seed)
-    return variant, variant.build(ctx)
+    return variant, build_variant(variant, tiny_llama(), seed=seed)
 
 
 def run_steps(variant, model, data, steps: int, lr: float = 2e-2, wd: float = 0.1):
-    """The engine's hook order and default optimizer (AdamW over requires_grad tensors)."""
+    """The engine's hook order and default optimizer (AdamW over requires_grad tensors), clipped at 1.0."""
     config = OptimConfig(learning_rate=lr, weight_decay=wd, total_steps=steps, warmup_steps=0, scheduler="constant")
-    opt = variant.configure_optimization(model, config) or default_optimization(
-        [p for p in model.parameters() if p.requires_grad], config
-    )
-    for step in range(1, steps + 1):
-        variant.on_step_begin(model, step)
-        model(**data[(step - 1) % len(data)]).loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        variant.on_pre_optimizer_step(model, step)
-        for o in opt.optimizers:
-            o.step()
-        variant.on_optimizer_step(model, step)
-        for s in opt.schedulers:
-            s.step()
-        model.zero_grad(set_to_none=True)
-    return opt
+    return shared_run_steps(variant, model, data, steps, config)
 
 
 def a_and_b(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -106,7 +50,7 @@ def test_a_is_bit_for_bit_unchanged_after_training_and_b_moves():
     for a, b in a_and_b(model).values():
         assert not a.requires_grad and b.requires_grad
         assert torch.count_nonzero(b) == 0 and torch.count_nonzero(a) == a.numel()  # B = 0, A random non-zero
-    opt = run_steps(variant, model, batches(2), 4)
+    opt = run_steps(variant, model, token_batches(2), 4)
     in_optimizer = {id(p) for group in opt.optimizers[0].param_groups for p in group["params"]}
     for name, (a, b) in a_and_b(model).items():
         assert id(a) not in in_optimizer and id(b) in in_optimizer
@@ -136,7 +80,7 @@ def train_clients(count: int = 3, steps: int = 3) -> list[tuple[FfaLora, torch.n
     clients = []
     for k in range(count):
         variant, model = build({"r": 4}, seed=100 + k)
-        run_steps(variant, model, batches(2, seed=10 + k), steps)
+        run_steps(variant, model, token_batches(2, seed=10 + k), steps)
         clients.append((variant, model))
     return clients
 
@@ -192,7 +136,7 @@ def test_a_client_sends_only_b():
         assert torch.equal(received[name], delta), name
     client.eval()
     receiver.eval()
-    ids = batches(1, seed=9)[0]["input_ids"]
+    ids = token_batches(1, seed=9)[0]["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(receiver(ids).logits, client(ids).logits, rtol=0, atol=0)
 
@@ -201,7 +145,7 @@ def test_universal_export(tmp_path):
     from peft import PeftModel
 
     variant, model = build({"r": 4, "lora_alpha": 8})
-    run_steps(variant, model, batches(2), 4)
+    run_steps(variant, model, token_batches(2), 4)
     original = tiny_llama().state_dict()
     report = variant.save_adapter(
         model, tmp_path / "adapter", ExportContext(fresh_base=tiny_llama, task="causal-lm", modules_to_save=[])
@@ -214,6 +158,6 @@ def test_universal_export(tmp_path):
         w0 = original[f"{name}.weight"]
         assert (merged.get_submodule(name).weight - (w0 + deltas[name])).abs().max() <= 1e-5 * w0.abs().max()
     model.eval()
-    ids = batches(1, seed=9)[0]["input_ids"]
+    ids = token_batches(1, seed=9)[0]["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, model(ids).logits, rtol=0, atol=1e-4)

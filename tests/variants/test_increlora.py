@@ -8,56 +8,12 @@ import math
 import pytest
 import torch
 from torch import nn
+from variant_helpers import engine_step, make_ctx, tiny_llama, token_batches
 
-from studio.variants.base import BuildContext, ExportContext, OptimConfig
+from studio.variants.base import ExportContext, OptimConfig
 from studio.variants.increlora import RESERVE_E, IncreLora, IncreLoraParams, allocations_needed, scaled_schedule
-from studio.variants.targets import default_target_modules
 
-# -- tiny helpers (local: the shared variant fixtures may not exist yet) ------------------------------
-
-
-def tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).float().train()
-
-
-def batches(count: int = 4, size: int = 2, length: int = 8, seed: int = 1) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        ids = torch.randint(1, 64, (size, length), generator=g)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
-    return out
-
-
-def make_ctx(model, targets=None, total_steps: int = 20) -> BuildContext:
-    return BuildContext(
-        model=model,
-        tokenizer=None,
-        task="causal-lm",
-        target_modules=targets or default_target_modules(model),
-        modules_to_save=[],
-        calibration_batches=lambda n: iter(()),
-        total_steps=total_steps,
-        seed=0,
-        device=torch.device("cpu"),
-        learning_rate=1e-2,
-        warmup_steps=0,
-        weight_decay=0.0,
-        work_dir=None,
-    )
+# -- helpers (the shared set-up is in variant_helpers) ---------------------------------------------------
 
 
 def cfg(total: int = 20, warmup: int = 2, lr: float = 1e-2) -> OptimConfig:
@@ -65,23 +21,10 @@ def cfg(total: int = 20, warmup: int = 2, lr: float = 1e-2) -> OptimConfig:
 
 
 def one_step(variant, model, opt, batch, step: int) -> float:
-    """The engine's order of hooks for one optimizer step (studio.training.loop)."""
-    variant.on_step_begin(model, step)
-    loss = model(**batch).loss
-    extra = variant.extra_loss(model)
-    total = loss + extra if extra is not None else loss
-    total.backward()
-    params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    variant.on_pre_optimizer_step(model, step)
-    for o in opt.optimizers:
-        o.step()
-    variant.on_optimizer_step(model, step)
-    for s in opt.schedulers:
-        s.step()
-    for o in opt.optimizers:
+    """The engine's order of hooks for one optimizer step (studio.training.loop), clipped at 1.0; the task loss."""
+    loss = engine_step(variant, model, opt, batch, step, max_norm=1.0)
+    for o in opt.optimizers:  # also any optimizer tensor that is not (or no longer) one of model.parameters()
         o.zero_grad(set_to_none=True)
-    model.zero_grad(set_to_none=True)
     return loss.item()
 
 
@@ -116,7 +59,7 @@ def test_importance_matches_hand_computation_on_two_layer_mlp():
     variant = IncreLora(
         IncreLoraParams(r=2, avg_target_rank=4, lora_alpha=4.0, lora_dropout=0.0, orth_reg_weight=0.0, init_warmup=100)
     )
-    model = variant.build(make_ctx(mlp, targets=["fc1", "fc2"]))
+    model = variant.build(make_ctx(mlp, targets=["fc1", "fc2"], total_steps=20))
     with torch.no_grad():  # give ΔW a visible size
         for layer in variant.layers.values():
             layer.lora_A[0].normal_()
@@ -149,7 +92,7 @@ def test_importance_matches_hand_computation_on_two_layer_mlp():
 
 def test_one_allocation_raises_total_by_top_h_times_n_add_on_top_modules():
     variant, model, opt = build({"avg_target_rank": 4, "top_h": 3, "init_warmup": 1000, "lora_dropout": 0.0})
-    data = batches()
+    data = token_batches(4)
     one_step(variant, model, opt, data[0], 1)  # step 1 adds the reserves (official global_step 0)
     names = list(variant.layers)
     assert variant.n_add == 2 and variant.total_rank == len(names) and variant.target_rank == 4 * len(names)
@@ -188,7 +131,7 @@ def test_one_allocation_raises_total_by_top_h_times_n_add_on_top_modules():
 
 def test_budget_reached_stops_tracking_and_switches_newest_reserves_off():
     variant, model, opt = build({"avg_target_rank": 2, "top_h": 100, "init_warmup": 1000})
-    one_step(variant, model, opt, batches()[0], 1)
+    one_step(variant, model, opt, token_batches(4)[0], 1)
     variant.avg_ipt = dict.fromkeys(variant.layers, 1.0)
     variant.avg_unc = dict.fromkeys(variant.layers, 1.0)
     variant.allocate(2)  # 14 modules × n_add 1 = the whole remaining budget
@@ -201,7 +144,7 @@ def test_budget_reached_stops_tracking_and_switches_newest_reserves_off():
 def test_overshoot_official_and_clamped():
     # remaining budget 1 rank, n_add 2: official activates a whole n_add on top_h = min(3, 1) module(s)
     official, model, opt = build({"avg_target_rank": 4, "top_h": 3, "init_warmup": 1000})
-    one_step(official, model, opt, batches()[0], 1)
+    one_step(official, model, opt, token_batches(4)[0], 1)
     official.total_rank = official.target_rank - 5
     official.avg_ipt = {n: float(i) for i, n in enumerate(official.layers)}
     official.avg_unc = dict.fromkeys(official.layers, 1.0)
@@ -209,7 +152,7 @@ def test_overshoot_official_and_clamped():
     assert official.total_rank == official.target_rank + 1  # 3 modules × 2 > 5: overshoot, never "==" → not done
     assert not official.done
     clamped, model, opt = build({"avg_target_rank": 4, "top_h": 3, "init_warmup": 1000, "clamp_overshoot": True})
-    one_step(clamped, model, opt, batches()[0], 1)
+    one_step(clamped, model, opt, token_batches(4)[0], 1)
     clamped.total_rank = clamped.target_rank - 5
     clamped.avg_ipt = {n: float(i) for i, n in enumerate(clamped.layers)}
     clamped.avg_unc = dict.fromkeys(clamped.layers, 1.0)
@@ -219,7 +162,7 @@ def test_overshoot_official_and_clamped():
 
 def test_reserve_e_stays_fixed_while_a_and_b_move():
     variant, model, opt = build({"init_warmup": 1000, "lora_dropout": 0.0})
-    data = batches()
+    data = token_batches(4)
     one_step(variant, model, opt, data[0], 1)
     reserves = {n: (m.lora_A[1].detach().clone(), m.lora_B[1].detach().clone()) for n, m in variant.layers.items()}
     for step in range(2, 6):
@@ -233,13 +176,13 @@ def test_reserve_e_stays_fixed_while_a_and_b_move():
 
 def test_new_groups_warm_up_then_decay_to_the_original_end():
     variant, model, opt = build({"init_warmup": 1000}, total=20)
-    one_step(variant, model, opt, batches()[0], 1)  # reserves: group 1, started at scheduler step 1
+    one_step(variant, model, opt, token_batches(4)[0], 1)  # reserves: group 1, started at scheduler step 1
     optimizer, scheduler = opt.optimizers[0], opt.schedulers[0]
     assert len(optimizer.param_groups) == 2 and scheduler.starts == [0, 1]
     lrs = []
     for step in range(2, 21):
         lrs.append([g["lr"] for g in optimizer.param_groups])
-        one_step(variant, model, opt, batches()[step % 4], step)
+        one_step(variant, model, opt, token_batches(4)[step % 4], step)
     # group 1 at step s has local step s−2: warmup (k+1)/(w+1) over 2 steps, then linear to 0 at step 21
     assert lrs[0][1] == pytest.approx(1e-2 * 1 / 3) and lrs[1][1] == pytest.approx(1e-2 * 2 / 3)
     assert lrs[2][1] == pytest.approx(1e-2 * (1 - 0 / 17))
@@ -270,7 +213,7 @@ def test_orth_regulariser_forms():
 def train_with_growth(total: int, stop: int | None = None):
     params = {"avg_target_rank": 4, "top_h": 4, "init_warmup": 2, "incre_interval": 2, "lora_dropout": 0.0}
     variant, model, opt = build(params, total=total)
-    data = batches()
+    data = token_batches(4)
     losses = [one_step(variant, model, opt, data[s % 4], s) for s in range(1, (stop or total) + 1)]
     return variant, model, opt, losses, params
 
@@ -301,7 +244,7 @@ def test_resume_restores_grown_structure_and_continues_identically():
     for sch, s in zip(opt2.schedulers, sched_state, strict=True):
         sch.load_state_dict(s)
     torch.set_rng_state(rng)
-    data = batches()
+    data = token_batches(4)
     rest = [one_step(resumed, model2, opt2, data[s % 4], s) for s in range(cut + 1, total + 1)]
     assert first + rest == pytest.approx(full, rel=1e-6, abs=1e-7)
 

@@ -6,60 +6,22 @@ import copy
 
 import pytest
 import torch
+from variant_helpers import check_universal_export, tiny_llama, token_batches
+from variant_helpers import make_ctx as shared_ctx
 
 from studio.variants._core_matrix import core_layers, truncated_svd
-from studio.variants.base import BuildContext, ExportContext
+from studio.variants.base import BuildContext
 from studio.variants.lora_sb import LoraSb
 from studio.variants.lora_xs import LoraXs
-from studio.variants.targets import default_target_modules
 
-# -- tiny helpers (local: the shared variant fixtures may not exist yet) ------------------------------
-
-
-def tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).float().train()
-
-
-def token_batches(count: int, size: int = 2, length: int = 8, seed: int = 1) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        ids = torch.randint(1, 64, (size, length), generator=g)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
-    return out
+# -- helpers (the shared set-up is in variant_helpers) ---------------------------------------------------
 
 
 def make_ctx(model, batches, logs=None, lr=1e-3, warmup=4, seed=0) -> BuildContext:
+    """Seeds torch, then a BuildContext calibrating on ``batches`` (quiet unless ``logs`` collects the messages)."""
     torch.manual_seed(seed)
-    return BuildContext(
-        model=model,
-        tokenizer=None,
-        task="causal-lm",
-        target_modules=default_target_modules(model),
-        modules_to_save=[],
-        calibration_batches=lambda n: iter(batches[:n]),
-        total_steps=10,
-        seed=seed,
-        device=torch.device("cpu"),
-        learning_rate=lr,
-        warmup_steps=warmup,
-        weight_decay=0.0,
-        work_dir=None,
-        log=(logs.append if logs is not None else (lambda _msg: None)),
-    )
+    log = logs.append if logs is not None else (lambda _msg: None)
+    return shared_ctx(model, calibration=batches, seed=seed, lr=lr, warmup=warmup, log=log)
 
 
 def train_steps(model, batches, steps: int = 3, lr: float = 5e-2) -> None:
@@ -70,34 +32,6 @@ def train_steps(model, batches, steps: int = 3, lr: float = 5e-2) -> None:
         loss.backward()
         opt.step()
         opt.zero_grad()
-
-
-def check_universal_export(variant, model, original_state, tmp_path) -> dict:
-    """Spec §0: reload as plain PEFT LoRA on the ORIGINAL base, merge, compare W and logits."""
-    from peft import PeftModel
-
-    def fresh_base():
-        base = tiny_llama()
-        base.load_state_dict(original_state)
-        return base.eval()
-
-    out = tmp_path / "adapter"
-    report = variant.save_adapter(model, out, ExportContext(fresh_base=fresh_base, task="causal-lm"))
-    reloaded = PeftModel.from_pretrained(fresh_base(), str(out))
-    ids = torch.randint(1, 64, (2, 8), generator=torch.Generator().manual_seed(7))
-    model.eval()
-    with torch.no_grad():
-        want = model(input_ids=ids).logits
-        got = reloaded(input_ids=ids).logits
-    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
-    merged = reloaded.merge_and_unload()
-    deltas = variant.delta_weights(model)
-    assert deltas
-    for name, delta in deltas.items():
-        w0 = original_state[f"{name}.weight"]
-        diff = (merged.get_submodule(name).weight - (w0 + delta)).abs().max()
-        assert diff <= 1e-5 * w0.abs().max(), (name, float(diff))
-    return report.ranks
 
 
 # -- shared SVD helper ----------------------------------------------------------------------------------
@@ -172,7 +106,7 @@ def test_lora_xs_universal_export(tmp_path):
     variant = LoraXs(LoraXs.Params(r=4, lora_alpha=8.0))
     model = variant.build(make_ctx(model, batches))
     train_steps(model, batches)
-    ranks = check_universal_export(variant, model, original, tmp_path)
+    ranks = check_universal_export(variant, model, original, tmp_path, tiny_llama)
     assert set(ranks.values()) == {4}
     # Exact factors: A′ = A, B′ = s·B·R.
     for name, (b, a) in variant.plain_lora_factors(model).items():
@@ -265,7 +199,7 @@ def test_lora_sb_universal_export(tmp_path):
     variant = LoraSb(LoraSb.Params(r=4, grad_samples=4))
     model = variant.build(make_ctx(model, batches))
     train_steps(model, batches)
-    ranks = check_universal_export(variant, model, original, tmp_path)
+    ranks = check_universal_export(variant, model, original, tmp_path, tiny_llama)
     assert set(ranks.values()) == {4}
 
 

@@ -4,63 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from variant_helpers import build_variant, tiny_llama, token_batches
 
 from studio.errors import StudioError
 from studio.variants import _loraprune_masks as lp
 from studio.variants import _loraprune_pruned as pruned_model
-from studio.variants.base import BuildContext, ExportContext, OptimConfig
+from studio.variants.base import ExportContext, OptimConfig
 from studio.variants.loraprune import LoraPrune, LoraPruneParams
-from studio.variants.targets import default_target_modules
 
-# -- tiny helpers (local: the shared variant fixtures may not exist yet) ------------------------------
-
-
-def tiny_llama(seed: int = 0, layers: int = 2):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # grouped-query attention: 2 query heads per KV head
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).float().train()
-
-
-def batches(count: int = 4, size: int = 2, length: int = 8, seed: int = 1) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        ids = torch.randint(1, 64, (size, length), generator=g)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
-    return out
+# -- helpers (the shared set-up is in variant_helpers) ---------------------------------------------------
 
 
 def build(total: int = 30, layers: int = 2, **params):
     variant = LoraPrune(LoraPruneParams(**{"lora_dropout": 0.0, **params}))
-    model = tiny_llama(layers=layers)
-    ctx = BuildContext(
-        model=model,
-        tokenizer=None,
-        task="causal-lm",
-        target_modules=default_target_modules(model),
-        modules_to_save=[],
-        calibration_batches=lambda n: iter(()),
-        total_steps=total,
-        seed=0,
-        device=torch.device("cpu"),
-        learning_rate=1e-2,
-        warmup_steps=0,
-        weight_decay=0.0,
-        work_dir=None,
-    )
-    torch.manual_seed(0)
-    return variant, variant.build(ctx)
+    return variant, build_variant(variant, tiny_llama(layers=layers), total_steps=total)
 
 
 def train(variant, model, steps: int, total: int, on_step=None) -> None:
@@ -69,7 +26,7 @@ def train(variant, model, steps: int, total: int, on_step=None) -> None:
     from studio.variants.base import default_optimization
 
     opt = default_optimization([p for p in model.parameters() if p.requires_grad], cfg)
-    data = batches()
+    data = token_batches(4)
     for step in range(1, steps + 1):
         model(**data[step % 4]).loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
@@ -104,7 +61,7 @@ def test_gradient_approximation_identity():
 def test_importance_matches_hand_computation():
     variant, model = build()
     randomise_lora(variant)
-    model(**batches()[0]).loss.backward()
+    model(**token_batches(4)[0]).loss.backward()
     scores = variant.step_importance()
     assert set(scores) == {"attn_0", "mlp_0"}  # layer 1 is the last layer: never pruned, not scored
     hd, rep, kv = 8, 2, 2
@@ -141,7 +98,7 @@ def test_importance_matches_hand_computation():
 def test_nan_importance_skips_the_update():
     variant, model = build()
     randomise_lora(variant)
-    model(**batches()[0]).loss.backward()
+    model(**token_batches(4)[0]).loss.backward()
     variant.layers["model.layers.0.mlp.up_proj"].lora_A.grad[0, 0] = float("nan")
     assert not variant.update_importance()
     assert all(float(v.abs().sum()) == 0 for v in variant.ema.values())

@@ -7,64 +7,29 @@ import math
 
 import pytest
 import torch
+from variant_helpers import check_universal_export, token_batches
+from variant_helpers import make_ctx as shared_ctx
+from variant_helpers import tiny_llama as shared_llama
 
 from studio.variants._core_matrix import core_layers
-from studio.variants.base import BuildContext, ExportContext
+from studio.variants.base import BuildContext
 from studio.variants.inttune import IntTune
 from studio.variants.nlora import Nlora
 from studio.variants.slora import Slora
-from studio.variants.targets import default_target_modules
 
-# -- tiny helpers (local: the shared variant fixtures may not exist yet) ------------------------------
+# -- helpers (the shared set-up is in variant_helpers) ---------------------------------------------------
 
 
 def tiny_llama(seed: int = 0, classification: bool = False):
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
-
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        num_labels=3,
-    )
-    torch.manual_seed(seed)
-    cls = LlamaForSequenceClassification if classification else LlamaForCausalLM
-    return cls(config).float().train()
-
-
-def token_batches(count: int, size: int = 2, length: int = 8, seed: int = 1, classes: int = 0) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        ids = torch.randint(1, 64, (size, length), generator=g)
-        labels = torch.randint(0, classes, (size,), generator=g) if classes else ids.clone()
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
-    return out
+    """The shared tiny Llama, configured for 3 classes (the head of the classification tests)."""
+    return shared_llama(seed, task="classification" if classification else "causal-lm", num_labels=3)
 
 
 def make_ctx(model, batches, task="causal-lm", heads=(), logs=None) -> BuildContext:
+    """Seeds torch, then a quiet BuildContext calibrating on ``batches`` (``logs`` collects the messages)."""
     torch.manual_seed(0)
-    return BuildContext(
-        model=model,
-        tokenizer=None,
-        task=task,
-        target_modules=default_target_modules(model),
-        modules_to_save=list(heads),
-        calibration_batches=lambda n: iter(batches[:n]),
-        total_steps=10,
-        seed=0,
-        device=torch.device("cpu"),
-        learning_rate=1e-3,
-        warmup_steps=2,
-        weight_decay=0.0,
-        work_dir=None,
-        log=(logs.append if logs is not None else (lambda _msg: None)),
-    )
+    log = logs.append if logs is not None else (lambda _msg: None)
+    return shared_ctx(model, task=task, heads=heads, calibration=batches, lr=1e-3, warmup=2, log=log)
 
 
 def train_steps(model, batches, steps: int = 3, lr: float = 1e-2) -> None:
@@ -73,36 +38,6 @@ def train_steps(model, batches, steps: int = 3, lr: float = 1e-2) -> None:
         model(**batches[i % len(batches)]).loss.backward()
         opt.step()
         opt.zero_grad()
-
-
-def check_universal_export(variant, model, original_state, tmp_path, classification=False, heads=()) -> dict:
-    """Spec §0: reload as plain PEFT LoRA on the ORIGINAL base, merge, compare W and logits."""
-    from peft import PeftModel
-
-    def fresh_base():
-        base = tiny_llama(classification=classification)
-        base.load_state_dict(original_state)
-        return base.eval()
-
-    out = tmp_path / "adapter"
-    task = "classification" if classification else "causal-lm"
-    ectx = ExportContext(fresh_base=fresh_base, task=task, modules_to_save=list(heads))
-    report = variant.save_adapter(model, out, ectx)
-    reloaded = PeftModel.from_pretrained(fresh_base(), str(out))
-    ids = torch.randint(1, 64, (2, 8), generator=torch.Generator().manual_seed(7))
-    model.eval()
-    with torch.no_grad():
-        want = model(input_ids=ids).logits
-        got = reloaded(input_ids=ids).logits
-    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
-    merged = reloaded.merge_and_unload()
-    deltas = variant.delta_weights(model)
-    assert deltas
-    for name, delta in deltas.items():
-        w0 = original_state[f"{name}.weight"]
-        diff = (merged.get_submodule(name).weight - (w0 + delta)).abs().max()
-        assert diff <= 1e-5 * w0.abs().max(), (name, float(diff))
-    return report.ranks
 
 
 # -- NLoRA ----------------------------------------------------------------------------------------------
@@ -174,7 +109,7 @@ def test_residual_starts_at_the_base_and_exports_rank_2r(cls, core, tmp_path):
             assert float(delta.abs().max()) <= 1e-6 * float(full.abs().max()) + 1e-12, name
     model.train()
     train_steps(model, batches)
-    ranks = check_universal_export(variant, model, original, tmp_path)
+    ranks = check_universal_export(variant, model, original, tmp_path, tiny_llama)
     assert set(ranks.values()) == {8}
     assert set(variant.final_ranks(model).values()) == {8}
 
@@ -247,7 +182,7 @@ def test_universal_export(cls, params, tmp_path):
     variant = cls(cls.Params(r=4, **params))
     model = variant.build(make_ctx(model, batches))
     train_steps(model, batches)
-    ranks = check_universal_export(variant, model, original, tmp_path)
+    ranks = check_universal_export(variant, model, original, tmp_path, tiny_llama)
     assert set(ranks.values()) == {4}
     for name, (b, a) in variant.plain_lora_factors(model).items():  # A′ = A, B′ = s·B·N
         layer = core_layers(model)[name]
@@ -264,7 +199,9 @@ def test_classification_head_is_trained_and_exported(tmp_path):
     assert all(p.requires_grad for p in model.score.parameters())
     train_steps(model, batches)
     assert not torch.equal(model.score.weight, original["score.weight"])
-    check_universal_export(variant, model, original, tmp_path, classification=True, heads=["score"])
+    check_universal_export(
+        variant, model, original, tmp_path, lambda: tiny_llama(classification=True), "classification", ["score"]
+    )
 
 
 def test_rank_clamped_to_small_layers():

@@ -4,56 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from variant_helpers import make_ctx, tiny_llama, token_batches
 
-from studio.variants.base import BuildContext, ExportContext, OptimConfig
+from studio.variants.base import ExportContext, OptimConfig
 from studio.variants.s2_lora import S2Lora, S2LoraParams
-from studio.variants.targets import default_target_modules
 
-# -- tiny helpers (local: the shared variant fixtures may not exist yet) ------------------------------
-
-
-def tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).float().train()
-
-
-def batches(count: int = 4, size: int = 2, length: int = 8, seed: int = 1) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        ids = torch.randint(1, 64, (size, length), generator=g)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
-    return out
-
-
-def make_ctx(model) -> BuildContext:
-    return BuildContext(
-        model=model,
-        tokenizer=None,
-        task="causal-lm",
-        target_modules=default_target_modules(model),
-        modules_to_save=[],
-        calibration_batches=lambda n: iter(()),
-        total_steps=10,
-        seed=0,
-        device=torch.device("cpu"),
-        learning_rate=1e-2,
-        warmup_steps=0,
-        weight_decay=0.0,
-        work_dir=None,
-    )
+# -- helpers (the shared set-up is in variant_helpers) ---------------------------------------------------
 
 
 def build(**params):
@@ -66,7 +22,7 @@ def build(**params):
 def train(variant, model, steps: int, lr: float = 1e-2) -> None:
     cfg = OptimConfig(learning_rate=lr, weight_decay=0.0, total_steps=steps, warmup_steps=0, scheduler="constant")
     opt = variant.configure_optimization(model, cfg)
-    data = batches()
+    data = token_batches(4)
     for step in range(1, steps + 1):
         loss = model(**data[step % 4]).loss + variant.extra_loss(model)
         loss.backward()
@@ -105,7 +61,7 @@ def test_shared_grad_is_the_sum_of_per_module_contributions():
         return hook
 
     handles = [layer.register_forward_hook(keep(name)) for name, layer in variant.layers.items()]
-    model(**batches()[0]).loss.backward()
+    model(**token_batches(4)[0]).loss.backward()
     for h in handles:
         h.remove()
     r = variant.params.r

@@ -4,90 +4,25 @@ from __future__ import annotations
 
 import pytest
 import torch
+from variant_helpers import build_variant, run_steps, tiny_llama, token_batches
 
 from studio.variants import _sora_schedule as sched
 from studio.variants._adapter_wrap import adapter_layers
-from studio.variants.base import BuildContext, ExportContext, OptimConfig
+from studio.variants.base import ExportContext, OptimConfig
 from studio.variants.sora import Sora, SoraLinear
-from studio.variants.targets import default_target_modules
 
-# -- tiny local helpers (the shared variant fixtures may not exist yet) -----------------------------
-
-
-def tiny_llama(seed: int = 0, task: str = "causal-lm"):
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
-
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        num_labels=2,
-    )
-    torch.manual_seed(seed)
-    cls = LlamaForSequenceClassification if task == "classification" else LlamaForCausalLM
-    return cls(config).float().train()
-
-
-def batches(count: int = 2, seed: int = 1, task: str = "causal-lm") -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        ids = torch.randint(1, 64, (2, 8), generator=g)
-        labels = torch.randint(0, 2, (2,), generator=g) if task == "classification" else ids.clone()
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
-    return out
+# -- helpers (the shared set-up is in variant_helpers) ---------------------------------------------------
 
 
 def build(params: dict | None = None, seed: int = 0, task: str = "causal-lm", total: int = 10):
     variant = Sora(Sora.parse_params(params or {}))
-    model = tiny_llama(task=task)
-    ctx = BuildContext(
-        model=model,
-        tokenizer=None,
-        task=task,
-        target_modules=default_target_modules(model),
-        modules_to_save=["score"] if task == "classification" else [],
-        calibration_batches=lambda n: iter([]),
-        total_steps=total,
-        seed=seed,
-        device=torch.device("cpu"),
-        learning_rate=1e-2,
-        warmup_steps=0,
-        weight_decay=0.1,
-        work_dir=None,
-    )
-    torch.manual_seed(seed)
-    return variant, variant.build(ctx)
+    heads = ["score"] if task == "classification" else []
+    ctx = {"task": task, "heads": heads, "total_steps": total, "weight_decay": 0.1}
+    return variant, build_variant(variant, tiny_llama(task=task), seed=seed, **ctx)
 
 
 def config(lr: float = 1e-2, wd: float = 0.1, total: int = 10, warmup: int = 0, kind: str = "linear"):
     return OptimConfig(learning_rate=lr, weight_decay=wd, total_steps=total, warmup_steps=warmup, scheduler=kind)
-
-
-def run_steps(variant, model, data, steps: int, cfg: OptimConfig):
-    """The engine's hook order (studio.training.loop._Loop._step), one micro-batch per step."""
-    opt = variant.configure_optimization(model, cfg)
-    for step in range(1, steps + 1):
-        variant.on_step_begin(model, step)
-        loss = model(**data[(step - 1) % len(data)]).loss
-        extra = variant.extra_loss(model)
-        (loss if extra is None else loss + extra).backward()
-        torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.requires_grad and p.grad is not None], opt.max_grad_norm
-        )
-        variant.on_pre_optimizer_step(model, step)
-        for o in opt.optimizers:
-            o.step()
-        variant.on_optimizer_step(model, step)
-        for s in opt.schedulers:
-            s.step()
-        model.zero_grad(set_to_none=True)
-    return opt
 
 
 def gates(model) -> dict[str, torch.nn.Parameter]:
@@ -106,7 +41,7 @@ def check_universal_export(variant, model, tmp_path, task="causal-lm", heads=())
         w0 = original[f"{name}.weight"]
         assert (merged.get_submodule(name).weight - (w0 + delta)).abs().max() <= 1e-5 * w0.abs().max(), name
     model.eval()
-    ids = batches(1, seed=9)[0]["input_ids"]
+    ids = token_batches(1, seed=9)[0]["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, model(ids).logits, rtol=0, atol=1e-4)
     return report
@@ -138,7 +73,7 @@ def test_after_a_gate_step_small_entries_are_zero_and_others_moved_by_xi(mode):
         for k, g in enumerate(gates(model).values()):
             g.copy_(torch.linspace(-0.2, 0.2, 8) + 0.003 * k)
     opt = variant.configure_optimization(model, config())
-    model(**batches(1)[0]).loss.backward()
+    model(**token_batches(1)[0]).loss.backward()
     for o in opt.optimizers:
         o.step()
     mid = {n: g.detach().clone() for n, g in gates(model).items()}  # after the AdamW step, before the prox
@@ -244,7 +179,7 @@ def test_scheduler_values_stages_and_learning_rates():
 
 def test_scheduler_prunes_gates_while_lr_is_zero():
     variant, model = build({"r": 4, "schedule": "sparsify", "schedule_xi_max": 0.3, "schedule_stages": 3}, total=6)
-    run_steps(variant, model, batches(2), 6, config(total=6, lr=1e-2))
+    run_steps(variant, model, token_batches(2), 6, config(total=6, lr=1e-2))
     starts = variant.stage_starts()
     assert starts == [1, 3, 5]  # round(6·50/140) = 2 initial steps, then 2 stages of 2
     assert sum(variant.rank_allocation(model).values()) < 4 * len(gates(model))
@@ -256,7 +191,7 @@ def test_scheduler_prunes_gates_while_lr_is_zero():
 
 def test_universal_export_with_an_all_zero_module(tmp_path):
     variant, model = build({"r": 4, "xi": 1e-3})
-    run_steps(variant, model, batches(2), 5, config(lr=2e-2, wd=0.0))
+    run_steps(variant, model, token_batches(2), 5, config(lr=2e-2, wd=0.0))
     names = list(gates(model))
     with torch.no_grad():
         gates(model)[names[0]].zero_()  # no survivor: dropped from the export
@@ -277,7 +212,7 @@ def test_universal_export_with_an_all_zero_module(tmp_path):
 
 def test_universal_export_classification_with_head_and_norms(tmp_path):
     variant, model = build({"r": 4}, task="classification")
-    run_steps(variant, model, batches(2, task="classification"), 4, config(lr=2e-2, wd=0.0))
+    run_steps(variant, model, token_batches(2, classes=2), 4, config(lr=2e-2, wd=0.0))
     assert model.score.weight.requires_grad
     report = check_universal_export(variant, model, tmp_path, task="classification", heads=["score"])
     assert report.exact
