@@ -68,14 +68,17 @@ def encode_windows(tokenizer: Any, sequence: str, max_length: int, overlap: int 
     The sequence is prepared for the tokenizer first (spaced k-mers for a k-mer tokenizer). A codon
     tokenizer reads the sequence once per reading frame: the windows of frame 0, then of frame 1, then
     of frame 2, all of them the sequence's (pooled together like any other windows of one sequence).
-    ``overlap`` (tokens) defaults to the tokenizer's own; it is reduced when the window is too
-    small to hold it.
+    ``overlap`` (tokens) defaults to the tokenizer's own (``window_overlap``, saved by the pre-training
+    job from its request). A chosen overlap (given here or saved) is honoured up to one token short of
+    the window; only the library default (:data:`DEFAULT_OVERLAP`, when nothing was chosen) is cut to
+    half a window, so that a small window does not silently turn into one window per token.
     """
     from studio.sequences.tokenizers import reading_frame_texts
 
     body = max(1, max_length - SPECIALS_PER_WINDOW)
+    chosen = overlap is not None or getattr(tokenizer, "init_kwargs", {}).get("window_overlap") is not None
     wanted = overlap_of(tokenizer) if overlap is None else overlap
-    shared = min(wanted, body // 2)  # a stride of at least half a window
+    shared = min(wanted, body - 1) if chosen else min(wanted, body // 2)
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     windows = []
     for text in reading_frame_texts(tokenizer, sequence):
