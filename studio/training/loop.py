@@ -42,6 +42,7 @@ from studio.training.memory import (
     longest_row,
     memory_budget,
     plan_memory,
+    pooled_row,
     release_memory,
     tune_allocator,
 )
@@ -351,10 +352,14 @@ def _plan_memory(request, setup, settings, device, precision, n_trainable, base_
     shape = ModelShape(**{**shape.__dict__, "n_params": base_params})
     lengths = [len(e["input_ids"]) for e in setup.train]
     attention = str(getattr(setup.model.config, "_attn_implementation", "sdpa") or "sdpa")
+    seq_len = attention_len = longest_row(lengths, hyper.max_length)
+    if setup.units is not None:  # pooled window loss: a row is a whole sequence's windows
+        seq_len, attention_len = pooled_row(lengths, setup.units, hyper.max_length)
     plan = plan_memory(
         shape,
         batch_size=hyper.batch_size,
-        seq_len=longest_row(lengths, hyper.max_length),
+        seq_len=seq_len,
+        attention_len=attention_len,
         budget=memory_budget(settings, device),
         checkpointing=hyper.gradient_checkpointing,
         precision=precision.name,

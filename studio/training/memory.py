@@ -167,8 +167,13 @@ def estimate_memory(
     task: str = "causal-lm",
     device_type: str = "cpu",
     attention: str = "sdpa",
+    attention_len: int | None = None,
 ) -> MemoryEstimate:
-    """Peak memory of one training step of ``batch_size`` rows of ``seq_len`` tokens (pure; no torch)."""
+    """Peak memory of one training step of ``batch_size`` rows of ``seq_len`` tokens (pure; no torch).
+
+    ``attention_len`` is how far attention reaches when a row is several windows read apart (a
+    sequence's windows under a pooled window loss); by default the row's own length.
+    """
     tokens = max(1, batch_size) * max(1, seq_len)
     h, i = shape.hidden_size, shape.intermediate_size
     trainable = trainable_params if trainable_params is not None else shape.lora_params(lora_rank)
@@ -176,7 +181,7 @@ def estimate_memory(
     coef_h, coef_i = ACT_AUTOCAST if low else ACT_FP32
     per_layer = coef_h * h + coef_i * i  # bytes per token, one layer, everything saved
     if attention == "eager":  # scores and probabilities are materialised: heads × length per token
-        per_layer += shape.num_heads * seq_len * (6 if low else 8)
+        per_layer += shape.num_heads * (attention_len or seq_len) * (6 if low else 8)
     if gradient_checkpointing:
         activations = tokens * (CKPT_PER_LAYER * h * shape.num_layers + per_layer)
     else:
@@ -352,6 +357,19 @@ def _split_to(est: Any, size: int, limit: float, floor: int, ckpt: bool = False)
 def longest_row(lengths: list[int], max_length: int) -> int:
     """The sequence length a micro-batch is padded to at worst."""
     return max(1, min(max_length, max(lengths, default=1)))
+
+
+def pooled_row(lengths: list[int], units: list[list[int]], max_length: int) -> tuple[int, int]:
+    """``(tokens of the largest sequence, window length)`` for a pooled window loss.
+
+    There a micro-batch holds whole sequences, all their windows (``units``: window indices per
+    sequence) padded to the longest window, so memory grows with a sequence's windows × the window
+    length, while attention reaches across one window only. Counting windows as rows instead
+    under-estimated a run by the number of windows per sequence (one killed at 12 GB when the
+    estimate said 0.5 GiB).
+    """
+    window = longest_row(lengths, max_length)
+    return max(1, max((len(unit) for unit in units), default=1) * window), window
 
 
 MMAP_THRESHOLD = 64 << 20  # blocks above this come from mmap (logit chunks); activations from the heap
