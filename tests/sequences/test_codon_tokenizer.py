@@ -135,13 +135,12 @@ def test_a_chosen_overlap_is_honoured_and_only_the_default_is_halved():
     """window_overlap 96 of a 130-token window means a stride of 32, not a silent cut to 64."""
     tok = build_tokenizer("nucleotide")
     sequence = "ACGT" * 100  # 400 tokens
-    starts = lambda windows: len(windows)  # noqa: E731 - windows of a fixed-length body: count them
     # explicit: body 128, overlap 96, stride 32 -> windows start at 0, 32, ..., 256 (9) + one end-aligned at 272
-    assert starts(encode_windows(tok, sequence, max_length=130, overlap=96)) == 10
+    assert len(encode_windows(tok, sequence, max_length=130, overlap=96)) == 10
     # saved with the tokenizer (as the pre-training job does): the same
     tok.init_kwargs["window_overlap"] = 96
-    assert starts(encode_windows(tok, sequence, max_length=130)) == 10
+    assert len(encode_windows(tok, sequence, max_length=130)) == 10
     # nothing chosen: the default 64 is cut to half of a 40-token body (stride 20, not 40 - 64 < 0)
     plain = build_tokenizer("nucleotide")
     assert "window_overlap" not in plain.init_kwargs
-    assert starts(encode_windows(plain, sequence, max_length=42)) == len(range(0, 400 - 40, 20)) + 1
+    assert len(encode_windows(plain, sequence, max_length=42)) == len(range(0, 400 - 40, 20)) + 1
