@@ -4,7 +4,8 @@ A dataset of DNA, RNA or protein sequences → a small BERT-style encoder pre-tr
 registered as a base model that the Train tab's base-model list then offers. The form comes from
 :class:`~studio.schema.PretrainRequest` (dataset pickers by hand, the rest generated from the schema);
 each problem is shown under its field, as in the Compose tab, and the time estimate (one real step
-timed on this machine, as ``studio pretrain`` prints it) is shown before submitting.
+timed on this machine, as ``studio pretrain`` prints it) is shown before submitting. A preset fills the
+form with a named recipe (studio/sequences/recipes.py) or puts the schema's defaults back.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from app.forms import SchemaForm
 from app.ui import bind, bind_submit, new_submission_token, queue_wait_sentence
 from studio.errors import StudioError
 from studio.schema import PretrainRequest
+from studio.sequences.recipes import SEQUENCE_RECIPES
 from studio.services.container import Services
 
 FORM_FIELDS = (
     "tokenizer",
     "k",
     "size",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
     "max_length",
     "window_overlap",
     "classifier_pooling",
@@ -32,6 +37,7 @@ FORM_FIELDS = (
     "max_steps",
     "batch_size",
     "learning_rate",
+    "warmup_ratio",
     "mask_prob",
     "validation_fraction",
     "name",
@@ -42,6 +48,8 @@ TOP_INFO = {
     "extra_dataset_id": "Optional: more unlabelled sequences to pre-train on (never a test set).",
 }
 NEEDS_FIXING = "⚠ Some settings need fixing: see the highlighted fields."
+DEFAULTS = "Defaults"
+DEFAULTS_INFO = "The studio's defaults: the tokenizer the dataset import proposed, an encoder sized from your data."
 ESTIMATE_HINT = "Choose a dataset of sequences to see the encoder's size and how long pre-training might take."
 
 
@@ -56,6 +64,29 @@ def sequence_dataset_choices(services: Services) -> list[tuple[str, int]]:
         tokens = f"{found['k']}-mers" if found.get("tokenizer") == "kmer" else "one token per letter"
         out.append((f"#{row.id} {row.name} ({kind} in '{found['column']}', {tokens}, {row.rows} rows)", row.id))
     return out
+
+
+def preset_choices() -> list[str]:
+    """The pre-training presets: the schema's defaults, then each named sequence recipe."""
+    return [DEFAULTS, *SEQUENCE_RECIPES]
+
+
+def preset_values(preset: str) -> dict[str, Any]:
+    """The form values preset ``preset`` sets: every field some recipe sets, at the recipe's value or the default.
+
+    Defaults puts all those fields back to the schema's defaults, so switching presets leaves nothing of the
+    previous one behind; fields no recipe touches (name, seed) keep what was typed.
+    """
+    fields = PretrainRequest.model_fields
+    touched = dict.fromkeys(name for recipe in SEQUENCE_RECIPES.values() for name in recipe.pretrain)
+    chosen = SEQUENCE_RECIPES[preset].pretrain if preset in SEQUENCE_RECIPES else {}
+    return {name: chosen.get(name, fields[name].default) for name in touched}
+
+
+def preset_info(preset: str) -> str:
+    """What the preset is for and where its evidence is (one line under the choice)."""
+    recipe = SEQUENCE_RECIPES.get(preset)
+    return recipe.purpose if recipe else DEFAULTS_INFO
 
 
 def build_pretrain_request(
@@ -145,6 +176,14 @@ def build_pretrain_section(services: Services, tab: gr.Tab) -> dict[str, Any]:
             info=TOP_INFO["extra_dataset_id"],
             elem_id="pretrain-extra-dataset",
         )
+    c["preset"] = gr.Dropdown(
+        label="Preset",
+        choices=preset_choices(),
+        value=DEFAULTS,
+        info="Fills in the settings below with a recipe that worked on real data; you can still change each one.",
+        elem_id="pretrain-preset",
+    )
+    c["preset_info"] = gr.Markdown(preset_info(DEFAULTS), elem_id="pretrain-preset-info")
     with gr.Row(elem_classes=["form-grid"]):
         form = SchemaForm(PretrainRequest.model_json_schema(), "pretrain", only=FORM_FIELDS)
     c["estimate"] = gr.Markdown(ESTIMATE_HINT, elem_id="pretrain-estimate")
@@ -188,7 +227,12 @@ def build_pretrain_section(services: Services, tab: gr.Tab) -> dict[str, Any]:
             "extra_dataset_id": gr.update(choices=dataset_choices(services)),
         }
 
+    def on_preset(preset: str) -> dict[str, Any]:
+        values = preset_values(preset)
+        return {"preset_info": preset_info(preset)} | {f"opt.{n}": gr.update(value=v) for n, v in values.items()}
+
     feedback_out = form_in | top_in
+    bind(c["preset"].change, on_preset, {"preset": c["preset"]}, {"preset_info": c["preset_info"]} | form_in)
     bind_submit(
         c["submit"],
         on_submit,

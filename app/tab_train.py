@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from app.forms import SchemaForm, errors_by_field
 from app.pretrain_section import build_pretrain_section
 from app.tab_datasets import dataset_choices
-from app.train_presets import PRESET_HELP, PRESETS, estimate_seconds, total_steps
+from app.train_presets import PRESET_HELP, PRESETS, estimate_seconds, preset_hyper, total_steps
 from app.ui import bind, bind_submit, human_seconds, new_submission_token, queue_wait_sentence
 from app.variant_form import VariantForms
 from studio.device import detect_device
@@ -359,9 +359,9 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         bind(radio.change, variant_preset_handler(variant_name), {"preset": radio}, variant_in)
 
     def on_preset(preset: str, variant: str) -> dict[str, Any]:
-        chosen = PRESETS[preset]
-        out = {f"hyper.{n}": gr.update(value=v) for n, v in chosen["hyper"].items() if n in hyper.widgets}
-        return out | variants.set_values(variant, chosen["variant"])
+        # Every field a preset sets is a widget (tests/ui/test_sequence_presets.py), so none is lost on submit.
+        out = {f"hyper.{n}": gr.update(value=v) for n, v in preset_hyper(preset).items()}
+        return out | variants.set_values(variant, PRESETS[preset]["variant"])
 
     def on_estimate(**raw: Any) -> dict[str, Any]:
         hyper_values = hyper.values([raw[f"hyper.{n}"] for n in hyper.names])

@@ -9,8 +9,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# Each preset sets a few hyperparameters and variant parameters by field name;
-# everything else keeps its schema default. Variant fields a variant lacks are skipped.
+from studio.sequences.recipes import CODING_POTENTIAL
+
+# Each preset sets a few hyperparameters and variant parameters by field name; a hyperparameter another
+# preset sets goes back to its schema default (preset_hyper), everything else keeps its value.
+# Variant fields a variant lacks are skipped.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Quick: a few minutes on the bundled 135M model on 2 busy CPU cores (docs/results/time_estimates.md):
     # short rows, and two validation passes over a fixed sample of 32 held-out rows, not the whole split.
@@ -60,11 +63,36 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "variant": {"r": 32, "lora_alpha": 64.0},
     },
 }
+# A classifier on an encoder pre-trained with the matching pre-training preset (the Train tab's "Pre-train an
+# encoder" section): the recipe's LoRA run, whose window_loss and head_learning_rate the text presets never set.
+SEQUENCE_CLASSIFIER = "Sequence classifier (codons)"
+PRESETS[SEQUENCE_CLASSIFIER] = {
+    "hyper": dict(CODING_POTENTIAL.train_hyper),
+    "variant": dict(CODING_POTENTIAL.variant),
+}
 PRESET_HELP = {
     "Quick": "a short run to check everything works (a few minutes on a CPU)",
     "Balanced": "one pass over your data with a medium rank",
     "Thorough": "three passes, a higher rank and longer examples",
+    SEQUENCE_CLASSIFIER: f"DNA/RNA labels on an encoder pre-trained below with the preset “{CODING_POTENTIAL.name}” "
+    "(pick it as Base model): one pooled loss per sequence, a fast-learning head",
 }
+
+
+def preset_hyper(preset: str) -> dict[str, Any]:
+    """The hyperparameters preset ``preset`` sets: every field some preset sets, at its value or the default.
+
+    Switching presets then leaves nothing of the previous one behind (Quick's 128-token max_length would
+    cut a sequence encoder's windows; the sequence preset's pooled loss must not stay on for a chat model).
+    """
+    from studio.schema import TrainingHyperParams
+
+    fields = TrainingHyperParams.model_fields
+    touched = dict.fromkeys(name for entry in PRESETS.values() for name in entry["hyper"])
+    chosen = PRESETS[preset]["hyper"]
+    return {name: chosen.get(name, fields[name].default) for name in touched}
+
+
 # Rough training throughput in tokens per second for a ~135M-parameter model.
 TOKENS_PER_SECOND = {"cpu": 800.0, "cuda": 25_000.0}
 TYPICAL_TOKENS_PER_ROW = 200

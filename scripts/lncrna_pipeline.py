@@ -34,7 +34,9 @@ Three recipes (``--recipe``):
 - ``codon``: the pooled recipe's pooling, loss and head rate on CODON tokens read in each of the three
   reading frames (``tokenizer="codon"``: windows of 128 codons, ~384 nt, a new one every 64 codons), so
   a stop codon is a token of its own frame and "no stop in this window" needs no position arithmetic;
-  LoRA at lr 1e-3 (the orf recipe's better rate). The best LoRA-BERT recipe so far (0.899 vs 0.921).
+  LoRA at lr 1e-3 (the orf recipe's better rate). The best LoRA-BERT recipe so far (0.899 vs 0.921). Its full
+  settings are studio/sequences/recipes.py's CODING_POTENTIAL, the Train tab's presets "Coding potential
+  (codons, 3 frames)" and "Sequence classifier (codons)".
 
     python scripts/lncrna_pipeline.py --data DIR                    # the documented run (~25 min on 1 thread, loaded CPU)
     python scripts/lncrna_pipeline.py --data DIR --recipe pooled    # mean pooling + pooled_max loss (~16 min)
@@ -59,6 +61,8 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+from studio.sequences.recipes import CODING_POTENTIAL, SequenceRecipe  # noqa: E402
+
 DEFAULT_DATA = REPO_ROOT / "data" / "samples" / "lncrna_athaliana"
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
@@ -178,16 +182,34 @@ ORF_SIZES: dict[str, dict[str, Any]] = {
         full_ft=dict(max_steps=20),
     ),
 }
-# The "codon" recipe: codons in three frames (studio/sequences/tokenizers.py, kind "codon"). 128 codons + [CLS]
-# + [SEP] a window, 64 shared (a window every 64 codons: more windows per coding stretch for the smooth max to
-# count; 16 shared gave 0.884, 64 gave 0.899 on the full split); a sequence of n nt gives ~3 x n / 192 windows.
-# 3,000 pre-training steps x 32 windows (~2.7 passes over the 35.7 k windows), 640 LoRA steps x 8 sequences.
-# Measured: 18.6 min on one thread (docs/results/classification_lncrna.md, the codon recipe).
+
+
+def recipe_lora(recipe: SequenceRecipe) -> dict[str, Any]:
+    """A studio recipe's LoRA settings in this script's terms: its hyperparameters and ``rank`` (+ ``lora_alpha``).
+
+    ``lora_alpha`` is written only when it is not the script's 2 x rank, so ``--set lora.rank=N`` keeps
+    scaling alpha with the rank as it does for every recipe.
+    """
+    rank, alpha = recipe.variant["r"], recipe.variant["lora_alpha"]
+    return {**recipe.train_hyper, "rank": rank, **({} if alpha == 2 * rank else {"lora_alpha": alpha})}
+
+
+def lora_variant_params(lora: dict[str, Any]) -> dict[str, Any]:
+    """The ``lora`` variant's parameters of a LoRA setting: r = rank, alpha 2 x rank unless it names one."""
+    return {"r": lora["rank"], "lora_alpha": lora.get("lora_alpha", 2 * lora["rank"])}
+
+
+# The "codon" recipe: codons in three frames (studio/sequences/tokenizers.py, kind "codon"). Its full settings are
+# the UI's "Coding potential" preset (studio/sequences/recipes.py, CODING_POTENTIAL), so both stay the same run:
+# 128 codons + [CLS] + [SEP] a window, 64 shared (a window every 64 codons: more windows per coding stretch for
+# the smooth max to count; 16 shared gave 0.884, 64 gave 0.899 on the full split); a sequence of n nt gives
+# ~3 x n / 192 windows. 3,000 pre-training steps x 32 windows (~2.7 passes over the 35.7 k windows), 640 LoRA
+# steps x 8 sequences. Measured: 18.6 min on one thread (docs/results/classification_lncrna.md, the codon recipe).
 CODON_SIZES: dict[str, dict[str, Any]] = {
     "full": _pooled_with(
         "full",
-        pretrain=dict(tokenizer="codon", k=None, max_length=130, window_overlap=64, max_steps=3000, batch_size=32),
-        lora=dict(max_steps=640, learning_rate=1e-3),
+        pretrain=dict(CODING_POTENTIAL.pretrain),
+        lora=recipe_lora(CODING_POTENTIAL),
         full_ft=dict(max_steps=280),
     ),
     "quick": _pooled_with(
@@ -231,6 +253,8 @@ def results_path(recipe: str, quick: bool) -> Path:
 
 def lora_hyper(lora: dict[str, Any]) -> dict[str, Any]:
     """TrainingHyperParams fields of a LoRA setting: the pooled recipe adds its window loss and head rate."""
+    from studio.schema import TrainingHyperParams
+
     hyper = dict(
         max_steps=lora["max_steps"],
         batch_size=lora["batch_size"],
@@ -242,6 +266,8 @@ def lora_hyper(lora: dict[str, Any]) -> dict[str, Any]:
     )
     if "head_learning_rate" in lora:
         hyper.update(window_loss="pooled_max", head_learning_rate=lora["head_learning_rate"], warmup_ratio=0.05)
+    # A studio recipe (recipe_lora) names its hyperparameters itself: they win, so the run is the UI preset's.
+    hyper.update({k: v for k, v in lora.items() if k in TrainingHyperParams.model_fields})
     return hyper
 
 
@@ -478,7 +504,7 @@ def main() -> None:
             task="classification",
             variant="lora",
             seed=args.seed,
-            variant_params={"r": lora["rank"], "lora_alpha": 2 * lora["rank"]},
+            variant_params=lora_variant_params(lora),
             hyper=TrainingHyperParams(**lora_hyper(lora)),
         )
         train_result, lora_s = run_job(env, train, "lora")

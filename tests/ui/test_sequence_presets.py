@@ -1,0 +1,124 @@
+"""The sequence recipe as presets: the pre-train section and the Train tab fill their widgets with the
+recipe's values (studio/sequences/recipes.py), and the submitted jobs carry them.
+
+Handlers are called as Gradio calls them: the built tab's functions, found by name and output, with the
+components' values (no server, no browser).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from app import pretrain_section, tab_train
+from app.train_presets import PRESETS, SEQUENCE_CLASSIFIER, preset_hyper
+from studio.schema import PretrainRequest, TrainingHyperParams
+from studio.sequences.recipes import CODING_POTENTIAL
+
+LNCRNA = Path(__file__).resolve().parents[2] / "data" / "samples" / "lncrna_athaliana" / "train.jsonl"
+
+
+@pytest.fixture
+def sequences(services, tmp_path):
+    """A registered dataset of 12 labelled lncRNA/mRNA sequences (the import detects the DNA column)."""
+    path = tmp_path / "lnc.jsonl"
+    path.write_text("".join(line + "\n" for line in LNCRNA.read_text().splitlines()[:12]))
+    return services.datasets.add(path, mapping={"text": "sequence", "label": "label"})
+
+
+@pytest.fixture
+def demo(services):
+    with gr.Blocks() as blocks, gr.Tab(tab_train.TITLE) as tab:
+        tab_train.build(services, tab, blocks)
+    return blocks
+
+
+def handler(demo, name: str, output_elem_id: str):
+    """The function Gradio runs for handler ``name`` that writes the component ``output_elem_id``."""
+    for block_fn in demo.fns.values():
+        if block_fn.name == name and any(getattr(o, "elem_id", None) == output_elem_id for o in block_fn.outputs):
+            return block_fn
+    raise AssertionError(f"no handler {name} writes #{output_elem_id}")
+
+
+def call(block_fn, **by_elem_id):
+    """Run ``block_fn`` with each input's initial value (``by_elem_id`` overriding); outputs keyed by elem_id."""
+    values = []
+    for component in block_fn.inputs:
+        if isinstance(component, gr.State):
+            values.append(component.value() if callable(component.value) else component.value)
+        else:
+            values.append(by_elem_id.get(component.elem_id, component.value))
+    result = block_fn.fn(*values)
+    return {getattr(c, "elem_id", None) or c: v for c, v in result.items()}
+
+
+def filled(outputs: dict) -> dict:
+    """``{elem_id: value}`` of the widgets a handler set a value on (what the browser then shows)."""
+    return {k: u["value"] for k, u in outputs.items() if isinstance(u, dict) and "value" in u}
+
+
+def elem(prefix: str, field: str) -> str:
+    return f"{prefix}-{field.replace('_', '-')}"
+
+
+def train_preset_values(demo) -> list[str]:
+    """The values the Train tab's preset radio offers."""
+    [radio] = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "train-preset"]
+    return [value for _, value in radio.choices]
+
+
+def test_the_pretrain_preset_fills_the_form_and_the_job_gets_the_recipe(demo, services, sequences):
+    preset = handler(demo, "on_preset", "pretrain-preset-info")
+    assert pretrain_section.preset_choices() == [pretrain_section.DEFAULTS, CODING_POTENTIAL.name]
+    out = call(preset, **{"pretrain-preset": CODING_POTENTIAL.name})
+    assert out["pretrain-preset-info"] == CODING_POTENTIAL.purpose
+    values = filled(out)
+    assert values == {elem("pretrain", k): v for k, v in CODING_POTENTIAL.pretrain.items()}
+
+    submit = handler(demo, "on_submit", "pretrain-status")
+    done = call(submit, **values, **{"pretrain-dataset": sequences.id, "pretrain-name": "codon-enc"})
+    assert done["pretrain-status"].startswith("✓ Queued pre-train job"), done["pretrain-status"]
+    [job] = services.jobs.list(kind="pretrain")
+    assert {k: job.request[k] for k in CODING_POTENTIAL.pretrain} == dict(CODING_POTENTIAL.pretrain)
+
+    # Defaults puts every field the recipe set back to the schema's default.
+    back = call(preset, **{"pretrain-preset": pretrain_section.DEFAULTS})
+    defaults = {elem("pretrain", k): PretrainRequest.model_fields[k].default for k in CODING_POTENTIAL.pretrain}
+    assert filled(back) == defaults and back["pretrain-preset-info"] == pretrain_section.DEFAULTS_INFO
+
+
+def test_the_train_preset_fills_hyper_and_variant_widgets(demo):
+    preset = handler(demo, "on_preset", "hp-window-loss")
+    assert SEQUENCE_CLASSIFIER in train_preset_values(demo)
+    values = filled(call(preset, **{"train-preset": SEQUENCE_CLASSIFIER, "train-variant": "lora"}))
+    for field, value in CODING_POTENTIAL.train_hyper.items():
+        assert values[elem("hp", field)] == value, field
+    for field, value in CODING_POTENTIAL.variant.items():
+        assert values[elem("vp-lora", field)] == value, field
+    # Fields the recipe leaves out go to the schema default, not what the last preset left (Quick's 128 tokens).
+    assert values["hp-max-length"] == TrainingHyperParams.model_fields["max_length"].default
+    # Every preset sets only real widgets (a missing one would raise here), and Quick undoes the pooled loss.
+    for name in PRESETS:
+        assert {k.removeprefix("hp-") for k in filled(call(preset, **{"train-preset": name}))} >= {
+            f.replace("_", "-") for f in preset_hyper(name)
+        }
+    quick = filled(call(preset, **{"train-preset": "Quick"}))
+    assert quick["hp-window-loss"] == "per_window" and quick["hp-head-learning-rate"] is None
+
+
+def test_submitting_with_the_sequence_preset_queues_its_hyperparameters(demo, services, sequences):
+    values = filled(call(handler(demo, "on_preset", "hp-window-loss"), **{"train-preset": SEQUENCE_CLASSIFIER}))
+    submit = handler(demo, "on_submit", "train-status")
+    form = {"train-dataset": sequences.id, "train-base": "codon-enc", "train-variant": "lora"}
+    out = call(submit, **values, **form)
+    assert out["train-status"].startswith("✓ Queued training job"), out["train-status"]
+    [job] = services.jobs.list(kind="train")
+    hyper = TrainingHyperParams.model_validate(job.request["hyper"])
+    assert hyper.window_loss == "pooled_max"
+    assert hyper.head_learning_rate == CODING_POTENTIAL.train_hyper["head_learning_rate"]
+    assert {k: getattr(hyper, k) for k in CODING_POTENTIAL.train_hyper} == dict(CODING_POTENTIAL.train_hyper)
+    assert {k: job.request["variant_params"][k] for k in CODING_POTENTIAL.variant} == dict(CODING_POTENTIAL.variant)
+    assert job.request["variant"] == "lora" and job.request["base_model"] == "codon-enc"
