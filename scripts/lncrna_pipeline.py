@@ -488,13 +488,12 @@ def main() -> None:
         pretrain = PretrainRequest(
             dataset_id=train_ds.id,
             name="lnc-bert",
-            size="tiny",
             validation_fraction=0.05,
             log_every=20,
             eval_every=pre["max_steps"],
             save_every=100_000,
             seed=args.seed,
-            **pre,
+            **{"size": "tiny", **pre},  # the widths a recipe names win over size anyway
         )
         pre_result, pretrain_s = run_job(env, pretrain, "pretrain")
         lora = sizes["lora"]

@@ -50,6 +50,7 @@ CODING_POTENTIAL = SequenceRecipe(
         dict(
             tokenizer="codon",
             k=None,  # codons take no k; explicit so that a k left in a form from a k-mer run is cleared
+            size="tiny",  # the widths below are tiny's; named too, so the form's estimate line says the same
             hidden_size=64,
             num_layers=2,
             num_heads=4,

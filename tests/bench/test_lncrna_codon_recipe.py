@@ -26,8 +26,8 @@ SCRIPT_ONLY_HYPER = ("eval_every", "log_every", "save_every")  # the script's re
 def test_the_codon_full_settings_are_the_recipes():
     sizes = lncrna_pipeline.recipe_sizes("codon", quick=False)
     assert sizes["pretrain"] == dict(CODING_POTENTIAL.pretrain)
-    script = PretrainRequest(dataset_id=1, name="lnc-bert", size="tiny", **sizes["pretrain"])
-    ours = pretrain_request(CODING_POTENTIAL, 1, name="lnc-bert", size="tiny")
+    script = PretrainRequest(dataset_id=1, name="lnc-bert", **{"size": "tiny", **sizes["pretrain"]})
+    ours = pretrain_request(CODING_POTENTIAL, 1, name="lnc-bert")
     assert script == ours
 
     hyper = TrainingHyperParams(**lncrna_pipeline.lora_hyper(sizes["lora"]))
@@ -54,5 +54,5 @@ def test_overrides_still_apply_to_the_codon_recipe(quick):
     assert lncrna_pipeline.lora_variant_params(changed["lora"]) == {"r": 4, "lora_alpha": 8}  # alpha follows rank
     assert TrainingHyperParams(**lncrna_pipeline.lora_hyper(changed["lora"])).warmup_ratio == 0.2
     assert sizes == before  # the recipe untouched
-    pretrain = PretrainRequest(dataset_id=1, name="lnc-bert", size="tiny", **sizes["pretrain"])
+    pretrain = PretrainRequest(dataset_id=1, name="lnc-bert", **{"size": "tiny", **sizes["pretrain"]})
     assert pretrain.tokenizer == "codon" and pretrain.classifier_pooling == "mean"
