@@ -6,7 +6,8 @@ step shape, the precision, the thread count and the load at that moment, and val
 passes can cost as much as training. So the estimate is built from measurements:
 
 1. :func:`profile_data` tokenises a seeded sample of the dataset's rows: their lengths give
-   the padded tokens of a typical step and validation batch (length-grouped or not);
+   the padded tokens of a typical step and validation batch (length-grouped or not; with a
+   pooled window loss a step holds batch_size whole sequences, all their windows);
 2. :func:`measure_speed` loads the base model and times a real forward + backward pass of a
    representative batch at the run's shape (rank-8 stand-in adapters on the target layers,
    the run's precision and loss), and a forward-only pass as validation runs it. It is kept
@@ -51,6 +52,9 @@ class DataProfile:
 
     rows: int
     lengths: tuple[int, ...]  # tokens per sampled row, after truncation to max_length
+    # A pooled window loss: the indices in ``lengths`` of each sampled sequence's windows, since a
+    # step then draws batch_size whole sequences with all their windows; None = a step draws rows.
+    units: tuple[tuple[int, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -154,12 +158,21 @@ def validation_passes(steps: int, eval_every: int, has_validation: bool) -> int:
     return (steps - 1) // eval_every + 1 if has_validation else 0
 
 
-def padded_batch_tokens(lengths: Sequence[int], batch_size: int, grouped: bool, seed: int = 0) -> float:
+def padded_batch_tokens(
+    lengths: Sequence[int],
+    batch_size: int,
+    grouped: bool,
+    seed: int = 0,
+    units: Sequence[Sequence[int]] | None = None,
+) -> float:
     """Mean padded tokens (rows × longest row) of a batch of ``batch_size`` rows drawn from ``lengths``.
 
     Length-grouped batches hold rows of similar length (sorted neighbours); shuffled ones pad
-    to the longest of random rows (averaged over a few seeded shuffles).
+    to the longest of random rows (averaged over a few seeded shuffles). With ``units`` (a pooled
+    window loss: each sequence's indices in ``lengths``) a batch is ``batch_size`` whole sequences.
     """
+    if units is not None:
+        return _pooled_batch_tokens(lengths, units, batch_size, grouped, seed)
     if not lengths:
         return 0.0
     size = max(1, min(batch_size, len(lengths)))
@@ -173,19 +186,42 @@ def padded_batch_tokens(lengths: Sequence[int], batch_size: int, grouped: bool, 
     return size * statistics.fmean(widths)
 
 
+def _pooled_batch_tokens(
+    lengths: Sequence[int], units: Sequence[Sequence[int]], batch_size: int, grouped: bool, seed: int
+) -> float:
+    """Mean padded tokens of a batch of ``batch_size`` sequences: all their windows × the longest window.
+
+    Grouped, the sequences are sorted by their tokens (what the batch plan groups a pooled run by).
+    """
+    sequences = [(len(u), max(lengths[i] for i in u), sum(lengths[i] for i in u)) for u in units if u]
+    if not sequences:
+        return 0.0
+    size = max(1, min(batch_size, len(sequences)))
+    if grouped:
+        orders = [sorted(sequences, key=lambda s: -s[2])]
+    else:
+        rng = random.Random(seed)
+        orders = [rng.sample(sequences, len(sequences)) for _ in range(8)]
+    batches = [order[i : i + size] for order in orders for i in range(0, len(order) - size + 1, size)]
+    return statistics.fmean(sum(s[0] for s in batch) * max(s[1] for s in batch) for batch in batches)
+
+
 def estimate_run_seconds(request: Any, data: DataProfile, measured: MeasuredSpeed) -> RunEstimate:
     """Seconds a run of ``request`` on ``data`` takes on the machine that gave ``measured`` (pure).
 
     train = steps × (padded tokens per step × measured seconds per token of a training step);
     validation = passes × padded tokens per pass × measured seconds per token of a forward pass;
     setup = reading and tokenising every row + loading the base twice (train, export) + a fixed
-    overhead. Each part is multiplied by the actual/measured ratio of earlier runs.
+    overhead. Each part is multiplied by the actual/measured ratio of earlier runs. With a pooled
+    window loss (``data.units``) a step is batch_size sequences × their windows; validation still
+    scores windows in batches of batch_size (as the loop does).
     """
     hyper = request.hyper
     train_idx, val_idx = split_rows(data.rows, hyper.validation_fraction, request.seed)
     steps = run_steps(len(train_idx), hyper)
     grouped = bool(hyper.group_by_length)
-    step_tokens = padded_batch_tokens(data.lengths, hyper.batch_size, grouped, request.seed) * hyper.grad_accum
+    per_step = padded_batch_tokens(data.lengths, hyper.batch_size, grouped, request.seed, data.units)
+    step_tokens = per_step * hyper.grad_accum
     per_token_train = measured.step_s / max(1, measured.step_tokens)
     step_s = step_tokens * per_token_train * measured.train_ratio
     eval_rows = min(len(val_idx), hyper.max_eval_rows or len(val_idx))
@@ -354,8 +390,14 @@ def profile_data(
     labels: list[Any] | None,
     seed: int,
     sample: int = SAMPLE_ROWS,
+    window_loss: str = "per_window",
 ) -> tuple[DataProfile, list[dict[str, Any]], float]:
-    """(profile, the sample's encoded examples, seconds to tokenise one row) of a seeded sample of ``rows``."""
+    """(profile, the sample's encoded examples, seconds to tokenise one row) of a seeded sample of ``rows``.
+
+    A sampled row may become several examples (a long sequence's windows); with a pooled
+    ``window_loss`` the profile keeps which windows belong to which sequence.
+    """
+    from studio.training.setup import training_units
     from studio.training.tokenise import encode_rows
 
     picked = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), min(sample, len(rows))))]
@@ -363,7 +405,10 @@ def profile_data(
     encoded = encode_rows(picked, tokenizer, task=task, max_length=max_length, loss_on=loss_on, labels=labels)
     per_row = (time.perf_counter() - began) / max(1, len(picked))
     examples = list(encoded.examples)
-    return DataProfile(len(rows), tuple(len(e["input_ids"]) for e in examples)), examples, per_row
+    units = training_units(examples, task, window_loss)
+    lengths = tuple(len(e["input_ids"]) for e in examples)
+    profile = DataProfile(len(rows), lengths, None if units is None else tuple(tuple(u) for u in units))
+    return profile, examples, per_row
 
 
 def representative_batch(examples: list[dict[str, Any]], batch_size: int, pad_id: int) -> dict[str, Any]:
@@ -482,7 +527,7 @@ def estimate_for_request(
     from studio.training.memory import ModelShape
     from studio.training.models import load_base_model, load_tokenizer_for
     from studio.training.precision import choose_precision, precision_cache
-    from studio.training.setup import dataset_labels
+    from studio.training.setup import dataset_labels, encoder_max_length
     from studio.variants.targets import default_target_modules
 
     hyper = request.hyper
@@ -495,11 +540,14 @@ def estimate_for_request(
         rows,
         tokenizer,
         task=task,
-        max_length=hyper.max_length,
+        max_length=encoder_max_length(Path(base_path), hyper.max_length),  # the loop's windows
         loss_on=hyper.loss_on,
         labels=labels,
         seed=request.seed,
+        window_loss=hyper.window_loss,
     )
+    # Timed at batch_size windows even when a step holds whole sequences: time scales by the
+    # padded tokens, and the measurement must not need the memory of a whole pooled step.
     precision = choose_precision(hyper.precision, device, cache_file=precision_cache(settings))
     batch = representative_batch(examples, hyper.batch_size, pad_id)
     rows_in_batch, width = batch["input_ids"].shape

@@ -419,8 +419,11 @@ def release_memory() -> bool:
         return False
 
 
-def longest_tokens(rows: list[dict[str, Any]], tokenizer: Any, *, task: str, max_length: int, loss_on: str) -> int:
-    """Tokens of the longest row (at most ``max_length``), tokenising only the longest rows by characters."""
+LONGEST_ROWS = 64  # rows tokenised (the longest by characters) to find the longest one
+
+
+def _encode_longest(rows: list[dict[str, Any]], tokenizer: Any, *, task: str, max_length: int, loss_on: str) -> Any:
+    """The :data:`LONGEST_ROWS` longest rows by characters, encoded (a long sequence: all its windows)."""
     from studio.training.tokenise import encode_rows
 
     def chars(row: dict[str, Any]) -> int:
@@ -428,35 +431,68 @@ def longest_tokens(rows: list[dict[str, Any]], tokenizer: Any, *, task: str, max
             return sum(len(str(m.get("content", ""))) + 16 for m in row["messages"])
         return len(str(row.get("text", "")))
 
-    longest = sorted(rows, key=chars, reverse=True)[:64]
+    longest = sorted(rows, key=chars, reverse=True)[:LONGEST_ROWS]
     labels = sorted({str(r["label"]) for r in rows if "label" in r}) if task == "classification" else None
-    encoded = encode_rows(longest, tokenizer, task=task, max_length=max_length, loss_on=loss_on, labels=labels)
+    return encode_rows(longest, tokenizer, task=task, max_length=max_length, loss_on=loss_on, labels=labels)
+
+
+def longest_tokens(rows: list[dict[str, Any]], tokenizer: Any, *, task: str, max_length: int, loss_on: str) -> int:
+    """Tokens of the longest row (at most ``max_length``), tokenising only the longest rows by characters."""
+    encoded = _encode_longest(rows, tokenizer, task=task, max_length=max_length, loss_on=loss_on)
     return longest_row([len(e["input_ids"]) for e in encoded.examples], max_length)
+
+
+def longest_pooled_row(rows: list[dict[str, Any]], tokenizer: Any, *, max_length: int, loss_on: str) -> tuple[int, int]:
+    """``(seq_len, attention_len)`` of a micro-batch row under a pooled window loss, as the loop plans it.
+
+    A row is a whole sequence's windows: :func:`pooled_row` of the longest sequences (they have the
+    most windows). Rows that are not windowed (not a sequence tokenizer) are one example each.
+    """
+    from studio.training.setup import sequence_units
+
+    encoded = _encode_longest(rows, tokenizer, task="classification", max_length=max_length, loss_on=loss_on)
+    lengths = [len(e["input_ids"]) for e in encoded.examples]
+    units = sequence_units(encoded.examples)
+    if units is None:
+        window = longest_row(lengths, max_length)
+        return window, window
+    return pooled_row(lengths, units, max_length)
 
 
 def estimate_for_request(request: Any, settings: Any, device: Any, data_path: str | Path, task: str) -> MemoryPlan:
     """The memory plan a worker on ``device`` would make for ``request`` (for ``studio train`` and the UI).
 
     Resolves the base model (a bundled one is converted once) and tokenises the longest rows;
-    never raises for a job that does not fit (``plan.fits`` says so).
+    never raises for a job that does not fit (``plan.fits`` says so). Under a pooled window loss
+    the row is the loop's too: the largest training sequence's windows (:func:`longest_pooled_row`).
     """
     from studio.models.base_models import resolve_base_model
-    from studio.training.data import read_jsonl
+    from studio.training.data import read_jsonl, split_indices
     from studio.training.models import load_tokenizer_for
     from studio.training.precision import choose_precision, precision_cache
+    from studio.training.setup import encoder_max_length, pools_windows
 
     hyper = request.hyper
     base_path = resolve_base_model(request.base_model, settings).path
     shape = ModelShape.from_path(base_path)
     tokenizer = load_tokenizer_for(base_path)
-    seq_len = longest_tokens(
-        read_jsonl(data_path), tokenizer, task=task, max_length=hyper.max_length, loss_on=hyper.loss_on
-    )
+    max_length = encoder_max_length(Path(base_path), hyper.max_length)  # the loop's windows
+    rows = read_jsonl(data_path)
+    if pools_windows(task, hyper.window_loss):
+        train_idx, _ = split_indices(len(rows), hyper.validation_fraction, request.seed)  # the loop plans these
+        seq_len, attention_len = longest_pooled_row(
+            [rows[i] for i in train_idx], tokenizer, max_length=max_length, loss_on=hyper.loss_on
+        )
+    else:
+        seq_len = attention_len = longest_tokens(
+            rows, tokenizer, task=task, max_length=max_length, loss_on=hyper.loss_on
+        )
     precision = choose_precision(hyper.precision, device, cache_file=precision_cache(settings))
     return plan_memory(
         shape,
         batch_size=hyper.batch_size,
         seq_len=seq_len,
+        attention_len=attention_len,
         budget=memory_budget(settings, device),
         checkpointing=hyper.gradient_checkpointing,
         refuse=False,

@@ -204,7 +204,7 @@ def prepare_run(request: TrainRequest, data: TrainingData, base_path: Path, devi
     train = encode_rows([rows[i] for i in train_idx], tokenizer, log=log, **common)
     val = encode_rows([rows[i] for i in val_idx], tokenizer, **common)
     lengths = [len(e["input_ids"]) for e in train.examples]
-    units = sequence_units(train.examples) if task == "classification" and hyper.window_loss != "per_window" else None
+    units = training_units(train.examples, task, hyper.window_loss)
     if units is not None:
         lengths = [sum(lengths[w] for w in unit) for unit in units]  # tokens of a sequence's windows
         log(
@@ -253,6 +253,19 @@ def prepare_run(request: TrainRequest, data: TrainingData, base_path: Path, devi
         mask_style=mask_style_for(model),
         units=units,
     )
+
+
+def pools_windows(task: str, window_loss: str) -> bool:
+    """Whether a run's batches draw whole sequences (a pooled window loss on a classification task).
+
+    The one rule for the loop, the duration estimate and the pre-submit memory check.
+    """
+    return task == "classification" and window_loss != "per_window"
+
+
+def training_units(examples: list[dict[str, Any]], task: str, window_loss: str) -> list[list[int]] | None:
+    """What a run's batches count: each sequence's window indices under a pooled window loss, else None (examples)."""
+    return sequence_units(examples) if pools_windows(task, window_loss) else None
 
 
 def sequence_units(examples: list[dict[str, Any]]) -> list[list[int]] | None:
