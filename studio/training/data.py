@@ -40,6 +40,14 @@ def split_indices(n_rows: int, validation_fraction: float, seed: int) -> tuple[l
     return split_rows(n_rows, validation_fraction, seed)
 
 
+def epoch_steps(n_examples: int, epochs: float, step_size: int) -> int:
+    """Optimizer steps that cover ``epochs`` passes over ``n_examples`` at ``step_size`` examples a step (at least 1).
+
+    The one rule for the plan (:meth:`BatchPlan.steps_for`) and the duration estimate.
+    """
+    return max(1, math.ceil(epochs * n_examples / max(1, step_size)))
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """A seeded permutation of ``range(n)`` for one epoch (independent of the global RNG)."""
     import torch
@@ -172,7 +180,7 @@ class BatchPlan:
 
     def steps_for(self, epochs: float) -> int:
         """Optimizer steps needed to cover ``epochs`` passes over the examples."""
-        return max(1, math.ceil(epochs * self.n_examples / self.step_size))
+        return epoch_steps(self.n_examples, epochs, self.step_size)
 
 
 def collate(examples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:

@@ -7,7 +7,9 @@ passes can cost as much as training. So the estimate is built from measurements:
 
 1. :func:`profile_data` tokenises a seeded sample of the dataset's rows: their lengths give
    the padded tokens of a typical step and validation batch (length-grouped or not; with a
-   pooled window loss a step holds batch_size whole sequences, all their windows);
+   pooled window loss a step holds batch_size whole sequences, all their windows), and the
+   examples each row becomes give the run's steps and validation rows (a long sequence is
+   several windows: a per-window run steps over windows, validation scores windows);
 2. :func:`measure_speed` loads the base model and times a real forward + backward pass of a
    representative batch at the run's shape (rank-8 stand-in adapters on the target layers,
    the run's precision and loss), and a forward-only pass as validation runs it. It is kept
@@ -25,17 +27,18 @@ passes can cost as much as training. So the estimate is built from measurements:
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from studio.datasets.splits import split_rows
+from studio.training.data import epoch_steps
 
 MEASUREMENTS_FILE = "speed-measurements.json"  # in the data dir
 RUNS_FILE = "run-timings.json"  # in the data dir: the actual time split of recent runs
@@ -55,6 +58,30 @@ class DataProfile:
     # A pooled window loss: the indices in ``lengths`` of each sampled sequence's windows, since a
     # step then draws batch_size whole sequences with all their windows; None = a step draws rows.
     units: tuple[tuple[int, ...], ...] | None = None
+    # The dataset indices of the sampled rows, and for each entry of ``lengths`` the sampled row it
+    # came from: how many examples (windows) a row becomes. Empty = one example per row.
+    sampled: tuple[int, ...] = ()
+    example_rows: tuple[int, ...] = ()
+
+    def examples_in(self, indices: Sequence[int]) -> int:
+        """Examples (a long sequence: its windows) the dataset rows ``indices`` become: what validation scores."""
+        return self._count(indices, self.example_rows)
+
+    def step_units_in(self, indices: Sequence[int]) -> int:
+        """What a run's steps draw from the rows ``indices``: whole sequences with ``units``, else examples."""
+        if self.units is None:
+            return self.examples_in(indices)
+        return self._count(indices, tuple(self.example_rows[u[0]] for u in self.units if u))
+
+    def _count(self, indices: Sequence[int], owners: Sequence[int]) -> int:
+        """Items of the rows ``indices``, given each sampled item's row: counted where sampled, else the mean."""
+        if not self.sampled:
+            return len(indices)  # a profile without its rows: one item per row
+        per_row = Counter(owners)
+        wanted = set(indices)
+        sampled = [i for i in self.sampled if i in wanted]
+        mean = len(owners) / len(self.sampled)  # the sample is seeded-random: its mean stands for the rest
+        return round(sum(per_row[i] for i in sampled) + mean * (len(wanted) - len(sampled)))
 
 
 @dataclass(frozen=True)
@@ -146,11 +173,15 @@ def _seconds(value: float) -> str:
 # --- the run's shape (pure) ----------------------------------------------------------------------------------------
 
 
-def run_steps(train_rows: int, hyper: Any) -> int:
-    """Optimizer steps of a run (the trainer's rule: max_steps, else epochs over the training rows)."""
+def run_steps(train_units: int, hyper: Any) -> int:
+    """Optimizer steps of a run (the trainer's rule: max_steps, else epochs over what its steps draw).
+
+    ``train_units`` counts what a step's batch_size counts: training examples (a per-window run's
+    windows), or sequences under a pooled window loss (:meth:`DataProfile.step_units_in`).
+    """
     if hyper.max_steps:
         return int(hyper.max_steps)
-    return max(1, math.ceil(hyper.epochs * max(1, train_rows) / (hyper.batch_size * hyper.grad_accum)))
+    return epoch_steps(train_units, hyper.epochs, hyper.batch_size * hyper.grad_accum)
 
 
 def validation_passes(steps: int, eval_every: int, has_validation: bool) -> int:
@@ -213,18 +244,20 @@ def estimate_run_seconds(request: Any, data: DataProfile, measured: MeasuredSpee
     validation = passes × padded tokens per pass × measured seconds per token of a forward pass;
     setup = reading and tokenising every row + loading the base twice (train, export) + a fixed
     overhead. Each part is multiplied by the actual/measured ratio of earlier runs. With a pooled
-    window loss (``data.units``) a step is batch_size sequences × their windows; validation still
-    scores windows in batches of batch_size (as the loop does).
+    window loss (``data.units``) a step is batch_size sequences × their windows, and an epoch is
+    the training sequences; per window, an epoch is the training windows. Validation scores
+    windows in batches of batch_size in both (as the loop does).
     """
     hyper = request.hyper
     train_idx, val_idx = split_rows(data.rows, hyper.validation_fraction, request.seed)
-    steps = run_steps(len(train_idx), hyper)
+    steps = run_steps(data.step_units_in(train_idx), hyper)
     grouped = bool(hyper.group_by_length)
     per_step = padded_batch_tokens(data.lengths, hyper.batch_size, grouped, request.seed, data.units)
     step_tokens = per_step * hyper.grad_accum
     per_token_train = measured.step_s / max(1, measured.step_tokens)
     step_s = step_tokens * per_token_train * measured.train_ratio
-    eval_rows = min(len(val_idx), hyper.max_eval_rows or len(val_idx))
+    val_examples = data.examples_in(val_idx)
+    eval_rows = min(val_examples, hyper.max_eval_rows or val_examples)  # the loop's scored_validation
     passes = validation_passes(steps, hyper.eval_every, eval_rows > 0)
     per_row = padded_batch_tokens(data.lengths, hyper.batch_size, grouped, request.seed) / max(1, hyper.batch_size)
     per_token_eval = measured.forward_s / max(1, measured.step_tokens)
@@ -394,20 +427,28 @@ def profile_data(
 ) -> tuple[DataProfile, list[dict[str, Any]], float]:
     """(profile, the sample's encoded examples, seconds to tokenise one row) of a seeded sample of ``rows``.
 
-    A sampled row may become several examples (a long sequence's windows); with a pooled
-    ``window_loss`` the profile keeps which windows belong to which sequence.
+    A sampled row may become several examples (a long sequence's windows): the profile keeps
+    which row each example came from (the run's steps and validation rows count examples), and
+    with a pooled ``window_loss`` which windows belong to which sequence.
     """
     from studio.training.setup import training_units
     from studio.training.tokenise import encode_rows
 
-    picked = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), min(sample, len(rows))))]
+    chosen = sorted(random.Random(seed).sample(range(len(rows)), min(sample, len(rows))))
+    picked = [rows[i] for i in chosen]
     began = time.perf_counter()
     encoded = encode_rows(picked, tokenizer, task=task, max_length=max_length, loss_on=loss_on, labels=labels)
     per_row = (time.perf_counter() - began) / max(1, len(picked))
     examples = list(encoded.examples)
     units = training_units(examples, task, window_loss)
     lengths = tuple(len(e["input_ids"]) for e in examples)
-    profile = DataProfile(len(rows), lengths, None if units is None else tuple(tuple(u) for u in units))
+    profile = DataProfile(
+        len(rows),
+        lengths,
+        None if units is None else tuple(tuple(u) for u in units),
+        sampled=tuple(chosen),
+        example_rows=tuple(chosen[i] for i in encoded.example_rows()),
+    )
     return profile, examples, per_row
 
 

@@ -57,6 +57,18 @@ class Encoded:
     def unknown_share(self) -> float:
         return self.unknown_tokens / self.text_tokens if self.text_tokens else 0.0
 
+    def example_rows(self) -> list[int]:
+        """The index (among the encoded rows) of the row each example came from.
+
+        A windowed sequence gives several examples (they carry ``sequence``); any other row one,
+        unless it was dropped.
+        """
+        if self.examples and "sequence" in self.examples[0]:
+            return [int(e["sequence"]) for e in self.examples]
+        dropped = set(self.dropped_indices)
+        kept = (i for i in range(len(self.examples) + len(dropped)) if i not in dropped)
+        return list(kept)
+
 
 # A row whose text the tokenizer cannot read at all carries no information; when most rows are
 # like that, training would only learn the label frequencies, so the run is refused.

@@ -9,64 +9,19 @@ A per_window run keeps its estimates. The data: random DNA read by a tiny 3-mer 
 
 from __future__ import annotations
 
-import random
 import statistics
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest_training import cpu_device, make_request, write_jsonl
+from conftest_training import cpu_device, write_jsonl
+from window_encoder import BATCH, WINDOW, dna_rows, window_request, windows_per_sequence
 
 from studio.training.data import split_indices
 from studio.training.duration import MeasuredSpeed, estimate_run_seconds, padded_batch_tokens
 from studio.training.memory import ModelShape, memory_budget, plan_memory
 
-WINDOW = 34  # the encoder's positions: [CLS] + 32 3-mers + [SEP]
-ROWS = 16  # a multiple of BATCH: every shuffled batch of the estimate is full
-BATCH = 4
 # 0.005 s per padded token of a training step, 0.002 s per token of a validation forward pass
 MEASURED = MeasuredSpeed(step_s=2.0, step_tokens=400, forward_s=0.8, load_s=3.0, tokenise_s_per_row=0.001)
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory):
-    """A saved tiny BERT encoder with a 3-mer tokenizer, as the pre-training job leaves one."""
-    from studio.sequences.pretrain import build_encoder
-    from studio.sequences.tokenizers import build_tokenizer
-
-    tokenizer = build_tokenizer("kmer", 3, model_max_length=WINDOW)
-    model = build_encoder(tokenizer, 16, 1, 2, WINDOW, seed=0, pooling="mean")
-    out = tmp_path_factory.mktemp("encoder")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def dna_rows(n: int = ROWS, seed: int = 0) -> list[dict]:
-    """``n`` labelled random DNA rows of 100-300 nt: each longer than a window, so 5-18 windows."""
-    rng = random.Random(seed)
-    return [
-        {"text": "".join(rng.choice("ACGT") for _ in range(rng.randint(100, 300))), "label": i % 2} for i in range(n)
-    ]
-
-
-def windows_per_sequence(rows: list[dict], encoder_dir) -> list[int]:
-    """How many windows the loop cuts from each row (tokenised directly, at the encoder's window)."""
-    from studio.training.models import load_tokenizer_for
-    from studio.training.tokenise import encode_rows
-
-    encoded = encode_rows(
-        rows, load_tokenizer_for(encoder_dir), task="classification", max_length=WINDOW, labels=[0, 1]
-    )
-    assert {len(e["input_ids"]) for e in encoded.examples} == {WINDOW}  # every window full: no padding differences
-    counts = Counter(e["sequence"] for e in encoded.examples)
-    return [counts[i] for i in range(len(rows))]
-
-
-def request_for(encoder_dir, window_loss: str, **hyper):
-    settings = dict(batch_size=BATCH, max_steps=5, precision="fp32", window_loss=window_loss, **hyper)
-    request = make_request("lora", task="classification", **settings)
-    return request.model_copy(update={"base_model": str(encoder_dir)})
 
 
 def test_a_pooled_step_is_batch_size_whole_sequences_by_hand():
@@ -81,17 +36,17 @@ def test_a_pooled_step_is_batch_size_whole_sequences_by_hand():
     assert padded_batch_tokens(lengths, 2, True) == pytest.approx(2 * (10 + 10 + 8) / 3)
 
 
-def test_a_pooled_run_takes_the_windows_per_sequence_times_longer(settings, encoder_dir, tmp_path):
+def test_a_pooled_run_takes_the_windows_per_sequence_times_longer(settings, kmer_encoder_dir, tmp_path):
     from studio.training.duration import estimate_for_request
 
     rows = dna_rows()
     path = write_jsonl(tmp_path / "dna.jsonl", rows)
-    windows = windows_per_sequence(rows, encoder_dir)
+    windows = windows_per_sequence(rows, kmer_encoder_dir)
     per_window = estimate_for_request(
-        request_for(encoder_dir, "per_window"), settings, cpu_device(), path, "classification"
+        window_request(kmer_encoder_dir, "per_window"), settings, cpu_device(), path, "classification"
     )
     pooled = estimate_for_request(
-        request_for(encoder_dir, "pooled_max"), settings, cpu_device(), path, "classification"
+        window_request(kmer_encoder_dir, "pooled_max"), settings, cpu_device(), path, "classification"
     )
     assert pooled.measured.measured_at == per_window.measured.measured_at  # one measurement (of BATCH windows)
     assert pooled.steps == per_window.steps == 5
@@ -103,21 +58,21 @@ def test_a_pooled_run_takes_the_windows_per_sequence_times_longer(settings, enco
     assert pooled.step_s == pytest.approx(per_window.step_s * statistics.fmean(windows), rel=1e-9)
 
 
-def test_a_per_window_estimate_is_unchanged(encoder_dir):
+def test_a_per_window_estimate_is_unchanged(kmer_encoder_dir):
     from studio.training.duration import profile_data
     from studio.training.models import load_tokenizer_for
 
     rows = dna_rows()
-    tokenizer = load_tokenizer_for(encoder_dir)
+    tokenizer = load_tokenizer_for(kmer_encoder_dir)
     common = dict(task="classification", max_length=WINDOW, loss_on="response", labels=[0, 1], seed=7)
     profile, examples, _ = profile_data(rows, tokenizer, window_loss="per_window", **common)
-    assert profile.units is None and len(profile.lengths) == sum(windows_per_sequence(rows, encoder_dir))
-    request = request_for(encoder_dir, "per_window", grad_accum=2)
+    assert profile.units is None and len(profile.lengths) == sum(windows_per_sequence(rows, kmer_encoder_dir))
+    request = window_request(kmer_encoder_dir, "per_window", grad_accum=2)
     estimate = estimate_run_seconds(request, profile, MEASURED)
     # directly: batch_size windows of WINDOW tokens × grad_accum per step, at the measured seconds per token
     assert estimate.step_s == pytest.approx(BATCH * WINDOW * 2 * MEASURED.step_s / MEASURED.step_tokens)
     pooled, _, _ = profile_data(rows, tokenizer, window_loss="pooled_mean", **common)
-    assert [len(u) for u in pooled.units] == windows_per_sequence(rows, encoder_dir)
+    assert [len(u) for u in pooled.units] == windows_per_sequence(rows, kmer_encoder_dir)
 
 
 def loop_plan(request, settings, path):
@@ -134,16 +89,16 @@ def loop_plan(request, settings, path):
     return _plan_memory(request, setup, settings, cpu_device(), precision, 1000, params, None), setup
 
 
-def test_the_pre_submit_memory_check_plans_the_loops_pooled_row(settings, encoder_dir, tmp_path):
+def test_the_pre_submit_memory_check_plans_the_loops_pooled_row(settings, kmer_encoder_dir, tmp_path):
     from studio.training.memory import estimate_for_request
 
     rows = dna_rows()
-    request = request_for(encoder_dir, "pooled_mean", validation_fraction=0.25)
+    request = window_request(kmer_encoder_dir, "pooled_mean", validation_fraction=0.25)
     # the longest sequence (the most windows) held out: the loop plans the longest *training* sequence
     held_out = split_indices(len(rows), 0.25, request.seed)[1][0]
     rows[held_out] = {"text": "ACGT" * 150, "label": 0}
     path = write_jsonl(tmp_path / "dna.jsonl", rows)
-    windows = windows_per_sequence(rows, encoder_dir)
+    windows = windows_per_sequence(rows, kmer_encoder_dir)
     assert windows[held_out] == max(windows)
 
     before_submit = estimate_for_request(request, settings, cpu_device(), path, "classification")
@@ -158,16 +113,16 @@ def test_the_pre_submit_memory_check_plans_the_loops_pooled_row(settings, encode
 
 
 @pytest.mark.parametrize("max_length", [WINDOW, 64])
-def test_the_per_window_memory_check_is_unchanged(settings, encoder_dir, tmp_path, max_length):
+def test_the_per_window_memory_check_is_unchanged(settings, kmer_encoder_dir, tmp_path, max_length):
     """A row is one window. At the encoder's own window that is what the check always said; asked for
     more (64), the windows are still the encoder's 34 tokens, as the loop cuts them."""
     from studio.training.memory import estimate_for_request
 
     path = write_jsonl(tmp_path / "dna.jsonl", dna_rows())
-    request = request_for(encoder_dir, "per_window", max_length=max_length)
+    request = window_request(kmer_encoder_dir, "per_window", max_length=max_length)
     before_submit = estimate_for_request(request, settings, cpu_device(), path, "classification")
     direct = plan_memory(
-        ModelShape.from_path(encoder_dir),
+        ModelShape.from_path(kmer_encoder_dir),
         batch_size=BATCH,
         seq_len=WINDOW,  # one window is a row
         budget=memory_budget(settings, cpu_device()),
