@@ -106,12 +106,13 @@ class TrainingHyperParams(StudioModel):
         description="Recompute activations in the backward pass to save memory; auto turns it on when the "
         "memory estimate says memory is tight.",
     )
-    window_loss: Literal["per_window", "pooled_mean", "pooled_max"] = Field(
+    window_loss: Literal["per_window", "pooled_mean", "pooled_max", "pooled_sum"] = Field(
         "per_window",
         description="Classifiers reading long sequences as windows: per_window trains every window on its "
         "sequence's label (weighted so that each sequence counts once) and predicts with the mean of the "
-        "windows' logits; pooled_mean / pooled_max put a sequence's windows in one batch, pool their logits "
-        "(mean, or a smooth max for a label that one window anywhere decides, like a motif) and apply the "
+        "windows' logits; pooled_mean / pooled_max / pooled_sum put a sequence's windows in one batch, pool their "
+        "logits (mean; a smooth max for a label that one window anywhere decides, like a motif; a sum for "
+        "evidence that adds up over windows, like a long coding stretch) and apply the "
         "loss once per sequence; evaluation pools the same way. With pooling, batch_size counts sequences.",
     )
     head_learning_rate: float | None = Field(

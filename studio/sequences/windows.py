@@ -10,10 +10,10 @@ share ``overlap`` tokens (the last pair may share more, since the last window is
 Classification trains on the windows. By default (``window_loss="per_window"``) each window is
 labelled with its sequence's label, and a sequence's prediction is the **mean of its windows'
 logits** (:func:`pool_logits`): every window votes with its confidence, no window is privileged,
-and a single window reduces to the plain classifier. With ``window_loss="pooled_mean"`` or
-``"pooled_max"`` the windows of a sequence travel in one micro-batch, their logits are pooled (mean,
-or a smooth max: log-sum-exp) and the loss is applied once per sequence, so a label that only one
-window supports is learnt (multiple-instance learning); evaluation pools the same way
+and a single window reduces to the plain classifier. With ``window_loss="pooled_mean"``,
+``"pooled_max"`` or ``"pooled_sum"`` the windows of a sequence travel in one micro-batch, their logits
+are pooled (mean, a smooth max: log-sum-exp, or a sum) and the loss is applied once per sequence, so a
+label that only one window supports is learnt (multiple-instance learning); evaluation pools the same way
 (:func:`saved_pooling`). Evaluation reports both levels: accuracy per window and per sequence.
 """
 
@@ -87,7 +87,7 @@ def encode_windows(tokenizer: Any, sequence: str, max_length: int, overlap: int 
     return windows
 
 
-POOLINGS = ("mean", "max")  # how a sequence's windows' logits become its logits
+POOLINGS = ("mean", "max", "sum")  # how a sequence's windows' logits become its logits
 
 
 def pool_rows(logits: Any, index: Any, n_groups: int, how: str = "mean") -> Any:
@@ -95,8 +95,11 @@ def pool_rows(logits: Any, index: Any, n_groups: int, how: str = "mean") -> Any:
 
     ``mean``: the mean of the rows' logits. ``max``: a smooth maximum per class, the log-sum-exp of
     the rows' logits (a constant ``log n`` apart from it, which a softmax over the classes ignores), so a
-    class that one window supports strongly wins even if the other windows do not see it. Differentiable:
-    the training loss on pooled logits goes through here.
+    class that one window supports strongly wins even if the other windows do not see it. ``sum``: the sum
+    of the rows' logits, so evidence ADDS UP over windows: a class that many windows support (a long coding
+    stretch seen by several overlapping windows) gains with each of them, where the smooth max saturates
+    after the first few, and the head's bias counts once per window (a term in the sequence's length).
+    Differentiable: the training loss on pooled logits goes through here.
     """
     import torch
 
@@ -105,8 +108,10 @@ def pool_rows(logits: Any, index: Any, n_groups: int, how: str = "mean") -> Any:
     index = torch.as_tensor(index, dtype=torch.long, device=logits.device)
     classes = logits.shape[-1]
     rows = index.unsqueeze(-1).expand(-1, classes)
-    if how == "mean":
+    if how in ("mean", "sum"):
         sums = logits.new_zeros(n_groups, classes).index_add(0, index, logits)
+        if how == "sum":
+            return sums
         counts = torch.bincount(index, minlength=n_groups).clamp(min=1).unsqueeze(-1)
         return sums / counts.to(logits.dtype)
     # log Σ exp(z) = m + log Σ exp(z − m), with m each group's maximum (held constant: no gradient needed)
@@ -132,8 +137,8 @@ def pool_logits(logits: Any, sequence_ids: Sequence[int], how: str = "mean") -> 
 
 
 def pooling_for(window_loss: str | None) -> str:
-    """The pooling of a training's ``window_loss`` setting (``pooled_max`` → max; else mean, today's rule)."""
-    return "max" if window_loss == "pooled_max" else "mean"
+    """The pooling of a training's ``window_loss`` setting (``pooled_max`` → max, ``pooled_sum`` → sum; else mean)."""
+    return {"pooled_max": "max", "pooled_sum": "sum"}.get(window_loss or "", "mean")
 
 
 def saved_pooling(adapter_dir: Any) -> str:

@@ -218,7 +218,7 @@ def _encode_windowed(
     grouping, memory planning and gradient accumulation work unchanged, and a sequence of 50 windows
     never has to fit in one micro-batch. Sampling windows uniformly, the weighted mean loss is an
     unbiased estimate of the mean per-sequence loss (the mean of its windows' losses). The loss on
-    pooled logits is the option ``window_loss`` (pooled_mean / pooled_max): the run then batches whole
+    pooled logits is the option ``window_loss`` (pooled_mean / pooled_max / pooled_sum): the run then batches whole
     sequences from the ``sequence`` index written here (:class:`studio.training.setup.RunSetup`).
     """
     out = Encoded(examples=[])

@@ -1,4 +1,4 @@
-"""The pooled window loss (``window_loss`` pooled_mean / pooled_max): a sequence's windows share a micro-batch,
+"""The pooled window loss (``window_loss`` pooled_mean / pooled_max / pooled_sum): a sequence's windows share a micro-batch,
 their logits are pooled, and the cross-entropy is applied once per sequence (multiple-instance learning)."""
 
 from __future__ import annotations
@@ -48,13 +48,15 @@ def by_hand(how: str) -> float:
         rows = [LOGITS[i] for i, g in enumerate(GROUPS) if g == group]
         if how == "mean":
             pooled = [sum(r[c] for r in rows) / len(rows) for c in range(2)]
+        elif how == "sum":
+            pooled = [sum(r[c] for r in rows) for c in range(2)]
         else:
             pooled = [math.log(sum(math.exp(r[c]) for r in rows)) for c in range(2)]
         total += math.log(sum(math.exp(p) for p in pooled)) - pooled[target]
     return total
 
 
-@pytest.mark.parametrize("how", ["mean", "max"])
+@pytest.mark.parametrize("how", ["mean", "max", "sum"])
 def test_pooled_loss_equals_a_hand_computation(how):
     value, logits = loss_sum(Fixed(), pooled_batch(), "classification", how)
     assert float(value.detach()) == pytest.approx(by_hand(how), rel=1e-6)
@@ -62,7 +64,7 @@ def test_pooled_loss_equals_a_hand_computation(how):
     assert target_count(pooled_batch(), "classification") == 2  # one target per sequence
 
 
-@pytest.mark.parametrize("how", ["mean", "max"])
+@pytest.mark.parametrize("how", ["mean", "max", "sum"])
 def test_gradients_reach_every_window_of_a_sequence(how):
     model = Fixed()
     value, _ = loss_sum(model, pooled_batch(), "classification", how)
@@ -117,9 +119,28 @@ def test_windows_of_a_sequence_share_a_micro_batch_and_batch_size_counts_sequenc
     assert sequence_units([{"input_ids": [1], "labels": 0}]) is None  # not windowed: per example
 
 
+def test_sum_pooling_adds_evidence_up_where_the_smooth_max_saturates():
+    # Two sequences with one and with six equally coding windows (class 1 +2 each) among neutral ones:
+    # the sum grows by the same margin with every coding window, the smooth max by ever less (log of a count).
+    one = torch.tensor([[0.0, 2.0]] + [[0.0, 0.0]] * 5)
+    six = torch.tensor([[0.0, 2.0]] * 6)
+    margins = {}
+    for how in ("sum", "max"):
+        _, pooled = pool_logits(torch.cat([one, six]), [0] * 6 + [1] * 6, how)
+        margins[how] = (pooled[:, 1] - pooled[:, 0]).tolist()
+    assert margins["sum"] == pytest.approx([2.0, 12.0])
+    # five more coding windows: +10 for the sum, less than one window's margin (2) for the smooth max
+    assert margins["max"][1] - margins["max"][0] < 2.0
+
+
 def test_the_setting_defaults_to_todays_loss_and_evaluation_pools_as_trained(tmp_path):
     assert TrainingHyperParams().window_loss == "per_window"
-    assert [pooling_for(v) for v in ("per_window", "pooled_mean", "pooled_max")] == ["mean", "mean", "max"]
+    assert [pooling_for(v) for v in ("per_window", "pooled_mean", "pooled_max", "pooled_sum")] == [
+        "mean",
+        "mean",
+        "max",
+        "sum",
+    ]
     assert saved_pooling(tmp_path) == "mean"  # no reproducibility.json: today's mean
     (tmp_path / "reproducibility.json").write_text('{"request": {"hyper": {"window_loss": "pooled_max"}}}')
     assert saved_pooling(tmp_path) == "max"
