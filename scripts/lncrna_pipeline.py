@@ -32,9 +32,9 @@ Three recipes (``--recipe``):
   ablation in docs/results/classification_lncrna.md), and a window inside a coding sequence has one
   frame with no stop codon across it, which a 66-token window cannot show;
 - ``codon``: the pooled recipe's pooling, loss and head rate on CODON tokens read in each of the three
-  reading frames (``tokenizer="codon"``: windows of 128 codons, ~384 nt, a new one every 64 codons), so
+  reading frames (``tokenizer="codon"``: windows of 128 codons, ~384 nt, a new one every 32 codons), so
   a stop codon is a token of its own frame and "no stop in this window" needs no position arithmetic;
-  LoRA at lr 1e-3 (the orf recipe's better rate). The best LoRA-BERT recipe so far (0.899 vs 0.921). Its full
+  LoRA at lr 1e-3 (the orf recipe's better rate). The best LoRA-BERT recipe so far (0.911 vs 0.921). Its full
   settings are studio/sequences/recipes.py's CODING_POTENTIAL, the Train tab's presets "Coding potential
   (codons, 3 frames)" and "Sequence classifier (codons)".
 
@@ -201,10 +201,10 @@ def lora_variant_params(lora: dict[str, Any]) -> dict[str, Any]:
 
 # The "codon" recipe: codons in three frames (studio/sequences/tokenizers.py, kind "codon"). Its full settings are
 # the UI's "Coding potential" preset (studio/sequences/recipes.py, CODING_POTENTIAL), so both stay the same run:
-# 128 codons + [CLS] + [SEP] a window, 64 shared (a window every 64 codons: more windows per coding stretch for
-# the smooth max to count; 16 shared gave 0.884, 64 gave 0.899 on the full split); a sequence of n nt gives
-# ~3 x n / 192 windows. 3,000 pre-training steps x 32 windows (~2.7 passes over the 35.7 k windows), 640 LoRA
-# steps x 8 sequences. Measured: 18.6 min on one thread (docs/results/classification_lncrna.md, the codon recipe).
+# 128 codons + [CLS] + [SEP] a window, 96 shared (a window every 32 codons: more windows per coding stretch for
+# the smooth max to count; 16 shared gave 0.884, 64 gave 0.899, 96 gave 0.911 on the full split); a sequence of
+# n nt gives ~3 x n / 96 windows. 3,000 pre-training steps x 32 windows (~1.5 passes over the 62.8 k windows),
+# 640 LoRA steps x 8 sequences. Measured: 25.5 min on one thread (docs/results/classification_lncrna.md).
 CODON_SIZES: dict[str, dict[str, Any]] = {
     "full": _pooled_with(
         "full",
