@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gradio as gr
 import pytest
 
-from app import pretrain_section, tab_train
+from app import pretrain_section
 from app.train_presets import PRESETS, SEQUENCE_CLASSIFIER, preset_hyper
 from studio.schema import PretrainRequest, TrainingHyperParams
 from studio.sequences.recipes import CODING_POTENTIAL
+from ui.train_tab_handlers import build_train_tab, call, handler
 
 LNCRNA = Path(__file__).resolve().parents[2] / "data" / "samples" / "lncrna_athaliana" / "train.jsonl"
 
@@ -30,29 +30,7 @@ def sequences(services, tmp_path):
 
 @pytest.fixture
 def demo(services):
-    with gr.Blocks() as blocks, gr.Tab(tab_train.TITLE) as tab:
-        tab_train.build(services, tab, blocks)
-    return blocks
-
-
-def handler(demo, name: str, output_elem_id: str):
-    """The function Gradio runs for handler ``name`` that writes the component ``output_elem_id``."""
-    for block_fn in demo.fns.values():
-        if block_fn.name == name and any(getattr(o, "elem_id", None) == output_elem_id for o in block_fn.outputs):
-            return block_fn
-    raise AssertionError(f"no handler {name} writes #{output_elem_id}")
-
-
-def call(block_fn, **by_elem_id):
-    """Run ``block_fn`` with each input's initial value (``by_elem_id`` overriding); outputs keyed by elem_id."""
-    values = []
-    for component in block_fn.inputs:
-        if isinstance(component, gr.State):
-            values.append(component.value() if callable(component.value) else component.value)
-        else:
-            values.append(by_elem_id.get(component.elem_id, component.value))
-    result = block_fn.fn(*values)
-    return {getattr(c, "elem_id", None) or c: v for c, v in result.items()}
+    return build_train_tab(services)
 
 
 def filled(outputs: dict) -> dict:
