@@ -63,6 +63,11 @@ class DataProfile:
     sampled: tuple[int, ...] = ()
     example_rows: tuple[int, ...] = ()
 
+    @property
+    def windowed(self) -> bool:
+        """True when some sampled row became several examples (a long sequence read as windows)."""
+        return len(set(self.example_rows)) < len(self.example_rows)
+
     def examples_in(self, indices: Sequence[int]) -> int:
         """Examples (a long sequence: its windows) the dataset rows ``indices`` become: what validation scores."""
         return self._count(indices, self.example_rows)
@@ -117,6 +122,7 @@ class RunEstimate:
     eval_passes: int
     eval_rows: int
     measured: MeasuredSpeed
+    eval_unit: str = "row"  # what eval_rows counts: "window" when long sequences are read as windows
 
     @property
     def total_s(self) -> float:
@@ -133,7 +139,7 @@ class RunEstimate:
         """'about N minutes (measured on this machine: X s per step, Y validation passes of Z rows)'."""
         passes = f"{self.eval_passes} validation pass{'' if self.eval_passes == 1 else 'es'}"
         if self.eval_passes:
-            passes += f" of {self.eval_rows} row{'' if self.eval_rows == 1 else 's'}"
+            passes += f" of {self.eval_rows} {self.eval_unit}{'' if self.eval_rows == 1 else 's'}"
         step = f"{self.step_s:.1f}" if self.step_s >= 1 else f"{self.step_s:.2f}"
         return f"{self.headline()} (measured on this machine: {step} s per step, {passes})"
 
@@ -272,6 +278,7 @@ def estimate_run_seconds(request: Any, data: DataProfile, measured: MeasuredSpee
         eval_passes=passes,
         eval_rows=eval_rows,
         measured=measured,
+        eval_unit="window" if data.windowed else "row",
     )
 
 

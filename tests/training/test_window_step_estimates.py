@@ -86,6 +86,7 @@ def test_validation_scores_windows(settings, kmer_encoder_dir, tmp_path, window_
     assert len(val_windows) < scored  # the held-out sequences alone would undercount
     assert result.eval_tokens == result.eval_passes * scored * WINDOW  # the loop: every window full
     assert estimate.eval_rows == scored
+    assert f"of {scored} windows)" in estimate.describe()  # the line shown before submit says what it counts
     assert estimated_eval_tokens(estimate) == pytest.approx(result.eval_tokens, rel=1e-9)
 
 
