@@ -8,24 +8,20 @@ components' values (no server, no browser).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from app import pretrain_section
-from ui.train_tab_handlers import build_train_tab, call, handler
+from ui.train_tab_handlers import add_lncrna_sample, build_train_tab, call, handler
 
-LNCRNA = Path(__file__).resolve().parents[2] / "data" / "samples" / "lncrna_athaliana" / "train.jsonl"
 TINY = {"pretrain-size": "tiny", "pretrain-max-length": 32, "pretrain-window-overlap": 4, "pretrain-batch-size": 4}
 
 
 @pytest.fixture
 def sequences(services, tmp_path):
     """A registered dataset of 12 lncRNA/mRNA sequences (the import detects the DNA column)."""
-    path = tmp_path / "lnc.jsonl"
-    path.write_text("".join(line + "\n" for line in LNCRNA.read_text().splitlines()[:12]))
-    return services.datasets.add(path, mapping={"text": "sequence", "label": "label"})
+    return add_lncrna_sample(services, tmp_path)
 
 
 @pytest.fixture

@@ -7,25 +7,19 @@ components' values (no server, no browser).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from app import pretrain_section
 from app.train_presets import PRESETS, SEQUENCE_CLASSIFIER, preset_hyper
 from studio.schema import PretrainRequest, TrainingHyperParams
 from studio.sequences.recipes import CODING_POTENTIAL
-from ui.train_tab_handlers import build_train_tab, call, handler
-
-LNCRNA = Path(__file__).resolve().parents[2] / "data" / "samples" / "lncrna_athaliana" / "train.jsonl"
+from ui.train_tab_handlers import add_lncrna_sample, build_train_tab, call, handler
 
 
 @pytest.fixture
 def sequences(services, tmp_path):
     """A registered dataset of 12 labelled lncRNA/mRNA sequences (the import detects the DNA column)."""
-    path = tmp_path / "lnc.jsonl"
-    path.write_text("".join(line + "\n" for line in LNCRNA.read_text().splitlines()[:12]))
-    return services.datasets.add(path, mapping={"text": "sequence", "label": "label"})
+    return add_lncrna_sample(services, tmp_path)
 
 
 @pytest.fixture

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from app import tab_train
+
+LNCRNA = Path(__file__).resolve().parents[2] / "data" / "samples" / "lncrna_athaliana" / "train.jsonl"
+
+
+def add_lncrna_sample(services, tmp_path, rows: int = 12):
+    """A registered dataset of the first ``rows`` labelled lncRNA/mRNA sequences (the import detects the DNA column)."""
+    path = tmp_path / "lnc.jsonl"
+    path.write_text("".join(line + "\n" for line in LNCRNA.read_text().splitlines()[:rows]))
+    return services.datasets.add(path, mapping={"text": "sequence", "label": "label"})
 
 
 def build_train_tab(services):
