@@ -34,7 +34,7 @@ Three recipes (``--recipe``):
 - ``codon``: the pooled recipe's pooling, loss and head rate on CODON tokens read in each of the three
   reading frames (``tokenizer="codon"``: windows of 128 codons, ~384 nt, a new one every 32 codons), so
   a stop codon is a token of its own frame and "no stop in this window" needs no position arithmetic;
-  LoRA at lr 1e-3 (the orf recipe's better rate). The best LoRA-BERT recipe so far (0.911 vs 0.921). Its full
+  LoRA at lr 1e-3 (the orf recipe's better rate). The best LoRA-BERT recipe so far (0.893-0.911 over three seeds vs 0.921). Its full
   settings are studio/sequences/recipes.py's CODING_POTENTIAL, the Train tab's presets "Coding potential
   (codons, 3 frames)" and "Sequence classifier (codons)".
 
@@ -202,7 +202,7 @@ def lora_variant_params(lora: dict[str, Any]) -> dict[str, Any]:
 # The "codon" recipe: codons in three frames (studio/sequences/tokenizers.py, kind "codon"). Its full settings are
 # the UI's "Coding potential" preset (studio/sequences/recipes.py, CODING_POTENTIAL), so both stay the same run:
 # 128 codons + [CLS] + [SEP] a window, 96 shared (a window every 32 codons: more windows per coding stretch for
-# the smooth max to count; 16 shared gave 0.884, 64 gave 0.899, 96 gave 0.911 on the full split); a sequence of
+# the smooth max to count; seed 0: 16 shared 0.884, 64 shared 0.899, 96 shared 0.911; three seeds: 0.897 vs 0.902); a sequence of
 # n nt gives ~3 x n / 96 windows. 3,000 pre-training steps x 32 windows (~1.5 passes over the 62.8 k windows),
 # 640 LoRA steps x 8 sequences. Measured: 25.5 min on one thread (docs/results/classification_lncrna.md).
 CODON_SIZES: dict[str, dict[str, Any]] = {
