@@ -24,6 +24,7 @@ from studio.sequences.recipes import SEQUENCE_RECIPES
 from studio.services.container import Services
 
 FORM_FIELDS = (
+    "architecture",
     "tokenizer",
     "k",
     "size",

@@ -339,7 +339,7 @@ def full_fine_tune(encoder_dir: Path, train_rows: list, test_rows: list, labels:
     import random
 
     import torch
-    from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
     from studio.evaluation.classification import classification_report, softmax
     from studio.sequences.pooling import apply_classifier_pooling
@@ -349,7 +349,7 @@ def full_fine_tune(encoder_dir: Path, train_rows: list, test_rows: list, labels:
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-    model = BertForSequenceClassification.from_pretrained(encoder_dir, num_labels=len(labels))
+    model = AutoModelForSequenceClassification.from_pretrained(encoder_dir, num_labels=len(labels))
     pooling = apply_classifier_pooling(model)
     limit = model.config.max_position_embeddings
     train = encode_rows(train_rows, tokenizer, task="classification", max_length=limit, labels=labels).examples

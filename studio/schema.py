@@ -515,6 +515,12 @@ class PretrainRequest(StudioModel):
         "the three reading frames (a sequence becomes three token sequences); protein: one token per amino acid.",
     )
     k: int | None = Field(None, ge=3, le=6, description="k of a k-mer tokenizer (3 to 6). Empty: the proposed k.")
+    architecture: Literal["bert", "roformer"] = Field(
+        "bert",
+        description="bert: BERT with learnt absolute positions (LoRA-BERT's encoder); roformer: the same encoder with "
+        "rotary (relative) positions, which learns rules such as 'a start codon, then no stop codon for N codons' "
+        "far faster and lets LoRA's query/key updates use positions.",
+    )
     size: Literal[ENCODER_SIZES] = Field(  # type: ignore[valid-type]
         "auto",
         description="Encoder size: tiny (hidden 64, 2 layers), small (128, 4), base (256, 6); auto picks from "
@@ -534,7 +540,7 @@ class PretrainRequest(StudioModel):
     classifier_pooling: Literal["cls", "mean", "max"] = Field(
         "cls",
         description="How a classifier built on this encoder summarises a window, saved with the encoder: cls: "
-        "the [CLS] token through BERT's pooler; mean / max: the mean / max of all the window's token states "
+        "the [CLS] token (through BERT's pooler; RoFormer's head reads it directly); mean / max: the mean / max of all the window's token states "
         "(no pooler weights), so a motif anywhere in the window reaches the head.",
     )
     mask_prob: float = Field(

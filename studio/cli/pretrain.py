@@ -17,13 +17,33 @@ from studio.schema import PretrainRequest, format_validation_error
 @click.option("--tokenizer", type=click.Choice(["auto", "nucleotide", "kmer", "codon", "protein"]), default="auto")
 @click.option("--k", type=int, default=None, help="k of a k-mer tokenizer (3 to 6).")
 @click.option("--size", type=click.Choice(["auto", "tiny", "small", "base"]), default="auto", show_default=True)
+@click.option(
+    "--architecture",
+    type=click.Choice(["bert", "roformer"]),
+    default="bert",
+    show_default=True,
+    help="bert: learnt absolute positions; roformer: rotary (relative) positions.",
+)
 @click.option("--extra-dataset", "extra_dataset_id", type=int, default=None, help="Unlabelled sequences to add.")
 @click.option("--set", "assignments", multiple=True, help="key=value for any other PretrainRequest field.")
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--wait", is_flag=True, help="Wait for the job with a progress bar, print the base model.")
 @inline_option
-def pretrain(dataset_ref, name, sequence_column, tokenizer, k, size, extra_dataset_id, assignments, seed, wait, inline):
-    """Pre-train a BERT-style encoder on a dataset's DNA/RNA/protein sequences (masked-LM)."""
+def pretrain(
+    dataset_ref,
+    name,
+    sequence_column,
+    tokenizer,
+    k,
+    size,
+    architecture,
+    extra_dataset_id,
+    assignments,
+    seed,
+    wait,
+    inline,
+):
+    """Pre-train a BERT-style encoder (BERT or RoFormer) on a dataset's DNA/RNA/protein sequences (masked-LM)."""
     from studio.cli.train import _dataset_id
     from studio.jobs.inline import check_inline_allowed
 
@@ -40,6 +60,7 @@ def pretrain(dataset_ref, name, sequence_column, tokenizer, k, size, extra_datas
             tokenizer=tokenizer,
             k=k,
             size=size,
+            architecture=architecture,
             extra_dataset_id=extra_dataset_id,
             seed=seed,
             **fields,

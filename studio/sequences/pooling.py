@@ -45,7 +45,7 @@ def _token_pooler_class() -> Any:
     import torch
 
     class TokenPooler(torch.nn.Module):
-        """Stands in for BERT's pooler: mean/max of the token states (no weights).
+        """Stands in for BERT's pooler (or RoFormer's first-token read): mean/max of the token states (no weights).
 
         BERT calls its pooler with the hidden states only, so the attention mask of the current
         forward is handed over by a pre-hook on the encoder (:func:`apply_classifier_pooling`).
@@ -75,20 +75,36 @@ def _remember_mask(pooler: Any):
     return hook
 
 
+def _pool_before_head(pooler: Any):
+    # RoFormer's head reads features[:, 0]: hand it the pooled vector in that place instead.
+    def hook(module, args):
+        return (pooler(args[0]).unsqueeze(1), *args[1:])
+
+    return hook
+
+
 def apply_classifier_pooling(model: Any) -> str:
     """Give a BERT-like sequence classifier the pooling its config asks for; returns that pooling.
 
     Call right after ``from_pretrained`` (before PEFT wraps the model). ``"cls"`` leaves the model
-    untouched. Other models than BERT-like ones (an encoder under ``model.bert`` with a pooler)
-    are refused for ``"mean"``/``"max"`` rather than silently read through ``[CLS]``.
+    untouched. BERT (an encoder under ``model.bert`` with a pooler): the pooler is replaced.
+    RoFormer (``model.roformer``, a head that reads the first token): the head is handed the pooled
+    vector in the first token's place, so its dense + out_proj layers (trained with the classifier)
+    read the pooling. Other models are refused for ``"mean"``/``"max"`` rather than silently read
+    through ``[CLS]``.
     """
     mode = classifier_pooling(model.config)
     if mode == "cls":
         return mode
-    encoder = getattr(model, "bert", None)
-    if encoder is None or getattr(encoder, "pooler", None) is None:
-        raise ValueError(f"classifier_pooling={mode!r} needs a BERT-like classifier, not {type(model).__name__}")
     pooler = _token_pooler_class()(mode)
-    encoder.pooler = pooler
-    encoder.register_forward_pre_hook(_remember_mask(pooler), with_kwargs=True)
+    bert = getattr(model, "bert", None)
+    roformer = getattr(model, "roformer", None)
+    if bert is not None and getattr(bert, "pooler", None) is not None:
+        bert.pooler = pooler
+        bert.register_forward_pre_hook(_remember_mask(pooler), with_kwargs=True)
+    elif roformer is not None and getattr(model, "classifier", None) is not None:
+        roformer.register_forward_pre_hook(_remember_mask(pooler), with_kwargs=True)
+        model.classifier.register_forward_pre_hook(_pool_before_head(pooler))
+    else:
+        raise ValueError(f"classifier_pooling={mode!r} needs a BERT-like classifier, not {type(model).__name__}")
     return mode

@@ -1,12 +1,13 @@
 """The "pretrain" job: a small BERT-style encoder pre-trained from scratch on a dataset's sequences.
 
-LoRA-BERT's first half (spec: variants §11). The encoder is transformers' ``BertForMaskedLM``:
+LoRA-BERT's first half (spec: variants §11). The encoder is transformers' ``BertForMaskedLM``
+(or, with ``architecture="roformer"``, ``RoFormerForMaskedLM``: BERT's layers with rotary positions):
 the studio's classification path already loads BERT checkpoints as sequence classifiers and
 adapts their ``query/key/value/dense`` linears (the attention and feed-forward projections), and
 BERT's learnt absolute positions are bounded by ``max_position_embeddings``, which is set to the
-window length so classification windows are exactly the pre-training ones. (ModernBERT would
-read longer windows with rotary positions, but it brings its own module names and attention
-kernels for no gain at the sizes a CPU can pre-train.)
+window length so classification windows are exactly the pre-training ones. RoFormer keeps
+BERT's module names (so LoRA targets the same linears) and is why the rotary option is RoFormer
+and not ModernBERT, which brings its own module names and attention kernels.
 
 What it does:
 
@@ -137,18 +138,36 @@ def encoder_shape(request: PretrainRequest, train_tokens: int, device_type: str)
     return size, hidden, layers, heads
 
 
-def build_encoder(
-    tokenizer: Any, hidden: int, layers: int, heads: int, max_length: int, seed: int, pooling: str = "cls"
-) -> Any:
-    """A fresh ``BertForMaskedLM`` for ``tokenizer``'s vocabulary, positions up to ``max_length``.
+ARCHITECTURES = ("bert", "roformer")
+ARCHITECTURE_NAMES = {"bert": "BERT", "roformer": "RoFormer (rotary positions)"}
 
-    ``pooling`` is saved in its config (``classifier_pooling``): classifiers built on the encoder
-    read it (:mod:`studio.sequences.pooling`).
+
+def build_encoder(
+    tokenizer: Any,
+    hidden: int,
+    layers: int,
+    heads: int,
+    max_length: int,
+    seed: int,
+    pooling: str = "cls",
+    architecture: str = "bert",
+) -> Any:
+    """A fresh masked LM for ``tokenizer``'s vocabulary, positions up to ``max_length``.
+
+    ``architecture``: ``bert`` (``BertForMaskedLM``, learnt absolute positions) or ``roformer``
+    (``RoFormerForMaskedLM``: the same layers, module names included, with rotary positions in
+    attention). Why RoFormer: a rule that depends on where tokens are relative to each other ("a
+    start codon, then no stop codon in the next N codons") is learnt from rotary positions in a few
+    hundred steps where BERT's absolute ones stay near chance (``scripts/positional_rule_probe.py``),
+    and LoRA on a frozen encoder adapts query/key projections, which see rotary positions but not
+    BERT's position embeddings. ``pooling`` is saved in its config (``classifier_pooling``):
+    classifiers built on the encoder read it (:mod:`studio.sequences.pooling`).
     """
     import torch
-    from transformers import BertConfig, BertForMaskedLM
 
-    config = BertConfig(
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {architecture!r}")
+    shape = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -160,6 +179,15 @@ def build_encoder(
         classifier_pooling=pooling,
     )
     torch.manual_seed(seed)
+    if architecture == "roformer":
+        from transformers import RoFormerConfig, RoFormerForMaskedLM
+
+        # RoFormer's sequence-classification head (dense + out_proj) is new and trained in full with the
+        # classifier (modules_to_save), so unlike BERT's pooler nothing random is left outside the adapter.
+        return RoFormerForMaskedLM(RoFormerConfig(embedding_size=hidden, **shape))
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(**shape)
     model = BertForMaskedLM(config)
     if pooling == "cls":
         # A masked LM has no pooler, so a classifier built on the saved encoder would draw a new
@@ -367,6 +395,7 @@ class Plan:
     size: str
     shape: tuple[int, int, int]
     model: Any
+    architecture: str = "bert"
 
 
 def plan_pretraining(request: PretrainRequest, registry: Any, device_type: str, log: Any) -> Plan:
@@ -381,9 +410,16 @@ def plan_pretraining(request: PretrainRequest, registry: Any, device_type: str, 
     data = read_windows(request, registry, tokenizer, source, log)
     size, hidden, layers, heads = encoder_shape(request, data.train_tokens, device_type)
     model = build_encoder(
-        tokenizer, hidden, layers, heads, request.max_length, request.seed, request.classifier_pooling
+        tokenizer,
+        hidden,
+        layers,
+        heads,
+        request.max_length,
+        request.seed,
+        request.classifier_pooling,
+        request.architecture,
     )
-    return Plan(source, kind, k, tokenizer, data, size, (hidden, layers, heads), model)
+    return Plan(source, kind, k, tokenizer, data, size, (hidden, layers, heads), model, request.architecture)
 
 
 def describe_plan(plan: Plan) -> str:
@@ -395,7 +431,8 @@ def describe_plan(plan: Plan) -> str:
     params = sum(p.numel() for p in plan.model.parameters())
     data = plan.data
     return (
-        f"column {plan.source.column!r} ({plan.source.kind}), tokenizer {tok}; encoder {plan.size}: hidden {hidden}, "
+        f"column {plan.source.column!r} ({plan.source.kind}), tokenizer {tok}; {ARCHITECTURE_NAMES[plan.architecture]} "
+        f"encoder {plan.size}: hidden {hidden}, "
         f"{layers} layers, {heads} heads, {params:,} parameters; {data.train_sequences} training sequences"
         + (f" + {data.extra_sequences} unlabelled" if data.extra_sequences else "")
         + f" as {len(data.train)} windows ({data.train_tokens:,} tokens), {data.val_sequences} held out"
@@ -486,6 +523,7 @@ def run_pretrain_job(request: PretrainRequest, reporter: Reporter, ctx: Any) -> 
         "sequence_column": plan.source.column,
         "sequence_kind": plan.source.kind,
         "tokenizer": {"kind": plan.kind, "k": k},
+        "architecture": request.architecture,
         "size": plan.size,
         "hidden_size": plan.shape[0],
         "num_layers": plan.shape[1],
@@ -508,7 +546,7 @@ def run_pretrain_job(request: PretrainRequest, reporter: Reporter, ctx: Any) -> 
     _save_encoder(model, tokenizer, out_dir, info)
     hidden, layers, heads = plan.shape
     description = (
-        f"BERT encoder pre-trained by job {ctx.job_id} on {plan.source.kind.upper()} of dataset {dataset.id} "
+        f"{ARCHITECTURE_NAMES[request.architecture]} encoder pre-trained by job {ctx.job_id} on {plan.source.kind.upper()} of dataset {dataset.id} "
         f"({dataset.name}); {plan.kind}{'' if k == 1 else f' k={k}'}, hidden {hidden}, {layers} layers, "
         f"windows of {request.max_length} tokens"
     )

@@ -29,10 +29,10 @@ def test_pool_tokens_by_hand():
 
 @pytest.fixture
 def encoder_dir(tmp_path):
-    def make(pooling):
+    def make(pooling, architecture="bert"):
         tokenizer = build_tokenizer("kmer", 3, model_max_length=32)
-        model = build_encoder(tokenizer, 16, 1, 2, 32, seed=0, pooling=pooling)
-        out = tmp_path / pooling
+        model = build_encoder(tokenizer, 16, 1, 2, 32, seed=0, pooling=pooling, architecture=architecture)
+        out = tmp_path / f"{architecture}-{pooling}"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         return out, tokenizer
@@ -103,3 +103,52 @@ def test_token_pooling_refuses_a_model_without_a_bert_pooler():
         apply_classifier_pooling(model)
     model.config = SimpleNamespace()
     assert apply_classifier_pooling(model) == "cls"
+
+
+def roformer_head(head, pooled):
+    """RoFormer's classification head by hand: dense, its activation, out_proj (dropout off in eval)."""
+    return head.out_proj(torch.nn.functional.gelu(head.dense(pooled)))
+
+
+@pytest.mark.parametrize("mode", ["mean", "max"])
+def test_a_roformer_classifier_pools_through_its_trained_head_also_under_peft(encoder_dir, mode):
+    """RoFormer's head reads the first token; with mean/max it must read the pooling, also once PEFT copies the head."""
+    from peft import LoraConfig, get_peft_model
+
+    from studio.training.models import load_base_model
+
+    path, _ = encoder_dir(mode, "roformer")
+    model = load_base_model(path, "classification", labels=[0, 1]).eval()
+    assert type(model).__name__ == "RoFormerForSequenceClassification"
+    assert classifier_pooling(model.config) == mode
+    ids = torch.tensor([[2, 10, 11, 12, 3], [2, 13, 3, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        states = model.roformer(input_ids=ids, attention_mask=mask).last_hidden_state
+        first_token = roformer_head(model.classifier, states[:, 0])
+        assert torch.allclose(logits, roformer_head(model.classifier, pool_tokens(states, mask, mode)), atol=1e-6)
+        assert not torch.allclose(logits, first_token, atol=1e-4)  # not what [CLS] alone gives
+        alone = model(input_ids=ids[1:, :3], attention_mask=mask[1:, :3]).logits
+    assert torch.allclose(logits[1:], alone, atol=1e-5)  # padding does not change a window's logits
+
+    # As training wraps it: LoRA on the encoder, the head a trained copy (modules_to_save). The copy pools too.
+    peft = get_peft_model(
+        model, LoraConfig(r=2, target_modules=["query", "key", "value", "dense"], modules_to_save=["classifier"])
+    ).eval()
+    head = peft.base_model.model.classifier.modules_to_save["default"]
+    with torch.no_grad():
+        head.out_proj.bias.add_(torch.tensor([1.0, -1.0]))  # the copy now differs from the original head
+        wrapped = peft(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(wrapped, roformer_head(head, pool_tokens(states, mask, mode)), atol=1e-5)
+
+
+def test_a_roformer_cls_classifier_reads_the_first_token(encoder_dir):
+    from studio.training.models import load_base_model
+
+    path, _ = encoder_dir("cls", "roformer")
+    model = load_base_model(path, "classification", labels=[0, 1]).eval()
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    with torch.no_grad():
+        states = model.roformer(input_ids=ids).last_hidden_state
+        assert torch.allclose(model(input_ids=ids).logits, roformer_head(model.classifier, states[:, 0]), atol=1e-6)

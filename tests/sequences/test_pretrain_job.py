@@ -145,6 +145,51 @@ def test_pretrain_then_lora_classification_on_the_new_base(studio, tmp_path):
     assert round(metrics["accuracy"] * 12, 6) == round(metrics["accuracy"] * 12)
 
 
+def test_a_roformer_encoder_pretrains_and_a_pooled_lora_classifier_trains_on_it(studio, tmp_path):
+    """architecture="roformer": rotary positions, BERT's module names, so the same LoRA targets; the head pools."""
+    dataset = studio.datasets.add(lncrna_subset(tmp_path, 24), mapping={"text": "sequence", "label": "label"})
+    request = tiny_pretrain(
+        dataset.id, name="lnc-roformer", architecture="roformer", tokenizer="codon", classifier_pooling="mean"
+    )
+    reporter = MemoryReporter()
+    result = get_handler("pretrain")(request, reporter, studio.ctx(request))
+    assert result["architecture"] == "roformer" and result["tokenizer"] == {"kind": "codon", "k": 1}
+    assert result["eval_loss"] < result["first_eval_loss"]
+    assert any("RoFormer (rotary positions) encoder tiny" in message for _, message in reporter.logs)
+    config = json.loads((Path(result["base_model_path"]) / "config.json").read_text())
+    assert config["model_type"] == "roformer" and config["classifier_pooling"] == "mean"
+    assert "RoFormer" in {m.name: m for m in studio.registry.list_base_models()}["lnc-roformer"].description
+
+    train = TrainRequest(
+        dataset_id=dataset.id,
+        base_model="lnc-roformer",
+        task="classification",
+        variant="lora",
+        hyper=TrainingHyperParams(
+            max_steps=3,
+            batch_size=4,
+            learning_rate=1e-3,
+            window_loss="pooled_max",
+            head_learning_rate=0.01,
+            validation_fraction=0.2,
+            eval_every=1000,
+            log_every=1,
+        ),
+    )
+    summary = get_handler("train")(train, MemoryReporter(), studio.ctx(train))
+    adapter = studio.registry.get_adapter(summary["adapter_id"])
+    adapter_config = json.loads((Path(adapter.path) / "adapter_config.json").read_text())
+    assert {"query", "key", "value", "dense"} <= set(adapter_config["target_modules"])
+    assert "classifier" in adapter_config["modules_to_save"]  # RoFormer's head (dense + out_proj), trained in full
+
+    from studio.schema import EvalRequest
+
+    evaluation = EvalRequest(adapter_id=adapter.id, dataset_id=dataset.id, metrics=["accuracy"], max_examples=8)
+    metrics = get_handler("eval")(evaluation, MemoryReporter(), studio.ctx(evaluation))["metrics"]
+    assert {"accuracy", "window_accuracy"} <= set(metrics)
+    assert round(metrics["accuracy"] * 8, 6) == round(metrics["accuracy"] * 8)  # 8 sequences, pooled
+
+
 def test_refuses_a_dataset_without_sequences(studio, tmp_path):
     path = tmp_path / "words.jsonl"
     path.write_text(
@@ -221,5 +266,25 @@ def test_cli_queues_a_pretrain_job_with_a_time_estimate(monkeypatch, settings, t
     assert "queued pre-train job 1" in result.output
     request = services().jobs.get(1).request
     assert request["kind"] == "pretrain" and request["k"] == 4 and request["max_steps"] == 5
+    assert request["architecture"] == "bert"  # the default
+    args = [
+        "pretrain",
+        "--dataset",
+        str(added.id),
+        "--name",
+        "rot",
+        "--architecture",
+        "roformer",
+        "--tokenizer",
+        "codon",
+    ]
+    result = CliRunner().invoke(
+        cli,
+        [*args, "--set", "max_steps=5", "--set", "max_length=34", "--set", "window_overlap=4"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "RoFormer (rotary positions) encoder" in result.output and "codons in each of the 3" in result.output
+    assert services().jobs.get(2).request["architecture"] == "roformer"
     bad = CliRunner().invoke(cli, ["pretrain", "--dataset", str(added.id), "--set", "nope=1"])
     assert bad.exit_code != 0 and "nope" in str(bad.exception or bad.output)
