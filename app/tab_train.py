@@ -7,6 +7,7 @@ puts each problem under the field it is about.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -24,7 +25,12 @@ from studio.errors import StudioError, ValidationFailed
 from studio.schema import TrainingHyperParams, TrainRequest
 from studio.services.container import Services
 from studio.services.system import online_workers
-from studio.training.duration import estimate_for_request
+from studio.training.duration import (
+    estimate_for_request,
+    micro_batch_tokens,
+    planned_steps,
+    windowed_request_data,
+)
 from studio.variants.registry import get_variant, variant_catalog
 
 TITLE = "Train"
@@ -169,11 +175,11 @@ def estimate_markdown(services: Services, dataset_id: Any, base_model: str | Non
     dataset = services.datasets.get(int(dataset_id))
     workers = online_workers(services.registry, services.settings)
     device = detect_device(services.settings.device)
-    steps = total_steps(dataset.rows, hyper)
+    base_model = base_model or services.settings.default_base_model
     remote_gpu = any(w.device.startswith("cuda") for w in workers) and device.type != "cuda"
     if not remote_gpu:
         try:
-            request = _estimate_request(dataset, base_model or services.settings.default_base_model, hyper)
+            request = _estimate_request(dataset, base_model, hyper)
             task = dataset.report.get("task", "causal-lm")
             estimate = estimate_for_request(request, services.settings, device, dataset.stored_path, task)
         except (StudioError, ValidationError, OSError, ValueError) as exc:
@@ -185,9 +191,55 @@ def estimate_markdown(services: Services, dataset_id: Any, base_model: str | Non
     else:
         note = ""
     kind = "cuda" if remote_gpu else "cpu"
-    seconds = estimate_seconds(dataset.rows, hyper, kind)
+    rough = rough_estimate(services, dataset, base_model, hyper, kind)
     where = f"on {len(workers)} worker(s) online ({kind.upper()})" if workers else "(no worker online: CPU assumed)"
-    return f"**{steps} steps** · estimated **~{human_seconds(seconds)}** {where}. *Rough estimate{note}.*"
+    detail = f": {rough.detail}" if rough.detail else ""
+    return (
+        f"**{rough.steps} steps** · estimated **~{human_seconds(rough.seconds)}** {where}{detail}. "
+        f"*Rough estimate{note}.*"
+    )
+
+
+@dataclass(frozen=True)
+class RoughEstimate:
+    """The fallback guess: steps, seconds, and for a windowed sequence encoder what its steps count."""
+
+    steps: int
+    seconds: float
+    tokens_per_example: float | None = None  # None: the typical row of a text dataset
+    detail: str = ""  # the windows (a windowed sequence encoder), said in the estimate's line
+
+
+def rough_estimate(
+    services: Services, dataset: Any, base_model: str, hyper: dict[str, Any], kind: str
+) -> RoughEstimate:
+    """A guess from a typical throughput of ``kind`` (cpu / cuda), for when this machine cannot measure the run.
+
+    A text dataset counts its rows. A classification dataset on a sequence encoder (pre-trained by the
+    studio) is read as the run will read it, counted by the measured estimate's own helpers: an epoch's
+    steps over the training windows (per_window) or sequences (a pooled window loss), and per example
+    a window's tokens, or all of a sequence's windows when pooled.
+    """
+    windowed = None
+    try:
+        request = _estimate_request(dataset, base_model, hyper)
+        task = dataset.report.get("task", "causal-lm")
+        windowed = windowed_request_data(request, services.settings, dataset.stored_path, task)
+    except (StudioError, ValidationError, OSError, ValueError):
+        windowed = None  # the row count stands
+    if windowed is None:
+        return RoughEstimate(total_steps(dataset.rows, hyper), estimate_seconds(dataset.rows, hyper, kind))
+    data, run = windowed.profile, request.hyper
+    steps = planned_steps(request, data)
+    per_example = micro_batch_tokens(request, data) / run.batch_size
+    seconds = estimate_seconds(dataset.rows, run.model_dump(), kind, steps=steps, tokens_per_example=per_example)
+    windows = data.examples_in(range(data.rows))
+    detail = f"{dataset.rows} sequences read as ~{windows} windows of up to {windowed.max_length} tokens"
+    if data.units is not None:
+        detail += f", a step {run.batch_size} whole sequences with all their windows ({run.window_loss})"
+    else:
+        detail += f", a step {run.batch_size} windows"
+    return RoughEstimate(steps, seconds, per_example, detail)
 
 
 def _estimate_request(dataset: Any, base_model: str, hyper: dict[str, Any]) -> TrainRequest:

@@ -1,7 +1,8 @@
 """Training presets, and the rough duration guess used when this machine cannot measure the run (pure functions).
 
 The estimate shown before submit is measured on this machine (studio.training.duration);
-:func:`estimate_seconds` is only the fallback for a GPU worker seen from a machine without one.
+:func:`estimate_seconds` is only the fallback for a GPU worker seen from a machine without one (or
+when measuring fails).
 """
 
 from __future__ import annotations
@@ -107,10 +108,26 @@ def total_steps(rows: int, hyper: dict[str, Any]) -> int:
     return max(1, math.ceil(train_rows / per_step * float(hyper.get("epochs") or 1.0)))
 
 
-def estimate_seconds(rows: int, hyper: dict[str, Any], device_type: str, model_params: float = 135e6) -> float:
-    """A rough wall-time guess: tokens to process / typical throughput of the device, scaled by model size."""
-    steps = total_steps(rows, hyper)
-    tokens_per_row = min(int(hyper.get("max_length") or 512), TYPICAL_TOKENS_PER_ROW)
+def estimate_seconds(
+    rows: int,
+    hyper: dict[str, Any],
+    device_type: str,
+    model_params: float = 135e6,
+    *,
+    steps: int | None = None,
+    tokens_per_example: float | None = None,
+) -> float:
+    """A rough wall-time guess: tokens to process / typical throughput of the device, scaled by model size.
+
+    ``steps`` and ``tokens_per_example`` replace the row-based guesses where the run's shape is
+    known (a sequence encoder's windows: steps over windows or sequences, a window's tokens or a
+    whole sequence's windows per example).
+    """
+    steps = total_steps(rows, hyper) if steps is None else steps
+    if tokens_per_example is None:
+        tokens_per_row: float = min(int(hyper.get("max_length") or 512), TYPICAL_TOKENS_PER_ROW)
+    else:
+        tokens_per_row = tokens_per_example
     examples = steps * int(hyper.get("batch_size") or 1) * int(hyper.get("grad_accum") or 1)
     throughput = TOKENS_PER_SECOND.get(device_type, TOKENS_PER_SECOND["cpu"]) * 135e6 / max(model_params, 1e6)
     return 15.0 + examples * tokens_per_row / throughput  # 15 s: loading the model and data

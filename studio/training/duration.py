@@ -190,6 +190,27 @@ def run_steps(train_units: int, hyper: Any) -> int:
     return epoch_steps(train_units, hyper.epochs, hyper.batch_size * hyper.grad_accum)
 
 
+def planned_steps(request: Any, data: DataProfile) -> int:
+    """Optimizer steps of ``request`` on ``data``: over the training split's windows, or sequences when pooled.
+
+    The one count the measured estimate and the Train tab's rough fallback share: a long
+    sequence's windows (a per-window run) or the sequence itself (a pooled window loss) per
+    training row, from the profile's sample (:meth:`DataProfile.step_units_in`).
+    """
+    train_idx, _ = split_rows(data.rows, request.hyper.validation_fraction, request.seed)
+    return run_steps(data.step_units_in(train_idx), request.hyper)
+
+
+def micro_batch_tokens(request: Any, data: DataProfile) -> float:
+    """Mean padded tokens of one micro-batch of ``request`` on ``data`` (a pooled one: whole sequences' windows).
+
+    Divided by batch_size it is the tokens per example a step processes: a window's length per
+    window, or windows × window length per sequence under a pooled window loss.
+    """
+    hyper = request.hyper
+    return padded_batch_tokens(data.lengths, hyper.batch_size, bool(hyper.group_by_length), request.seed, data.units)
+
+
 def validation_passes(steps: int, eval_every: int, has_validation: bool) -> int:
     """Validation passes of a run: every ``eval_every`` steps before the last, and one at the end."""
     return (steps - 1) // eval_every + 1 if has_validation else 0
@@ -255,11 +276,10 @@ def estimate_run_seconds(request: Any, data: DataProfile, measured: MeasuredSpee
     windows in batches of batch_size in both (as the loop does).
     """
     hyper = request.hyper
-    train_idx, val_idx = split_rows(data.rows, hyper.validation_fraction, request.seed)
-    steps = run_steps(data.step_units_in(train_idx), hyper)
+    _, val_idx = split_rows(data.rows, hyper.validation_fraction, request.seed)
+    steps = planned_steps(request, data)
     grouped = bool(hyper.group_by_length)
-    per_step = padded_batch_tokens(data.lengths, hyper.batch_size, grouped, request.seed, data.units)
-    step_tokens = per_step * hyper.grad_accum
+    step_tokens = micro_batch_tokens(request, data) * hyper.grad_accum
     per_token_train = measured.step_s / max(1, measured.step_tokens)
     step_s = step_tokens * per_token_train * measured.train_ratio
     val_examples = data.examples_in(val_idx)
@@ -560,6 +580,68 @@ def runs_cache(settings: Any) -> Path | None:
     return Path(data_dir) / RUNS_FILE if data_dir else None
 
 
+@dataclass(frozen=True)
+class RequestData:
+    """A request's resolved base model and tokenizer, and the profile of a seeded sample of its dataset."""
+
+    base_path: Path
+    tokenizer: Any
+    labels: list[Any] | None
+    max_length: int  # the loop's: the request's, lowered to an encoder's positions (its window length)
+    profile: DataProfile
+    examples: list[dict[str, Any]]
+    tokenise_s: float  # reading and tokenising one row
+
+
+def profile_request(request: Any, settings: Any, data_path: str | Path, task: str) -> RequestData:
+    """Resolve ``request``'s base model (a bundled one is converted once) and profile its dataset as the loop reads it."""
+    from studio.models.base_models import resolve_base_model
+    from studio.training.models import load_tokenizer_for
+
+    base_path = Path(resolve_base_model(request.base_model, settings).path)
+    return _profile_with(request, base_path, load_tokenizer_for(base_path), data_path, task)
+
+
+def windowed_request_data(request: Any, settings: Any, data_path: str | Path, task: str) -> RequestData | None:
+    """:func:`profile_request` where the run reads long sequences as windows, else None (nothing profiled).
+
+    Windows are a classification run on a sequence encoder (a base the ``pretrain`` job saved with
+    its sequence tokenizer). A bundled model is a causal LM: it is not resolved (no conversion).
+    """
+    from studio.models.base_models import BUNDLED_MODELS, resolve_base_model
+    from studio.sequences.windows import is_sequence_tokenizer
+    from studio.training.models import load_tokenizer_for
+
+    if task != "classification" or request.base_model in BUNDLED_MODELS:
+        return None
+    base_path = Path(resolve_base_model(request.base_model, settings).path)
+    tokenizer = load_tokenizer_for(base_path)
+    if not is_sequence_tokenizer(tokenizer):
+        return None
+    return _profile_with(request, base_path, tokenizer, data_path, task)
+
+
+def _profile_with(request: Any, base_path: Path, tokenizer: Any, data_path: str | Path, task: str) -> RequestData:
+    from studio.training.data import read_jsonl
+    from studio.training.setup import dataset_labels, encoder_max_length
+
+    hyper = request.hyper
+    rows = read_jsonl(data_path)
+    labels = dataset_labels(rows, {}) if task == "classification" else None
+    max_length = encoder_max_length(base_path, hyper.max_length)  # the loop's windows
+    profile, examples, tokenise_s = profile_data(
+        rows,
+        tokenizer,
+        task=task,
+        max_length=max_length,
+        loss_on=hyper.loss_on,
+        labels=labels,
+        seed=request.seed,
+        window_loss=hyper.window_loss,
+    )
+    return RequestData(base_path, tokenizer, labels, max_length, profile, examples, tokenise_s)
+
+
 def estimate_for_request(
     request: Any, settings: Any, device: Any, data_path: str | Path, task: str, log: Callable[..., Any] | None = None
 ) -> RunEstimate:
@@ -570,30 +652,17 @@ def estimate_for_request(
     """
     import torch
 
-    from studio.models.base_models import resolve_base_model
-    from studio.training.data import read_jsonl, to_device
+    from studio.training.data import to_device
     from studio.training.memory import ModelShape
-    from studio.training.models import load_base_model, load_tokenizer_for
+    from studio.training.models import load_base_model
     from studio.training.precision import choose_precision, precision_cache
-    from studio.training.setup import dataset_labels, encoder_max_length
     from studio.variants.targets import default_target_modules
 
     hyper = request.hyper
-    base_path = resolve_base_model(request.base_model, settings).path
-    rows = read_jsonl(data_path)
-    labels = dataset_labels(rows, {}) if task == "classification" else None
-    tokenizer = load_tokenizer_for(base_path)
+    profiled = profile_request(request, settings, data_path, task)
+    base_path, labels, tokenizer = profiled.base_path, profiled.labels, profiled.tokenizer
+    data, examples, tokenise_s = profiled.profile, profiled.examples, profiled.tokenise_s
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    data, examples, tokenise_s = profile_data(
-        rows,
-        tokenizer,
-        task=task,
-        max_length=encoder_max_length(Path(base_path), hyper.max_length),  # the loop's windows
-        loss_on=hyper.loss_on,
-        labels=labels,
-        seed=request.seed,
-        window_loss=hyper.window_loss,
-    )
     # Timed at batch_size windows even when a step holds whole sequences: time scales by the
     # padded tokens, and the measurement must not need the memory of a whole pooled step.
     precision = choose_precision(hyper.precision, device, cache_file=precision_cache(settings))
