@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from studio.sequences.recipes import CODING_POTENTIAL
+from studio.sequences.recipes import CODING_POTENTIAL, SEQUENCE_RECIPES
 
 # Each preset sets a few hyperparameters and variant parameters by field name; a hyperparameter another
 # preset sets goes back to its schema default (preset_hyper), everything else keeps its value.
@@ -64,20 +64,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "variant": {"r": 32, "lora_alpha": 64.0},
     },
 }
-# A classifier on an encoder pre-trained with the matching pre-training preset (the Train tab's "Pre-train an
-# encoder" section): the recipe's LoRA run, whose window_loss and head_learning_rate the text presets never set.
-SEQUENCE_CLASSIFIER = "Sequence classifier (codons)"
-PRESETS[SEQUENCE_CLASSIFIER] = {
-    "hyper": dict(CODING_POTENTIAL.train_hyper),
-    "variant": dict(CODING_POTENTIAL.variant),
-}
 PRESET_HELP = {
     "Quick": "a short run to check everything works (a few minutes on a CPU)",
     "Balanced": "one pass over your data with a medium rank",
     "Thorough": "three passes, a higher rank and longer examples",
-    SEQUENCE_CLASSIFIER: f"DNA/RNA labels on an encoder pre-trained below with the preset “{CODING_POTENTIAL.name}” "
-    "(pick it as Base model): one pooled loss per sequence, a fast-learning head",
 }
+# A classifier on an encoder pre-trained with the matching pre-training preset (the Train tab's "Pre-train an
+# encoder" section): the recipe's LoRA run, whose window_loss and head_learning_rate the text presets never set.
+for _recipe in SEQUENCE_RECIPES.values():
+    PRESETS[_recipe.classifier_preset] = {"hyper": dict(_recipe.train_hyper), "variant": dict(_recipe.variant)}
+    PRESET_HELP[_recipe.classifier_preset] = (
+        f"DNA/RNA labels on an encoder pre-trained below with the preset “{_recipe.name}” (pick it as Base model): "
+        "one pooled loss per sequence, a head with its own learning rate"
+    )
+SEQUENCE_CLASSIFIER = CODING_POTENTIAL.classifier_preset
 
 
 def preset_hyper(preset: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ embedded SQLite registry in a temporary data dir), on one CPU thread by default:
 
 Test metrics per sequence: accuracy, F1, MCC, AUROC. Times are wall-clock on this machine.
 
-Three recipes (``--recipe``):
+Five recipes (``--recipe``):
 
 - ``windows`` (the default, the documented run): single-nucleotide tokens, 256-token windows, [CLS]
   pooling, every window trained on its sequence's label (weighted 1 / windows of its sequence);
@@ -36,16 +36,22 @@ Three recipes (``--recipe``):
   a stop codon is a token of its own frame and "no stop in this window" needs no position arithmetic;
   LoRA at lr 1e-3 (the orf recipe's better rate). The best LoRA-BERT recipe so far (0.893-0.911 over three seeds vs 0.921). Its full
   settings are studio/sequences/recipes.py's CODING_POTENTIAL, the Train tab's presets "Coding potential
-  (codons, 3 frames)" and "Sequence classifier (codons)".
+  (codons, 3 frames)" and "Sequence classifier (codons)";
+- ``rotary``: the codon recipe on a RoFormer encoder (``architecture="roformer"``: rotary positions, which
+  learn "an ATG, then no stop codon for N codons", scripts/positional_rule_probe.py) with 256-codon windows
+  every 128 codons, 1,280 LoRA steps and a head rate of 0.02 (RoFormer's head has two layers). Its settings
+  are ROTARY_CODING_POTENTIAL, the Train tab's presets "Coding potential, rotary encoder" and "Sequence
+  classifier (codons, rotary encoder)". ~40 min on one thread.
 
     python scripts/lncrna_pipeline.py --data DIR                    # the documented run (~25 min on 1 thread, loaded CPU)
     python scripts/lncrna_pipeline.py --data DIR --recipe pooled    # mean pooling + pooled_max loss (~16 min)
     python scripts/lncrna_pipeline.py --data DIR --recipe orf       # long 3-mer windows (~25-35 min)
     python scripts/lncrna_pipeline.py --data DIR --recipe codon     # codons in three frames (~19 min + (b))
+    python scripts/lncrna_pipeline.py --data DIR --recipe rotary    # codons on a RoFormer encoder (~40 min + (b))
     python scripts/lncrna_pipeline.py --data DIR --quick            # a few minutes: smaller encoder, fewer steps
     python scripts/lncrna_pipeline.py --quick                       # the in-repo sample (data/samples/lncrna_athaliana)
 
-Writes bench/results/lncrna_pipeline[_pooled|_orf][_quick].json and prints a Markdown table.
+Writes bench/results/lncrna_pipeline[_pooled|_orf|_codon|_rotary][_quick].json and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from studio.sequences.recipes import CODING_POTENTIAL, SequenceRecipe  # noqa: E402
+from studio.sequences.recipes import CODING_POTENTIAL, ROTARY_CODING_POTENTIAL, SequenceRecipe  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT / "data" / "samples" / "lncrna_athaliana"
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -219,7 +225,25 @@ CODON_SIZES: dict[str, dict[str, Any]] = {
         full_ft=dict(max_steps=20),
     ),
 }
-RECIPES = {"windows": SIZES, "pooled": POOLED_SIZES, "orf": ORF_SIZES, "codon": CODON_SIZES}
+# The "rotary" recipe: the codon recipe on a RoFormer encoder (rotary positions) with 256-codon windows, the UI's
+# "Coding potential, rotary encoder" preset (studio/sequences/recipes.py, ROTARY_CODING_POTENTIAL).
+ROTARY_SIZES: dict[str, dict[str, Any]] = {
+    "full": _pooled_with(
+        "full",
+        pretrain=dict(ROTARY_CODING_POTENTIAL.pretrain),
+        lora=recipe_lora(ROTARY_CODING_POTENTIAL),
+        full_ft=dict(max_steps=280, head_learning_rate=0.02),
+    ),
+    "quick": _pooled_with(
+        "quick",
+        pretrain=dict(
+            architecture="roformer", tokenizer="codon", k=None, max_length=34, window_overlap=4, max_steps=30
+        ),
+        lora=dict(max_steps=20, learning_rate=1e-3, head_learning_rate=0.02),
+        full_ft=dict(max_steps=20, head_learning_rate=0.02),
+    ),
+}
+RECIPES = {"windows": SIZES, "pooled": POOLED_SIZES, "orf": ORF_SIZES, "codon": CODON_SIZES, "rotary": ROTARY_SIZES}
 
 
 def recipe_sizes(recipe: str, quick: bool) -> dict[str, dict[str, Any]]:
@@ -449,7 +473,8 @@ def main() -> None:
         choices=sorted(RECIPES),
         default="windows",
         help="windows: the documented run; pooled: 3-mer windows of 66, mean pooling, pooled_max loss, head rate; "
-        "orf: the same on 512-token windows (long enough to show a reading frame)",
+        "orf: the same on 512-token windows (long enough to show a reading frame); codon: codon tokens in three "
+        "frames; rotary: codons on a RoFormer encoder with 256-codon windows",
     )
     parser.add_argument(
         "--steps",

@@ -18,27 +18,41 @@ for path in (REPO_ROOT, REPO_ROOT / "scripts"):
 import lncrna_pipeline  # noqa: E402
 
 from studio.schema import PretrainRequest, TrainingHyperParams  # noqa: E402
-from studio.sequences.recipes import CODING_POTENTIAL, lora_params, pretrain_request, training_hyper  # noqa: E402
+from studio.sequences.recipes import (  # noqa: E402
+    CODING_POTENTIAL,
+    ROTARY_CODING_POTENTIAL,
+    lora_params,
+    pretrain_request,
+    training_hyper,
+)
 
 SCRIPT_ONLY_HYPER = ("eval_every", "log_every", "save_every")  # the script's reporting, not the recipe
 
 
-def test_the_codon_full_settings_are_the_recipes():
-    sizes = lncrna_pipeline.recipe_sizes("codon", quick=False)
-    assert sizes["pretrain"] == dict(CODING_POTENTIAL.pretrain)
+@pytest.mark.parametrize(
+    ("name", "recipe"), [("codon", CODING_POTENTIAL), ("rotary", ROTARY_CODING_POTENTIAL)], ids=["codon", "rotary"]
+)
+def test_the_script_full_settings_are_the_recipes(name, recipe):
+    sizes = lncrna_pipeline.recipe_sizes(name, quick=False)
+    assert sizes["pretrain"] == dict(recipe.pretrain)
     script = PretrainRequest(dataset_id=1, name="lnc-bert", **{"size": "tiny", **sizes["pretrain"]})
-    ours = pretrain_request(CODING_POTENTIAL, 1, name="lnc-bert")
+    ours = pretrain_request(recipe, 1, name="lnc-bert")
     assert script == ours
 
     hyper = TrainingHyperParams(**lncrna_pipeline.lora_hyper(sizes["lora"]))
-    expected = training_hyper(CODING_POTENTIAL, **{k: getattr(hyper, k) for k in SCRIPT_ONLY_HYPER})
+    expected = training_hyper(recipe, **{k: getattr(hyper, k) for k in SCRIPT_ONLY_HYPER})
     assert hyper == expected
-    assert (
-        hyper.window_loss == "pooled_max"
-        and hyper.head_learning_rate == CODING_POTENTIAL.train_hyper["head_learning_rate"]
-    )
+    assert hyper.window_loss == "pooled_max" and hyper.head_learning_rate == recipe.train_hyper["head_learning_rate"]
     params = lncrna_pipeline.lora_variant_params(sizes["lora"])
-    assert {k: lora_params(CODING_POTENTIAL)[k] for k in params} == params == dict(CODING_POTENTIAL.variant)
+    assert {k: lora_params(recipe)[k] for k in params} == params == dict(recipe.variant)
+
+
+def test_the_rotary_recipe_builds_a_roformer_with_its_quick_settings_too():
+    for quick in (False, True):
+        pretrain = lncrna_pipeline.recipe_sizes("rotary", quick)["pretrain"]
+        request = PretrainRequest(dataset_id=1, name="lnc-bert", **{"size": "tiny", **pretrain})
+        assert request.architecture == "roformer" and request.tokenizer == "codon"
+        assert lncrna_pipeline.recipe_sizes("rotary", quick)["lora"]["head_learning_rate"] == 0.02
 
 
 def test_a_recipe_whose_alpha_is_not_twice_the_rank_keeps_it():

@@ -12,7 +12,7 @@ import pytest
 from app import pretrain_section
 from app.train_presets import PRESETS, SEQUENCE_CLASSIFIER, preset_hyper
 from studio.schema import PretrainRequest, TrainingHyperParams
-from studio.sequences.recipes import CODING_POTENTIAL
+from studio.sequences.recipes import CODING_POTENTIAL, ROTARY_CODING_POTENTIAL
 from ui.train_tab_handlers import add_lncrna_sample, build_train_tab, call, handler
 
 
@@ -42,24 +42,40 @@ def train_preset_values(demo) -> list[str]:
     return [value for _, value in radio.choices]
 
 
-def test_the_pretrain_preset_fills_the_form_and_the_job_gets_the_recipe(demo, services, sequences):
+@pytest.mark.parametrize("recipe", [CODING_POTENTIAL, ROTARY_CODING_POTENTIAL], ids=["bert", "roformer"])
+def test_the_pretrain_preset_fills_the_form_and_the_job_gets_the_recipe(demo, services, sequences, recipe):
     preset = handler(demo, "on_preset", "pretrain-preset-info")
-    assert pretrain_section.preset_choices() == [pretrain_section.DEFAULTS, CODING_POTENTIAL.name]
-    out = call(preset, **{"pretrain-preset": CODING_POTENTIAL.name})
-    assert out["pretrain-preset-info"] == CODING_POTENTIAL.purpose
+    assert pretrain_section.preset_choices() == [
+        pretrain_section.DEFAULTS,
+        CODING_POTENTIAL.name,
+        ROTARY_CODING_POTENTIAL.name,
+    ]
+    out = call(preset, **{"pretrain-preset": recipe.name})
+    assert out["pretrain-preset-info"] == recipe.purpose
     values = filled(out)
-    assert values == {elem("pretrain", k): v for k, v in CODING_POTENTIAL.pretrain.items()}
+    assert values == {elem("pretrain", k): v for k, v in recipe.pretrain.items()}
 
     submit = handler(demo, "on_submit", "pretrain-status")
     done = call(submit, **values, **{"pretrain-dataset": sequences.id, "pretrain-name": "codon-enc"})
     assert done["pretrain-status"].startswith("✓ Queued pre-train job"), done["pretrain-status"]
     [job] = services.jobs.list(kind="pretrain")
-    assert {k: job.request[k] for k in CODING_POTENTIAL.pretrain} == dict(CODING_POTENTIAL.pretrain)
+    assert {k: job.request[k] for k in recipe.pretrain} == dict(recipe.pretrain)
+    assert job.request["architecture"] == recipe.pretrain["architecture"]
 
     # Defaults puts every field the recipe set back to the schema's default.
     back = call(preset, **{"pretrain-preset": pretrain_section.DEFAULTS})
-    defaults = {elem("pretrain", k): PretrainRequest.model_fields[k].default for k in CODING_POTENTIAL.pretrain}
+    defaults = {elem("pretrain", k): PretrainRequest.model_fields[k].default for k in recipe.pretrain}
     assert filled(back) == defaults and back["pretrain-preset-info"] == pretrain_section.DEFAULTS_INFO
+
+
+def test_the_rotary_classifier_preset_sets_its_own_head_rate(demo):
+    preset = handler(demo, "on_preset", "hp-window-loss")
+    name = ROTARY_CODING_POTENTIAL.classifier_preset
+    assert name in train_preset_values(demo) and name != SEQUENCE_CLASSIFIER
+    values = filled(call(preset, **{"train-preset": name, "train-variant": "lora"}))
+    assert values["hp-head-learning-rate"] == 0.02 and values["hp-max-steps"] == 1280
+    back = filled(call(preset, **{"train-preset": SEQUENCE_CLASSIFIER, "train-variant": "lora"}))
+    assert back["hp-head-learning-rate"] == CODING_POTENTIAL.train_hyper["head_learning_rate"]
 
 
 def test_the_train_preset_fills_hyper_and_variant_widgets(demo):
