@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from studio.sequences.pretrain import ARCHITECTURES  # noqa: E402
+from studio.schema import ENCODER_ARCHITECTURES  # noqa: E402
 
 BASES = "ACGT"
 CODONS = [a + b + c for a in BASES for b in BASES for c in BASES]
@@ -135,7 +135,7 @@ def train_probe(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", action="append", choices=ARCHITECTURES, help="repeat for several (default: all)")
+    parser.add_argument("--arch", action="append", choices=ENCODER_ARCHITECTURES, help="repeat for several (default: all)")
     parser.add_argument("--length", type=int, default=128, help="codons a window")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--every", type=int, default=100, help="test accuracy every N steps")
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     began = time.monotonic()
-    runs = [train_probe(a, args.length, args.steps, args.seed, args.every) for a in args.arch or ARCHITECTURES]
+    runs = [train_probe(a, args.length, args.steps, args.seed, args.every) for a in args.arch or ENCODER_ARCHITECTURES]
     result = {
         "command": "python scripts/positional_rule_probe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "length": args.length,

@@ -486,6 +486,7 @@ class PersonaliseRequest(StudioModel):
 # Names of pre-trained encoders: they become base model names and folder names, so no paths or spaces.
 BASE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 ENCODER_SIZES = ("auto", "tiny", "small", "base")
+ENCODER_ARCHITECTURES = ("bert", "roformer")
 
 
 class PretrainRequest(StudioModel):
@@ -515,7 +516,7 @@ class PretrainRequest(StudioModel):
         "the three reading frames (a sequence becomes three token sequences); protein: one token per amino acid.",
     )
     k: int | None = Field(None, ge=3, le=6, description="k of a k-mer tokenizer (3 to 6). Empty: the proposed k.")
-    architecture: Literal["bert", "roformer"] = Field(
+    architecture: Literal[ENCODER_ARCHITECTURES] = Field(  # type: ignore[valid-type]
         "bert",
         description="bert: BERT with learnt absolute positions (LoRA-BERT's encoder); roformer: the same encoder with "
         "rotary (relative) positions, which learns rules such as 'a start codon, then no stop codon for N codons' "
@@ -540,8 +541,8 @@ class PretrainRequest(StudioModel):
     classifier_pooling: Literal["cls", "mean", "max"] = Field(
         "cls",
         description="How a classifier built on this encoder summarises a window, saved with the encoder: cls: "
-        "the [CLS] token (through BERT's pooler; RoFormer's head reads it directly); mean / max: the mean / max of all the window's token states "
-        "(no pooler weights), so a motif anywhere in the window reaches the head.",
+        "the [CLS] token (through BERT's pooler; RoFormer's head reads it directly); mean / max: the mean / max "
+        "of all the window's token states (no pooler weights), so a motif anywhere in the window reaches the head.",
     )
     mask_prob: float = Field(
         0.15,

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from studio.cli.common import inline_option, services, submit_and_wait
 from studio.errors import StudioError
-from studio.schema import PretrainRequest, format_validation_error
+from studio.schema import ENCODER_ARCHITECTURES, PretrainRequest, format_validation_error
 
 
 @click.command()
@@ -19,7 +19,7 @@ from studio.schema import PretrainRequest, format_validation_error
 @click.option("--size", type=click.Choice(["auto", "tiny", "small", "base"]), default="auto", show_default=True)
 @click.option(
     "--architecture",
-    type=click.Choice(["bert", "roformer"]),
+    type=click.Choice(ENCODER_ARCHITECTURES),
     default="bert",
     show_default=True,
     help="bert: learnt absolute positions; roformer: rotary (relative) positions.",

@@ -41,7 +41,7 @@ from typing import Any
 
 from studio.errors import JobCancelled, ValidationFailed
 from studio.progress import Reporter
-from studio.schema import PretrainRequest
+from studio.schema import ENCODER_ARCHITECTURES, PretrainRequest
 
 # (hidden, layers, heads) of the presets; the feed-forward width is 4 × hidden, as in BERT.
 SIZES: dict[str, tuple[int, int, int]] = {"tiny": (64, 2, 2), "small": (128, 4, 4), "base": (256, 6, 8)}
@@ -138,7 +138,6 @@ def encoder_shape(request: PretrainRequest, train_tokens: int, device_type: str)
     return size, hidden, layers, heads
 
 
-ARCHITECTURES = ("bert", "roformer")
 ARCHITECTURE_NAMES = {"bert": "BERT", "roformer": "RoFormer (rotary positions)"}
 
 
@@ -165,8 +164,8 @@ def build_encoder(
     """
     import torch
 
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {architecture!r}")
+    if architecture not in ENCODER_ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {ENCODER_ARCHITECTURES}, not {architecture!r}")
     shape = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
