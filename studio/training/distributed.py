@@ -318,7 +318,9 @@ def _watch(
             for proc in procs:
                 if proc.is_alive():
                     proc.kill()
-            local = failed[0]
+            # A rank killed by a signal (negative exit code: the OOM killer, a SIGKILL) is the cause; its peers
+            # then fail on the broken connection and may exit before this poll sees the first death.
+            local = min(failed, key=lambda r: (codes[r] >= 0, r))
             rank = first + local
             reason = outcome.errors.get(rank) or f"it exited with code {codes[local]}"
             if outcome.cancelled or (cancelled_at is not None and not outcome.errors):

@@ -86,8 +86,9 @@ def test_fsdp_over_two_processes_matches_one_for_the_variant(variant, fsdp_matri
     assert sorted(group["losses"]) == sorted(alone["losses"]) == list(range(1, 7))
     for step, loss in alone["losses"].items():
         assert group["losses"][step] == pytest.approx(loss, abs=1e-5), step
-    # a gradient off by a constant factor hides from AdamW's losses, not from the norm
-    assert group["grad_norms"] == pytest.approx(alone["grad_norms"], rel=1e-5)
+    # a gradient off by a constant factor hides from AdamW's losses, not from the norm; 1e-4 because sharded
+    # reductions sum in another order (LoRA+ at step 6: 1.7e-5 apart), far below any factor's error
+    assert group["grad_norms"] == pytest.approx(alone["grad_norms"], rel=1e-4)
     assert group["real_tokens"] == alone["real_tokens"]
 
 
@@ -314,3 +315,20 @@ def test_refused_variants_say_why(monkeypatch):
     with pytest.raises(ValidationError, match="variant lora cannot train over several processes: a reason"):
         TrainRequest(dataset_id=1, base_model="tiny", variant="lora", hyper=hyper)
     assert TrainRequest(dataset_id=1, base_model="tiny", variant="lora").hyper.processes == 1
+
+
+def test_the_rank_killed_by_a_signal_is_blamed_not_the_peer_that_lost_it():
+    """Both ranks have exited by the time the parent looks: rank 0 on the broken connection, rank 1 SIGKILLed."""
+    import queue
+    from types import SimpleNamespace
+
+    from studio.training.distributed import Outcome, _watch
+
+    procs = [SimpleNamespace(exitcode=1, is_alive=lambda: False), SimpleNamespace(exitcode=-9, is_alive=lambda: False)]
+    outcome = Outcome(errors={0: "RuntimeError: Connection closed by peer"})
+    cancel = SimpleNamespace(set=lambda: None)
+    with pytest.raises(StudioError, match=r"rank 1 of 2 failed: it exited with code -9"):
+        _watch(procs, queue.Queue(), cancel, MemoryReporter(), outcome, world=2)
+    procs[1].exitcode = 2  # no signal: the lower rank is reported, with its own error
+    with pytest.raises(StudioError, match="rank 0 of 2 failed: RuntimeError: Connection closed"):
+        _watch(procs, queue.Queue(), cancel, MemoryReporter(), outcome, world=2)
