@@ -99,37 +99,18 @@ ROTARY_CODING_POTENTIAL = SequenceRecipe(
     # ORF: 256 codons + [CLS] + [SEP], a new window every 128 codons (an in-window ATG ORF alone gives 0.947-0.949
     # on this split, scripts/lncrna_window_ceilings.py); 3,000 steps x 16 windows (the codon recipe's tokens a step).
     pretrain=_frozen(
-        dict(
-            architecture="roformer",
-            tokenizer="codon",
-            k=None,
-            size="tiny",
-            hidden_size=64,
-            num_layers=2,
-            num_heads=4,
-            max_length=258,
-            window_overlap=128,
-            classifier_pooling="mean",
-            max_steps=3000,
-            batch_size=16,
-            learning_rate=3e-3,
-            warmup_ratio=0.1,
-        )
+        {
+            **CODING_POTENTIAL.pretrain,
+            "architecture": "roformer",
+            "max_length": 258,
+            "window_overlap": 128,
+            "batch_size": 16,
+        }
     ),
     # RoFormer's head is two layers (dense + out_proj): at the codon recipe's head rate of 0.2 it collapsed to one
     # class (0.500); 0.02 trains. LoRA starts to separate the classes only after ~250 steps, so 1,280 of them.
-    train_hyper=_frozen(
-        dict(
-            max_steps=1280,
-            batch_size=8,
-            learning_rate=1e-3,
-            window_loss="pooled_max",
-            head_learning_rate=0.02,
-            warmup_ratio=0.05,
-            validation_fraction=0.05,
-        )
-    ),
-    variant=_frozen(dict(r=16, lora_alpha=32.0)),
+    train_hyper=_frozen({**CODING_POTENTIAL.train_hyper, "max_steps": 1280, "head_learning_rate": 0.02}),
+    variant=CODING_POTENTIAL.variant,
     classifier_preset="Sequence classifier (codons, rotary encoder)",
 )
 SEQUENCE_RECIPES: dict[str, SequenceRecipe] = {r.name: r for r in (CODING_POTENTIAL, ROTARY_CODING_POTENTIAL)}
