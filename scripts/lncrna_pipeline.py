@@ -48,6 +48,7 @@ Five recipes (``--recipe``):
     python scripts/lncrna_pipeline.py --data DIR --recipe orf       # long 3-mer windows (~25-35 min)
     python scripts/lncrna_pipeline.py --data DIR --recipe codon     # codons in three frames (~19 min + (b))
     python scripts/lncrna_pipeline.py --data DIR --recipe rotary    # codons on a RoFormer encoder (~40 min + (b))
+    python scripts/lncrna_pipeline.py --data DIR --recipe rotary --score-kept 4   # + test scores of 4 adapters kept along LoRA
     python scripts/lncrna_pipeline.py --data DIR --quick            # a few minutes: smaller encoder, fewer steps
     python scripts/lncrna_pipeline.py --quick                       # the in-repo sample (data/samples/lncrna_athaliana)
 
@@ -450,6 +451,50 @@ def full_fine_tune(encoder_dir: Path, train_rows: list, test_rows: list, labels:
     }
 
 
+def score_kept_adapters(env: Any, adapter_id: int, test_dataset_id: int) -> list[dict[str, Any]]:
+    """Test metrics of each adapter kept along the LoRA run (``--score-kept``), in step order.
+
+    Each kept adapter (``<adapter>/checkpoints/step-N``, the final adapter's files and layout) is registered
+    as an adapter of its own and scored by the same eval job as the final one, so the numbers compare. A kept
+    adapter holds the variant's export only, so the final adapter's class names (labels.json) are copied beside it.
+    """
+    import shutil
+
+    from studio.schema import EvalRequest
+    from studio.training.job import ADAPTER_FILE, sha256_file
+    from studio.training.kept_adapters import ADAPTER_FOLDER
+
+    final = env.registry.get_adapter(adapter_id)
+    kept = sorted((Path(final.path) / ADAPTER_FOLDER).glob("step-*"))
+    scores = []
+    for folder in kept:
+        step = int(folder.name.removeprefix("step-"))
+        if (Path(final.path) / "labels.json").exists():
+            shutil.copy(Path(final.path) / "labels.json", folder / "labels.json")
+        row = env.registry.add_adapter(
+            name=f"{final.name} at step {step}",
+            variant=final.variant,
+            base_model=final.base_model,
+            dataset_id=final.dataset_id,
+            ranks=final.ranks,
+            trainable_params=final.trainable_params,
+            size_bytes=final.size_bytes,
+            path=str(folder),
+            sha256=sha256_file(folder / ADAPTER_FILE),
+            source_job_id=final.source_job_id,
+            metrics={},
+        )
+        request = EvalRequest(
+            adapter_id=row.id, dataset_id=test_dataset_id, metrics=["loss", "accuracy"], max_examples=100_000
+        )
+        scored, eval_s = run_job(env, request, f"eval step {step}")
+        entry = next(m for m in scored["models"] if m["key"] == f"adapter:{row.id}")
+        scores.append(
+            {"step": step, "metrics": entry["metrics"], "confusion": entry.get("confusion"), "scoring_s": eval_s}
+        )
+    return scores
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [
         "| model | test accuracy | F1 | MCC | AUROC | pre-training | tuning |",
@@ -461,6 +506,10 @@ def table(result: dict[str, Any]) -> str:
         pre = f"{row['pretrain_s'] / 60:.1f} min" if row.get("pretrain_s") else "—"
         tune = f"{row['tuning_s'] / 60:.1f} min" if row.get("tuning_s") is not None else "—"
         lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {pre} | {tune} |")
+    for kept in result.get("lora_along_training", []):
+        m = kept["metrics"]
+        cells = [f"{m[k]:.3f}" if m.get(k) is not None else "—" for k in ("accuracy", "f1", "mcc", "auroc")]
+        lines.append(f"| (a) LoRA adapter kept at step {kept['step']} | " + " | ".join(cells) + " | — | — |")
     return "\n".join(lines)
 
 
@@ -480,6 +529,15 @@ def main() -> None:
         "--steps",
         default=None,
         help="PRETRAIN,LORA,FULL_FT: override the recipe's max_steps (a short probe to time steps before a run)",
+    )
+    parser.add_argument(
+        "--score-kept",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also keep N LoRA adapters evenly spaced over the run's last half (keep_checkpoints) and score each on "
+        "the test rows: a learning curve from one run (the schedule is the full run's, so a step's score is not "
+        "that of a shorter run)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--seed", type=int, default=0)
@@ -529,7 +587,7 @@ def main() -> None:
             variant="lora",
             seed=args.seed,
             variant_params=lora_variant_params(lora),
-            hyper=TrainingHyperParams(**lora_hyper(lora)),
+            hyper=TrainingHyperParams(**lora_hyper(lora), keep_checkpoints=args.score_kept),
         )
         train_result, lora_s = run_job(env, train, "lora")
         evaluation = EvalRequest(
@@ -543,6 +601,7 @@ def main() -> None:
         models = {m["key"]: m for m in scored["models"]}
         lora_entry = models[f"adapter:{train_result['adapter_id']}"]
         baseline_entry = models["baseline:logistic-regression"]
+        along_training = score_kept_adapters(env, train_result["adapter_id"], test_ds.id)
 
         # (b) the same encoder, every weight trained
         from studio.evaluation.examples import read_rows
@@ -565,6 +624,7 @@ def main() -> None:
         "sizes": sizes,
         "pretrain": {k: v for k, v in pre_result.items() if isinstance(v, int | float | str | dict | list)},
         "lora_train": {k: v for k, v in train_result.items() if isinstance(v, int | float | str)},
+        "lora_along_training": along_training,
         "rows": [
             {
                 "model": "(a) pre-trained encoder + LoRA",
