@@ -1,0 +1,42 @@
+"""scripts/lncrna_pipeline.py --score-kept: adapters kept along the LoRA run are scored like the final one.
+
+Runs the rotary recipe's quick settings end to end on the in-repo lncRNA sample (seconds): the last kept
+adapter IS the final adapter, so its test metrics must equal row (a)'s exactly, and the kept steps lie in the
+run's last half, in order.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+for path in (REPO_ROOT, REPO_ROOT / "scripts"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import lncrna_pipeline  # noqa: E402
+
+
+def test_kept_adapters_are_scored_in_step_order_and_the_last_is_the_final_adapter(tmp_path, monkeypatch):
+    out = tmp_path / "run.json"
+    argv = ["lncrna_pipeline.py", "--recipe", "rotary", "--quick", "--score-kept", "2"]
+    argv += ["--set", "full_ft.max_steps=1", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    lncrna_pipeline.main()
+
+    result = json.loads(out.read_text())
+    total = result["lora_train"]["steps"]
+    kept = result["lora_along_training"]
+    steps = [entry["step"] for entry in kept]
+    assert len(kept) == 2 and steps == sorted(steps) and steps[-1] == total
+    assert steps[0] >= total // 2
+    final_row = result["rows"][0]
+    assert final_row["model"].startswith("(a)")
+    assert kept[-1]["metrics"] == final_row["metrics"]
+    for entry in kept:  # a full classification report per kept adapter, per sequence
+        assert {"accuracy", "f1", "mcc", "auroc"} <= set(entry["metrics"])
+        matrix, labels = entry["confusion"]["matrix"], entry["confusion"]["labels"]
+        assert labels == final_row["confusion"]["labels"]
+        assert sum(map(sum, matrix)) == sum(map(sum, final_row["confusion"]["matrix"]))
