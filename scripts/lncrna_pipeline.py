@@ -455,11 +455,9 @@ def score_kept_adapters(env: Any, adapter_id: int, test_dataset_id: int) -> list
     """Test metrics of each adapter kept along the LoRA run (``--score-kept``), in step order.
 
     Each kept adapter (``<adapter>/checkpoints/step-N``, the final adapter's files and layout) is registered
-    as an adapter of its own and scored by the same eval job as the final one, so the numbers compare. A kept
-    adapter holds the variant's export only, so the final adapter's class names (labels.json) are copied beside it.
+    as an adapter of its own and scored by the same eval job as the final one, so the numbers compare (it
+    carries the run's labels and settings: windows are pooled as trained).
     """
-    import shutil
-
     from studio.schema import EvalRequest
     from studio.training.job import ADAPTER_FILE, sha256_file
     from studio.training.kept_adapters import ADAPTER_FOLDER
@@ -469,8 +467,6 @@ def score_kept_adapters(env: Any, adapter_id: int, test_dataset_id: int) -> list
     scores = []
     for folder in kept:
         step = int(folder.name.removeprefix("step-"))
-        if (Path(final.path) / "labels.json").exists():
-            shutil.copy(Path(final.path) / "labels.json", folder / "labels.json")
         row = env.registry.add_adapter(
             name=f"{final.name} at step {step}",
             variant=final.variant,

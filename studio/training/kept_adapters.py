@@ -8,7 +8,8 @@ the last one being the final adapter (a run shorter than 2·N steps keeps its la
 Unlike the resumable checkpoints (:mod:`studio.training.checkpoint`: trainable tensors +
 optimizer state, in the job directory, only the newest two kept), these are the variant's
 own export -- the same ``save_adapter`` the final adapter goes through, so every kept
-adapter has the final one's files and tensor layout (a standard PEFT LoRA for ``lora``).
+adapter has the final one's files and tensor layout (a standard PEFT LoRA for ``lora``),
+plus the final adapter's class names and run settings once registered (RUN_FILES).
 They are written to ``<job dir>/kept_adapters/step-NNNNNN/`` while training (so a resumed
 job keeps those written before it stopped) and moved into ``<adapter dir>/checkpoints/``
 once the adapter is registered.
@@ -23,6 +24,9 @@ from typing import Any
 WORK_FOLDER = "kept_adapters"
 ADAPTER_FOLDER = "checkpoints"
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# What the final adapter's folder says about its run, true of every adapter kept along it: the class names
+# and the run's settings (evaluation pools a sequence's windows as it was trained, read from the latter).
+RUN_FILES = ("labels.json", "reproducibility.json")
 
 
 def kept_steps(total: int, keep: int) -> list[int]:
@@ -58,6 +62,7 @@ def save_kept_adapter(work_dir: Path, step: int, model: Any, variant: Any, ectx:
 def move_into_adapter(work_dir: Path, adapter_dir: Path, total: int, keep: int) -> list[Path]:
     """Move the kept adapters into ``adapter_dir/checkpoints/``; the final step is a copy of the adapter itself.
 
+    Each kept adapter also gets the final adapter's RUN_FILES, so it loads and scores like the final one.
     Returns the kept adapter directories in training order.
     """
     steps = kept_steps(total, keep)
@@ -78,6 +83,9 @@ def move_into_adapter(work_dir: Path, adapter_dir: Path, total: int, keep: int) 
             shutil.move(str(step_dir(work_root, step)), str(target))
         else:
             continue  # never written (defensive: every planned step before the last is saved as it passes)
+        for name in RUN_FILES:
+            if (Path(adapter_dir) / name).is_file():
+                shutil.copy2(Path(adapter_dir) / name, target / name)
         kept.append(target)
     shutil.rmtree(work_root, ignore_errors=True)
     return kept
