@@ -39,15 +39,15 @@ Five recipes (``--recipe``):
   (codons, 3 frames)" and "Sequence classifier (codons)";
 - ``rotary``: the codon recipe on a RoFormer encoder (``architecture="roformer"``: rotary positions, which
   learn "an ATG, then no stop codon for N codons", scripts/positional_rule_probe.py) with 256-codon windows
-  every 128 codons, 1,280 LoRA steps and a head rate of 0.02 (RoFormer's head has two layers). Its settings
+  every 128 codons, 2,560 LoRA steps and a head rate of 0.02 (RoFormer's head has two layers). Its settings
   are ROTARY_CODING_POTENTIAL, the Train tab's presets "Coding potential, rotary encoder" and "Sequence
-  classifier (codons, rotary encoder)". ~40 min on one thread.
+  classifier (codons, rotary encoder)". ~65 min on one thread (0.919-0.930 over three seeds vs 0.921).
 
     python scripts/lncrna_pipeline.py --data DIR                    # the documented run (~25 min on 1 thread, loaded CPU)
     python scripts/lncrna_pipeline.py --data DIR --recipe pooled    # mean pooling + pooled_max loss (~16 min)
     python scripts/lncrna_pipeline.py --data DIR --recipe orf       # long 3-mer windows (~25-35 min)
     python scripts/lncrna_pipeline.py --data DIR --recipe codon     # codons in three frames (~19 min + (b))
-    python scripts/lncrna_pipeline.py --data DIR --recipe rotary    # codons on a RoFormer encoder (~40 min + (b))
+    python scripts/lncrna_pipeline.py --data DIR --recipe rotary    # codons on a RoFormer encoder (~65 min + (b))
     python scripts/lncrna_pipeline.py --data DIR --recipe rotary --score-kept 4   # + test scores of 4 adapters kept along LoRA
     python scripts/lncrna_pipeline.py --data DIR --quick            # a few minutes: smaller encoder, fewer steps
     python scripts/lncrna_pipeline.py --quick                       # the in-repo sample (data/samples/lncrna_athaliana)

@@ -73,7 +73,7 @@ def test_the_rotary_classifier_preset_sets_its_own_head_rate(demo):
     name = ROTARY_CODING_POTENTIAL.classifier_preset
     assert name in train_preset_values(demo) and name != SEQUENCE_CLASSIFIER
     values = filled(call(preset, **{"train-preset": name, "train-variant": "lora"}))
-    assert values["hp-head-learning-rate"] == 0.02 and values["hp-max-steps"] == 1280
+    assert values["hp-head-learning-rate"] == 0.02 and values["hp-max-steps"] == 2560
     back = filled(call(preset, **{"train-preset": SEQUENCE_CLASSIFIER, "train-variant": "lora"}))
     assert back["hp-head-learning-rate"] == CODING_POTENTIAL.train_hyper["head_learning_rate"]
 
