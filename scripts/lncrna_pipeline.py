@@ -460,12 +460,11 @@ def score_kept_adapters(env: Any, adapter_id: int, test_dataset_id: int) -> list
     """
     from studio.schema import EvalRequest
     from studio.training.job import ADAPTER_FILE, sha256_file
-    from studio.training.kept_adapters import ADAPTER_FOLDER
+    from studio.training.kept_adapters import kept_adapter_dirs
 
     final = env.registry.get_adapter(adapter_id)
-    kept = sorted((Path(final.path) / ADAPTER_FOLDER).glob("step-*"))
     scores = []
-    for folder in kept:
+    for folder in kept_adapter_dirs(final.path):
         step = int(folder.name.removeprefix("step-"))
         row = env.registry.add_adapter(
             name=f"{final.name} at step {step}",
