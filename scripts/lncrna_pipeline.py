@@ -49,6 +49,7 @@ Five recipes (``--recipe``):
     python scripts/lncrna_pipeline.py --data DIR --recipe codon     # codons in three frames (~19 min + (b))
     python scripts/lncrna_pipeline.py --data DIR --recipe rotary    # codons on a RoFormer encoder (~65 min + (b))
     python scripts/lncrna_pipeline.py --data DIR --recipe rotary --score-kept 4   # + test scores of 4 adapters kept along LoRA
+    python scripts/lncrna_pipeline.py --data DIR --recipe rotary --keep runs/r0   # keep encoder and adapters
     python scripts/lncrna_pipeline.py --data DIR --quick            # a few minutes: smaller encoder, fewer steps
     python scripts/lncrna_pipeline.py --quick                       # the in-repo sample (data/samples/lncrna_athaliana)
 
@@ -534,6 +535,14 @@ def main() -> None:
         "the test rows: a learning curve from one run (the schedule is the full run's, so a step's score is not "
         "that of a shorter run)",
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep the run's studio data (registry, encoder, adapters) in DIR instead of a temporary folder, to "
+        "evaluate or serve them afterwards (STUDIO_DATA_DIR=DIR)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench/results/...)")
@@ -555,8 +564,10 @@ def main() -> None:
     out = args.out or results_path(args.recipe, args.quick)
     began = time.monotonic()
     load = os.getloadavg()
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        parser.error(f"--keep {args.keep}: the folder is not empty; name a new one")
     with tempfile.TemporaryDirectory(prefix="lncrna-") as tmp:
-        env = studio_env(Path(tmp) / "data")
+        env = studio_env(args.keep.resolve() if args.keep is not None else Path(tmp) / "data")
         mapping = {"text": "sequence", "label": "label"}
         train_ds = env.datasets.add(args.data / "train.jsonl", name="lncrna-train", mapping=mapping)
         test_ds = env.datasets.add(args.data / "test.jsonl", name="lncrna-test", mapping=mapping)

@@ -195,8 +195,16 @@ def test_relative_times_move_on_with_each_render(services):
     created = job.created_at.replace(tzinfo=UTC) if job.created_at.tzinfo is None else job.created_at
     soon = job_pages.detail_markdown(services, job, now=created + timedelta(seconds=8))
     later = job_pages.detail_markdown(services, job, now=created + timedelta(minutes=5))
-    assert f"created {created:%H:%M:%S} UTC (8 s ago)" in soon
-    assert f"created {created:%H:%M:%S} UTC (5 min ago)" in later
+    for now, text, ago in ((created + timedelta(seconds=8), soon, "8 s"), (created + timedelta(minutes=5), later, "5 min")):
+        # A render just after midnight names the creation day too, so the expectation follows the clock.
+        day = "" if now.date() == created.date() else f"{created:%Y-%m-%d} "
+        assert f"created {day}{created:%H:%M:%S} UTC ({ago} ago)" in text
     tomorrow = job_pages.when(created, now=created + timedelta(days=1))
     assert tomorrow.startswith(f"{created:%Y-%m-%d %H:%M:%S} UTC") and tomorrow.endswith("ago)")
     assert datetime.now(UTC) - created < timedelta(minutes=1)
+
+
+def test_a_time_from_yesterday_names_its_day_and_one_from_today_does_not():
+    late = datetime(2026, 12, 6, 23, 56, 29, tzinfo=UTC)
+    assert job_pages.when(late, now=late + timedelta(minutes=2)) == "23:56:29 UTC (2 min ago)"
+    assert job_pages.when(late, now=late + timedelta(minutes=5)) == "2026-12-06 23:56:29 UTC (5 min ago)"
