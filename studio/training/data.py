@@ -312,7 +312,42 @@ def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def eval_batches(examples: Sequence[dict[str, Any]], batch_size: int, pad_id: int) -> Iterator[dict[str, Any]]:
-    """Validation examples in their stored order, padded per batch."""
+def collate_sequences(groups: Sequence[Sequence[dict[str, Any]]], pad_id: int) -> dict[str, Any]:
+    """One padded batch of whole sequences, each the list of its windows' examples (pooled window loss).
+
+    Besides :func:`collate`'s tensors it carries ``sequence`` (each row's sequence, 0..n-1 in the
+    batch) and ``sequence_labels`` (n), so that the loss and the accuracy pool a sequence's windows
+    (:func:`studio.training.losses.loss_sum`); no ``weight``: every sequence counts once by construction.
+    """
+    import torch
+
+    batch = collate([example for group in groups for example in group], pad_id)
+    batch.pop("weight", None)
+    batch["sequence"] = torch.tensor([j for j, group in enumerate(groups) for _ in group], dtype=torch.long)
+    batch["sequence_labels"] = torch.tensor([group[0]["labels"] for group in groups], dtype=torch.long)
+    return batch
+
+
+def sequence_groups(examples: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Windows grouped by the sequence they come from (examples carry ``sequence``), in first-seen order."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for example in examples:
+        groups.setdefault(int(example["sequence"]), []).append(example)
+    return list(groups.values())
+
+
+def eval_batches(
+    examples: Sequence[dict[str, Any]], batch_size: int, pad_id: int, pooled: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Validation examples in their stored order, padded per batch.
+
+    ``pooled`` (a run trained with a pooled window loss): batches of ``batch_size`` whole sequences,
+    scored as training scores them, one pooled prediction per sequence (:func:`collate_sequences`).
+    """
+    if pooled:
+        groups = sequence_groups(examples)
+        for start in range(0, len(groups), batch_size):
+            yield collate_sequences(groups[start : start + batch_size], pad_id)
+        return
     for start in range(0, len(examples), batch_size):
         yield collate(examples[start : start + batch_size], pad_id)

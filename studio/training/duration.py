@@ -273,7 +273,7 @@ def estimate_run_seconds(request: Any, data: DataProfile, measured: MeasuredSpee
     overhead. Each part is multiplied by the actual/measured ratio of earlier runs. With a pooled
     window loss (``data.units``) a step is batch_size sequences × their windows, and an epoch is
     the training sequences; per window, an epoch is the training windows. Validation scores
-    windows in batches of batch_size in both (as the loop does).
+    every window of the sequences it keeps in both (as the loop does).
     """
     hyper = request.hyper
     _, val_idx = split_rows(data.rows, hyper.validation_fraction, request.seed)
@@ -283,7 +283,11 @@ def estimate_run_seconds(request: Any, data: DataProfile, measured: MeasuredSpee
     per_token_train = measured.step_s / max(1, measured.step_tokens)
     step_s = step_tokens * per_token_train * measured.train_ratio
     val_examples = data.examples_in(val_idx)
-    eval_rows = min(val_examples, hyper.max_eval_rows or val_examples)  # the loop's scored_validation
+    if data.units is not None and hyper.max_eval_rows and val_idx:
+        # the loop's scored_validation: under a pooled loss max_eval_rows counts sequences, each with its windows
+        eval_rows = round(val_examples * min(1.0, hyper.max_eval_rows / len(val_idx)))
+    else:
+        eval_rows = min(val_examples, hyper.max_eval_rows or val_examples)  # the loop's scored_validation
     passes = validation_passes(steps, hyper.eval_every, eval_rows > 0)
     per_row = padded_batch_tokens(data.lengths, hyper.batch_size, grouped, request.seed) / max(1, hyper.batch_size)
     per_token_eval = measured.forward_s / max(1, measured.step_tokens)

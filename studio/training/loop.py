@@ -627,7 +627,7 @@ class _Loop:
         began = time.monotonic()
         batches = [
             {k: v.to(self.device) for k, v in b.items()}
-            for b in eval_batches(examples, self.hyper.batch_size, self.setup.pad_id)
+            for b in eval_batches(examples, self.hyper.batch_size, self.setup.pad_id, self.setup.pooled)
         ]
         result = evaluate(
             self.model, batches, self.setup.task, self.variant, self.precision.autocast, loss_fn=self.loss_fn

@@ -272,6 +272,17 @@ class EvalResult:
         return out
 
 
+def _correct(logits: Any, batch: dict[str, Any], pooling: str) -> int:
+    """Right predictions in a classification batch: per sequence on pooled logits when it pools windows."""
+    if "sequence_labels" in batch:
+        from studio.sequences.windows import pool_rows
+
+        targets = batch["sequence_labels"]
+        pooled = pool_rows(logits.float(), batch["sequence"], targets.shape[0], pooling)
+        return int((pooled.argmax(-1) == targets).sum())
+    return int((logits.argmax(-1) == batch["labels"]).sum())
+
+
 def evaluate(
     model: Any, batches: Any, task: str, variant: Any = None, autocast: Any = None, loss_fn: Any = None
 ) -> EvalResult:
@@ -291,7 +302,7 @@ def evaluate(
                 total += float(value)
                 count += target_count(batch, task)
                 if task == "classification":
-                    correct += int((logits.argmax(-1) == batch["labels"]).sum())
+                    correct += _correct(logits, batch, getattr(loss_fn, "pooling", "mean"))
     finally:
         if variant is not None:
             variant.on_eval_end(model)

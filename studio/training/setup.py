@@ -11,7 +11,16 @@ from typing import Any
 from studio.errors import ValidationFailed
 from studio.schema import TrainRequest
 from studio.sequences.windows import pooling_for
-from studio.training.data import BatchPlan, collate, collate_packed, read_jsonl, split_indices, to_device
+from studio.training.data import (
+    BatchPlan,
+    collate,
+    collate_packed,
+    collate_sequences,
+    read_jsonl,
+    sequence_groups,
+    split_indices,
+    to_device,
+)
 from studio.training.losses import target_count
 from studio.training.models import is_encoder_only, load_base_model, load_tokenizer_for
 from studio.training.tokenise import encode_rows
@@ -94,21 +103,13 @@ class RunSetup:
         When pooling, it also carries ``sequence`` (each row's sequence, 0..n-1 in the batch) and
         ``sequence_labels`` (n): the loss pools per sequence (:func:`studio.training.losses.loss_sum`).
         """
-        import torch
 
+        if self.units is not None:  # classification: never packed
+            return collate_sequences([[self.train[w] for w in self.units[i]] for i in indices], self.pad_id)
         examples = self.examples_of(indices)
         if self.packing:
             return collate_packed(examples, self.pad_id, self.max_length, self.mask_style)
-        batch = collate(examples, self.pad_id)
-        if self.units is not None:
-            batch.pop("weight", None)  # every sequence counts once by construction
-            batch["sequence"] = torch.tensor(
-                [j for j, i in enumerate(indices) for _ in self.units[i]], dtype=torch.long
-            )
-            batch["sequence_labels"] = torch.tensor(
-                [self.train[self.units[i][0]]["labels"] for i in indices], dtype=torch.long
-            )
-        return batch
+        return collate(examples, self.pad_id)
 
     def micro_batch(self, k: int, device: Any) -> dict[str, Any]:
         """The k-th batch of ``batch_size`` examples (sequences when pooling) of the run, padded (never packed)."""
@@ -117,9 +118,20 @@ class RunSetup:
             return to_device(self.batch_of(indices), device)  # classification: never packed
         return to_device(collate([self.train[i] for i in indices], self.pad_id), device)
 
+    @property
+    def pooled(self) -> bool:
+        """Whether a prediction pools a sequence's windows (pooled window loss): validation scores sequences."""
+        return self.units is not None
+
     def memorisation_subset(self, n: int) -> list[dict[str, Any]]:
-        """A fixed, seeded sample of ``n`` training examples (scored to measure memorisation)."""
+        """A fixed, seeded sample of ``n`` training examples (scored to measure memorisation).
+
+        When pooling, ``n`` whole sequences (all their windows), as validation scores them.
+        """
         rng = random.Random(self.plan.seed)
+        if self.units is not None:
+            picked = sorted(rng.sample(range(len(self.units)), min(n, len(self.units))))
+            return [self.train[w] for i in picked for w in self.units[i]]
         return [self.train[i] for i in sorted(rng.sample(range(len(self.train)), min(n, len(self.train))))]
 
     def step_batches(self, step: int, device: Any) -> list[dict[str, Any]]:
@@ -156,8 +168,19 @@ class RunSetup:
         return batches
 
 
-def scored_validation(examples: list[dict[str, Any]], max_rows: int | None, seed: int) -> list[dict[str, Any]]:
-    """The validation rows each pass scores: all, or a fixed seeded sample of ``max_rows`` (same every pass)."""
+def scored_validation(
+    examples: list[dict[str, Any]], max_rows: int | None, seed: int, pooled: bool = False
+) -> list[dict[str, Any]]:
+    """The validation rows each pass scores: all, or a fixed seeded sample of ``max_rows`` (same every pass).
+
+    ``pooled``: the rows are whole sequences, each kept or dropped with all of its windows.
+    """
+    if pooled:
+        groups = sequence_groups(examples)
+        if not max_rows or len(groups) <= max_rows:
+            return list(examples)
+        keep = sorted(random.Random(seed).sample(range(len(groups)), max_rows))
+        return [example for i in keep for example in groups[i]]
     if not max_rows or len(examples) <= max_rows:
         return list(examples)
     keep = sorted(random.Random(seed).sample(range(len(examples)), max_rows))
@@ -226,8 +249,13 @@ def prepare_run(request: TrainRequest, data: TrainingData, base_path: Path, devi
     packing = hyper.packing and task == "causal-lm"
     if hyper.packing and not packing:
         log("packing applies to text generation only; classification batches are padded", "warning")
-    val_examples = scored_validation(val.examples, hyper.max_eval_rows, request.seed)
-    if hyper.group_by_length:
+    pooled = units is not None
+    val_examples = scored_validation(val.examples, hyper.max_eval_rows, request.seed, pooled)
+    if pooled:
+        # Scored as trained: one pooled prediction per sequence (its windows share a batch), so the
+        # validation loss is the training loss and the accuracy is the sequences', not single windows'.
+        log(f"validation pools each sequence's windows ({pooling_for(hyper.window_loss)}) as training does")
+    elif hyper.group_by_length:
         # the mean loss does not depend on the order; sorted batches carry little padding
         val_examples = sorted(val_examples, key=lambda e: -len(e["input_ids"]))
     log(

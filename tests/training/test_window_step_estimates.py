@@ -2,7 +2,7 @@
 
 A long sequence becomes several windows. A per_window run trains on windows (an epoch is every
 training window), a pooled one on whole sequences (an epoch is every training sequence); both
-validate on windows. Each test runs the real loop on tiny DNA data read by a 3-mer encoder
+score every window of the validation rows they keep (a pooled run keeps whole sequences). Each test runs the real loop on tiny DNA data read by a 3-mer encoder
 (window_encoder.py) and compares its steps, validation passes and scored token slots with the
 estimate made before submitting.
 """
@@ -82,7 +82,10 @@ def test_validation_scores_windows(settings, kmer_encoder_dir, tmp_path, window_
     estimate, result, (_, val_windows) = estimate_and_run(
         settings, kmer_encoder_dir, tmp_path, window_loss, max_eval_rows=max_eval_rows
     )
-    scored = min(sum(val_windows), max_eval_rows or sum(val_windows))
+    if window_loss == "per_window":
+        scored = min(sum(val_windows), max_eval_rows or sum(val_windows))
+    else:  # max_eval_rows counts whole sequences, each with all its windows: 10 keeps every held-out one
+        scored = sum(val_windows)
     assert len(val_windows) < scored  # the held-out sequences alone would undercount
     assert result.eval_tokens == result.eval_passes * scored * WINDOW  # the loop: every window full
     assert estimate.eval_rows == scored
@@ -105,3 +108,16 @@ def test_rows_outside_the_sample_count_the_samples_mean():
     assert estimate_run_seconds(request, hand_built, measured).steps == 3
     train = split_indices(6, 0.5, request.seed)[0]
     assert estimate_run_seconds(request, data, measured).steps == sum({0: 3, 2: 1}.get(i, 2) for i in train)
+
+
+def test_a_pooled_run_samples_whole_validation_sequences(settings, kmer_encoder_dir, tmp_path):
+    """max_eval_rows=2 under a pooled loss: two held-out sequences with every window, never a split one."""
+    from itertools import combinations
+
+    estimate, result, (_, val_windows) = estimate_and_run(
+        settings, kmer_encoder_dir, tmp_path, "pooled_max", max_eval_rows=2
+    )
+    scored = result.eval_tokens // (result.eval_passes * WINDOW)
+    assert scored in {a + b for a, b in combinations(val_windows, 2)}
+    # the estimate cannot know which two: it takes the held-out sequences' mean
+    assert estimate.eval_rows == round(sum(val_windows) * 2 / len(val_windows))
