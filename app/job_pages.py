@@ -224,10 +224,13 @@ def _eval_describe(services: Any, job: Any) -> list[str]:
     ]
     if job.status != "succeeded" or not result.get("comparison"):
         return lines
-    from app.tab_evaluate import comparison_table, samples_table
+    from app.tab_evaluate import comparison_table, paired_markdown, samples_table
 
     lines.append(f"**Scores** on {result.get('examples')} rows (★ best):")
     lines.append(_markdown_table(*comparison_table(result)))
+    paired = paired_markdown(result)
+    if paired:
+        lines.append(paired)
     headers, rows = samples_table(result)
     if rows:
         lines.append(f"**Sample answers** (the first {min(SAMPLE_ANSWERS, len(rows))} of {len(rows)}):")
@@ -335,6 +338,8 @@ def _generate_describe(services: Any, job: Any) -> list[str]:
         made = _made(services, result["adapter_id"])
         lines.append(f"{made}; it is in the Adapters, Evaluate and Playground tabs.")
     return lines
+
+
 def _federated_chart(services: Any, job: Any) -> Any:
     """Global validation loss and each client's local loss per round (the Federated tab has ε and bytes too)."""
     from studio.federated.charts import round_charts

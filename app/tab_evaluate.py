@@ -3,11 +3,14 @@
 Only shown when this installation has the eval job kind (``studio.evaluation.job``).
 One result view: the metrics table (direction, each model, best marked, Δ vs base,
 cut-off answers), a bar chart per metric and the sample answers of every model; for a
-classification dataset also the ROC curves (baseline included) and confusion matrices.
+classification dataset also the ROC curves (baseline included) and confusion matrices, and under
+the table one sentence per paired comparison (is an adapter's accuracy gap to the baseline, the
+base or another adapter more than the luck of the rows?).
 """
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import gradio as gr
@@ -24,7 +27,7 @@ from app.ui import (
 )
 from studio.charts import comparison_bars, empty_figure
 from studio.charts_classification import confusion_figure, roc_figure
-from studio.evaluation.comparison import column_name, format_delta, format_value, is_base
+from studio.evaluation.comparison import column_name, format_delta, format_value, is_base, paired_lines
 from studio.schema import EvalRequest
 from studio.services.container import Services
 
@@ -104,6 +107,16 @@ def comparison_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]
     return headers, rows
 
 
+def paired_markdown(result: dict[str, Any]) -> str:
+    """The paired comparisons under the table: is each accuracy gap more than the luck of the rows?"""
+    lines = paired_lines(result)
+    if not lines:
+        return ""
+    # Names come from model keys (a base may be a server path): escaped so that Markdown shows them as text.
+    items = "\n".join(f"- {html.escape(line, quote=False)}" for line in lines)
+    return f"**Is the difference real?** (paired on the same rows)\n\n{items}"
+
+
 def samples_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """Headers and rows of the samples: prompt, reference, then each model's answer with its score."""
     keys = [m["key"] for m in result.get("models") or []]
@@ -144,6 +157,7 @@ def show_result(services: Services, job_id: int | None) -> dict[str, Any]:
     if not job_id:
         return {
             "table": gr.update(value=[], headers=["metric"]),
+            "paired": "",
             "chart": empty_figure("Pick a finished evaluation."),
             "roc": gr.update(value=None, visible=False),
             "confusion": gr.update(value=None, visible=False),
@@ -156,6 +170,7 @@ def show_result(services: Services, job_id: int | None) -> dict[str, Any]:
     classified = result.get("task") == "classification" and any(m.get("confusion") for m in result.get("models") or [])
     return {
         "table": gr.update(value=rows, headers=headers),
+        "paired": paired_markdown(result),
         "chart": comparison_bars(result, title=f"Evaluation job #{job_id}"),
         "roc": gr.update(value=roc_figure(result) if classified else None, visible=classified),
         "confusion": gr.update(value=confusion_figure(result) if classified else None, visible=classified),
@@ -188,6 +203,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     )
     c["job"] = gr.Dropdown(label="Result of", choices=[], elem_id="eval-job")
     c["table"] = gr.Dataframe(headers=["metric"], interactive=False, elem_id="eval-comparison")
+    c["paired"] = gr.Markdown(elem_id="eval-paired")
     c["chart"] = gr.Plot(elem_id="eval-chart")
     with gr.Row():
         c["roc"] = gr.Plot(elem_id="eval-roc", visible=False)
@@ -232,7 +248,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         c["job"].change,
         lambda job: show_result(services, job),
         {"job": c["job"]},
-        {k: c[k] for k in ("table", "chart", "roc", "confusion", "samples")},
+        {k: c[k] for k in ("table", "paired", "chart", "roc", "confusion", "samples")},
     )
 
     def refresh_results() -> dict[str, Any]:

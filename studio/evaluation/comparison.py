@@ -123,8 +123,16 @@ def format_delta(value: float | None) -> str:
     return "—" if value is None else f"{value:+.4g}"
 
 
+def paired_lines(result: dict[str, Any]) -> list[str]:
+    """One plain-English sentence per paired comparison of the job result (none for language rows)."""
+    from studio.evaluation.paired import paired_sentence
+
+    return [paired_sentence(e, column_name(e["a"]), column_name(e["b"])) for e in result.get("paired") or []]
+
+
 def comparison_lines(result: dict[str, Any]) -> list[str]:
-    """The job result as a text table: metric, direction, each model (best marked *), Δ vs base; then cut-offs."""
+    """The job result as a text table: metric, direction, each model (best marked *), Δ vs base; then cut-offs
+    and the paired comparisons (is an accuracy gap real?)."""
     models = result.get("models") or []
     keys = [m["key"] for m in models]
     has_base = any(is_base(k) for k in keys)
@@ -145,4 +153,4 @@ def comparison_lines(result: dict[str, Any]) -> list[str]:
     if generated:
         cut = ", ".join(f"{m['key']} {m.get('truncated_answers') or 0}" for m in models)
         lines.append(f"answers cut off by the {budget}-token budget (of {generated}): {cut}")
-    return lines
+    return lines + paired_lines(result)

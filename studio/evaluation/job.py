@@ -67,6 +67,8 @@ class ModelScore:
     truncated_answers: int | None = None
     encoded: Any = None
     classification: dict[str, Any] | None = None  # confusion matrix and ROC curves of a classifier
+    # Classifiers: per dataset row, right / wrong / None (not scored), for the paired comparisons.
+    correct: list[bool | None] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The model's entry of the job result (JSON: a diverged model's inf is stored as null)."""
@@ -91,9 +93,10 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
     """Evaluate every model of ``request`` on its dataset and return the side-by-side result.
 
     The result holds ``models`` (each one's metrics and counts), ``comparison`` (per metric:
-    direction, values, best, Δ vs the base) and ``sample_table`` (the first prompts with the
-    reference and every model's answer and per-example score). A single-model job also keeps
-    the flat ``metrics``/``samples`` of that model.
+    direction, values, best, Δ vs the base), ``sample_table`` (the first prompts with the
+    reference and every model's answer and per-example score) and, for classifiers, ``paired``
+    (is an adapter's accuracy gap to the baseline, the base or another adapter real: see
+    :func:`_paired`). A single-model job also keeps the flat ``metrics``/``samples`` of that model.
     """
     import torch
 
@@ -169,6 +172,8 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
     if baseline_train is not None:
         baseline = _run_baseline(baseline_train, rows, dataset.id, base_name, ctx, reporter)
     reporter.progress(tick.total, tick.total, "done")
+    # Of accuracy: only where it was asked for (the sentences would otherwise cite a score the table lacks).
+    paired = _paired(scores, baseline) if kind == "classification" and "accuracy" in wanted else []
 
     summaries = [s.summary() for s in scores]
     # The baseline stands beside the models in the comparison; the flat single-model fields stay the model's.
@@ -187,6 +192,7 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
             prompts, [s["reference"] for s in samples], {s.key: s.answers[: len(prompts)] for s in scores}
         ),
         "loss_by_rank": loss_by_rank,
+        "paired": paired,
     }
     if baseline is not None:
         result["baseline"] = baseline.to_dict()
@@ -203,6 +209,33 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
             samples=[{**sample, **answer} for sample, answer in zip(samples, scores[0].answers, strict=False)],
         )
     return result
+
+
+def _paired(scores: list[ModelScore], baseline: Any) -> list[dict[str, Any]]:
+    """Paired comparisons on the rows both models scored: each adapter vs the baseline, vs the base, vs each other.
+
+    Entries are ``{"a": key, "b": key, **paired_comparison(...)}`` with the keys of ``models``;
+    a pair with no row scored by both (or a model without per-row answers) is left out.
+    """
+    from studio.evaluation.paired import paired_comparison
+    from studio.sequences.baseline import MODEL_KEY
+
+    per_row = {s.key: s.correct for s in scores if s.correct is not None}
+    adapters = [s.key for s in scores if s.adapter_id is not None and s.key in per_row]
+    bases = [s.key for s in scores if s.adapter_id is None and s.key in per_row]
+    others = []
+    if baseline is not None and baseline.test_correct:
+        per_row[MODEL_KEY] = baseline.test_correct
+        others.append(MODEL_KEY)
+    others += bases
+    pairs = [(a, b) for a in adapters for b in others]
+    pairs += [(a, b) for i, a in enumerate(adapters) for b in adapters[i + 1 :]]
+    entries = []
+    for a, b in pairs:
+        both = [(x, y) for x, y in zip(per_row[a], per_row[b], strict=True) if x is not None and y is not None]
+        if both:
+            entries.append({"a": a, "b": b, **paired_comparison([x for x, _ in both], [y for _, y in both])})
+    return entries
 
 
 def _baseline_train_rows(request: EvalRequest, registry: Any, dataset: Any, adapters: list, kind: str) -> list:
@@ -294,7 +327,7 @@ def _score_model(
     samples: list[dict[str, Any]] = []
     if {"loss", "accuracy"} & set(wanted):
         score.encoded = _encode(rows, evaluated, max_length, reporter)
-        values, samples, score.classification = _score_loss(
+        values, samples, score.classification, score.correct = _score_loss(
             evaluated, score.encoded, rows, wanted, kind, label, device, tick
         )
         score.values.update(values)
@@ -360,10 +393,13 @@ def _loss_by_rank(request: EvalRequest, ctx: Any, rows: list, dataset: Any, kind
     return losses
 
 
-def _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick) -> tuple[dict[str, float], list, Any]:
+def _score_loss(
+    evaluated, encoded, rows, wanted, kind, label, device, tick
+) -> tuple[dict[str, float], list, Any, list[bool | None] | None]:
     """eval_loss (+ perplexity for language rows), accuracy (+ F1, MCC, AUROC) from one teacher-forced pass.
 
-    The third value is the classification report (confusion matrix, ROC curves) or None.
+    The third value is the classification report (confusion matrix, ROC curves) or None; the fourth,
+    for classifiers, whether each of ``rows`` was predicted right (None for a row not scored), else None.
     """
     from studio.evaluation.classification import classification_report, softmax
 
@@ -384,6 +420,7 @@ def _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick) -> 
         if kind != "classification":  # perplexity of a class distribution means nothing
             values["perplexity"] = M.perplexity(result.mean_loss)
     predicted, expected, logits = result.predicted, result.expected, result.logits
+    example_rows = encoded.example_rows()  # the row each prediction is of
     pooled = result.per_sequence(evaluated.window_pooling) if kind == "classification" else None
     if pooled is not None:
         # Long sequences were read as windows: accuracy is per sequence (its windows' logits pooled
@@ -392,6 +429,7 @@ def _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick) -> 
             values["window_accuracy"] = M.accuracy(predicted, expected)
         logits, expected = pooled
         predicted = [max(range(len(row)), key=row.__getitem__) for row in logits]
+        example_rows = list(dict.fromkeys(result.sequences))  # the pooled order (pool_logits: first seen)
     if "accuracy" in wanted:
         values["accuracy"] = M.accuracy(predicted, expected)
     details = None
@@ -400,9 +438,13 @@ def _score_loss(evaluated, encoded, rows, wanted, kind, label, device, tick) -> 
         details = classification_report(expected, softmax(logits), evaluated.labels or _indices(logits))
         values.update({k: v for k, v in details["metrics"].items() if v is not None})
     samples = []
+    correct: list[bool | None] | None = None
     if kind == "classification":
         samples = _class_samples(rows, evaluated.labels or [], predicted, expected)
-    return values, samples, details
+        correct = [None] * len(rows)
+        for row, p, e in zip(example_rows, predicted, expected, strict=True):
+            correct[row] = p == e
+    return values, samples, details, correct
 
 
 def _indices(logits: list) -> list[int]:

@@ -52,9 +52,19 @@ class BaselineResult:
     settings: dict[str, Any] = field(default_factory=dict)
     confusion: dict[str, Any] = field(default_factory=dict)  # {"labels", "matrix"}: rows true, columns predicted
     roc: list[dict[str, Any]] = field(default_factory=list)  # ROC curve(s): {"label", "fpr", "tpr", "auroc"}
+    # Per input test row: right (True), wrong (False), or None where the row was not scored (no text or
+    # label, or a label the train rows never had). For paired comparisons with models on the same rows.
+    test_correct: list[bool | None] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": MODEL_NAME, **asdict(self)}
+        """The result as stored in a job result: small, so without the per-row ``test_correct``.
+
+        One bool per test row would grow every stored job result with the test set (hundreds to
+        thousands of values) while only the paired comparisons, computed in the same job, read it.
+        """
+        data = asdict(self)
+        data.pop("test_correct")
+        return {"model": MODEL_NAME, **data}
 
 
 def feature_kind(texts: Sequence[Any]) -> str:
@@ -86,8 +96,11 @@ def _pipeline(kind: str, ks: Sequence[int], both_strands: bool, seed: int) -> An
     return Pipeline([("features", FunctionTransformer(featurise)), ("scale", StandardScaler()), ("logreg", classifier)])
 
 
-def _score(model: Any, texts: list[str], labels: list[Any]) -> tuple[dict[str, float | None], Any, dict[str, Any]]:
-    """Accuracy, F1, MCC, AUROC (``studio.evaluation.classification``), and the confusion matrix and ROC curves."""
+def _score(
+    model: Any, texts: list[str], labels: list[Any]
+) -> tuple[dict[str, float | None], Any, dict[str, Any], list[bool]]:
+    """Accuracy, F1, MCC, AUROC (``studio.evaluation.classification``), the confusion matrix and ROC curves,
+    and whether each row was predicted right."""
     from sklearn.metrics import accuracy_score
 
     from studio.evaluation.classification import classification_report
@@ -100,19 +113,24 @@ def _score(model: Any, texts: list[str], labels: list[Any]) -> tuple[dict[str, f
     report = classification_report([index[y] for y in labels], proba.tolist(), classes)
     metrics: dict[str, float | None] = {"accuracy": float(accuracy_score(labels, predicted)), **report["metrics"]}
     details = {"confusion": report["confusion"], "roc": report["roc"]}
-    return metrics, report["positive_label"], details
+    correct = [bool(p == y) for p, y in zip(predicted, labels, strict=True)]
+    return metrics, report["positive_label"], details, correct
 
 
-def _column(rows: Sequence[dict], text_field: str, label_field: str, which: str) -> tuple[list[str], list[Any]]:
-    texts, labels = [], []
-    for row in rows:
+def _column(
+    rows: Sequence[dict], text_field: str, label_field: str, which: str
+) -> tuple[list[str], list[Any], list[int]]:
+    """Texts, labels and the index in ``rows`` of each usable row (a string text and a label)."""
+    texts, labels, indices = [], [], []
+    for i, row in enumerate(rows):
         text, label = row.get(text_field), row.get(label_field)
         if isinstance(text, str) and label is not None:
             texts.append(text)
             labels.append(label)
+            indices.append(i)
     if not texts:
         raise ValidationFailed(f"the {which} rows have no {text_field!r} text with a {label_field!r} label")
-    return texts, labels
+    return texts, labels, indices
 
 
 def fit_baseline(
@@ -127,24 +145,28 @@ def fit_baseline(
     """Fit the logistic-regression baseline on ``train_rows`` and score it on ``test_rows``.
 
     Rows are dicts; rows without a string ``text_field`` or without a ``label_field`` are left
-    out, and so are test rows whose label no train row has (counted in ``skipped_test_rows``).
+    out, and so are test rows whose label no train row has (counted in ``skipped_test_rows``);
+    ``test_correct`` says per test row whether it was predicted right (None where left out).
     ``ks`` and ``both_strands`` apply to nucleotide data (see the module docstring). Raises
     ValidationFailed when the train rows hold fewer than two labels or no test row is left.
     """
     started = time.monotonic()
-    train_texts, train_labels = _column(train_rows, text_field, label_field, "train")
-    test_texts, test_labels = _column(test_rows, text_field, label_field, "test")
+    train_texts, train_labels, _ = _column(train_rows, text_field, label_field, "train")
+    test_texts, test_labels, test_indices = _column(test_rows, text_field, label_field, "test")
     labels = sorted(set(train_labels), key=str)
     if len(labels) < 2:
         raise ValidationFailed(f"the train rows hold one label ({labels[0]!r}); a classifier needs at least two")
     known = set(labels)
-    kept = [(t, y) for t, y in zip(test_texts, test_labels, strict=True) if y in known]
+    kept = [(t, y, i) for t, y, i in zip(test_texts, test_labels, test_indices, strict=True) if y in known]
     if not kept:
         raise ValidationFailed("no test row has a label that the train rows have")
     kind = feature_kind(train_texts)
     model = _pipeline(kind, tuple(ks), both_strands, seed)
     model.fit(train_texts, train_labels)
-    metrics, positive, details = _score(model, [t for t, _ in kept], [y for _, y in kept])
+    metrics, positive, details, correct = _score(model, [t for t, _, _ in kept], [y for _, y, _ in kept])
+    test_correct: list[bool | None] = [None] * len(test_rows)
+    for (_, _, i), right in zip(kept, correct, strict=True):
+        test_correct[i] = right
     if kind == "nucleotide":
         count = len(nucleotide_feature_names(tuple(ks)))
     elif kind == "protein":
@@ -165,4 +187,5 @@ def fit_baseline(
         settings={**settings, "seed": seed},
         confusion=details["confusion"],
         roc=details["roc"],
+        test_correct=test_correct,
     )
