@@ -177,6 +177,11 @@ def test_a_roformer_encoder_pretrains_and_a_pooled_lora_classifier_trains_on_it(
         ),
     )
     summary = get_handler("train")(train, MemoryReporter(), studio.ctx(train))
+    # validation scores as training pools: one prediction per held-out sequence, not per window
+    from studio.training.data import split_indices
+
+    held_out = len(split_indices(24, 0.2, train.seed)[1])
+    assert round(summary["eval_accuracy"] * held_out, 6) == round(summary["eval_accuracy"] * held_out)
     adapter = studio.registry.get_adapter(summary["adapter_id"])
     adapter_config = json.loads((Path(adapter.path) / "adapter_config.json").read_text())
     assert {"query", "key", "value", "dense"} <= set(adapter_config["target_modules"])
