@@ -50,6 +50,7 @@ Five recipes (``--recipe``):
     python scripts/lncrna_pipeline.py --data DIR --recipe rotary    # codons on a RoFormer encoder (~65 min + (b))
     python scripts/lncrna_pipeline.py --data DIR --recipe rotary --score-kept 4   # + test scores of 4 adapters kept along LoRA
     python scripts/lncrna_pipeline.py --data DIR --recipe rotary --keep runs/r0   # keep encoder and adapters
+    python scripts/lncrna_pipeline.py --rescore runs/r0 --out RUN.json   # paired tests of its adapters vs baseline
     python scripts/lncrna_pipeline.py --data DIR --quick            # a few minutes: smaller encoder, fewer steps
     python scripts/lncrna_pipeline.py --quick                       # the in-repo sample (data/samples/lncrna_athaliana)
 
@@ -543,6 +544,14 @@ def main() -> None:
         help="keep the run's studio data (registry, encoder, adapters) in DIR instead of a temporary folder, to "
         "evaluate or serve them afterwards (STUDIO_DATA_DIR=DIR)",
     )
+    parser.add_argument(
+        "--rescore",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="no new run: score a run kept with --keep DIR again (final and kept adapters and the baseline in "
+        "one eval job, each pair with its paired comparison) and write that into --out",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench/results/...)")
@@ -562,6 +571,9 @@ def main() -> None:
 
     sizes = with_overrides(recipe_sizes(args.recipe, args.quick), args.steps, args.set)
     out = args.out or results_path(args.recipe, args.quick)
+    if args.rescore is not None:
+        rescore(args.rescore, out)
+        return
     began = time.monotonic()
     load = os.getloadavg()
     if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
@@ -607,6 +619,7 @@ def main() -> None:
         models = {m["key"]: m for m in scored["models"]}
         lora_entry = models[f"adapter:{train_result['adapter_id']}"]
         baseline_entry = models["baseline:logistic-regression"]
+        paired = scored.get("paired", [])
         along_training = score_kept_adapters(env, train_result["adapter_id"], test_ds.id)
 
         # (b) the same encoder, every weight trained
@@ -631,6 +644,8 @@ def main() -> None:
         "pretrain": {k: v for k, v in pre_result.items() if isinstance(v, int | float | str | dict | list)},
         "lora_train": {k: v for k, v in train_result.items() if isinstance(v, int | float | str)},
         "lora_along_training": along_training,
+        # (a) against (c) on the same test rows: exact McNemar test and a paired bootstrap interval
+        "paired": paired,
         "rows": [
             {
                 "model": "(a) pre-trained encoder + LoRA",
@@ -661,7 +676,56 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(table(result))
+    print_paired(paired)
     print(f"wrote {out} ({result['total_s'] / 60:.1f} min)")
+
+
+def print_paired(paired: list[dict[str, Any]]) -> None:
+    """One plain sentence per paired comparison of the eval job (is the gap real on these rows?)."""
+    from studio.evaluation.comparison import column_name
+    from studio.evaluation.paired import paired_sentence
+
+    for entry in paired:
+        print(paired_sentence(entry, column_name(entry["a"]), column_name(entry["b"])))
+
+
+def rescore(keep: Path, out: Path) -> None:
+    """Score a kept run (``--keep DIR``) again with today's eval job: the final and every kept adapter and the
+    baseline in ONE job on the test rows, so that each pair gets its paired comparison; written into ``out``
+    (the run's JSON) under ``paired`` and ``paired_rescored_with``."""
+    from studio.evaluation.comparison import column_name
+    from studio.schema import EvalRequest
+
+    env = studio_env(keep.resolve())
+    datasets = {d.name: d for d in env.registry.list_datasets()}
+    test, train = datasets["lncrna-test"], datasets["lncrna-train"]
+    adapters = sorted(env.registry.list_adapters(), key=lambda a: a.id)
+    if not adapters:
+        raise SystemExit(f"{keep}: no adapter in this run's registry")
+    request = EvalRequest(
+        adapter_ids=[a.id for a in adapters],
+        dataset_id=test.id,
+        metrics=["loss", "accuracy"],
+        max_examples=100_000,
+        include_baseline=True,
+        baseline_dataset_id=train.id,
+    )
+    scored, eval_s = run_job(env, request, "rescore")
+    names = {f"adapter:{a.id}": a.name for a in adapters}
+    result = json.loads(out.read_text()) if out.exists() else {}
+    result["paired"] = scored["paired"]
+    result["paired_rescored_with"] = {
+        "adapters": names,
+        "metrics": {m["key"]: m["metrics"] for m in scored["models"]},
+        "scoring_s": eval_s,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    env.registry.dispose()
+    for key, name in names.items():
+        print(f"{column_name(key)}: {name}")
+    print_paired(scored["paired"])
+    print(f"wrote paired comparisons into {out}")
 
 
 if __name__ == "__main__":

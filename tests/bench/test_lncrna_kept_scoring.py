@@ -22,7 +22,7 @@ import lncrna_pipeline  # noqa: E402
 def test_kept_adapters_are_scored_in_step_order_and_the_last_is_the_final_adapter(tmp_path, monkeypatch):
     out = tmp_path / "run.json"
     argv = ["lncrna_pipeline.py", "--recipe", "rotary", "--quick", "--score-kept", "2"]
-    argv += ["--set", "full_ft.max_steps=1", "--out", str(out)]
+    argv += ["--set", "full_ft.max_steps=1", "--out", str(out), "--keep", str(tmp_path / "kept-run")]
     monkeypatch.setattr(sys, "argv", argv)
     lncrna_pipeline.main()
 
@@ -40,3 +40,28 @@ def test_kept_adapters_are_scored_in_step_order_and_the_last_is_the_final_adapte
         matrix, labels = entry["confusion"]["matrix"], entry["confusion"]["labels"]
         assert labels == final_row["confusion"]["labels"]
         assert sum(map(sum, matrix)) == sum(map(sum, final_row["confusion"]["matrix"]))
+
+    # (a) against the baseline on the same rows, in the run's JSON
+    [paired] = result["paired"]
+    baseline = result["rows"][2]["metrics"]
+    assert (paired["a"], paired["b"]) == (
+        f"adapter:{result['lora_train']['adapter_id']}",
+        "baseline:logistic-regression",
+    )
+    assert paired["accuracy_a"] == final_row["metrics"]["accuracy"] and paired["accuracy_b"] == baseline["accuracy"]
+    assert paired["rows"] == sum(map(sum, final_row["confusion"]["matrix"]))
+
+    # --rescore: the kept run's adapters (final + 2 kept) and the baseline in one job, every pair compared
+    rescored = tmp_path / "rescored.json"
+    monkeypatch.setattr(
+        sys, "argv", ["lncrna_pipeline.py", "--rescore", str(tmp_path / "kept-run"), "--out", str(rescored)]
+    )
+    lncrna_pipeline.main()
+    pairs = json.loads(rescored.read_text())["paired"]
+    assert len(pairs) == 3 + 3  # each adapter vs the baseline, and each pair of adapters
+    final_key = f"adapter:{result['lora_train']['adapter_id']}"
+    by_pair = {(e["a"], e["b"]): e for e in pairs}
+    assert by_pair[(final_key, "baseline:logistic-regression")]["accuracy_a"] == final_row["metrics"]["accuracy"]
+    # the last kept adapter IS the final one: the same answer on every row, so no discordant row at all
+    same = [e for e in pairs if final_key in (e["a"], e["b"]) and e["b"] != "baseline:logistic-regression"]
+    assert any(e["only_a"] == e["only_b"] == 0 and e["p_value"] == 1.0 for e in same)
