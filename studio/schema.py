@@ -240,7 +240,8 @@ class EvalRequest(StudioModel):
         False,
         description="Classification datasets: also fit a logistic regression on simple features (k-mer "
         "frequencies, length and longest ORF for DNA/RNA) on the training rows and score it on these rows, "
-        "beside the models.",
+        "beside the models. Scores accuracy too (the baseline's measure), with a paired test of each model "
+        "against it.",
     )
     baseline_dataset_id: int | None = Field(
         None,
@@ -263,6 +264,10 @@ class EvalRequest(StudioModel):
             raise ValueError("baseline_dataset_id: set include_baseline to fit the baseline")
         if self.baseline_dataset_id == self.dataset_id:
             raise ValueError("baseline_dataset_id: the baseline must be fit on other rows than it is scored on")
+        if self.include_baseline and "accuracy" not in self.metrics:
+            # The baseline is scored by accuracy, F1, MCC and AUROC: the models beside it must be too, or the
+            # table would set its accuracy against nothing and no paired test could run.
+            self.metrics = [*self.metrics, "accuracy"]
         return self
 
     def adapters(self) -> list[int]:

@@ -109,14 +109,16 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
     if not rows:
         raise ValidationFailed(f"dataset {label} has no rows to evaluate")
     kind = dataset_kind(rows, dataset.report)
+    if request.include_baseline and kind != "classification":  # before the metrics: the baseline is the reason
+        raise ValidationFailed(
+            f"the baseline is fit for classification datasets; dataset {dataset.id} ({dataset.name}) holds {kind} rows"
+        )
     wanted = list(dict.fromkeys(request.metrics))  # the order asked, without repeats
     check_metrics(wanted, kind, label)
     adapters = [registry.get_adapter(i) for i in request.adapters()]
     base_name = common_base(request.base_model, adapters)
     # Checked before any model loads: a wrong baseline request fails in seconds, not after the models ran.
-    baseline_train = (
-        _baseline_train_rows(request, registry, dataset, adapters, kind) if request.include_baseline else None
-    )
+    baseline_train = _baseline_train_rows(request, registry, dataset, adapters) if request.include_baseline else None
 
     loss_wanted = bool({"loss", "accuracy"} & set(wanted))
     generations = _generation_examples(rows, label) if set(GENERATION_METRICS) & set(wanted) else []
@@ -238,12 +240,8 @@ def _paired(scores: list[ModelScore], baseline: Any) -> list[dict[str, Any]]:
     return entries
 
 
-def _baseline_train_rows(request: EvalRequest, registry: Any, dataset: Any, adapters: list, kind: str) -> list:
+def _baseline_train_rows(request: EvalRequest, registry: Any, dataset: Any, adapters: list) -> list:
     """The rows the baseline is fit on: ``baseline_dataset_id``'s, else the first adapter's training dataset."""
-    if kind != "classification":
-        raise ValidationFailed(
-            f"the baseline is fit for classification datasets; dataset {dataset.id} ({dataset.name}) holds {kind} rows"
-        )
     train_id = request.baseline_dataset_id
     if train_id is None:
         train_id = next((a.dataset_id for a in adapters if a.dataset_id is not None), None)

@@ -137,3 +137,11 @@ def test_comparison_lines_and_the_evaluate_tab_add_one_sentence_per_pair():
     assert sentence in paired_markdown(result) and paired_markdown({**result, "paired": []}) == ""
     services = SimpleNamespace(jobs=SimpleNamespace(get=lambda _id: SimpleNamespace(result=result)))
     assert sentence in show_result(services, 3)["paired"]
+
+
+def test_asking_for_the_baseline_scores_accuracy_too():
+    from studio.schema import EvalRequest
+
+    request = EvalRequest(adapter_id=1, dataset_id=2, include_baseline=True)  # the form's default metrics: loss
+    assert request.metrics == ["loss", "accuracy"]
+    assert EvalRequest(adapter_id=1, dataset_id=2).metrics == ["loss"]  # without the baseline: as asked
