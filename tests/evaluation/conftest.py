@@ -141,3 +141,14 @@ def env(tmp_path) -> EvalEnv:
     ctx = JobContext(job_id=1, settings=settings, registry=registry, device=detect_device("cpu"), attempt=1)
     yield EvalEnv(tmp_path, settings, registry, DatasetService(registry, settings), ctx)
     registry.dispose()
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models run faster on one thread, and the test machine's cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -49,14 +49,6 @@ def constant_classifier(env, bert_dir, dataset_id):
     return env.add_adapter(model, str(bert_dir), dataset_id, name="classifier")
 
 
-@pytest.fixture
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_baseline_stands_beside_the_model(env, tiny_bert_dir, single_thread):
     train = env.add_dataset(gc_rows(80, 0), name="train")
     test = env.add_dataset(gc_rows(40, 1), name="test")

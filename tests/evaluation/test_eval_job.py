@@ -24,15 +24,6 @@ def chat(question: str, answer: str) -> dict:
 ROWS = [chat("What is 2+3?", "#### 5"), chat("What is 1+4?", "#### 5"), chat("What is 3+4?", "#### 7")]
 
 
-@pytest.fixture
-def single_thread():
-    """Tiny models run faster on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def lora_model(base_dir, init_lora_weights=True, seed=0):
     from peft import LoraConfig, get_peft_model
 

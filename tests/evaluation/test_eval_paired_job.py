@@ -64,14 +64,6 @@ def constant_adapter(env, base_dir, dataset_id, answer: int, name: str):
     return env.add_adapter(model, str(base_dir), dataset_id, name=name)
 
 
-@pytest.fixture
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_every_adapter_is_paired_with_the_baseline_the_base_and_each_other(env, classifier_base, single_thread):
     train = env.add_dataset(dna_rows(80, 0), name="train")
     test = env.add_dataset(dna_rows(40, 1), name="test")
