@@ -122,7 +122,8 @@ def samples_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     keys = [m["key"] for m in result.get("models") or []]
     rows = []
     for sample in result.get("sample_table") or []:
-        cells = [sample["prompt"][:SAMPLE_CHARS], sample["reference"][:SAMPLE_CHARS]]
+        # A classification dataset's labels may be numbers (0 / 1): shown as text, not sliced as strings.
+        cells = [str(sample["prompt"])[:SAMPLE_CHARS], str(sample["reference"])[:SAMPLE_CHARS]]
         for key in keys:
             answer = sample["answers"].get(key) or {}
             scores = [f"{k} {answer[k]:.3g}" for k in ("exact_match", "rouge_l") if k in answer]

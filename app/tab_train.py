@@ -151,7 +151,11 @@ def submit_training(services: Services, submission_token: str | None = None, **f
     A repeated submit with the same ``submission_token`` (a double click) finds the job the first one queued.
     """
     request = build_request(**form)
-    services.datasets.get(request.dataset_id)  # a clear NotFoundError before anything is queued
+    dataset = services.datasets.get(request.dataset_id)  # a clear NotFoundError before anything is queued
+    if "task" not in request.model_fields_set:
+        # "auto": the dataset's task, fixed now as `studio train` does. The stored request holds every field,
+        # so left unset it would reach the worker as an explicit causal-lm (an encoder base then fails).
+        request = request.model_copy(update={"task": (dataset.report or {}).get("task", "causal-lm")})
     # named "<variant> on '<dataset>' (#id)" by the job service
     job = services.jobs.submit(request, submission_token=submission_token)
     workers = online_workers(services.registry, services.settings)

@@ -67,3 +67,16 @@ def test_adapter_details_list_eval_results_by_dataset():
     text = eval_results_markdown([row])
     assert "| #2 | exact_match | 0.25 (3 cut off at 40 tokens) | 8 |" in text
     assert eval_results_markdown([]) == ""
+
+
+def test_samples_table_shows_numeric_class_labels():
+    """Labels stored as numbers (the lncRNA sample's 0 / 1) are shown, not a crash that blanks the whole view."""
+    result = {
+        "models": [{"key": "adapter:1", "metrics": {"accuracy": 0.5}}, {"key": "baseline:logistic-regression"}],
+        "sample_table": [
+            {"prompt": "ACGT" * 150, "reference": 1, "answers": {"adapter:1": {"prediction": 0, "correct": False}}}
+        ],
+    }
+    headers, [row] = samples_table(result)
+    assert headers == ["prompt", "reference", "adapter #1", "baseline logistic-regression"]
+    assert row == [("ACGT" * 150)[:400], "1", "0\n[wrong]", ""]

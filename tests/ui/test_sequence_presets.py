@@ -110,3 +110,20 @@ def test_submitting_with_the_sequence_preset_queues_its_hyperparameters(demo, se
     assert {k: getattr(hyper, k) for k in CODING_POTENTIAL.train_hyper} == dict(CODING_POTENTIAL.train_hyper)
     assert {k: job.request["variant_params"][k] for k in CODING_POTENTIAL.variant} == dict(CODING_POTENTIAL.variant)
     assert job.request["variant"] == "lora" and job.request["base_model"] == "codon-enc"
+
+
+def test_the_auto_task_is_the_datasets_so_the_worker_trains_a_classifier(demo, services, sequences):
+    """Task left at "auto" on a classification dataset: the queued job is a classification job.
+
+    The stored request holds every field; an unresolved auto task reached the worker as an explicit
+    causal-lm, and a LoRA run on a pre-trained sequence encoder failed ("dna-enc is an encoder model").
+    """
+    from studio.schema import parse_request
+    from studio.training.setup import TrainingData, resolve_task
+
+    out = call(handler(demo, "on_submit", "train-status"), **{"train-dataset": sequences.id, "train-base": "dna-enc"})
+    assert out["train-status"].startswith("✓ Queued training job"), out["train-status"]
+    [job] = services.jobs.list(kind="train")
+    assert job.request["task"] == "classification"
+    request = parse_request(job.request)  # as the worker reads it
+    assert resolve_task(request, TrainingData.from_row(sequences), services.settings.data_dir) == "classification"
