@@ -187,10 +187,14 @@ def bind(
     names = list(inputs)
     safe = friendly(fn, errors_to)
 
-    def by_component(result: dict[str, Any]) -> dict[Any, Any]:
+    def by_component(result: dict[str, Any]) -> Any:
         unknown = set(result) - set(outputs)
         if unknown:
             raise KeyError(f"{name_of(fn)} returned outputs that are not wired: {sorted(unknown)}")
+        if not result:
+            # "Nothing changes". Gradio reads an EMPTY dict as one value: with several outputs it logs "didn't
+            # return enough output values", with one it writes {} into it. skip() leaves every output as it is.
+            return gr.skip() if outputs else None
         return {outputs[name]: value for name, value in result.items()}
 
     if inspect.isgeneratorfunction(fn):

@@ -45,6 +45,21 @@ def test_bind_streams_generator_handlers():
     assert list(event.fn()) == [{out: 1}, {out: 2}]
 
 
+@pytest.mark.parametrize("wired", [1, 2])
+def test_a_handler_that_changes_nothing_leaves_every_output_as_it_is(wired):
+    """An empty result went to Gradio as one value: an error with two outputs, "{}" written into one."""
+    import asyncio
+
+    with gr.Blocks() as demo:
+        boxes = {f"box{i}": gr.Textbox(value=f"kept {i}") for i in range(wired)}
+        button = gr.Button()
+        bind(button.click, lambda: {}, {}, boxes)
+    block_fn = demo.fns[0]
+    shown = asyncio.run(demo.postprocess_data(block_fn, block_fn.fn(), None))
+    assert len(shown) == wired
+    assert all(update == {"__type__": "update"} for update in shown), shown  # no value: unchanged
+
+
 def test_friendly_errors_keep_the_studio_message_and_hide_unexpected_details():
     def refuse():
         raise StudioError("dataset 3 does not exist; pick another")
