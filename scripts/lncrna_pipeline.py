@@ -330,7 +330,9 @@ def studio_env(data_dir: Path) -> Any:
 
     settings = Settings(data_dir=data_dir)
     settings.ensure_dirs()
-    registry = Registry.from_url(f"sqlite:///{data_dir}/registry.db")
+    # Always a SQLite file of its own (never a DATABASE_URL from the environment), named as the studio names
+    # it, so that a run kept with --keep opens in the studio: STUDIO_DATA_DIR=DIR studio run.
+    registry = Registry.from_url(f"sqlite:///{data_dir / 'studio.db'}")
 
     class Env:
         datasets = DatasetService(registry, settings)

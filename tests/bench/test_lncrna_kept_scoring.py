@@ -51,6 +51,14 @@ def test_kept_adapters_are_scored_in_step_order_and_the_last_is_the_final_adapte
     assert paired["accuracy_a"] == final_row["metrics"]["accuracy"] and paired["accuracy_b"] == baseline["accuracy"]
     assert paired["rows"] == sum(map(sum, final_row["confusion"]["matrix"]))
 
+    # the kept folder is a studio data dir: `STUDIO_DATA_DIR=DIR studio run` finds its registry
+    from studio.settings import Settings
+
+    assert Settings(data_dir=tmp_path / "kept-run", database_url_override=None).database_url.endswith(
+        "kept-run/studio.db"
+    )
+    assert (tmp_path / "kept-run" / "studio.db").exists()
+
     # --rescore: the kept run's adapters (final + 2 kept) and the baseline in one job, every pair compared
     rescored = tmp_path / "rescored.json"
     monkeypatch.setattr(
