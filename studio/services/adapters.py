@@ -121,7 +121,7 @@ class AdapterService:
         else:
             report = self._export_as_lora(adapter_id, source, out, as_lora_rank)
         # An export is meant for use elsewhere: it names its base portably, never by a path of this server.
-        write_portable(out, PortableBase.of(row.base_model), row.name)
+        write_portable(out, PortableBase.for_download(row.base_model, self.registry), row.name)
         return report
 
     def _export_as_lora(self, adapter_id: int, source: Path, out: Path, rank: int) -> ExportReport:
@@ -293,6 +293,7 @@ class AdapterService:
 
         Its ``adapter_config.json`` names the base by its portable id, its README ends with
         how to load it with PEFT, transformers and vLLM, and ``SHA256SUMS`` lists every file;
+        an encoder pre-trained on this studio (small enough) ships in ``base_model/``;
         ``<zip>.sha256`` beside it holds the zip's own checksum (:func:`archive_sha256`).
         """
         source = self.path(adapter_id)
@@ -300,12 +301,20 @@ class AdapterService:
         target_dir = Path(self.settings.data_dir) / "exports"
         target_dir.mkdir(parents=True, exist_ok=True)
         name = f"adapter-{adapter_id}"
-        replaced = portable_files(source, PortableBase.of(row.base_model), name, row.name)
+        # An encoder pre-trained on this studio is on no hub: a small one travels inside, in base_model/.
+        base = PortableBase.for_download(row.base_model, self.registry)
+        replaced = portable_files(source, base, name, row.name)
         from studio.serving.servable import is_served_copy
 
         # The serving engine's cached plain-LoRA copies (served_lora_*/) are this server's, not the adapter's.
         return write_archive(
-            source, name, target_dir / f"{name}.zip", zipfile.ZIP_DEFLATED, replaced, skip_top=is_served_copy
+            source,
+            name,
+            target_dir / f"{name}.zip",
+            zipfile.ZIP_DEFLATED,
+            replaced,
+            skip_top=is_served_copy,
+            extra=base.files(),
         )
 
     def delete(self, adapter_id: int) -> None:

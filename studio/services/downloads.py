@@ -4,6 +4,8 @@ An adapter directory on the server names its base by the path it was loaded from
 (PEFT records ``base_model_name_or_path`` at save time). A download or export names the
 base by its portable id instead (see :func:`studio.models.base_models.portable_base_id`);
 the studio itself never reads that field: every loader passes the resolved base itself.
+An encoder pre-trained on this studio is on no hub: a small one ships inside the download in
+``base_model/`` (see :mod:`studio.services.pretrained_base`).
 Every archive carries ``SHA256SUMS`` (``sha256sum -c`` format) and gets a ``.sha256``
 file beside it on the server, which the UI shows next to the download button.
 """
@@ -19,8 +21,17 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from studio.loading_recipes import HEADING, loading_section
+from studio.services.pretrained_base import (
+    BASE_DIR,
+    MAX_SHIPPED_BYTES,
+    encoder_files,
+    folder_bytes,
+    pretrained_note,
+    sequence_reading_lines,
+)
 from studio.training.job import sha256_file
 
 SUMS_FILE = "SHA256SUMS"
@@ -42,6 +53,10 @@ class PortableBase:
     portable_id: str  # what files leaving the server say
     local: bool  # the reference is a directory of the server
     bundled: bool  # the reference is a bundled model's short name
+    pretrained: bool = False  # an encoder pre-trained by a studio job (registry source "pretrained")
+    shipped: Path | None = None  # that encoder's server folder, when a download carries it in base_model/
+    size_bytes: int = 0  # the pre-trained encoder's folder size
+    encoder_dir: Path | None = None  # its server folder, shipped or not (the README reads its configs)
 
     @classmethod
     def of(cls, reference: str) -> PortableBase:
@@ -51,14 +66,39 @@ class PortableBase:
         local = not bundled and is_local_reference(reference)
         return cls(reference, portable_base_id(reference), local, bundled)
 
+    @classmethod
+    def for_download(cls, reference: str, registry: Any) -> PortableBase:
+        """As :meth:`of`, except for an encoder pre-trained on this studio, which the registry says is one.
+
+        Such a base is on no hub: files leaving the server name it ``base_model`` (the folder it ships
+        in, or where the user puts a copy of one too large to ship).
+        """
+        from studio.models.base_models import PRETRAINED_SOURCE
+
+        row = next((m for m in registry.list_base_models() if m.name == reference), None)
+        if row is None or row.source != PRETRAINED_SOURCE:
+            return cls.of(reference)
+        folder = Path(row.location)
+        size = folder_bytes(folder)
+        shipped = folder if (folder / "config.json").is_file() and size <= MAX_SHIPPED_BYTES else None
+        return cls(
+            reference, BASE_DIR, False, False, pretrained=True, shipped=shipped, size_bytes=size, encoder_dir=folder
+        )
+
     def note(self) -> str | None:
         """What a reader of the README must know about a base that is not on the hub."""
+        if self.pretrained:
+            return pretrained_note(self.reference, self.shipped is not None, self.size_bytes)
         if not self.local:
             return None
         return (
             f"a local model directory named `{self.portable_id}` where the adapter was trained, not a Hugging Face "
             "hub id; put the path of your copy of that model in its place."
         )
+
+    def files(self) -> dict[str, Path]:
+        """Files a download adds from outside the adapter folder: the shipped encoder's, under ``base_model/``."""
+        return encoder_files(self.shipped) if self.shipped is not None else {}
 
 
 def portable_config(raw: bytes, base: PortableBase) -> bytes:
@@ -70,7 +110,8 @@ def portable_config(raw: bytes, base: PortableBase) -> bytes:
 
 def download_readme(card: str | None, base: PortableBase, folder_name: str, title: str, adapter_dir: Path) -> str:
     """The archive's README: the model card without server paths, ending with the three loading recipes."""
-    text = card or f"# {title}\n\nAn adapter for `{base.portable_id}`, from Adapter Studio.\n"
+    named = base.reference if base.pretrained else base.portable_id
+    text = card or f"# {title}\n\nAn adapter for `{named}`, from Adapter Studio.\n"
     if base.local and "/" in base.reference:  # a path; a bare "." or folder name is no path to hide
         text = text.replace(base.reference, base.portable_id)
     # The recipes are regenerated with this folder's name: drop the card's own copy (and the legacy one).
@@ -82,8 +123,10 @@ def adapter_loading_section(adapter_dir: Path, base: PortableBase, folder: str =
     """The loading recipes for the PEFT checkpoint saved in ``adapter_dir``, read from its own config."""
     config = json.loads((adapter_dir / CONFIG).read_text())
     ranks = [v for v in (config.get("rank_pattern") or {}).values() if isinstance(v, int)]
-    return loading_section(
-        base.portable_id,
+    # A pre-trained encoder is loaded from the download's own base_model/ folder, by its path.
+    base_id = f"{folder}/{BASE_DIR}" if base.pretrained else base.portable_id
+    lines = loading_section(
+        base_id,
         "classification" if config.get("task_type") == "SEQ_CLS" else "causal-lm",
         folder,
         max_rank=max([int(config.get("r") or 0), *ranks]),
@@ -91,6 +134,11 @@ def adapter_loading_section(adapter_dir: Path, base: PortableBase, folder: str =
         base_note=base.note(),
         caveat=MASKS_CAVEAT if (adapter_dir / MASKS_FILE).exists() else None,
     )
+    if not base.pretrained:
+        return lines
+    from studio.sequences.windows import saved_pooling
+
+    return lines + sequence_reading_lines(base.encoder_dir, folder, saved_pooling(adapter_dir))
 
 
 MASKS_CAVEAT = (
@@ -112,7 +160,13 @@ def portable_files(adapter_dir: Path, base: PortableBase, folder_name: str, titl
 
 
 def write_portable(out_dir: Path, base: PortableBase, title: str) -> None:
-    """Rewrite an exported adapter directory in place so that it names its base portably."""
+    """Rewrite an exported adapter directory in place so that it names its base portably.
+
+    A shipped pre-trained encoder is copied into ``base_model/`` first, so the README describes it.
+    """
+    for relative, source in base.files().items():
+        (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, out_dir / relative)
     for relative, content in portable_files(out_dir, base, out_dir.name, title).items():
         (out_dir / relative).write_bytes(content)
 
@@ -124,11 +178,13 @@ def write_archive(
     compression: int,
     replaced: dict[str, bytes] | None = None,
     skip_top: Callable[[str], bool] | None = None,
+    extra: dict[str, Path] | None = None,
 ) -> Path:
     """Zip ``folder``'s files under the top-level folder ``name``, with ``SHA256SUMS``; ``target.sha256`` beside it.
 
     ``replaced`` gives new contents for some files (relative paths), which may also be new files.
     ``skip_top`` leaves out top-level entries by name (the serving engine's cached exports).
+    ``extra`` adds files from outside ``folder`` by their relative path in the archive (a shipped base).
     The archive is reproducible: the same files give the same bytes (fixed entry times and modes),
     so a checksum shown for one build matches the zip of any later build of the same adapter.
     Written to a file of its own, then renamed into place, so a half-written zip is never offered
@@ -146,6 +202,7 @@ def write_archive(
             if skip_top is not None:
                 files = {rel: p for rel, p in files.items() if not skip_top(Path(rel).parts[0])}
                 replaced = {rel: c for rel, c in replaced.items() if not skip_top(Path(rel).parts[0])}
+            files.update(extra or {})
             for relative in sorted(set(files) | set(replaced)):
                 if relative == SUMS_FILE:
                     continue  # a stale list from an earlier export; rewritten below
