@@ -61,7 +61,15 @@ def check_adapter_dir(adapter_dir: Path, adapter_id: int) -> None:
 
 
 def saved_labels(adapter_dir: Path) -> list[Any] | None:
-    """The label list stored next to an adapter (``labels`` or ``id2label`` in any metadata JSON)."""
+    """The label list stored next to an adapter: the studio's ``labels.json`` (a plain list in head order, as
+    training writes it), else ``labels`` or ``id2label`` in any metadata JSON."""
+    own = adapter_dir / "labels.json"
+    try:
+        listed = json.loads(own.read_text()) if own.is_file() and own.stat().st_size <= 1_000_000 else None
+    except (OSError, ValueError):
+        listed = None
+    if isinstance(listed, list) and len(listed) >= 2:
+        return listed
     for path in sorted(adapter_dir.glob("*.json")):
         if path.name in NOT_METADATA or path.stat().st_size > 1_000_000:
             continue

@@ -7,7 +7,7 @@ import pytest
 from studio.errors import ValidationFailed
 from studio.evaluation.comparison import compare_models
 from studio.schema import EvalRequest
-from tests.evaluation.test_eval_job import ROWS, evaluate, lora_model, single_thread, trained_adapter  # noqa: F401
+from tests.evaluation.test_eval_job import ROWS, evaluate, lora_model, trained_adapter  # noqa: F401 - a fixture
 
 
 def test_compare_models_marks_direction_best_and_delta():
