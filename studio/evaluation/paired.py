@@ -117,7 +117,7 @@ def paired_sentence(entry: dict[str, Any], name_a: str, name_b: str) -> str:
     return (
         f"{name_a} vs {name_b}: {_signed(entry['difference'])} accuracy "
         f"(95 % CI {_signed(entry['ci_low'])} to {_signed(entry['ci_high'])}); "
-        f"{name_a} is right on {entry['only_a']} rows where {name_b} is wrong, "
+        f"{name_a} is right on {entry['only_a']} row{'' if entry['only_a'] == 1 else 's'} where {name_b} is wrong, "
         f"and wrong on {entry['only_b']} where it is right ({_p(entry['p_value'])}): "
         f"{conclusion} on these {rows} rows."
     )

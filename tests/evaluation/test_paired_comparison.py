@@ -145,3 +145,8 @@ def test_asking_for_the_baseline_scores_accuracy_too():
     request = EvalRequest(adapter_id=1, dataset_id=2, include_baseline=True)  # the form's default metrics: loss
     assert request.metrics == ["loss", "accuracy"]
     assert EvalRequest(adapter_id=1, dataset_id=2).metrics == ["loss"]  # without the baseline: as asked
+
+
+def test_one_discordant_row_reads_as_one_row():
+    entry = paired_comparison([True, True, False], [False, True, False])
+    assert "is right on 1 row where" in paired_sentence(entry, "adapter #1", "baseline")
