@@ -18,39 +18,6 @@ from studio.schema import PretrainRequest, TrainingHyperParams, TrainRequest, pa
 LNCRNA = Path(__file__).resolve().parents[2] / "data" / "samples" / "lncrna_athaliana" / "train.jsonl"
 
 
-@pytest.fixture
-def studio(tmp_path):
-    """A data dir, a SQLite registry, the dataset service and a CPU job context factory."""
-    from models_db.registry import Registry
-    from studio.device import detect_device
-    from studio.jobs.context import JobContext
-    from studio.services.datasets import DatasetService
-    from studio.settings import Settings
-
-    settings = Settings(data_dir=tmp_path / "data")
-    settings.ensure_dirs()
-    registry = Registry.from_url(f"sqlite:///{tmp_path}/r.db")
-
-    class Studio:
-        datasets = DatasetService(registry, settings)
-
-        def __init__(self):
-            self.settings, self.registry = settings, registry
-
-        def ctx(self, request):
-            """The context of a job row holding ``request`` (adapters and logs point at their job)."""
-            job = registry.create_job(kind=request.kind, request=request.model_dump(mode="json"), schema_version=1)
-            return JobContext(
-                job_id=job.id, settings=settings, registry=registry, device=detect_device("cpu"), attempt=1
-            )
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield Studio()
-    torch.set_num_threads(threads)
-    registry.dispose()
-
-
 def lncrna_subset(tmp_path, n):
     """The first ``n`` rows of the in-repo lncRNA sample (balanced: rows alternate classes)."""
     rows = [json.loads(line) for line in LNCRNA.read_text().splitlines()[:n]]
