@@ -21,7 +21,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from studio.jobs.handlers import get_handler
 from studio.progress import MemoryReporter
@@ -74,19 +73,12 @@ def motif_rows(n: int, seed: int) -> list[dict]:
 
 
 @pytest.fixture
-def studio(tmp_path):
-    from models_db.registry import Registry
-    from studio.device import detect_device
-    from studio.jobs.context import JobContext
-    from studio.services.datasets import DatasetService
-    from studio.settings import Settings
-
-    settings = Settings(data_dir=tmp_path / "data")
-    settings.ensure_dirs()
-    registry = Registry.from_url(f"sqlite:///{tmp_path}/r.db")
+def studio(studio, tmp_path):
+    """The sequence tests' studio (tests/sequences/conftest.py) with two shortcuts: add rows, run a job."""
+    base = studio
 
     class Studio:
-        datasets = DatasetService(registry, settings)
+        datasets = base.datasets
 
         def add(self, rows, name):
             path = tmp_path / f"{name}.jsonl"
@@ -94,17 +86,9 @@ def studio(tmp_path):
             return self.datasets.add(path, name=name, mapping={"text": "sequence", "label": "label"})
 
         def run(self, request):
-            job = registry.create_job(kind=request.kind, request=request.model_dump(mode="json"), schema_version=1)
-            ctx = JobContext(
-                job_id=job.id, settings=settings, registry=registry, device=detect_device("cpu"), attempt=1
-            )
-            return get_handler(request.kind)(request, MemoryReporter(), ctx)
+            return get_handler(request.kind)(request, MemoryReporter(), base.ctx(request))
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield Studio()
-    torch.set_num_threads(threads)
-    registry.dispose()
+    return Studio()
 
 
 def classify(studio, train_ds, test_ds, base: str) -> dict:
