@@ -16,6 +16,8 @@ each; test accuracy on 512 fresh windows is reported every ``--every`` steps.
 
     python scripts/positional_rule_probe.py                         # bert and roformer, 128 codons, 1,500 steps (~9 min)
     python scripts/positional_rule_probe.py --arch roformer --steps 300 --length 64   # a quick look
+    python scripts/positional_rule_probe.py --arch roformer --layers 2 --layers 4 --steps 600 \
+        --out bench/results/positional_rule_probe_depth.json                      # depth: 2 against 4 layers
 """
 
 from __future__ import annotations
@@ -85,9 +87,16 @@ def batch(size: int, length: int, rng: random.Random, vocab: dict[str, int], cls
 
 
 def train_probe(
-    architecture: str, length: int, steps: int, seed: int = 0, every: int = 100, batch_size: int = 32, lr: float = 2e-3
+    architecture: str,
+    length: int,
+    steps: int,
+    seed: int = 0,
+    every: int = 100,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    layers: int = 2,
 ) -> dict[str, Any]:
-    """Train a tiny encoder of ``architecture`` (hidden 64, 2 layers, 4 heads) on the rule; its accuracy curve."""
+    """Train a tiny encoder of ``architecture`` (hidden 64, ``layers`` layers, 4 heads) on the rule; its accuracy curve."""
     import torch
 
     from studio.sequences.pretrain import build_encoder
@@ -95,7 +104,7 @@ def train_probe(
 
     tokenizer = build_tokenizer("codon", 1, model_max_length=length + 2)
     vocab = {c: tokenizer.convert_tokens_to_ids(c) for c in CODONS}
-    encoder = build_encoder(tokenizer, 64, 2, 4, length + 2, seed, "mean", architecture).base_model
+    encoder = build_encoder(tokenizer, 64, layers, 4, length + 2, seed, "mean", architecture).base_model
     head = torch.nn.Linear(64, 2)
     optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=lr)
     rng = random.Random(seed)
@@ -121,11 +130,12 @@ def train_probe(
             encoder.train()
             curve.append({"step": step, "loss": float(loss.detach()), "test_accuracy": accuracy})
             print(
-                f"[{architecture}] step {step}/{steps}: loss {float(loss.detach()):.3f}, test accuracy {accuracy:.3f}",
+                f"[{architecture}, {layers} layers] step {step}/{steps}: loss {float(loss.detach()):.3f}, test accuracy {accuracy:.3f}",
                 flush=True,
             )
     return {
         "architecture": architecture,
+        "layers": layers,
         "curve": curve,
         "final_accuracy": curve[-1]["test_accuracy"],
         "best_accuracy": max(p["test_accuracy"] for p in curve),
@@ -135,9 +145,14 @@ def train_probe(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", action="append", choices=ENCODER_ARCHITECTURES, help="repeat for several (default: all)")
+    parser.add_argument(
+        "--arch", action="append", choices=ENCODER_ARCHITECTURES, help="repeat for several (default: all)"
+    )
     parser.add_argument("--length", type=int, default=128, help="codons a window")
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument(
+        "--layers", type=int, action="append", help="encoder depth; repeat for several (default: 2, the recipes' depth)"
+    )
     parser.add_argument("--every", type=int, default=100, help="test accuracy every N steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -147,7 +162,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     began = time.monotonic()
-    runs = [train_probe(a, args.length, args.steps, args.seed, args.every) for a in args.arch or ENCODER_ARCHITECTURES]
+    runs = [
+        train_probe(a, args.length, args.steps, args.seed, args.every, layers=n)
+        for a in args.arch or ENCODER_ARCHITECTURES
+        for n in args.layers or [2]
+    ]
     result = {
         "command": "python scripts/positional_rule_probe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "length": args.length,
@@ -160,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for run in runs:
-        print(f"{run['architecture']}: test accuracy {run['final_accuracy']:.3f} (best {run['best_accuracy']:.3f})")
+        print(
+            f"{run['architecture']}, {run['layers']} layers: test accuracy {run['final_accuracy']:.3f} (best {run['best_accuracy']:.3f})"
+        )
     print(f"wrote {args.out}")
     return result
 

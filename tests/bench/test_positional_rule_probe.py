@@ -51,3 +51,13 @@ def test_rotary_positions_learn_the_rule_where_absolute_ones_do_not(tmp_path):
     assert accuracy["roformer"] >= 0.85  # measured 0.965 (seed 0)
     assert accuracy["bert"] <= 0.75  # measured 0.650: near chance after the same 300 steps
     assert json.loads(out.read_text())["runs"][1]["curve"][-1]["step"] == 300
+
+
+def test_layers_option_trains_one_encoder_per_depth(tmp_path):
+    """``--layers`` (repeatable) trains one encoder per depth, each recorded with its depth."""
+    result = probe.main(
+        ["--arch", "roformer", "--layers", "1", "--layers", "3", "--length", "16", "--steps", "2", "--every", "1"]
+        + ["--out", str(tmp_path / "probe.json")]
+    )
+    assert [(run["architecture"], run["layers"]) for run in result["runs"]] == [("roformer", 1), ("roformer", 3)]
+    assert [p["step"] for p in result["runs"][1]["curve"]] == [1, 2]
