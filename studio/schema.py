@@ -543,11 +543,13 @@ class PretrainRequest(StudioModel):
         "overlapping windows.",
     )
     window_overlap: int = Field(64, ge=0, le=2048, description="Tokens shared by neighbouring windows.")
-    classifier_pooling: Literal["cls", "mean", "max"] = Field(
+    classifier_pooling: Literal["cls", "mean", "max", "attention"] = Field(
         "cls",
         description="How a classifier built on this encoder summarises a window, saved with the encoder: cls: "
         "the [CLS] token (through BERT's pooler; RoFormer's head reads it directly); mean / max: the mean / max "
-        "of all the window's token states (no pooler weights), so a motif anywhere in the window reaches the head.",
+        "of all the window's token states (no pooler weights), so a motif anywhere in the window reaches the head; "
+        "attention: a learnt weight per token (trained with the head, starting as the mean), so a short stretch "
+        "such as a small reading frame is not averaged away by the rest of a long window.",
     )
     mask_prob: float = Field(
         0.15,

@@ -91,11 +91,15 @@ def head_size(adapter_dir: Path) -> int | None:
     """Output size of the classification head saved in the adapter (None when there is none)."""
     from safetensors import safe_open
 
+    from studio.sequences.pooling import TOKEN_POOLER
+
     sizes = {}
     with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), "pt") as handle:
         names = handle.keys()  # safe_open is not iterable: the key list is asked for
         for key in names:
             if not key.endswith("weight") or not any(f".{head}." in f".{key}" for head in HEAD_NAMES):
+                continue
+            if f".{TOKEN_POOLER}." in key:  # attention pooling's weights ride in the head; not its output layer
                 continue
             shape = handle.get_slice(key).get_shape()
             if len(shape) == 2:

@@ -102,20 +102,9 @@ def sequence_reading_lines(encoder_dir: Path | None, folder: str, window_pooling
             "",
         ]
         return lines
-    reduce = (
-        "(states * keep).sum(1) / keep.sum(1).clamp(min=1.0)"
-        if pooling == "mean"
-        else "states.masked_fill(keep == 0, torch.finfo(states.dtype).min).max(1).values"
-    )
     head_input = "pooled.unsqueeze(1)" if config.get("model_type") == "roformer" else "pooled"
+    lines += ["", *_pooling_lines(pooling, folder), f"    return model.classifier({head_input})", ""]
     lines += [
-        "",
-        f"def classify(model, batch):  # the studio's classifier reads the {pooling} of the window's token states",
-        "    states = model(**batch, output_hidden_states=True).hidden_states[-1]",
-        '    keep = batch["attention_mask"].unsqueeze(-1).to(states.dtype)',
-        f"    pooled = {reduce}",
-        f"    return model.classifier({head_input})",
-        "",
         "",
         'batch = tokenizer([prepare("ACGTACGTTGCA")], return_tensors="pt", padding=True)',
         "with torch.no_grad():",
@@ -127,4 +116,38 @@ def sequence_reading_lines(encoder_dir: Path | None, folder: str, window_pooling
         "`classify` as above.",
         "",
     ]
+    if pooling == "attention":
+        lines += [
+            "The attention pooling's weights (`token_pooler.weigher`) are saved with the head in "
+            "`adapter_model.safetensors`; PEFT does not know them (it may warn that they were not used), so "
+            "`classify` reads them from the file.",
+            "",
+        ]
     return lines
+
+
+def _pooling_lines(pooling: str, folder: str) -> list[str]:
+    """The README's ``classify`` up to its last line: the window's token states pooled into ``pooled``."""
+    head = [
+        f"def classify(model, batch):  # the studio's classifier reads the {pooling} of the window's token states",
+        "    states = model(**batch, output_hidden_states=True).hidden_states[-1]",
+    ]
+    if pooling == "attention":
+        return [
+            "from safetensors.torch import load_file",
+            "",
+            f'saved = load_file("{folder}/adapter_model.safetensors")',
+            'weigher = {k.rsplit(".", 1)[1]: v for k, v in saved.items() if ".token_pooler.weigher." in k}',
+            "",
+            "",
+            *head,
+            '    scores = (states @ weigher["weight"].T + weigher["bias"]).squeeze(-1)',
+            '    scores = scores.masked_fill(batch["attention_mask"] == 0, torch.finfo(states.dtype).min)',
+            "    pooled = (torch.softmax(scores, 1).unsqueeze(-1) * states).sum(1)",
+        ]
+    reduce = (
+        "(states * keep).sum(1) / keep.sum(1).clamp(min=1.0)"
+        if pooling == "mean"
+        else "states.masked_fill(keep == 0, torch.finfo(states.dtype).min).max(1).values"
+    )
+    return [*head, '    keep = batch["attention_mask"].unsqueeze(-1).to(states.dtype)', f"    pooled = {reduce}"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from studio.sequences.pooling import apply_classifier_pooling, classifier_pooling, pool_tokens
+from studio.sequences.pooling import apply_classifier_pooling, attention_pool, classifier_pooling, pool_tokens
 from studio.sequences.pretrain import build_encoder
 from studio.sequences.tokenizers import build_tokenizer
 
@@ -152,3 +152,74 @@ def test_a_roformer_cls_classifier_reads_the_first_token(encoder_dir):
     with torch.no_grad():
         states = model.roformer(input_ids=ids).last_hidden_state
         assert torch.allclose(model(input_ids=ids).logits, roformer_head(model.classifier, states[:, 0]), atol=1e-6)
+
+
+def test_attention_pool_by_hand():
+    hidden = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]]])  # last token is padding
+    mask = torch.tensor([[1, 1, 0]])
+    # Equal scores: the mean of the kept tokens; padding gets no weight whatever its score.
+    assert torch.allclose(attention_pool(hidden, mask, torch.tensor([[0.0, 0.0, 50.0]])), torch.tensor([[0.5, 0.5]]))
+    # Scores ln 3 and 0: weights 3/4 and 1/4.
+    scores = torch.tensor([[torch.log(torch.tensor(3.0)), 0.0, 0.0]])
+    assert torch.allclose(attention_pool(hidden, mask, scores), torch.tensor([[0.75, 0.25]]), atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture", ["bert", "roformer"])
+def test_attention_pooling_starts_as_the_mean_then_follows_its_trained_weights_also_under_peft(
+    encoder_dir, architecture
+):
+    """Its weights ride in the head (trained and saved with it); a PEFT copy of the head weighs with its own copy."""
+    from peft import LoraConfig, get_peft_model
+
+    from studio.training.models import load_base_model
+
+    path, _ = encoder_dir("attention", architecture)
+    model = load_base_model(path, "classification", labels=[0, 1]).eval()
+    assert classifier_pooling(model.config) == "attention"
+    assert {n for n, _ in model.named_parameters() if "pooler" in n} == {
+        "classifier.token_pooler.weigher.weight",
+        "classifier.token_pooler.weigher.bias",
+    }
+    encoder = model.bert if architecture == "bert" else model.roformer
+
+    def head(module, pooled):
+        return module(pooled) if architecture == "bert" else roformer_head(module, pooled)
+
+    ids = torch.tensor([[2, 10, 11, 12, 3], [2, 13, 3, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        states = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        untrained = model(input_ids=ids, attention_mask=mask).logits
+        assert torch.allclose(untrained, head(model.classifier, pool_tokens(states, mask, "mean")), atol=1e-6)
+
+    peft = get_peft_model(
+        model, LoraConfig(r=2, target_modules=["query", "key", "value"], modules_to_save=["classifier"])
+    ).eval()
+    copy = peft.base_model.model.classifier.modules_to_save["default"]
+    with torch.no_grad():
+        copy.token_pooler.weigher.weight.copy_(torch.linspace(-2.0, 2.0, states.shape[-1]))
+        wrapped = peft(input_ids=ids, attention_mask=mask).logits
+        scores = states @ copy.token_pooler.weigher.weight.T
+        by_hand = head(copy, attention_pool(states, mask, scores))
+        alone = peft(input_ids=ids[1:, :3], attention_mask=mask[1:, :3]).logits
+    assert not torch.allclose(wrapped, untrained, atol=1e-4)  # the weights matter
+    assert torch.allclose(wrapped, by_hand, atol=1e-5)
+    assert torch.allclose(wrapped[1:], alone, atol=1e-5)  # padding does not change a window's logits
+
+
+def test_head_size_reads_the_output_layer_not_the_attention_pooler(tmp_path):
+    """RoFormer's head keys sort out_proj < token_pooler: the pooler's [1, hidden] weight is not the head's output."""
+    from safetensors.torch import save_file
+
+    from studio.evaluation.loading import ADAPTER_WEIGHTS, head_size
+
+    prefix = "base_model.model.classifier."
+    save_file(
+        {
+            prefix + "dense.weight": torch.zeros(8, 8),
+            prefix + "out_proj.weight": torch.zeros(3, 8),
+            prefix + "token_pooler.weigher.weight": torch.zeros(1, 8),
+        },
+        str(tmp_path / ADAPTER_WEIGHTS),
+    )
+    assert head_size(tmp_path) == 3

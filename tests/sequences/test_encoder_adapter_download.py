@@ -90,7 +90,7 @@ def check_sums(folder: Path) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "attention"])
 def test_download_ships_the_encoder_and_loads_elsewhere_with_the_studio_logits(studio, tmp_path, pooling):
     from app.tab_adapters import adapter_download
     from studio.evaluation.loading import load_adapter
@@ -137,7 +137,13 @@ def test_download_ships_the_encoder_and_loads_elsewhere_with_the_studio_logits(s
         ]
     )
     if pooling != "cls":
-        assert "classifier_pooling='mean'" in readme and "def classify" in readme
+        assert f"classifier_pooling='{pooling}'" in readme and "def classify" in readme
+    if pooling == "attention":  # trained weights, so logits match only if classify reads them from the file
+        from safetensors.torch import load_file
+
+        saved = load_file(str(folder / "adapter_model.safetensors"))
+        (weigher,) = [v for k, v in saved.items() if k.endswith("token_pooler.weigher.weight")]
+        assert weigher.abs().sum() > 0
     run = subprocess.run([sys.executable, "-c", script], cwd=folder.parent, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     elsewhere = json.loads((folder.parent / "result.json").read_text())
