@@ -11,13 +11,15 @@ codons between two stop codons. In a positive window the stretch starts with ATG
 the stretch); in a negative one the same stretch holds an ATG 3-10 codons before its end (a short
 ORF). Both classes hold the same stretch, the same codons and about the same number of ATGs, so
 only where the ATG sits relative to the stops separates them. The encoders are trained from
-scratch as classifiers (mean of the token states -> a linear head), the same steps, batch and rate
+scratch as classifiers (mean of the token states, or ``--pooling attention`` -> a linear head), the same steps, batch and rate
 each; test accuracy on 512 fresh windows is reported every ``--every`` steps.
 
     python scripts/positional_rule_probe.py                         # bert and roformer, 128 codons, 1,500 steps (~9 min)
     python scripts/positional_rule_probe.py --arch roformer --steps 300 --length 64   # a quick look
     python scripts/positional_rule_probe.py --arch roformer --layers 2 --layers 4 --steps 600 \
         --out bench/results/positional_rule_probe_depth.json                      # depth: 2 against 4 layers
+    python scripts/positional_rule_probe.py --arch roformer --pooling mean --pooling attention --steps 1000 \
+        --out bench/results/positional_rule_probe_pooling.json                    # mean against attention pooling
 """
 
 from __future__ import annotations
@@ -95,10 +97,16 @@ def train_probe(
     batch_size: int = 32,
     lr: float = 2e-3,
     layers: int = 2,
+    pooling: str = "mean",
 ) -> dict[str, Any]:
-    """Train a tiny encoder of ``architecture`` (hidden 64, ``layers`` layers, 4 heads) on the rule; its accuracy curve."""
+    """Train a tiny encoder of ``architecture`` (hidden 64, ``layers`` layers, 4 heads) on the rule; its accuracy curve.
+
+    ``pooling`` is how the window's token states reach the linear head: their ``mean``, or the
+    studio's learnt ``attention`` pooling (:func:`studio.sequences.pooling.attention_pooler`).
+    """
     import torch
 
+    from studio.sequences.pooling import attention_pooler, pool_tokens
     from studio.sequences.pretrain import build_encoder
     from studio.sequences.tokenizers import build_tokenizer
 
@@ -106,14 +114,18 @@ def train_probe(
     vocab = {c: tokenizer.convert_tokens_to_ids(c) for c in CODONS}
     encoder = build_encoder(tokenizer, 64, layers, 4, length + 2, seed, "mean", architecture).base_model
     head = torch.nn.Linear(64, 2)
-    optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=lr)
+    pooler = attention_pooler(64) if pooling == "attention" else None
+    trained = [*encoder.parameters(), *head.parameters(), *(pooler.parameters() if pooler is not None else [])]
+    optimizer = torch.optim.AdamW(trained, lr=lr)
     rng = random.Random(seed)
     test_x, test_y = batch(
         512, length, random.Random(seed + 10_000), vocab, tokenizer.cls_token_id, tokenizer.sep_token_id
     )
 
     def logits(x: Any) -> Any:
-        return head(encoder(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state.mean(1))
+        mask = torch.ones_like(x)
+        states = encoder(input_ids=x, attention_mask=mask).last_hidden_state
+        return head(pooler(states, mask) if pooler is not None else pool_tokens(states, mask, "mean"))
 
     curve, began = [], time.monotonic()
     encoder.train()
@@ -130,12 +142,13 @@ def train_probe(
             encoder.train()
             curve.append({"step": step, "loss": float(loss.detach()), "test_accuracy": accuracy})
             print(
-                f"[{architecture}, {layers} layers] step {step}/{steps}: loss {float(loss.detach()):.3f}, test accuracy {accuracy:.3f}",
+                f"[{architecture}, {layers} layers, {pooling}] step {step}/{steps}: loss {float(loss.detach()):.3f}, test accuracy {accuracy:.3f}",
                 flush=True,
             )
     return {
         "architecture": architecture,
         "layers": layers,
+        "pooling": pooling,
         "curve": curve,
         "final_accuracy": curve[-1]["test_accuracy"],
         "best_accuracy": max(p["test_accuracy"] for p in curve),
@@ -153,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--layers", type=int, action="append", help="encoder depth; repeat for several (default: 2, the recipes' depth)"
     )
+    parser.add_argument(
+        "--pooling",
+        action="append",
+        choices=("mean", "attention"),
+        help="how token states reach the head; repeat for several (default: mean)",
+    )
     parser.add_argument("--every", type=int, default=100, help="test accuracy every N steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -163,9 +182,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     began = time.monotonic()
     runs = [
-        train_probe(a, args.length, args.steps, args.seed, args.every, layers=n)
+        train_probe(a, args.length, args.steps, args.seed, args.every, layers=n, pooling=p)
         for a in args.arch or ENCODER_ARCHITECTURES
         for n in args.layers or [2]
+        for p in args.pooling or ["mean"]
     ]
     result = {
         "command": "python scripts/positional_rule_probe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -180,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for run in runs:
         print(
-            f"{run['architecture']}, {run['layers']} layers: test accuracy {run['final_accuracy']:.3f} (best {run['best_accuracy']:.3f})"
+            f"{run['architecture']}, {run['layers']} layers, {run['pooling']} pooling: test accuracy {run['final_accuracy']:.3f} (best {run['best_accuracy']:.3f})"
         )
     print(f"wrote {args.out}")
     return result

@@ -63,6 +63,12 @@ def attention_pool(hidden_states: Any, attention_mask: Any | None, scores: Any) 
     return (weights * hidden_states).sum(dim=1)
 
 
+def attention_pooler(hidden_size: int) -> Any:
+    """A new (zero-initialised) attention pooler for token states of width ``hidden_size``; call it as
+    ``pooler(hidden_states, attention_mask)``."""
+    return _attention_pooler_class()(hidden_size)
+
+
 def _attention_pooler_class() -> Any:
     import torch
 
@@ -171,7 +177,7 @@ def _apply_attention_pooling(model: Any, bert: Any, roformer: Any) -> None:
     if head is None or (bert is None and roformer is None):
         raise ValueError(f"classifier_pooling='attention' needs a BERT-like classifier, not {type(model).__name__}")
     forward = _Forward()
-    head.add_module(TOKEN_POOLER, _attention_pooler_class()(model.config.hidden_size))
+    head.add_module(TOKEN_POOLER, attention_pooler(model.config.hidden_size))
     if roformer is not None:
         roformer.register_forward_pre_hook(_remember_mask(forward), with_kwargs=True)
         head.register_forward_pre_hook(_attention_before_head(forward, states_from_args=True))

@@ -61,3 +61,19 @@ def test_layers_option_trains_one_encoder_per_depth(tmp_path):
     )
     assert [(run["architecture"], run["layers"]) for run in result["runs"]] == [("roformer", 1), ("roformer", 3)]
     assert [p["step"] for p in result["runs"][1]["curve"]] == [1, 2]
+
+
+def test_pooling_option_trains_one_encoder_per_pooling_and_attention_has_its_own_weights(tmp_path, monkeypatch):
+    """``--pooling`` (repeatable): each run recorded with its pooling; attention trains the studio's pooler."""
+    from studio.sequences import pooling
+
+    made = []
+    real = pooling.attention_pooler
+    monkeypatch.setattr(pooling, "attention_pooler", lambda hidden: made.append(real(hidden)) or made[-1])
+    result = probe.main(
+        ["--arch", "roformer", "--pooling", "mean", "--pooling", "attention", "--length", "16", "--steps", "3"]
+        + ["--every", "3", "--out", str(tmp_path / "probe.json")]
+    )
+    assert [run["pooling"] for run in result["runs"]] == ["mean", "attention"]
+    (pooler,) = made
+    assert pooler.weigher.weight.abs().sum() > 0  # it started at zero: the optimizer trained it
