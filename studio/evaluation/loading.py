@@ -227,7 +227,7 @@ def _base_classifier(base_path: Path, name: str) -> tuple[Any, list[Any]]:
             "evaluate a classification adapter trained on it instead"
         )
     model = AutoModelForSequenceClassification.from_pretrained(str(base_path), dtype=torch.float32)
-    apply_classifier_pooling(model)
+    apply_classifier_pooling(model, base_path)
     names = [id2label[k] for k in sorted(id2label, key=int)]
     if names == [f"LABEL_{i}" for i in range(len(names))]:
         names = list(range(len(names)))  # transformers' placeholder names: datasets label by index

@@ -189,7 +189,24 @@ def _apply_attention_pooling(model: Any, bert: Any, roformer: Any) -> None:
     head.register_forward_pre_hook(_attention_before_head(forward, states_from_args=False))
 
 
-def apply_classifier_pooling(model: Any) -> str:
+def _restore_saved_pooler(head: Any, checkpoint_dir: Any) -> None:
+    # A whole classifier saved with its trained pooler (a merged export, a fully fine-tuned model):
+    # transformers drops the weights it does not know on load, so they are read back here.
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    prefix = f"classifier.{TOKEN_POOLER}."
+    saved = {}
+    for file in sorted(Path(checkpoint_dir).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as handle:
+            names = handle.keys()  # safe_open is not iterable: the key list is asked for
+            saved.update({k[len(prefix) :]: handle.get_tensor(k) for k in names if k.startswith(prefix)})
+    if saved:
+        getattr(head, TOKEN_POOLER).load_state_dict(saved)
+
+
+def apply_classifier_pooling(model: Any, checkpoint_dir: Any = None) -> str:
     """Give a BERT-like sequence classifier the pooling its config asks for; returns that pooling.
 
     Call right after ``from_pretrained`` (before PEFT wraps the model). ``"cls"`` leaves the model
@@ -199,7 +216,8 @@ def apply_classifier_pooling(model: Any) -> str:
     read the pooling. ``"attention"`` adds its (zero-initialised) weights to the head as
     ``classifier.token_pooler`` (BERT: the pooler slot only hands the token states over, and the
     head's input is the weighted pooling, so BERT's dropout before the head is skipped). Other models
-    are refused rather than silently read through ``[CLS]``.
+    are refused rather than silently read through ``[CLS]``. ``checkpoint_dir`` (the folder the model
+    was loaded from) gives back a trained attention pooler saved with a whole classifier.
     """
     mode = classifier_pooling(model.config)
     if mode == "cls":
@@ -208,6 +226,8 @@ def apply_classifier_pooling(model: Any) -> str:
     roformer = getattr(model, "roformer", None)
     if mode == "attention":
         _apply_attention_pooling(model, bert, roformer)
+        if checkpoint_dir is not None:
+            _restore_saved_pooler(model.classifier, checkpoint_dir)
         return mode
     pooler = _token_pooler_class()(mode)
     if bert is not None and getattr(bert, "pooler", None) is not None:

@@ -51,7 +51,7 @@ def load_base_model(
             dtype=torch.float32,
         )
         # A pre-trained encoder may ask for its windows to be pooled over all tokens, not [CLS].
-        apply_classifier_pooling(model)
+        apply_classifier_pooling(model, path)
         if pad_token_id is not None:
             # Llama-style classifiers pool the last non-pad token: they must know the pad id.
             model.config.pad_token_id = pad_token_id

@@ -223,3 +223,19 @@ def test_head_size_reads_the_output_layer_not_the_attention_pooler(tmp_path):
         str(tmp_path / ADAPTER_WEIGHTS),
     )
     assert head_size(tmp_path) == 3
+
+
+@pytest.mark.parametrize("architecture", ["bert", "roformer"])
+def test_a_whole_classifier_saved_with_its_trained_attention_pooler_loads_it_back(encoder_dir, architecture):
+    """A merged export or fully fine-tuned model keeps the pooler's weights; transformers alone would drop them."""
+    from studio.training.models import load_base_model
+
+    path, _ = encoder_dir("attention", architecture)
+    model = load_base_model(path, "classification", labels=[0, 1])
+    with torch.no_grad():
+        model.classifier.token_pooler.weigher.weight.normal_()
+        model.classifier.token_pooler.weigher.bias.fill_(0.5)
+    model.save_pretrained(path / "whole")
+    again = load_base_model(path / "whole", "classification", labels=[0, 1])
+    for name, value in model.classifier.token_pooler.state_dict().items():
+        assert torch.equal(again.classifier.token_pooler.state_dict()[name], value), name
