@@ -43,7 +43,17 @@ def longest_orf(sequence: str, both_strands: bool = False) -> int:
 
 
 def _longest_forward(dna: str) -> int:
-    best = 0
+    start, end = longest_orf_span(dna)
+    return end - start
+
+
+def longest_orf_span(sequence: str) -> tuple[int, int]:
+    """``(start, end)`` of :func:`longest_orf` in the 3 forward frames: the ATG's index and one past its stop.
+
+    The first of equally long ORFs (frame 0 first); ``(0, 0)`` when there is none.
+    """
+    dna = to_dna(sequence)
+    best = (0, 0)
     for frame in range(3):
         start = -1
         for i in range(frame, len(dna) - 2, 3):
@@ -52,7 +62,8 @@ def _longest_forward(dna: str) -> int:
                 if codon == START:
                     start = i
             elif codon in STOPS:
-                best = max(best, i + 3 - start)
+                if i + 3 - start > best[1] - best[0]:
+                    best = (start, i + 3)
                 start = -1
     return best
 

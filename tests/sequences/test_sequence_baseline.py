@@ -12,6 +12,7 @@ from studio.sequences.baseline import fit_baseline
 from studio.sequences.features import (
     kmer_frequencies,
     longest_orf,
+    longest_orf_span,
     nucleotide_feature_names,
     nucleotide_features,
     reverse_complement,
@@ -29,6 +30,16 @@ def test_longest_orf_on_hand_made_sequences():
     assert longest_orf("ATGTAAGATGCCCGGGTGA") == 12
     assert longest_orf("auguuuuaa") == 9  # RNA, lower case
     assert longest_orf("") == 0
+
+
+def test_longest_orf_span_is_where_longest_orf_sits():
+    assert longest_orf_span("CCATGAAACCCTGA") == (2, 14)  # frame 2: ATG at 2, TGA ends at 14
+    assert longest_orf_span("ATGTAAGATGCCCGGGTGA") == (7, 19)  # the longer of two ORFs
+    assert longest_orf_span("ATGAAAAAA") == (0, 0)  # none
+    assert longest_orf_span("ccaugaaauag") == (2, 11)  # RNA, lower case
+    for sequence in ("ATGATGCCCTAA", "TAGATGTAA", "GGATGCCCTAGATGAAACCCGGGTAA"):
+        start, end = longest_orf_span(sequence)
+        assert end - start == longest_orf(sequence)
 
 
 def test_longest_orf_reverse_strand_only_when_asked():
