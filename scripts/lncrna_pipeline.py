@@ -41,7 +41,7 @@ Five recipes (``--recipe``):
   learn "an ATG, then no stop codon for N codons", scripts/positional_rule_probe.py) with 256-codon windows
   every 128 codons, 2,560 LoRA steps and a head rate of 0.02 (RoFormer's head has two layers). Its settings
   are ROTARY_CODING_POTENTIAL, the Train tab's presets "Coding potential, rotary encoder" and "Sequence
-  classifier (codons, rotary encoder)". ~65 min on one thread (0.919-0.930 over three seeds vs 0.921).
+  classifier (codons, rotary encoder)". ~65 min on one thread (0.919-0.930 over four seeds, mean 0.925, vs 0.921).
 
     python scripts/lncrna_pipeline.py --data DIR                    # the documented run (~25 min on 1 thread, loaded CPU)
     python scripts/lncrna_pipeline.py --data DIR --recipe pooled    # mean pooling + pooled_max loss (~16 min)
