@@ -21,7 +21,7 @@ four fifths, so it is not read from itself).
 
     python scripts/coding_potential_ceiling.py                                         # in-repo sample
     python scripts/coding_potential_ceiling.py --data ../shared/data/lncrna_athaliana \\
-        --out bench/results/coding_potential_ceiling.json                             # ~1 min
+        --out bench/results/coding_potential_ceiling.json                             # ~20 s
 """
 
 from __future__ import annotations
