@@ -41,16 +41,12 @@ sys.path.insert(0, str(ROOT))
 
 from studio.sequences.alphabet import to_dna  # noqa: E402
 from studio.sequences.features import longest_orf_span  # noqa: E402
+from studio.training.data import read_jsonl  # noqa: E402
 
 DEFAULT_DATA = ROOT / "data" / "samples" / "lncrna_athaliana"
 PAIR = ["log_orf", "orf_share"]
 FOLDS = 5
 HEXAMERS = 4**6
-
-
-def read(path: Path) -> list[dict]:
-    """The rows of a JSONL file."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def orf_hexamers(dna: str, start: int, end: int) -> list[str]:
@@ -193,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     began = time.monotonic()
 
     def pairs(name: str) -> list[tuple[str, Any]]:
-        rows = read(args.data / name)
+        rows = read_jsonl(args.data / name)
         print(f"{name}: {len(rows)} rows", flush=True)
         return [(to_dna(r[args.text_field]), r[args.label_field]) for r in rows if r.get(args.text_field)]
 
