@@ -327,6 +327,7 @@ def studio_env(data_dir: Path) -> Any:
     from studio.jobs.context import JobContext
     from studio.services.datasets import DatasetService
     from studio.settings import Settings
+    from studio.versions import library_versions
 
     settings = Settings(data_dir=data_dir)
     settings.ensure_dirs()
@@ -341,10 +342,12 @@ def studio_env(data_dir: Path) -> Any:
             self.settings, self.registry = settings, registry
 
         def ctx(self, request: Any) -> Any:
+            """A job row for ``request``, claimed by this script at once: the row is a record of what the run
+            did, and a queued row would be sent to a worker (and run again) when the folder opens in the studio."""
             job = registry.create_job(kind=request.kind, request=request.model_dump(mode="json"), schema_version=1)
-            return JobContext(
-                job_id=job.id, settings=settings, registry=registry, device=detect_device("cpu"), attempt=1
-            )
+            device = detect_device("cpu")
+            registry.claim_job(job.id, "scripts/lncrna_pipeline.py", device.label, library_versions())
+            return JobContext(job_id=job.id, settings=settings, registry=registry, device=device, attempt=1)
 
     return Env()
 
@@ -353,7 +356,13 @@ def run_job(env: Any, request: Any, name: str) -> tuple[dict[str, Any], float]:
     from studio.jobs.handlers import get_handler
 
     began = time.monotonic()
-    result = get_handler(request.kind)(request, Reporter(name), env.ctx(request))
+    ctx = env.ctx(request)
+    try:
+        result = get_handler(request.kind)(request, Reporter(name), ctx)
+    except BaseException as exc:  # the job row says how the run ended, even on Ctrl-C
+        env.registry.finish_job(ctx.job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    env.registry.finish_job(ctx.job_id, "succeeded", result=result)
     return result, time.monotonic() - began
 
 

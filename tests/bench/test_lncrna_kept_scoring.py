@@ -1,4 +1,5 @@
-"""scripts/lncrna_pipeline.py --score-kept: adapters kept along the LoRA run are scored like the final one.
+"""scripts/lncrna_pipeline.py --score-kept: adapters kept along the LoRA run are scored like the final one;
+--keep leaves a studio data folder whose jobs are recorded as run (none left queued for a worker).
 
 Runs the rotary recipe's quick settings end to end on the in-repo lncRNA sample (seconds): the last kept
 adapter IS the final adapter, so its test metrics must equal row (a)'s exactly, and the kept steps lie in the
@@ -73,3 +74,15 @@ def test_kept_adapters_are_scored_in_step_order_and_the_last_is_the_final_adapte
     # the last kept adapter IS the final one: the same answer on every row, so no discordant row at all
     same = [e for e in pairs if final_key in (e["a"], e["b"]) and e["b"] != "baseline:logistic-regression"]
     assert any(e["only_a"] == e["only_b"] == 0 and e["p_value"] == 1.0 for e in same)
+
+    # every job of the kept run is recorded as run, none left queued: opened in the studio
+    # (STUDIO_DATA_DIR=DIR studio run), its outbox must not send them to a worker to run again
+    from models_db.registry import Registry
+
+    kept_registry = Registry.from_url(f"sqlite:///{tmp_path / 'kept-run' / 'studio.db'}")
+    jobs = kept_registry.list_jobs()
+    kinds = [job.kind for job in jobs]
+    assert kinds.count("pretrain") == kinds.count("train") == 1 and set(kinds) == {"pretrain", "train", "eval"}
+    assert {job.status for job in jobs} == {"succeeded"}
+    assert all(job.result and job.started_at and job.finished_at for job in jobs)
+    assert kept_registry.jobs_awaiting_delivery() == []
