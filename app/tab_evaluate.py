@@ -162,7 +162,7 @@ def show_result(services: Services, job_id: int | None) -> dict[str, Any]:
             "chart": empty_figure("Pick a finished evaluation."),
             "roc": gr.update(value=None, visible=False),
             "confusion": gr.update(value=None, visible=False),
-            "samples": gr.update(value=[], headers=["prompt"]),
+            "samples": gr.update(value=[], headers=["prompt"], visible=False),
         }
     result = services.jobs.get(int(job_id)).result or {}
     headers, rows = comparison_table(result)
@@ -175,7 +175,8 @@ def show_result(services: Services, job_id: int | None) -> dict[str, Any]:
         "chart": comparison_bars(result, title=f"Evaluation job #{job_id}"),
         "roc": gr.update(value=roc_figure(result) if classified else None, visible=classified),
         "confusion": gr.update(value=confusion_figure(result) if classified else None, visible=classified),
-        "samples": gr.update(value=sample_rows, headers=sample_headers),
+        # A classifier's evaluation keeps no sample answers: an empty table would only be a blank box.
+        "samples": gr.update(value=sample_rows, headers=sample_headers, visible=bool(sample_rows)),
     }
 
 
@@ -209,7 +210,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     with gr.Row():
         c["roc"] = gr.Plot(elem_id="eval-roc", visible=False)
         c["confusion"] = gr.Plot(elem_id="eval-confusion", visible=False)
-    c["samples"] = gr.Dataframe(headers=["prompt"], interactive=False, wrap=True, elem_id="eval-samples")
+    c["samples"] = gr.Dataframe(headers=["prompt"], interactive=False, wrap=True, visible=False, elem_id="eval-samples")
 
     c["submission_token"] = gr.State(new_submission_token)  # a double click queues one evaluation
 

@@ -291,8 +291,9 @@ def comparison_bars(result: Mapping[str, Any], title: str = "Models compared") -
     if not rows:
         return empty_figure("No scores yet.", title)
     arrows = {"lower": "↓ lower is better", "higher": "↑ higher is better"}
+    # Metric and direction on two lines: on one, the titles of six panels (a classification eval) overlap.
     fig = make_subplots(
-        rows=1, cols=len(rows), subplot_titles=[f"{r['metric']} ({arrows[r['direction']]})" for r in rows]
+        rows=1, cols=len(rows), subplot_titles=[f"{r['metric']}<br>{arrows[r['direction']]}" for r in rows]
     )
     from studio.evaluation.comparison import column_name
 
@@ -310,5 +311,5 @@ def comparison_bars(result: Mapping[str, Any], title: str = "Models compared") -
             row=1,
             col=col,
         )
-    fig.update_layout(title=title, template="plotly_white", margin=dict(l=40, r=20, t=80, b=40))
+    fig.update_layout(title=title, template="plotly_white", margin=dict(l=40, r=20, t=100, b=40))
     return fig

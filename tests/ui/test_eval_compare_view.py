@@ -55,8 +55,8 @@ def test_samples_table_shows_every_models_answer_and_score():
 def test_bar_chart_has_a_panel_per_metric_with_its_direction():
     figure = comparison_bars(RESULT)
     assert [a.text for a in figure.layout.annotations] == [
-        "eval_loss (↓ lower is better)",
-        "exact_match (↑ higher is better)",
+        "eval_loss<br>↓ lower is better",
+        "exact_match<br>↑ higher is better",
     ]
     assert [list(trace.x) for trace in figure.data] == [["base m", "adapter #4"]] * 2
     assert list(figure.data[0].marker.line.width) == [0, 3]  # the best bar is outlined
