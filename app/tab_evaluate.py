@@ -35,6 +35,7 @@ TITLE = "Evaluate"
 ELEM_ID = "tab-evaluate"
 FORM_FIELDS = ("metrics", "max_examples", "max_new_tokens", "seed", "include_baseline", "baseline_dataset_id")
 SAMPLE_CHARS = 400  # long worked answers are cut in the table; the job result keeps them whole
+UNBROKEN_CHARS = 60  # a string with no space to wrap at (a sequence) is shown up to here
 
 
 def available() -> bool:
@@ -117,13 +118,22 @@ def paired_markdown(result: dict[str, Any]) -> str:
     return f"**Is the difference real?** (paired on the same rows)\n\n{items}"
 
 
+def _sample_text(value: Any) -> str:
+    """A table cell's text: cut at SAMPLE_CHARS, and a long unbroken string (a DNA sequence) cut to its start and
+    length, since a cell that cannot wrap leaves the table blank."""
+    text = str(value)
+    if len(text) > UNBROKEN_CHARS and not any(ch.isspace() for ch in text[:SAMPLE_CHARS]):
+        return f"{text[:UNBROKEN_CHARS]}… ({len(text):,} characters)"
+    return text[:SAMPLE_CHARS]
+
+
 def samples_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """Headers and rows of the samples: prompt, reference, then each model's answer with its score."""
     keys = [m["key"] for m in result.get("models") or []]
     rows = []
     for sample in result.get("sample_table") or []:
         # A classification dataset's labels may be numbers (0 / 1): shown as text, not sliced as strings.
-        cells = [str(sample["prompt"])[:SAMPLE_CHARS], str(sample["reference"])[:SAMPLE_CHARS]]
+        cells = [_sample_text(sample["prompt"]), _sample_text(sample["reference"])]
         for key in keys:
             answer = sample["answers"].get(key) or {}
             scores = [f"{k} {answer[k]:.3g}" for k in ("exact_match", "rouge_l") if k in answer]
@@ -131,7 +141,7 @@ def samples_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
                 scores.append("correct" if answer["correct"] else "wrong")
             if answer.get("truncated"):
                 scores.append("cut off")
-            text = str(answer.get("prediction", ""))[:SAMPLE_CHARS]
+            text = _sample_text(answer.get("prediction", ""))
             cells.append(f"{text}\n[{', '.join(scores)}]" if scores else text)
         rows.append(cells)
     return ["prompt", "reference", *map(column_name, keys)], rows
@@ -175,7 +185,7 @@ def show_result(services: Services, job_id: int | None) -> dict[str, Any]:
         "chart": comparison_bars(result, title=f"Evaluation job #{job_id}"),
         "roc": gr.update(value=roc_figure(result) if classified else None, visible=classified),
         "confusion": gr.update(value=confusion_figure(result) if classified else None, visible=classified),
-        # A classifier's evaluation keeps no sample answers: an empty table would only be a blank box.
+        # A result without sample answers (an older job, a baseline alone) shows no empty box.
         "samples": gr.update(value=sample_rows, headers=sample_headers, visible=bool(sample_rows)),
     }
 

@@ -1,10 +1,11 @@
 """Refresh docs/screenshots/<tab>.png: every tab of a running studio at 1280x800, with Debian's Chromium.
 
     .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:7860 [--out docs/screenshots] [--narrow]
-        [--diagnostics nlora] [--tabs Merge Adapters]
+        [--diagnostics nlora] [--tabs Merge Adapters] [--full-page]
 
 Start the studio first (``studio run``); screenshots show whatever data it holds.
-``--narrow`` also writes <tab>-narrow.png at 420x900 to check small windows.
+``--narrow`` also writes <tab>-narrow.png at 420x900 to check small windows; ``--full-page`` captures each tab's
+whole page, not the first 800 px (e.g. the Evaluate tab's result down to its ROC curve and confusion matrix).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def capture(
     settle_ms: int = 1500,
     diagnostics: str | None = None,
     tabs: list[str] | None = None,
+    full_page: bool = False,
 ) -> list[Path]:
     """Click through the tabs (all, or ``tabs``) and screenshot each; returns the files written."""
     from playwright.sync_api import sync_playwright
@@ -140,7 +142,7 @@ def capture(
                 if title == "Evaluate":
                     show_eval_result(page, settle_ms)
                 path = out_dir / f"{slug(title)}{suffix}.png"
-                page.screenshot(path=str(path), full_page=False)
+                page.screenshot(path=str(path), full_page=full_page)
                 written.append(path)
                 if title == "Adapters" and diagnostics and not suffix:
                     extra = capture_diagnostics(page, out_dir, diagnostics, settle_ms)
@@ -161,8 +163,12 @@ def main() -> None:
         help="also write adapters-diagnostics.png for the first adapter of this variant (e.g. nlora)",
     )
     parser.add_argument("--tabs", nargs="+", choices=TABS, help="only these tabs (default: all)")
+    parser.add_argument("--full-page", action="store_true", help="the whole page of each tab, not the first 800 px")
     args = parser.parse_args()
-    for path in capture(args.url, args.out, args.narrow, diagnostics=args.diagnostics, tabs=args.tabs):
+    shots = capture(
+        args.url, args.out, args.narrow, diagnostics=args.diagnostics, tabs=args.tabs, full_page=args.full_page
+    )
+    for path in shots:
         print(path)
 
 

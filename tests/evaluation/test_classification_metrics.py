@@ -93,7 +93,7 @@ def test_evaluate_tab_shows_the_charts_only_for_classification():
     text = {"task": "causal-lm", "models": [{"key": "adapter:1", "metrics": {"eval_loss": 1.0}}], "comparison": []}
     hidden = show_result(services(text), 8)
     assert hidden["roc"]["visible"] is False and hidden["confusion"]["visible"] is False
-    # a classifier's evaluation keeps no sample answers: no empty samples table under its charts
+    # a result without sample answers shows no empty samples table under its charts
     assert shown["samples"]["visible"] is False
     with_samples = {**text, "sample_table": [{"prompt": "2+3?", "reference": "5", "answers": {"adapter:1": {}}}]}
     assert show_result(services(with_samples), 9)["samples"]["visible"] is True

@@ -69,6 +69,23 @@ def test_adapter_details_list_eval_results_by_dataset():
     assert eval_results_markdown([]) == ""
 
 
+def test_samples_table_cuts_a_sequence_to_its_start_and_length():
+    """A DNA sequence has no space to wrap at: shown whole, its cell blanked the whole table in the browser."""
+    sequence = "ACGT" * 300
+    prose = "word " * 200
+    result = {
+        "models": [{"key": "adapter:1"}],
+        "sample_table": [
+            {"prompt": sequence, "reference": "1", "answers": {"adapter:1": {"prediction": "0", "correct": False}}},
+            {"prompt": prose, "reference": "0", "answers": {"adapter:1": {"prediction": "0", "correct": True}}},
+        ],
+    }
+    _, [dna_row, prose_row] = samples_table(result)
+    assert dna_row[0] == sequence[:60] + "… (1,200 characters)"
+    assert dna_row[1:] == ["1", "0\n[wrong]"]
+    assert prose_row[0] == prose[:400]  # text that wraps is cut at SAMPLE_CHARS as before
+
+
 def test_samples_table_shows_numeric_class_labels():
     """Labels stored as numbers (the lncRNA sample's 0 / 1) are shown, not a crash that blanks the whole view."""
     result = {
@@ -79,4 +96,4 @@ def test_samples_table_shows_numeric_class_labels():
     }
     headers, [row] = samples_table(result)
     assert headers == ["prompt", "reference", "adapter #1", "baseline logistic-regression"]
-    assert row == [("ACGT" * 150)[:400], "1", "0\n[wrong]", ""]
+    assert row == [("ACGT" * 150)[:60] + "… (600 characters)", "1", "0\n[wrong]", ""]
