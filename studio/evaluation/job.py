@@ -101,6 +101,7 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
     import torch
 
     from studio.evaluation.comparison import common_base, compare_models, sample_table
+    from studio.sequences.baseline import MODEL_KEY
 
     registry = ctx.registry
     dataset = registry.get_dataset(request.dataset_id)
@@ -181,6 +182,9 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
     # The baseline stands beside the models in the comparison; the flat single-model fields stay the model's.
     compared = summaries + ([_baseline_summary(baseline)] if baseline else [])
     prompts = [s["prompt"] for s in samples]
+    answers = {s.key: s.answers[: len(prompts)] for s in scores}
+    if baseline is not None:  # classification: every model's samples are the first rows, in order
+        answers[MODEL_KEY] = _baseline_answers(baseline, len(prompts))
     result: dict[str, Any] = {
         "dataset_id": dataset.id,
         "base_model": base_name,
@@ -190,9 +194,7 @@ def run_eval_job(request: EvalRequest, reporter: Reporter, ctx: Any) -> dict[str
         "max_new_tokens": budget,
         "models": compared,
         "comparison": compare_models(compared),
-        "sample_table": sample_table(
-            prompts, [s["reference"] for s in samples], {s.key: s.answers[: len(prompts)] for s in scores}
-        ),
+        "sample_table": sample_table(prompts, [s["reference"] for s in samples], answers),
         "loss_by_rank": loss_by_rank,
         "paired": paired,
     }
@@ -278,6 +280,13 @@ def _run_baseline(train_rows: list, rows: list, dataset_id: int, base_name: str,
         job_id=ctx.job_id,
     )
     return baseline
+
+
+def _baseline_answers(baseline: Any, count: int) -> list[dict[str, Any]]:
+    """The baseline's answers on the first ``count`` test rows, as the samples table shows a model's
+    (``{}`` for a row it did not score)."""
+    picked = zip(baseline.test_predicted[:count], baseline.test_correct[:count], strict=True)
+    return [{} if right is None else {"prediction": guess, "correct": right} for guess, right in picked]
 
 
 def _baseline_summary(baseline: Any) -> dict[str, Any]:
@@ -438,7 +447,7 @@ def _score_loss(
     samples = []
     correct: list[bool | None] | None = None
     if kind == "classification":
-        samples = _class_samples(rows, evaluated.labels or [], predicted, expected)
+        samples = _class_samples(rows, evaluated.labels or [], predicted, expected, example_rows)
         correct = [None] * len(rows)
         for row, p, e in zip(example_rows, predicted, expected, strict=True):
             correct[row] = p == e
@@ -552,8 +561,20 @@ def _generation_samples(examples: list, answers: list, wanted: list[str]) -> lis
     return samples
 
 
-def _class_samples(rows: list, labels: list, predicted: list[int], expected: list[int]) -> list[dict[str, Any]]:
-    return [
-        {"prompt": row["text"], "reference": labels[e], "prediction": labels[p], "correct": p == e}
-        for row, p, e in zip(rows[:SAMPLES], predicted, expected, strict=False)
-    ]
+def _class_samples(
+    rows: list, labels: list, predicted: list[int], expected: list[int], example_rows: list[int]
+) -> list[dict[str, Any]]:
+    """The first SAMPLES rows with this model's answers: the same rows, in order, for every model and the baseline.
+
+    ``example_rows`` is the row each prediction is of; a row left unscored (no text, a label the head
+    lacks) keeps its place with its own label and no prediction, so later rows are not shifted onto it.
+    """
+    scored = {row: (p, e) for row, p, e in zip(example_rows, predicted, expected, strict=True)}
+    samples = []
+    for index, row in enumerate(rows[:SAMPLES]):
+        if index in scored:
+            p, e = scored[index]
+            samples.append({"prompt": row["text"], "reference": labels[e], "prediction": labels[p], "correct": p == e})
+        else:
+            samples.append({"prompt": row.get("text", ""), "reference": row.get("label", ""), "prediction": ""})
+    return samples

@@ -55,15 +55,20 @@ class BaselineResult:
     # Per input test row: right (True), wrong (False), or None where the row was not scored (no text or
     # label, or a label the train rows never had). For paired comparisons with models on the same rows.
     test_correct: list[bool | None] = field(default_factory=list)
+    # Per input test row: the label predicted (None where not scored), for the samples table.
+    test_predicted: list[Any] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The result as stored in a job result: small, so without the per-row ``test_correct``.
+        """The result as stored in a job result: small, so without the per-row ``test_correct`` and
+        ``test_predicted``.
 
-        One bool per test row would grow every stored job result with the test set (hundreds to
-        thousands of values) while only the paired comparisons, computed in the same job, read it.
+        One value per test row would grow every stored job result with the test set (hundreds to
+        thousands of values) while only the paired comparisons and the samples table, built in the
+        same job, read them.
         """
         data = asdict(self)
         data.pop("test_correct")
+        data.pop("test_predicted")
         return {"model": MODEL_NAME, **data}
 
 
@@ -98,9 +103,9 @@ def _pipeline(kind: str, ks: Sequence[int], both_strands: bool, seed: int) -> An
 
 def _score(
     model: Any, texts: list[str], labels: list[Any]
-) -> tuple[dict[str, float | None], Any, dict[str, Any], list[bool]]:
+) -> tuple[dict[str, float | None], Any, dict[str, Any], list[Any]]:
     """Accuracy, F1, MCC, AUROC (``studio.evaluation.classification``), the confusion matrix and ROC curves,
-    and whether each row was predicted right."""
+    and the label predicted for each row."""
     from sklearn.metrics import accuracy_score
 
     from studio.evaluation.classification import classification_report
@@ -113,8 +118,7 @@ def _score(
     report = classification_report([index[y] for y in labels], proba.tolist(), classes)
     metrics: dict[str, float | None] = {"accuracy": float(accuracy_score(labels, predicted)), **report["metrics"]}
     details = {"confusion": report["confusion"], "roc": report["roc"]}
-    correct = [bool(p == y) for p, y in zip(predicted, labels, strict=True)]
-    return metrics, report["positive_label"], details, correct
+    return metrics, report["positive_label"], details, [p.item() if hasattr(p, "item") else p for p in predicted]
 
 
 def _column(
@@ -146,7 +150,8 @@ def fit_baseline(
 
     Rows are dicts; rows without a string ``text_field`` or without a ``label_field`` are left
     out, and so are test rows whose label no train row has (counted in ``skipped_test_rows``);
-    ``test_correct`` says per test row whether it was predicted right (None where left out).
+    ``test_correct`` says per test row whether it was predicted right and ``test_predicted`` which
+    label it got (both None where left out).
     ``ks`` and ``both_strands`` apply to nucleotide data (see the module docstring). Raises
     ValidationFailed when the train rows hold fewer than two labels or no test row is left.
     """
@@ -163,10 +168,11 @@ def fit_baseline(
     kind = feature_kind(train_texts)
     model = _pipeline(kind, tuple(ks), both_strands, seed)
     model.fit(train_texts, train_labels)
-    metrics, positive, details, correct = _score(model, [t for t, _, _ in kept], [y for _, y, _ in kept])
+    metrics, positive, details, predicted = _score(model, [t for t, _, _ in kept], [y for _, y, _ in kept])
     test_correct: list[bool | None] = [None] * len(test_rows)
-    for (_, _, i), right in zip(kept, correct, strict=True):
-        test_correct[i] = right
+    test_predicted: list[Any] = [None] * len(test_rows)
+    for (_, label, i), guess in zip(kept, predicted, strict=True):
+        test_correct[i], test_predicted[i] = guess == label, guess
     if kind == "nucleotide":
         count = len(nucleotide_feature_names(tuple(ks)))
     elif kind == "protein":
@@ -188,4 +194,5 @@ def fit_baseline(
         confusion=details["confusion"],
         roc=details["roc"],
         test_correct=test_correct,
+        test_predicted=test_predicted,
     )

@@ -155,4 +155,15 @@ def test_pretrain_classify_and_compare_with_the_baseline(studio_url, browser, wo
     sentences = [line for line in paired.splitlines() if " vs " in line]
     assert len(sentences) == 1, paired
     assert adapter in sentences[0] and BASELINE in sentences[0] and "on these 100 rows" in sentences[0], paired
+
+    # The samples: the first test rows with the adapter's and the baseline's answers, as the job stored them.
+    sample_headers, samples = table_cells(page, "eval-samples")
+    assert sample_headers == ["prompt", "reference", adapter, BASELINE], sample_headers
+    assert len(samples) == len(result["sample_table"]) > 0
+    for row, sample in zip(samples, result["sample_table"], strict=True):
+        assert row[1] == str(sample["reference"])
+        for cell, key in zip(row[2:], [f"adapter:{adapter_id}", "baseline:logistic-regression"], strict=True):
+            answer = sample["answers"][key]
+            verdict = "correct" if answer["correct"] else "wrong"
+            assert cell.split()[0] == str(answer["prediction"]) and f"[{verdict}]" in cell, (cell, answer)
     page.close()

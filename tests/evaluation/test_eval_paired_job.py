@@ -103,6 +103,17 @@ def test_every_adapter_is_paired_with_the_baseline_the_base_and_each_other(env, 
     versus_baseline = pairs[(gc_key, MODEL_KEY)]
     assert versus_baseline["verdict"] == "B better" and versus_baseline["ci_high"] < 0
     assert "test_correct" not in result["baseline"]  # the per-row list stays out of the stored result
+    assert "test_predicted" not in result["baseline"]
+    # The samples table has the baseline's column too: the same first rows, each with its prediction.
+    test_rows = dna_rows(40, 1)
+    assert [s["prompt"] for s in result["sample_table"]] == [r["text"] for r in test_rows[:5]]
+    for sample, row in zip(result["sample_table"], test_rows, strict=False):
+        assert sample["reference"] == row["label"]
+        assert sample["answers"][gc_key] == {"prediction": "gc", "correct": row["label"] == "gc"}
+        guess = sample["answers"][MODEL_KEY]
+        assert guess["prediction"] in LABELS and guess["correct"] == (guess["prediction"] == row["label"])
+    baseline_right = sum(s["answers"][MODEL_KEY]["correct"] for s in result["sample_table"])
+    assert baseline_right >= 4  # it separates these classes well (see the paired verdict above)
     lines = comparison_lines(result)
     assert f"adapter #{says_gc.id} vs baseline logistic-regression: " in "\n".join(lines)
     assert lines[-1].endswith("no clear difference on these 40 rows.")  # the adapter pair comes last
@@ -140,4 +151,20 @@ def test_the_baseline_marks_each_test_row_right_wrong_or_unscored():
     scored = [c for c in result.test_correct if c is not None]
     assert len(scored) == result.test_rows == 8
     assert sum(scored) / len(scored) == pytest.approx(result.metrics["accuracy"])
-    assert "test_correct" not in result.to_dict()
+    assert result.test_predicted[2] is None and result.test_predicted[5] is None
+    for guess, right, row in zip(result.test_predicted, result.test_correct, test, strict=True):
+        if right is not None:
+            assert guess in LABELS and type(guess) is str and right == (guess == row["label"])
+    assert "test_correct" not in result.to_dict() and "test_predicted" not in result.to_dict()
+
+
+def test_class_samples_keep_each_row_in_its_place_when_one_is_not_scored():
+    from studio.evaluation.job import _class_samples
+
+    rows = [{"text": f"seq{i}", "label": LABELS[i % 2]} for i in range(7)]
+    # Row 1 was left out (say, a label the head lacks): the predictions are of rows 0, 2, 3, 4, 5, 6.
+    samples = _class_samples(rows, LABELS, [0, 1, 1, 0, 0, 1], [0, 0, 1, 0, 1, 0], [0, 2, 3, 4, 5, 6])
+    assert [s["prompt"] for s in samples] == ["seq0", "seq1", "seq2", "seq3", "seq4"]
+    assert samples[1] == {"prompt": "seq1", "reference": "gc", "prediction": ""}
+    assert samples[2] == {"prompt": "seq2", "reference": "at", "prediction": "gc", "correct": False}
+    assert samples[3]["prediction"] == "gc" and samples[3]["correct"] is True
