@@ -251,7 +251,7 @@ def _read_jsonl(text: str, encoding: str, name: str) -> RawTable:
             if not records and _looks_like_prose(line):
                 # The first line decides: a file that starts with prose is not JSON Lines at all.
                 raise ValidationFailed(_not_json_message(name, number, exc.colno, exc.msg)) from None
-            records.append(RawRecord(number, error=f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            records.append(RawRecord(number, error=f"is not valid JSON ({exc.msg} at column {exc.colno})"))
             continue
         except JsonRefused as refused:
             records.append(_refused_record(number, refused))

@@ -48,7 +48,7 @@ def test_bad_alpaca_rows(write_jsonl):
         (8, "(row)", "wrong_type"),
     ]
     details = [p.detail for p in result.problems]
-    assert details[0].startswith("the row not valid JSON (Expecting value at column")
+    assert details[0].startswith("the row is not valid JSON (Expecting value at column")
     assert details[2] == "output is missing"
     assert details[3] == "output is null"
     assert details[4] == "instruction is a list, expected a string"
