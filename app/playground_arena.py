@@ -117,7 +117,8 @@ def build(arena: ArenaService, tab: gr.Tab, gen: SchemaForm, bases: list[str], d
 
     battle_in = {"base_model": c["base_model"], "prompt": c["prompt"]} | {f"gen.{n}": w for n, w in gen.widgets.items()}
     for event in (c["go"].click, c["prompt"].submit):
-        bind(event, run_battle, battle_in, battle_out)
+        # A refusal ("Type a prompt first.") goes under the chats, not as Error badges over them.
+        bind(event, run_battle, battle_in, battle_out, errors_to="reveal")
     vote_out = {k: c[k] for k in ("battle", "reveal", "board", "board_chart")} | votes
     for name, winner in VOTES.items():
         # Not through bind(): Gradio passes the signed-in user only to a handler whose signature asks for it.

@@ -222,7 +222,9 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
             "zip_btn": gr.update(value=None, interactive=False),
             "zip_sha": "",
             "model_sha": "",
-            "merged_btn": gr.update(value=None),
+            # Greyed out like the zip button: with nothing selected a click could only answer with an error.
+            "merged_btn": gr.update(value=None, interactive=False),
+            "delete_btn": gr.update(interactive=False),
             "pruned_btn": gr.update(value=None, visible=False),
             "mixture_box": gr.update(visible=False),
             "mixture_usage": empty_figure("No adapter selected."),
@@ -251,7 +253,8 @@ def details(services: Services, selected: int | None) -> dict[str, Any]:
         "stages": stage_figure(metric_rows),
         **adapter_download(services, row.id),
         "model_sha": "",
-        "merged_btn": gr.update(value=None),
+        "merged_btn": gr.update(value=None, interactive=True),
+        "delete_btn": gr.update(interactive=True),
         # only LoRAPrune adapters carry pruning masks, hence a pruned model
         "pruned_btn": gr.update(value=None, visible=row.variant == "loraprune"),
         **mixture_details(row),
@@ -393,11 +396,13 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
             )
             with gr.Row():
                 c["zip_btn"] = gr.DownloadButton("Download as zip", interactive=False, elem_id="adapters-zip-btn")
-                c["merged_btn"] = gr.DownloadButton("Download merged model", elem_id="adapters-merged-btn")
+                c["merged_btn"] = gr.DownloadButton(
+                    "Download merged model", interactive=False, elem_id="adapters-merged-btn"
+                )
                 c["pruned_btn"] = gr.DownloadButton(
                     "Download pruned model", elem_id="adapters-pruned-btn", visible=False
                 )
-                c["delete_btn"] = gr.Button("Delete", variant="stop", elem_id="adapters-delete")
+                c["delete_btn"] = gr.Button("Delete", variant="stop", interactive=False, elem_id="adapters-delete")
             c["zip_sha"] = gr.Markdown("", elem_id="adapters-zip-sha256")
             c["model_sha"] = gr.Markdown("", elem_id="adapters-model-sha256")
         with gr.Column(scale=4, min_width=320):
@@ -445,7 +450,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     details_out = {
         k: c[k]
         for k in ("details", "heatmap", "bars", "diagnostics", "stages")
-        + ("zip_btn", "zip_sha", "model_sha", "merged_btn", "pruned_btn", "mixture_box", "mixture_usage")
+        + ("zip_btn", "zip_sha", "model_sha", "merged_btn", "pruned_btn", "delete_btn", "mixture_box", "mixture_usage")
     }
     # A new filter, search or sort starts again at page 1 (table's default).
     for key in ("variant", "base_model", "dataset", "metric", "sort"):

@@ -106,7 +106,8 @@ def send(playground: PlaygroundService, gen: SchemaForm | None, base_model: str,
     histories = {i: plain_messages(raw.get(f"chat_{i}")) for i in range(count)}
     for i in range(count):
         histories[i] = [*histories[i], {"role": "user", "content": prompt}]
-    yield {"prompt": "", **{f"chat_{i}": [*h, {"role": "assistant", "content": "…"}] for i, h in histories.items()}}
+    placeholders = {f"chat_{i}": [*h, {"role": "assistant", "content": "…"}] for i, h in histories.items()}
+    yield {"prompt": "", "status": "", **placeholders}  # clears the previous refusal
     requests = [(raw.get(f"target_{i}") or BASE_TARGET, histories[i]) for i in range(count)]
     users = [raw.get(f"user_{i}") for i in range(count)]  # only personalised (RecLoRA) panes read theirs
     for reply in playground.stream_panes(base_model, requests, settings, users=users):
@@ -151,6 +152,8 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         with gr.Column(scale=1, min_width=140):
             c["send"] = gr.Button("Send to all", variant="primary", elem_id="play-send")
             c["clear"] = gr.Button("Clear chats", elem_id="play-clear")
+    # Refusals (no message, no base model) are written here in words, not as Error badges over the panes.
+    c["status"] = gr.Markdown("", elem_id="play-status")
     with gr.Accordion("Generation settings", open=False, elem_id="play-settings"), gr.Row(elem_classes=["form-grid"]):
         gen = SchemaForm(GenerationSettings.model_json_schema(), "gen")
     with gr.Accordion("Arena: blind A/B battles and a leaderboard", open=False, elem_id="play-arena"):
@@ -179,7 +182,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     bind(c["base_model"].input, change_base, {"base_model": c["base_model"]}, targets | chats)
     bind(c["panes"].change, on_panes, {"panes": c["panes"]}, {f"pane_{i}": c[f"pane_{i}"] for i in range(MAX_PANES)})
     for event in (c["send"].click, c["prompt"].submit):
-        bind(event, send_to_panes, send_in, chats | {"prompt": c["prompt"]})
+        bind(event, send_to_panes, send_in, chats | {"prompt": c["prompt"], "status": c["status"]}, errors_to="status")
     bind(c["clear"].click, clear_chats, {}, chats)
     for i in range(MAX_PANES):
         # .change also fires when a new base model or a refresh picks the pane's target.

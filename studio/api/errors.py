@@ -90,9 +90,30 @@ def validation_error(errors: list[dict]) -> ApiError:
     if not errors:
         return bad_request("the request body is invalid")
     first = errors[0]
+    whole = body_error(first)
+    if whole is not None:
+        return bad_request(whole)
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = loc[0] if loc else None  # union members (``stop.str``) and list indices are details
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if param:
         message = f"Invalid value for '{param}': {message}"
     return bad_request(message, param)
+
+
+def body_error(error: dict) -> str | None:
+    """A sentence for an error about the request body as a whole (not JSON, empty, not an object), else None.
+
+    FastAPI reports these at ``("body", <offset>)`` or ``("body",)``; read as a field path they
+    would name a parameter ``'1'`` or none, so they are put in words here instead.
+    """
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":
+        position = f" at character {loc[1]}" if len(loc) > 1 else ""
+        reason = (error.get("ctx") or {}).get("error", "it could not be parsed")
+        return f"The request body is not valid JSON{position}: {reason}."
+    if loc != ("body",):
+        return None
+    if error.get("type") == "missing":
+        return 'The request body is empty: send a JSON object such as {"model": ..., "messages": [...]}.'
+    return "The request body must be a JSON object, sent with Content-Type: application/json."
