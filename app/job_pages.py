@@ -127,6 +127,22 @@ def step_cell(job: Any) -> str:
     return f"stopped at {count}" if job.status in ("cancelled", "failed") else count
 
 
+def steps_done(job: Any) -> bool:
+    """Whether a running job has reported its last step: what it does now (saving, a transfer kit) is not counted."""
+    return job.status == "running" and bool(job.total_steps) and (job.step or 0) >= job.total_steps
+
+
+def time_left(job: Any) -> float | None:
+    """The ETA to show, or None when unknown.
+
+    The ETA is paced on the steps, so past the last one it reads 0 s while a final stage
+    (a transfer kit trains a discriminator for minutes) is still running: unknown, not 0.
+    """
+    if job.status != "running" or steps_done(job):
+        return None
+    return job.eta_seconds
+
+
 def progress_line(job: Any) -> str:
     """Where the job is or where it stopped, in the kind's unit (or as a share when it has none)."""
     view = view_of(job)
@@ -135,8 +151,11 @@ def progress_line(job: Any) -> str:
     if job.status == "queued":
         return ""
     if job.status == "running":
-        eta = f", about {human_seconds(job.eta_seconds)} left" if job.eta_seconds is not None else ""
+        left = time_left(job)
+        eta = f", about {human_seconds(left)} left" if left is not None else ""
         where = f"{view.unit} {job.step} of {job.total_steps} ({pct})" if counted else f"{pct} done"
+        if counted and steps_done(job):
+            where = f"all {job.total_steps} {view.units} done, finishing"
         phase = f" — {_esc(job.message)}" if job.message else ""
         return f"{where}{eta}{phase}"
     if job.status == "succeeded":

@@ -11,6 +11,7 @@ import gradio as gr
 from app.ui import ago, bind, bind_submit, human_bytes, id_choices, new_submission_token
 from studio.datasets.formats import FORMATS
 from studio.datasets.plain_text import DEFAULT_SPLIT
+from studio.errors import StudioError
 from studio.services.container import Services
 
 TITLE = "Datasets"
@@ -110,20 +111,39 @@ def _split_for(file: str | None, split_by: str | None) -> str | None:
     return (split_by or DEFAULT_SPLIT) if is_prose(file) else None
 
 
+def _nothing_to_import(detected: str, file: str | None = None) -> dict[str, Any]:
+    """The upload panel with no rows to report on: no file yet, or one that cannot be read.
+
+    Not a validation of zero rows: that read "✓ All 0 rows are valid" beside an "Import 0 rows"
+    button, and an unreadable file left the previous file's report and mapping on screen.
+    """
+    return {
+        "detected": detected,
+        "split_by": gr.update(visible=is_prose(file)),
+        "mapping_box": gr.update(visible=False),
+        "needs_mapping": False,
+        "raw_preview": gr.update(value=None, visible=False),
+        "report": "",
+        "problems": gr.update(value=[], visible=False),
+        "import_btn": gr.update(interactive=False, value="Import"),
+        "drop_btn": gr.update(visible=False),
+    }
+
+
 def inspect_file(
     services: Services, file: str | None, split_by: str | None = None, **mapping_inputs: Any
 ) -> dict[str, Any]:
-    """Analyse an uploaded file without storing it: format, columns, mapping proposal, validation."""
+    """Analyse an uploaded file without storing it: format, columns, mapping proposal, validation.
+
+    A file the studio cannot read (empty, not the type its name says) is said in the panel itself,
+    with what to do, instead of a toast over the previous file's report.
+    """
     if not file:
-        return {
-            "detected": "Upload a file to see its format and any problems.",
-            "split_by": gr.update(visible=False),
-            "mapping_box": gr.update(visible=False),
-            "needs_mapping": False,
-            "raw_preview": gr.update(value=None, visible=False),
-            **_report_outputs({"rows_invalid": 0, "rows_valid": 0, "problems": [], "counts_by_reason": {}}, 0),
-        }
-    found = services.datasets.inspect(file, split_by=_split_for(file, split_by))
+        return _nothing_to_import("Upload a file to see its format and any problems.")
+    try:
+        found = services.datasets.inspect(file, split_by=_split_for(file, split_by))
+    except StudioError as exc:
+        return _nothing_to_import(f"⚠ {str(exc).rstrip('.')}. Fix the file and upload it again.", file)
     detection = found.detection
     if detection.format is None:
         summary = f"Could not tell which columns to train on ({detection.reason}). Choose a format and columns below."

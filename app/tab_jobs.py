@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.job_pages import STATUS_ICONS, detail_markdown, percent, step_cell, view_of, when
+from app.job_pages import STATUS_ICONS, detail_markdown, percent, step_cell, time_left, view_of, when
 from app.latest_view import LatestView, newest_read_wins
 from app.ui import ago, bind, human_seconds, new_submission_token, queue_wait_sentence
 from models_db.registry import ACTIVE_STATUSES, FINAL_STATUSES
@@ -74,7 +74,8 @@ def _queue_table(jobs: list[Any], total: int, number: int, filtered: bool = Fals
     rows = []
     for job in jobs:
         pct = percent(job)
-        eta = human_seconds(job.eta_seconds) if job.status == "running" and job.eta_seconds is not None else ""
+        left = time_left(job)
+        eta = "" if left is None else human_seconds(left)
         where = html.escape(job.device or job.worker_host or "")
         rows.append(
             f"<tr data-job='{job.id}' class='status-{job.status}'><td>#{job.id}</td>"

@@ -42,6 +42,8 @@ TOP_INFO = {
     "base_model": "The model the adapter is trained for (bundled models work offline).",
 }
 QUICK = "Quick"
+KIT_LABEL = "Keep a transfer kit"  # the name the Transfer tab and its refusals use
+KIT_COST = " It is made after training (not in the time estimate): a few minutes on a CPU; untick it for a quick run."
 NEEDS_FIXING = "⚠ Some settings need fixing: see the highlighted fields."
 
 
@@ -100,8 +102,13 @@ def build_request(
     name: str | None,
     seed: Any,
     task: str | None,
+    transfer_kit: bool = True,
 ) -> TrainRequest:
-    """Validate the form as the worker will; FormErrors maps every problem to its field."""
+    """Validate the form as the worker will; FormErrors maps every problem to its field.
+
+    ``transfer_kit`` is the Advanced settings' checkbox: on by default as in ``studio train``, and off
+    for a quick run, whose kit (a discriminator trained after the adapter) takes minutes on a CPU.
+    """
     errors: dict[str, str] = {}
     params: dict[str, Any] = {}
     try:
@@ -116,6 +123,7 @@ def build_request(
         "hyper": hyper,
         "seed": 42 if seed is None else int(seed),
         "name": (name or "").strip() or None,
+        "transfer_kit": bool(transfer_kit),
     }
     if task and task != AUTO_TASK:
         data["task"] = task  # only when chosen: otherwise the dataset decides
@@ -322,6 +330,13 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
                 elem_id="train-seed",
                 info=TrainRequest.model_fields["seed"].description,
             )
+            # The Transfer tab and its refusals send users here to turn the kit on; it was not in the form.
+            c["transfer_kit"] = gr.Checkbox(
+                value=TrainRequest.model_fields["transfer_kit"].default,
+                label=KIT_LABEL,
+                elem_id="train-transfer-kit",
+                info=TrainRequest.model_fields["transfer_kit"].description + KIT_COST,
+            )
         gr.Markdown("**Optimisation**")
         with gr.Row(elem_classes=["form-grid"]):
             hyper = SchemaForm(TrainingHyperParams.model_json_schema(), "hp", initial=PRESETS[QUICK]["hyper"])
@@ -333,7 +348,9 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
 
     hyper_in = {f"hyper.{n}": w for n, w in hyper.widgets.items()}
     variant_in = variants.inputs()
-    top_in = {k: c[k] for k in ("dataset_id", "base_model", "base_custom", "variant", "name", "seed", "task")}
+    top_in = {
+        k: c[k] for k in ("dataset_id", "base_model", "base_custom", "variant", "name", "seed", "task", "transfer_kit")
+    }
 
     def read_form(raw: dict[str, Any]) -> dict[str, Any]:
         """Widget values -> build_request keywords, by field name."""

@@ -66,19 +66,20 @@ def test_import_prose_by_the_chosen_split(services, prose_file, split_by, texts)
     assert "task causal-lm" in out["dataset_info"]
 
 
-def test_prose_named_jsonl_is_a_toast_saying_not_json(services, tmp_path):
+def test_prose_named_jsonl_says_not_json_in_the_panel_and_on_import(services, tmp_path):
     path = tmp_path / "essay.jsonl"
     path.write_text(PROSE, encoding="utf-8")
-    for handler, kwargs in (
-        (tab_datasets.inspect_file, {}),
-        (tab_datasets.import_file, {"name": "", "needs_mapping": False, "map_format": None}),
-    ):
-        with pytest.raises(gr.Error) as info:
-            friendly(partial(handler, services))(file=str(path), **kwargs)
-        assert info.value.message == (
-            "essay.jsonl: line 1, column 1: not JSON (Expecting value) — is this a .txt file? "
-            "rename it to .txt to import it as text"
+    said = (
+        "essay.jsonl: line 1, column 1: not JSON (Expecting value) — is this a .txt file? "
+        "rename it to .txt to import it as text"
+    )
+    out = friendly(partial(tab_datasets.inspect_file, services))(file=str(path))
+    assert out["detected"] == f"⚠ {said}. Fix the file and upload it again."
+    with pytest.raises(gr.Error) as info:
+        friendly(partial(tab_datasets.import_file, services))(
+            file=str(path), name="", needs_mapping=False, map_format=None
         )
+    assert info.value.message == said
     assert services.datasets.list() == []
 
 
