@@ -93,11 +93,16 @@ def _report_outputs(validation: dict[str, Any] | None, rows_total: int) -> dict[
         )
         if validation.get("problems_truncated"):
             text += f" (showing the first {len(problems)} problems)"
+    # With rows to fix the main button is off and says so: "Import 40 rows" there read as the way forward
+    # while the drop button beside it was the one that worked.
+    label = f"Import {good} row{'' if good == 1 else 's'}" if bad == 0 else "Import (fix or drop the rows above first)"
     return {
         "report": text,
         "problems": gr.update(value=problems, visible=bool(problems)),
-        "import_btn": gr.update(interactive=bad == 0 and good > 0, value=f"Import {good} rows"),
-        "drop_btn": gr.update(visible=bad > 0 and good > 0, value=f"Drop these {bad} rows and import"),
+        "import_btn": gr.update(interactive=bad == 0 and good > 0, value=label),
+        "drop_btn": gr.update(
+            visible=bad > 0 and good > 0, value=f"Drop {'this row' if bad == 1 else f'these {bad} rows'} and import"
+        ),
     }
 
 
@@ -127,6 +132,7 @@ def _nothing_to_import(detected: str, file: str | None = None) -> dict[str, Any]
         "problems": gr.update(value=[], visible=False),
         "import_btn": gr.update(interactive=False, value="Import"),
         "drop_btn": gr.update(visible=False),
+        "import_status": "",
     }
 
 
@@ -169,6 +175,7 @@ def inspect_file(
         **_mapping_updates(detection.format, detection.mapping, found.columns),
         "raw_preview": gr.update(value=_table(found.preview[:10]), visible=bool(found.preview)),
         **_report_outputs(found.validation if not detection.needs_confirmation else None, found.rows_total),
+        "import_status": "",  # the last file's "✓ Imported dataset #…" is not this file's
     }
 
 
@@ -181,6 +188,8 @@ def check_mapping(services: Services, file: str | None, map_format: str | None, 
     """Validate the file read through the user's mapping (nothing is stored)."""
     if not file:
         raise gr.Error("Upload a file first.")
+    if map_format not in FORMATS:
+        raise gr.Error("Choose the format first: it decides which columns are needed.")
     mapping = _chosen_mapping(map_format, values)
     if not mapping:
         raise gr.Error("Choose a column for each required field of the format first.")
@@ -235,7 +244,8 @@ def import_file(
 def show_dataset(services: Services, selected: int | None) -> dict[str, Any]:
     """Preview and summary of one stored dataset."""
     if not selected:
-        return {"preview": gr.update(value=None), "dataset_info": "Select a dataset to preview it."}
+        # Hidden, not empty: an empty table without headers shows made-up columns "1 2 3".
+        return {"preview": gr.update(value=None, visible=False), "dataset_info": "Select a dataset to preview it."}
     row = services.datasets.get(int(selected))
     report = row.report or {}
     mapping = ", ".join(f"{k} ← `{v}`" for k, v in (row.mapping or {}).items())
@@ -243,9 +253,17 @@ def show_dataset(services: Services, selected: int | None) -> dict[str, Any]:
     info = (
         f"**#{row.id} {row.name}** — {row.format}, {row.rows} rows, task {report.get('task', '?')}"
         f"\n\nColumns: {mapping or '—'}"
-        + (f"\n\n{len(dropped)} invalid rows were dropped at import." if dropped else "")
+        + (f"\n\n{_rows(len(dropped))} dropped at import (invalid)." if dropped else "")
     )
-    return {"preview": _table(services.datasets.preview(row.id, 20)), "dataset_info": info}
+    return {
+        "preview": gr.update(value=_table(services.datasets.preview(row.id, 20)), visible=True),
+        "dataset_info": info,
+    }
+
+
+def _rows(count: int) -> str:
+    """``1 row was`` / ``3 rows were``."""
+    return f"{count} row was" if count == 1 else f"{count} rows were"
 
 
 def delete_dataset(services: Services, selected: int | None) -> dict[str, Any]:
@@ -330,14 +348,14 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
                 c["delete_btn"] = gr.Button("Delete", variant="stop", elem_id="ds-delete", scale=1, min_width=100)
             c["dataset_info"] = gr.Markdown("Select a dataset to preview it.", elem_id="ds-info")
             c["preview"] = gr.Dataframe(
-                label="Preview (as the trainer sees it)", interactive=False, elem_id="ds-preview"
+                label="Preview (as the trainer sees it)", interactive=False, elem_id="ds-preview", visible=False
             )
 
     map_inputs = {f"map_{f}": c[f"map_{f}"] for f in MAP_FIELDS}
     inspect_out = {
         k: c[k]
         for k in ("detected", "split_by", "mapping_box", "needs_mapping", "map_format", "raw_preview")
-        + ("report", "problems", "import_btn", "drop_btn")
+        + ("report", "problems", "import_btn", "drop_btn", "import_status")
     } | map_inputs
     inspect_in = {"file": c["file"], "split_by": c["split_by"]}
     bind(c["file"].change, partial(inspect_file, services), inspect_in, inspect_out)

@@ -36,7 +36,7 @@ def test_split_choice_is_shown_for_prose_and_changes_the_rows(services, prose_fi
 
     whole = tab_datasets.inspect_file(services, prose_file, split_by="file")
     assert "1 rows" in whole["detected"] and "the whole file is one document" in whole["detected"]
-    assert whole["import_btn"]["value"] == "Import 1 rows"
+    assert whole["import_btn"]["value"] == "Import 1 row"
     assert services.datasets.list() == []  # inspecting stores nothing
 
 
