@@ -39,6 +39,10 @@ class Reporter(ABC):
         done = step - self._first_step
         if not total or done <= 0:
             return None
+        if step >= total:
+            # Past the last step the pace says 0 s, while what is left (saving, a transfer kit that trains
+            # for minutes) is not paced by steps: unknown, for the job page, the API and the CLI alike.
+            return None
         rate = (now - self._first_step_time) / done
         return max(0.0, rate * (total - step))
 
