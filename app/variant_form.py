@@ -45,7 +45,8 @@ class VariantForms:
         for name, variant_specs in specs.items():
             extra: list[FieldSpec] = [s for s in variant_specs if s.name not in shared_names]
             prefix = f"{elem_prefix}-{name.replace('_', '-')}"
-            with gr.Group(visible=name == selected and bool(extra or self.presets[name])) as group:
+            shown = name == selected and bool(extra or self.presets[name])
+            with gr.Group(visible=shown, elem_classes=["variant-settings"]) as group:
                 if extra:
                     gr.Markdown(f"**Settings of {titles[name]}**", padding=True)
                 if self.presets[name]:

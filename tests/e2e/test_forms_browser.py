@@ -94,3 +94,18 @@ def test_a_refusal_reads_as_words_beside_the_form_with_no_traceback_in_the_log(f
     page.close()
     logs = "".join(path.read_text() for path in workspace.glob("studio-*.log"))
     assert "Adapters: choose the adapters to merge" in logs and "Traceback" not in logs
+
+
+def test_a_variants_settings_stack_without_gaps(forms_url, browser):  # noqa: F811
+    """The variant's settings (a column) once took the grid's 250px flex-basis as each field's height."""
+    page = open_studio(browser, forms_url)
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_text("Advanced settings").click()
+    heights = {}
+    for elem_id in ("vp-lora-r", "vp-lora-lora-alpha", "vp-lora-lora-dropout"):  # LoRA's own settings
+        field = page.locator(f"#{elem_id}")
+        field.wait_for()
+        heights[elem_id] = field.bounding_box()["height"]
+    # A slider field with its label and help line is ~90px tall; the bug made each one 250px.
+    assert max(heights.values()) < 160, heights
+    page.close()
