@@ -49,21 +49,66 @@ def adapter_choices(services: Services, base_model: str | None = None) -> list[t
     return [(f"#{r.id} {r.name} ({r.variant})", r.id) for r in rows]
 
 
+def dataset_label(dataset_id: Any, names: dict[int, str]) -> str:
+    """``#1 colors``: the id the pickers show, with the name (``#1 (deleted)`` once the dataset is gone)."""
+    if dataset_id is None:
+        return ""
+    name = names.get(int(dataset_id))
+    return f"#{dataset_id} {name}" if name is not None else f"#{dataset_id} (deleted)"
+
+
+def _dataset_names(services: Services, jobs: list[Any]) -> dict[int, str]:
+    """The names of the datasets ``jobs`` evaluated on, read in one query (a refresh lists up to 50 jobs)."""
+    ids = [int(job.request["dataset_id"]) for job in jobs if job.request.get("dataset_id") is not None]
+    return services.registry.dataset_names(ids)
+
+
 def results_rows(services: Services) -> list[list[Any]]:
-    """Recent eval jobs: status, the models compared and the dataset."""
+    """Recent eval jobs: status, the models compared and the dataset (``#1 colors``)."""
+    jobs = services.jobs.list(kind="eval", limit=50)
+    names = _dataset_names(services, jobs)
     out = []
-    for job in services.jobs.list(kind="eval", limit=50):
+    for job in jobs:
         request = job.request
         ids = ([request["adapter_id"]] if request.get("adapter_id") else []) + list(request.get("adapter_ids") or [])
         models = ([request["base_model"]] if request.get("base_model") else []) + [f"#{i}" for i in ids]
-        out.append([job.id, job.status, ", ".join(models), request.get("dataset_id"), job.error or ""])
+        dataset = dataset_label(request.get("dataset_id"), names)
+        out.append([job.id, job.status, ", ".join(models), dataset, job.error or ""])
     return out
 
 
 def job_choices(services: Services) -> list[tuple[str, int]]:
-    """Finished eval jobs whose comparison can be shown."""
+    """Finished eval jobs whose comparison can be shown, newest first."""
     jobs = services.jobs.list(kind="eval", status=["succeeded"], limit=50)
-    return [(f"job #{j.id} on dataset #{j.request.get('dataset_id')}", j.id) for j in jobs]
+    names = _dataset_names(services, jobs)
+    return [(f"job #{j.id} on dataset {dataset_label(j.request.get('dataset_id'), names)}", j.id) for j in jobs]
+
+
+def pick_job(choices: list[tuple[str, int]], current: Any, following: bool) -> int | None:
+    """The job the "Result of" picker should show.
+
+    While the tab follows (nothing was picked by hand), the newest finished job: the one just
+    submitted appears by itself when it finishes. A job picked by hand is kept for as long as
+    it is listed; one that is no longer listed (deleted) is no pick, so the newest is shown.
+    """
+    ids = [job_id for _, job_id in choices]
+    if not following and current in ids:
+        return current
+    return ids[0] if ids else None
+
+
+def job_picker(services: Services, current: Any, following: bool) -> dict[str, Any]:
+    """Fresh choices of the picker, with the job to show (see :func:`pick_job`) and whether the tab still follows.
+
+    The value is only sent when it changes: the picker's ``change`` event then draws that
+    job's comparison, once, rather than on every refresh.
+    """
+    choices = job_choices(services)
+    current = int(current) if current else None
+    picked = pick_job(choices, current, following)
+    job = gr.update(choices=choices) if picked == current else gr.update(choices=choices, value=picked)
+    # A hand pick that is gone (deleted) no longer pins the picker: follow the newest again.
+    return {"job": job, "following": following or picked != current}
 
 
 def submit_eval(
@@ -87,7 +132,10 @@ def submit_eval(
     request.update(options)
     # Named after the models, dataset and metrics by the job service.
     job = services.jobs.submit(request, submission_token=submission_token)
-    return f"Queued evaluation job #{job.id}; pick it under Results when it finishes.{queue_wait_sentence(job)}"
+    return (
+        f"Queued evaluation job #{job.id}; its comparison is shown below when it finishes "
+        f"(unless you picked another job under Result of).{queue_wait_sentence(job)}"
+    )
 
 
 def comparison_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
@@ -223,6 +271,8 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     c["samples"] = gr.Dataframe(headers=["prompt"], interactive=False, wrap=True, visible=False, elem_id="eval-samples")
 
     c["submission_token"] = gr.State(new_submission_token)  # a double click queues one evaluation
+    # True until the user picks a job by hand: till then the picker shows the newest finished evaluation.
+    c["following"] = gr.State(True)
 
     def on_submit(adapters, base_model, dataset, submission_token=None, **raw: Any) -> dict[str, Any]:
         options = form.values([raw[f"opt.{n}"] for n in form.names])
@@ -231,12 +281,12 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
             "results": results_rows(services),
         }
 
-    def on_tab(base_model) -> dict[str, Any]:
+    def on_tab(base_model, job, following) -> dict[str, Any]:
         return {
             "adapters": gr.update(choices=adapter_choices(services, base_model)),
             "dataset": gr.update(choices=dataset_choices(services)),
             "results": results_rows(services),
-            "job": gr.update(choices=job_choices(services)),
+            **job_picker(services, job, following),
         }
 
     inputs = {k: c[k] for k in ("adapters", "base_model", "dataset")} | {f"opt.{n}": w for n, w in form.widgets.items()}
@@ -244,11 +294,12 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     bind_submit(
         c["submit"], on_submit, inputs, {k: c[k] for k in ("status", "results")}, "status", c["submission_token"]
     )
+    picker = {"job": c["job"], "following": c["following"]}
     bind(
         tab.select,
         on_tab,
-        {"base_model": c["base_model"]},
-        {k: c[k] for k in ("adapters", "dataset", "results", "job")},
+        {"base_model": c["base_model"]} | picker,
+        {k: c[k] for k in ("adapters", "dataset", "results")} | picker,
     )
     bind(
         c["base_model"].change,
@@ -256,14 +307,27 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         {"base_model": c["base_model"]},
         {"adapters": c["adapters"]},
     )
+
+    def draw_result(job) -> dict[str, Any]:
+        return show_result(services, job)
+
+    # `change` also fires when a refresh sets the value: a job picked by the tab is drawn like a hand pick.
     bind(
         c["job"].change,
-        lambda job: show_result(services, job),
+        draw_result,
         {"job": c["job"]},
         {k: c[k] for k in ("table", "paired", "chart", "roc", "confusion", "samples")},
     )
 
-    def refresh_results() -> dict[str, Any]:
-        return {"results": results_rows(services), "job": gr.update(choices=job_choices(services))}
+    # `input` fires only when the user picks (not when a refresh sets the value): that pick is kept from then on.
+    bind(c["job"].input, picked_by_hand, {}, {"following": c["following"]}, show_progress="hidden")
 
-    bind(gr.Timer(5.0).tick, refresh_results, {}, {"results": c["results"], "job": c["job"]}, show_progress="hidden")
+    def refresh_results(job, following) -> dict[str, Any]:
+        return {"results": results_rows(services), **job_picker(services, job, following)}
+
+    bind(gr.Timer(5.0).tick, refresh_results, picker, {"results": c["results"]} | picker, show_progress="hidden")
+
+
+def picked_by_hand() -> dict[str, Any]:
+    """The user chose a job in "Result of": stop following the newest finished one."""
+    return {"following": False}

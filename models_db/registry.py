@@ -224,6 +224,14 @@ class Registry:
         with self._session() as s:
             return list(s.scalars(select(DatasetRow).order_by(DatasetRow.id.desc())))
 
+    def dataset_names(self, dataset_ids: Iterable[int]) -> dict[int, str]:
+        """``{id: name}`` of those of ``dataset_ids`` that still exist (a deleted one is simply absent); one query."""
+        ids = sorted(set(dataset_ids))
+        if not ids:
+            return {}
+        with self._session() as s:
+            return dict(s.execute(select(DatasetRow.id, DatasetRow.name).where(DatasetRow.id.in_(ids))).all())
+
     def delete_dataset(self, dataset_id: int) -> None:
         with self._session() as s:
             s.execute(delete(DatasetRow).where(DatasetRow.id == dataset_id))

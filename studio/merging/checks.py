@@ -74,9 +74,8 @@ def check_rank_units(adapters: list[Any], method: str = "lego") -> None:
     for row in adapters:
         folder = Path(row.path)
         config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-        odd = [k for k in ("use_dora", "lora_bias") if config.get(k)]
-        if config.get("peft_type", "LORA") != "LORA" or odd:
-            kind = ", ".join(odd) or str(config.get("peft_type"))
+        kind = not_plain_lora(config)
+        if kind:
             raise ValidationFailed(
                 f"adapter #{row.id} is not a plain LoRA ({kind}), so it has no rank units for {method}; "
                 f"merge it alone with linear first (that writes it as a plain LoRA) and use the result"
@@ -98,6 +97,70 @@ def check_rank_units(adapters: list[Any], method: str = "lego") -> None:
                 f"{method} needs adapters of the same target modules: #{row_id} {what} compared with #{first_id}; "
                 "use linear, ties or dare for adapters of different modules"
             )
+
+
+def not_plain_lora(config: dict[str, Any]) -> str:
+    """What makes a saved adapter (its ``adapter_config.json``) more than a plain LoRA ("use_dora", "ADALORA"), or ""."""
+    odd = [k for k in ("use_dora", "lora_bias") if config.get(k)]
+    if config.get("peft_type", "LORA") != "LORA" or odd:
+        return ", ".join(odd) or str(config.get("peft_type"))
+    return ""
+
+
+def check_not_a_copy(request: Any, adapters: list[Any]) -> None:
+    """Raise ValidationFailed when a merge of one adapter would write that adapter back unchanged.
+
+    One adapter alone is a real use when the result differs from it, and is accepted then: a
+    ``rank`` below its own (the SVD re-factorisation resizes it), a weight other than 1 (scales
+    or reverses it), a method that changes a lone adapter (ties or dare below density 1,
+    lego's clustering, whose output reweighting can rescale it), or an adapter that is not a
+    plain LoRA (DoRA, AdaLoRA, ...: the merge rewrites it as one, the way round that
+    :func:`check_mergeable` suggests). What is left is a copy under a new id, refused in words.
+    """
+    from studio.evaluation.loading import ADAPTER_CONFIG
+
+    if len(adapters) != 1 or request.resolved_weights() != [1.0] or not _lone_change_kept(request):
+        return
+    row = adapters[0]
+    folder = Path(row.path)
+    if not_plain_lora(json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))):
+        return
+    own = max(lora_ranks(folder).values(), default=0)
+    if not own or (request.rank is not None and request.rank < own):
+        return
+    at = "its own rank" if request.rank in (None, own) else f"rank {request.rank}, above its own"
+    raise ValidationFailed(
+        f"choose two or more adapters to merge; adapter #{row.id} alone ({request.method}, weight 1, {at} {own}) "
+        f"would be copied unchanged. To make it smaller, set Rank below {own}; to scale or reverse it, give it "
+        "a weight other than 1"
+    )
+
+
+def _lone_change_kept(request: Any) -> bool:
+    """True when ``request.method`` gives a single adapter's ΔW back as it is (at weight 1).
+
+    linear is Σ wᵢ ΔWᵢ; at density 1 ties keeps every change and its sign, and dare drops
+    none, so those are the same sum. lego is left out: its cluster count is capped by the
+    distinct non-zero units, which can make √(r̄ / k) above 1 and so change even one adapter.
+    """
+    if request.method == "linear":
+        return True
+    return request.method in ("ties", "dare_linear", "dare_ties") and request.density >= 1.0
+
+
+def lora_ranks(folder: Path) -> dict[str, int]:
+    """``{module: rank}`` of a saved PEFT LoRA, from the shapes of its A factors (rank patterns included)."""
+    from safetensors import safe_open
+
+    from studio.evaluation.loading import ADAPTER_WEIGHTS
+
+    ranks = {}
+    with safe_open(str(folder / ADAPTER_WEIGHTS), "pt") as handle:
+        for key in handle.keys():  # noqa: SIM118 (not a dict)
+            for marker in (".lora_A", ".lora_embedding_A"):
+                if marker in key:
+                    ranks[key.split(marker)[0]] = int(handle.get_slice(key).get_shape()[0])
+    return ranks
 
 
 def adapted_modules(folder: Path) -> frozenset[str]:

@@ -145,10 +145,11 @@ class JobService:
         if isinstance(request, FederatedRequest):
             self._check_federated(request)
         if isinstance(request, MergeRequest):
-            from studio.merging.checks import check_mergeable
+            from studio.merging.checks import check_mergeable, check_not_a_copy
 
             parents = [self.registry.get_adapter(adapter_id) for adapter_id in request.adapter_ids]
             check_mergeable(parents, request.method)
+            check_not_a_copy(request, parents)  # here, so the tab, the CLI and the API all refuse it
         if isinstance(request, MixtureRequest):
             from studio.composition.mixture_checks import check_mixable
 

@@ -3,9 +3,10 @@
 Before `studio run` starts, its registry is seeded the way the CLI's `--inline` runs do it:
 a dataset added through the dataset service and two adapters of a tiny random Llama trained
 a few steps by training jobs run in this process. Then, in Chromium, one comparison of the
-base and both adapters is submitted on the Evaluate tab, runs on the studio's own worker,
-and its result view must show every model's column, a best mark per metric, a Δ vs the base
-per adapter, the bar chart and the samples table with every model's answer.
+base and both adapters is submitted on the Evaluate tab, runs on the studio's own worker and,
+once finished, is picked by the tab itself (no click); its result view must show every
+model's column, a best mark per metric, a Δ vs the base per adapter, the bar chart and the
+samples table with every model's answer.
 """
 
 from __future__ import annotations
@@ -131,11 +132,14 @@ def test_compare_base_and_two_adapters(studio_url, seeded, browser, workspace): 
     page.locator("#eval-submit").click()
     job_id = int(re.search(r"#(\d+)", wait_text(page, "eval-status", "Queued evaluation job #\\d+")).group(1))
 
-    # The results list refreshes by itself; the job is picked once it has succeeded.
+    # The results list refreshes by itself and names the dataset; once the job has succeeded, the tab picks it
+    # under "Result of" and draws its comparison without a click (nothing was picked by hand).
     results = wait_text(page, "eval-results", f"{job_id}\\s+(succeeded|failed|cancelled)", timeout_s=120)
     assert re.search(f"{job_id}\\s+succeeded", results), results
-    choose(page, "eval-job", f"job #{job_id} ")
-    wait_text(page, "eval-comparison", "★")
+    assert f"#{seeded['dataset_id']} colors" in results, results
+    wait_text(page, "eval-comparison", "★", timeout_s=30)
+    picked = page.locator("#eval-job input").first.input_value()
+    assert picked.startswith(f"job #{job_id} on dataset #{seeded['dataset_id']} colors"), picked
 
     result = stored_result(workspace, job_id)
     keys = [f"base:{base}", f"adapter:{first}", f"adapter:{second}"]

@@ -63,6 +63,22 @@ def test_bad_requests_are_refused_before_anything_is_queued(services, two_adapte
     assert services.jobs.list(kind="merge") == []
 
 
+def test_one_adapter_alone_is_refused_as_a_copy_unless_it_is_resized(services, two_adapters):
+    from app.ui import friendly
+
+    lone = two_adapters[:1]
+    options = {"method": "linear", "density": 0.2, "rank": None, "name": None}
+    line = friendly(tab_merge.submit_merge, "status")(services=services, adapters=lone, weights="", options=options)
+    assert line["status"] == (
+        f"⚠ choose two or more adapters to merge; adapter #{lone[0]} alone (linear, weight 1, its own rank 4) "
+        "would be copied unchanged. To make it smaller, set Rank below 4; to scale or reverse it, give it a "
+        "weight other than 1"
+    )
+    assert services.jobs.list(kind="merge") == []  # refused before anything was queued
+    resized = tab_merge.submit_merge(services, lone, "", {**options, "rank": 2})
+    assert resized.startswith("Queued merge job") and f"#{lone[0]} × 1" in resized
+
+
 def test_adapters_tab_says_what_a_merged_adapter_was_made_from(services, two_adapters):
     from app import tab_adapters
 
