@@ -43,7 +43,10 @@ TOP_INFO = {
 }
 QUICK = "Quick"
 KIT_LABEL = "Keep a transfer kit"  # the name the Transfer tab and its refusals use
-KIT_COST = " It is made after training (not in the time estimate): a few minutes on a CPU; untick it for a quick run."
+KIT_COST = (
+    " It is made after training, a few minutes on a CPU (the time estimate says it apart: "
+    "'+ ~N s for the transfer kit'); untick it for a quick run."
+)
 NEEDS_FIXING = "⚠ Some settings need fixing: see the highlighted fields."
 
 
@@ -172,10 +175,13 @@ def submit_training(services: Services, submission_token: str | None = None, **f
     return {"job_id": job.id, "message": message}
 
 
-def estimate_markdown(services: Services, dataset_id: Any, base_model: str | None, hyper: dict[str, Any]) -> str:
+def estimate_markdown(
+    services: Services, dataset_id: Any, base_model: str | None, hyper: dict[str, Any], transfer_kit: bool = True
+) -> str:
     """Steps and the run's duration, measured on this machine (a rough guess only for a GPU seen from a CPU).
 
-    An invalid setting gets what to fix instead: an estimate of −5 steps would be nonsense.
+    An invalid setting gets what to fix instead: an estimate of −5 steps would be nonsense. With
+    ``transfer_kit`` (the form's checkbox) the measured estimate adds the kit built after training.
     """
     if not dataset_id:
         return "Choose a dataset to see how long training might take."
@@ -191,7 +197,7 @@ def estimate_markdown(services: Services, dataset_id: Any, base_model: str | Non
     remote_gpu = any(w.device.startswith("cuda") for w in workers) and device.type != "cuda"
     if not remote_gpu:
         try:
-            request = _estimate_request(dataset, base_model, hyper)
+            request = _estimate_request(dataset, base_model, hyper, transfer_kit)
             task = dataset.report.get("task", "causal-lm")
             estimate = estimate_for_request(request, services.settings, device, dataset.stored_path, task)
         except (StudioError, ValidationError, OSError, ValueError) as exc:
@@ -206,9 +212,11 @@ def estimate_markdown(services: Services, dataset_id: Any, base_model: str | Non
     rough = rough_estimate(services, dataset, base_model, hyper, kind)
     where = f"on {len(workers)} worker(s) online ({kind.upper()})" if workers else "(no worker online: CPU assumed)"
     detail = f": {rough.detail}" if rough.detail else ""
+    kit = transfer_kit and dataset.report.get("task", "causal-lm") == "causal-lm"
+    unpriced = " The transfer kit made after training is not counted in it." if kit else ""  # only measured
     return (
         f"**{rough.steps} steps** · estimated **~{human_seconds(rough.seconds)}** {where}{detail}. "
-        f"*Rough estimate{note}.*"
+        f"*Rough estimate{note}.*{unpriced}"
     )
 
 
@@ -254,10 +262,15 @@ def rough_estimate(
     return RoughEstimate(steps, seconds, per_example, detail)
 
 
-def _estimate_request(dataset: Any, base_model: str, hyper: dict[str, Any]) -> TrainRequest:
+def _estimate_request(dataset: Any, base_model: str, hyper: dict[str, Any], transfer_kit: bool = True) -> TrainRequest:
     """The request the estimate measures: the form's settings on the chosen dataset and base."""
     settings = {k: v for k, v in hyper.items() if v is not None or k in ("max_steps", "max_eval_rows")}
-    return TrainRequest(dataset_id=dataset.id, base_model=base_model, hyper=TrainingHyperParams(**settings))
+    return TrainRequest(
+        dataset_id=dataset.id,
+        base_model=base_model,
+        hyper=TrainingHyperParams(**settings),
+        transfer_kit=bool(transfer_kit),
+    )
 
 
 def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
@@ -438,9 +451,11 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
 
     def on_estimate(**raw: Any) -> dict[str, Any]:
         hyper_values = hyper.values([raw[f"hyper.{n}"] for n in hyper.names])
-        return {"estimate": estimate_markdown(services, raw["dataset_id"], raw["base_model"], hyper_values)}
+        kit = raw["transfer_kit"]
+        return {"estimate": estimate_markdown(services, raw["dataset_id"], raw["base_model"], hyper_values, kit)}
 
-    estimate_in = {"dataset_id": c["dataset_id"], "base_model": c["base_model"]} | hyper_in
+    estimate_in = {"dataset_id": c["dataset_id"], "base_model": c["base_model"], "transfer_kit": c["transfer_kit"]}
+    estimate_in |= hyper_in
     preset_event = bind(
         c["preset"].change, on_preset, {"preset": c["preset"], "variant": c["variant"]}, hyper_in | variant_in
     )
@@ -456,6 +471,8 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         concurrency_id="train-estimate",
     )
     bind(c["dataset_id"].change, on_estimate, estimate_in, {"estimate": c["estimate"]}, **latest_only)
+    # the kit is its own part of the estimate: ticking it on or off adds or drops it
+    bind(c["transfer_kit"].change, on_estimate, estimate_in, {"estimate": c["estimate"]}, **latest_only)
     for field in (
         "max_steps",
         "epochs",

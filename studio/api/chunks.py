@@ -25,11 +25,16 @@ def sse(body: dict) -> str:
 
 @dataclass
 class Reply:
-    """The ids and time one response's bodies share; ``chat`` picks the chat or the text-completion shape."""
+    """The ids and time one response's bodies share; ``chat`` picks the chat or the text-completion shape.
+
+    ``include_usage``: the request's ``stream_options.include_usage``, which puts ``"usage": null``
+    on every chunk before the last one that carries the counts (as OpenAI sends them).
+    """
 
     model: str
     chat: bool
     id: str = ""
+    include_usage: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
@@ -63,7 +68,9 @@ class Reply:
         else:
             choice = {"index": 0, "text": delta or ""}
             body = self._head("text_completion")
-        return body | {"choices": [choice | {"logprobs": None, "finish_reason": finish_reason}]}
+        body |= {"choices": [choice | {"logprobs": None, "finish_reason": finish_reason}]}
+        # OpenAI's chunks hold the field only when usage was asked for: a client may test for the key
+        return (body | {"usage": None}) if self.include_usage else body
 
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict:
         """The last chunk when ``stream_options.include_usage``: no choices, just the counts."""

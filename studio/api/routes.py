@@ -65,12 +65,12 @@ def build_router(services, keys: KeyCheck) -> APIRouter:
     @router.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest):
         prepared = await run_in_threadpool(completions.prepare_chat, body)
-        return await respond(prepared, body, Reply(body.model, chat=True))
+        return await respond(prepared, body, Reply(body.model, chat=True, include_usage=body.include_usage))
 
     @router.post("/completions")
     async def text_completions(body: CompletionRequest):
         prepared = await run_in_threadpool(completions.prepare_completion, body)
-        return await respond(prepared, body, Reply(body.model, chat=False))
+        return await respond(prepared, body, Reply(body.model, chat=False, include_usage=body.include_usage))
 
     async def respond(prepared: Prepared, body: SamplingFields, reply: Reply):
         handle = prepared.submit()

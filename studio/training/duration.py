@@ -18,7 +18,8 @@ passes can cost as much as training. So the estimate is built from measurements:
    enough that the load the run will meet is the load that was measured;
 3. :func:`estimate_run_seconds` (pure) adds steps × step time + validation passes × tokens
    × forward time + setup (reading and tokenising the rows, loading the base twice: to
-   train and to export);
+   train and to export) + the transfer kit built after the last step (:func:`kit_seconds`:
+   writing inputs with the base, a small discriminator run, scoring), at the same rates;
 4. after each run, :func:`record_run` keeps the actual split (setup, train, validation,
    save) and its ratio to the measurement; later estimates on the same machine and model
    are multiplied by the median of the last :data:`HISTORY` ratios (:func:`corrections`).
@@ -105,6 +106,7 @@ class MeasuredSpeed:
     eval_ratio: float = 1.0
     setup_ratio: float = 1.0
     runs_learnt: int = 0
+    step_rows: int = 1  # sequences in the timed batch (step_tokens / step_rows: its width)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,25 +125,27 @@ class RunEstimate:
     eval_rows: int
     measured: MeasuredSpeed
     eval_unit: str = "row"  # what eval_rows counts: "window" when long sequences are read as windows
+    kit_s: float = 0.0  # the transfer kit built after the last step (0: none will be)
 
     @property
     def total_s(self) -> float:
-        return self.setup_s + self.train_s + self.eval_s
+        return self.setup_s + self.train_s + self.eval_s + self.kit_s
 
     def headline(self) -> str:
-        """'about N minutes' (or seconds, for short runs)."""
-        total = self.total_s
-        if total < 90:
-            return f"about {max(10, round(total / 10) * 10)} seconds"
-        return f"about {max(2, round(total / 60))} minutes"
+        """'about N minutes' (or seconds, for short runs) for the whole job."""
+        return _about(self.total_s)
 
     def describe(self) -> str:
-        """'about N minutes (measured on this machine: X s per step, Y validation passes of Z rows)'."""
+        """'about N minutes [+ ~M s for the transfer kit] (measured on this machine: X s per step, …)'."""
         passes = f"{self.eval_passes} validation pass{'' if self.eval_passes == 1 else 'es'}"
         if self.eval_passes:
             passes += f" of {self.eval_rows} {self.eval_unit}{'' if self.eval_rows == 1 else 's'}"
         step = f"{self.step_s:.1f}" if self.step_s >= 1 else f"{self.step_s:.2f}"
-        return f"{self.headline()} (measured on this machine: {step} s per step, {passes})"
+        lead = self.headline()
+        if self.kit_s:
+            # said apart: the kit runs after the last step, where a job's progress already reads 100 %
+            lead = f"{_about(self.total_s - self.kit_s)} + ~{_seconds(self.kit_s)} for the transfer kit"
+        return f"{lead} (measured on this machine: {step} s per step, {passes})"
 
     def breakdown(self) -> str:
         """Where the time goes, and what the measurement saw."""
@@ -151,6 +155,8 @@ class RunEstimate:
             f"validation {_seconds(self.eval_s)}",
             f"loading and saving {_seconds(self.setup_s)}",
         ]
+        if self.kit_s:
+            parts.append(f"transfer kit after the last step {_seconds(self.kit_s)}")
         seen = f"{m.threads} thread{'s' if m.threads != 1 else ''}"
         if m.loadavg is not None:
             seen += f", load average {m.loadavg:.1f}"
@@ -168,8 +174,16 @@ class RunEstimate:
             "step_s": self.step_s,
             "eval_passes": self.eval_passes,
             "eval_rows": self.eval_rows,
+            "kit_s": self.kit_s,
             "measured": self.measured.as_dict(),
         }
+
+
+def _about(seconds: float) -> str:
+    """'about N minutes', or 'about N seconds' (to the nearest 10, at least 10) under a minute and a half."""
+    if seconds < 90:
+        return f"about {max(10, round(seconds / 10) * 10)} seconds"
+    return f"about {max(2, round(seconds / 60))} minutes"
 
 
 def _seconds(value: float) -> str:
@@ -264,7 +278,7 @@ def _pooled_batch_tokens(
     return statistics.fmean(sum(s[0] for s in batch) * max(s[1] for s in batch) for batch in batches)
 
 
-def estimate_run_seconds(request: Any, data: DataProfile, measured: MeasuredSpeed) -> RunEstimate:
+def estimate_run_seconds(request: Any, data: DataProfile, measured: MeasuredSpeed, kit: Any = None) -> RunEstimate:
     """Seconds a run of ``request`` on ``data`` takes on the machine that gave ``measured`` (pure).
 
     train = steps × (padded tokens per step × measured seconds per token of a training step);
@@ -273,7 +287,8 @@ def estimate_run_seconds(request: Any, data: DataProfile, measured: MeasuredSpee
     overhead. Each part is multiplied by the actual/measured ratio of earlier runs. With a pooled
     window loss (``data.units``) a step is batch_size sequences × their windows, and an epoch is
     the training sequences; per window, an epoch is the training windows. Validation scores
-    every window of the sequences it keeps in both (as the loop does).
+    every window of the sequences it keeps in both (as the loop does). ``kit``: the
+    :class:`~studio.transfer.after_training.KitPlan` of the kit built after training (None: none).
     """
     hyper = request.hyper
     _, val_idx = split_rows(data.rows, hyper.validation_fraction, request.seed)
@@ -303,7 +318,31 @@ def estimate_run_seconds(request: Any, data: DataProfile, measured: MeasuredSpee
         eval_rows=eval_rows,
         measured=measured,
         eval_unit="window" if data.windowed else "row",
+        kit_s=kit_seconds(kit, measured) if kit is not None else 0.0,
     )
+
+
+def kit_seconds(kit: Any, measured: MeasuredSpeed) -> float:
+    """Seconds to build a transfer kit (:class:`~studio.transfer.after_training.KitPlan`) at ``measured``'s rates.
+
+    The kit loads the base to write inputs few-shot, trains a discriminator (its own run: steps,
+    tokenising, loading to train and again to judge) and scores every discriminator row once.
+    Writing is ``inputs / batch`` waves of up to ``max_new_tokens`` decode steps after a prefill
+    of the prompts; a decode step is priced as one row of the timed forward pass: it reads all the
+    weights for a token per sequence, so its share of the batch's tokens would be far too cheap.
+    """
+    per_token_eval = measured.forward_s / max(1, measured.step_tokens) * measured.eval_ratio
+    decode_step_s = measured.forward_s / max(1, measured.step_rows) * measured.eval_ratio
+    waves = -(-kit.inputs // max(1, kit.batch))
+    writing = (
+        measured.load_s * measured.setup_ratio
+        + kit.inputs * kit.prompt_tokens * per_token_eval
+        + waves * kit.max_new_tokens * decode_step_s
+    )
+    rows = DataProfile(len(kit.discriminator_lengths), kit.discriminator_lengths)
+    discriminator = estimate_run_seconds(kit.discriminator, rows, measured)  # no validation, and no kit of its own
+    scoring = sum(kit.discriminator_lengths) * per_token_eval
+    return writing + discriminator.total_s + scoring
 
 
 def predicted_setup_seconds(rows: int, measured: MeasuredSpeed) -> float:
@@ -595,6 +634,7 @@ class RequestData:
     profile: DataProfile
     examples: list[dict[str, Any]]
     tokenise_s: float  # reading and tokenising one row
+    kit: Any = None  # the transfer kit the job builds after training (a KitPlan), None: none
 
 
 def profile_request(request: Any, settings: Any, data_path: str | Path, task: str) -> RequestData:
@@ -628,6 +668,7 @@ def windowed_request_data(request: Any, settings: Any, data_path: str | Path, ta
 def _profile_with(request: Any, base_path: Path, tokenizer: Any, data_path: str | Path, task: str) -> RequestData:
     from studio.training.data import read_jsonl
     from studio.training.setup import dataset_labels, encoder_max_length
+    from studio.transfer.after_training import kit_plan
 
     hyper = request.hyper
     rows = read_jsonl(data_path)
@@ -643,7 +684,8 @@ def _profile_with(request: Any, base_path: Path, tokenizer: Any, data_path: str 
         seed=request.seed,
         window_loss=hyper.window_loss,
     )
-    return RequestData(base_path, tokenizer, labels, max_length, profile, examples, tokenise_s)
+    kit = kit_plan(request, task, rows, base_path, tokenizer)
+    return RequestData(base_path, tokenizer, labels, max_length, profile, examples, tokenise_s, kit)
 
 
 def estimate_for_request(
@@ -701,12 +743,14 @@ def estimate_for_request(
                 threads=threads,
                 loadavg=current_loadavg(),
                 measured_at=time.time(),
+                step_rows=rows_in_batch,
             )
 
         measured, _ = cached_measurement(measurement_cache(settings), shape_key(machine, rows_in_batch, width), measure)
     learnt = corrections(runs_cache(settings), machine)
-    measured = replace(measured, tokenise_s_per_row=tokenise_s, **learnt)
-    return estimate_run_seconds(request, data, measured)
+    # step_rows: the shape key holds it, so a measurement kept by an older version gets it here
+    measured = replace(measured, tokenise_s_per_row=tokenise_s, step_rows=rows_in_batch, **learnt)
+    return estimate_run_seconds(request, data, measured, profiled.kit)
 
 
 def record_finished_run(

@@ -10,6 +10,8 @@ and a discriminator trained 3 epochs over both, so a 12-row test set costs a few
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,20 @@ from studio.progress import Reporter
 from studio.schema import KitOptions, TrainRequest
 from studio.transfer.reporting import StageReporter
 
-STAGE = "transfer kit"
+STAGE = "building the transfer kit"  # the job's progress text while it runs: past the last step, not stuck
 MAX_POSITIVES = 64
+
+
+@dataclass(frozen=True)
+class KitPlan:
+    """What building the kit will do, counted before training: the time estimate prices it."""
+
+    inputs: int  # real inputs kept, and as many inputs the base writes
+    prompt_tokens: int  # the few-shot prompt each written input follows
+    max_new_tokens: int  # the longest written input
+    batch: int  # inputs the engine writes together
+    discriminator: TrainRequest  # its training run, as train_chat_lora makes it
+    discriminator_lengths: tuple[int, ...]  # tokens of each discriminator row (written inputs: like the real ones)
 
 
 def kit_options_for(request: TrainRequest, rows: int, longest_input_chars: int = 256) -> KitOptions:
@@ -40,6 +54,43 @@ def kit_options_for(request: TrainRequest, rows: int, longest_input_chars: int =
             "seed": request.seed,
             "hyper": hyper,
         }
+    )
+
+
+def kit_plan(
+    request: TrainRequest, task: str, rows: Sequence[dict[str, Any]], base_path: str | Path, tokenizer: Any
+) -> KitPlan | None:
+    """What :func:`keep_transfer_kit` will do with ``rows`` (None: no kit), counted as it and the kit count it."""
+    if not request.transfer_kit or task != "causal-lm":
+        return None
+    from studio.training.tokenise import encode_rows
+    from studio.transfer import discriminator as disc
+    from studio.transfer.synth import ENGINE_BATCH, fewshot_prompt, pick, row_example
+    from studio.transfer.train import chat_lora_request
+
+    examples = [e for e in map(row_example, rows) if e is not None]
+    if len(examples) < 2:
+        return None
+    options = kit_options_for(request, len(examples), max(len(e["input"]) for e in examples))
+    seeds = [e["input"] for e in pick(examples, options.seeds, options.seed)]
+    positives = [e["input"] for e in pick(examples, options.positives, options.seed + 1)]
+    prompt = tokenizer(fewshot_prompt(seeds, options.fewshot), add_special_tokens=True)["input_ids"]
+    # the written inputs are not known yet: priced as the real ones (both are cut near the longest real input)
+    disc_rows = disc.training_rows(positives, positives, options.question)
+    encoded = encode_rows(disc_rows, tokenizer, task="causal-lm", max_length=options.hyper.max_length)
+    discriminator = chat_lora_request(
+        options.discriminator_base or base_path,
+        hyper=options.hyper,
+        variant_params={"r": options.discriminator_r, "lora_alpha": 2.0 * options.discriminator_r},
+        seed=options.seed,
+    )
+    return KitPlan(
+        inputs=len(positives),
+        prompt_tokens=len(prompt),
+        max_new_tokens=options.max_input_tokens,
+        batch=ENGINE_BATCH,
+        discriminator=discriminator,
+        discriminator_lengths=tuple(len(e["input_ids"]) for e in encoded.examples),
     )
 
 
@@ -75,7 +126,7 @@ def keep_transfer_kit(
         reporter.log("no transfer kit: the dataset has no chat rows (a user turn and its answer) to keep as seeds")
         return None
     options = kit_options_for(request, chat, max(len(e["input"]) for e in examples))
-    reporter.progress(job_step, job_step, STAGE)
+    reporter.progress(job_step, job_step, f"{STAGE}: writing {min(chat, options.positives)} inputs with the base")
     stage = StageReporter(
         reporter,
         lambda step, total: f"{STAGE}: discriminator step {step}/{total or '?'}",
@@ -99,7 +150,7 @@ def keep_transfer_kit(
         message = f"the adapter was saved without a transfer kit: {exc}"
         reporter.log(message, "warning")
         return {"error": message}
-    reporter.progress(job_step, job_step, f"{STAGE}: done")
+    reporter.progress(job_step, job_step, "transfer kit built")
     meta = kit.meta
     return {
         "path": str(kit.path),

@@ -16,6 +16,8 @@ from typing import Any
 from studio.errors import ValidationFailed
 from studio.transfer.options import FewShotFormat
 
+ENGINE_BATCH = 16  # sequences an engine decodes together: the time estimate counts the kit's waves by it
+
 
 def row_example(row: dict[str, Any]) -> dict[str, str] | None:
     """``{"input", "output"}`` of a chat row (None when it has no user turn followed by an answer)."""
@@ -77,7 +79,7 @@ class LoadedEngine:
     tokenizer: Any
 
 
-def open_engine(base_path: str | Path, device: Any, slots: int = 2, max_batch: int = 16) -> LoadedEngine:
+def open_engine(base_path: str | Path, device: Any, slots: int = 2, max_batch: int = ENGINE_BATCH) -> LoadedEngine:
     """A fresh fp32 copy of the base in a :class:`ServingEngine` (the engine wraps the copy's layers).
 
     The tokenizer gets the training fallback chat template when it has none, so prompts are

@@ -11,6 +11,21 @@ from studio.progress import MemoryReporter, Reporter
 from studio.schema import TrainingHyperParams, TrainRequest
 
 
+def chat_lora_request(
+    base_path: str | Path, *, hyper: TrainingHyperParams, variant_params: dict[str, Any], seed: int
+) -> TrainRequest:
+    """The run :func:`train_chat_lora` makes: also what the time estimate prices (the transfer kit's discriminator)."""
+    return TrainRequest(
+        dataset_id=1,  # the rows are not a registered dataset; the id is only a label in checkpoints
+        base_model=str(base_path),
+        task="causal-lm",
+        variant="lora",
+        variant_params=variant_params,
+        hyper=hyper.model_copy(update={"loss_on": "response"}),
+        seed=seed,
+    )
+
+
 def train_chat_lora(
     rows: Sequence[dict[str, Any]],
     base_path: str | Path,
@@ -37,15 +52,7 @@ def train_chat_lora(
     work.mkdir(parents=True, exist_ok=True)
     data_path = work / "rows.jsonl"
     data_path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    request = TrainRequest(
-        dataset_id=1,  # the rows are not a registered dataset; the id is only a label in checkpoints
-        base_model=str(base_path),
-        task="causal-lm",
-        variant="lora",
-        variant_params=variant_params,
-        hyper=hyper.model_copy(update={"loss_on": "response"}),
-        seed=seed,
-    )
+    request = chat_lora_request(base_path, hyper=hyper, variant_params=variant_params, seed=seed)
     result = run_training(
         request,
         reporter or MemoryReporter(),

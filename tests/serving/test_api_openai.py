@@ -146,6 +146,29 @@ def test_chat_stream_equals_the_whole_reply_and_ends_with_usage(studio):
     assert all(c.choices for c in plain)
 
 
+def raw_stream(url: str, path: str, body: dict) -> list[dict]:
+    """The JSON bodies of a streamed response's server-sent events, as sent (no client fills in missing fields)."""
+    import json
+
+    with httpx.stream("POST", f"{url}/v1/{path}", json=body, timeout=60) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+
+
+def test_stream_chunks_carry_usage_null_before_the_usage_chunk_only_when_asked(studio):
+    _, url = studio.serve()
+    asks = {"stream": True, "temperature": 0, "max_tokens": 6}
+    for path, body in (("chat/completions", {"messages": CHAT}), ("completions", {"prompt": "the sky is"})):
+        chunks = raw_stream(url, path, {"model": "r2", **asks, **body, "stream_options": {"include_usage": True}})
+        # OpenAI's format: "usage": null on every chunk, then one chunk with the counts and no choices
+        *before, last = chunks
+        assert len(before) >= 2 and all("usage" in c and c["usage"] is None for c in before), path
+        assert last["choices"] == [] and last["usage"]["completion_tokens"] > 0
+        plain = raw_stream(url, path, {"model": "r2", **asks, **body})
+        assert plain and all("usage" not in c for c in plain), path  # not asked: the field is left out
+
+
 def test_completions_stream_and_not_equal_peft(studio, base_dir, adapter_dirs):
     from transformers import AutoTokenizer
 
