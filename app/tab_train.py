@@ -7,6 +7,7 @@ puts each problem under the field it is about.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -48,6 +49,7 @@ KIT_COST = (
     "'+ ~N s for the transfer kit'); untick it for a quick run."
 )
 NEEDS_FIXING = "⚠ Some settings need fixing: see the highlighted fields."
+ESTIMATING = "⏳ Estimating how long training takes (timing a step on this machine)…"
 
 
 class FormErrors(ValidationFailed):
@@ -449,10 +451,13 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
         out = {f"hyper.{n}": gr.update(value=v) for n, v in preset_hyper(preset).items()}
         return out | variants.set_values(variant, PRESETS[preset]["variant"])
 
-    def on_estimate(**raw: Any) -> dict[str, Any]:
+    def on_estimate(**raw: Any) -> Iterator[dict[str, Any]]:
+        if raw["dataset_id"]:
+            # Timing a first step of a new shape takes seconds on a CPU: say so instead of the old line.
+            yield {"estimate": ESTIMATING}
         hyper_values = hyper.values([raw[f"hyper.{n}"] for n in hyper.names])
         kit = raw["transfer_kit"]
-        return {"estimate": estimate_markdown(services, raw["dataset_id"], raw["base_model"], hyper_values, kit)}
+        yield {"estimate": estimate_markdown(services, raw["dataset_id"], raw["base_model"], hyper_values, kit)}
 
     estimate_in = {"dataset_id": c["dataset_id"], "base_model": c["base_model"], "transfer_kit": c["transfer_kit"]}
     estimate_in |= hyper_in

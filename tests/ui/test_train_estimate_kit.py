@@ -30,3 +30,24 @@ def test_the_estimate_adds_the_kit_when_it_is_kept_and_drops_it_when_not(service
     assert "Rough estimate" in rough and "transfer kit made after training is not counted" in rough
     assert "transfer kit" not in tab_train.estimate_markdown(services, dataset_id, "/no/such/model", HYPER, False)
     assert "not in the time estimate" not in tab_train.KIT_COST  # the checkbox's help said so before
+
+
+def test_the_estimate_says_it_is_measuring_before_the_step_is_timed(services, tmp_path, tiny_llama):
+    """Timing a first step takes seconds on a CPU: the old 'Choose a dataset' line stood there meanwhile."""
+    from ui.train_tab_handlers import build_train_tab, handler
+
+    dataset_id = chat_dataset(services, tmp_path)
+    block_fn = handler(build_train_tab(services), "on_estimate", "train-estimate")
+    chosen = {"train-dataset": dataset_id, "train-base": str(tiny_llama)}
+    values = [chosen.get(getattr(c, "elem_id", None), c.value) for c in block_fn.inputs]
+    shown = [next(iter(update.values())) for update in block_fn.fn(*values)]
+    assert shown[0] == tab_train.ESTIMATING and len(shown) == 2
+    assert "measured on this machine:" in shown[1]
+    # no dataset: the hint at once, no measuring line
+    values = [
+        None if getattr(c, "elem_id", None) == "train-dataset" else v
+        for c, v in zip(block_fn.inputs, values, strict=True)
+    ]
+    assert [next(iter(u.values())) for u in block_fn.fn(*values)] == [
+        "Choose a dataset to see how long training might take."
+    ]
