@@ -160,8 +160,10 @@ def table(
     choices = [(adapter_label(r), r.id) for r in rows]
     kept = [c for c in _labelled(services, chosen or []) if c[1] not in {r.id for r in rows}]
     samples, population = view.points, view.population
+    # The task splits the chart: a classifier's loss and a text generator's are not comparable.
+    tasks = services.adapters.tasks([i for i, *_ in samples])
     points = [
-        {"label": f"#{i} {name}", "variant": v, "params": params, "value": value}
+        {"label": f"#{i} {name}", "variant": v, "params": params, "value": value, "task": tasks.get(i)}
         for i, name, v, params, value in samples
     ]
     title = f"Trainable parameters vs {shown_metric}"

@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from app.forms import SchemaForm
-from app.ui import bind
+from app.ui import bind, user_message
 from studio.services.arena import ArenaService
 from studio.services.container import Services
 from studio.services.playground import BASE_TARGET, PlaygroundService
@@ -16,6 +16,9 @@ from studio.serving.generation import GenerationSettings
 TITLE = "Playground"
 ELEM_ID = "tab-playground"
 MAX_PANES = 4
+# What a pane shows in place of a reply that failed: none at all, or cut short after some text.
+NO_ANSWER = "⚠ no answer: "
+CUT_SHORT = "\n\n⚠ cut short: "
 
 
 def plain_messages(history: list[dict[str, Any]] | None) -> list[dict[str, str]]:
@@ -28,6 +31,46 @@ def plain_messages(history: list[dict[str, Any]] | None) -> list[dict[str, str]]
         elif isinstance(content, dict):
             content = content.get("text", "")
         out.append({"role": message["role"], "content": str(content or "")})
+    return out
+
+
+def without_failures(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """A pane's conversation as the model should read it: the notes of failed replies left out.
+
+    A turn that got no answer is dropped with its question (the model never saw it); a reply
+    cut short keeps its text without the note. Else the model would be sent the studio's words
+    as if it had written them.
+    """
+    out: list[dict[str, str]] = []
+    for message in messages:
+        content = message["content"]
+        if message["role"] == "assistant" and content.startswith(NO_ANSWER):
+            if out and out[-1]["role"] == "user":
+                out.pop()
+            continue
+        if message["role"] == "assistant" and CUT_SHORT in content:
+            content = content[: content.rindex(CUT_SHORT)]
+        out.append({**message, "content": content})
+    return out
+
+
+def unanswered(
+    histories: dict[int, list[dict[str, str]]], texts: dict[int, str], finished: set[int], exc: Exception
+) -> dict[str, Any]:
+    """The chats of the panes that ``exc`` stopped: each placeholder replaced by what happened.
+
+    A pane with no text yet says it got no answer and why; one with some text keeps it, marked
+    as cut short. Panes that finished before the failure are left as they are. The full
+    message goes to the status line under the chats (written by :func:`app.ui.friendly`).
+    """
+    reason = user_message(exc) or "something went wrong (see below)"
+    out = {}
+    for i, history in histories.items():
+        if i in finished:
+            continue
+        text = texts.get(i, "")
+        content = f"{text}{CUT_SHORT}{reason}" if text else f"{NO_ANSWER}{reason}"
+        out[f"chat_{i}"] = [*history, {"role": "assistant", "content": content}]
     return out
 
 
@@ -108,11 +151,22 @@ def send(playground: PlaygroundService, gen: SchemaForm | None, base_model: str,
         histories[i] = [*histories[i], {"role": "user", "content": prompt}]
     placeholders = {f"chat_{i}": [*h, {"role": "assistant", "content": "…"}] for i, h in histories.items()}
     yield {"prompt": "", "status": "", **placeholders}  # clears the previous refusal
-    requests = [(raw.get(f"target_{i}") or BASE_TARGET, histories[i]) for i in range(count)]
+    requests = [(raw.get(f"target_{i}") or BASE_TARGET, without_failures(histories[i])) for i in range(count)]
     users = [raw.get(f"user_{i}") for i in range(count)]  # only personalised (RecLoRA) panes read theirs
-    for reply in playground.stream_panes(base_model, requests, settings, users=users):
-        content = reply.text or ("(empty reply)" if reply.done else "…")
-        yield {f"chat_{reply.pane}": [*histories[reply.pane], {"role": "assistant", "content": content}]}
+    texts: dict[int, str] = {}
+    finished: set[int] = set()
+    try:
+        for reply in playground.stream_panes(base_model, requests, settings, users=users):
+            texts[reply.pane] = reply.text
+            if reply.done:
+                finished.add(reply.pane)
+            content = reply.text or ("(empty reply)" if reply.done else "…")
+            yield {f"chat_{reply.pane}": [*histories[reply.pane], {"role": "assistant", "content": content}]}
+    except Exception as exc:
+        # A failure stops every pane (a full queue, an adapter that cannot be served): without this the
+        # panes kept their "…" as if a reply were still coming. friendly() then writes the status line.
+        yield unanswered(histories, texts, finished, exc)
+        raise
 
 
 def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:

@@ -694,6 +694,14 @@ class Registry:
         with self._session() as s:
             return dict(s.execute(select(AdapterRow.id, AdapterRow.name).where(AdapterRow.id.in_(ids))).all())
 
+    def adapter_paths(self, adapter_ids: Iterable[int]) -> dict[int, str]:
+        """``{id: directory}`` of those of ``adapter_ids`` that still exist (a deleted one is simply absent)."""
+        ids = sorted(set(adapter_ids))
+        if not ids:
+            return {}
+        with self._session() as s:
+            return dict(s.execute(select(AdapterRow.id, AdapterRow.path).where(AdapterRow.id.in_(ids))).all())
+
     def delete_adapter(self, adapter_id: int) -> None:
         with self._session() as s:
             s.execute(delete(AdapterMetricRow).where(AdapterMetricRow.adapter_id == adapter_id))

@@ -228,42 +228,132 @@ def final_rank_bars(ranks: Mapping[str, int], title: str = "Final rank per modul
     return fig
 
 
-def params_metric_scatter(points: Iterable[Mapping[str, Any]], metric: str, title: str | None = None) -> go.Figure:
-    """Trainable parameters (log x) against ``metric``; one colour per variant.
+# What the Adapters tab calls each task. A classifier's loss (cross-entropy over its labels) and a
+# text generator's (per-token language-model loss) measure different things, so they never share an axis.
+TASK_NAMES = {"causal-lm": "Text generation", "classification": "Classification", None: "Task unknown"}
+_TASK_ORDER = list(TASK_NAMES)
+# Beyond this ratio of the largest to the smallest parameter count a log axis reads better than a linear one.
+_LOG_AXIS_SPAN = 10
 
-    Each point is ``{"label", "variant", "params", "value"}``; points without a value are skipped.
+
+def params_metric_scatter(points: Iterable[Mapping[str, Any]], metric: str, title: str | None = None) -> go.Figure:
+    """Trainable parameters against ``metric``: one panel per task, one colour per variant.
+
+    Each point is ``{"label", "variant", "params", "value"}`` with an optional ``"task"``
+    (``"causal-lm"``, ``"classification"``; missing or None: unknown); points without a value
+    are skipped. Adapters of different tasks get separate panels, each with its own y axis,
+    because their metrics (a classifier's loss and a text generator's) are not comparable.
     Built from plain dicts without plotly's validation (see :func:`_unvalidated_figure`): with a
     thousand points the validated build took longer than the database queries of the whole page.
     """
     title = title or f"Trainable parameters vs {metric}"
-    groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for point in points:
-        if point.get("value") is not None and point.get("params"):
-            groups[str(point.get("variant", ""))].append(point)
-    if not groups:
+    by_task = _points_by_task(points)
+    if not by_task:
         return empty_figure(f"No adapter has a {metric!r} value yet.", title)
-    traces = [
-        {
-            "type": "scatter",
-            "x": [p["params"] for p in members],
-            "y": [float(p["value"]) for p in members],
-            "mode": "markers",
-            "name": variant,
-            "text": [str(p.get("label", "")) for p in members],
-            "marker": {"size": 11, "color": PALETTE[i % len(PALETTE)]},
-            "hovertemplate": "%{text}<br>%{x:,} params<br>" + metric + " %{y:.4g}<extra></extra>",
-        }
-        for i, (variant, members) in enumerate(sorted(groups.items()))
-    ]
-    layout = {
-        "title": {"text": title, "x": 0.01},
-        "xaxis": {"type": "log", "title": {"text": "trainable parameters"}},
-        "yaxis": {"title": {"text": metric}},
-        "margin": {"l": 50, "r": 20, "t": 50, "b": 45},
+    tasks = sorted(by_task, key=_TASK_ORDER.index)
+    variants = sorted({str(p.get("variant", "")) for members in by_task.values() for p in members})
+    colours = {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+    traces: list[dict[str, Any]] = []
+    layout: dict[str, Any] = {
+        "title": {"text": _scatter_title(title, tasks), "x": 0.01},
+        "margin": {"l": 50, "r": 20, "t": 80 if len(tasks) > 1 else 50, "b": 45},
         "legend": {"orientation": "h", "y": -0.2},
         "height": 360,
     }
+    headers: list[dict[str, Any]] = []
+    gap = 0.06 if len(tasks) > 1 else 0.0  # room for the right panel's y-axis labels
+    for k, task in enumerate(tasks):
+        suffix = "" if k == 0 else str(k + 1)
+        members = by_task[task]
+        traces += _variant_traces(members, metric, suffix, colours, shown=k == 0)
+        left, right = k / len(tasks) + (gap if k else 0), (k + 1) / len(tasks) - (gap if k < len(tasks) - 1 else 0)
+        layout[f"xaxis{suffix}"] = {
+            **_params_axis([p["params"] for p in members]),
+            "title": {"text": "trainable parameters"},
+            "domain": [left, right],
+            "anchor": f"y{suffix}",
+        }
+        layout[f"yaxis{suffix}"] = {"title": {"text": metric}, "anchor": f"x{suffix}"}
+        if len(tasks) > 1:  # a panel header naming the task, so no panel can be read as the other
+            headers.append(_panel_header(f"{TASK_NAMES[task]} ({len(members):,})", suffix))
+    if headers:  # an empty list would not survive plotly's round trip unchanged
+        layout["annotations"] = headers
     return _unvalidated_figure(traces, layout)
+
+
+def _points_by_task(points: Iterable[Mapping[str, Any]]) -> dict[str | None, list[Mapping[str, Any]]]:
+    """The points having a value and a parameter count, grouped by task (an unknown task is None)."""
+    groups: dict[str | None, list[Mapping[str, Any]]] = defaultdict(list)
+    for point in points:
+        if point.get("value") is not None and point.get("params"):
+            task = point.get("task")
+            groups[task if task in TASK_NAMES else None].append(point)
+    return groups
+
+
+def _scatter_title(title: str, tasks: list[str | None]) -> str:
+    """The title, with a line saying why the tasks are apart when there are several (or which task it is)."""
+    if len(tasks) == 1:
+        return title if tasks[0] is None else f"{title} · {TASK_NAMES[tasks[0]].lower()} adapters"
+    note = "Each task has its own panel: a classifier's loss and a text generator's are measured differently"
+    return f"{title}<br><sub>{note} and cannot be compared.</sub>"
+
+
+def _variant_traces(
+    members: list[Mapping[str, Any]], metric: str, suffix: str, colours: dict[str, str], shown: bool
+) -> list[dict[str, Any]]:
+    """One marker trace per variant on the panel of axes ``x{suffix}``/``y{suffix}``.
+
+    A variant keeps its colour in every panel and is listed in the legend once (its
+    legend group toggles it in all panels); ``shown`` lists this panel's variants.
+    """
+    by_variant: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for point in members:
+        by_variant[str(point.get("variant", ""))].append(point)
+    return [
+        {
+            "type": "scatter",
+            "x": [p["params"] for p in group],
+            "y": [float(p["value"]) for p in group],
+            "xaxis": f"x{suffix}",
+            "yaxis": f"y{suffix}",
+            "mode": "markers",
+            "name": variant,
+            "legendgroup": variant,
+            "showlegend": shown,
+            "text": [str(p.get("label", "")) for p in group],
+            "marker": {"size": 11, "color": colours[variant]},
+            "hovertemplate": "%{text}<br>%{x:,} params<br>" + metric + " %{y:.4g}<extra></extra>",
+        }
+        for variant, group in sorted(by_variant.items())
+    ]
+
+
+def _params_axis(params: list[int]) -> dict[str, Any]:
+    """Axis settings for parameter counts whose tick labels never overlap.
+
+    Counts spanning a decade or more go on a log axis with a tick per power of ten (1k, 10k,
+    1M); a narrower span on a linear axis with a few SI-formatted ticks. Plotly's own log axis
+    labelled 2.2M, 2.4M, 2.6M … over a narrow span, close enough to run into one another.
+    """
+    low, high = min(params), max(params)
+    if high >= _LOG_AXIS_SPAN * low:
+        return {"type": "log", "dtick": 1, "tickformat": "~s"}
+    return {"type": "linear", "nticks": 5, "tickformat": "~s"}
+
+
+def _panel_header(text: str, suffix: str) -> dict[str, Any]:
+    """A bold label centred above the panel of axes ``x{suffix}``/``y{suffix}``."""
+    return {
+        "text": f"<b>{text}</b>",
+        "xref": f"x{suffix} domain",
+        "yref": f"y{suffix} domain",
+        "x": 0.5,
+        "y": 1.0,
+        "xanchor": "center",
+        "yanchor": "bottom",
+        "showarrow": False,
+    }
 
 
 @cache

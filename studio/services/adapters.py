@@ -22,6 +22,33 @@ WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 
 
+# Bundles without a PEFT config at the top: mixtures (MeteoRA) and personalised (RecLoRA) adapters, all text generators.
+_TEXT_BUNDLES = ("mixture.json", "reclora.json")
+# Directory -> task. An adapter's files never change once registered, so each is read once per process
+# (the Adapters tab asks for up to a thousand on every refresh). An unreadable one is not kept: it may come back.
+_TASKS: dict[str, str] = {}
+
+
+def task_of_dir(path: str | Path) -> str | None:
+    """The task an adapter directory was trained for: "classification" (a PEFT ``SEQ_CLS`` config), "causal-lm",
+    or None when its files are missing or unreadable."""
+    key = str(path)
+    if key in _TASKS:
+        return _TASKS[key]
+    directory = Path(path)
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+        task = "classification" if config.get("task_type") == "SEQ_CLS" else "causal-lm"
+    except FileNotFoundError:
+        if not any((directory / name).is_file() for name in _TEXT_BUNDLES):
+            return None
+        task = "causal-lm"
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, or JSON that is not an object
+        return None
+    _TASKS[key] = task
+    return task
+
+
 class AdapterService:
     """What the UI, API and CLI do with adapters; all database access goes through the registry."""
 
@@ -66,6 +93,13 @@ class AdapterService:
     ) -> tuple[list[tuple[int, str, str, int, float]], int]:
         """A sample of at most ``max_points`` ``(id, name, variant, params, value)`` having ``metric``, and how many have it."""
         return self.registry.adapter_scatter(metric, filters, search, max_points)
+
+    def tasks(self, adapter_ids: list[int]) -> dict[int, str | None]:
+        """``{id: "causal-lm" | "classification" | None}`` of the existing ones of ``adapter_ids`` (None: unknown).
+
+        Read from each adapter's own files (the database does not store the task); see :func:`task_of_dir`.
+        """
+        return {i: task_of_dir(path) for i, path in self.registry.adapter_paths(adapter_ids).items()}
 
     def get(self, adapter_id: int) -> Any:
         return self.registry.get_adapter(adapter_id)
