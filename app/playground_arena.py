@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from app.forms import SchemaForm
+from app.tab_playground import unanswered
 from app.ui import bind, friendly
 from studio.charts_arena import arena_figure
 from studio.services.arena import ArenaRow, ArenaService, Battle
@@ -60,9 +61,21 @@ def battle(arena: ArenaService, gen: SchemaForm | None, base_model: str | None, 
     chats = {"chat_a": [*history, {"role": "assistant", "content": "…"}], "chat_b": []}
     chats["chat_b"] = list(chats["chat_a"])
     yield {"battle": current, "prompt": "", "reveal": HIDDEN, **chats, **_votes_open(False)}
-    for reply in arena.stream_battle(current, prompt, settings):
-        content = reply.text or ("(empty reply)" if reply.done else "…")
-        yield {("chat_a", "chat_b")[reply.pane]: [*history, {"role": "assistant", "content": content}]}
+    texts: dict[int, str] = {}
+    finished: set[int] = set()
+    try:
+        for reply in arena.stream_battle(current, prompt, settings):
+            texts[reply.pane] = reply.text
+            if reply.done:
+                finished.add(reply.pane)
+            content = reply.text or ("(empty reply)" if reply.done else "…")
+            yield {("chat_a", "chat_b")[reply.pane]: [*history, {"role": "assistant", "content": content}]}
+    except Exception as exc:
+        # As in the Playground: a failure (a full serving queue) left both replies on "…". Voting stays
+        # closed; friendly() writes the reason under the battle.
+        failed = unanswered({0: history, 1: history}, texts, finished, exc)
+        yield {("chat_a", "chat_b")[int(key.removeprefix("chat_"))]: chat for key, chat in failed.items()}
+        raise
     yield {"battle": current, **_votes_open(current.finished), "reveal": HIDDEN + " Which reply is better?"}
 
 

@@ -99,3 +99,35 @@ def test_the_next_message_does_not_send_the_failure_notes_to_the_model():
         {"role": "assistant", "content": "Once upon"},
         {"role": "user", "content": "again"},
     ]
+
+
+class FailingArena:
+    """An arena whose battle streams ``replies`` and then raises ``error``."""
+
+    def __init__(self, replies: list[PaneReply], error: Exception):
+        self.replies, self.error = replies, error
+
+    def start_battle(self, base_model):
+        from studio.services.arena import Battle
+
+        return Battle("b1", base_model, "base", "adapter:1")
+
+    def stream_battle(self, battle, prompt, settings=None):
+        yield from self.replies
+        raise self.error
+
+
+def test_an_arena_battle_that_fails_partway_leaves_no_placeholder_and_keeps_voting_closed():
+    from app import playground_arena
+
+    full = QueueFull("the serving queue is full")
+    arena = FailingArena([PaneReply(0, "Blue", done=True), PaneReply(1, "Re")], full)
+
+    def battle(**raw):
+        yield from playground_arena.battle(arena, None, "tiny", "name a colour", **raw)
+
+    shown = final_state(list(friendly(battle, errors_to="reveal")()))
+    assert last_reply(shown["chat_a"]) == "Blue"
+    assert last_reply(shown["chat_b"]) == "Re\n\n⚠ cut short: the serving queue is full"  # was "Re" then stuck
+    assert shown["reveal"] == "⚠ the serving queue is full"
+    assert not any(update.get("interactive") for update in shown.values() if isinstance(update, dict))
