@@ -209,6 +209,10 @@ def build_pretrain_section(services: Services, tab: gr.Tab) -> dict[str, Any]:
         try:
             request = read(dataset_id, extra_dataset_id, raw)
         except FormErrors as exc:
+            # A pop-up as well, as the Train tab's submit gives: the section is long, the fields may be off screen.
+            gr.Warning(
+                f"Please fix {len(exc.errors)} setting(s) — " + "; ".join(f"{k}: {v}" for k, v in exc.errors.items())
+            )
             return {"status": NEEDS_FIXING, **feedback(exc.errors)}
         line = submit_pretrain(services, request, submission_token)
         return {"status": f"✓ {line}", **feedback({})}

@@ -56,7 +56,8 @@ def test_the_section_sits_in_the_train_tab_with_fields_from_the_schema(demo, ser
 
 def test_a_field_error_is_shown_beside_its_field_and_nothing_is_queued(demo, services, sequences, words):
     submit = handler(demo, "on_submit", "pretrain-status")
-    out = call(submit, **{"pretrain-dataset": sequences.id, "pretrain-tokenizer": "nucleotide", "pretrain-k": 4})
+    with pytest.warns(UserWarning, match="Please fix 1 setting"):  # the pop-up (gr.Warning) beside the notices
+        out = call(submit, **{"pretrain-dataset": sequences.id, "pretrain-tokenizer": "nucleotide", "pretrain-k": 4})
     assert out["pretrain-status"] == pretrain_section.NEEDS_FIXING
     assert flagged(out) == {"pretrain-k": "⚠ only k-mer tokenizers take a k"}
     out = call(submit, **{"pretrain-dataset": sequences.id, "pretrain-window-overlap": 600})
