@@ -366,6 +366,14 @@ def _federated_chart(services: Any, job: Any) -> Any:
     return round_charts(services.jobs.metrics(job.id), title=f"Job #{job.id}: ")["loss"]
 
 
+def _sweep_describe(services: Any, job: Any) -> list[str]:
+    """Where the rest of a sweep is: its charts, trials table and best adapter live in the Sweep tab."""
+    what = "comparison" if job.request.get("mode") == "compare" else "sweep"
+    return [
+        f"Each trial is a training job of its own; the {what}'s charts, trials and best adapter are in the Sweep tab."
+    ]
+
+
 def _generic_describe(services: Any, job: Any) -> list[str]:
     return []
 
@@ -381,5 +389,7 @@ VIEWS: dict[str, KindView] = {
     "federated": KindView(
         "federated training", "round", "rounds", _generic_describe, _federated_chart, "Loss per round"
     ),
+    # A sweep's step counts its finished trials: 'step 0 of 2' read as a training step.
+    "sweep": KindView("settings sweep", "trial", "trials", _sweep_describe),
 }
 GENERIC = KindView("job", "step", "steps", _generic_describe)

@@ -190,19 +190,36 @@ def make_compare_request(
     return request
 
 
+def trials_on(services: Services, parallel: int) -> str:
+    """Where the trials run: on other workers when enough serve the queue, else inside the sweep's own worker.
+
+    The sweep job holds one worker for as long as it runs, so its trials need ``parallel`` more.
+    With fewer (``studio run``'s single embedded worker) a queued trial would wait forever and the
+    sweep with it; run in the sweep's process, the trials still start.
+    """
+    from studio.services.system import workers_serving_queue
+
+    return "workers" if workers_serving_queue(services.registry, services.settings) > parallel else "here"
+
+
 def submit(services: Services, request: SweepRequest, submission_token: str | None = None) -> str:
-    """Queue the sweep job; returns a confirmation."""
+    """Queue the sweep job (its trials run inside it when too few workers are online); returns a confirmation."""
+    request = request.model_copy(update={"trials_on": trials_on(services, request.parallel)})
     job = services.jobs.submit(request, submission_token=submission_token)
+    if request.trials_on == "here":
+        where = "inside the sweep's own worker (not enough other workers are online to take them)"
+    else:
+        where = "as train jobs on the other workers (the sweep holds one worker itself)"
     if request.mode == "compare":
         return (
             f"Queued comparison #{job.id}: {', '.join(map(str, request.space['variant'].choices))}, one trial each "
-            f"at the same budget, {request.parallel} at a time. Choose it below to follow it.{queue_wait_sentence(job)}"
+            f"at the same budget, {request.parallel} at a time, {where}. Choose it below to follow it."
+            f"{queue_wait_sentence(job)}"
         )
-    where = f"{request.parallel} at a time" if request.parallel > 1 else "one at a time"
+    at_once = f"{request.parallel} at a time" if request.parallel > 1 else "one at a time"
     return (
-        f"Queued sweep job #{job.id} ({request.variant}, {request.n_trials} trials, {where}). Its trials are train "
-        "jobs for the other workers: the sweep holds one worker itself, so start one more worker than trials "
-        f"run at once. Choose it below to follow it.{queue_wait_sentence(job)}"
+        f"Queued sweep job #{job.id} ({request.variant}, {request.n_trials} trials, {at_once}). Its trials run "
+        f"{where}. Choose it below to follow it.{queue_wait_sentence(job)}"
     )
 
 

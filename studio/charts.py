@@ -43,7 +43,19 @@ def _base_layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.F
 def empty_figure(message: str, title: str = "") -> go.Figure:
     """A blank chart that says why it is blank (no data yet, nothing selected)."""
     fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, font={"size": 14, "color": "#6b7280"}, x=0.5, y=0.5)
+    # In paper coordinates: the axes of an empty figure span -1..6, so a data x of 0.5 sat a fifth of the way
+    # across and a long message ran off the chart's left edge.
+    fig.add_annotation(
+        text=message,
+        showarrow=False,
+        font={"size": 14, "color": "#6b7280"},
+        x=0.5,
+        y=0.5,
+        xref="paper",
+        yref="paper",
+        xanchor="center",
+        yanchor="middle",
+    )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(title={"text": title, "x": 0.01}, template="plotly_white", height=300)
