@@ -191,25 +191,19 @@ def make_compare_request(
 
 
 def trials_on(services: Services, parallel: int) -> str:
-    """Where the trials run: on other workers when enough serve the queue, else inside the sweep's own worker.
+    """Where the trials run (see :mod:`studio.sweeps.placement`): ``"workers"`` or ``"here"``."""
+    from studio.sweeps.placement import trials_placement
 
-    The sweep job holds one worker for as long as it runs, so its trials need ``parallel`` more.
-    With fewer (``studio run``'s single embedded worker) a queued trial would wait forever and the
-    sweep with it; run in the sweep's process, the trials still start.
-    """
-    from studio.services.system import workers_serving_queue
-
-    return "workers" if workers_serving_queue(services.registry, services.settings) > parallel else "here"
+    return trials_placement(services.registry, services.settings, parallel)
 
 
 def submit(services: Services, request: SweepRequest, submission_token: str | None = None) -> str:
     """Queue the sweep job (its trials run inside it when too few workers are online); returns a confirmation."""
+    from studio.sweeps.placement import placement_sentence
+
     request = request.model_copy(update={"trials_on": trials_on(services, request.parallel)})
     job = services.jobs.submit(request, submission_token=submission_token)
-    if request.trials_on == "here":
-        where = "inside the sweep's own worker (not enough other workers are online to take them)"
-    else:
-        where = "as train jobs on the other workers (the sweep holds one worker itself)"
+    where = placement_sentence(request.trials_on)
     if request.mode == "compare":
         return (
             f"Queued comparison #{job.id}: {', '.join(map(str, request.space['variant'].choices))}, one trial each "

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from studio.cli.common import echo_queue_notice, inline_option, services
 from studio.errors import StudioError
 from studio.schema import SweepRequest, TrainingHyperParams, format_validation_error
+from studio.sweeps.placement import placement_sentence, trials_placement
 
 
 class TrialEventPrinter:
@@ -98,7 +99,8 @@ def sweep(dataset_id, variant, base_model, params, compare, max_steps, variant_p
         parallel=parallel,
         max_hours=max_hours,
         objective=objective,
-        trials_on="here" if inline else "workers",
+        # --inline runs the sweep here; queued, its trials go to other workers only when enough are online.
+        trials_on="here" if inline else trials_placement(svc.registry, svc.settings, parallel),
         seed=seed,
     )
     try:
@@ -114,6 +116,8 @@ def sweep(dataset_id, variant, base_model, params, compare, max_steps, variant_p
         click.echo(f"queued comparison sweep job {job.id}: {', '.join(compared)}, {parallel} at a time")
     else:
         click.echo(f"queued sweep job {job.id}: {n_trials} trials of {variant}, {parallel} at a time, pruner {pruner}")
+    if not inline:
+        click.echo(f"its trials run {placement_sentence(request.trials_on)}")
     echo_queue_notice(job)
     if not (wait or inline):
         return

@@ -188,6 +188,23 @@ def test_cli_compare_queues_a_comparison_at_one_budget(settings, registry, datas
     assert "queued comparison sweep job" in result.output and "lora, dora, nlora" in result.output
 
 
+@pytest.mark.parametrize(("workers", "placed"), [(1, "here"), (3, "workers")])
+def test_cli_runs_the_trials_inside_the_sweep_when_too_few_workers_are_online(
+    settings, registry, dataset_id, workers, placed
+):
+    """The sweep holds one worker: with one online (or none yet) a queued trial would wait forever."""
+    for i in range(workers):
+        registry.worker_heartbeat(
+            f"w{i}", queue=settings.queue_name, hostname="h", pid=i, device="cpu", device_name="cpu"
+        )
+    result = invoke(["sweep", "--dataset", str(dataset_id), "--compare", "lora,dora", "--base", "b", "--parallel", "2"])
+    assert result.exit_code == 0, result.output
+    [job] = registry.list_jobs(kind="sweep")
+    assert SweepRequest.model_validate(job.request).trials_on == placed
+    said = "inside the sweep's own worker" if placed == "here" else "as train jobs on the other workers"
+    assert f"its trials run {said}" in result.output
+
+
 @pytest.mark.parametrize("extra", [[], ["--compare", "lora,dora", "--param", "r=int:2:8"]])
 def test_cli_takes_a_search_space_or_variants_to_compare_not_both(settings, registry, dataset_id, extra):
     from studio.errors import StudioError
