@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from studio.charts import empty_figure
 from studio.sweeps.driver import load_study
 
 
@@ -18,10 +19,13 @@ def sweep_figures(registry: Any, sweep_job_id: int) -> dict[str, Any]:
     from optuna.trial import TrialState
 
     study = load_study(registry, sweep_job_id)
-    figures: dict[str, Any] = {"history": vis.plot_optimization_history(study)}
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if complete:
-        figures["parallel"] = vis.plot_parallel_coordinate(study)
+    if not complete:
+        # Said on the chart; Optuna would draw empty axes and log "There are no complete trials." on every
+        # refresh of the Sweep tab (every 10 s).
+        return {"history": empty_figure("No trial has finished yet: the history appears after the first one.")}
+    figures: dict[str, Any] = {"history": vis.plot_optimization_history(study)}
+    figures["parallel"] = vis.plot_parallel_coordinate(study)
     if len(complete) >= 2 and len({t.value for t in complete}) > 1 and study.best_trial.params:
         # e.g. one searched setting took one value in every trial: no importances to draw
         with contextlib.suppress(RuntimeError, ValueError):
