@@ -82,7 +82,8 @@ def preview(services: Services, request: FederatedRequest) -> tuple[Any, str]:
     from studio.federated.planning import load_rows, preview_split
 
     split = preview_split(load_rows(services.datasets.get(request.dataset_id), request), request)
-    text = f"{len(split.validation)} rows held out for the global validation loss.\n\n" + "\n".join(
+    held = len(split.validation)
+    text = f"{held} row{'' if held == 1 else 's'} held out for the global validation loss.\n\n" + "\n".join(
         f"- {line}" for line in split.lines()
     )
     return client_mix_chart(split.mix, title=f"Rows per client and {request.label_column}"), text

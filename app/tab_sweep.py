@@ -212,7 +212,7 @@ def submit(services: Services, request: SweepRequest, submission_token: str | No
         )
     at_once = f"{request.parallel} at a time" if request.parallel > 1 else "one at a time"
     return (
-        f"Queued sweep job #{job.id} ({request.variant}, {request.n_trials} trials, {at_once}). Its trials run "
+        f"Queued sweep job #{job.id} ({request.variant}, {request.n_trials} trial{'' if request.n_trials == 1 else 's'}, {at_once}). Its trials run "
         f"{where}. Choose it below to follow it.{queue_wait_sentence(job)}"
     )
 

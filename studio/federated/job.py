@@ -54,7 +54,7 @@ def run_federated_job(request: FederatedRequest, reporter: Reporter, ctx: Any) -
     reporter.log(
         f"{title} on dataset {request.dataset_id}: {len(rows)} rows, {len(split.validation)} held out, "
         f"{request.clients} clients ({request.split} split), {request.rounds} rounds × {request.local_steps} "
-        f"local steps, {request.fraction:g} of the clients per round"
+        f"local steps, {_share(request.fraction)} per round"
     )
     for line in split.lines():
         reporter.log(line)
@@ -214,3 +214,8 @@ def model_card(request: FederatedRequest, result: Any, plan: Any, dataset: Any) 
         *loading_section(base.portable_id, "causal-lm", max_rank=max(result.ranks.values()), base_note=base.note()),
     ]
     return "\n".join(lines)
+
+
+def _share(fraction: float) -> str:
+    """The clients taking part in a round, in words: "every client" for 1 ("1 of the clients" read as one)."""
+    return "every client" if fraction >= 1 else f"{fraction:.0%} of the clients"
