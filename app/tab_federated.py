@@ -6,13 +6,21 @@ Only shown where this installation has the federated job kind (``studio.federate
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import gradio as gr
 
 from app.forms import SchemaForm
 from app.tab_datasets import dataset_choices
-from app.ui import bind, bind_submit, module_installed, new_submission_token, queue_wait_sentence
+from app.ui import (
+    bind,
+    bind_submit,
+    module_installed,
+    new_submission_token,
+    queue_wait_sentence,
+    refreshed_jobs,
+)
 from studio.errors import ValidationFailed
 from studio.schema import FederatedRequest, parse_request
 from studio.services.container import Services
@@ -181,5 +189,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     chart_outputs = {k: c[k] for k in ("loss", "eps", "bytes")}
     bind(c["job"].change, on_job, {"job_id": c["job"]}, chart_outputs)
     bind(tab.select, on_tab, {}, {k: c[k] for k in ("dataset", "job")})
-    # live: the chosen job's charts follow its rounds
-    bind(gr.Timer(5.0).tick, on_job, {"job_id": c["job"]}, chart_outputs, show_progress="hidden")
+    # live: the chosen job's charts follow its rounds, and the picker's labels each job's status
+    timer = gr.Timer(5.0)
+    bind(timer.tick, on_job, {"job_id": c["job"]}, chart_outputs, show_progress="hidden")
+    bind(timer.tick, partial(refreshed_jobs, job_choices, services), {}, {"job": c["job"]}, show_progress="hidden")

@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from typing import Any
 
 import gradio as gr
 
 from app.forms import SchemaForm
 from app.tab_datasets import dataset_choices
-from app.ui import bind, bind_submit, module_installed, new_submission_token, queue_wait_sentence
+from app.ui import (
+    bind,
+    bind_submit,
+    module_installed,
+    new_submission_token,
+    queue_wait_sentence,
+    refreshed_jobs,
+)
 from studio.errors import StudioError, ValidationFailed
 from studio.schema import Choices, FloatRange, IntRange, SweepRequest, TrainingHyperParams, parse_request
 from studio.services.container import Services
@@ -436,5 +444,7 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     job_inputs = {"job_id": c["job"], "best_adapter": c["best_adapter"]}
     bind(c["job"].change, on_job, {"job_id": c["job"]}, view_outputs, "best")
     bind(tab.select, on_tab, {}, {k: c[k] for k in ("dataset", "job")})
-    # live: the chosen sweep's charts follow its trials
-    bind(gr.Timer(10.0).tick, on_job, job_inputs, view_outputs, show_progress="hidden")
+    # live: the chosen sweep's charts follow its trials, and the picker's labels each sweep's status
+    timer = gr.Timer(10.0)
+    bind(timer.tick, on_job, job_inputs, view_outputs, show_progress="hidden")
+    bind(timer.tick, partial(refreshed_jobs, job_choices, services), {}, {"job": c["job"]}, show_progress="hidden")

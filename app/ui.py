@@ -218,6 +218,12 @@ def name_of(fn: Callable[..., Any]) -> str:
     return getattr(getattr(fn, "func", fn), "__name__", "handler")
 
 
+def refreshed_jobs(choices_of: Callable[[Any], list[tuple[str, int]]], services: Any) -> dict[str, Any]:
+    """A job picker's choices read again, for a timer: their labels carry each job's status ("· running"), which
+    otherwise stayed what it was at submit. The chosen value is left as it is."""
+    return {"job": gr.update(choices=choices_of(services))}
+
+
 def new_submission_token() -> str:
     """A fresh one-time token for a form (a ``gr.State`` default: each page load gets its own)."""
     return uuid.uuid4().hex

@@ -74,3 +74,22 @@ def test_submit_queues_and_the_charts_follow_the_rounds(services, dataset):
     assert list(charts["loss"].data[0].y) == [3.0, 2.5, 2.1]
     assert list(charts["epsilon"].data[0].y) == [0.0, 0.8, 1.3]
     assert [trace.name for trace in charts["bytes"].data] == ["clients → server", "server → clients"]
+
+
+def test_the_job_pickers_labels_follow_each_jobs_status_on_the_timer(services, dataset):
+    """The labels carry the status ("· queued"); the timer reads them again (they stayed what they were at submit)."""
+    from app.main import build_app
+
+    app = build_app(services)
+    ticks = {
+        getattr(out, "elem_id", None): fn
+        for fn in app.fns.values()
+        if fn.name == "refreshed_jobs"
+        for out in fn.outputs
+    }
+    assert {"federated-job", "sweep-job"} <= set(ticks)  # both tabs' pickers
+    tab_federated.submit(services, tab_federated.make_request(dataset.id, "tiny", options(), None))
+    [job] = services.jobs.list(kind="federated")
+    services.jobs.cancel(job.id)
+    [update] = ticks["federated-job"].fn().values()
+    assert update["choices"] == [(f"#{job.id} ffa · cancelled", job.id)] and "value" not in update
