@@ -108,21 +108,28 @@ def submit_personalise(services: Services, request: PersonaliseRequest, submissi
 
 
 def user_page(services: Services, bundle_id: Any, search: str | None, page: Any) -> dict[str, Any]:
-    """One page of the bundle's users (search: ids containing it), its gates heatmap and the page line."""
+    """One page of the bundle's users (search: ids containing it), its gates heatmap, the page line and the page
+    shown (a page number past the last one shows the last page)."""
     from studio.charts import empty_figure
     from studio.composition.reclora_charts import gate_heatmap
 
     if not bundle_id:
-        return {"users": [], "page_info": "", "gates": empty_figure("Pick a personalised adapter first.")}
+        return {"users": [], "page_info": "", "gates": empty_figure("Pick a personalised adapter first."), "page": 1}
     pages_at = max(1, int(page or 1))
-    users, total = services.personalised.users(
-        int(bundle_id), (search or "").strip(), (pages_at - 1) * USERS_PAGE, USERS_PAGE
-    )
+    users, total = _users_at(services, int(bundle_id), search, pages_at)
     pages = max(1, math.ceil(total / USERS_PAGE))
+    if pages_at > pages:  # e.g. 9 typed in the Page box, or a new search with fewer matches: not an empty page
+        pages_at = pages
+        users, total = _users_at(services, int(bundle_id), search, pages_at)
     alpha = services.personalised.gates(int(bundle_id), users)
     title = f"Learned gates α(u) of #{bundle_id}, page {pages_at} of {pages}"
     info = f"{total} user(s) match · page {pages_at} of {pages}" if total else "No user matches."
-    return {"users": users, "page_info": info, "gates": gate_heatmap(users, alpha, title=title)}
+    return {"users": users, "page_info": info, "gates": gate_heatmap(users, alpha, title=title), "page": pages_at}
+
+
+def _users_at(services: Services, bundle_id: int, search: str | None, page: int) -> tuple[list[str], int]:
+    """The user ids on ``page`` (from 1) of the bundle's users matching ``search``, and how many match."""
+    return services.personalised.users(bundle_id, (search or "").strip(), (page - 1) * USERS_PAGE, USERS_PAGE)
 
 
 def user_download(services: Services, bundle_id: Any, user: str | None) -> str:
@@ -216,7 +223,7 @@ def build_section(services: Services, tab: gr.Tab) -> None:
         return shown | {"user": gr.update(choices=users, value=users[0] if users else None)}
 
     def on_search(bundle, search) -> dict[str, Any]:
-        return on_users(bundle, search, 1) | {"page": 1}
+        return on_users(bundle, search, 1)
 
     def on_download(bundle, user) -> dict[str, Any]:
         path = user_download(services, bundle, user)
@@ -240,7 +247,8 @@ def build_section(services: Services, tab: gr.Tab) -> None:
     bind(
         c["search"].submit, on_search, {k: c[k] for k in ("bundle", "search")}, page_out | {"page": c["page"]}, "status"
     )
-    bind(c["page"].input, on_users, page_in, page_out, "status")
+    # The Page box is an output too: a number past the last page turns into the last page's number.
+    bind(c["page"].input, on_users, page_in, page_out | {"page": c["page"]}, "status")
     # An empty button only reports the click: make the zip, have the browser fetch it, then empty the button
     # again so the next click (maybe for another user) makes a fresh zip.
     made = bind(

@@ -24,7 +24,14 @@ GENERATE_FIELDS = ("examples", "seed", "name")
 def source_choices(services: Any) -> list[tuple[str, int]]:
     """The newest adapters a generator can learn (no generators), labelled with base and training dataset."""
     rows = [r for r in latest_adapters(services) if r.variant != GENERATOR_VARIANT]
-    return [(f"#{r.id} {r.name} ({r.variant}, {r.base_model}, dataset #{r.dataset_id})", r.id) for r in rows]
+    return [(source_label(r), r.id) for r in rows]
+
+
+def source_label(row: Any) -> str:
+    """``#3 name (lora, base, dataset #2)``; an adapter with no training dataset (a merge, a transfer, a deleted
+    dataset) says so in words, since the generator refuses it: it has no examples of its task."""
+    dataset = f"dataset #{row.dataset_id}" if row.dataset_id else "no training dataset: cannot be a task"
+    return f"#{row.id} {row.name} ({row.variant}, {row.base_model}, {dataset})"
 
 
 def generator_choices(services: Any) -> list[tuple[str, int]]:

@@ -81,3 +81,15 @@ def test_refusals_name_the_field_and_queue_nothing(services, task_adapters, tiny
     with pytest.raises(ValidationFailed, match="is a lora adapter, not a generator"):
         generate_section.submit_generate(services, task_adapters[0], dataset, {})
     assert services.jobs.list(kind="generator") == [] and services.jobs.list(kind="generate") == []
+
+
+def test_a_source_without_a_training_dataset_says_so_in_words(services, task_adapters, tiny_llama, tiny_loras):
+    """A merged or transferred adapter has no dataset: its label said 'dataset #None'."""
+    merged = services.registry.add_adapter(
+        name="merged", variant="lora", base_model=str(tiny_llama), path=str(tiny_loras[0]), sha256="0" * 64
+    )
+    labels = dict((value, label) for label, value in generate_section.source_choices(services))
+    assert "None" not in labels[merged.id]
+    assert labels[merged.id].endswith("no training dataset: cannot be a task)")
+    dataset = services.registry.get_adapter(task_adapters[0]).dataset_id
+    assert labels[task_adapters[0]].endswith(f", dataset #{dataset})")
