@@ -55,9 +55,18 @@ def parse_assignments(pairs: tuple[str, ...], variant_fields: set[str]) -> tuple
 )
 @click.option("--set", "assignments", multiple=True, help="key=value for a training or variant setting (repeatable).")
 @click.option("--seed", default=42, show_default=True, type=int)
+@click.option(
+    "--transfer-kit/--no-transfer-kit",
+    default=True,
+    show_default=True,
+    help="Keep a transfer kit with the adapter (text generation): it is built after the last step and takes "
+    "minutes on a CPU; --no-transfer-kit for a quick run.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the job, show a progress bar, print the adapter.")
 @inline_option
-def train(dataset_ref, variant, variant_preset, base_model, name, assignments, seed, wait, inline) -> None:
+def train(
+    dataset_ref, variant, variant_preset, base_model, name, assignments, seed, transfer_kit, wait, inline
+) -> None:
     """Fine-tune a base model on a dataset with one LoRA variant."""
     from studio.jobs.inline import check_inline_allowed
     from studio.variants.registry import get_variant, params_with_preset
@@ -72,6 +81,7 @@ def train(dataset_ref, variant, variant_preset, base_model, name, assignments, s
     task = svc.datasets.get(dataset_id).report.get("task", "causal-lm")
     try:
         request = _build_request(svc, dataset_id, base_model, name, task, variant, variant_params, hyper, seed)
+        request = request.model_copy(update={"transfer_kit": transfer_kit})
     except ValidationError as exc:
         raise StudioError(format_validation_error(exc)) from None
     _print_memory_estimate(svc, request, dataset_id, task)
