@@ -50,6 +50,11 @@ def refresh(services: Services) -> dict[str, Any]:
     return {"status": status_markdown(services), "jobs": jobs_rows(services)}
 
 
+def recent_jobs(services: Services) -> dict[str, Any]:
+    """The recent jobs table alone, for the timer (a database read; the health probe stays on demand)."""
+    return {"jobs": jobs_rows(services)}
+
+
 def run_check(services: Services, submission_token: str | None = None) -> dict[str, Any]:
     """Queue a short self-test job (one per ``submission_token``: a double click queues one)."""
     job = services.jobs.submit(CheckRequest(steps=20), submission_token=submission_token)
@@ -78,3 +83,5 @@ def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
     bind(c["refresh_btn"].click, partial(refresh, services), {}, out)
     # The health check probes the broker (up to a few seconds): on demand, not on a timer.
     bind(tab.select, partial(refresh, services), {}, out)
+    # The jobs table follows a queued check as it runs (it stayed "queued" until Refresh was pressed).
+    bind(gr.Timer(5.0).tick, partial(recent_jobs, services), {}, {"jobs": c["jobs"]}, show_progress="hidden")
