@@ -8,7 +8,6 @@ The Generate section (ICM-LoRA) is another module, added when it is installed.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -74,7 +73,6 @@ def submit_transfer(
         raise ValidationFailed("Adapter: choose the adapter to transfer (one that says 'has kit').")
     if not (target_base or "").strip():
         raise ValidationFailed("Target base: choose a base model or type a local model directory.")
-    refuse_own_base(services.adapters.get(int(adapter_id)), target_base.strip())
     request: TransferRequest = parse_request(
         {
             "kind": "transfer",
@@ -89,27 +87,6 @@ def submit_transfer(
         f"Queued transfer job #{job.id} (adapter #{request.adapter_id} to {request.target_base}); "
         f"the counts update below and the new adapter appears in Adapters.{queue_wait_sentence(job)}"
     )
-
-
-def same_base(source_base: str, target_base: str) -> bool:
-    """True when ``target_base`` names the model ``source_base`` names (the same id, or one directory)."""
-    if source_base.strip() == target_base.strip():
-        return True
-    source, target = Path(source_base).expanduser(), Path(target_base).expanduser()
-    return source.is_dir() and target.is_dir() and source.resolve() == target.resolve()
-
-
-def refuse_own_base(source: Any, target_base: str) -> None:
-    """Refuse a transfer onto the base the adapter is already for.
-
-    The Target base picker starts on the studio's default base, which is the base of most adapters,
-    so one click on Transfer would spend many minutes re-training the adapter where it already works.
-    """
-    if same_base(source.base_model, target_base):
-        raise ValidationFailed(
-            f"Target base: adapter #{source.id} is already for {source.base_model}. Choose the new base model "
-            "you want to carry it to (pick one or type a local model directory)."
-        )
 
 
 def job_counts(job: Any) -> tuple[Any, Any, Any]:

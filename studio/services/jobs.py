@@ -139,9 +139,11 @@ class JobService:
                 check_generator_row(self.registry, request.generator_id)
                 self.registry.get_dataset(request.dataset_id)
         if isinstance(request, TransferRequest):
-            from studio.transfer.job import require_kit
+            from studio.transfer.job import refuse_own_base, require_kit
 
-            require_kit(self.registry.get_adapter(request.adapter_id))  # no kit: say how to get one, now
+            source = self.registry.get_adapter(request.adapter_id)
+            require_kit(source)  # no kit: say how to get one, now
+            refuse_own_base(source, request.target_base)
         if isinstance(request, FederatedRequest):
             self._check_federated(request)
         if isinstance(request, MergeRequest):

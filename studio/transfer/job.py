@@ -44,6 +44,28 @@ def require_kit(adapter: Any) -> None:
         raise ValidationFailed(NO_KIT.format(id=adapter.id))
 
 
+def same_base(source_base: str, target_base: str) -> bool:
+    """True when ``target_base`` names the model ``source_base`` names (the same id, or one directory)."""
+    if source_base.strip() == target_base.strip():
+        return True
+    source, target = Path(source_base).expanduser(), Path(target_base).expanduser()
+    return source.is_dir() and target.is_dir() and source.resolve() == target.resolve()
+
+
+def refuse_own_base(source: Any, target_base: str) -> None:
+    """Refuse a transfer onto the base the adapter is already for.
+
+    The Transfer tab's Target base picker starts on the studio's default base, which is the base of most
+    adapters, so one click would spend many minutes re-training the adapter where it already works; checked
+    at submission for the UI, the CLI and the API alike.
+    """
+    if same_base(source.base_model, target_base):
+        raise ValidationFailed(
+            f"Target base: adapter #{source.id} is already for {source.base_model}. Choose the new base model "
+            "you want to carry it to (pick one or type a local model directory)."
+        )
+
+
 def wanted_inputs(options: Any, seeds: int) -> int:
     """How many inputs the transfer trains on at most: ``samples``, or the seeds when samples is 0 (seeds only)."""
     return options.samples or seeds

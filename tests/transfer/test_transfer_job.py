@@ -106,3 +106,28 @@ def test_transfer_job_registers_a_lora_on_the_target_with_lineage_and_counts(
     job = registry.get_job(job_id)
     assert f"{result['kept']} of 12 kept" in (job.message or "")
     assert f"Trans-LoRA from adapter #{source.id}" in (path / "README.md").read_text()
+
+
+def test_a_transfer_onto_the_adapters_own_base_is_refused_at_submission(registry, tmp_path):
+    """The UI, the CLI and the API submit through the job service: a same-base transfer is refused for all."""
+    from studio.services.jobs import JobService
+    from studio.transfer.job import KIT_DIR, KIT_FILE
+
+    adapter_dir, base = tmp_path / "kept", tmp_path / "base"
+    (adapter_dir / KIT_DIR).mkdir(parents=True)
+    (adapter_dir / KIT_DIR / KIT_FILE).write_text("{}")
+    base.mkdir()
+    row = _register(registry, adapter_dir, base)
+
+    class Dispatcher:
+        def send(self, job_id):
+            return "t"
+
+    service = JobService(registry, Dispatcher())
+    for same in (str(base), str(base) + "/", str(tmp_path / "." / "base")):  # one folder, however it is written
+        with pytest.raises(ValidationFailed, match=f"adapter #{row.id} is already for"):
+            service.submit(TransferRequest(adapter_id=row.id, target_base=same))
+    assert registry.list_jobs(kind="transfer") == []
+    other = tmp_path / "other"
+    other.mkdir()
+    assert service.submit(TransferRequest(adapter_id=row.id, target_base=str(other))).kind == "transfer"
