@@ -11,22 +11,7 @@ import json
 import gradio as gr
 
 from app import tab_datasets, tab_train
-
-
-def train_form(dataset_id: int, **changes):
-    """The Train tab's values as build_request / submit_training take them."""
-    form = dict(
-        dataset_id=dataset_id,
-        base_model="smollm2-135m-instruct",
-        base_custom="",
-        variant="lora",
-        variant_params={"r": 4, "lora_alpha": 8.0},
-        hyper={"max_steps": 5, "batch_size": 2},
-        name="",
-        seed=7,
-        task=tab_train.AUTO_TASK,
-    )
-    return form | changes
+from ui.test_tab_handlers import form as train_form  # the Train tab's values, as the handlers take them
 
 
 def test_the_queued_job_follows_the_transfer_kit_checkbox(services, tmp_path):
