@@ -54,14 +54,29 @@ def round_charts(points: Any, title: str = "") -> dict[str, Any]:
             x=x, y=y, mode="lines+markers", name=f"client {_client_number(name)} local loss", line={"dash": "dot"}
         )
     loss.update_layout(title=f"{title}Loss per round", xaxis_title="round", yaxis_title="loss", template="plotly_white")
-    if not series:
-        loss = empty_figure("No round finished yet: the curves appear after round 0 (before training).", "Loss")
+    _round_axis(loss, series, ["val_loss", *clients])
+    if not loss.data:
+        loss = empty_figure("No round has finished yet: the curves appear after round 0 (before training).", "Loss")
     if "epsilon" in series:
         x, y = zip(*series["epsilon"], strict=True)
         eps = go.Figure(go.Scatter(x=x, y=y, mode="lines+markers", name="ε spent (largest over clients)"))
         eps.update_layout(title=f"{title}Privacy spent", xaxis_title="round", yaxis_title="ε", template="plotly_white")
+        _round_axis(eps, series, ["epsilon"])
     else:
-        eps = empty_figure("No differential privacy in this job (or no round yet).", "Privacy spent")
+        eps = empty_figure("No differential privacy in this job (or no round has finished yet).", "Privacy spent")
+    return {"loss": loss, "epsilon": eps, "bytes": _bytes_chart(series, title)}
+
+
+def _bytes_chart(series: dict[str, list[tuple[float, float]]], title: str) -> Any:
+    """Bytes sent up and down per round, or a blank chart that says why (no round has sent anything yet)."""
+    import plotly.graph_objects as go
+
+    from studio.charts import empty_figure
+
+    names = [n for n in ("bytes_up", "bytes_down") if n in series]
+    if not names:
+        # Without a trace plotly draws bare axes running to -1, which reads as a broken chart.
+        return empty_figure("No round has finished yet: the bytes appear after the first training round.", "Bytes")
     sent = go.Figure()
     for name, label in (("bytes_up", "clients → server"), ("bytes_down", "server → clients")):
         if name in series:
@@ -74,7 +89,18 @@ def round_charts(points: Any, title: str = "") -> dict[str, Any]:
         template="plotly_white",
         barmode="group",
     )
-    return {"loss": loss, "epsilon": eps, "bytes": sent}
+    _round_axis(sent, series, names)
+    return sent
+
+
+def _round_axis(fig: Any, series: dict[str, list[tuple[float, float]]], names: list[str]) -> None:
+    """Whole-round ticks from the first round shown to the last (plotly's auto axis showed -1, -0.5, 0.5)."""
+    rounds = [step for name in names for step, _ in series.get(name, [])]
+    if not rounds:
+        return
+    first, last = min(rounds), max(rounds)
+    # Half a round either side keeps the end markers and bars whole; tick0 puts the first tick on the first round.
+    fig.update_xaxes(tick0=first, dtick=1, tickformat="d", range=[first - 0.5, last + 0.5])
 
 
 def _client_number(name: str) -> int:

@@ -46,7 +46,9 @@ def run_federated_job(request: FederatedRequest, reporter: Reporter, ctx: Any) -
     from studio.models.base_models import resolve_base_model
 
     registry = ctx.registry
+    phase = _phase_reporter(reporter, request.rounds)
     dataset = registry.get_dataset(request.dataset_id)
+    phase(f"reading dataset {request.dataset_id} and planning the split")
     rows = load_rows(dataset, request)
     split = preview_split(rows, request)
     plan = plan_privacy(request, [len(p) for p in split.parts])  # refuses an over-budget run: nothing trained yet
@@ -60,6 +62,7 @@ def run_federated_job(request: FederatedRequest, reporter: Reporter, ctx: Any) -
         reporter.log(line)
     if plan is not None:
         reporter.log(plan.describe())
+    phase(f"loading the base model {request.base_model}")
     resolved = resolve_base_model(request.base_model, ctx.settings, progress=reporter.log)
 
     work_dir = ctx.work_dir
@@ -86,13 +89,33 @@ def run_federated_job(request: FederatedRequest, reporter: Reporter, ctx: Any) -
 
     try:
         result = run_federated_simulation(
-            params, data_path=data_path, base_path=resolved.path, work_dir=work_dir, out_dir=out_dir, progress=on_round
+            params,
+            data_path=data_path,
+            base_path=resolved.path,
+            work_dir=work_dir,
+            out_dir=out_dir,
+            progress=on_round,
+            phase=phase,
         )
         _write_extras(request, result, plan, resolved.path, out_dir, ctx.job_id, dataset)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)  # no half-written adapter is left behind
         raise
     return _register(request, result, plan, out_dir, ctx, dataset, last, reporter)
+
+
+def _phase_reporter(reporter: Reporter, rounds: int):
+    """A callable that reports a phase before round 0 as progress 0 of ``rounds`` with its message.
+
+    Loading the base, splitting the rows and starting Flower take the job's first minute; without a message the
+    Jobs page showed a bare "0% done" then.
+    """
+
+    def phase(message: str) -> None:
+        reporter.check_cancelled()  # a cancel during the setup stops the job before the next phase
+        reporter.progress(0, rounds, message)
+
+    return phase
 
 
 def _simulation_params(request: FederatedRequest, plan: Any):

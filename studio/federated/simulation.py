@@ -368,13 +368,17 @@ def run_federated_simulation(
     work_dir: Path,
     out_dir: Path,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> FederatedResult:
     """K clients × R rounds of Flower on one JSONL dataset; the final adapter is written to ``out_dir``.
 
     ``progress`` gets one dict per round (round 0 = before training): ``round``, ``val_loss``,
     ``client_loss`` {client: loss}, ``bytes_up``, ``bytes_down``, ``failed`` {client: reason}, and
     with DP ``epsilon`` (the largest ε any client has spent so far) and ``client_epsilon`` {client: ε}.
+    ``phase`` gets a sentence for each step before round 0 reports (splitting, loading the base, starting
+    Flower), so a job's page says what the first minute is spent on.
     """
+    say = phase or (lambda message: None)
     from studio.federated.partition import label_mix
     from studio.training.data import read_jsonl
 
@@ -382,6 +386,7 @@ def run_federated_simulation(
     work_dir, out_dir = Path(work_dir), Path(out_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     rows = read_jsonl(Path(data_path))
+    say(f"splitting {len(rows)} rows among {params.clients} clients")
     val_idx, parts = split_rows(rows, params)
     files = []
     for k, part in enumerate(parts):
@@ -391,6 +396,7 @@ def run_federated_simulation(
     labels = [rows[i].get(params.label_column, "(none)") for i in range(len(rows))]
     mix = label_mix(labels, parts)
 
+    say("loading the base model for the server")
     server = GlobalModel(params, Path(base_path), [rows[i] for i in val_idx])
     initial, frozen = server.initial_state()
     strategy = LoraStrategy(
@@ -404,6 +410,7 @@ def run_federated_simulation(
         frozen_a=frozen,
     )
     app = make_client_app(client_trainer(params, files, Path(base_path), work_dir, server.targets))
+    say(f"starting Flower with {params.clients} clients: round 0 measures the validation loss before training")
     grid = LocalGrid(app, params.clients)
     val_loss: dict[int, float] = {}
     spent: dict[int, float] = {}  # client index -> ε its rows have spent so far (DP)

@@ -16,6 +16,7 @@ from studio.schema import (
     AnyRequest,
     CheckRequest,
     EvalRequest,
+    FederatedRequest,
     GenerateRequest,
     GeneratorRequest,
     MergeRequest,
@@ -106,6 +107,20 @@ def _sweep_name(request: SweepRequest, registry: Any) -> str:
     return f"{name} → '{request.name}'" if request.name else name
 
 
+def _federated_name(request: FederatedRequest, registry: Any) -> str:
+    """``FFA-LoRA, 3 clients (dirichlet split) × 2 rounds on 'colours' (#4) with DP-SGD``."""
+    from studio.federated.job import STRATEGY_TITLES  # the titles the adapter's name and README use
+
+    name = (
+        f"{STRATEGY_TITLES.get(request.strategy, request.strategy)}, "
+        f"{request.clients} client{'s' if request.clients != 1 else ''} ({request.split} split) × "
+        f"{request.rounds} round{'s' if request.rounds != 1 else ''} on {_named(registry.get_dataset, request.dataset_id)}"
+    )
+    if request.privacy is not None:
+        name += " with DP-SGD"
+    return f"{name} → '{request.name}'" if request.name else name
+
+
 NAMERS: dict[type, Callable[[Any, Any], str]] = {
     TrainRequest: _train_name,
     EvalRequest: _eval_name,
@@ -117,6 +132,7 @@ NAMERS: dict[type, Callable[[Any, Any], str]] = {
     GenerateRequest: _generate_name,
     TransferRequest: _transfer_name,
     SweepRequest: _sweep_name,
+    FederatedRequest: _federated_name,
 }
 
 

@@ -185,3 +185,24 @@ def test_split_preview_reads_the_label_column_back_and_refuses_missing_columns(e
     with pytest.raises(ValidationFailed) as caught:
         load_rows(env.dataset, make(env, split="dirichlet", label_column="topic"))
     assert "'topic'" in str(caught.value) and "'label'" in str(caught.value)
+
+
+def test_the_setup_before_round_0_reports_what_it_is_doing(env, monkeypatch):
+    """Reading, loading the base and starting Flower each report a message (the page said a bare "0% done")."""
+
+    class Stop(Exception):
+        pass
+
+    def simulation_up_to_flower(*args, phase=None, **kwargs):
+        phase("starting Flower")  # what the real simulation says before round 0
+        raise Stop
+
+    monkeypatch.setattr("studio.federated.simulation.run_federated_simulation", simulation_up_to_flower)
+    reporter = MemoryReporter()
+    with pytest.raises(Stop):
+        run_job(env, make(env, rounds=2), reporter)
+    messages = [message for step, total, message in reporter.steps]
+    assert all(step == 0 and total == 2 for step, total, _ in reporter.steps)
+    assert messages[0].startswith(f"reading dataset {env.dataset.id}")
+    assert messages[1] == f"loading the base model {env.base}"
+    assert messages[-1] == "starting Flower"

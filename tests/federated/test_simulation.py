@@ -104,6 +104,35 @@ def test_sampling_is_seeded_per_round():
     from flwr.app import ConfigRecord
 
     first = [m.metadata.dst_node_id for m in strategy.configure_train(1, encode({}), ConfigRecord(), grid)]
-    again = [m.metadata.dst_node_id for m in LoraStrategy("fedit", fraction_train=0.5, min_train_nodes=2, seed=3)
-             .configure_train(1, encode({}), ConfigRecord(), grid)]
+    again = [
+        m.metadata.dst_node_id
+        for m in LoraStrategy("fedit", fraction_train=0.5, min_train_nodes=2, seed=3).configure_train(
+            1, encode({}), ConfigRecord(), grid
+        )
+    ]
     assert len(first) == 3 and first == again
+
+
+def test_the_simulation_says_what_it_does_before_round_0(tmp_path, monkeypatch):
+    """Splitting and loading the server's base are reported as phases before any round reports."""
+
+    class Stop(Exception):
+        pass
+
+    def loading_stops_here(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr("studio.federated.simulation.GlobalModel", loading_stops_here)
+    params = FederatedParams(clients=3, rounds=2, local_steps=1, r=4, lora_alpha=8, target_modules=SQUARE)
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(12))
+    phases: list[str] = []
+    with pytest.raises(Stop):
+        run_federated_simulation(
+            params,
+            data_path=data,
+            base_path=tmp_path,
+            work_dir=tmp_path / "w",
+            out_dir=tmp_path / "a",
+            phase=phases.append,
+        )
+    assert phases == ["splitting 12 rows among 3 clients", "loading the base model for the server"]
