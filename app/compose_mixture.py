@@ -26,6 +26,7 @@ NOT_EXPERTS = ("mixture", "reclora", "icm_generator")  # bundles, not LoRA adapt
 ADAPTER_INFO = "A LoRA adapter; every expert must be of the same base model."
 DATASET_INFO = "Rows of the task this expert was trained for (they label the routing)."
 NEEDS_FIXING = "⚠ Some settings need fixing: see the highlighted fields."
+PICK_A_MIXTURE = "⚠ Pick a mixture first: choose one under **Mixture** (a finished mixture job adds it there)."
 
 
 def expert_choices(services: Services) -> list[tuple[str, int]]:
@@ -101,6 +102,16 @@ def mixture_charts(services: Services, mixture_id: Any, prompt: str | None) -> d
         return {"heatmap": empty, "usage": empty}
     row = services.adapters.get(int(mixture_id))
     return {"heatmap": routing_figure(services.playground.mixtures, row, prompt or ""), "usage": usage_figure(row)}
+
+
+def routing_view(services: Services, mixture_id: Any, prompt: str | None) -> dict[str, Any]:
+    """The routing charts and the status line that goes with them (Show routing, or a mixture picked).
+
+    The status is always written: left alone, an earlier "⚠ Some settings need fixing" from the form
+    above stayed up beside charts it has nothing to do with.
+    """
+    status = "" if mixture_id else PICK_A_MIXTURE
+    return {**mixture_charts(services, mixture_id, prompt), "status": status}
 
 
 def build_section(services: Services, tab: gr.Tab) -> None:
@@ -183,10 +194,10 @@ def build_section(services: Services, tab: gr.Tab) -> None:
         return {f"row_{j}": gr.update(visible=j < int(count)) for j in range(MAX_ROWS)}
 
     def on_mixture(mixture: Any) -> dict[str, Any]:
-        return mixture_charts(services, mixture, "")
+        return routing_view(services, mixture, "")
 
     def on_route(mixture: Any, prompt: str | None) -> dict[str, Any]:
-        return mixture_charts(services, mixture, prompt)
+        return routing_view(services, mixture, prompt)
 
     def on_tab() -> dict[str, Any]:
         adapters, datasets = expert_choices(services), dataset_choices(services)

@@ -98,16 +98,72 @@ def job_counts(job: Any) -> tuple[Any, Any, Any]:
     return tuple(int(x) for x in found.groups()) if found else ("", "", "")
 
 
+RESULT_HEADERS = [
+    "job",
+    "status",
+    "source",
+    "target base",
+    "written",
+    "kept",
+    "trained",
+    "new adapter",
+    "why it failed",
+]
+NO_JOBS_YET = (
+    "No transfer jobs yet. Choose an adapter that says 'has kit' and a target base above, then press **Transfer**."
+)
+# The offline refusal of studio.models.base_models._hub_snapshot; the model id is written with !r.
+OFFLINE_MISSING = re.compile(r"model (['\"])(?P<model>.+?)\1 is not in the local Hugging Face cache")
+
+
+def failure_reason(error: str | None) -> str:
+    """Why a transfer failed, in words a person who does not write code can act on.
+
+    The offline refusal tells an administrator to set STUDIO_OFFLINE=0; the person at the form
+    needs to know which model is missing and what they can do. Other reasons are already
+    sentences and are kept as they are; the job's log keeps the technical detail either way.
+    """
+    text = (error or "").strip()
+    found = OFFLINE_MISSING.search(text)
+    if found:
+        return (
+            f"The base model {found['model']} is not on this machine, and this studio is set not to download "
+            "models. Pick a base model that is already here (from the Target base list, or a local model "
+            "directory), or ask your administrator to allow model downloads."
+        )
+    return text
+
+
 def results_rows(services: Services) -> list[list[Any]]:
-    """Recent transfer jobs: source, target, live counts and the adapter made (or why it failed)."""
+    """Recent transfer jobs: source, target, live counts, the adapter made and, for a failure, why."""
     out = []
     for job in services.jobs.list(kind="transfer", limit=50):
         result = job.result or {}
-        made = f"#{result['adapter_id']}" if result.get("adapter_id") else (job.error or "")
+        made = f"#{result['adapter_id']}" if result.get("adapter_id") else ""
+        why = failure_reason(job.error) if job.status == "failed" else ""
         written, kept, trained = job_counts(job)
         source = f"#{job.request.get('adapter_id')}"
-        out.append([job.id, job.status, source, job.request.get("target_base", ""), written, kept, trained, made])
+        target = job.request.get("target_base", "")
+        out.append([job.id, job.status, source, target, written, kept, trained, made, why])
     return out
+
+
+def results_note(services: Services) -> str:
+    """The line under the results table: 'no jobs yet', or the newest failure spelt out in full.
+
+    The table's cells are narrow; a failure's reason is what the person must read to fix it,
+    so the newest one is repeated here, with where to find the technical detail.
+    """
+    jobs = services.jobs.list(kind="transfer", limit=50)
+    if not jobs:
+        return NO_JOBS_YET
+    failed = next((job for job in jobs if job.status == "failed"), None)
+    if failed is None:
+        return ""
+    return (
+        f"✗ **Transfer job #{failed.id} failed:** {failure_reason(failed.error) or 'no reason was recorded.'}\n\n"
+        f"The technical detail is in the log of job #{failed.id} (Jobs tab)."
+    )
 
 
 def build(services: Services, tab: gr.Tab, demo: gr.Blocks) -> None:
@@ -158,28 +214,30 @@ def build_transfer_section(services: Services, tab: gr.Tab) -> None:
     c["status"] = gr.Markdown(elem_id="transfer-status")
     c["submission_token"] = gr.State(new_submission_token)  # a double click queues one transfer
     c["results"] = gr.Dataframe(
-        headers=["job", "status", "source", "target base", "written", "kept", "trained", "new adapter"],
+        headers=RESULT_HEADERS,
         value=lambda: results_rows(services),
         interactive=False,
+        wrap=True,  # a failure's reason is a sentence: wrapped, not cut off at the cell's edge
         elem_id="transfer-results",
     )
+    c["note"] = gr.Markdown(lambda: results_note(services), elem_id="transfer-results-note")
+
+    def refresh_results() -> dict[str, Any]:
+        return {"results": results_rows(services), "note": results_note(services)}
 
     def on_submit(adapter, target, name, submission_token=None, **raw: Any) -> dict[str, Any]:
         options = form.values([raw[f"opt.{n}"] for n in form.names])
         line = submit_transfer(services, adapter, target, name, options, submission_token)
-        return {"status": f"✓ {line}", "results": results_rows(services)}
+        return {"status": f"✓ {line}", **refresh_results()}
 
     def on_tab() -> dict[str, Any]:
-        return {"adapter": gr.update(choices=source_choices(services)), "results": results_rows(services)}
+        return {"adapter": gr.update(choices=source_choices(services)), **refresh_results()}
 
     inputs = {"adapter": c["adapter"], "target": c["target"], "name": c["name"]}
     inputs |= {f"opt.{n}": w for n, w in form.widgets.items()}
     bind_submit(
-        c["submit"], on_submit, inputs, {k: c[k] for k in ("status", "results")}, "status", c["submission_token"]
+        c["submit"], on_submit, inputs, {k: c[k] for k in ("status", "results", "note")}, "status", c["submission_token"]
     )
-    bind(tab.select, on_tab, {}, {k: c[k] for k in ("adapter", "results")})
-
-    def refresh_results() -> dict[str, Any]:
-        return {"results": results_rows(services)}
-
-    bind(gr.Timer(3.0).tick, refresh_results, {}, {"results": c["results"]}, show_progress="hidden")
+    bind(tab.select, on_tab, {}, {k: c[k] for k in ("adapter", "results", "note")})
+    listing = {k: c[k] for k in ("results", "note")}
+    bind(gr.Timer(3.0).tick, refresh_results, {}, listing, show_progress="hidden")

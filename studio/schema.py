@@ -783,13 +783,25 @@ class TransferOptions(BaseModel):
     top_p: float = Field(0.95, ge=0.05, le=1.0)
     max_input_tokens: int = Field(64, ge=4, le=1024, description="Longest generated input, in tokens.")
     max_answer_tokens: int = Field(128, ge=1, le=1024, description="Longest teacher answer, in tokens.")
-    r: int | None = Field(None, ge=1, le=1024, description="Rank of the student LoRA; empty = the source's.")
+    r: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        title="Rank (r)",
+        description="Rank of the new adapter: how much it can learn. Higher can learn more but makes a bigger, "
+        "slower adapter; 8 or 16 suits most tasks. Empty = the same rank as the adapter you transfer.",
+    )
     lora_alpha: float | None = Field(None, gt=0, description="Alpha of the student LoRA; empty = the source's.")
     target_modules: list[str] | None = Field(
         None, description="Target layers on the new base; empty = every linear layer of its blocks."
     )
     hyper: TrainingHyperParams = Field(default_factory=_student_hyper)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(
+        0,
+        ge=0,
+        description="Any whole number; it fixes the random choices (the inputs written, the new adapter's start "
+        "and training order), so the same seed and settings give the same adapter. Change it to try another run.",
+    )
 
 
 class TransferRequest(StudioModel):
