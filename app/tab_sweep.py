@@ -93,7 +93,17 @@ def _number(setting: str, what: str, value: Any) -> float:
         raise ValidationFailed(f"Search space: {setting}: {what} {value!r} is not a number.") from None
     if math.isnan(number):
         raise ValidationFailed(f"Search space: {setting}: give its {what}.")
+    if math.isinf(number):
+        raise ValidationFailed(f"Search space: {setting}: {what} must be a finite number.")
     return number
+
+
+def _whole(setting: str, what: str, value: Any) -> int:
+    """A whole-number setting's bound: 4.7 is refused in words, not cut to 4 (4.7 to 4.2 read as "4 below 4")."""
+    number = _number(setting, what, value)
+    if not number.is_integer():
+        raise ValidationFailed(f"Search space: {setting}: {what} {value} must be a whole number.")
+    return int(number)
 
 
 def _choice(raw: str) -> Any:
@@ -120,8 +130,9 @@ def space_from_table(table: Any) -> dict[str, Any]:
                     raise ValidationFailed(f"Search space: {setting}: list at least one choice.")
                 space[setting] = Choices(choices=values)
             elif kind == "int":
-                lo, hi = _number(setting, "low", low), _number(setting, "high", high)
-                space[setting] = IntRange(low=int(lo), high=int(hi), log=_ticked(log))
+                space[setting] = IntRange(
+                    low=_whole(setting, "low", low), high=_whole(setting, "high", high), log=_ticked(log)
+                )
             else:
                 lo, hi = _number(setting, "low", low), _number(setting, "high", high)
                 space[setting] = FloatRange(low=lo, high=hi, log=_ticked(log))

@@ -74,6 +74,13 @@ def test_ticked_rows_become_the_space_and_refusals_name_the_setting():
         tab_sweep.space_from_table(tick(rows, "variant.r", low=16, high=4))
     with pytest.raises(ValidationFailed, match="hyper.learning_rate: give its low"):
         tab_sweep.space_from_table(tick(rows, "hyper.learning_rate", low=None))
+    # A whole-number setting's 4.7 was cut to 4 ("low (4) must be below high (4)"); inf crashed int().
+    with pytest.raises(ValidationFailed, match="variant.r: low 4.7 must be a whole number"):
+        tab_sweep.space_from_table(tick(rows, "variant.r", low=4.7, high=8))
+    for bad in ("inf", "-inf"):
+        with pytest.raises(ValidationFailed, match="variant.r: high must be a finite number"):
+            tab_sweep.space_from_table(tick(rows, "variant.r", low=4, high=bad))
+    assert tab_sweep.space_from_table(tick(rows, "variant.r", low=4.0, high="8"))["variant.r"].high == 8
 
 
 def test_submit_queues_a_checked_sweep(services, dataset):
