@@ -190,7 +190,8 @@ def detail_markdown(services: Any, job: Any, now: datetime | None = None) -> str
     if job.error:
         lines.append(f"⚠ **Error:** {_esc(job.error)}")
     if job.device:
-        lines.append(f"ran on {_esc(job.device)}" + (f" ({_esc(job.worker_host)})" if job.worker_host else ""))
+        verb = "running on" if job.status == "running" else "ran on"  # "ran on cpu" read as finished
+        lines.append(f"{verb} {_esc(job.device)}" + (f" ({_esc(job.worker_host)})" if job.worker_host else ""))
     return "\n\n".join(lines)
 
 

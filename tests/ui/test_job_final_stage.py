@@ -40,3 +40,13 @@ def test_a_job_still_stepping_keeps_its_eta():
     job = running_job(10, 30, 40.0, "training")
     assert job_pages.progress_line(job) == "step 10 of 30 (33%), about 40 s left — training"
     assert "<td>40 s</td>" in tab_jobs._queue_table([job], 1, 1)
+
+
+def test_the_device_line_says_running_on_while_it_runs_and_ran_on_after(services):
+    from studio.schema import CheckRequest
+
+    job = services.registry.get_job(services.jobs.submit(CheckRequest(steps=3)).id)
+    job.status, job.device, job.step, job.total_steps = "running", "cpu", 1, 3  # as a worker's claim leaves it
+    assert "running on cpu" in job_pages.detail_markdown(services, job)  # was "ran on cpu" while running
+    job.status = "succeeded"
+    assert "ran on cpu" in job_pages.detail_markdown(services, job)
