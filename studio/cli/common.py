@@ -112,9 +112,25 @@ def wait_for_job(svc, job_id: int, inline: bool = False, can_inline: bool = True
             click.echo(f"\njob {job_id} {svc.jobs.get(job_id).status} (interrupted)", err=True)
             raise
     else:
-        job = svc.jobs.wait(job_id, on_update=NoWorkerNotice(svc, can_inline, printer))
+        try:
+            job = svc.jobs.wait(job_id, on_update=NoWorkerNotice(svc, can_inline, printer))
+        except KeyboardInterrupt:
+            # Ctrl-C only ends the wait: the job stays in the queue, and a bare "aborted" let
+            # users believe it was gone (it would still run, or sit queued, unseen).
+            click.echo(f"\n{left_in_queue_message(svc.jobs.get(job_id))}", err=True)
+            raise
     click.echo()
     return job
+
+
+def left_in_queue_message(job) -> str:
+    """What a user who stopped waiting for ``job`` needs to know: it goes on, and how to follow or stop it."""
+    if job.status in ("queued", "running"):
+        return (
+            f"stopped waiting; job {job.id} is still {job.status} and goes on without this command: "
+            f"`studio jobs show {job.id}` follows it, `studio jobs cancel {job.id}` stops it"
+        )
+    return f"stopped waiting; job {job.id} {job.status}: `studio jobs show {job.id}` has its details"
 
 
 def wait_until_succeeded(svc, job_id: int, inline: bool = False):

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import click
 
+from models_db.registry import ACTIVE_STATUSES, FINAL_STATUSES
 from studio.cli.common import echo_queue_notice, inline_option, services, table, wait_for_job
+
+# Every status a job can have: a typo in --status is refused rather than listing "(none)".
+JOB_STATUSES = ACTIVE_STATUSES + FINAL_STATUSES
 
 
 @click.group(invoke_without_command=True)
-@click.option("--status", "status_filter", multiple=True, help="Only jobs with this status (repeatable).")
+@click.option(
+    "--status",
+    "status_filter",
+    multiple=True,
+    type=click.Choice(JOB_STATUSES),
+    help="Only jobs with this status (repeatable).",
+)
 @click.pass_context
 def jobs(ctx: click.Context, status_filter: tuple[str, ...]) -> None:
     """List jobs (newest first); sub-commands act on one job."""
@@ -82,8 +92,13 @@ def retry(job_id: int) -> None:
 @jobs.command("logs")
 @click.argument("job_id", type=int)
 def logs(job_id: int) -> None:
-    """Print a job's log."""
-    for line in services().jobs.logs(job_id):
+    """Print a job's log (its last 500 lines)."""
+    svc = services().jobs
+    job = svc.get(job_id)  # an unknown id is an error, not an empty log
+    lines = svc.logs(job_id)
+    if not lines:
+        click.echo(f"job {job_id} ({job.status}) has no log lines yet")
+    for line in lines:
         click.echo(f"{line.created_at:%H:%M:%S} [{line.level}] {line.message}")
 
 

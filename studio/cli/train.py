@@ -123,12 +123,19 @@ def _print_time_estimate(svc, request, dataset_id, task) -> None:
     from studio.training.duration import estimate_for_request
 
     device = detect_device(svc.settings.device)
+    data_path = svc.datasets.get(dataset_id).stored_path
     try:
-        estimate = estimate_for_request(request, svc.settings, device, svc.datasets.get(dataset_id).stored_path, task)
+        # Timing a step loads the base model: a minute or more on a busy CPU, so say what runs.
+        estimate = estimate_for_request(request, svc.settings, device, data_path, task, log=_say_measuring)
     except (StudioError, OSError, ValueError) as exc:
         click.echo(f"time estimate unavailable: {exc}")
         return
     click.echo(f"time estimate: {estimate.describe()} on {device.label}; {estimate.breakdown()}")
+
+
+def _say_measuring(message: str) -> None:
+    """Print the time estimate's progress ("timing a training step ... on this machine") before a long pause."""
+    click.echo(f"time estimate: {message} (loads the base model)...")
 
 
 def _build_request(svc, dataset_id, base_model, name, task, variant, variant_params, hyper, seed) -> TrainRequest:
