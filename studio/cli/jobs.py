@@ -77,7 +77,14 @@ def show(job_id: int) -> None:
 @click.argument("job_id", type=int)
 def cancel(job_id: int) -> None:
     """Cancel a queued or running job (a running one stops at its next step)."""
-    click.echo(f"job {job_id}: {services().jobs.cancel(job_id)}")
+    svc = services()
+    before = svc.jobs.get(job_id).status
+    status = svc.jobs.cancel(job_id)
+    if before not in ("queued", "running"):
+        # "job 3: succeeded" read as if the cancel had done something.
+        click.echo(f"job {job_id} already ended ({before}): nothing to cancel")
+        return
+    click.echo(f"job {job_id}: {status}")
 
 
 @jobs.command("retry")

@@ -37,3 +37,11 @@ def test_a_known_status_filter_lists_the_matching_jobs(settings):
     _invoke(["jobs", "check", "--no-wait", "--steps", "1"])
     assert "check" in _invoke(["jobs", "--status", "queued"]).output
     assert _invoke(["jobs", "--status", "failed"]).output.strip() == "(none)"
+
+
+def test_cancelling_a_job_that_already_ended_says_there_was_nothing_to_cancel(settings):
+    _invoke(["jobs", "check", "--no-wait", "--steps", "1"])
+    assert _invoke(["jobs", "cancel", "1"]).output.strip() == "job 1: cancelled"  # queued: cancelled at once
+    again = _invoke(["jobs", "cancel", "1"])
+    assert again.exit_code == 0
+    assert again.output.strip() == "job 1 already ended (cancelled): nothing to cancel"  # was "job 1: cancelled"
