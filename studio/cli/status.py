@@ -9,6 +9,7 @@ from dataclasses import asdict
 import click
 
 from studio.cli.common import NoWorkerNotice, services
+from studio.errors import StudioError
 
 
 @click.command()
@@ -27,14 +28,21 @@ def status(as_json: bool, check: bool, timeout: float) -> None:
         started = time.monotonic()
         # The notice goes to stderr, so --json output stays parseable.
         notice = NoWorkerNotice(svc, can_inline=False)
-        job = svc.jobs.wait(svc.jobs.submit(CheckRequest(steps=10)).id, timeout=timeout, on_update=notice)
+        submitted = svc.jobs.submit(CheckRequest(steps=10))
+        try:
+            job = svc.jobs.wait(submitted.id, timeout=timeout, on_update=notice)
+            outcome, error = job.status, job.error
+        except StudioError as exc:  # --timeout passed: the report still prints, with the check marked
+            # Cancelled, so no worker that comes up later runs a check nobody waits for.
+            svc.jobs.cancel(submitted.id)
+            job, outcome, error = svc.jobs.get(submitted.id), "timed out", f"{exc}; the check job was cancelled"
         check_result = {
             "job_id": job.id,
-            "status": job.status,
+            "status": outcome,
             "seconds": round(time.monotonic() - started, 2),
             "worker": job.worker_host,
             "device": job.device,
-            "error": job.error,
+            "error": error,
         }
     if as_json:
         payload = asdict(state) | {"healthy": state.healthy, "base_models": models, "check": check_result}
@@ -54,10 +62,12 @@ def status(as_json: bool, check: bool, timeout: float) -> None:
         click.echo("models   : " + (", ".join(m["name"] for m in models) or "(none registered yet)"))
         click.echo("counts   : " + ", ".join(f"{k}={v}" for k, v in sorted(state.counts.items())))
         if check_result:
+            where = f" on {check_result['worker']} ({check_result['device']})" if check_result["worker"] else ""
             click.echo(
-                f"check    : job {check_result['job_id']} {check_result['status']} in "
-                f"{check_result['seconds']} s on {check_result['worker']} ({check_result['device']})"
+                f"check    : job {check_result['job_id']} {check_result['status']} in {check_result['seconds']} s{where}"
             )
+            if check_result["error"]:
+                click.echo(f"           {check_result['error']}")
     if check and check_result["status"] != "succeeded":
         raise SystemExit(1)
     if not (state.registry_ok and state.broker_ok):
