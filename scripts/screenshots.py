@@ -24,7 +24,16 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-TABS = ["Datasets", "Train", "Jobs", "Adapters", "Merge", "Playground", "Evaluate", "System"]
+
+
+def tab_titles() -> list[str]:
+    """Every tab of the studio, in display order, from the app's own list (a new tab is shot without an edit here)."""
+    from app.main import tab_modules
+
+    return [module.TITLE for module in tab_modules()]
+
+
+TABS = tab_titles()
 
 
 def slug(title: str) -> str:
