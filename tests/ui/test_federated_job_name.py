@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 from app import tab_federated
 from studio.schema import FederatedRequest
 from studio.services.job_names import default_job_name
+from ui.test_federated_tab import dataset  # noqa: F401 - the fixture: 30 colour rows with a warm/cool label
 
 
-def test_a_queued_federated_job_is_named_after_its_setting(services, tmp_path):
-    from studio.services.datasets import DatasetService
-
-    rows = [
-        {"instruction": f"item {i}", "output": f"colour {i % 3}", "label": "warm" if i % 3 else "cool"}
-        for i in range(30)
-    ]
-    path = tmp_path / "colours.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    dataset = DatasetService(services.registry, services.settings).add(path)
+def test_a_queued_federated_job_is_named_after_its_setting(services, dataset):  # noqa: F811 - the imported fixture
     options = {"strategy": "ffa", "clients": 3, "split": "dirichlet", "alpha": 0.5, "rounds": 2}
     privacy = tab_federated.privacy_block(1.0, None, 1, 1e-5)
     tab_federated.submit(services, tab_federated.make_request(dataset.id, "tiny", options, privacy))
